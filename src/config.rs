@@ -1,0 +1,1112 @@
+//! Gateway and client configuration files (TOML).
+//!
+//! Parsing happens in two steps. First the file is deserialized into private "raw"
+//! structs (`deny_unknown_fields`), so syntax errors, unknown keys and wrong types
+//! get toml's own message, which names the key and shows the line. Then every value
+//! is checked and converted, and the first problem is reported as
+//! [`ConfigError::Invalid`] with a key path such as `client.path[2].key` (array
+//! indices count from 0). Values that need a key path in their error (addresses,
+//! public keys, port ranges, bounded numbers) are therefore read as plain strings or
+//! wide integers in the raw structs and converted here.
+//!
+//! See `examples/gateway.toml` and `examples/client.toml` for commented files.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::identity::PublicKey;
+
+/// Largest body size class in bytes: the protocol maximum, always an implicit last
+/// padding class.
+pub const MAX_PADDING_CLASS: u16 = 1251;
+/// Smallest configurable padding class in bytes.
+pub const MIN_PADDING_CLASS: u16 = 32;
+/// Most hops a path may have (the build message has this many slots).
+pub const MAX_HOPS: usize = 8;
+
+/// An error in a configuration file. Each names one problem.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// TOML syntax error, unknown key, missing key or wrong type (toml's message,
+    /// which names the key and quotes the line).
+    #[error("{message}")]
+    Parse { message: String },
+    /// A value that has the right type but is not acceptable.
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+    /// The file could not be read; the reason is the error's `source()`.
+    #[error("cannot read config file {}", .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An error in the named file (from [`load_gateway`] / [`load_client`]).
+    #[error("{}: {error}", .path.display())]
+    InFile {
+        path: PathBuf,
+        error: Box<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    /// The error without the [`ConfigError::InFile`] wrapper.
+    pub fn inner(&self) -> &ConfigError {
+        match self {
+            ConfigError::InFile { error, .. } => error.inner(),
+            other => other,
+        }
+    }
+
+    fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn parse(e: &toml::de::Error) -> Self {
+        ConfigError::Parse {
+            message: e.to_string().trim_end().to_owned(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Port ranges
+
+/// An inclusive, non-empty range of UDP ports, none of them 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Most ports a gateway may listen on.
+    pub const MAX_PORTS: usize = 1024;
+
+    /// The range holding only `port`.
+    pub const fn single(port: u16) -> Self {
+        Self {
+            first: port,
+            last: port,
+        }
+    }
+
+    /// A checked range; the error is the problem, without a key.
+    pub fn new(first: u16, last: u16) -> Result<Self, PortRangeError> {
+        if first == 0 || last == 0 {
+            return Err(PortRangeError("port 0 is not allowed".into()));
+        }
+        if first > last {
+            return Err(PortRangeError(format!("range {first}-{last} is empty")));
+        }
+        let range = Self { first, last };
+        if range.len() > Self::MAX_PORTS {
+            return Err(PortRangeError(format!(
+                "range {range} has {} ports, at most {} are allowed",
+                range.len(),
+                Self::MAX_PORTS
+            )));
+        }
+        Ok(range)
+    }
+
+    pub fn iter(&self) -> RangeInclusive<u16> {
+        self.first..=self.last
+    }
+
+    /// Number of ports.
+    pub fn len(&self) -> usize {
+        self.iter().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first > self.last
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.iter().contains(&port)
+    }
+
+    fn from_int(n: i64) -> Result<Self, PortRangeError> {
+        match u16::try_from(n) {
+            Ok(p) => Self::new(p, p),
+            Err(_) => Err(PortRangeError(format!("port {n} is out of range 1-65535"))),
+        }
+    }
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        Self::single(9000)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// Why a string is not a port range.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct PortRangeError(String);
+
+impl FromStr for PortRange {
+    type Err = PortRangeError;
+
+    /// `"9000"` or `"9000-9003"` (spaces around the parts are allowed).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            PortRangeError(format!(
+                "invalid port range {s:?}: expected a port like 9000 or a range like \"9000-9003\""
+            ))
+        };
+        let port = |p: &str| -> Result<u16, PortRangeError> {
+            let p = p.trim();
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            p.parse::<u16>()
+                .map_err(|_| PortRangeError(format!("port {p} is out of range 1-65535")))
+        };
+        match s.split_once('-') {
+            Some((a, b)) => Self::new(port(a)?, port(b)?),
+            None => {
+                let p = port(s)?;
+                Self::new(p, p)
+            }
+        }
+    }
+}
+
+/// `listen_ports` as written: an integer or a string.
+enum RawPorts {
+    Int(i64),
+    Str(String),
+}
+
+impl<'de> Deserialize<'de> for RawPorts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawPorts;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port like 9000 or a range like \"9000-9003\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawPorts, E> {
+                Ok(RawPorts::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawPorts, E> {
+                Ok(RawPorts::Int(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawPorts, E> {
+                Ok(RawPorts::Str(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Gateway
+
+/// The `[gateway]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Path of the identity file written by `anonnet keygen`.
+    pub identity: PathBuf,
+    /// Addresses to bind; each is combined with every port of `listen_ports`.
+    pub listen: Vec<IpAddr>,
+    pub listen_ports: PortRange,
+    /// Test facility: act as an echo endpoint for circuits that ask for it.
+    pub echo: bool,
+    /// A relayed circuit idle this long is torn down (1..=3600).
+    pub idle_timeout_secs: u64,
+    /// Most handshakes processed per second (> 0).
+    pub handshake_rate: u32,
+    /// Most circuits held at once (> 0).
+    pub max_circuits: usize,
+}
+
+impl GatewayConfig {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// Every socket address to bind: each of `listen` with each port.
+    pub fn listen_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.listen
+            .iter()
+            .flat_map(|ip| self.listen_ports.iter().map(|p| SocketAddr::new(*ip, p)))
+    }
+
+    /// Check the values (done by [`parse_gateway`]; useful for configs built in code).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.identity.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "gateway.identity",
+                "must not be empty",
+            ));
+        }
+        if self.listen.is_empty() {
+            return Err(ConfigError::invalid(
+                "gateway.listen",
+                "need at least one address",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, ip) in self.listen.iter().enumerate() {
+            if !seen.insert(ip) {
+                return Err(ConfigError::invalid(
+                    format!("gateway.listen[{i}]"),
+                    format!("{ip} is listed twice"),
+                ));
+            }
+        }
+        PortRange::new(self.listen_ports.first, self.listen_ports.last)
+            .map_err(|e| ConfigError::invalid("gateway.listen_ports", e.0))?;
+        check_int("gateway.idle_timeout_secs", self.idle_timeout_secs, 1, 3600)?;
+        check_int(
+            "gateway.handshake_rate",
+            u64::from(self.handshake_rate),
+            1,
+            u64::from(u32::MAX),
+        )?;
+        check_int(
+            "gateway.max_circuits",
+            self.max_circuits as u64,
+            1,
+            u64::from(u32::MAX),
+        )?;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    gateway: RawGateway,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    identity: PathBuf,
+    #[serde(default = "default_listen")]
+    listen: Vec<String>,
+    listen_ports: Option<RawPorts>,
+    #[serde(default)]
+    echo: bool,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout_secs: i64,
+    #[serde(default = "default_handshake_rate")]
+    handshake_rate: i64,
+    #[serde(default = "default_max_circuits")]
+    max_circuits: i64,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0".into(), "::".into()]
+}
+fn default_idle_timeout() -> i64 {
+    30
+}
+fn default_handshake_rate() -> i64 {
+    1000
+}
+fn default_max_circuits() -> i64 {
+    100_000
+}
+
+/// `key: must be between MIN and MAX, got N`, for integers read wide.
+fn bounded<T: TryFrom<i64>>(key: &str, value: i64, min: i64, max: i64) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(bounds_error(key, value, min, max));
+    }
+    T::try_from(value).map_err(|_| bounds_error(key, value, min, max))
+}
+
+fn check_int(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(bounds_error(key, value, min, max));
+    }
+    Ok(())
+}
+
+fn bounds_error(
+    key: &str,
+    value: impl fmt::Display,
+    min: impl fmt::Display,
+    max: impl fmt::Display,
+) -> ConfigError {
+    ConfigError::invalid(key, format!("must be between {min} and {max}, got {value}"))
+}
+
+/// Parse the text of a gateway config file.
+pub fn parse_gateway(text: &str) -> Result<GatewayConfig, ConfigError> {
+    let raw = toml::from_str::<GatewayFile>(text)
+        .map_err(|e| ConfigError::parse(&e))?
+        .gateway;
+
+    let mut listen = Vec::with_capacity(raw.listen.len());
+    for (i, s) in raw.listen.iter().enumerate() {
+        let key = format!("gateway.listen[{i}]");
+        match s.trim().parse::<IpAddr>() {
+            Ok(ip) => listen.push(ip),
+            Err(_) if s.trim().parse::<SocketAddr>().is_ok() => {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{s:?} includes a port; put ports in gateway.listen_ports"),
+                ))
+            }
+            Err(_) => {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("invalid IP address {s:?}"),
+                ))
+            }
+        }
+    }
+
+    let listen_ports = match &raw.listen_ports {
+        None => Ok(PortRange::default()),
+        Some(RawPorts::Int(n)) => PortRange::from_int(*n),
+        Some(RawPorts::Str(s)) => s.parse(),
+    }
+    .map_err(|e| ConfigError::invalid("gateway.listen_ports", e.0))?;
+
+    let config = GatewayConfig {
+        identity: raw.identity,
+        listen,
+        listen_ports,
+        echo: raw.echo,
+        idle_timeout_secs: bounded("gateway.idle_timeout_secs", raw.idle_timeout_secs, 1, 3600)?,
+        handshake_rate: bounded(
+            "gateway.handshake_rate",
+            raw.handshake_rate,
+            1,
+            i64::from(u32::MAX),
+        )?,
+        max_circuits: bounded(
+            "gateway.max_circuits",
+            raw.max_circuits,
+            1,
+            i64::from(u32::MAX),
+        )?,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Read and parse a gateway config file. Errors are prefixed with the path. A relative
+/// `identity` path is taken relative to the config file's directory, so the result
+/// does not depend on the working directory.
+pub fn load_gateway(path: &Path) -> Result<GatewayConfig, ConfigError> {
+    let text = read(path)?;
+    let mut config = parse_gateway(&text).map_err(|e| in_file(path, e))?;
+    if config.identity.is_relative() {
+        if let Some(dir) = path.parent() {
+            config.identity = dir.join(&config.identity);
+        }
+    }
+    Ok(config)
+}
+
+// ---------------------------------------------------------------------------------
+// Client
+
+/// One gateway of a client's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HopConfig {
+    pub addr: SocketAddr,
+    pub key: PublicKey,
+}
+
+/// The `[client]` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientConfig {
+    /// Send a keepalive after this long without traffic (0 < x <= 60).
+    pub keepalive_secs: f64,
+    /// No reply from the path for this long means the circuit is down (> keepalive).
+    pub circuit_timeout_secs: f64,
+    /// A circuit build not answered within this long has failed.
+    pub build_timeout_secs: f64,
+    /// Body size classes in bytes, strictly ascending, each in
+    /// `MIN_PADDING_CLASS..=MAX_PADDING_CLASS`. See [`ClientConfig::padding_classes`].
+    pub padding: Vec<u16>,
+    /// 1..=8 hops in order; the first is the entry gateway, the last the exit.
+    pub path: Vec<HopConfig>,
+}
+
+const DEFAULT_KEEPALIVE: f64 = 2.0;
+const DEFAULT_CIRCUIT_TIMEOUT: f64 = 10.0;
+const DEFAULT_BUILD_TIMEOUT: f64 = 5.0;
+const MAX_TIMEOUT: f64 = 3600.0;
+
+/// Seconds to a `Duration`; validated configs never hit the fallback.
+fn secs(value: f64, fallback: f64) -> Duration {
+    Duration::try_from_secs_f64(value).unwrap_or(Duration::from_secs_f64(fallback))
+}
+
+impl ClientConfig {
+    pub fn keepalive(&self) -> Duration {
+        secs(self.keepalive_secs, DEFAULT_KEEPALIVE)
+    }
+
+    pub fn circuit_timeout(&self) -> Duration {
+        secs(self.circuit_timeout_secs, DEFAULT_CIRCUIT_TIMEOUT)
+    }
+
+    pub fn build_timeout(&self) -> Duration {
+        secs(self.build_timeout_secs, DEFAULT_BUILD_TIMEOUT)
+    }
+
+    /// The padding classes including the implicit last class [`MAX_PADDING_CLASS`].
+    pub fn padding_classes(&self) -> Vec<u16> {
+        let mut classes = self.padding.clone();
+        if classes.last() != Some(&MAX_PADDING_CLASS) {
+            classes.push(MAX_PADDING_CLASS);
+        }
+        classes
+    }
+
+    /// Check the values (done by [`parse_client`]; useful for configs built in code).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_secs("client.keepalive_secs", self.keepalive_secs, 60.0)?;
+        check_secs(
+            "client.circuit_timeout_secs",
+            self.circuit_timeout_secs,
+            MAX_TIMEOUT,
+        )?;
+        if self.circuit_timeout_secs <= self.keepalive_secs {
+            return Err(ConfigError::invalid(
+                "client.circuit_timeout_secs",
+                format!(
+                    "must be greater than keepalive_secs ({}), got {}",
+                    self.keepalive_secs, self.circuit_timeout_secs
+                ),
+            ));
+        }
+        check_secs(
+            "client.build_timeout_secs",
+            self.build_timeout_secs,
+            MAX_TIMEOUT,
+        )?;
+
+        for (i, &class) in self.padding.iter().enumerate() {
+            let key = format!("client.padding[{i}]");
+            if !(MIN_PADDING_CLASS..=MAX_PADDING_CLASS).contains(&class) {
+                return Err(padding_range_error(key, i64::from(class)));
+            }
+            if let Some(&prev) = i.checked_sub(1).and_then(|p| self.padding.get(p)) {
+                if class <= prev {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "{class} is not greater than the previous class {prev} \
+                             (classes must be strictly ascending)"
+                        ),
+                    ));
+                }
+            }
+        }
+
+        if self.path.is_empty() || self.path.len() > MAX_HOPS {
+            return Err(ConfigError::invalid(
+                "client.path",
+                format!("need 1 to {MAX_HOPS} hops, got {}", self.path.len()),
+            ));
+        }
+        let mut keys = HashSet::new();
+        for (i, hop) in self.path.iter().enumerate() {
+            if hop.addr.port() == 0 {
+                return Err(ConfigError::invalid(
+                    format!("client.path[{i}].addr"),
+                    "port 0 is not allowed",
+                ));
+            }
+            if !keys.insert(hop.key) {
+                return Err(ConfigError::invalid(
+                    format!("client.path[{i}].key"),
+                    "gateway appears twice in the path",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_secs(key: &str, value: f64, max: f64) -> Result<(), ConfigError> {
+    // `!(a && b)` rather than `a || b` so that NaN is rejected too.
+    if !(value > 0.0 && value <= max) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be greater than 0 and at most {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn padding_range_error(key: String, value: i64) -> ConfigError {
+    ConfigError::invalid(
+        key,
+        format!("{value} is outside {MIN_PADDING_CLASS}..={MAX_PADDING_CLASS}"),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientFile {
+    client: RawClient,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    #[serde(default = "default_keepalive")]
+    keepalive_secs: f64,
+    #[serde(default = "default_circuit_timeout")]
+    circuit_timeout_secs: f64,
+    #[serde(default = "default_build_timeout")]
+    build_timeout_secs: f64,
+    #[serde(default = "default_padding")]
+    padding: Vec<i64>,
+    #[serde(default)]
+    path: Vec<RawHop>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHop {
+    addr: String,
+    key: String,
+}
+
+fn default_keepalive() -> f64 {
+    DEFAULT_KEEPALIVE
+}
+fn default_circuit_timeout() -> f64 {
+    DEFAULT_CIRCUIT_TIMEOUT
+}
+fn default_build_timeout() -> f64 {
+    DEFAULT_BUILD_TIMEOUT
+}
+fn default_padding() -> Vec<i64> {
+    vec![128, 256, 512, 1024]
+}
+
+/// Parse the text of a client config file.
+pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
+    let raw = toml::from_str::<ClientFile>(text)
+        .map_err(|e| ConfigError::parse(&e))?
+        .client;
+
+    let mut padding = Vec::with_capacity(raw.padding.len());
+    for (i, &class) in raw.padding.iter().enumerate() {
+        let key = format!("client.padding[{i}]");
+        padding.push(u16::try_from(class).map_err(|_| padding_range_error(key, class))?);
+    }
+
+    // The hop count is checked first: a 50-hop path should not be reported as a bad
+    // key in hop 30.
+    if raw.path.is_empty() || raw.path.len() > MAX_HOPS {
+        return Err(ConfigError::invalid(
+            "client.path",
+            format!("need 1 to {MAX_HOPS} hops, got {}", raw.path.len()),
+        ));
+    }
+    let mut path = Vec::with_capacity(raw.path.len());
+    for (i, hop) in raw.path.iter().enumerate() {
+        let addr = hop.addr.trim().parse::<SocketAddr>().map_err(|_| {
+            ConfigError::invalid(
+                format!("client.path[{i}].addr"),
+                format!(
+                    "invalid socket address {:?} (expected e.g. \"192.0.2.1:9001\" or \"[2001:db8::1]:9001\")",
+                    hop.addr
+                ),
+            )
+        })?;
+        let key = hop
+            .key
+            .parse::<PublicKey>()
+            .map_err(|e| ConfigError::invalid(format!("client.path[{i}].key"), e.to_string()))?;
+        path.push(HopConfig { addr, key });
+    }
+
+    let config = ClientConfig {
+        keepalive_secs: raw.keepalive_secs,
+        circuit_timeout_secs: raw.circuit_timeout_secs,
+        build_timeout_secs: raw.build_timeout_secs,
+        padding,
+        path,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Read and parse a client config file. Errors are prefixed with the path.
+pub fn load_client(path: &Path) -> Result<ClientConfig, ConfigError> {
+    let text = read(path)?;
+    parse_client(&text).map_err(|e| in_file(path, e))
+}
+
+/// Config files are small; a bigger file is a wrong path, not a config.
+const MAX_FILE_LEN: u64 = 1024 * 1024;
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let io_err = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_FILE_LEN {
+        return Err(in_file(
+            path,
+            ConfigError::Parse {
+                message: format!("file is larger than {MAX_FILE_LEN} bytes"),
+            },
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        in_file(
+            path,
+            ConfigError::Parse {
+                message: "file is not UTF-8 text".into(),
+            },
+        )
+    })
+}
+
+fn in_file(path: &Path, error: ConfigError) -> ConfigError {
+    ConfigError::InFile {
+        path: path.to_path_buf(),
+        error: Box::new(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const GATEWAY_EXAMPLE: &str = include_str!("../examples/gateway.toml");
+    const CLIENT_EXAMPLE: &str = include_str!("../examples/client.toml");
+
+    const K1: &str = "REPLACE+with+anonnet+pubkey+output+hop1AAAA=";
+    const K2: &str = "REPLACE+with+anonnet+pubkey+output+hop2AAAA=";
+    const K3: &str = "REPLACE+with+anonnet+pubkey+output+hop3AAAA=";
+
+    fn gateway_err(text: &str) -> String {
+        parse_gateway(text).unwrap_err().to_string()
+    }
+
+    fn client_err(text: &str) -> String {
+        parse_client(text).unwrap_err().to_string()
+    }
+
+    fn gw(extra: &str) -> String {
+        format!("[gateway]\nidentity = \"/x/identity.key\"\n{extra}\n")
+    }
+
+    fn hops(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                let key = crate::identity::PublicKey([i as u8 + 1; 32]);
+                format!(
+                    "[[client.path]]\naddr = \"127.0.0.1:{}\"\nkey = \"{key}\"\n",
+                    9001 + i
+                )
+            })
+            .collect()
+    }
+
+    fn cl(extra: &str, hop_count: usize) -> String {
+        format!("[client]\n{extra}\n{}", hops(hop_count))
+    }
+
+    #[test]
+    fn gateway_example_parses() {
+        let c = parse_gateway(GATEWAY_EXAMPLE).unwrap();
+        assert_eq!(c.identity, PathBuf::from("/var/lib/anonnet/identity.key"));
+        assert_eq!(
+            c.listen_ports,
+            PortRange {
+                first: 9001,
+                last: 9003
+            }
+        );
+        assert!(!c.echo);
+        assert_eq!(c.idle_timeout(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn client_example_parses() {
+        let c = parse_client(CLIENT_EXAMPLE).unwrap();
+        assert_eq!(c.path.len(), 3);
+        assert_eq!(c.path[0].addr, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(c.path[2].key, K3.parse().unwrap());
+        assert_eq!(c.keepalive(), Duration::from_secs(2));
+        assert_eq!(c.circuit_timeout(), Duration::from_secs(10));
+        assert_eq!(c.build_timeout(), Duration::from_secs(5));
+        assert_eq!(c.padding, [128, 256, 512, 1024]);
+        assert_eq!(c.padding_classes(), [128, 256, 512, 1024, 1251]);
+    }
+
+    #[test]
+    fn gateway_defaults() {
+        let c = parse_gateway(&gw("")).unwrap();
+        assert_eq!(
+            c,
+            GatewayConfig {
+                identity: "/x/identity.key".into(),
+                listen: vec!["0.0.0.0".parse().unwrap(), "::".parse().unwrap()],
+                listen_ports: PortRange::single(9000),
+                echo: false,
+                idle_timeout_secs: 30,
+                handshake_rate: 1000,
+                max_circuits: 100_000,
+            }
+        );
+        assert_eq!(c.listen_addrs().count(), 2);
+    }
+
+    #[test]
+    fn gateway_ports_forms() {
+        let ports = |v: &str| {
+            parse_gateway(&gw(&format!("listen_ports = {v}")))
+                .unwrap()
+                .listen_ports
+        };
+        assert_eq!(ports("9000"), PortRange::single(9000));
+        assert_eq!(ports("\"9000\""), PortRange::single(9000));
+        assert_eq!(
+            ports("\"9000-9003\""),
+            PortRange {
+                first: 9000,
+                last: 9003
+            }
+        );
+        assert_eq!(
+            ports("\" 9000 - 9003 \""),
+            PortRange {
+                first: 9000,
+                last: 9003
+            }
+        );
+        assert_eq!(ports("\"1-1024\"").len(), 1024);
+        let c = parse_gateway(&gw(
+            "listen = [\"127.0.0.1\", \"::1\"]\nlisten_ports = \"9000-9003\"",
+        ))
+        .unwrap();
+        assert_eq!(c.listen_addrs().count(), 8);
+    }
+
+    #[test]
+    fn gateway_port_errors() {
+        let e = |v: &str| gateway_err(&gw(&format!("listen_ports = {v}")));
+        assert_eq!(
+            e("\"9000-8000\""),
+            "gateway.listen_ports: range 9000-8000 is empty"
+        );
+        assert_eq!(e("0"), "gateway.listen_ports: port 0 is not allowed");
+        assert_eq!(e("\"0-10\""), "gateway.listen_ports: port 0 is not allowed");
+        assert_eq!(
+            e("70000"),
+            "gateway.listen_ports: port 70000 is out of range 1-65535"
+        );
+        assert_eq!(
+            e("-1"),
+            "gateway.listen_ports: port -1 is out of range 1-65535"
+        );
+        assert_eq!(
+            e("\"9000-70000\""),
+            "gateway.listen_ports: port 70000 is out of range 1-65535"
+        );
+        assert_eq!(
+            e("\"1000-3000\""),
+            "gateway.listen_ports: range 1000-3000 has 2001 ports, at most 1024 are allowed"
+        );
+        assert_eq!(
+            e("\"abc\""),
+            "gateway.listen_ports: invalid port range \"abc\": expected a port like 9000 or a range like \"9000-9003\""
+        );
+        assert!(e("\"+5\"").starts_with("gateway.listen_ports: invalid port range"));
+        assert!(e("\"9000-\"").starts_with("gateway.listen_ports: invalid port range"));
+        // Wrong type: toml's message with the expectation.
+        assert!(e("true").contains("a port like 9000 or a range like"));
+    }
+
+    #[test]
+    fn gateway_value_errors() {
+        assert_eq!(
+            gateway_err(&gw("listen = []")),
+            "gateway.listen: need at least one address"
+        );
+        assert_eq!(
+            gateway_err(&gw("listen = [\"127.0.0.1\", \"localhost\"]")),
+            "gateway.listen[1]: invalid IP address \"localhost\""
+        );
+        assert_eq!(
+            gateway_err(&gw("listen = [\"127.0.0.1:9000\"]")),
+            "gateway.listen[0]: \"127.0.0.1:9000\" includes a port; put ports in gateway.listen_ports"
+        );
+        assert_eq!(
+            gateway_err(&gw("listen = [\"::1\", \"::1\"]")),
+            "gateway.listen[1]: ::1 is listed twice"
+        );
+        assert_eq!(
+            gateway_err(&gw("idle_timeout_secs = 0")),
+            "gateway.idle_timeout_secs: must be between 1 and 3600, got 0"
+        );
+        assert_eq!(
+            gateway_err(&gw("idle_timeout_secs = 3601")),
+            "gateway.idle_timeout_secs: must be between 1 and 3600, got 3601"
+        );
+        assert_eq!(
+            gateway_err(&gw("handshake_rate = 0")),
+            "gateway.handshake_rate: must be between 1 and 4294967295, got 0"
+        );
+        assert_eq!(
+            gateway_err(&gw("max_circuits = -3")),
+            "gateway.max_circuits: must be between 1 and 4294967295, got -3"
+        );
+        assert_eq!(
+            gateway_err("[gateway]\nidentity = \"\""),
+            "gateway.identity: must not be empty"
+        );
+    }
+
+    #[test]
+    fn gateway_parse_errors() {
+        let e = gateway_err(&gw("lisen = [\"::1\"]"));
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        let e = gateway_err("[gateway]\n");
+        assert!(e.contains("missing field `identity`"), "{e}");
+        let e = gateway_err(&gw("echo = \"yes\""));
+        assert!(
+            e.contains("echo = \"yes\"") && e.contains("expected a boolean"),
+            "{e}"
+        );
+        let e = gateway_err("[gatway]\nidentity = \"x\"");
+        assert!(e.contains("unknown field `gatway`"), "{e}");
+        let e = gateway_err("");
+        assert!(e.contains("missing field `gateway`"), "{e}");
+        assert!(matches!(
+            parse_gateway("[[[").unwrap_err(),
+            ConfigError::Parse { .. }
+        ));
+    }
+
+    #[test]
+    fn client_defaults_and_bounds() {
+        let c = parse_client(&cl("", 1)).unwrap();
+        assert_eq!(c.keepalive_secs, 2.0);
+        assert_eq!(c.padding_classes(), [128, 256, 512, 1024, 1251]);
+        let c = parse_client(&cl(
+            "keepalive_secs = 0.5\ncircuit_timeout_secs = 1.5\npadding = []",
+            8,
+        ))
+        .unwrap();
+        assert_eq!(c.keepalive(), Duration::from_millis(500));
+        assert_eq!(c.circuit_timeout(), Duration::from_millis(1500));
+        assert_eq!(c.path.len(), 8);
+        assert_eq!(c.padding_classes(), [1251]);
+        let c = parse_client(&cl("padding = [32, 1251]", 1)).unwrap();
+        assert_eq!(c.padding_classes(), [32, 1251]);
+        let c = parse_client(&format!(
+            "[client]\n[[client.path]]\naddr = \"[::1]:9001\"\nkey = \"{K1}\"\n"
+        ))
+        .unwrap();
+        assert!(c.path[0].addr.is_ipv6());
+    }
+
+    fn path_of(keys: &[&str]) -> String {
+        let mut text = String::from("[client]\n");
+        for (i, key) in keys.iter().enumerate() {
+            text += &format!(
+                "[[client.path]]\naddr = \"127.0.0.1:{}\"\nkey = \"{key}\"\n",
+                9001 + i
+            );
+        }
+        text
+    }
+
+    #[test]
+    fn client_path_errors() {
+        assert_eq!(
+            client_err("[client]\n"),
+            "client.path: need 1 to 8 hops, got 0"
+        );
+        assert_eq!(
+            client_err(&cl("", 9)),
+            "client.path: need 1 to 8 hops, got 9"
+        );
+        assert_eq!(
+            client_err(&path_of(&[K1, K2, "not a key"])),
+            "client.path[2].key: invalid base64 public key"
+        );
+        assert_eq!(
+            client_err(&path_of(&[K1, K2, "AAAA"])),
+            "client.path[2].key: wrong public key length: 3 bytes != 32"
+        );
+        assert_eq!(
+            client_err(&path_of(&[K1, K2, K3, K2])),
+            "client.path[3].key: gateway appears twice in the path"
+        );
+        assert_eq!(
+            client_err(&path_of(&[K1, K1])),
+            "client.path[1].key: gateway appears twice in the path"
+        );
+        let good = path_of(&[K1, K2, K3]);
+        assert_eq!(
+            client_err(&good.replace("127.0.0.1:9002", "localhost:9002")),
+            "client.path[1].addr: invalid socket address \"localhost:9002\" \
+             (expected e.g. \"192.0.2.1:9001\" or \"[2001:db8::1]:9001\")"
+        );
+        assert_eq!(
+            client_err(&good.replace("127.0.0.1:9002", "[::1]:0")),
+            "client.path[1].addr: port 0 is not allowed"
+        );
+        let e = client_err(&good.replace("key = ", "kee = "));
+        assert!(e.contains("unknown field `kee`"), "{e}");
+        let e = client_err(&good.replace(&format!("key = \"{K3}\""), ""));
+        assert!(e.contains("missing field `key`"), "{e}");
+    }
+
+    #[test]
+    fn client_value_errors() {
+        assert_eq!(
+            client_err(&cl("padding = [128, 2000]", 1)),
+            "client.padding[1]: 2000 is outside 32..=1251"
+        );
+        assert_eq!(
+            client_err(&cl("padding = [16]", 1)),
+            "client.padding[0]: 16 is outside 32..=1251"
+        );
+        assert_eq!(
+            client_err(&cl("padding = [128, -1]", 1)),
+            "client.padding[1]: -1 is outside 32..=1251"
+        );
+        assert_eq!(
+            client_err(&cl("padding = [256, 128]", 1)),
+            "client.padding[1]: 128 is not greater than the previous class 256 (classes must be strictly ascending)"
+        );
+        assert_eq!(
+            client_err(&cl("padding = [256, 256]", 1)),
+            "client.padding[1]: 256 is not greater than the previous class 256 (classes must be strictly ascending)"
+        );
+        assert_eq!(
+            client_err(&cl("keepalive_secs = 0", 1)),
+            "client.keepalive_secs: must be greater than 0 and at most 60, got 0"
+        );
+        assert_eq!(
+            client_err(&cl("keepalive_secs = nan", 1)),
+            "client.keepalive_secs: must be greater than 0 and at most 60, got NaN"
+        );
+        assert_eq!(
+            client_err(&cl("keepalive_secs = 61", 1)),
+            "client.keepalive_secs: must be greater than 0 and at most 60, got 61"
+        );
+        assert_eq!(
+            client_err(&cl("circuit_timeout_secs = 2", 1)),
+            "client.circuit_timeout_secs: must be greater than keepalive_secs (2), got 2"
+        );
+        assert_eq!(
+            client_err(&cl("build_timeout_secs = inf", 1)),
+            "client.build_timeout_secs: must be greater than 0 and at most 3600, got inf"
+        );
+        assert_eq!(
+            client_err(&cl("build_timeout_secs = -1.5", 1)),
+            "client.build_timeout_secs: must be greater than 0 and at most 3600, got -1.5"
+        );
+        let e = client_err(&cl("keepalive = 2", 1));
+        assert!(e.contains("unknown field `keepalive`"), "{e}");
+        let e = client_err(&cl("keepalive_secs = \"2\"", 1));
+        assert!(e.contains("keepalive_secs"), "{e}");
+    }
+
+    #[test]
+    fn port_range_display_and_parse() {
+        assert_eq!(PortRange::single(9000).to_string(), "9000");
+        assert_eq!(
+            PortRange {
+                first: 9000,
+                last: 9003
+            }
+            .to_string(),
+            "9000-9003"
+        );
+        let r: PortRange = "9000-9003".parse().unwrap();
+        assert_eq!(r.iter().collect::<Vec<_>>(), [9000, 9001, 9002, 9003]);
+        assert!(r.contains(9002) && !r.contains(9004));
+        assert_eq!(r.len(), 4);
+        assert!(!r.is_empty());
+        assert_eq!(
+            "65535".parse::<PortRange>().unwrap(),
+            PortRange::single(65535)
+        );
+    }
+
+    #[test]
+    fn load_prefixes_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            gw("listen_ports = \"9-1\"").replace("/x/identity.key", "id.key"),
+        )
+        .unwrap();
+        let err = load_gateway(&path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: gateway.listen_ports: range 9-1 is empty",
+                path.display()
+            )
+        );
+        assert!(matches!(err.inner(), ConfigError::Invalid { .. }));
+
+        std::fs::write(&path, gw("").replace("/x/identity.key", "id.key")).unwrap();
+        assert_eq!(
+            load_gateway(&path).unwrap().identity,
+            dir.path().join("id.key")
+        );
+
+        let missing = dir.path().join("nope.toml");
+        let err = load_client(&missing).unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }));
+        assert_eq!(
+            err.to_string(),
+            format!("cannot read config file {}", missing.display())
+        );
+
+        let cpath = dir.path().join("client.toml");
+        std::fs::write(&cpath, "[client]\n").unwrap();
+        assert_eq!(
+            load_client(&cpath).unwrap_err().to_string(),
+            format!("{}: client.path: need 1 to 8 hops, got 0", cpath.display())
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! anonnet: a multi-hop anonymizing IP VPN.
+//!
+//! The crate is split into a sans-IO core (every module except `driver`), which holds
+//! all protocol logic and takes time and randomness as inputs, and thin drivers that
+//! move bytes between sockets and the core. See `docs/DESIGN.md`.
+
+pub mod config;
+pub mod crypto;
+pub mod identity;
+pub mod node;
+pub mod onion;
+pub mod replay;
+pub mod wire;

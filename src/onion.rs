@@ -1,0 +1,419 @@
+//! Onion layers: the per-hop key generations and the slot arithmetic of
+//! `docs/PROTOCOL.md` §4–§5.
+//!
+//! Invariants this module keeps:
+//! - A cell and a build message have the same size on every link, whatever the path
+//!   length: hops shift slots and append keystream filler instead of shrinking.
+//! - Every slot a hop cannot open is keystream-encrypted under a key of some other hop,
+//!   so it looks random to that hop; no hop learns its position or the path length.
+//! - A counter is accepted once per key generation (replay window moved only after the
+//!   AEAD open succeeded); the TERMINAL/ORIGIN and phase bits are part of the nonce.
+
+use std::time::{Duration, Instant};
+
+use rand_core::{CryptoRng, RngCore};
+
+use crate::crypto::{kdf, keystream, AeadKey, KEY_LEN, TAG_LEN};
+use crate::replay::ReplayWindow;
+use crate::wire::{
+    BUILD_LEN, BUILD_SLOT_LEN, CTR_FLAG, CTR_MASK, CTR_PHASE, REPLY_LEN, REPLY_SLOT_LEN, SLOTS,
+    SLOTS_LEN, SLOT_LEN,
+};
+
+pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
+pub const REJECT_AFTER_MESSAGES: u64 = 1 << 61;
+
+/// The 8 slots of a cell header, slot 0 first.
+pub type Slots = [u8; SLOTS_LEN];
+
+/// One key generation of one hop, seen from one side.
+pub struct Generation {
+    seal: AeadKey,
+    seal_slot: [u8; KEY_LEN],
+    open: AeadKey,
+    open_slot: [u8; KEY_LEN],
+    send_ctr: u64,
+    window: ReplayWindow,
+    pub born: Instant,
+    pub phase: bool,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("send_ctr", &self.send_ctr)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which end of the hop this generation belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client: seals forward, opens backward.
+    Client,
+    /// The gateway: seals backward, opens forward.
+    Gateway,
+}
+
+impl Generation {
+    /// Keys from a finished NK handshake's split `(k_i2r, k_r2i)`.
+    #[must_use]
+    pub fn new(
+        split: ([u8; KEY_LEN], [u8; KEY_LEN]),
+        side: Side,
+        born: Instant,
+        phase: bool,
+    ) -> Self {
+        let (fwd, bwd) = split;
+        let (s, o) = match side {
+            Side::Client => (fwd, bwd),
+            Side::Gateway => (bwd, fwd),
+        };
+        Self {
+            seal: AeadKey::new(&kdf(&s, b"anonnet hop aead")),
+            seal_slot: kdf(&s, b"anonnet hop slot"),
+            open: AeadKey::new(&kdf(&o, b"anonnet hop aead")),
+            open_slot: kdf(&o, b"anonnet hop slot"),
+            send_ctr: 0,
+            window: ReplayWindow::new(REJECT_AFTER_MESSAGES),
+            born,
+            phase,
+        }
+    }
+
+    /// Whether this generation may still be used at `now`.
+    #[must_use]
+    pub fn usable(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.born) < REJECT_AFTER_TIME
+    }
+
+    /// Whether the owner should start a new generation.
+    #[must_use]
+    pub fn wants_rekey(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.born) >= REKEY_AFTER_TIME
+            || self.send_ctr >= REKEY_AFTER_MESSAGES
+    }
+
+    /// The next send counter with the given flag, or `None` once exhausted.
+    fn next_ctr(&mut self, flag: bool) -> Option<u64> {
+        if self.send_ctr >= REJECT_AFTER_MESSAGES {
+            return None;
+        }
+        let c = self.send_ctr;
+        self.send_ctr += 1;
+        Some(c | if flag { CTR_FLAG } else { 0 } | if self.phase { CTR_PHASE } else { 0 })
+    }
+
+    /// Seals `body` in place with the next counter; returns the slot `ctr ‖ tag`.
+    pub fn seal(&mut self, flag: bool, body: &mut [u8]) -> Option<[u8; SLOT_LEN]> {
+        let ctr = self.next_ctr(flag)?;
+        let tag = self.seal.seal(ctr, &[], body);
+        Some(slot(ctr, &tag))
+    }
+
+    /// Keystream of the slots for a counter sealed by this side.
+    #[must_use]
+    pub fn seal_keystream(&self, ctr: u64) -> Slots {
+        slot_keystream(&self.seal_slot, ctr)
+    }
+
+    /// Keystream of the slots for a counter opened by this side.
+    #[must_use]
+    pub fn open_keystream(&self, ctr: u64) -> Slots {
+        slot_keystream(&self.open_slot, ctr)
+    }
+
+    /// Opens `body` in place if `ctr` is fresh and the tag verifies; moves the window.
+    pub fn open(&mut self, ctr: u64, tag: &[u8; TAG_LEN], body: &mut [u8]) -> Result<(), Reject> {
+        let n = ctr & CTR_MASK;
+        if !self.window.check(n) {
+            return Err(Reject::Replay);
+        }
+        if !self.open.open(ctr, &[], body, tag) {
+            return Err(Reject::Auth);
+        }
+        if self.window.update(n) {
+            Ok(())
+        } else {
+            Err(Reject::Replay)
+        }
+    }
+}
+
+/// Why a layer was not opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    Auth,
+    Replay,
+    Expired,
+}
+
+/// The key generations of one hop: the current one, the previous one (still opened
+/// until it expires) and, on a gateway, the next one announced by REKEY but not yet
+/// confirmed by the client.
+#[derive(Debug)]
+pub struct HopKeys {
+    pub current: Generation,
+    pub previous: Option<Generation>,
+    pub next: Option<Generation>,
+}
+
+impl HopKeys {
+    #[must_use]
+    pub fn new(current: Generation) -> Self {
+        Self {
+            current,
+            previous: None,
+            next: None,
+        }
+    }
+
+    /// Opens a layer with the generation selected by the phase bit. On a gateway, the
+    /// first cell that opens under `next` promotes it to current.
+    pub fn open(
+        &mut self,
+        now: Instant,
+        ctr: u64,
+        tag: &[u8; TAG_LEN],
+        body: &mut [u8],
+    ) -> Result<(), Reject> {
+        let phase = ctr & CTR_PHASE != 0;
+        if let Some(next) = self.next.as_mut().filter(|g| g.phase == phase) {
+            next.open(ctr, tag, body)?;
+            if let Some(n) = self.next.take() {
+                self.previous = Some(std::mem::replace(&mut self.current, n));
+            }
+            return Ok(());
+        }
+        let g = if self.current.phase == phase {
+            &mut self.current
+        } else {
+            self.previous
+                .as_mut()
+                .filter(|g| g.phase == phase)
+                .ok_or(Reject::Auth)?
+        };
+        if !g.usable(now) {
+            return Err(Reject::Expired);
+        }
+        g.open(ctr, tag, body)
+    }
+
+    /// The generation that opened `ctr` (after a successful [`HopKeys::open`]).
+    #[must_use]
+    pub fn opened_by(&self, ctr: u64) -> &Generation {
+        let phase = ctr & CTR_PHASE != 0;
+        if self.current.phase == phase {
+            &self.current
+        } else {
+            self.previous
+                .as_ref()
+                .filter(|g| g.phase == phase)
+                .unwrap_or(&self.current)
+        }
+    }
+
+    /// Installs a new generation as current (client, after REKEY_ACK).
+    pub fn rotate(&mut self, g: Generation) {
+        self.previous = Some(std::mem::replace(&mut self.current, g));
+    }
+
+    /// Announces the next generation (gateway, on REKEY); it replaces the previous one
+    /// because both would carry the same phase bit.
+    pub fn announce(&mut self, g: Generation) {
+        self.previous = None;
+        self.next = Some(g);
+    }
+}
+
+#[must_use]
+pub fn slot(ctr: u64, tag: &[u8; TAG_LEN]) -> [u8; SLOT_LEN] {
+    let mut s = [0u8; SLOT_LEN];
+    s[..8].copy_from_slice(&ctr.to_be_bytes());
+    s[8..].copy_from_slice(tag);
+    s
+}
+
+/// Splits slot 0 of `slots` into counter and tag.
+#[must_use]
+pub fn read_slot0(slots: &[u8]) -> (u64, [u8; TAG_LEN]) {
+    let mut c = [0u8; 8];
+    c.copy_from_slice(&slots[..8]);
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(&slots[8..SLOT_LEN]);
+    (u64::from_be_bytes(c), t)
+}
+
+#[must_use]
+pub fn slot_keystream(key: &[u8; KEY_LEN], ctr: u64) -> Slots {
+    let mut ks = [0u8; SLOTS_LEN];
+    keystream(key, &crate::crypto::nonce_bytes(ctr), &mut ks);
+    ks
+}
+
+fn xor(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d ^= s;
+    }
+}
+
+/// Forward relay (and client unwrap): drop slot 0, decrypt slots 1..7 into 0..6,
+/// append keystream filler.
+pub fn shift_out(slots: &mut [u8], ks: &Slots) {
+    slots.copy_within(SLOT_LEN..SLOTS_LEN, 0);
+    xor(
+        &mut slots[..SLOTS_LEN - SLOT_LEN],
+        &ks[..SLOTS_LEN - SLOT_LEN],
+    );
+    slots[SLOTS_LEN - SLOT_LEN..SLOTS_LEN].copy_from_slice(&ks[SLOTS_LEN - SLOT_LEN..]);
+}
+
+/// Backward relay: encrypt slots 0..6 into 1..7 (slot 7 is filler and dropped), then
+/// write this hop's slot 0.
+pub fn push_in(slots: &mut [u8], ks: &Slots, own: &[u8; SLOT_LEN]) {
+    slots.copy_within(0..SLOTS_LEN - SLOT_LEN, SLOT_LEN);
+    xor(&mut slots[SLOT_LEN..SLOTS_LEN], &ks[..SLOTS_LEN - SLOT_LEN]);
+    slots[..SLOT_LEN].copy_from_slice(own);
+}
+
+/// Backward origin: this hop's slot 0, then keystream filler.
+pub fn originate(slots: &mut [u8], ks: &Slots, own: &[u8; SLOT_LEN]) {
+    slots[..SLOT_LEN].copy_from_slice(own);
+    slots[SLOT_LEN..SLOTS_LEN].copy_from_slice(&ks[..SLOTS_LEN - SLOT_LEN]);
+}
+
+/// Client: wraps `body` for hops `0..=target` (the cell is TERMINAL at `target`) and
+/// writes the 8 slots. Returns `None` if a hop's counters are exhausted.
+pub fn wrap_forward(
+    hops: &mut [HopKeys],
+    target: usize,
+    slots: &mut [u8],
+    body: &mut [u8],
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Option<()> {
+    rng.fill_bytes(&mut slots[..SLOTS_LEN]);
+    let mut own = [[0u8; SLOT_LEN]; SLOTS];
+    for j in (0..=target).rev() {
+        own[j] = hops[j].current.seal(j == target, body)?;
+    }
+    for j in 0..=target {
+        let s = &mut slots[j * SLOT_LEN..(j + 1) * SLOT_LEN];
+        s.copy_from_slice(&own[j]);
+    }
+    // Hop i shifts the slots after it; pre-apply its keystream to every later slot.
+    for i in 0..target {
+        let (ctr, _) = read_slot0(&own[i]);
+        let ks = hops[i].current.seal_keystream(ctr);
+        for j in i + 1..=target {
+            let off = (j - i - 1) * SLOT_LEN;
+            xor(
+                &mut slots[j * SLOT_LEN..(j + 1) * SLOT_LEN],
+                &ks[off..off + SLOT_LEN],
+            );
+        }
+    }
+    Some(())
+}
+
+/// Client: peels backward layers hop by hop until one carries ORIGIN. Returns the
+/// index of the originating hop.
+pub fn unwrap_backward(
+    now: Instant,
+    hops: &mut [HopKeys],
+    slots: &mut [u8],
+    body: &mut [u8],
+) -> Result<usize, Reject> {
+    for (i, hop) in hops.iter_mut().enumerate() {
+        let (ctr, tag) = read_slot0(slots);
+        hop.open(now, ctr, &tag, body)?;
+        if ctr & CTR_FLAG != 0 {
+            return Ok(i);
+        }
+        let ks = hop.opened_by(ctr).open_keystream(ctr);
+        shift_out(slots, &ks);
+    }
+    Err(Reject::Auth)
+}
+
+/// A build keystream key pair derived from a hop's `kb`.
+fn build_keystreams(
+    kb: &[u8; KEY_LEN],
+) -> (Box<[u8; BUILD_LEN]>, [u8; REPLY_LEN - REPLY_SLOT_LEN]) {
+    let mut f = Box::new([0u8; BUILD_LEN]);
+    keystream(&kdf(kb, b"anonnet build fwd"), &[0; 12], &mut f[..]);
+    let mut b = [0u8; REPLY_LEN - REPLY_SLOT_LEN];
+    keystream(&kdf(kb, b"anonnet build bwd"), &[0; 12], &mut b);
+    (f, b)
+}
+
+/// Client: lays out the BUILD slots for `msgs[j]` (hop j's NK msg1) given each hop's
+/// `kb`. Unused slots are random.
+pub fn client_build(
+    msgs: &[[u8; BUILD_SLOT_LEN]],
+    kbs: &[[u8; KEY_LEN]],
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Box<[u8; BUILD_LEN]> {
+    let mut out = Box::new([0u8; BUILD_LEN]);
+    rng.fill_bytes(&mut out[..]);
+    for (j, m) in msgs.iter().enumerate() {
+        out[j * BUILD_SLOT_LEN..(j + 1) * BUILD_SLOT_LEN].copy_from_slice(m);
+    }
+    for i in 0..msgs.len().saturating_sub(1) {
+        let (ksf, _) = build_keystreams(&kbs[i]);
+        for j in i + 1..msgs.len() {
+            let off = (j - i - 1) * BUILD_SLOT_LEN;
+            xor(
+                &mut out[j * BUILD_SLOT_LEN..(j + 1) * BUILD_SLOT_LEN],
+                &ksf[off..off + BUILD_SLOT_LEN],
+            );
+        }
+    }
+    out
+}
+
+/// Relay: turns the BUILD it received into the one for its next hop, in place.
+pub fn relay_build(slots: &mut [u8], kb: &[u8; KEY_LEN]) {
+    let (ksf, _) = build_keystreams(kb);
+    let tail = BUILD_LEN - BUILD_SLOT_LEN;
+    slots.copy_within(BUILD_SLOT_LEN..BUILD_LEN, 0);
+    xor(&mut slots[..tail], &ksf[..tail]);
+    slots[tail..BUILD_LEN].copy_from_slice(&ksf[tail..]);
+}
+
+/// Terminal hop: the BUILT it originates.
+#[must_use]
+pub fn terminal_built(reply: &[u8; REPLY_SLOT_LEN], kb: &[u8; KEY_LEN]) -> [u8; REPLY_LEN] {
+    let (_, ksb) = build_keystreams(kb);
+    let mut out = [0u8; REPLY_LEN];
+    out[..REPLY_SLOT_LEN].copy_from_slice(reply);
+    out[REPLY_SLOT_LEN..].copy_from_slice(&ksb);
+    out
+}
+
+/// Relay: prepends its reply to the BUILT from its next hop, in place.
+pub fn relay_built(slots: &mut [u8], reply: &[u8; REPLY_SLOT_LEN], kb: &[u8; KEY_LEN]) {
+    let (_, ksb) = build_keystreams(kb);
+    slots.copy_within(0..REPLY_LEN - REPLY_SLOT_LEN, REPLY_SLOT_LEN);
+    xor(&mut slots[REPLY_SLOT_LEN..REPLY_LEN], &ksb);
+    slots[..REPLY_SLOT_LEN].copy_from_slice(reply);
+}
+
+/// Client: the reply slot of each of `kbs.len()` hops.
+#[must_use]
+pub fn client_built(slots: &[u8], kbs: &[[u8; KEY_LEN]]) -> Vec<[u8; REPLY_SLOT_LEN]> {
+    let mut cur = [0u8; REPLY_LEN];
+    cur.copy_from_slice(&slots[..REPLY_LEN]);
+    let mut out = Vec::with_capacity(kbs.len());
+    for kb in kbs {
+        let mut r = [0u8; REPLY_SLOT_LEN];
+        r.copy_from_slice(&cur[..REPLY_SLOT_LEN]);
+        out.push(r);
+        let (_, ksb) = build_keystreams(kb);
+        cur.copy_within(REPLY_SLOT_LEN..REPLY_LEN, 0);
+        xor(&mut cur[..REPLY_LEN - REPLY_SLOT_LEN], &ksb);
+    }
+    out
+}

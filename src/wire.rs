@@ -1,0 +1,495 @@
+//! Byte layouts of every message (`docs/PROTOCOL.md`), smoltcp style: each datagram
+//! kind is checked for its exact length once by [`classify`], after which the
+//! accessors index fixed offsets that cannot be out of range. Inner structures
+//! (build payloads, cell bodies) have a `Repr` with `parse` and `emit`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use thiserror::Error;
+
+/// Protocol version carried in the high nibble of byte 0.
+pub const VERSION: u8 = 1;
+
+/// Message types (low nibble of byte 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsgType {
+    LinkInit = 1,
+    LinkResp = 2,
+    LinkCtrl = 3,
+    Cell = 4,
+}
+
+impl MsgType {
+    /// Byte 0 of a datagram of this type.
+    #[must_use]
+    pub const fn byte(self) -> u8 {
+        (VERSION << 4) | self as u8
+    }
+}
+
+pub const LINK_INIT_LEN: usize = 69;
+pub const LINK_INIT_MSG: std::ops::Range<usize> = 5..69;
+pub const LINK_INIT_RESERVED: usize = 16;
+pub const LINK_RESP_LEN: usize = 57;
+pub const LINK_RESP_MSG: std::ops::Range<usize> = 9..57;
+
+/// Header of a LINK_CTRL: type, receiver index, counter.
+pub const LINK_CTRL_HEADER: usize = 13;
+/// Inner header of a LINK_CTRL plaintext: kind, circuit ID.
+pub const CTRL_INNER_HEADER: usize = 5;
+
+pub const SLOTS: usize = 8;
+pub const SLOT_LEN: usize = 24;
+pub const SLOTS_LEN: usize = SLOTS * SLOT_LEN;
+/// Masked part of a CELL: circuit ID and slot 0.
+pub const CELL_MASKED: std::ops::Range<usize> = 5..33;
+/// Sample for the header mask: first 16 bytes of slot 1.
+pub const CELL_SAMPLE: std::ops::Range<usize> = 33..49;
+/// Slots 0..8 (slot 0 masked on the wire).
+pub const CELL_SLOTS: std::ops::Range<usize> = 9..201;
+pub const CELL_HEADER_LEN: usize = 201;
+/// Largest body: a CELL of 1452 bytes fits a 1500-byte MTU over IPv6.
+pub const MAX_BODY: usize = 1251;
+pub const MIN_BODY: usize = 32;
+pub const MAX_DATAGRAM: usize = CELL_HEADER_LEN + MAX_BODY;
+/// Body plaintext header: command and payload length.
+pub const BODY_HEADER: usize = 3;
+/// Largest payload a cell carries.
+pub const MAX_PAYLOAD: usize = MAX_BODY - BODY_HEADER;
+/// Offset of the payload in a datagram buffer, for callers that write it in place.
+pub const PAYLOAD_OFFSET: usize = CELL_HEADER_LEN + BODY_HEADER;
+
+pub const BUILD_SLOT_LEN: usize = 144;
+pub const BUILD_LEN: usize = SLOTS * BUILD_SLOT_LEN;
+pub const BUILD_PAYLOAD_LEN: usize = 96;
+pub const REPLY_SLOT_LEN: usize = 64;
+pub const REPLY_LEN: usize = SLOTS * REPLY_SLOT_LEN;
+pub const REPLY_PAYLOAD_LEN: usize = 16;
+/// NK handshake messages with an empty payload (REKEY, REKEY_ACK).
+pub const NK_MSG1_EMPTY: usize = 48;
+pub const NK_MSG2_EMPTY: usize = 48;
+
+/// Key phase bit of a slot counter.
+pub const CTR_PHASE: u64 = 1 << 63;
+/// TERMINAL (forward) / ORIGIN (backward) bit of a slot counter.
+pub const CTR_FLAG: u64 = 1 << 62;
+/// Counter bits of a slot counter.
+pub const CTR_MASK: u64 = CTR_FLAG - 1;
+
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum WireError {
+    #[error("empty datagram")]
+    Empty,
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    #[error("message type {kind:?} has wrong length {len}")]
+    Length { kind: MsgType, len: usize },
+    #[error("malformed field")]
+    Malformed,
+}
+
+/// Checks version, type and the exact length allowed for the type.
+pub fn classify(d: &[u8]) -> Result<MsgType, WireError> {
+    let b = *d.first().ok_or(WireError::Empty)?;
+    if b >> 4 != VERSION {
+        return Err(WireError::Version(b >> 4));
+    }
+    let kind = match b & 0x0f {
+        1 => MsgType::LinkInit,
+        2 => MsgType::LinkResp,
+        3 => MsgType::LinkCtrl,
+        4 => MsgType::Cell,
+        t => return Err(WireError::UnknownType(t)),
+    };
+    let len = d.len();
+    let ok = match kind {
+        MsgType::LinkInit => len == LINK_INIT_LEN,
+        MsgType::LinkResp => len == LINK_RESP_LEN,
+        MsgType::LinkCtrl => {
+            let body =
+                len.checked_sub(LINK_CTRL_HEADER + CTRL_INNER_HEADER + crate::crypto::TAG_LEN);
+            matches!(body, Some(1 | BUILD_LEN | REPLY_LEN))
+        }
+        MsgType::Cell => (CELL_HEADER_LEN + MIN_BODY..=MAX_DATAGRAM).contains(&len),
+    };
+    if ok {
+        Ok(kind)
+    } else {
+        Err(WireError::Length { kind, len })
+    }
+}
+
+/// Reads a big-endian u32 at `at` from a buffer already length-checked by [`classify`].
+#[must_use]
+pub fn be32(d: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&d[at..at + 4]);
+    u32::from_be_bytes(b)
+}
+
+#[must_use]
+pub fn be64(d: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[at..at + 8]);
+    u64::from_be_bytes(b)
+}
+
+/// The receiver (LINK_RESP: sender) index at bytes 1..5 of every message.
+#[must_use]
+pub fn index_field(d: &[u8]) -> u32 {
+    be32(d, 1)
+}
+
+/// Emits a LINK_INIT.
+#[must_use]
+pub fn emit_link_init(sender: u32, msg1: &[u8; 64]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(LINK_INIT_LEN);
+    v.push(MsgType::LinkInit.byte());
+    v.extend_from_slice(&sender.to_be_bytes());
+    v.extend_from_slice(msg1);
+    v
+}
+
+/// Emits a LINK_RESP.
+#[must_use]
+pub fn emit_link_resp(sender: u32, receiver: u32, msg2: &[u8; 48]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(LINK_RESP_LEN);
+    v.push(MsgType::LinkResp.byte());
+    v.extend_from_slice(&sender.to_be_bytes());
+    v.extend_from_slice(&receiver.to_be_bytes());
+    v.extend_from_slice(msg2);
+    v
+}
+
+/// Kinds of link control messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtrlKind {
+    Build = 1,
+    Built = 2,
+    Destroy = 3,
+}
+
+impl CtrlKind {
+    /// Parses a kind and checks that the body has that kind's exact size.
+    pub fn parse(kind: u8, body_len: usize) -> Result<Self, WireError> {
+        let k = match kind {
+            1 => Self::Build,
+            2 => Self::Built,
+            3 => Self::Destroy,
+            _ => return Err(WireError::Malformed),
+        };
+        if body_len == k.body_len() {
+            Ok(k)
+        } else {
+            Err(WireError::Malformed)
+        }
+    }
+
+    #[must_use]
+    pub const fn body_len(self) -> usize {
+        match self {
+            Self::Build => BUILD_LEN,
+            Self::Built => REPLY_LEN,
+            Self::Destroy => 1,
+        }
+    }
+}
+
+/// Reasons carried by DESTROY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestroyReason {
+    Requested = 0,
+    Timeout = 1,
+    Unreachable = 2,
+    Protocol = 3,
+}
+
+impl DestroyReason {
+    #[must_use]
+    pub fn from_byte(b: u8) -> Self {
+        match b {
+            0 => Self::Requested,
+            1 => Self::Timeout,
+            2 => Self::Unreachable,
+            _ => Self::Protocol,
+        }
+    }
+}
+
+/// What the terminal hop of a circuit does with DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Not terminal: relay to the next hop.
+    Relay = 0,
+    /// Echo every DATA back (test facility).
+    Echo = 1,
+    /// Exit to the internet (the exit data plane).
+    Exit = 2,
+}
+
+/// The plaintext a client sends to one hop inside its BUILD slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildPayload {
+    pub service: Service,
+    pub kb: [u8; 32],
+    /// Next hop's address and static key; `None` for the terminal hop.
+    pub next: Option<(SocketAddr, [u8; 32])>,
+}
+
+impl BuildPayload {
+    pub fn parse(b: &[u8]) -> Result<Self, WireError> {
+        if b.len() != BUILD_PAYLOAD_LEN || b[0] != VERSION {
+            return Err(WireError::Malformed);
+        }
+        let service = match b[1] {
+            0 => Service::Relay,
+            1 => Service::Echo,
+            2 => Service::Exit,
+            _ => return Err(WireError::Malformed),
+        };
+        let mut kb = [0u8; 32];
+        kb.copy_from_slice(&b[2..34]);
+        let port = u16::from_be_bytes([b[51], b[52]]);
+        let ip = match b[34] {
+            0 => None,
+            4 => Some(IpAddr::V4(Ipv4Addr::new(b[35], b[36], b[37], b[38]))),
+            6 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&b[35..51]);
+                Some(IpAddr::V6(Ipv6Addr::from(a)))
+            }
+            _ => return Err(WireError::Malformed),
+        };
+        let next = match ip {
+            Some(ip) => {
+                let mut key = [0u8; 32];
+                key.copy_from_slice(&b[53..85]);
+                if port == 0 {
+                    return Err(WireError::Malformed);
+                }
+                Some((SocketAddr::new(ip, port), key))
+            }
+            None => None,
+        };
+        // A relay must name its next hop and a terminal hop must not.
+        if (service == Service::Relay) != next.is_some() {
+            return Err(WireError::Malformed);
+        }
+        Ok(Self { service, kb, next })
+    }
+
+    #[must_use]
+    pub fn emit(&self) -> [u8; BUILD_PAYLOAD_LEN] {
+        let mut b = [0u8; BUILD_PAYLOAD_LEN];
+        b[0] = VERSION;
+        b[1] = self.service as u8;
+        b[2..34].copy_from_slice(&self.kb);
+        if let Some((addr, key)) = &self.next {
+            match addr.ip() {
+                IpAddr::V4(v4) => {
+                    b[34] = 4;
+                    b[35..39].copy_from_slice(&v4.octets());
+                }
+                IpAddr::V6(v6) => {
+                    b[34] = 6;
+                    b[35..51].copy_from_slice(&v6.octets());
+                }
+            }
+            b[51..53].copy_from_slice(&addr.port().to_be_bytes());
+            b[53..85].copy_from_slice(key);
+        }
+        b
+    }
+}
+
+/// Commands of a cell body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmd {
+    Data = 1,
+    Keepalive = 2,
+    Rekey = 3,
+    RekeyAck = 4,
+}
+
+/// A view of a decrypted cell body: `cmd ‖ len ‖ payload ‖ padding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Body {
+    pub cmd: Cmd,
+    pub len: usize,
+}
+
+impl Body {
+    /// Parses the body header and checks that `len` fits the body.
+    pub fn parse(body: &[u8]) -> Result<Self, WireError> {
+        if body.len() < BODY_HEADER {
+            return Err(WireError::Malformed);
+        }
+        let cmd = match body[0] {
+            1 => Cmd::Data,
+            2 => Cmd::Keepalive,
+            3 => Cmd::Rekey,
+            4 => Cmd::RekeyAck,
+            _ => return Err(WireError::Malformed),
+        };
+        let len = usize::from(u16::from_be_bytes([body[1], body[2]]));
+        if BODY_HEADER + len > body.len() {
+            return Err(WireError::Malformed);
+        }
+        Ok(Self { cmd, len })
+    }
+
+    /// Writes the header and zeroes the padding after the payload.
+    pub fn emit(&self, body: &mut [u8]) {
+        body[0] = self.cmd as u8;
+        let len = u16::try_from(self.len).unwrap_or(u16::MAX);
+        body[1..3].copy_from_slice(&len.to_be_bytes());
+        body[BODY_HEADER + self.len..].fill(0);
+    }
+
+    /// The payload within `body`.
+    #[must_use]
+    pub fn payload(&self) -> std::ops::Range<usize> {
+        BODY_HEADER..BODY_HEADER + self.len
+    }
+}
+
+/// The smallest body size class that holds `payload` bytes.
+#[must_use]
+pub fn body_size(classes: &[usize], payload: usize) -> usize {
+    let need = (BODY_HEADER + payload).max(MIN_BODY);
+    classes
+        .iter()
+        .copied()
+        .find(|&c| c >= need)
+        .unwrap_or(MAX_BODY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn classify_vectors() {
+        let mut init = vec![0x11, 0, 0, 0, 1];
+        init.extend_from_slice(&[0xab; 64]);
+        assert_eq!(classify(&init), Ok(MsgType::LinkInit));
+        assert_eq!(index_field(&init), 1);
+        assert_eq!(
+            classify(&init[..68]),
+            Err(WireError::Length {
+                kind: MsgType::LinkInit,
+                len: 68
+            })
+        );
+        assert_eq!(classify(&[0x21, 0, 0]), Err(WireError::Version(2)));
+        assert_eq!(classify(&[0x1f]), Err(WireError::UnknownType(15)));
+        assert_eq!(classify(&[]), Err(WireError::Empty));
+        let resp = emit_link_resp(0x0102_0304, 0x0506_0708, &[0xcd; 48]);
+        assert_eq!(&resp[..9], &[0x12, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(classify(&resp), Ok(MsgType::LinkResp));
+        assert_eq!(classify(&[0x13; 13 + 5 + 1 + 16]), Ok(MsgType::LinkCtrl));
+        assert_eq!(classify(&vec![0x13; 1186]), Ok(MsgType::LinkCtrl));
+        assert!(classify(&vec![0x13; 1187]).is_err());
+        assert_eq!(classify(&vec![0x14; 1452]), Ok(MsgType::Cell));
+        assert!(classify(&vec![0x14; 1453]).is_err());
+        assert!(classify(&vec![0x14; 232]).is_err());
+        assert_eq!(classify(&vec![0x14; 233]), Ok(MsgType::Cell));
+    }
+
+    #[test]
+    fn emit_link_init_layout() {
+        let v = emit_link_init(0xdead_beef, &[7; 64]);
+        assert_eq!(v.len(), LINK_INIT_LEN);
+        assert_eq!(&v[..5], &[0x11, 0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(&v[LINK_INIT_MSG], &[7; 64]);
+    }
+
+    #[test]
+    fn build_payload_vector() {
+        let p = BuildPayload {
+            service: Service::Relay,
+            kb: [0x11; 32],
+            next: Some(("198.18.0.2:9001".parse().expect("addr"), [0x22; 32])),
+        };
+        let b = p.emit();
+        assert_eq!(&b[..2], &[1, 0]);
+        assert_eq!(&b[34..39], &[4, 198, 18, 0, 2]);
+        assert_eq!(&b[51..53], &[0x23, 0x29]);
+        assert_eq!(&b[53..85], &[0x22; 32]);
+        assert_eq!(&b[85..], &[0; 11]);
+        assert_eq!(BuildPayload::parse(&b), Ok(p));
+        let v6 = BuildPayload {
+            service: Service::Relay,
+            kb: [1; 32],
+            next: Some(("[2001:db8::1]:443".parse().expect("addr"), [3; 32])),
+        };
+        assert_eq!(BuildPayload::parse(&v6.emit()), Ok(v6));
+        let term = BuildPayload {
+            service: Service::Echo,
+            kb: [5; 32],
+            next: None,
+        };
+        let b = term.emit();
+        assert_eq!(b[34], 0);
+        assert_eq!(BuildPayload::parse(&b), Ok(term));
+        let mut bad = b;
+        bad[1] = 0;
+        assert!(BuildPayload::parse(&bad).is_err(), "relay without next hop");
+        let mut bad = b;
+        bad[1] = 9;
+        assert!(BuildPayload::parse(&bad).is_err());
+    }
+
+    #[test]
+    fn body_vector() {
+        let mut b = [0xffu8; 32];
+        Body {
+            cmd: Cmd::Data,
+            len: 4,
+        }
+        .emit(&mut b);
+        b[3..7].copy_from_slice(b"ping");
+        assert_eq!(&b[..7], &[1, 0, 4, b'p', b'i', b'n', b'g']);
+        assert!(b[7..].iter().all(|&x| x == 0));
+        let body = Body::parse(&b).expect("body");
+        assert_eq!(&b[body.payload()], b"ping");
+        assert!(Body::parse(&[1, 0, 30, 0]).is_err(), "length beyond body");
+        assert!(Body::parse(&[9, 0, 0]).is_err(), "unknown command");
+        assert_eq!(body_size(&[128, 256], 10), 128);
+        assert_eq!(body_size(&[128, 256], 200), 256);
+        assert_eq!(body_size(&[128, 256], 300), MAX_BODY);
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1600)) {
+            let _ = classify(&data);
+            let _ = Body::parse(&data);
+            let _ = BuildPayload::parse(&data);
+            if data.len() >= 2 {
+                let _ = CtrlKind::parse(data[0], data.len());
+            }
+        }
+
+        #[test]
+        fn build_payload_round_trip(kb in any::<[u8; 32]>(), key in any::<[u8; 32]>(),
+                                    ip in any::<[u8; 16]>(), port in 1u16.., v4 in any::<bool>()) {
+            let ip = if v4 { IpAddr::from([ip[0], ip[1], ip[2], ip[3]]) } else { IpAddr::from(ip) };
+            let p = BuildPayload { service: Service::Relay, kb, next: Some((SocketAddr::new(ip, port), key)) };
+            prop_assert_eq!(BuildPayload::parse(&p.emit()), Ok(p));
+        }
+
+        #[test]
+        fn body_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..MAX_PAYLOAD)) {
+            let size = body_size(&[128, 256, 512, 1024], payload.len());
+            let mut b = vec![0xaa; size];
+            b[BODY_HEADER..BODY_HEADER + payload.len()].copy_from_slice(&payload);
+            Body { cmd: Cmd::Data, len: payload.len() }.emit(&mut b);
+            let body = Body::parse(&b).expect("parse");
+            prop_assert_eq!(&b[body.payload()], &payload[..]);
+        }
+    }
+}
