@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod driver;
 pub mod identity;
 pub mod node;
 pub mod onion;

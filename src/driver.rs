@@ -1,0 +1,200 @@
+//! The tokio driver: UDP sockets in, [`Node`] in the middle, UDP sockets out.
+//!
+//! It holds no protocol logic. One receive task per socket feeds a channel; one core
+//! task owns the node, hands it datagrams and timer ticks, and sends what the node
+//! wants sent from the socket the link uses.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::node::{Event, Node, Output, Transmit};
+use crate::wire::MAX_DATAGRAM;
+
+/// Socket buffer size asked of the kernel (it may grant less).
+const SOCKET_BUFFER: usize = 4 << 20;
+/// Received datagrams queued between the receive tasks and the core.
+const CHANNEL_DEPTH: usize = 4096;
+/// Datagrams handled per wake-up before timers and transmits are serviced.
+const BATCH: usize = 64;
+
+/// A datagram as received: socket index, source, bytes.
+pub type Received = (usize, SocketAddr, Vec<u8>);
+
+/// The node's UDP sockets.
+pub struct Sockets {
+    socks: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    by_local: HashMap<SocketAddr, usize>,
+}
+
+fn bind_one(addr: SocketAddr) -> Result<UdpSocket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .context("cannot create a UDP socket")?;
+    if addr.is_ipv6() {
+        // Lets "0.0.0.0" and "::" share a port.
+        sock.set_only_v6(true).context("cannot set IPV6_V6ONLY")?;
+    }
+    // Larger buffers absorb bursts; failure only costs throughput.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    sock.set_nonblocking(true)
+        .context("cannot make the socket non-blocking")?;
+    sock.bind(&addr.into())
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    UdpSocket::from_std(sock.into()).context("cannot register the socket with tokio")
+}
+
+impl Sockets {
+    /// Binds every address. Port 0 picks an ephemeral port.
+    pub fn bind(addrs: &[SocketAddr]) -> Result<Self> {
+        let mut socks = Vec::with_capacity(addrs.len());
+        let mut by_local = HashMap::new();
+        for &addr in addrs {
+            let s = bind_one(addr)?;
+            let local = s.local_addr().context("cannot read the bound address")?;
+            by_local.insert(local, socks.len());
+            socks.push((local, Arc::new(s)));
+        }
+        Ok(Self { socks, by_local })
+    }
+
+    /// The bound local addresses.
+    pub fn local_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.socks.iter().map(|(a, _)| *a)
+    }
+
+    /// Starts one receive task per socket.
+    #[must_use]
+    pub fn spawn_receivers(&self) -> mpsc::Receiver<Received> {
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        for (i, (_, sock)) in self.socks.iter().enumerate() {
+            let sock = Arc::clone(sock);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+                    match sock.recv_from(&mut buf).await {
+                        Ok((n, from)) => {
+                            buf.truncate(n);
+                            if tx.send((i, from, buf)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::debug!("receive error: {e}"),
+                    }
+                }
+            });
+        }
+        rx
+    }
+
+    /// The local address of socket `i`.
+    #[must_use]
+    pub fn local(&self, i: usize) -> Option<SocketAddr> {
+        self.socks.get(i).map(|(a, _)| *a)
+    }
+
+    fn pick(&self, t: &Transmit) -> Option<&UdpSocket> {
+        let by_src = t
+            .src
+            .and_then(|s| self.by_local.get(&s))
+            .map(|&i| &*self.socks[i].1);
+        by_src.or_else(|| {
+            self.socks
+                .iter()
+                .find(|(a, _)| a.is_ipv4() == t.dst.is_ipv4())
+                .map(|(_, s)| &**s)
+        })
+    }
+
+    /// Sends one datagram; errors are logged, as UDP loss would be.
+    pub async fn send(&self, t: &Transmit) {
+        match self.pick(t) {
+            Some(s) => {
+                if let Err(e) = s.send_to(&t.buf, t.dst).await {
+                    tracing::debug!("send error: {e}");
+                }
+            }
+            None => tracing::debug!("no socket of the destination's address family"),
+        }
+    }
+}
+
+/// The driver state shared by the gateway and client loops.
+pub struct Driver {
+    pub node: Node,
+    pub sockets: Sockets,
+    pub rng: ChaCha20Rng,
+    rx: mpsc::Receiver<Received>,
+}
+
+impl Driver {
+    /// Binds the sockets and starts receiving.
+    pub fn new(node: Node, addrs: &[SocketAddr]) -> Result<Self> {
+        let sockets = Sockets::bind(addrs)?;
+        let rx = sockets.spawn_receivers();
+        Ok(Self {
+            node,
+            sockets,
+            rng: ChaCha20Rng::from_entropy(),
+            rx,
+        })
+    }
+
+    /// Sends everything the node has queued.
+    pub async fn flush(&mut self) {
+        while let Some(t) = self.node.poll_transmit() {
+            self.sockets.send(&t).await;
+        }
+    }
+
+    /// Waits for datagrams or the node's next timer, processes them, sends the
+    /// results, and returns the events that arose.
+    pub async fn step(&mut self, events: &mut Vec<Event>) {
+        let deadline = self.node.poll_timeout().map(tokio::time::Instant::from_std);
+        let first = tokio::select! {
+            r = self.rx.recv() => r,
+            () = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => None,
+        };
+        let now = Instant::now();
+        if let Some(r) = first {
+            self.handle(now, r).await;
+            for _ in 1..BATCH {
+                match self.rx.try_recv() {
+                    Ok(r) => self.handle(now, r).await,
+                    Err(_) => break,
+                }
+            }
+        }
+        if self.node.poll_timeout().is_some_and(|t| t <= now) {
+            self.node.handle_timeout(now, &mut self.rng);
+        }
+        self.flush().await;
+        while let Some(e) = self.node.poll_event() {
+            events.push(e);
+        }
+    }
+
+    async fn handle(&mut self, now: Instant, (i, from, buf): Received) {
+        let local = self.sockets.local(i);
+        if let Output::Transmit(t) = self
+            .node
+            .handle_datagram(now, &mut self.rng, local, from, buf)
+        {
+            self.sockets.send(&t).await;
+        }
+    }
+}
