@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Runs the whole anonnet test suite: lint, unit, property, simulation, process and
+# (when run as root) network-namespace tests. Installs what it needs on Debian.
+# Ends with one line: "SUMMARY: N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n=== %s\n' "$*"; }
+
+need_pkgs=()
+for tool in gcc:build-essential pkg-config:pkg-config ip:iproute2 python3:python3; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need_pkgs+=("${tool##*:}")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing ${need_pkgs[*]}"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
+  else
+    echo "not root: cannot install ${need_pkgs[*]}; continuing" >&2
+  fi
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null 2>&1; then
+  log "installing cargo"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc
+  fi
+  command -v cargo >/dev/null 2>&1 || { echo "SUMMARY: 0 passed, 1 failed (no cargo)"; exit 1; }
+fi
+
+passed=0
+failed=0
+failures=()
+step() { # name, command...
+  local name=$1; shift
+  log "$name"
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
+}
+
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
+
+log "cargo test (unit, property, simulation, process, hostile input)"
+testlog=$(mktemp)
+trap 'rm -f "$testlog"' EXIT
+cargo test --all-targets --no-fail-fast 2>&1 | tee "$testlog"
+rc=${PIPESTATUS[0]}
+p=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$testlog" | awk '{s+=$4} END {print s+0}')
+f=$(grep -Eo '[0-9]+ failed' "$testlog" | awk '{s+=$1} END {print s+0}')
+passed=$((passed + p))
+failed=$((failed + f))
+if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); failures+=("cargo test (build)"); fi
+[ "$f" -gt 0 ] && failures+=("cargo test: $f")
+
+if [ -x netns-tests/run.sh ]; then
+  if [ "$(id -u)" = 0 ]; then
+    log "netns-tests"
+    nslog=$(mktemp)
+    netns-tests/run.sh 2>&1 | tee "$nslog"
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$nslog" | tail -1)
+    if [ -n "$line" ]; then
+      passed=$((passed + $(echo "$line" | awk '{print $1}')))
+      nf=$(echo "$line" | awk '{print $3}')
+      failed=$((failed + nf))
+      [ "$nf" -gt 0 ] && failures+=("netns-tests: $nf")
+    else
+      failed=$((failed + 1)); failures+=("netns-tests (no summary)")
+    fi
+    rm -f "$nslog"
+  else
+    echo "netns-tests skipped: they need root (network namespaces)"
+  fi
+fi
+
+[ ${#failures[@]} -gt 0 ] && printf 'failed: %s\n' "${failures[@]}"
+echo "SUMMARY: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
