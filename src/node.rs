@@ -1300,6 +1300,7 @@ impl Node {
         self.send_data(now, rng, id, buf, payload.len())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn send_cmd(
         &mut self,
         now: Instant,
@@ -1417,9 +1418,8 @@ impl Node {
                     Some((id, DestroyReason::Unreachable))
                 } else if since(r.last_fwd) >= idle
                     || (r.next.is_some() && since(r.last_bwd) >= idle)
+                    || (!r.keys.current.usable(now) && r.keys.next.is_none())
                 {
-                    Some((id, DestroyReason::Timeout))
-                } else if !r.keys.current.usable(now) && r.keys.next.is_none() {
                     Some((id, DestroyReason::Timeout))
                 } else {
                     None

@@ -361,8 +361,8 @@ pub fn client_build(
     for (j, m) in msgs.iter().enumerate() {
         out[j * BUILD_SLOT_LEN..(j + 1) * BUILD_SLOT_LEN].copy_from_slice(m);
     }
-    for i in 0..msgs.len().saturating_sub(1) {
-        let (ksf, _) = build_keystreams(&kbs[i]);
+    for (i, kb) in kbs.iter().enumerate().take(msgs.len().saturating_sub(1)) {
+        let (ksf, _) = build_keystreams(kb);
         for j in i + 1..msgs.len() {
             let off = (j - i - 1) * BUILD_SLOT_LEN;
             xor(

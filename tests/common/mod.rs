@@ -86,7 +86,10 @@ impl Proc {
             Some(line) => line,
             None => {
                 let why = self.describe();
-                panic!("{}: expected line not seen within {timeout:?}\n{why}", self.name)
+                panic!(
+                    "{}: expected line not seen within {timeout:?}\n{why}",
+                    self.name
+                )
             }
         }
     }
@@ -266,7 +269,10 @@ pub fn start_gateway(dir: &Path, name: &str, ip: IpAddr, echo: bool) -> Gateway 
             continue;
         };
         let want = format!("anonnet gateway {key} listening on ");
-        assert!(line.starts_with(&want), "unexpected readiness line {line:?}");
+        assert!(
+            line.starts_with(&want),
+            "unexpected readiness line {line:?}"
+        );
         let addr: SocketAddr = line[want.len()..]
             .split_whitespace()
             .next()
@@ -289,7 +295,8 @@ impl Gateway {
         self.proc.terminate();
         let (st, err) = self.proc.wait_exit(Duration::from_secs(10));
         assert!(st.success(), "gateway exited with {st}: {err}");
-        Stats::parse(&err).unwrap_or_else(|| panic!("no stats line in the gateway's stderr:\n{err}"))
+        Stats::parse(&err)
+            .unwrap_or_else(|| panic!("no stats line in the gateway's stderr:\n{err}"))
     }
 }
 
@@ -354,7 +361,11 @@ pub fn client_config(
 
 /// Starts `anonnet circuit-test --config CONFIG EXTRA...`.
 pub fn circuit_test(config: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec!["circuit-test", "--config", config.to_str().expect("utf-8 path")];
+    let mut args = vec![
+        "circuit-test",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+    ];
     args.extend_from_slice(extra);
     Proc::spawn("circuit-test", &args)
 }
