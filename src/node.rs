@@ -148,6 +148,7 @@ pub struct Stats {
     pub circuits_accepted: u64,
     pub circuits_refused: u64,
     pub rekeys: u64,
+    pub link_rekeys: u64,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -175,7 +176,13 @@ type RelayId = u64;
 
 /// Keys of an established link session.
 struct LinkKeys {
+    /// Our receiver index for these keys.
+    rx: u32,
+    /// The peer's receiver index for these keys.
     tx: u32,
+    /// Proves a later rekey handshake comes from the same initiator.
+    rekey: [u8; KEY_LEN],
+    born: Instant,
     send_ctrl: AeadKey,
     recv_ctrl: AeadKey,
     send_mask: [u8; KEY_LEN],
@@ -185,11 +192,19 @@ struct LinkKeys {
 }
 
 impl LinkKeys {
-    fn new(split: ([u8; KEY_LEN], [u8; KEY_LEN]), initiator: bool, tx: u32) -> Self {
+    fn new(
+        split: ([u8; KEY_LEN], [u8; KEY_LEN]),
+        initiator: bool,
+        (rx, tx): (u32, u32),
+        born: Instant,
+    ) -> Self {
         let (i2r, r2i) = split;
         let (s, r) = if initiator { (i2r, r2i) } else { (r2i, i2r) };
         Self {
+            rx,
             tx,
+            rekey: kdf(&i2r, b"anonnet link rekey"),
+            born,
             send_ctrl: AeadKey::new(&kdf(&s, b"anonnet link ctrl")),
             recv_ctrl: AeadKey::new(&kdf(&r, b"anonnet link ctrl")),
             send_mask: kdf(&s, b"anonnet link mask"),
@@ -198,10 +213,21 @@ impl LinkKeys {
             window: ReplayWindow::new(onion::REJECT_AFTER_MESSAGES),
         }
     }
+
+    /// The proof a rekeying initiator puts in its LINK_INIT for new index `rx`.
+    fn proof(&self, rx: u32) -> [u8; LINK_REKEY_PROOF] {
+        let mut p = [0u8; LINK_REKEY_PROOF];
+        p.copy_from_slice(&kdf(&self.rekey, &rx.to_be_bytes())[..LINK_REKEY_PROOF]);
+        p
+    }
 }
+
+/// Bytes of the rekey proof in a LINK_INIT's reserved plaintext.
+const LINK_REKEY_PROOF: usize = LINK_INIT_RESERVED - 4;
 
 struct PendingInit {
     hs: snow::HandshakeState,
+    rx: u32,
     started: Instant,
     last_sent: Instant,
 }
@@ -211,8 +237,12 @@ struct Link {
     local: Option<SocketAddr>,
     /// The peer's static key if this node initiated the link.
     peer_key: Option<[u8; KEY_LEN]>,
-    rx: u32,
+    /// Keys in use.
     keys: Option<LinkKeys>,
+    /// Keys replaced by a rekey, still accepted until they expire.
+    previous: Option<LinkKeys>,
+    /// Responder: keys from a rekey, used once the initiator sends under them.
+    next: Option<LinkKeys>,
     pending: Option<PendingInit>,
     queue: Vec<(CtrlKind, u32, Vec<u8>)>,
     circuits: usize,
@@ -359,7 +389,7 @@ impl Node {
         if self.links.is_empty() && self.own.is_empty() && self.relays.is_empty() {
             return None;
         }
-        Some(self.last_tick.map_or_else(Instant::now, |t| t + TICK))
+        self.last_tick.map(|t| t + TICK)
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -423,29 +453,41 @@ impl Node {
 
     // ---- links -------------------------------------------------------------------
 
+    /// Starts (or restarts) the link handshake; on a link that has keys, a rekey.
     fn send_link_init(&mut self, now: Instant, rng: &mut (impl RngCore + CryptoRng), id: LinkId) {
+        let rx = self.new_index(rng);
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
         let Some(key) = link.peer_key else { return };
+        let mut reserved = [0u8; LINK_INIT_RESERVED];
+        if let Some(k) = &link.keys {
+            reserved[..4].copy_from_slice(&k.tx.to_be_bytes());
+            reserved[4..].copy_from_slice(&k.proof(rx));
+        }
         let mut hs = crypto::noise_initiator(rng, &key);
         let mut msg = [0u8; 64];
-        if hs
-            .write_message(&[0u8; LINK_INIT_RESERVED], &mut msg)
-            .is_err()
-        {
+        if hs.write_message(&reserved, &mut msg).is_err() {
             return;
         }
-        let started = link.pending.as_ref().map_or(now, |p| p.started);
+        let started = match link.pending.take() {
+            Some(p) => {
+                self.by_index.remove(&p.rx);
+                p.started
+            }
+            None => now,
+        };
+        self.by_index.insert(rx, id);
         link.pending = Some(PendingInit {
             hs,
+            rx,
             started,
             last_sent: now,
         });
         self.transmits.push_back(Transmit {
             src: link.local,
             dst: link.peer,
-            buf: wire::emit_link_init(link.rx, &msg),
+            buf: wire::emit_link_init(rx, &msg),
         });
     }
 
@@ -461,8 +503,6 @@ impl Node {
             return id;
         }
         let id = self.fresh_id();
-        let rx = self.new_index(rng);
-        self.by_index.insert(rx, id);
         self.out_links.insert((spec.addr, spec.key), id);
         self.links.insert(
             id,
@@ -470,8 +510,9 @@ impl Node {
                 peer: spec.addr,
                 local: None,
                 peer_key: Some(spec.key),
-                rx,
                 keys: None,
+                previous: None,
+                next: None,
                 pending: None,
                 queue: Vec::new(),
                 circuits: 0,
@@ -484,7 +525,15 @@ impl Node {
 
     fn remove_link(&mut self, id: LinkId) {
         if let Some(link) = self.links.remove(&id) {
-            self.by_index.remove(&link.rx);
+            let keys = [&link.keys, &link.previous, &link.next];
+            for rx in keys
+                .into_iter()
+                .flatten()
+                .map(|k| k.rx)
+                .chain(link.pending.map(|p| p.rx))
+            {
+                self.by_index.remove(&rx);
+            }
             if let Some(key) = link.peer_key {
                 self.out_links.remove(&(link.peer, key));
             }
@@ -557,6 +606,7 @@ impl Node {
         mut buf: Vec<u8>,
     ) -> Output {
         self.stats.rx_datagrams += 1;
+        self.last_tick.get_or_insert(now);
         let kind = match wire::classify(&buf) {
             Ok(k) => k,
             Err(wire::WireError::UnknownType(_) | wire::WireError::Version(_)) => {
@@ -606,6 +656,28 @@ impl Node {
             self.stats.dropped_auth += 1;
             return;
         }
+        let tx = wire::index_field(buf);
+        // A rekey names the link it replaces and proves it knows that link's keys.
+        let prev = wire::be32(&payload, 0);
+        let rekeyed = if prev == 0 {
+            None
+        } else {
+            let link = self
+                .by_index
+                .get(&prev)
+                .and_then(|id| Some((*id, self.links.get(id)?)));
+            let proven = link.filter(|(_, l)| {
+                l.peer_key.is_none()
+                    && l.keys.as_ref().is_some_and(|k| {
+                        k.rx == prev && k.proof(tx)[..] == payload[4..LINK_INIT_RESERVED]
+                    })
+            });
+            let Some((id, _)) = proven else {
+                self.stats.dropped_auth += 1;
+                return;
+            };
+            Some(id)
+        };
         if !self.remember_handshake(now, &buf[LINK_INIT_MSG]) {
             return;
         }
@@ -613,10 +685,25 @@ impl Node {
         if hs.write_message(&[], &mut msg).is_err() {
             return;
         }
-        let id = self.fresh_id();
         let rx = self.new_index(rng);
-        let tx = wire::index_field(buf);
-        let keys = LinkKeys::new(crypto::split(&mut hs), false, tx);
+        let keys = LinkKeys::new(crypto::split(&mut hs), false, (rx, tx), now);
+        let resp = Transmit {
+            src: local,
+            dst: remote,
+            buf: wire::emit_link_resp(rx, tx, &msg),
+        };
+        if let Some(id) = rekeyed {
+            if let Some(link) = self.links.get_mut(&id) {
+                if let Some(old) = link.next.replace(keys) {
+                    self.by_index.remove(&old.rx);
+                }
+                self.by_index.insert(rx, id);
+                self.stats.link_rekeys += 1;
+                self.transmits.push_back(resp);
+            }
+            return;
+        }
+        let id = self.fresh_id();
         self.by_index.insert(rx, id);
         self.links.insert(
             id,
@@ -624,19 +711,16 @@ impl Node {
                 peer: remote,
                 local,
                 peer_key: None,
-                rx,
                 keys: Some(keys),
+                previous: None,
+                next: None,
                 pending: None,
                 queue: Vec::new(),
                 circuits: 0,
                 last_used: now,
             },
         );
-        self.transmits.push_back(Transmit {
-            src: local,
-            dst: remote,
-            buf: wire::emit_link_resp(rx, tx, &msg),
-        });
+        self.transmits.push_back(resp);
     }
 
     fn on_link_resp(&mut self, now: Instant, buf: &[u8]) {
@@ -648,7 +732,7 @@ impl Node {
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
-        let Some(mut p) = link.pending.take() else {
+        let Some(mut p) = link.pending.take_if(|p| p.rx == rx) else {
             self.stats.dropped_unknown_index += 1;
             return;
         };
@@ -661,32 +745,57 @@ impl Node {
             self.stats.dropped_auth += 1;
             return;
         }
-        link.keys = Some(LinkKeys::new(
+        let keys = LinkKeys::new(
             crypto::split(&mut p.hs),
             true,
-            wire::index_field(buf),
-        ));
+            (rx, wire::index_field(buf)),
+            now,
+        );
         link.last_used = now;
+        if let Some(old) = link.keys.replace(keys) {
+            if let Some(gone) = link.previous.replace(old) {
+                self.by_index.remove(&gone.rx);
+            }
+            self.stats.link_rekeys += 1;
+        }
         for (kind, cid, body) in std::mem::take(&mut link.queue) {
             self.send_ctrl(id, kind, cid, &body);
         }
     }
 
-    /// Finds the link and its keys for a LINK_CTRL or CELL by receiver index.
-    fn link_for(&mut self, buf: &[u8]) -> Option<LinkId> {
-        let id = self.by_index.get(&wire::index_field(buf)).copied();
-        if id.is_none_or(|id| self.links.get(&id).is_none_or(|l| l.keys.is_none())) {
+    /// The link and receive keys for a LINK_CTRL or CELL, by receiver index. A
+    /// responder's first message under rekeyed keys makes them current.
+    fn recv_keys(&mut self, buf: &[u8]) -> Option<(LinkId, &mut LinkKeys)> {
+        let rx = wire::index_field(buf);
+        let Some(link_id) = self.by_index.get(&rx).copied() else {
             self.stats.dropped_unknown_index += 1;
             return None;
+        };
+        let link = self.links.get_mut(&link_id)?;
+        if link.next.as_ref().is_some_and(|k| k.rx == rx) {
+            let promoted = link.next.take();
+            if let Some(old) = std::mem::replace(&mut link.keys, promoted) {
+                if let Some(gone) = link.previous.replace(old) {
+                    self.by_index.remove(&gone.rx);
+                }
+            }
         }
-        id
+        let keys = if link.keys.as_ref().is_some_and(|k| k.rx == rx) {
+            link.keys.as_mut()
+        } else {
+            link.previous.as_mut().filter(|k| k.rx == rx)
+        };
+        match keys {
+            Some(k) => Some((link_id, k)),
+            None => {
+                self.stats.dropped_unknown_index += 1;
+                None
+            }
+        }
     }
 
     fn on_link_ctrl(&mut self, now: Instant, rng: &mut (impl RngCore + CryptoRng), buf: &mut [u8]) {
-        let Some(link_id) = self.link_for(buf) else {
-            return;
-        };
-        let Some(keys) = self.links.get_mut(&link_id).and_then(|l| l.keys.as_mut()) else {
+        let Some((link_id, keys)) = self.recv_keys(buf) else {
             return;
         };
         let ctr = wire::be64(buf, 5);
@@ -945,13 +1054,11 @@ impl Node {
         rng: &mut (impl RngCore + CryptoRng),
         mut buf: Vec<u8>,
     ) -> Output {
-        let Some(link_id) = self.link_for(&buf) else {
+        let Some((link_id, keys)) = self.recv_keys(&buf) else {
             return Output::Recycle(buf);
         };
-        let Some(keys) = self.links.get(&link_id).and_then(|l| l.keys.as_ref()) else {
-            return Output::Recycle(buf);
-        };
-        mask_header(&keys.recv_mask, &mut buf);
+        let mask = keys.recv_mask;
+        mask_header(&mask, &mut buf);
         let cid = wire::be32(&buf, 5);
         match self.circuits.get(&(link_id, cid)).copied() {
             Some(Entry::RelayPrev(id)) => self.cell_forward(now, rng, id, buf),
@@ -1196,6 +1303,7 @@ impl Node {
         if path.is_empty() || path.len() > SLOTS {
             return Err(BuildError::PathLength(path.len()));
         }
+        self.last_tick.get_or_insert(now);
         let link = self.link_to(now, rng, path[0]);
         let cid = self.new_cid(link, rng);
         let mut hops = Vec::with_capacity(path.len());
@@ -1361,26 +1469,43 @@ impl Node {
     }
 
     fn tick_links(&mut self, now: Instant, rng: &mut (impl RngCore + CryptoRng)) {
+        let since = |t: Instant| now.saturating_duration_since(t);
         let mut failed = Vec::new();
-        let mut retry = Vec::new();
+        let mut init = Vec::new();
         let mut idle = Vec::new();
+        let mut expired = Vec::new();
         for (&id, l) in &self.links {
-            if let Some(p) = &l.pending {
-                if now.saturating_duration_since(p.started) >= self.cfg.build_timeout {
-                    failed.push(id);
-                } else if now.saturating_duration_since(p.last_sent) >= LINK_RETRY {
-                    retry.push(id);
+            let keys_age = l.keys.as_ref().map(|k| since(k.born));
+            if keys_age.is_some_and(|a| a >= onion::REJECT_AFTER_TIME) {
+                failed.push((id, DestroyReason::Timeout));
+            } else if let Some(p) = &l.pending {
+                if keys_age.is_none() && since(p.started) >= self.cfg.build_timeout {
+                    failed.push((id, DestroyReason::Unreachable));
+                } else if since(p.last_sent) >= LINK_RETRY {
+                    init.push(id);
                 }
-            } else if l.circuits == 0
-                && now.saturating_duration_since(l.last_used) >= self.cfg.idle_timeout
+            } else if l.peer_key.is_some() && keys_age.is_some_and(|a| a >= onion::REKEY_AFTER_TIME)
             {
+                init.push(id);
+            } else if l.circuits == 0 && since(l.last_used) >= self.cfg.idle_timeout {
                 idle.push(id);
             }
+            if l.previous
+                .as_ref()
+                .is_some_and(|k| since(k.born) >= onion::REJECT_AFTER_TIME)
+            {
+                expired.push(id);
+            }
         }
-        for id in retry {
+        for id in expired {
+            if let Some(old) = self.links.get_mut(&id).and_then(|l| l.previous.take()) {
+                self.by_index.remove(&old.rx);
+            }
+        }
+        for id in init {
             self.send_link_init(now, rng, id);
         }
-        for id in failed {
+        for (id, reason) in failed {
             let affected: Vec<Entry> = self
                 .circuits
                 .iter()
@@ -1391,12 +1516,16 @@ impl Node {
             for e in affected {
                 match e {
                     Entry::RelayPrev(r) | Entry::RelayNext(r) => {
-                        self.drop_relay(r, DestroyReason::Unreachable, Some(id))
+                        self.drop_relay(r, reason, Some(id))
                     }
                     Entry::Own(c) => {
                         self.forget_own(c);
-                        self.events
-                            .push_back(Event::CircuitDown(c, DownReason::BuildTimeout));
+                        let why = if reason == DestroyReason::Unreachable {
+                            DownReason::BuildTimeout
+                        } else {
+                            DownReason::Destroyed(reason)
+                        };
+                        self.events.push_back(Event::CircuitDown(c, why));
                     }
                 }
             }
