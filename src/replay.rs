@@ -301,7 +301,7 @@ mod tests {
         fn update(&mut self, c: u64, limit: u64) -> bool {
             let in_window = self
                 .max
-                .map_or(true, |m| u128::from(c) + 8128 > u128::from(m));
+                .is_none_or(|m| u128::from(c) + 8128 > u128::from(m));
             let ok = c <= limit && !self.seen.contains(&c) && in_window;
             if ok {
                 self.seen.insert(c);
