@@ -11,7 +11,7 @@
 //! on every link, so a relay rewrites the header and the body in place and hands the
 //! same `Vec` back as a [`Transmit`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -301,12 +301,14 @@ struct TokenBucket {
 /// The protocol state machine of one node.
 pub struct Node {
     cfg: NodeConfig,
-    links: HashMap<LinkId, Link>,
+    // Tables the timers iterate are ordered maps, so a run is reproducible from its
+    // inputs and seeds (HashMap iteration order is random per process).
+    links: BTreeMap<LinkId, Link>,
     by_index: HashMap<u32, LinkId>,
     out_links: HashMap<(SocketAddr, [u8; KEY_LEN]), LinkId>,
-    circuits: HashMap<(LinkId, u32), Entry>,
-    relays: HashMap<RelayId, Relay>,
-    own: HashMap<CircuitId, Own>,
+    circuits: BTreeMap<(LinkId, u32), Entry>,
+    relays: BTreeMap<RelayId, Relay>,
+    own: BTreeMap<CircuitId, Own>,
     next_id: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -341,12 +343,12 @@ impl Node {
         let tokens = f64::from(cfg.handshake_rate);
         Self {
             cfg,
-            links: HashMap::new(),
+            links: BTreeMap::new(),
             by_index: HashMap::new(),
             out_links: HashMap::new(),
-            circuits: HashMap::new(),
-            relays: HashMap::new(),
-            own: HashMap::new(),
+            circuits: BTreeMap::new(),
+            relays: BTreeMap::new(),
+            own: BTreeMap::new(),
             next_id: 1,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -1128,6 +1130,9 @@ impl Node {
             Cmd::Keepalive => {}
             Cmd::Data if r.service == Service::Echo => {}
             Cmd::Rekey if body.len == NK_MSG1_EMPTY => {
+                if !self.take_token(now) {
+                    return Output::Recycle(buf);
+                }
                 let Some(sk) = self.cfg.static_key else {
                     return Output::Recycle(buf);
                 };
