@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -26,13 +26,44 @@ const CHANNEL_DEPTH: usize = 4096;
 /// Datagrams handled per wake-up before timers and transmits are serviced.
 const BATCH: usize = 64;
 
+/// Buffers kept for reuse; beyond this many, returned buffers are freed.
+const POOL_CAP: usize = CHANNEL_DEPTH;
+
 /// A datagram as received: socket index, source, bytes.
 pub type Received = (usize, SocketAddr, Vec<u8>);
+
+/// Datagram buffers shared by the receive tasks and the core, so that steady-state
+/// traffic allocates nothing: a buffer goes socket -> node (relayed in place) ->
+/// socket -> pool -> socket.
+#[derive(Clone, Default)]
+pub struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Pool {
+    /// A buffer of `MAX_DATAGRAM + 1` bytes (one more than any valid datagram, so an
+    /// oversized one is seen as such rather than truncated to a valid length).
+    #[must_use]
+    pub fn get(&self) -> Vec<u8> {
+        let reused = self.0.lock().ok().and_then(|mut p| p.pop());
+        let mut buf = reused.unwrap_or_else(|| Vec::with_capacity(MAX_DATAGRAM + 1));
+        buf.resize(MAX_DATAGRAM + 1, 0);
+        buf
+    }
+
+    /// Returns a buffer for reuse.
+    pub fn put(&self, buf: Vec<u8>) {
+        if let Ok(mut p) = self.0.lock() {
+            if p.len() < POOL_CAP && buf.capacity() > MAX_DATAGRAM {
+                p.push(buf);
+            }
+        }
+    }
+}
 
 /// The node's UDP sockets.
 pub struct Sockets {
     socks: Vec<(SocketAddr, Arc<UdpSocket>)>,
     by_local: HashMap<SocketAddr, usize>,
+    pub pool: Pool,
 }
 
 fn bind_one(addr: SocketAddr) -> Result<UdpSocket> {
@@ -63,7 +94,11 @@ impl Sockets {
             by_local.insert(local, socks.len());
             socks.push((local, Arc::new(s)));
         }
-        Ok(Self { socks, by_local })
+        Ok(Self {
+            socks,
+            by_local,
+            pool: Pool::default(),
+        })
     }
 
     /// The bound local addresses.
@@ -78,9 +113,10 @@ impl Sockets {
         for (i, (_, sock)) in self.socks.iter().enumerate() {
             let sock = Arc::clone(sock);
             let tx = tx.clone();
+            let pool = self.pool.clone();
             tokio::spawn(async move {
                 loop {
-                    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+                    let mut buf = pool.get();
                     match sock.recv_from(&mut buf).await {
                         Ok((n, from)) => {
                             buf.truncate(n);
@@ -88,7 +124,10 @@ impl Sockets {
                                 return;
                             }
                         }
-                        Err(e) => tracing::debug!("receive error: {e}"),
+                        Err(e) => {
+                            tracing::debug!("receive error: {e}");
+                            pool.put(buf);
+                        }
                     }
                 }
             });
@@ -113,6 +152,12 @@ impl Sockets {
                 .find(|(a, _)| a.is_ipv4() == t.dst.is_ipv4())
                 .map(|(_, s)| &**s)
         })
+    }
+
+    /// Sends one datagram and recycles its buffer.
+    pub async fn send_recycle(&self, t: Transmit) {
+        self.send(&t).await;
+        self.pool.put(t.buf);
     }
 
     /// Sends one datagram; errors are logged, as UDP loss would be.
@@ -152,7 +197,7 @@ impl Driver {
     /// Sends everything the node has queued.
     pub async fn flush(&mut self) {
         while let Some(t) = self.node.poll_transmit() {
-            self.sockets.send(&t).await;
+            self.sockets.send_recycle(t).await;
         }
     }
 
@@ -190,11 +235,13 @@ impl Driver {
 
     async fn handle(&mut self, now: Instant, (i, from, buf): Received) {
         let local = self.sockets.local(i);
-        if let Output::Transmit(t) = self
+        match self
             .node
             .handle_datagram(now, &mut self.rng, local, from, buf)
         {
-            self.sockets.send(&t).await;
+            Output::Transmit(t) => self.sockets.send_recycle(t).await,
+            Output::Recycle(b) => self.sockets.pool.put(b),
+            Output::Consumed => {}
         }
     }
 }

@@ -280,7 +280,7 @@ async fn circuit_test(path: PathBuf, t: Transfer) -> Result<ExitCode> {
             let tx = d
                 .node
                 .send_payload(now, &mut d.rng, id, &payload(seq, &t))?;
-            d.sockets.send(&tx).await;
+            d.sockets.send_recycle(tx).await;
         }
         while outstanding.len() < t.window && sent_bytes < t.bytes {
             let p = payload(next_seq, &t);
@@ -288,7 +288,7 @@ async fn circuit_test(path: PathBuf, t: Transfer) -> Result<ExitCode> {
             outstanding.insert(next_seq, now);
             next_seq += 1;
             let tx = d.node.send_payload(now, &mut d.rng, id, &p)?;
-            d.sockets.send(&tx).await;
+            d.sockets.send_recycle(tx).await;
         }
         d.step(&mut events).await;
         for e in events.drain(..) {
@@ -314,6 +314,7 @@ async fn circuit_test(path: PathBuf, t: Transfer) -> Result<ExitCode> {
                         verified += 1;
                         verified_bytes += got.len() as u64;
                     }
+                    d.sockets.pool.put(buf);
                 }
                 Event::CircuitDown(c, reason) if c == id => {
                     println!(
