@@ -1363,14 +1363,6 @@ impl Node {
         Ok(id)
     }
 
-    /// The gateways of a client circuit, entry first.
-    #[must_use]
-    pub fn path(&self, id: CircuitId) -> Option<Vec<HopSpec>> {
-        self.own
-            .get(&id)
-            .map(|o| o.hops.iter().map(|h| h.spec).collect())
-    }
-
     /// Sends DATA on a circuit. `buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len]` holds the
     /// payload (so a caller can read a packet straight into place); the buffer is
     /// resized to the cell and returned in the [`Transmit`].

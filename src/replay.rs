@@ -120,11 +120,6 @@ impl ReplayWindow {
         self.last
     }
 
-    /// The reject limit given to [`ReplayWindow::new`].
-    pub fn limit(&self) -> u64 {
-        self.limit
-    }
-
     fn position(counter: u64) -> (usize, u64) {
         let block = ((counter / BLOCK_BITS) & BLOCK_MASK) as usize;
         (block, 1u64 << (counter % BLOCK_BITS))
