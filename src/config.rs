@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -241,6 +242,124 @@ pub struct GatewayConfig {
     pub handshake_rate: u32,
     /// Most circuits held at once (> 0).
     pub max_circuits: usize,
+    /// The `[exit]` section (used when the gateway runs with `--exit`).
+    pub exit: ExitConfig,
+}
+
+/// The `[exit]` section of a gateway config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitConfig {
+    /// Name of the exit's TUN device.
+    pub tun: String,
+    /// MTU of the exit's TUN device (the largest packet sent into a circuit).
+    pub mtu: u32,
+    /// Per-circuit addresses: circuit `i` gets host `i + 1` of each pool.
+    pub pool4: Ipv4Net,
+    pub pool6: Ipv6Net,
+    /// Resolvers the exit forwards the tunnel's DNS queries to; empty means the
+    /// exit's own `/etc/resolv.conf` nameservers, read at start.
+    pub dns_upstream: Vec<IpAddr>,
+    /// Exit policy rules in Tor's syntax, before the default tail.
+    pub policy: Vec<String>,
+    /// Most live flows (5-tuples) per circuit.
+    pub max_flows: usize,
+    /// Most packets per second a circuit may send out.
+    pub max_pps: u32,
+}
+
+impl Default for ExitConfig {
+    fn default() -> Self {
+        Self {
+            tun: "anonexit0".into(),
+            mtu: DEFAULT_MTU,
+            pool4: Ipv4Net::new(std::net::Ipv4Addr::new(100, 96, 0, 0), 12).unwrap_or_default(),
+            pool6: Ipv6Net::new(std::net::Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0), 64)
+                .unwrap_or_default(),
+            dns_upstream: Vec::new(),
+            policy: Vec::new(),
+            max_flows: 1024,
+            max_pps: 50_000,
+        }
+    }
+}
+
+/// Default MTU of the tunnel devices: IPv6's minimum, so that both families work.
+pub const DEFAULT_MTU: u32 = 1280;
+/// Smallest MTU of a tunnel device (IPv6 needs 1280).
+pub const MIN_MTU: u32 = 1280;
+
+/// Checks an interface name as the kernel would (1 to 15 bytes, no '/', ':' or
+/// whitespace).
+fn check_ifname(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{name:?} is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_mtu(key: &str, mtu: u32) -> Result<(), ConfigError> {
+    check_int(
+        key,
+        u64::from(mtu),
+        u64::from(MIN_MTU),
+        crate::tunnel::MAX_PACKET as u64,
+    )
+}
+
+impl ExitConfig {
+    /// Check the values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_ifname("exit.tun", &self.tun)?;
+        check_mtu("exit.mtu", self.mtu)?;
+        if self.pool4.prefix_len() > 30 {
+            return Err(ConfigError::invalid(
+                "exit.pool4",
+                format!(
+                    "{} is too small: need a prefix of /30 or shorter",
+                    self.pool4
+                ),
+            ));
+        }
+        if self.pool6.prefix_len() > 126 {
+            return Err(ConfigError::invalid(
+                "exit.pool6",
+                format!(
+                    "{} is too small: need a prefix of /126 or shorter",
+                    self.pool6
+                ),
+            ));
+        }
+        for (key, addr) in [
+            ("exit.pool4", IpAddr::V4(crate::tunnel::EXIT_V4)),
+            ("exit.pool4", IpAddr::V4(crate::tunnel::DNS_V4)),
+            ("exit.pool6", IpAddr::V6(crate::tunnel::EXIT_V6)),
+            ("exit.pool6", IpAddr::V6(crate::tunnel::DNS_V6)),
+        ] {
+            let inside = match addr {
+                IpAddr::V4(a) => self.pool4.contains(&a),
+                IpAddr::V6(a) => self.pool6.contains(&a),
+            };
+            if inside {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must not contain the tunnel's fixed address {addr}"),
+                ));
+            }
+        }
+        check_int("exit.max_flows", self.max_flows as u64, 1, 1 << 20)?;
+        check_int("exit.max_pps", u64::from(self.max_pps), 1, 10_000_000)?;
+        Ok(())
+    }
 }
 
 impl GatewayConfig {
@@ -293,7 +412,7 @@ impl GatewayConfig {
             1,
             u64::from(u32::MAX),
         )?;
-        Ok(())
+        self.exit.validate()
     }
 }
 
@@ -301,6 +420,98 @@ impl GatewayConfig {
 #[serde(deny_unknown_fields)]
 struct GatewayFile {
     gateway: RawGateway,
+    #[serde(default)]
+    exit: RawExit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawExit {
+    tun: Option<String>,
+    mtu: Option<i64>,
+    pool4: Option<String>,
+    pool6: Option<String>,
+    #[serde(default)]
+    dns_upstream: Vec<String>,
+    #[serde(default)]
+    policy: Vec<String>,
+    max_flows: Option<i64>,
+    max_pps: Option<i64>,
+}
+
+fn parse_exit(raw: RawExit) -> Result<ExitConfig, ConfigError> {
+    let d = ExitConfig::default();
+    let mut dns_upstream = Vec::with_capacity(raw.dns_upstream.len());
+    for (i, s) in raw.dns_upstream.iter().enumerate() {
+        dns_upstream.push(s.trim().parse::<IpAddr>().map_err(|_| {
+            ConfigError::invalid(
+                format!("exit.dns_upstream[{i}]"),
+                format!("invalid IP address {s:?} (no port: DNS uses 53)"),
+            )
+        })?);
+    }
+    let net = |key: &str, v: Option<String>| -> Result<Option<IpNet>, ConfigError> {
+        v.map(|s| {
+            s.trim().parse::<IpNet>().map_err(|_| {
+                ConfigError::invalid(
+                    key,
+                    format!("invalid prefix {s:?} (expected e.g. \"100.96.0.0/12\")"),
+                )
+            })
+        })
+        .transpose()
+    };
+    let pool4 = match net("exit.pool4", raw.pool4)? {
+        None => d.pool4,
+        Some(IpNet::V4(n)) => n.trunc(),
+        Some(IpNet::V6(n)) => {
+            return Err(ConfigError::invalid(
+                "exit.pool4",
+                format!("{n} is not an IPv4 prefix"),
+            ))
+        }
+    };
+    let pool6 = match net("exit.pool6", raw.pool6)? {
+        None => d.pool6,
+        Some(IpNet::V6(n)) => n.trunc(),
+        Some(IpNet::V4(n)) => {
+            return Err(ConfigError::invalid(
+                "exit.pool6",
+                format!("{n} is not an IPv6 prefix"),
+            ))
+        }
+    };
+    let config = ExitConfig {
+        tun: raw.tun.unwrap_or(d.tun),
+        mtu: raw
+            .mtu
+            .map(|m| {
+                bounded(
+                    "exit.mtu",
+                    m,
+                    i64::from(MIN_MTU),
+                    crate::tunnel::MAX_PACKET as i64,
+                )
+            })
+            .transpose()?
+            .unwrap_or(d.mtu),
+        pool4,
+        pool6,
+        dns_upstream,
+        policy: raw.policy,
+        max_flows: raw
+            .max_flows
+            .map(|m| bounded("exit.max_flows", m, 1, 1 << 20))
+            .transpose()?
+            .unwrap_or(d.max_flows),
+        max_pps: raw
+            .max_pps
+            .map(|m| bounded("exit.max_pps", m, 1, 10_000_000))
+            .transpose()?
+            .unwrap_or(d.max_pps),
+    };
+    config.validate()?;
+    Ok(config)
 }
 
 #[derive(Deserialize)]
@@ -359,9 +570,9 @@ fn bounds_error(
 
 /// Parse the text of a gateway config file.
 pub fn parse_gateway(text: &str) -> Result<GatewayConfig, ConfigError> {
-    let raw = toml::from_str::<GatewayFile>(text)
-        .map_err(|e| ConfigError::parse(&e))?
-        .gateway;
+    let file = toml::from_str::<GatewayFile>(text).map_err(|e| ConfigError::parse(&e))?;
+    let raw = file.gateway;
+    let exit = parse_exit(file.exit)?;
 
     let mut listen = Vec::with_capacity(raw.listen.len());
     for (i, s) in raw.listen.iter().enumerate() {
@@ -408,6 +619,7 @@ pub fn parse_gateway(text: &str) -> Result<GatewayConfig, ConfigError> {
             1,
             i64::from(u32::MAX),
         )?,
+        exit,
     };
     config.validate()?;
     Ok(config)
@@ -451,6 +663,112 @@ pub struct ClientConfig {
     pub padding: Vec<u16>,
     /// 1..=8 hops in order; the first is the entry gateway, the last the exit.
     pub path: Vec<HopConfig>,
+    /// The `[tunnel]` section (used by `anonnet up`).
+    pub tunnel: TunnelConfig,
+}
+
+/// The `[tunnel]` section of a client config: the `anon0` device and routing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// Name of the TUN device.
+    pub name: String,
+    pub mtu: u32,
+    /// Point the host's resolver at the tunnel's DNS address while up.
+    pub dns: bool,
+    /// Mark on the daemon's own UDP sockets; packets without it use `table`.
+    pub fwmark: u32,
+    /// Routing table holding the default routes into the tunnel.
+    pub table: u32,
+    /// Where `up` records what it changed, so `down` can undo it.
+    pub state_dir: PathBuf,
+}
+
+/// Default fwmark and routing table of the client ("AN").
+pub const DEFAULT_FWMARK: u32 = 0x414e;
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        Self {
+            name: "anon0".into(),
+            mtu: DEFAULT_MTU,
+            dns: true,
+            fwmark: DEFAULT_FWMARK,
+            table: DEFAULT_FWMARK,
+            state_dir: PathBuf::from("/run/anonnet"),
+        }
+    }
+}
+
+impl TunnelConfig {
+    /// Check the values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_ifname("tunnel.name", &self.name)?;
+        check_mtu("tunnel.mtu", self.mtu)?;
+        check_int(
+            "tunnel.fwmark",
+            u64::from(self.fwmark),
+            1,
+            u64::from(u32::MAX),
+        )?;
+        // 253-255 are the kernel's default, main and local tables.
+        if self.table == 0 || (253..=255).contains(&self.table) {
+            return Err(ConfigError::invalid(
+                "tunnel.table",
+                format!(
+                    "{} is reserved (0, 253, 254 and 255 are the kernel's tables)",
+                    self.table
+                ),
+            ));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(ConfigError::invalid(
+                "tunnel.state_dir",
+                format!("{:?} must be an absolute path", self.state_dir),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    name: Option<String>,
+    mtu: Option<i64>,
+    dns: Option<bool>,
+    fwmark: Option<i64>,
+    table: Option<i64>,
+    state_dir: Option<PathBuf>,
+}
+
+fn parse_tunnel(raw: RawTunnel) -> Result<TunnelConfig, ConfigError> {
+    let d = TunnelConfig::default();
+    let u32_key = |key: &str, v: Option<i64>, default: u32| -> Result<u32, ConfigError> {
+        v.map(|x| bounded(key, x, 1, i64::from(u32::MAX)))
+            .transpose()
+            .map(|x| x.unwrap_or(default))
+    };
+    let config = TunnelConfig {
+        name: raw.name.unwrap_or(d.name),
+        mtu: raw
+            .mtu
+            .map(|m| {
+                bounded(
+                    "tunnel.mtu",
+                    m,
+                    i64::from(MIN_MTU),
+                    crate::tunnel::MAX_PACKET as i64,
+                )
+            })
+            .transpose()?
+            .unwrap_or(d.mtu),
+        dns: raw.dns.unwrap_or(d.dns),
+        fwmark: u32_key("tunnel.fwmark", raw.fwmark, d.fwmark)?,
+        table: u32_key("tunnel.table", raw.table, d.table)?,
+        state_dir: raw.state_dir.unwrap_or(d.state_dir),
+    };
+    config.validate()?;
+    Ok(config)
 }
 
 const DEFAULT_KEEPALIVE: f64 = 2.0;
@@ -547,7 +865,7 @@ impl ClientConfig {
                 ));
             }
         }
-        Ok(())
+        self.tunnel.validate()
     }
 }
 
@@ -573,6 +891,8 @@ fn padding_range_error(key: String, value: i64) -> ConfigError {
 #[serde(deny_unknown_fields)]
 struct ClientFile {
     client: RawClient,
+    #[serde(default)]
+    tunnel: RawTunnel,
 }
 
 #[derive(Deserialize)]
@@ -612,9 +932,9 @@ fn default_padding() -> Vec<i64> {
 
 /// Parse the text of a client config file.
 pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
-    let raw = toml::from_str::<ClientFile>(text)
-        .map_err(|e| ConfigError::parse(&e))?
-        .client;
+    let file = toml::from_str::<ClientFile>(text).map_err(|e| ConfigError::parse(&e))?;
+    let raw = file.client;
+    let tunnel = parse_tunnel(file.tunnel)?;
 
     let mut padding = Vec::with_capacity(raw.padding.len());
     for (i, &class) in raw.padding.iter().enumerate() {
@@ -654,6 +974,7 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
         build_timeout_secs: raw.build_timeout_secs,
         padding,
         path,
+        tunnel,
     };
     config.validate()?;
     Ok(config)
@@ -786,9 +1107,78 @@ mod tests {
                 idle_timeout_secs: 30,
                 handshake_rate: 1000,
                 max_circuits: 100_000,
+                exit: ExitConfig::default(),
             }
         );
         assert_eq!(c.listen_addrs().count(), 2);
+    }
+
+    #[test]
+    fn exit_section() {
+        let c = parse_gateway(&gw(
+            "[exit]\ntun = \"ex0\"\npool4 = \"100.100.0.0/16\"\ndns_upstream = [\"198.18.0.1\"]\npolicy = [\"reject *:8080\"]\nmax_flows = 10",
+        ))
+        .unwrap();
+        assert_eq!(c.exit.tun, "ex0");
+        assert_eq!(c.exit.pool4.to_string(), "100.100.0.0/16");
+        assert_eq!(c.exit.pool6, ExitConfig::default().pool6);
+        assert_eq!(
+            c.exit.dns_upstream,
+            ["198.18.0.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(c.exit.max_flows, 10);
+        assert_eq!(c.exit.mtu, 1280);
+        let err = |extra: &str| gateway_err(&gw(&format!("[exit]\n{extra}")));
+        assert_eq!(
+            err("pool4 = \"2001:db8::/64\""),
+            "exit.pool4: 2001:db8::/64 is not an IPv4 prefix"
+        );
+        assert_eq!(
+            err("pool4 = \"100.64.0.0/24\""),
+            "exit.pool4: must not contain the tunnel's fixed address 100.64.0.1"
+        );
+        assert_eq!(
+            err("tun = \"a very long name\""),
+            "exit.tun: \"a very long name\" is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)"
+        );
+        assert_eq!(
+            err("mtu = 1000"),
+            "exit.mtu: must be between 1280 and 4972, got 1000"
+        );
+        assert_eq!(
+            err("dns_upstream = [\"1.2.3.4:53\"]"),
+            "exit.dns_upstream[0]: invalid IP address \"1.2.3.4:53\" (no port: DNS uses 53)"
+        );
+        assert!(err("bogus = 1").contains("unknown field `bogus`"));
+    }
+
+    #[test]
+    fn tunnel_section() {
+        let c = parse_client(&cl("", 3)).unwrap();
+        assert_eq!(c.tunnel, TunnelConfig::default());
+        assert_eq!(c.tunnel.name, "anon0");
+        let c = parse_client(&format!(
+            "{}[tunnel]\nname = \"t0\"\nmtu = 1400\ndns = false\nstate_dir = \"/tmp/x\"\n",
+            cl("", 1)
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.tunnel.name.as_str(), c.tunnel.mtu, c.tunnel.dns),
+            ("t0", 1400, false)
+        );
+        let err = |extra: &str| client_err(&format!("{}[tunnel]\n{extra}\n", cl("", 1)));
+        assert_eq!(
+            err("table = 254"),
+            "tunnel.table: 254 is reserved (0, 253, 254 and 255 are the kernel's tables)"
+        );
+        assert_eq!(
+            err("state_dir = \"run\""),
+            "tunnel.state_dir: \"run\" must be an absolute path"
+        );
+        assert_eq!(
+            err("mtu = 9000"),
+            "tunnel.mtu: must be between 1280 and 4972, got 9000"
+        );
     }
 
     #[test]

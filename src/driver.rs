@@ -66,9 +66,15 @@ pub struct Sockets {
     pub pool: Pool,
 }
 
-fn bind_one(addr: SocketAddr) -> Result<UdpSocket> {
+fn bind_one(addr: SocketAddr, mark: Option<u32>) -> Result<UdpSocket> {
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .context("cannot create a UDP socket")?;
+    if let Some(m) = mark {
+        // The client's routing rules send unmarked traffic into the tunnel; the
+        // daemon's own datagrams carry this mark and take the normal routes.
+        sock.set_mark(m)
+            .context("cannot set SO_MARK on the UDP socket (needs CAP_NET_ADMIN)")?;
+    }
     if addr.is_ipv6() {
         // Lets "0.0.0.0" and "::" share a port.
         sock.set_only_v6(true).context("cannot set IPV6_V6ONLY")?;
@@ -84,12 +90,13 @@ fn bind_one(addr: SocketAddr) -> Result<UdpSocket> {
 }
 
 impl Sockets {
-    /// Binds every address. Port 0 picks an ephemeral port.
-    pub fn bind(addrs: &[SocketAddr]) -> Result<Self> {
+    /// Binds every address, marking the sockets with `mark` if given. Port 0 picks
+    /// an ephemeral port.
+    pub fn bind(addrs: &[SocketAddr], mark: Option<u32>) -> Result<Self> {
         let mut socks = Vec::with_capacity(addrs.len());
         let mut by_local = HashMap::new();
         for &addr in addrs {
-            let s = bind_one(addr)?;
+            let s = bind_one(addr, mark)?;
             let local = s.local_addr().context("cannot read the bound address")?;
             by_local.insert(local, socks.len());
             socks.push((local, Arc::new(s)));
@@ -184,7 +191,12 @@ pub struct Driver {
 impl Driver {
     /// Binds the sockets and starts receiving.
     pub fn new(node: Node, addrs: &[SocketAddr]) -> Result<Self> {
-        let sockets = Sockets::bind(addrs)?;
+        Self::with_mark(node, addrs, None)
+    }
+
+    /// As [`Driver::new`], with every socket marked with `mark` (SO_MARK).
+    pub fn with_mark(node: Node, addrs: &[SocketAddr], mark: Option<u32>) -> Result<Self> {
+        let sockets = Sockets::bind(addrs, mark)?;
         let rx = sockets.spawn_receivers();
         Ok(Self {
             node,
@@ -204,9 +216,34 @@ impl Driver {
     /// Waits for datagrams or the node's next timer, processes them, sends the
     /// results, and returns the events that arose.
     pub async fn step(&mut self, events: &mut Vec<Event>) {
+        self.step_with::<()>(events, None, &mut Vec::new()).await;
+    }
+
+    /// As [`Driver::step`], also waking for items on `extra` (e.g. packets read
+    /// from a TUN device), which are appended to `got` for the caller to process;
+    /// at most [`BATCH`] per call. Returns false once `extra` is closed.
+    pub async fn step_with<T>(
+        &mut self,
+        events: &mut Vec<Event>,
+        mut extra: Option<&mut mpsc::Receiver<T>>,
+        got: &mut Vec<T>,
+    ) -> bool {
         let deadline = self.node.poll_timeout().map(tokio::time::Instant::from_std);
+        let mut open = true;
         let first = tokio::select! {
             r = self.rx.recv() => r,
+            x = async {
+                match extra.as_deref_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match x {
+                    Some(x) => got.push(x),
+                    None => open = false,
+                }
+                None
+            }
             () = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -224,6 +261,14 @@ impl Driver {
                 }
             }
         }
+        if let Some(x) = extra {
+            while got.len() < BATCH {
+                match x.try_recv() {
+                    Ok(item) => got.push(item),
+                    Err(_) => break,
+                }
+            }
+        }
         if self.node.poll_timeout().is_some_and(|t| t <= now) {
             self.node.handle_timeout(now, &mut self.rng);
         }
@@ -231,6 +276,7 @@ impl Driver {
         while let Some(e) = self.node.poll_event() {
             events.push(e);
         }
+        open
     }
 
     async fn handle(&mut self, now: Instant, (i, from, buf): Received) {

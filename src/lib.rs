@@ -11,4 +11,5 @@ pub mod identity;
 pub mod node;
 pub mod onion;
 pub mod replay;
+pub mod tunnel;
 pub mod wire;

@@ -48,6 +48,9 @@ pub struct NodeConfig {
     pub static_key: Option<[u8; KEY_LEN]>,
     /// Serve the echo service to circuits that ask for it (test facility).
     pub echo: bool,
+    /// Serve the exit service: DATA of exit circuits is handed to the driver as
+    /// [`Event::ExitData`] and answered with [`Node::send_backward`].
+    pub exit: bool,
     pub idle_timeout: Duration,
     pub build_timeout: Duration,
     pub keepalive: Duration,
@@ -63,6 +66,7 @@ impl Default for NodeConfig {
         Self {
             static_key: None,
             echo: false,
+            exit: false,
             idle_timeout: Duration::from_secs(30),
             build_timeout: Duration::from_secs(5),
             keepalive: Duration::from_secs(2),
@@ -116,6 +120,15 @@ pub enum Event {
         buf: Vec<u8>,
         range: Range<usize>,
     },
+    /// DATA arrived at this gateway as the exit of a relayed circuit: the payload is
+    /// `buf[range]`. Answers go back with [`Node::send_backward`].
+    ExitData {
+        circuit: CircuitId,
+        buf: Vec<u8>,
+        range: Range<usize>,
+    },
+    /// An exit circuit is gone (destroyed, idle or expired): its state can be freed.
+    ExitClosed(CircuitId),
 }
 
 /// What became of a datagram handed to [`Node::handle_datagram`].
@@ -881,7 +894,8 @@ impl Node {
             self.stats.dropped_protocol += 1;
             return;
         };
-        if payload.service == Service::Exit || (payload.service == Service::Echo && !self.cfg.echo)
+        if (payload.service == Service::Exit && !self.cfg.exit)
+            || (payload.service == Service::Echo && !self.cfg.echo)
         {
             self.stats.circuits_refused += 1;
             self.send_ctrl(
@@ -1016,6 +1030,9 @@ impl Node {
         let Some(r) = self.relays.remove(&id) else {
             return;
         };
+        if r.service == Service::Exit && r.next.is_none() {
+            self.events.push_back(Event::ExitClosed(CircuitId(id)));
+        }
         for side in std::iter::once(r.prev).chain(r.next) {
             self.circuits.remove(&side);
             if let Some(l) = self.links.get_mut(&side.0) {
@@ -1129,6 +1146,15 @@ impl Node {
         match body.cmd {
             Cmd::Keepalive => {}
             Cmd::Data if r.service == Service::Echo => {}
+            Cmd::Data if r.service == Service::Exit => {
+                let start = CELL_HEADER_LEN + BODY_HEADER;
+                self.events.push_back(Event::ExitData {
+                    circuit: CircuitId(id),
+                    buf,
+                    range: start..start + body.len,
+                });
+                return Output::Consumed;
+            }
             Cmd::Rekey if body.len == NK_MSG1_EMPTY => {
                 if !self.take_token(now) {
                     return Output::Recycle(buf);
@@ -1386,6 +1412,39 @@ impl Node {
         }
         let target = own.hops.len() - 1;
         match self.send_body(now, rng, id, target, Cmd::Data, len, buf) {
+            Output::Transmit(t) => Ok(t),
+            _ => Err(SendError::Exhausted),
+        }
+    }
+
+    /// Sends DATA backward to the client of an exit circuit this gateway terminates
+    /// (the circuit of an [`Event::ExitData`]). The payload is laid out as for
+    /// [`Node::send_data`].
+    pub fn send_backward(
+        &mut self,
+        now: Instant,
+        id: CircuitId,
+        mut buf: Vec<u8>,
+        len: usize,
+    ) -> Result<Transmit, SendError> {
+        if len > MAX_PAYLOAD {
+            return Err(SendError::TooLarge(len));
+        }
+        if buf.len() < PAYLOAD_OFFSET + len {
+            return Err(SendError::ShortBuffer);
+        }
+        let r = self.relays.get(&id.0).ok_or(SendError::NoCircuit)?;
+        if r.service != Service::Exit || r.next.is_some() {
+            return Err(SendError::NoCircuit);
+        }
+        let size = wire::body_size(&self.cfg.padding, len);
+        buf.resize(CELL_HEADER_LEN + size, 0);
+        Body {
+            cmd: Cmd::Data,
+            len,
+        }
+        .emit(&mut buf[CELL_HEADER_LEN..]);
+        match self.originate(now, id.0, buf) {
             Output::Transmit(t) => Ok(t),
             _ => Err(SendError::Exhausted),
         }

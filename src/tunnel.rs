@@ -1,0 +1,367 @@
+//! Tunnel payloads: how IP packets ride in the DATA cells of an exit circuit.
+//!
+//! A DATA payload of an exit circuit is either a whole IP packet (its first nibble
+//! is the IP version, 4 or 6) or a fragment of one (first byte [`FRAGMENT`]). A cell
+//! carries at most [`MAX_PAYLOAD`] bytes, less than the 1280 bytes IPv6 requires of a
+//! link, so larger packets are split into up to [`MAX_FRAGMENTS`] fragments:
+//!
+//! ```text
+//! 0      1        3       4       5
+//! | 0x10 | id (2) | index | count | data ...
+//! ```
+//!
+//! Every fragment but the last carries exactly [`FRAGMENT_DATA`] bytes, so a
+//! fragment's offset is `index * FRAGMENT_DATA`. The receiver keeps
+//! [`REASSEMBLY_SLOTS`] packets in progress per circuit; a newer id takes the oldest
+//! slot, and a slot older than [`REASSEMBLY_TIMEOUT`] is abandoned.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::wire::MAX_PAYLOAD;
+
+/// The client's address on its TUN device. Every client uses the same one: the exit
+/// gives each circuit its own address from a pool, so clients need no unique
+/// addresses and learn nothing of each other.
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 2);
+/// The exit's own address inside the tunnel: the source of the ICMP errors it
+/// generates (exit policy rejections).
+pub const EXIT_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+pub const EXIT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 1);
+/// The resolver address inside the tunnel: the exit forwards DNS sent here to its
+/// own resolvers, so a client's queries leave from the exit like its traffic.
+pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 53);
+pub const DNS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 0x53);
+
+/// First byte of a fragment payload (version nibble 1, never an IP version).
+pub const FRAGMENT: u8 = 0x10;
+/// Bytes before a fragment's data.
+pub const FRAGMENT_HEADER: usize = 5;
+/// Data bytes in every fragment but the last.
+pub const FRAGMENT_DATA: usize = MAX_PAYLOAD - FRAGMENT_HEADER;
+/// Fragments per packet at most.
+pub const MAX_FRAGMENTS: usize = 4;
+/// The largest packet a circuit carries (4,972 bytes): the upper bound of the MTU.
+pub const MAX_PACKET: usize = MAX_FRAGMENTS * FRAGMENT_DATA;
+/// Packets being reassembled at once per circuit and direction.
+pub const REASSEMBLY_SLOTS: usize = 4;
+/// A packet whose fragments have not all arrived within this time is dropped.
+pub const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A DATA payload that is not a valid tunnel payload.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadError {
+    #[error("empty payload")]
+    Empty,
+    #[error("payload type {0:#04x} is neither an IP packet nor a fragment")]
+    UnknownType(u8),
+    #[error("malformed fragment header")]
+    BadFragment,
+}
+
+/// What a DATA payload holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload<'a> {
+    Packet(&'a [u8]),
+    Fragment {
+        id: u16,
+        index: u8,
+        count: u8,
+        data: &'a [u8],
+    },
+}
+
+/// Classifies a DATA payload.
+pub fn classify(payload: &[u8]) -> Result<Payload<'_>, PayloadError> {
+    let first = *payload.first().ok_or(PayloadError::Empty)?;
+    match first >> 4 {
+        4 | 6 => Ok(Payload::Packet(payload)),
+        _ if first == FRAGMENT => {
+            if payload.len() <= FRAGMENT_HEADER {
+                return Err(PayloadError::BadFragment);
+            }
+            let id = u16::from_be_bytes([payload[1], payload[2]]);
+            let (index, count) = (payload[3], payload[4]);
+            let data = &payload[FRAGMENT_HEADER..];
+            let last = usize::from(index) + 1 == usize::from(count);
+            if count < 2
+                || usize::from(count) > MAX_FRAGMENTS
+                || index >= count
+                || (!last && data.len() != FRAGMENT_DATA)
+            {
+                return Err(PayloadError::BadFragment);
+            }
+            Ok(Payload::Fragment {
+                id,
+                index,
+                count,
+                data,
+            })
+        }
+        _ => Err(PayloadError::UnknownType(first)),
+    }
+}
+
+/// How many fragments a packet of `len` bytes needs (1 = it fits in one cell whole).
+#[must_use]
+pub fn fragment_count(len: usize) -> usize {
+    if len <= MAX_PAYLOAD {
+        1
+    } else {
+        len.div_ceil(FRAGMENT_DATA)
+    }
+}
+
+/// Writes fragment `index` of `packet` (which needs 2 to [`MAX_FRAGMENTS`] fragments)
+/// into `out` and returns the payload length. `out` must hold [`MAX_PAYLOAD`] bytes.
+///
+/// # Panics
+/// If the packet needs no fragmenting or more than [`MAX_FRAGMENTS`] fragments, or
+/// `index` is out of range: callers check [`fragment_count`] first.
+pub fn write_fragment(packet: &[u8], id: u16, index: usize, out: &mut [u8]) -> usize {
+    let count = fragment_count(packet.len());
+    assert!((2..=MAX_FRAGMENTS).contains(&count) && index < count);
+    let start = index * FRAGMENT_DATA;
+    let end = (start + FRAGMENT_DATA).min(packet.len());
+    let n = end - start;
+    out[0] = FRAGMENT;
+    out[1..3].copy_from_slice(&id.to_be_bytes());
+    out[3] = index as u8;
+    out[4] = count as u8;
+    out[FRAGMENT_HEADER..FRAGMENT_HEADER + n].copy_from_slice(&packet[start..end]);
+    FRAGMENT_HEADER + n
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: u16,
+    count: u8,
+    have: u8,
+    len: usize,
+    started: Instant,
+    buf: Vec<u8>,
+}
+
+/// Reassembles fragmented packets of one circuit and direction. Memory is bounded:
+/// [`REASSEMBLY_SLOTS`] buffers of [`MAX_PACKET`] bytes, allocated once.
+#[derive(Debug, Default)]
+pub struct Reassembler {
+    slots: Vec<Slot>,
+    /// Fragments dropped: duplicates, inconsistent counts, abandoned packets.
+    pub dropped: u64,
+}
+
+impl Reassembler {
+    /// Adds a fragment; returns the whole packet once its last fragment is in.
+    pub fn push(
+        &mut self,
+        now: Instant,
+        id: u16,
+        index: u8,
+        count: u8,
+        data: &[u8],
+    ) -> Option<&mut [u8]> {
+        let pos = match self.slots.iter().position(|s| s.id == id && s.have != 0) {
+            Some(p)
+                if now.saturating_duration_since(self.slots[p].started) < REASSEMBLY_TIMEOUT =>
+            {
+                p
+            }
+            found => {
+                let p = found.unwrap_or_else(|| self.free_slot(now));
+                if self.slots[p].have != 0 {
+                    self.dropped += u64::from(self.slots[p].have.count_ones());
+                }
+                let s = &mut self.slots[p];
+                s.id = id;
+                s.count = count;
+                s.have = 0;
+                s.len = 0;
+                s.started = now;
+                p
+            }
+        };
+        let s = &mut self.slots[pos];
+        let bit = 1u8 << index;
+        if s.count != count || s.have & bit != 0 {
+            self.dropped += 1;
+            return None;
+        }
+        let start = usize::from(index) * FRAGMENT_DATA;
+        s.buf[start..start + data.len()].copy_from_slice(data);
+        s.have |= bit;
+        if index + 1 == count {
+            s.len = start + data.len();
+        }
+        if u32::from(s.have) + 1 == 1 << count {
+            s.have = 0;
+            let s = &mut self.slots[pos];
+            return Some(&mut s.buf[..s.len]);
+        }
+        None
+    }
+
+    /// An empty slot, or the oldest one (whose partial packet is abandoned).
+    fn free_slot(&mut self, now: Instant) -> usize {
+        if let Some(p) = self.slots.iter().position(|s| s.have == 0) {
+            return p;
+        }
+        if self.slots.len() < REASSEMBLY_SLOTS {
+            self.slots.push(Slot {
+                id: 0,
+                count: 0,
+                have: 0,
+                len: 0,
+                started: now,
+                buf: vec![0; MAX_PACKET],
+            });
+            return self.slots.len() - 1;
+        }
+        let mut oldest = 0;
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.started < self.slots[oldest].started {
+                oldest = i;
+            }
+        }
+        oldest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn split(packet: &[u8], id: u16) -> Vec<Vec<u8>> {
+        (0..fragment_count(packet.len()))
+            .map(|i| {
+                let mut out = vec![0u8; MAX_PAYLOAD];
+                let n = write_fragment(packet, id, i, &mut out);
+                out.truncate(n);
+                out
+            })
+            .collect()
+    }
+
+    fn push(r: &mut Reassembler, now: Instant, frag: &[u8]) -> Option<Vec<u8>> {
+        match classify(frag).expect("valid fragment") {
+            Payload::Fragment {
+                id,
+                index,
+                count,
+                data,
+            } => r.push(now, id, index, count, data).map(|p| p.to_vec()),
+            Payload::Packet(_) => panic!("not a fragment"),
+        }
+    }
+
+    #[test]
+    fn header_layout() {
+        let packet: Vec<u8> = (0..1300u32).map(|i| (i % 251) as u8).collect();
+        let f = split(&packet, 0xabcd);
+        assert_eq!(f.len(), 2);
+        assert_eq!(&f[0][..5], &[0x10, 0xab, 0xcd, 0, 2]);
+        assert_eq!(f[0].len(), MAX_PAYLOAD);
+        assert_eq!(&f[1][..5], &[0x10, 0xab, 0xcd, 1, 2]);
+        assert_eq!(f[1].len(), FRAGMENT_HEADER + 1300 - FRAGMENT_DATA);
+    }
+
+    #[test]
+    fn classify_rejects_bad_payloads() {
+        assert_eq!(classify(&[]), Err(PayloadError::Empty));
+        assert_eq!(classify(&[0x20, 0]), Err(PayloadError::UnknownType(0x20)));
+        assert_eq!(classify(&[0x10, 0, 0, 0]), Err(PayloadError::BadFragment));
+        // count 1, index beyond count, too many fragments, short non-last fragment.
+        assert_eq!(
+            classify(&[0x10, 0, 1, 0, 1, 9]),
+            Err(PayloadError::BadFragment)
+        );
+        assert_eq!(
+            classify(&[0x10, 0, 1, 2, 2, 9]),
+            Err(PayloadError::BadFragment)
+        );
+        assert_eq!(
+            classify(&[0x10, 0, 1, 0, 5, 9]),
+            Err(PayloadError::BadFragment)
+        );
+        assert_eq!(
+            classify(&[0x10, 0, 1, 0, 2, 9]),
+            Err(PayloadError::BadFragment)
+        );
+        assert_eq!(classify(&[0x45, 0]), Ok(Payload::Packet(&[0x45, 0])));
+        assert_eq!(classify(&[0x60]), Ok(Payload::Packet(&[0x60])));
+    }
+
+    #[test]
+    fn duplicates_and_timeouts_drop() {
+        let t0 = Instant::now();
+        let packet = vec![7u8; 2000];
+        let f = split(&packet, 1);
+        let mut r = Reassembler::default();
+        assert_eq!(push(&mut r, t0, &f[0]), None);
+        assert_eq!(push(&mut r, t0, &f[0]), None);
+        assert_eq!(r.dropped, 1);
+        // The second half arrives too late: the slot restarts and waits again.
+        let late = t0 + REASSEMBLY_TIMEOUT;
+        assert_eq!(push(&mut r, late, &f[1]), None);
+        assert_eq!(push(&mut r, late, &f[0]), Some(packet));
+    }
+
+    #[test]
+    fn oldest_slot_is_evicted() {
+        let t0 = Instant::now();
+        let mut r = Reassembler::default();
+        let packets: Vec<Vec<u8>> = (0..=REASSEMBLY_SLOTS as u8)
+            .map(|i| vec![i; 1500])
+            .collect();
+        let frags: Vec<_> = packets
+            .iter()
+            .enumerate()
+            .map(|(i, p)| split(p, i as u16))
+            .collect();
+        for (i, f) in frags.iter().enumerate() {
+            assert_eq!(
+                push(&mut r, t0 + Duration::from_millis(i as u64), &f[0]),
+                None
+            );
+        }
+        // Packet 0 was evicted by the fifth; the others complete.
+        assert_eq!(push(&mut r, t0, &frags[0][1]), None);
+        for (i, f) in frags.iter().enumerate().skip(2) {
+            assert_eq!(push(&mut r, t0, &f[1]).as_deref(), Some(&packets[i][..]));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_order_reassembles(
+            len in MAX_PAYLOAD + 1..=MAX_PACKET,
+            id in any::<u16>(),
+            seed in any::<u64>(),
+        ) {
+            let packet: Vec<u8> = (0..len).map(|i| (i as u64 ^ seed) as u8).collect();
+            let mut f = split(&packet, id);
+            prop_assert!(f.iter().all(|x| x.len() <= MAX_PAYLOAD));
+            let n = f.len();
+            f.rotate_left((seed % n as u64) as usize);
+            let mut r = Reassembler::default();
+            let now = Instant::now();
+            for (i, frag) in f.iter().enumerate() {
+                let out = push(&mut r, now, frag);
+                if i + 1 == n {
+                    prop_assert_eq!(out.as_deref(), Some(&packet[..]));
+                } else {
+                    prop_assert_eq!(out, None);
+                }
+            }
+        }
+
+        #[test]
+        fn classify_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = classify(&bytes);
+        }
+    }
+}
