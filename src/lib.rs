@@ -6,10 +6,16 @@
 
 pub mod config;
 pub mod crypto;
+pub mod daemon;
 pub mod driver;
+pub mod exit;
 pub mod identity;
+pub mod limits;
 pub mod node;
 pub mod onion;
+pub mod packet;
+pub mod policy;
 pub mod replay;
+pub mod sys;
 pub mod tunnel;
 pub mod wire;

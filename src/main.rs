@@ -13,6 +13,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
 
 use anonnet::config::{self, ClientConfig};
+use anonnet::daemon;
 use anonnet::driver::Driver;
 use anonnet::identity::Identity;
 use anonnet::node::{CircuitId, Event, HopSpec, Node, NodeConfig};
@@ -51,6 +52,30 @@ enum Cmd {
         /// The gateway's TOML config.
         #[arg(long)]
         config: PathBuf,
+        /// Also be an exit: send circuits' packets out through a TUN device with
+        /// NAT, under the exit policy of the config's [exit] section. Needs root
+        /// (CAP_NET_ADMIN).
+        #[arg(long)]
+        exit: bool,
+    },
+    /// Bring up the tunnel: create the TUN device (anon0), build a circuit through
+    /// the configured path to an exit, and route all of this host's traffic through
+    /// it, with a kill switch that blocks everything else. Runs in the foreground
+    /// until SIGINT/SIGTERM, then removes all it set up. Needs root (CAP_NET_ADMIN).
+    Up {
+        /// The client's TOML config (see examples/client.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Remove everything `anonnet up` set up (routes, rules, kill switch, DNS,
+    /// device), e.g. after the daemon was killed. The kill switch stays until then.
+    Down {
+        /// Take the state directory from this client config.
+        #[arg(long, conflicts_with = "state_dir")]
+        config: Option<PathBuf>,
+        /// The state directory `up` used (default /run/anonnet).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Build a circuit through the configured path to an echo endpoint, send
     /// payloads of many sizes and check every echoed byte (a test without TUN).
@@ -113,7 +138,16 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             println!("{}", Identity::read_file(&file)?.public());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Gateway { config } => runtime()?.block_on(gateway(config)),
+        Cmd::Gateway { config, exit } => runtime()?.block_on(daemon::gateway(&config, exit)),
+        Cmd::Up { config } => runtime()?.block_on(daemon::up(&config)),
+        Cmd::Down { config, state_dir } => {
+            let dir = match (config, state_dir) {
+                (Some(c), _) => config::load_client(&c)?.tunnel.state_dir,
+                (None, Some(d)) => d,
+                (None, None) => config::TunnelConfig::default().state_dir,
+            };
+            runtime()?.block_on(daemon::down(&dir))
+        }
         Cmd::CircuitTest {
             config,
             bytes,
@@ -148,43 +182,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-async fn gateway(path: PathBuf) -> Result<ExitCode> {
-    let cfg = config::load_gateway(&path)?;
-    let id = Identity::read_file(&cfg.identity)?;
-    let node = Node::new(NodeConfig {
-        static_key: Some(*id.secret()),
-        echo: cfg.echo,
-        idle_timeout: cfg.idle_timeout(),
-        handshake_rate: cfg.handshake_rate,
-        max_circuits: cfg.max_circuits,
-        ..NodeConfig::default()
-    });
-    let addrs: Vec<_> = cfg.listen_addrs().collect();
-    let mut d = Driver::new(node, &addrs)?;
-    let bound: Vec<String> = d.sockets.local_addrs().map(|a| a.to_string()).collect();
-    // The readiness line scripts wait for.
-    println!(
-        "anonnet gateway {} listening on {}",
-        id.public(),
-        bound.join(" ")
-    );
-    std::io::stdout()
-        .flush()
-        .context("cannot write to stdout")?;
-    let mut events = Vec::new();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    loop {
-        tokio::select! {
-            () = d.step(&mut events) => events.clear(),
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-        }
-    }
-    eprintln!("anonnet gateway stopping: {:?}", d.node.stats());
-    Ok(ExitCode::SUCCESS)
 }
 
 struct Transfer {

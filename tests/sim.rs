@@ -24,6 +24,8 @@ enum Ev {
     Up(CircuitId),
     Down(CircuitId, DownReason),
     Data(CircuitId, Vec<u8>),
+    ExitData(CircuitId, Vec<u8>),
+    ExitClosed(CircuitId),
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +253,12 @@ impl Net {
                         buf,
                         range,
                     } => Ev::Data(circuit, buf[range].to_vec()),
+                    Event::ExitData {
+                        circuit,
+                        buf,
+                        range,
+                    } => Ev::ExitData(circuit, buf[range].to_vec()),
+                    Event::ExitClosed(c) => Ev::ExitClosed(c),
                 };
                 let t = self.elapsed();
                 self.log.push((t, i, ev));

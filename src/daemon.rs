@@ -1,0 +1,653 @@
+//! The long-running commands: `anonnet up` (the client with its TUN device),
+//! `anonnet gateway [--exit]` and `anonnet down`.
+//!
+//! Like [`crate::driver`], these only move bytes: packets between a TUN device and
+//! the core ([`Node`], [`Exit`], [`crate::tunnel`]), and the kernel set-up of
+//! [`crate::sys`] around them.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tun_rs::AsyncDevice;
+
+use crate::config::{self, ClientConfig};
+use crate::driver::{Driver, Pool};
+use crate::exit::{Exit, ExitSettings, Verdict};
+use crate::identity::Identity;
+use crate::node::{CircuitId, Event, HopSpec, Node, NodeConfig, SendError, Transmit};
+use crate::packet;
+use crate::policy::ExitPolicy;
+use crate::sys;
+use crate::tunnel::{
+    self, Payload, Reassembler, CLIENT_V4, CLIENT_V6, DNS_V4, DNS_V6, EXIT_V4, EXIT_V6,
+    MAX_FRAGMENTS,
+};
+use crate::wire::{Service, MAX_PAYLOAD, PAYLOAD_OFFSET};
+
+/// Packets queued between the TUN reader and the core.
+const TUN_QUEUE: usize = 1024;
+/// TCP MSS that keeps a segment in one cell: the cell payload less the IPv4 (20)
+/// or IPv6 (40) header and the TCP header (20).
+const MSS_V4: u16 = (MAX_PAYLOAD - 40) as u16;
+const MSS_V6: u16 = (MAX_PAYLOAD - 60) as u16;
+/// Waits between rebuilds of a client circuit that went down: doubling from the
+/// first to the last.
+const REBUILD_FIRST: Duration = Duration::from_secs(1);
+const REBUILD_MAX: Duration = Duration::from_secs(30);
+
+fn flush_stdout() -> Result<()> {
+    std::io::stdout().flush().context("cannot write to stdout")
+}
+
+/// Reads packets from the TUN device into pool buffers (at [`PAYLOAD_OFFSET`], so
+/// they are sealed in place) and queues them for the core. The channel closes when
+/// the device fails.
+fn spawn_tun_reader(tun: Arc<AsyncDevice>, pool: Pool, mtu: usize) -> TunReader {
+    let (tx, rx) = mpsc::channel(TUN_QUEUE);
+    let task = tokio::spawn(async move {
+        loop {
+            let mut buf = pool.get();
+            buf.resize(PAYLOAD_OFFSET + mtu, 0);
+            match tun.recv(&mut buf[PAYLOAD_OFFSET..]).await {
+                Ok(n) => {
+                    buf.truncate(PAYLOAD_OFFSET + n);
+                    if tx.send(buf).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("cannot read from the TUN device: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    TunReader { rx, task }
+}
+
+/// The receiving end of [`spawn_tun_reader`]; dropping it stops the reader (before
+/// the device is removed, so that its removal is not reported as an error).
+struct TunReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TunReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Which way a packet enters a circuit.
+#[derive(Clone, Copy)]
+enum Toward {
+    /// From the client, through its circuit.
+    Forward(CircuitId),
+    /// From the exit, back to the client of a circuit it terminates.
+    Backward(CircuitId),
+}
+
+fn seal(
+    d: &mut Driver,
+    now: Instant,
+    to: Toward,
+    buf: Vec<u8>,
+    len: usize,
+) -> Result<Transmit, SendError> {
+    match to {
+        Toward::Forward(id) => d.node.send_data(now, &mut d.rng, id, buf, len),
+        Toward::Backward(id) => d.node.send_backward(now, id, buf, len),
+    }
+}
+
+/// Sends the packet in `buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len]` into a circuit,
+/// split into fragments if it does not fit in one cell.
+async fn send_packet(
+    d: &mut Driver,
+    now: Instant,
+    to: Toward,
+    buf: Vec<u8>,
+    len: usize,
+    frag_id: &mut u16,
+) {
+    if len <= MAX_PAYLOAD {
+        match seal(d, now, to, buf, len) {
+            Ok(t) => d.sockets.send_recycle(t).await,
+            Err(e) => tracing::debug!("packet dropped: {e}"),
+        }
+        return;
+    }
+    let count = tunnel::fragment_count(len);
+    if count > MAX_FRAGMENTS {
+        tracing::debug!(
+            "packet of {len} bytes dropped: larger than {}",
+            tunnel::MAX_PACKET
+        );
+        d.sockets.pool.put(buf);
+        return;
+    }
+    let id = *frag_id;
+    *frag_id = frag_id.wrapping_add(1);
+    for i in 0..count {
+        let mut f = d.sockets.pool.get();
+        f.resize(PAYLOAD_OFFSET + MAX_PAYLOAD, 0);
+        let n = tunnel::write_fragment(
+            &buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
+            id,
+            i,
+            &mut f[PAYLOAD_OFFSET..],
+        );
+        match seal(d, now, to, f, n) {
+            Ok(t) => d.sockets.send_recycle(t).await,
+            Err(e) => tracing::debug!("fragment dropped: {e}"),
+        }
+    }
+    d.sockets.pool.put(buf);
+}
+
+/// The packet a DATA payload completes, if any: the payload itself, or a packet
+/// whose last fragment it is.
+fn unwrap_payload<'a>(
+    now: Instant,
+    payload: &'a mut [u8],
+    reasm: &'a mut Reassembler,
+) -> Option<&'a mut [u8]> {
+    match tunnel::classify(payload) {
+        Ok(Payload::Packet(_)) => Some(payload),
+        Ok(Payload::Fragment {
+            id,
+            index,
+            count,
+            data,
+        }) => reasm.push(now, id, index, count, data),
+        Err(e) => {
+            tracing::debug!("payload dropped: {e}");
+            None
+        }
+    }
+}
+
+/// Lowers the MSS of TCP SYNs so that segments fit in one cell.
+fn clamp(pkt: &mut [u8]) {
+    let mss = if pkt.first().is_some_and(|b| b >> 4 == 6) {
+        MSS_V6
+    } else {
+        MSS_V4
+    };
+    packet::clamp_mss(pkt, mss);
+}
+
+fn create_tun(name: &str) -> Result<Arc<AsyncDevice>> {
+    let dev = tun_rs::DeviceBuilder::new()
+        .name(name)
+        .enable(false)
+        .build_async()
+        .with_context(|| {
+            format!("cannot create the TUN device {name} (is /dev/net/tun available?)")
+        })?;
+    Ok(Arc::new(dev))
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+// ---- gateway ----------------------------------------------------------------------
+
+/// The addresses of this host's interfaces (an exit rejects traffic to them).
+fn own_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let Some(sa) = a.address else { continue };
+            if let Some(v4) = sa.as_sockaddr_in() {
+                out.push(IpAddr::V4(v4.ip()));
+            } else if let Some(v6) = sa.as_sockaddr_in6() {
+                out.push(IpAddr::V6(v6.ip()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `anonnet gateway [--exit] --config FILE`.
+pub async fn gateway(path: &Path, exit: bool) -> Result<ExitCode> {
+    let cfg = config::load_gateway(path)?;
+    let id = Identity::read_file(&cfg.identity)?;
+    let mut exit_side = if exit {
+        Some(ExitSide::start(&cfg.exit).await?)
+    } else {
+        None
+    };
+    let node = Node::new(NodeConfig {
+        static_key: Some(*id.secret()),
+        echo: cfg.echo,
+        exit,
+        idle_timeout: cfg.idle_timeout(),
+        handshake_rate: cfg.handshake_rate,
+        max_circuits: cfg.max_circuits,
+        ..NodeConfig::default()
+    });
+    let addrs: Vec<_> = cfg.listen_addrs().collect();
+    let d = match Driver::new(node, &addrs) {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(x) = exit_side.take() {
+                x.stop().await;
+            }
+            return Err(e);
+        }
+    };
+    let bound: Vec<String> = d.sockets.local_addrs().map(|a| a.to_string()).collect();
+    // The readiness line scripts wait for.
+    println!(
+        "anonnet gateway {} listening on {}{}",
+        id.public(),
+        bound.join(" "),
+        if exit {
+            format!(" (exit via {})", cfg.exit.tun)
+        } else {
+            String::new()
+        }
+    );
+    flush_stdout()?;
+    let result = match exit_side {
+        Some(mut x) => {
+            let r = x.run(d).await;
+            x.stop().await;
+            r
+        }
+        None => relay_only(d).await,
+    };
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+async fn relay_only(mut d: Driver) -> Result<()> {
+    let mut signals = Signals::new()?;
+    let mut events = Vec::new();
+    loop {
+        tokio::select! {
+            () = d.step(&mut events) => events.clear(),
+            () = signals.recv() => break,
+        }
+    }
+    eprintln!("anonnet gateway stopping: {:?}", d.node.stats());
+    Ok(())
+}
+
+/// The exit's TUN device, kernel set-up and packet logic.
+struct ExitSide {
+    tun: Arc<AsyncDevice>,
+    net: sys::ExitNet,
+    saved: sys::ExitGuardState,
+    exit: Exit,
+    mtu: usize,
+}
+
+impl ExitSide {
+    async fn start(cfg: &config::ExitConfig) -> Result<Self> {
+        let own = own_addresses();
+        let policy = ExitPolicy::new(&cfg.policy, &own).context("exit.policy")?;
+        let dns_upstream = if cfg.dns_upstream.is_empty() {
+            sys::system_resolvers()
+        } else {
+            cfg.dns_upstream.clone()
+        };
+        if dns_upstream.is_empty() {
+            tracing::warn!("no DNS upstream (exit.dns_upstream unset and no nameserver in /etc/resolv.conf): clients' DNS will fail");
+        }
+        let net = sys::ExitNet {
+            tun: cfg.tun.clone(),
+            addrs: vec![
+                IpNet::V4(Ipv4Net::from(EXIT_V4)),
+                IpNet::V6(Ipv6Net::from(EXIT_V6)),
+            ],
+            mtu: cfg.mtu,
+            pool4: cfg.pool4,
+            pool6: cfg.pool6,
+            dns: vec![IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6)],
+            dns_upstream,
+        };
+        let tun = create_tun(&cfg.tun)?;
+        let saved = match sys::exit_up(&net).await {
+            Ok(s) => s,
+            Err(e) => {
+                drop(tun);
+                return Err(e.context("cannot set up the exit's routes and NAT"));
+            }
+        };
+        let exit = Exit::new(ExitSettings {
+            pool4: cfg.pool4,
+            pool6: cfg.pool6,
+            policy,
+            max_flows: cfg.max_flows,
+            max_pps: cfg.max_pps,
+        });
+        Ok(Self {
+            tun,
+            net,
+            saved,
+            exit,
+            mtu: cfg.mtu as usize,
+        })
+    }
+
+    async fn stop(self) {
+        if let Err(e) = sys::exit_down(&self.net, &self.saved).await {
+            eprintln!("anonnet: error: cleaning up the exit: {e:#}");
+        }
+    }
+
+    async fn run(&mut self, mut d: Driver) -> Result<()> {
+        let mut signals = Signals::new()?;
+        let mut tun_rx = spawn_tun_reader(Arc::clone(&self.tun), d.sockets.pool.clone(), self.mtu);
+        let mut events = Vec::new();
+        let mut packets = Vec::new();
+        let mut reasm: std::collections::HashMap<CircuitId, Reassembler> =
+            std::collections::HashMap::new();
+        let mut answer = Vec::new();
+        let mut frag_id = 0u16;
+        loop {
+            let open = tokio::select! {
+                open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets) => open,
+                () = signals.recv() => break,
+            };
+            if !open {
+                bail!("the TUN device {} failed", self.net.tun);
+            }
+            let now = Instant::now();
+            for e in events.drain(..) {
+                match e {
+                    Event::ExitData {
+                        circuit,
+                        mut buf,
+                        range,
+                    } => {
+                        let r = reasm.entry(circuit).or_default();
+                        if let Some(p) = unwrap_payload(now, &mut buf[range], r) {
+                            match self.exit.from_circuit(now, circuit, p, &mut answer) {
+                                Verdict::Forward => {
+                                    if let Err(e) = self.tun.send(p).await {
+                                        tracing::debug!("TUN write failed: {e}");
+                                    }
+                                }
+                                Verdict::Answer => {
+                                    let mut out = d.sockets.pool.get();
+                                    out.resize(PAYLOAD_OFFSET + answer.len(), 0);
+                                    out[PAYLOAD_OFFSET..].copy_from_slice(&answer);
+                                    let len = answer.len();
+                                    send_packet(
+                                        &mut d,
+                                        now,
+                                        Toward::Backward(circuit),
+                                        out,
+                                        len,
+                                        &mut frag_id,
+                                    )
+                                    .await;
+                                }
+                                Verdict::Drop => {}
+                            }
+                        }
+                        d.sockets.pool.put(buf);
+                    }
+                    Event::ExitClosed(circuit) => {
+                        self.exit.close(circuit);
+                        reasm.remove(&circuit);
+                    }
+                    Event::Data { buf, .. } => d.sockets.pool.put(buf),
+                    Event::CircuitUp(_) | Event::CircuitDown(..) => {}
+                }
+            }
+            for mut buf in packets.drain(..) {
+                let len = buf.len() - PAYLOAD_OFFSET;
+                match self.exit.from_tun(&mut buf[PAYLOAD_OFFSET..]) {
+                    Some(c) => {
+                        send_packet(&mut d, now, Toward::Backward(c), buf, len, &mut frag_id).await
+                    }
+                    None => d.sockets.pool.put(buf),
+                }
+            }
+        }
+        eprintln!(
+            "anonnet gateway stopping: {:?} {:?}",
+            d.node.stats(),
+            self.exit.stats()
+        );
+        Ok(())
+    }
+}
+
+// ---- client -----------------------------------------------------------------------
+
+fn hop_specs(cfg: &ClientConfig) -> Vec<HopSpec> {
+    cfg.path
+        .iter()
+        .map(|h| HopSpec {
+            addr: h.addr,
+            key: h.key.0,
+        })
+        .collect()
+}
+
+fn client_net(cfg: &ClientConfig) -> sys::ClientNet {
+    let t = &cfg.tunnel;
+    sys::ClientNet {
+        tun: t.name.clone(),
+        addrs: vec![
+            IpNet::V4(Ipv4Net::from(CLIENT_V4)),
+            IpNet::V6(Ipv6Net::from(CLIENT_V6)),
+        ],
+        mtu: t.mtu,
+        fwmark: t.fwmark,
+        table: t.table,
+        gateways: cfg.path.first().map(|h| h.addr).into_iter().collect(),
+        dns: if t.dns {
+            vec![IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6)]
+        } else {
+            Vec::new()
+        },
+        state_dir: t.state_dir.clone(),
+    }
+}
+
+/// Builds a circuit and waits until it is up or has failed.
+async fn build(
+    d: &mut Driver,
+    specs: &[HopSpec],
+    events: &mut Vec<Event>,
+) -> Result<CircuitId, String> {
+    let start = Instant::now();
+    let id = d
+        .node
+        .build_circuit(start, &mut d.rng, specs, Service::Exit)
+        .map_err(|e| e.to_string())?;
+    d.flush().await;
+    loop {
+        d.step(events).await;
+        for e in events.drain(..) {
+            match e {
+                Event::CircuitUp(c) if c == id => return Ok(id),
+                Event::CircuitDown(c, why) if c == id => return Err(format!("{why:?}")),
+                Event::Data { buf, .. } => d.sockets.pool.put(buf),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `anonnet up --config FILE`.
+pub async fn up(path: &Path) -> Result<ExitCode> {
+    let cfg = config::load_client(path)?;
+    let net = client_net(&cfg);
+    sys::client_preflight(&net).await?;
+    let tun = create_tun(&net.tun)?;
+    let node = Node::new(NodeConfig {
+        keepalive: cfg.keepalive(),
+        circuit_timeout: cfg.circuit_timeout(),
+        build_timeout: cfg.build_timeout(),
+        padding: cfg.padding_classes().into_iter().map(usize::from).collect(),
+        ..NodeConfig::default()
+    });
+    let binds: [SocketAddr; 2] = [
+        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+        SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
+    ];
+    let mut d = Driver::with_mark(node, &binds, Some(net.fwmark))?;
+    let specs = hop_specs(&cfg);
+    let entry = specs.first().map(|h| h.addr).context("the path is empty")?;
+    let mut events = Vec::new();
+    let started = Instant::now();
+    let circuit = match build(&mut d, &specs, &mut events).await {
+        Ok(c) => c,
+        Err(why) => bail!(
+            "no reachable gateway: the circuit through {} hops (entry {entry}) did not come up within {:.0} s ({why}); check the gateways' addresses, keys and that they run",
+            specs.len(),
+            cfg.build_timeout().as_secs_f64(),
+        ),
+    };
+    let build_ms = started.elapsed().as_millis();
+    if let Err(e) = sys::client_up(&net).await {
+        let _ = sys::client_down(&net.state_dir).await;
+        return Err(e.context("cannot route traffic into the tunnel"));
+    }
+    println!(
+        "anonnet up: {} {CLIENT_V4} {CLIENT_V6} mtu {} through {} hops (entry {entry}), circuit built in {build_ms} ms",
+        net.tun,
+        net.mtu,
+        specs.len()
+    );
+    flush_stdout()?;
+    let result = client_loop(&mut d, &tun, &net, &specs, circuit).await;
+    drop(tun);
+    let cleaned = sys::client_down(&net.state_dir).await;
+    result?;
+    for line in cleaned.context("cleaning up")? {
+        eprintln!("anonnet down: {line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn client_loop(
+    d: &mut Driver,
+    tun: &Arc<AsyncDevice>,
+    net: &sys::ClientNet,
+    specs: &[HopSpec],
+    first: CircuitId,
+) -> Result<()> {
+    let mut signals = Signals::new()?;
+    let mut tun_rx = spawn_tun_reader(Arc::clone(tun), d.sockets.pool.clone(), net.mtu as usize);
+    let mut events = Vec::new();
+    let mut packets = Vec::new();
+    let mut reasm = Reassembler::default();
+    let mut frag_id = 0u16;
+    let mut circuit = Some(first);
+    let mut up = true;
+    let mut backoff = REBUILD_FIRST;
+    let mut rebuild_at = None;
+    loop {
+        let open = tokio::select! {
+            open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets) => open,
+            () = signals.recv() => break,
+        };
+        if !open {
+            bail!("the TUN device {} failed", net.tun);
+        }
+        let now = Instant::now();
+        for e in events.drain(..) {
+            match e {
+                Event::Data {
+                    circuit: c,
+                    mut buf,
+                    range,
+                } if Some(c) == circuit => {
+                    if let Some(p) = unwrap_payload(now, &mut buf[range], &mut reasm) {
+                        clamp(p);
+                        if let Err(e) = tun.send(p).await {
+                            tracing::debug!("TUN write failed: {e}");
+                        }
+                    }
+                    d.sockets.pool.put(buf);
+                }
+                Event::CircuitUp(c) if Some(c) == circuit => {
+                    up = true;
+                    backoff = REBUILD_FIRST;
+                    eprintln!("anonnet: circuit rebuilt");
+                }
+                Event::CircuitDown(c, why) if Some(c) == circuit => {
+                    eprintln!(
+                        "anonnet: circuit down ({why:?}); traffic is blocked until it is rebuilt"
+                    );
+                    circuit = None;
+                    up = false;
+                    rebuild_at = Some(now + backoff);
+                    backoff = (backoff * 2).min(REBUILD_MAX);
+                }
+                Event::Data { buf, .. } | Event::ExitData { buf, .. } => d.sockets.pool.put(buf),
+                _ => {}
+            }
+        }
+        if circuit.is_none() && rebuild_at.is_some_and(|t| now >= t) {
+            rebuild_at = None;
+            match d.node.build_circuit(now, &mut d.rng, specs, Service::Exit) {
+                Ok(c) => circuit = Some(c),
+                Err(e) => bail!("cannot rebuild the circuit: {e}"),
+            }
+            d.flush().await;
+        }
+        for mut buf in packets.drain(..) {
+            match circuit {
+                Some(c) if up => {
+                    let len = buf.len() - PAYLOAD_OFFSET;
+                    clamp(&mut buf[PAYLOAD_OFFSET..]);
+                    send_packet(d, now, Toward::Forward(c), buf, len, &mut frag_id).await;
+                }
+                _ => d.sockets.pool.put(buf),
+            }
+        }
+    }
+    if let Some(c) = circuit {
+        d.node.close_circuit(c);
+        d.flush().await;
+    }
+    Ok(())
+}
+
+/// `anonnet down`: removes what `up` set up, as recorded in `state_dir`.
+pub async fn down(state_dir: &Path) -> Result<ExitCode> {
+    let removed = sys::client_down(state_dir).await?;
+    if removed.is_empty() {
+        println!("anonnet down: nothing to remove");
+    }
+    for line in removed {
+        println!("anonnet down: {line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,269 @@
+//! The exit's packet logic (sans-IO): per-circuit pool addresses, exit policy and
+//! per-circuit limits.
+//!
+//! Every client sends from the same tunnel address ([`CLIENT_V4`](crate::tunnel::CLIENT_V4)),
+//! so the exit gives each circuit its own address from a pool (1:1) and rewrites
+//! the source of the circuit's packets to it before they enter the exit's TUN
+//! device; the kernel then forwards and masquerades them. Replies arrive on the TUN
+//! addressed to a pool address, which names the circuit; the destination is
+//! rewritten back to the client's address (and, in ICMP errors, the quoted packet's
+//! source too, so that PMTU discovery and traceroute work at the client).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::limits::{FlowTable, TokenBucket};
+use crate::node::CircuitId;
+use crate::packet::{self, FlowKey, PROTO_TCP, PROTO_UDP};
+use crate::policy::ExitPolicy;
+use crate::tunnel::{DNS_V4, DNS_V6, EXIT_V4, EXIT_V6};
+
+/// A flow with no packet from the client for this long no longer counts against the
+/// circuit's flow limit.
+pub const FLOW_IDLE: Duration = Duration::from_secs(120);
+
+/// What to do with a packet that came out of a circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rewritten in place: write it to the TUN device.
+    Forward,
+    /// Rejected by the exit policy: send the ICMP answer in the caller's buffer back
+    /// through the circuit.
+    Answer,
+    /// Dropped (counted in [`ExitStats`]).
+    Drop,
+}
+
+/// Counters of the exit's decisions.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExitStats {
+    pub forwarded: u64,
+    pub returned: u64,
+    pub rejected_policy: u64,
+    pub dropped_malformed: u64,
+    pub dropped_rate: u64,
+    pub dropped_flows: u64,
+    pub dropped_pool_exhausted: u64,
+    pub dropped_no_circuit: u64,
+}
+
+/// Settings of the exit logic.
+#[derive(Debug, Clone)]
+pub struct ExitSettings {
+    pub pool4: Ipv4Net,
+    pub pool6: Ipv6Net,
+    pub policy: ExitPolicy,
+    pub max_flows: usize,
+    pub max_pps: u32,
+}
+
+struct CircuitState {
+    index: u32,
+    /// The client's tunnel addresses, as last seen in its packets.
+    client4: Option<Ipv4Addr>,
+    client6: Option<Ipv6Addr>,
+    flows: FlowTable<FlowKey>,
+    bucket: TokenBucket,
+}
+
+/// The exit's table of circuits and their pool addresses.
+pub struct Exit {
+    cfg: ExitSettings,
+    circuits: HashMap<CircuitId, CircuitState>,
+    by_index: HashMap<u32, CircuitId>,
+    free: VecDeque<u32>,
+    next_index: u32,
+    capacity: u32,
+    stats: ExitStats,
+}
+
+impl Exit {
+    #[must_use]
+    pub fn new(cfg: ExitSettings) -> Self {
+        // Host indices 1..=capacity of both pools (the network address is skipped,
+        // and for IPv4 the broadcast address too).
+        let hosts4 = (1u64 << (32 - cfg.pool4.prefix_len())).saturating_sub(2);
+        let hosts6 = 1u64
+            .checked_shl(u32::from(128 - cfg.pool6.prefix_len()))
+            .map_or(u64::MAX, |n| n - 1);
+        let capacity = hosts4.min(hosts6).min(u64::from(u32::MAX)) as u32;
+        Self {
+            cfg,
+            circuits: HashMap::new(),
+            by_index: HashMap::new(),
+            free: VecDeque::new(),
+            next_index: 1,
+            capacity,
+            stats: ExitStats::default(),
+        }
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> &ExitStats {
+        &self.stats
+    }
+
+    /// Circuits holding a pool address.
+    #[must_use]
+    pub fn circuits(&self) -> usize {
+        self.circuits.len()
+    }
+
+    /// The pool addresses of a circuit, once it has sent a packet.
+    #[must_use]
+    pub fn addresses(&self, circuit: CircuitId) -> Option<(Ipv4Addr, Ipv6Addr)> {
+        self.circuits
+            .get(&circuit)
+            .map(|c| (self.addr4(c.index), self.addr6(c.index)))
+    }
+
+    fn addr4(&self, index: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.cfg.pool4.network()).wrapping_add(index))
+    }
+
+    fn addr6(&self, index: u32) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.cfg.pool6.network()).wrapping_add(u128::from(index)))
+    }
+
+    fn index_of(&self, addr: IpAddr) -> Option<u32> {
+        let offset = match addr {
+            IpAddr::V4(a) if self.cfg.pool4.contains(&a) => {
+                u64::from(u32::from(a) - u32::from(self.cfg.pool4.network()))
+            }
+            IpAddr::V6(a) if self.cfg.pool6.contains(&a) => {
+                let off = u128::from(a) - u128::from(self.cfg.pool6.network());
+                u64::try_from(off).ok()?
+            }
+            _ => return None,
+        };
+        u32::try_from(offset)
+            .ok()
+            .filter(|&i| i >= 1 && i <= self.capacity)
+    }
+
+    /// A packet from `circuit`'s client, in `pkt` (rewritten in place). On
+    /// [`Verdict::Answer`] the ICMP rejection is in `answer`.
+    pub fn from_circuit(
+        &mut self,
+        now: Instant,
+        circuit: CircuitId,
+        pkt: &mut [u8],
+        answer: &mut Vec<u8>,
+    ) -> Verdict {
+        let Ok(sum) = packet::summarize(pkt) else {
+            self.stats.dropped_malformed += 1;
+            return Verdict::Drop;
+        };
+        if !self.circuits.contains_key(&circuit) {
+            // Fresh addresses first, then the longest-freed one: the kernel's
+            // connection tracking may still hold flows of a closed circuit's address,
+            // and their late replies must not reach a new client.
+            let fresh = (self.next_index <= self.capacity).then(|| {
+                self.next_index += 1;
+                self.next_index - 1
+            });
+            let index = match fresh.or_else(|| self.free.pop_front()) {
+                Some(i) => i,
+                None => {
+                    self.stats.dropped_pool_exhausted += 1;
+                    return Verdict::Drop;
+                }
+            };
+            self.by_index.insert(index, circuit);
+            self.circuits.insert(
+                circuit,
+                CircuitState {
+                    index,
+                    client4: None,
+                    client6: None,
+                    flows: FlowTable::new(self.cfg.max_flows, FLOW_IDLE),
+                    bucket: TokenBucket::new(self.cfg.max_pps, self.cfg.max_pps, now),
+                },
+            );
+        }
+        let Some(c) = self.circuits.get_mut(&circuit) else {
+            return Verdict::Drop;
+        };
+        if !c.bucket.take(now) {
+            self.stats.dropped_rate += 1;
+            return Verdict::Drop;
+        }
+        let dns = (sum.dst == IpAddr::V4(DNS_V4) || sum.dst == IpAddr::V6(DNS_V6))
+            && (sum.proto == PROTO_UDP || sum.proto == PROTO_TCP)
+            && sum.dst_port == Some(53);
+        if !dns && !self.cfg.policy.allows(sum.dst, sum.dst_port) {
+            self.stats.rejected_policy += 1;
+            let from = match sum.dst {
+                IpAddr::V4(_) => IpAddr::V4(EXIT_V4),
+                IpAddr::V6(_) => IpAddr::V6(EXIT_V6),
+            };
+            return match packet::icmp_prohibited(pkt, from, answer) {
+                Ok(()) => Verdict::Answer,
+                Err(_) => Verdict::Drop,
+            };
+        }
+        if !c.flows.admit(now, sum.flow()) {
+            self.stats.dropped_flows += 1;
+            return Verdict::Drop;
+        }
+        let index = c.index;
+        let pool = match sum.src {
+            IpAddr::V4(a) => {
+                c.client4 = Some(a);
+                IpAddr::V4(self.addr4(index))
+            }
+            IpAddr::V6(a) => {
+                c.client6 = Some(a);
+                IpAddr::V6(self.addr6(index))
+            }
+        };
+        if packet::set_src(pkt, pool).is_err() {
+            self.stats.dropped_malformed += 1;
+            return Verdict::Drop;
+        }
+        self.stats.forwarded += 1;
+        Verdict::Forward
+    }
+
+    /// A packet read from the TUN device: returns the circuit it belongs to, with
+    /// the destination rewritten to the client's address, or `None` to drop it.
+    pub fn from_tun(&mut self, pkt: &mut [u8]) -> Option<CircuitId> {
+        let Ok(sum) = packet::summarize(pkt) else {
+            self.stats.dropped_malformed += 1;
+            return None;
+        };
+        let found = self
+            .index_of(sum.dst)
+            .and_then(|i| self.by_index.get(&i))
+            .and_then(|id| Some((*id, self.circuits.get(id)?)));
+        let Some((id, c)) = found else {
+            self.stats.dropped_no_circuit += 1;
+            return None;
+        };
+        let client = match sum.dst {
+            IpAddr::V4(_) => c.client4.map(IpAddr::V4),
+            IpAddr::V6(_) => c.client6.map(IpAddr::V6),
+        };
+        let Some(client) = client else {
+            self.stats.dropped_no_circuit += 1;
+            return None;
+        };
+        if packet::set_dst(pkt, client).is_err() {
+            self.stats.dropped_malformed += 1;
+            return None;
+        }
+        self.stats.returned += 1;
+        Some(id)
+    }
+
+    /// Frees a circuit's pool addresses.
+    pub fn close(&mut self, circuit: CircuitId) {
+        if let Some(c) = self.circuits.remove(&circuit) {
+            self.by_index.remove(&c.index);
+            self.free.push_back(c.index);
+        }
+    }
+}

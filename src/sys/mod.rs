@@ -1,0 +1,654 @@
+//! Kernel-facing network setup (Linux only): the client's routing, kill switch and DNS,
+//! and the exit gateway's forwarding and NAT.
+//!
+//! Links, addresses, routes and policy rules are set over rtnetlink; nftables rulesets
+//! are piped to `nft -f -` as one transaction each, so a ruleset is installed whole or
+//! not at all, and installing it again replaces it instead of adding a copy.
+//!
+//! # Client
+//!
+//! The daemon creates the TUN (`anon0`), then [`client_up`] routes all traffic into it
+//! the way `wg-quick` does, for IPv4 and IPv6 alike:
+//!
+//! - `default dev anon0 table <table>`;
+//! - rule [`SUPPRESS_RULE_PRIORITY`] (32762): `lookup main suppress_prefixlength 0`,
+//!   so routes of the main table more specific than a default route (the LAN, the
+//!   tunnel's own prefix) still apply;
+//! - rule [`FWMARK_RULE_PRIORITY`] (32763): `not fwmark <fwmark> lookup <table>`, so
+//!   every packet except those of the daemon's own UDP sockets (marked with `SO_MARK`)
+//!   goes into the tunnel, while the daemon's packets fall through to the main table.
+//!
+//! Both come before the kernel's `lookup main` rule (32766) and are kept apart from the
+//! 32764/32765 that `wg-quick` usually ends up with, so each tool removes only its own.
+//!
+//! The kill switch is the nftables table `inet anonnet`:
+//!
+//! - chain `output` (hook output, policy **drop**) accepts only packets leaving through
+//!   `lo` or the TUN; UDP with mark `<fwmark>` to an allowed gateway, whose
+//!   `address . port` pairs are in the named sets `gateways4` and `gateways6`
+//!   (replaced atomically by [`client_set_gateways`]); DHCPv4 (UDP 68 to 67) and
+//!   DHCPv6 (UDP 546 to 547); ICMPv6 router and neighbour solicitations and
+//!   advertisements with hop limit 255 (link-local by construction);
+//! - chain `preraw` (hook prerouting, priority raw) drops packets for the tunnel's own
+//!   addresses that arrive on another interface, so hosts on the LAN cannot reach
+//!   services bound to them;
+//! - chains `premangle` and `postmangle` copy the mark of the daemon's UDP flows into
+//!   conntrack and back onto their replies, and `net.ipv4.conf.all.src_valid_mark` is
+//!   set to 1, so replies from the gateways pass a strict reverse-path filter (both as
+//!   `wg-quick` does; the sysctl's previous value is restored by [`client_down`]).
+//!
+//! Only locally generated traffic is filtered; there is no input chain. The table is
+//! not tied to the daemon's process: after the daemon dies (even by SIGKILL), the TUN and
+//! its routes vanish, traffic falls back to the main table, and the output chain drops
+//! it. Nothing leaks until [`client_down`] removes the table.
+//!
+//! DNS: when [`ClientNet::dns`] is not empty, `/etc/resolv.conf` is saved to the state
+//! directory (unless it is a file anonnet wrote, so a restart after a crash never saves
+//! anonnet's own file as the original) and rewritten in place (truncated, not renamed:
+//! inside a network namespace it is a bind mount) with the tunnel's nameservers. When it
+//! is a symlink (systemd-resolved, resolvconf), the file it points to is rewritten. It
+//! is restored in place by [`client_down`], unless someone else rewrote it meanwhile.
+//!
+//! State: [`client_up`] first writes `client-state.toml` in the state directory (tun,
+//! table, fwmark, rule priorities, nft table, whether DNS was changed, the previous
+//! `src_valid_mark`), before it changes anything, so [`client_down`] can undo a run that
+//! crashed half-way, without the configuration.
+//!
+//! # Exit
+//!
+//! [`exit_up`] configures the exit's TUN, routes the per-circuit pools into it (main
+//! table), turns on `net.ipv4.ip_forward` and `net.ipv6.conf.all.forwarding`, and
+//! installs the nftables table `inet anonnet-exit`:
+//!
+//! - chain `forward` (policy accept, so the host's other forwarding is untouched):
+//!   clamps the MSS of TCP SYNs entering or leaving the TUN to the route's MTU; accepts
+//!   everything from the TUN; towards the TUN accepts only `ct state
+//!   established,related` (replies, and ICMP errors about the circuits' own flows) and
+//!   drops the rest;
+//! - chain `dstnat`: TCP and UDP port 53 from the TUN to one of [`ExitNet::dns`] is
+//!   DNATed to the first [`ExitNet::dns_upstream`] address of the same family; a family
+//!   without an upstream is not served;
+//! - chain `srcnat`: packets from `pool4`/`pool6` that leave through another interface
+//!   are masqueraded (NAT44 and NAT66).
+//!
+//! Another table's forward chain with policy drop (Docker sets one up) still drops
+//! circuit traffic; such hosts need their own accept rule for the TUN. With
+//! `net.ipv6.conf.all.forwarding = 1` the kernel ignores router advertisements on
+//! interfaces whose `accept_ra` is 1, so an exit that gets its IPv6 default route from
+//! SLAAC needs `accept_ra = 2` on its uplink.
+
+mod host;
+mod netlink;
+mod nft;
+mod resolv;
+mod state;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use self::netlink::{Family, Netlink, Rule, MAIN_TABLE};
+use self::state::ClientState;
+
+/// Priority of the client's `lookup main suppress_prefixlength 0` rules (IPv4 and IPv6).
+pub const SUPPRESS_RULE_PRIORITY: u32 = 32762;
+/// Priority of the client's `not fwmark <fwmark> lookup <table>` rules (IPv4 and IPv6).
+pub const FWMARK_RULE_PRIORITY: u32 = 32763;
+
+/// The client's side of the tunnel: what [`client_up`] sets up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientNet {
+    /// Name of the TUN link, e.g. `anon0`.
+    pub tun: String,
+    /// Addresses assigned to the TUN, e.g. `100.64.0.2/32` and `fd00:64::2/128`.
+    pub addrs: Vec<IpNet>,
+    /// MTU of the TUN.
+    pub mtu: u32,
+    /// Mark the daemon sets on its own UDP sockets (`SO_MARK`); not 0.
+    pub fwmark: u32,
+    /// Routing table for the tunnel's default routes; not 0, 253, 254 or 255.
+    pub table: u32,
+    /// The only UDP destinations allowed out while the tunnel is up (the entry gateways).
+    pub gateways: Vec<SocketAddr>,
+    /// Resolver addresses inside the tunnel; empty leaves DNS alone.
+    pub dns: Vec<IpAddr>,
+    /// Directory (e.g. `/run/anonnet`) holding what [`client_down`] needs.
+    pub state_dir: PathBuf,
+}
+
+/// The exit gateway's side of the tunnel: what [`exit_up`] sets up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitNet {
+    /// Name of the TUN link, e.g. `anonexit0`, already created by the daemon.
+    pub tun: String,
+    /// The exit's in-tunnel addresses, e.g. `100.64.0.1/32` and `fd00:64::1/128`.
+    pub addrs: Vec<IpNet>,
+    /// MTU of the TUN.
+    pub mtu: u32,
+    /// IPv4 per-circuit addresses, routed into the TUN and masqueraded on the way out.
+    pub pool4: Ipv4Net,
+    /// IPv6 per-circuit addresses, routed into the TUN and masqueraded on the way out.
+    pub pool6: Ipv6Net,
+    /// In-tunnel resolver addresses that clients query (e.g. `100.64.0.53`).
+    pub dns: Vec<IpAddr>,
+    /// Where queries to [`ExitNet::dns`] are forwarded: the first address of each family
+    /// is used; a family without one is not served.
+    pub dns_upstream: Vec<IpAddr>,
+}
+
+/// Sysctl values from before [`exit_up`], for [`exit_down`] to restore. `None` for a
+/// sysctl the kernel does not have (IPv6 disabled).
+///
+/// After a crash, a second [`exit_up`] reads the values the first one set; a daemon that
+/// wants the originals back across crashes keeps this (it is serializable) itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitGuardState {
+    /// Previous `net.ipv4.ip_forward`.
+    pub ipv4_forward: Option<String>,
+    /// Previous `net.ipv6.conf.all.forwarding`.
+    pub ipv6_forwarding: Option<String>,
+}
+
+/// Checks a network interface name, which also goes verbatim into nftables rulesets.
+fn check_ifname(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        bail!(
+            "{what} {name:?} is not a usable interface name: use 1 to 15 letters, digits, '-', '_' or '.'"
+        );
+    }
+    Ok(())
+}
+
+fn check_mtu(mtu: u32, addrs: &[IpNet], ipv6: bool) -> Result<()> {
+    if !(576..=65535).contains(&mtu) {
+        bail!("mtu {mtu} is out of range: use 576 to 65535 (1280 or more with IPv6)");
+    }
+    if mtu < 1280 && (ipv6 || addrs.iter().any(|a| a.addr().is_ipv6())) {
+        bail!("mtu {mtu} is too small for IPv6: use 1280 or more");
+    }
+    Ok(())
+}
+
+fn validate_client(net: &ClientNet) -> Result<()> {
+    check_ifname("tun", &net.tun)?;
+    if net.addrs.is_empty() {
+        bail!("addrs is empty: give the tunnel at least one address, e.g. 100.64.0.2/32");
+    }
+    check_mtu(net.mtu, &net.addrs, false)?;
+    if net.fwmark == 0 {
+        bail!("fwmark 0 means unmarked: pick a non-zero mark, e.g. 0xca6c");
+    }
+    if matches!(net.table, 0 | 253..=255) {
+        bail!(
+            "table {} is reserved (0 unspec, 253 default, 254 main, 255 local): pick another, e.g. 51820",
+            net.table
+        );
+    }
+    if let Some(g) = net.gateways.iter().find(|g| g.port() == 0) {
+        bail!("gateway {g} has port 0: give the gateway's UDP port");
+    }
+    if !net.state_dir.is_absolute() {
+        bail!(
+            "state_dir {} is relative: give an absolute path such as /run/anonnet",
+            net.state_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn validate_exit(net: &ExitNet) -> Result<()> {
+    check_ifname("tun", &net.tun)?;
+    check_mtu(net.mtu, &net.addrs, host::ipv6_available())?;
+    if net.pool4.prefix_len() == 0 {
+        bail!("pool4 {} would route every IPv4 address into the tunnel: use the circuits' prefix, e.g. 100.64.1.0/24", net.pool4);
+    }
+    if net.pool6.prefix_len() == 0 {
+        bail!("pool6 {} would route every IPv6 address into the tunnel: use the circuits' prefix, e.g. fd00:64:1::/64", net.pool6);
+    }
+    if let Some(ip) = net.dns_upstream.iter().find(|ip| ip.is_loopback()) {
+        bail!(
+            "dns_upstream {ip} is a loopback address, to which forwarded queries cannot be DNATed: use a resolver reachable over the network (system_resolvers() skips local stubs)"
+        );
+    }
+    Ok(())
+}
+
+/// The address families this kernel supports.
+fn families() -> &'static [Family] {
+    if host::ipv6_available() {
+        &Family::BOTH
+    } else {
+        &Family::BOTH[..1]
+    }
+}
+
+/// The two policy rules recorded in `st`.
+fn client_rules(st: &ClientState) -> [Rule; 2] {
+    [
+        Rule::SuppressMain {
+            priority: st.suppress_priority,
+        },
+        Rule::NotFwmark {
+            priority: st.fwmark_priority,
+            fwmark: st.fwmark,
+            table: st.table,
+        },
+    ]
+}
+
+/// Checks before creating anything: CAP_NET_ADMIN, `/dev/net/tun`, the `nft` command,
+/// that no link is called [`ClientNet::tun`] and that none of [`ClientNet::addrs`] is
+/// assigned to an interface. State left by a run that was not cleaned up is reported
+/// (as a warning) and replaced by [`client_up`].
+pub async fn client_preflight(net: &ClientNet) -> Result<()> {
+    validate_client(net)?;
+    host::require_net_admin()?;
+    host::require_tun_device()?;
+    if !host::ipv6_available() {
+        if let Some(a) = net.addrs.iter().find(|a| a.addr().is_ipv6()) {
+            bail!("address {a} is IPv6, but this kernel has IPv6 disabled: drop it from addrs or enable IPv6");
+        }
+    }
+    if !nft::installed() {
+        bail!("the `nft` command was not found: install the nftables package (the kill switch needs it)");
+    }
+    let nl = Netlink::connect()?;
+    if nl.link_index(&net.tun).await?.is_some() {
+        bail!(
+            "network interface {} already exists: is another anonnet running? `anonnet down` removes a stale one",
+            net.tun
+        );
+    }
+    let names = nl.link_names().await?;
+    for (index, ip) in nl.addresses().await? {
+        if let Some(a) = net.addrs.iter().find(|a| a.addr() == ip) {
+            let name = names
+                .get(&index)
+                .cloned()
+                .unwrap_or_else(|| format!("interface #{index}"));
+            bail!(
+                "address conflict: {ip} (from {a}) is already assigned to {name}: pick other tunnel addresses or remove it with `ip addr del {ip} dev {name}`"
+            );
+        }
+    }
+    if state::load(&net.state_dir)?.is_some() {
+        tracing::warn!(
+            "{} is left from an earlier run that was not cleaned up; it will be replaced",
+            state::path(&net.state_dir).display()
+        );
+    }
+    Ok(())
+}
+
+/// Removes what an earlier run recorded in `old` that this run will not replace itself:
+/// its rules, and its routes and link when they differ from this run's.
+async fn undo_leftovers(nl: &Netlink, old: &ClientState, net: &ClientNet) -> Result<()> {
+    for &family in families() {
+        for rule in client_rules(old) {
+            nl.delete_rule(family, rule).await?;
+        }
+    }
+    if old.tun != net.tun {
+        check_ifname("tun in the state file", &old.tun)?;
+        if let Some(index) = nl.link_index(&old.tun).await? {
+            nl.delete_link(&old.tun, index).await?;
+        }
+    } else if old.table != net.table {
+        if let Some(index) = nl.link_index(&old.tun).await? {
+            for &family in families() {
+                nl.delete_route(family.default_net(), &old.tun, index, old.table)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets up the client after the daemon created the TUN [`ClientNet::tun`] (without
+/// addresses): the state file first, then the kill switch, the TUN's addresses, MTU and
+/// link state, the default routes and policy rules, and DNS (see the module
+/// documentation). Calling it again, or after a crash, replaces what the earlier run
+/// made instead of adding to it.
+pub async fn client_up(net: &ClientNet) -> Result<()> {
+    validate_client(net)?;
+    let old = state::load(&net.state_dir)?;
+    let src_valid_mark = match old.as_ref().and_then(|o| o.src_valid_mark.clone()) {
+        Some(value) => Some(value),
+        None => host::read_sysctl(host::SRC_VALID_MARK)?,
+    };
+    let st = ClientState {
+        tun: net.tun.clone(),
+        table: net.table,
+        fwmark: net.fwmark,
+        suppress_priority: SUPPRESS_RULE_PRIORITY,
+        fwmark_priority: FWMARK_RULE_PRIORITY,
+        nft_table: nft::CLIENT_TABLE.to_owned(),
+        dns_changed: !net.dns.is_empty() || old.as_ref().is_some_and(|o| o.dns_changed),
+        src_valid_mark: src_valid_mark.clone(),
+    };
+    state::save(&net.state_dir, &st)?;
+
+    let nl = Netlink::connect()?;
+    if let Some(old) = &old {
+        undo_leftovers(&nl, old, net).await?;
+    }
+    nft::apply(
+        &nft::client_ruleset(&net.tun, net.fwmark, &net.addrs, &net.gateways),
+        "kill switch (nftables table inet anonnet)",
+    )?;
+    if src_valid_mark.is_some() {
+        host::write_sysctl(host::SRC_VALID_MARK, "1")?;
+    }
+
+    let index = nl.link_index(&net.tun).await?.with_context(|| {
+        format!(
+            "network interface {} does not exist: the daemon must create the TUN before client_up",
+            net.tun
+        )
+    })?;
+    nl.configure_link(&net.tun, index, &net.addrs, net.mtu)
+        .await?;
+    for &family in families() {
+        nl.replace_route(family.default_net(), &net.tun, index, net.table)
+            .await?;
+    }
+    for &family in families() {
+        for rule in client_rules(&st) {
+            nl.delete_rule(family, rule).await?;
+            nl.add_rule(family, rule).await?;
+        }
+    }
+
+    let resolv_conf = Path::new(resolv::RESOLV_CONF);
+    if net.dns.is_empty() {
+        if let Some(line) = resolv::restore(resolv_conf, &net.state_dir)? {
+            tracing::info!("DNS left to the system: {line}");
+        }
+    } else {
+        resolv::install(resolv_conf, &net.state_dir, &net.dns)?;
+    }
+    Ok(())
+}
+
+/// Replaces the set of allowed gateways with [`ClientNet::gateways`], atomically.
+pub async fn client_set_gateways(net: &ClientNet) -> Result<()> {
+    if let Some(g) = net.gateways.iter().find(|g| g.port() == 0) {
+        bail!("gateway {g} has port 0: give the gateway's UDP port");
+    }
+    nft::apply(&nft::gateway_update(&net.gateways), "gateway set update").context(
+        "cannot update the allowed gateways: is the client up? (client_up creates nftables table inet anonnet)",
+    )
+}
+
+/// Removes everything [`client_up`] made, as recorded in `state_dir`: policy rules,
+/// routes, the TUN link if it still exists, `/etc/resolv.conf`, the sysctl, the kill
+/// switch and the state file. Idempotent; works after the daemon was killed and when
+/// there is nothing to remove. Returns one line per thing removed.
+pub async fn client_down(state_dir: &Path) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    let Some(st) = state::load(state_dir)? else {
+        if nft::table_exists(nft::CLIENT_TABLE)? {
+            nft::apply(
+                &nft::delete_table(nft::CLIENT_TABLE),
+                "removal of nftables table inet anonnet",
+            )?;
+            done.push(format!(
+                "removed nftables table inet {} (the kill switch)",
+                nft::CLIENT_TABLE
+            ));
+        }
+        return Ok(done);
+    };
+    check_ifname("tun in the state file", &st.tun)?;
+    check_ifname("nft_table in the state file", &st.nft_table)?;
+
+    let nl = Netlink::connect()?;
+    for &family in families() {
+        for rule in client_rules(&st) {
+            if nl.delete_rule(family, rule).await? > 0 {
+                done.push(format!("removed {}", rule.describe(family)));
+            }
+        }
+    }
+    if let Some(index) = nl.link_index(&st.tun).await? {
+        for &family in families() {
+            let dest = family.default_net();
+            if nl.delete_route(dest, &st.tun, index, st.table).await? {
+                done.push(format!(
+                    "removed route {dest} dev {} table {}",
+                    st.tun, st.table
+                ));
+            }
+        }
+        if nl.delete_link(&st.tun, index).await? {
+            done.push(format!("deleted network interface {}", st.tun));
+        }
+    }
+    if let Some(line) = resolv::restore(Path::new(resolv::RESOLV_CONF), state_dir)? {
+        done.push(line);
+    }
+    if let Some(previous) = &st.src_valid_mark {
+        if host::read_sysctl(host::SRC_VALID_MARK)?.as_ref() != Some(previous) {
+            host::write_sysctl(host::SRC_VALID_MARK, previous)?;
+            done.push(format!(
+                "restored sysctl {} = {previous}",
+                host::SRC_VALID_MARK
+            ));
+        }
+    }
+    if nft::table_exists(&st.nft_table)? {
+        nft::apply(
+            &nft::delete_table(&st.nft_table),
+            "removal of the kill switch",
+        )?;
+        done.push(format!(
+            "removed nftables table inet {} (the kill switch)",
+            st.nft_table
+        ));
+    }
+    if state::remove(state_dir)? {
+        done.push(format!("removed {}", state::path(state_dir).display()));
+    }
+    Ok(done)
+}
+
+/// Sets up the exit gateway (see the module documentation) on the TUN the daemon
+/// created. Replaces the ruleset of an earlier run instead of adding to it. Returns the
+/// sysctl values to restore with [`exit_down`].
+pub async fn exit_up(net: &ExitNet) -> Result<ExitGuardState> {
+    validate_exit(net)?;
+    host::require_net_admin()?;
+    let nl = Netlink::connect()?;
+    let index = nl.link_index(&net.tun).await?.with_context(|| {
+        format!(
+            "network interface {} does not exist: the daemon must create the TUN before exit_up",
+            net.tun
+        )
+    })?;
+    nl.configure_link(&net.tun, index, &net.addrs, net.mtu)
+        .await?;
+    nl.replace_route(IpNet::V4(net.pool4.trunc()), &net.tun, index, MAIN_TABLE)
+        .await?;
+    if host::ipv6_available() {
+        nl.replace_route(IpNet::V6(net.pool6.trunc()), &net.tun, index, MAIN_TABLE)
+            .await?;
+    }
+
+    let upstream4 = net.dns_upstream.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    });
+    let upstream6 = net.dns_upstream.iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    });
+    let rules = nft::ExitRules {
+        tun: &net.tun,
+        pool4: net.pool4.trunc(),
+        pool6: net.pool6.trunc(),
+        dns: &net.dns,
+        upstream4,
+        upstream6,
+    };
+    nft::apply(
+        &nft::exit_ruleset(&rules),
+        "exit ruleset (nftables table inet anonnet-exit)",
+    )?;
+
+    let saved = ExitGuardState {
+        ipv4_forward: host::read_sysctl(host::IPV4_FORWARD)?,
+        ipv6_forwarding: host::read_sysctl(host::IPV6_FORWARDING)?,
+    };
+    if saved.ipv4_forward.is_some() {
+        host::write_sysctl(host::IPV4_FORWARD, "1")?;
+    }
+    if saved.ipv6_forwarding.is_some() {
+        host::write_sysctl(host::IPV6_FORWARDING, "1")?;
+    }
+    Ok(saved)
+}
+
+/// Undoes [`exit_up`]: restores the sysctls in `saved` (first, so nothing is forwarded
+/// unfiltered), removes the nftables table and the pool routes. Idempotent.
+pub async fn exit_down(net: &ExitNet, saved: &ExitGuardState) -> Result<()> {
+    check_ifname("tun", &net.tun)?;
+    if let Some(value) = &saved.ipv4_forward {
+        host::write_sysctl(host::IPV4_FORWARD, value)?;
+    }
+    if let Some(value) = &saved.ipv6_forwarding {
+        host::write_sysctl(host::IPV6_FORWARDING, value)?;
+    }
+    if nft::table_exists(nft::EXIT_TABLE)? {
+        nft::apply(
+            &nft::delete_table(nft::EXIT_TABLE),
+            "removal of nftables table inet anonnet-exit",
+        )?;
+    }
+    let nl = Netlink::connect()?;
+    if let Some(index) = nl.link_index(&net.tun).await? {
+        nl.delete_route(IpNet::V4(net.pool4.trunc()), &net.tun, index, MAIN_TABLE)
+            .await?;
+        if host::ipv6_available() {
+            nl.delete_route(IpNet::V6(net.pool6.trunc()), &net.tun, index, MAIN_TABLE)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The first nameserver of each address family in `/etc/resolv.conf` (IPv4 first),
+/// skipping loopback stubs, which cannot be DNAT targets; if that leaves none, those of
+/// systemd-resolved's upstream list. Empty if there is none.
+pub fn system_resolvers() -> Vec<IpAddr> {
+    resolv::system_resolvers()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> ClientNet {
+        ClientNet {
+            tun: "anon0".into(),
+            addrs: vec![
+                "100.64.0.2/32".parse().expect("v4"),
+                "fd00:64::2/128".parse().expect("v6"),
+            ],
+            mtu: 1420,
+            fwmark: 0xca6c,
+            table: 51820,
+            gateways: vec!["198.18.0.1:4500".parse().expect("gateway")],
+            dns: vec!["100.64.0.53".parse().expect("dns")],
+            state_dir: "/run/anonnet".into(),
+        }
+    }
+
+    fn invalid(net: ClientNet) -> String {
+        format!(
+            "{:#}",
+            validate_client(&net).expect_err("should be rejected")
+        )
+    }
+
+    #[test]
+    fn accepts_a_sane_client() {
+        validate_client(&client()).expect("valid");
+    }
+
+    #[test]
+    fn rejects_bad_client_values_naming_them() {
+        assert!(invalid(ClientNet {
+            tun: "anon0\"; flush ruleset".into(),
+            ..client()
+        })
+        .contains("not a usable interface name"));
+        assert!(invalid(ClientNet {
+            tun: "a-name-longer-than-15".into(),
+            ..client()
+        })
+        .contains("1 to 15"));
+        assert!(invalid(ClientNet {
+            addrs: vec![],
+            ..client()
+        })
+        .contains("addrs is empty"));
+        assert!(invalid(ClientNet {
+            mtu: 1000,
+            ..client()
+        })
+        .contains("mtu 1000 is too small for IPv6"));
+        assert!(invalid(ClientNet {
+            fwmark: 0,
+            ..client()
+        })
+        .contains("fwmark 0"));
+        assert!(invalid(ClientNet {
+            table: 254,
+            ..client()
+        })
+        .contains("table 254 is reserved"));
+        assert!(invalid(ClientNet {
+            state_dir: "run".into(),
+            ..client()
+        })
+        .contains("state_dir run is relative"));
+        assert!(invalid(ClientNet {
+            gateways: vec!["198.18.0.1:0".parse().expect("gateway")],
+            ..client()
+        })
+        .contains("port 0"));
+    }
+
+    #[test]
+    fn rejects_a_loopback_dns_upstream() {
+        let net = ExitNet {
+            tun: "anonexit0".into(),
+            addrs: vec!["100.64.0.1/32".parse().expect("v4")],
+            mtu: 1420,
+            pool4: "100.64.1.0/24".parse().expect("pool4"),
+            pool6: "fd00:64:1::/64".parse().expect("pool6"),
+            dns: vec!["100.64.0.53".parse().expect("dns")],
+            dns_upstream: vec!["127.0.0.53".parse().expect("upstream")],
+        };
+        let err = format!("{:#}", validate_exit(&net).expect_err("loopback"));
+        assert!(
+            err.contains("dns_upstream 127.0.0.53 is a loopback address"),
+            "{err}"
+        );
+        validate_exit(&ExitNet {
+            dns_upstream: vec!["198.18.0.53".parse().expect("upstream")],
+            ..net
+        })
+        .expect("valid");
+    }
+}
