@@ -841,3 +841,268 @@ fn replayed_cells_are_dropped() {
     net.run_for(Duration::from_secs(1));
     assert_eq!(net.received(c, id).len(), 1, "a replay was delivered");
 }
+
+// ---- the exit's data plane ----------------------------------------------------------
+
+use anonnet::exit::{Exit, ExitSettings, Verdict};
+use anonnet::policy::ExitPolicy;
+use anonnet::tunnel::{self, Payload, Reassembler, CLIENT_V4, CLIENT_V6};
+use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1);
+
+/// Splits an IP packet into DATA payloads as the drivers do.
+fn payloads(packet: &[u8], frag_id: u16) -> Vec<Vec<u8>> {
+    if tunnel::fragment_count(packet.len()) == 1 {
+        return vec![packet.to_vec()];
+    }
+    (0..tunnel::fragment_count(packet.len()))
+        .map(|i| {
+            let mut out = vec![0u8; MAX_PAYLOAD];
+            let n = tunnel::write_fragment(packet, frag_id, i, &mut out);
+            out.truncate(n);
+            out
+        })
+        .collect()
+}
+
+fn unwrap<'a>(now: Instant, p: &'a mut [u8], r: &'a mut Reassembler) -> Option<&'a mut [u8]> {
+    match tunnel::classify(p).expect("tunnel payload") {
+        Payload::Packet(_) => Some(p),
+        Payload::Fragment {
+            id,
+            index,
+            count,
+            data,
+        } => r.push(now, id, index, count, data),
+    }
+}
+
+fn echo_request(v6: bool, seq: u16, len: usize) -> Vec<u8> {
+    let body: Vec<u8> = (0..len).map(|i| (i as u16 ^ seq) as u8).collect();
+    let mut out = Vec::new();
+    if v6 {
+        PacketBuilder::ipv6(CLIENT_V6.octets(), SERVER_V6.octets(), 64)
+            .icmpv6_echo_request(7, seq)
+            .write(&mut out, &body)
+    } else {
+        PacketBuilder::ipv4(CLIENT_V4.octets(), SERVER_V4.octets(), 64)
+            .icmpv4_echo_request(7, seq)
+            .write(&mut out, &body)
+    }
+    .expect("build");
+    out
+}
+
+/// The "internet": answers echo requests from `src` (which must be a pool address).
+fn answer_echo(p: &[u8]) -> Vec<u8> {
+    let s = SlicedPacket::from_ip(p).expect("forwarded packet parses");
+    let sum = anonnet::packet::summarize(p).expect("summary");
+    let (src, dst) = (sum.src, sum.dst);
+    let mut out = Vec::new();
+    match s.transport {
+        Some(TransportSlice::Icmpv4(icmp)) => {
+            let Icmpv4Type::EchoRequest(h) = icmp.icmp_type() else {
+                panic!("not an echo request")
+            };
+            let (IpAddr::V4(src), IpAddr::V4(dst)) = (src, dst) else {
+                panic!("family")
+            };
+            PacketBuilder::ipv4(dst.octets(), src.octets(), 60)
+                .icmpv4_echo_reply(h.id, h.seq)
+                .write(&mut out, icmp.payload())
+                .expect("reply");
+        }
+        Some(TransportSlice::Icmpv6(icmp)) => {
+            let Icmpv6Type::EchoRequest(h) = icmp.icmp_type() else {
+                panic!("not an echo request")
+            };
+            let (IpAddr::V6(src), IpAddr::V6(dst)) = (src, dst) else {
+                panic!("family")
+            };
+            PacketBuilder::ipv6(dst.octets(), src.octets(), 60)
+                .icmpv6_echo_reply(h.id, h.seq)
+                .write(&mut out, icmp.payload())
+                .expect("reply");
+        }
+        other => panic!("unexpected transport {other:?}"),
+    }
+    out
+}
+
+impl Net {
+    /// Runs the exit's side for node `exit_node`: every DATA that reached it goes
+    /// through `exit`; forwarded pings are answered by the "internet" and sent back.
+    fn serve_exit(
+        &mut self,
+        exit_node: usize,
+        exit: &mut Exit,
+        reasm: &mut HashMap<CircuitId, Reassembler>,
+        seen: &mut usize,
+        forwarded: &mut Vec<IpAddr>,
+    ) {
+        let now = self.now;
+        let new: Vec<Ev> = self.log[*seen..]
+            .iter()
+            .filter(|(_, n, _)| *n == exit_node)
+            .map(|(_, _, e)| e.clone())
+            .collect();
+        *seen = self.log.len();
+        for e in new {
+            match e {
+                Ev::ExitData(c, mut p) => {
+                    let r = reasm.entry(c).or_default();
+                    let Some(pkt) = unwrap(now, &mut p, r) else {
+                        continue;
+                    };
+                    let mut answer = Vec::new();
+                    let back = match exit.from_circuit(now, c, pkt, &mut answer) {
+                        Verdict::Forward => {
+                            forwarded.push(anonnet::packet::summarize(pkt).expect("sum").src);
+                            let mut reply = answer_echo(pkt);
+                            assert_eq!(exit.from_tun(&mut reply), Some(c), "reply maps back");
+                            reply
+                        }
+                        Verdict::Answer => answer,
+                        Verdict::Drop => continue,
+                    };
+                    for payload in payloads(&back, 9) {
+                        let n = &mut self.nodes[exit_node];
+                        let mut buf = vec![0u8; anonnet::wire::PAYLOAD_OFFSET + payload.len()];
+                        buf[anonnet::wire::PAYLOAD_OFFSET..].copy_from_slice(&payload);
+                        let t = n
+                            .node
+                            .send_backward(now, c, buf, payload.len())
+                            .expect("send backward");
+                        let src = n.addr;
+                        self.send(Dgram {
+                            src,
+                            dst: t.dst,
+                            buf: t.buf,
+                        });
+                    }
+                }
+                Ev::ExitClosed(c) => {
+                    exit.close(c);
+                    reasm.remove(&c);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn exit_data_plane_through_three_hops() {
+    let mut net = Net::with_config(11, 4, 1, |c| c.exit = c.static_key.is_some());
+    let client = net.clients[0];
+    let path = [net.gateways[0], net.gateways[1], net.gateways[2]];
+    let exit_node = path[2];
+    let specs: Vec<HopSpec> = path.iter().map(|&g| net.spec(g)).collect();
+    let now = net.now;
+    let n = &mut net.nodes[client];
+    let id = n
+        .node
+        .build_circuit(now, &mut n.rng, &specs, Service::Exit)
+        .expect("build");
+    net.drain();
+    net.run_until(Duration::from_secs(5), |n| {
+        n.outcome(client, id, 0).is_some()
+    });
+    assert_eq!(net.outcome(client, id, 0), Some(Ev::Up(id)));
+
+    let exit_ip = net.nodes[exit_node].addr.ip();
+    let mut exit = Exit::new(ExitSettings {
+        pool4: "100.96.0.0/12".parse().expect("pool4"),
+        pool6: "fd00:96::/64".parse().expect("pool6"),
+        policy: ExitPolicy::new(&[], &[exit_ip]).expect("policy"),
+        max_flows: 64,
+        max_pps: 10_000,
+    });
+    // Pings of 84 bytes and of 1280 (split over two cells), both families; then a
+    // TCP SYN to port 25 and a ping to an RFC 1918 address, which the policy rejects.
+    let mut sent = Vec::new();
+    for (seq, (v6, len)) in [(false, 56), (false, 1252), (true, 56), (true, 1232)]
+        .into_iter()
+        .enumerate()
+    {
+        sent.push(echo_request(v6, seq as u16, len));
+    }
+    let mut smtp = Vec::new();
+    PacketBuilder::ipv4(CLIENT_V4.octets(), SERVER_V4.octets(), 64)
+        .tcp(40000, 25, 1, 65535)
+        .syn()
+        .write(&mut smtp, &[])
+        .expect("syn");
+    let mut private = Vec::new();
+    PacketBuilder::ipv4(CLIENT_V4.octets(), [10, 0, 0, 1], 64)
+        .icmpv4_echo_request(7, 99)
+        .write(&mut private, &[0u8; 8])
+        .expect("ping");
+    let mut reasm = HashMap::new();
+    let mut seen = 0;
+    let mut forwarded = Vec::new();
+    for (i, pkt) in sent.iter().chain([&smtp, &private]).enumerate() {
+        for p in payloads(pkt, i as u16) {
+            net.send_payload(client, id, &p);
+        }
+        for _ in 0..40 {
+            net.step();
+            net.serve_exit(exit_node, &mut exit, &mut reasm, &mut seen, &mut forwarded);
+        }
+    }
+    // The internet saw only the circuit's pool addresses.
+    assert_eq!(forwarded.len(), 4);
+    assert!(forwarded.iter().all(|a| match a {
+        IpAddr::V4(a) => "100.96.0.0/12"
+            .parse::<ipnet::Ipv4Net>()
+            .expect("n")
+            .contains(a),
+        IpAddr::V6(a) => "fd00:96::/64"
+            .parse::<ipnet::Ipv6Net>()
+            .expect("n")
+            .contains(a),
+    }));
+
+    let mut client_reasm = Reassembler::default();
+    let now = net.now;
+    let mut got = Vec::new();
+    for mut p in net.received(client, id) {
+        if let Some(pkt) = unwrap(now, &mut p, &mut client_reasm) {
+            got.push(pkt.to_vec());
+        }
+    }
+    assert_eq!(got.len(), 6, "4 echo replies and 2 rejections");
+    for (req, reply) in sent.iter().zip(&got) {
+        let s = anonnet::packet::summarize(reply).expect("reply parses");
+        let q = anonnet::packet::summarize(req).expect("request parses");
+        assert_eq!((s.src, s.dst), (q.dst, q.src), "addresses swapped back");
+        assert_eq!(reply.len(), req.len());
+        // Same echo body: everything after the ICMP header.
+        let hdr = if q.src.is_ipv4() { 28 } else { 48 };
+        assert_eq!(reply[hdr..], req[hdr..]);
+        SlicedPacket::from_ip(reply).expect("valid reply");
+    }
+    for (reply, req) in got[4..].iter().zip([&smtp, &private]) {
+        let s = SlicedPacket::from_ip(reply).expect("rejection parses");
+        let Some(TransportSlice::Icmpv4(icmp)) = s.transport else {
+            panic!("rejection is not ICMP")
+        };
+        assert_eq!(
+            (icmp.type_u8(), icmp.code_u8()),
+            (3, 13),
+            "admin prohibited"
+        );
+        // The quoted packet is the rejected one.
+        assert_eq!(&icmp.payload()[..20], &req[..20]);
+    }
+    assert_eq!(exit.stats().rejected_policy, 2);
+    assert_eq!(exit.circuits(), 1);
+
+    net.close(client, id);
+    net.run_for(Duration::from_secs(1));
+    net.serve_exit(exit_node, &mut exit, &mut reasm, &mut seen, &mut forwarded);
+    assert_eq!(exit.circuits(), 0, "teardown frees the pool addresses");
+}
