@@ -481,6 +481,10 @@ fn parse_exit(raw: RawExit) -> Result<ExitConfig, ConfigError> {
             ))
         }
     };
+    for (i, rule) in raw.policy.iter().enumerate() {
+        rule.parse::<crate::policy::Rule>()
+            .map_err(|e| ConfigError::invalid(format!("exit.policy[{i}]"), e.to_string()))?;
+    }
     let config = ExitConfig {
         tun: raw.tun.unwrap_or(d.tun),
         mtu: raw
@@ -1150,6 +1154,7 @@ mod tests {
             "exit.dns_upstream[0]: invalid IP address \"1.2.3.4:53\" (no port: DNS uses 53)"
         );
         assert!(err("bogus = 1").contains("unknown field `bogus`"));
+        assert!(err("policy = [\"accept *:80\", \"allow *:22\"]").starts_with("exit.policy[1]: "));
     }
 
     #[test]
