@@ -556,7 +556,6 @@ pub fn clamp_mss(pkt: &mut [u8], max_mss: u16) -> bool {
 
 /// Reads the TCP option at `at` within `pkt[..end]`: its kind and total length, or
 /// `None` at the end of the list. `Err` if the option is malformed.
-#[allow(clippy::result_unit_err)]
 fn next_option(pkt: &[u8], at: usize, end: usize) -> Result<Option<(u8, usize)>, ()> {
     if at >= end {
         return Ok(None);
@@ -1595,6 +1594,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
         #[test]
         fn no_input_panics(bytes in hostile_bytes(), mss in any::<u16>()) {
             let _ = summarize(&bytes);
