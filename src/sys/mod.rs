@@ -210,14 +210,34 @@ fn validate_exit(net: &ExitNet) -> Result<()> {
     check_ifname("tun", &net.tun)?;
     check_mtu(net.mtu, &net.addrs, host::ipv6_available())?;
     if net.pool4.prefix_len() == 0 {
-        bail!("pool4 {} would route every IPv4 address into the tunnel: use the circuits' prefix, e.g. 100.64.1.0/24", net.pool4);
+        bail!(
+            "pool4 {} would route every IPv4 address into the tunnel: use the circuits' prefix, e.g. 100.64.1.0/24",
+            net.pool4
+        );
     }
     if net.pool6.prefix_len() == 0 {
-        bail!("pool6 {} would route every IPv6 address into the tunnel: use the circuits' prefix, e.g. fd00:64:1::/64", net.pool6);
+        bail!(
+            "pool6 {} would route every IPv6 address into the tunnel: use the circuits' prefix, e.g. fd00:64:1::/64",
+            net.pool6
+        );
     }
     if let Some(ip) = net.dns_upstream.iter().find(|ip| ip.is_loopback()) {
         bail!(
             "dns_upstream {ip} is a loopback address, to which forwarded queries cannot be DNATed: use a resolver reachable over the network (system_resolvers() skips local stubs)"
+        );
+    }
+    Ok(())
+}
+
+/// Checks the nftables table name read from a state file before it goes into a ruleset.
+fn check_nft_table(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if !ok {
+        bail!(
+            "nft_table {name:?} in the state file is not a table name anonnet writes: remove the kill switch by hand with `nft delete table inet anonnet`"
         );
     }
     Ok(())
@@ -246,9 +266,10 @@ fn client_rules(st: &ClientState) -> [Rule; 2] {
     ]
 }
 
-/// Checks before creating anything: CAP_NET_ADMIN, `/dev/net/tun`, the `nft` command,
-/// that no link is called [`ClientNet::tun`] and that none of [`ClientNet::addrs`] is
-/// assigned to an interface. State left by a run that was not cleaned up is reported
+/// Checks before creating anything: the values in `net`, CAP_NET_ADMIN, `/dev/net/tun`,
+/// that `/etc/resolv.conf` is writable when [`ClientNet::dns`] is set, the `nft`
+/// command, that no link is called [`ClientNet::tun`] and that none of
+/// [`ClientNet::addrs`] is assigned to an interface. State left by a run that was not cleaned up is reported
 /// (as a warning) and replaced by [`client_up`].
 pub async fn client_preflight(net: &ClientNet) -> Result<()> {
     validate_client(net)?;
@@ -258,6 +279,15 @@ pub async fn client_preflight(net: &ClientNet) -> Result<()> {
         if let Some(a) = net.addrs.iter().find(|a| a.addr().is_ipv6()) {
             bail!("address {a} is IPv6, but this kernel has IPv6 disabled: drop it from addrs or enable IPv6");
         }
+    }
+    let resolv_conf = Path::new(resolv::RESOLV_CONF);
+    if !net.dns.is_empty() && resolv_conf.exists() {
+        nix::unistd::eaccess(resolv_conf, nix::unistd::AccessFlags::W_OK).with_context(|| {
+            format!(
+                "cannot write {}: run anonnet as root, or leave the dns list empty to keep the current resolver",
+                resolv_conf.display()
+            )
+        })?;
     }
     if !nft::installed() {
         bail!("the `nft` command was not found: install the nftables package (the kill switch needs it)");
@@ -315,12 +345,19 @@ async fn undo_leftovers(nl: &Netlink, old: &ClientState, net: &ClientNet) -> Res
 }
 
 /// Sets up the client after the daemon created the TUN [`ClientNet::tun`] (without
-/// addresses): the state file first, then the kill switch, the TUN's addresses, MTU and
-/// link state, the default routes and policy rules, and DNS (see the module
-/// documentation). Calling it again, or after a crash, replaces what the earlier run
-/// made instead of adding to it.
+/// addresses), failing without a change if it does not exist: the state file first,
+/// then the kill switch, the TUN's addresses, MTU and link state, the default routes and
+/// policy rules, and DNS (see the module documentation). Calling it again, or after a
+/// crash, replaces what the earlier run made instead of adding to it.
 pub async fn client_up(net: &ClientNet) -> Result<()> {
     validate_client(net)?;
+    let nl = Netlink::connect()?;
+    let index = nl.link_index(&net.tun).await?.with_context(|| {
+        format!(
+            "network interface {} does not exist: the daemon must create the TUN before client_up",
+            net.tun
+        )
+    })?;
     let old = state::load(&net.state_dir)?;
     let src_valid_mark = match old.as_ref().and_then(|o| o.src_valid_mark.clone()) {
         Some(value) => Some(value),
@@ -333,12 +370,11 @@ pub async fn client_up(net: &ClientNet) -> Result<()> {
         suppress_priority: SUPPRESS_RULE_PRIORITY,
         fwmark_priority: FWMARK_RULE_PRIORITY,
         nft_table: nft::CLIENT_TABLE.to_owned(),
-        dns_changed: !net.dns.is_empty() || old.as_ref().is_some_and(|o| o.dns_changed),
+        dns_changed: !net.dns.is_empty() || resolv::backup_path(&net.state_dir).exists(),
         src_valid_mark: src_valid_mark.clone(),
     };
     state::save(&net.state_dir, &st)?;
 
-    let nl = Netlink::connect()?;
     if let Some(old) = &old {
         undo_leftovers(&nl, old, net).await?;
     }
@@ -350,12 +386,6 @@ pub async fn client_up(net: &ClientNet) -> Result<()> {
         host::write_sysctl(host::SRC_VALID_MARK, "1")?;
     }
 
-    let index = nl.link_index(&net.tun).await?.with_context(|| {
-        format!(
-            "network interface {} does not exist: the daemon must create the TUN before client_up",
-            net.tun
-        )
-    })?;
     nl.configure_link(&net.tun, index, &net.addrs, net.mtu)
         .await?;
     for &family in families() {
@@ -410,7 +440,7 @@ pub async fn client_down(state_dir: &Path) -> Result<Vec<String>> {
         return Ok(done);
     };
     check_ifname("tun in the state file", &st.tun)?;
-    check_ifname("nft_table in the state file", &st.nft_table)?;
+    check_nft_table(&st.nft_table)?;
 
     let nl = Netlink::connect()?;
     for &family in families() {
@@ -434,8 +464,15 @@ pub async fn client_down(state_dir: &Path) -> Result<Vec<String>> {
             done.push(format!("deleted network interface {}", st.tun));
         }
     }
-    if let Some(line) = resolv::restore(Path::new(resolv::RESOLV_CONF), state_dir)? {
-        done.push(line);
+    let resolv_conf = Path::new(resolv::RESOLV_CONF);
+    match resolv::restore(resolv_conf, state_dir)? {
+        Some(line) => done.push(line),
+        None if st.dns_changed => done.push(format!(
+            "left {} as it is: no saved copy of it in {}",
+            resolv_conf.display(),
+            state_dir.display()
+        )),
+        None => {}
     }
     if let Some(previous) = &st.src_valid_mark {
         if host::read_sysctl(host::SRC_VALID_MARK)?.as_ref() != Some(previous) {
