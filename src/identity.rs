@@ -9,6 +9,10 @@
 //! `x25519-dalek` and in `snow`, so the file round-trips byte-exact and both agree on
 //! the public key.
 //!
+//! The same secret also yields the gateway's Ed25519 signing key
+//! ([`Identity::signing_key`]), which signs its descriptors (`src/descriptor.rs`). It is
+//! derived, not stored, so identity files keep one key and their format.
+//!
 //! Identity file format (TOML, so people can read it):
 //!
 //! ```text
@@ -36,6 +40,9 @@ use x25519_dalek::StaticSecret;
 
 /// Length of X25519 keys in bytes.
 pub const KEY_LEN: usize = 32;
+
+/// Domain-separation label of the Ed25519 signing key derived from the X25519 secret.
+const SIGNING_KEY_LABEL: &[u8] = b"anonnet ed25519 identity v1";
 
 /// Identity files are tiny; refuse to read more than this (a wrong path could name a
 /// huge file).
@@ -70,6 +77,12 @@ impl Identity {
     /// The public key that clients put in their path.
     pub fn public(&self) -> PublicKey {
         PublicKey(x25519_dalek::PublicKey::from(&self.secret).to_bytes())
+    }
+
+    /// The Ed25519 key that signs this gateway's descriptors:
+    /// `KDF(secret, "anonnet ed25519 identity v1")` used as the Ed25519 seed.
+    pub fn signing_key(&self) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&crate::crypto::kdf(self.secret(), SIGNING_KEY_LABEL))
     }
 
     /// The identity file's text.
@@ -376,6 +389,52 @@ mod tests {
         let id = Identity::from_secret(secret);
         assert_eq!(id.public(), PublicKey(public));
         assert_eq!(id.secret(), &secret);
+    }
+
+    fn hex32(s: &str) -> [u8; 32] {
+        let bytes: Vec<u8> = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect();
+        bytes.try_into().unwrap()
+    }
+
+    #[test]
+    fn signing_key_vector() {
+        // Computed independently: seed = BLAKE2s-256(key = secret, message = label),
+        // verifying key = Ed25519 public key of that seed (RFC 8032).
+        let key = fixed().signing_key();
+        assert_eq!(
+            key.to_bytes(),
+            hex32("7455e600133781ba77b4b31be2287db91e7e65c7c87b6811120a8d66844e54d4")
+        );
+        assert_eq!(
+            key.verifying_key().to_bytes(),
+            hex32("0a955bb6c59feaa6f3d6ad6a0785c64762ee6766de8c9db75231cd6e9f69a41b")
+        );
+    }
+
+    #[test]
+    fn signing_key_deterministic_and_distinct() {
+        let id = Identity::generate(&mut OsRng);
+        let again = Identity::from_secret(*id.secret());
+        assert_eq!(id.signing_key().to_bytes(), again.signing_key().to_bytes());
+        assert_eq!(
+            id.signing_key().verifying_key(),
+            again.signing_key().verifying_key()
+        );
+        // The seed is derived, not the X25519 secret itself.
+        assert_ne!(&id.signing_key().to_bytes(), id.secret());
+        let other = Identity::generate(&mut OsRng);
+        assert_ne!(id.signing_key().to_bytes(), other.signing_key().to_bytes());
+        assert_ne!(
+            id.signing_key().verifying_key(),
+            other.signing_key().verifying_key()
+        );
+        assert_ne!(
+            fixed().signing_key().verifying_key(),
+            Identity::from_secret([8; 32]).signing_key().verifying_key()
+        );
     }
 
     #[test]

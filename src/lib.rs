@@ -7,6 +7,7 @@
 pub mod config;
 pub mod crypto;
 pub mod daemon;
+pub mod descriptor;
 pub mod driver;
 pub mod exit;
 pub mod identity;
