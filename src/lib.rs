@@ -15,6 +15,7 @@ pub mod limits;
 pub mod node;
 pub mod onion;
 pub mod packet;
+pub mod path;
 pub mod policy;
 pub mod replay;
 pub mod sys;
