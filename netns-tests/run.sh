@@ -1,0 +1,739 @@
+#!/usr/bin/env bash
+# anonnet end-to-end tests in network namespaces, in the shape of the Linux kernel's
+# tools/testing/selftests/wireguard/netns.sh: one script builds a client, two relays,
+# an exit and an "internet" (router + servers) over veth links (see lib.sh), runs
+# named cases that each print "PASS name" or "FAIL name: reason", removes everything
+# it created (trap on EXIT, INT, TERM), and ends with exactly one line
+# "N passed, M failed" (exit status 1 if M > 0).
+#
+# Usage (root): netns-tests/run.sh [--only REGEX] [--keep-logs]
+#   --only REGEX   run only the cases whose name matches REGEX (extended regex);
+#                  what they need (gateways, a running `anonnet up`) is started anyway
+#   --keep-logs    keep the logs directory (they are kept anyway when a case fails)
+# ANONNET_BIN=/path/to/anonnet overrides the binary (default: cargo build --release).
+# Addresses: 198.18.0.0/15, 2001:db8::/32 (underlay), 100.64.0.0/10, fd00::/8
+# (tunnel), 10.0.0.1 (an unreachable policy target). Nothing runs in the machine's
+# own network namespace.
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=netns-tests/lib.sh
+. "$HERE/lib.sh"
+
+ONLY=''
+KEEP_LOGS=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --only) ONLY=${2:?--only needs a regex}; shift 2 ;;
+    --only=*) ONLY=${1#--only=}; shift ;;
+    --keep-logs) KEEP_LOGS=1; shift ;;
+    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+SUMMARY_DONE=0
+summary() {
+  [ "$SUMMARY_DONE" = 1 ] && return
+  SUMMARY_DONE=1
+  [ ${#FAILED_NAMES[@]} -gt 0 ] && echo "# failed: ${FAILED_NAMES[*]}"
+  echo "$PASSED passed, $FAILED failed"
+}
+# A failure before or outside the cases: report it and end with a summary line.
+abort() {
+  echo "FAIL setup: $*"
+  FAILED=$((FAILED + 1))
+  FAILED_NAMES+=(setup)
+  exit 1
+}
+
+[ "$(id -u)" = 0 ] || { echo "netns-tests need root (network namespaces)" >&2; echo "0 passed, 1 failed"; exit 1; }
+
+conflicts=$(an_ns_conflicts)
+if [ -n "$conflicts" ]; then
+  echo "refusing to run: these already exist (is the testbed up? scripts/testbed.sh down):" >&2
+  while IFS= read -r l; do echo "  $l"; done <<<"$conflicts" >&2
+  echo "(if they are leftovers of a killed run: ip netns del NAME; rm -r /etc/netns/NAME)" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+AN_DIR=$(mktemp -d /tmp/anonnet-netns.XXXXXX)
+chmod 755 "$AN_DIR"
+
+# The traps may run while a function's redirection is active (e.g. iperf3's output
+# going to a file): they write to the script's own stdout and stderr, saved here.
+exec 3>&1 4>&2
+on_exit() {
+  local rc=$?
+  exec 1>&3 2>&4
+  trap - EXIT INT TERM
+  an_cleanup
+  if [ "$FAILED" -gt 0 ] || [ "$KEEP_LOGS" = 1 ]; then
+    rm -rf "$AN_DIR/www" "$AN_DIR"/*.bin "$AN_DIR/anonnet"
+    echo "# logs kept in $AN_DIR"
+  else
+    rm -rf "$AN_DIR"
+  fi
+  local left
+  left=$(an_ns_conflicts)
+  [ -n "$left" ] && echo "# WARNING: left behind: $left"
+  summary
+  [ "$FAILED" -eq 0 ] && exit "$rc"
+  exit 1
+}
+on_signal() {
+  exec 1>&3 2>&4
+  echo "FAIL interrupted: by SIG$1"
+  FAILED=$((FAILED + 1))
+  FAILED_NAMES+=(interrupted)
+  exit 1
+}
+trap on_exit EXIT
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
+
+# ---------------------------------------------------------------------------------
+# Setup: binary, packages, network, servers
+
+if [ "$(id -u)" = 0 ] && ! an_install_missing; then abort "could not install the tools"; fi
+if [ -n "${ANONNET_BIN:-}" ]; then
+  src_bin=$ANONNET_BIN
+else
+  export PATH="$HOME/.cargo/bin:$PATH"
+  an_say "building (cargo build --release --bin anonnet)"
+  (cd "$ROOT" && cargo build --release --quiet --bin anonnet) || abort "cargo build failed"
+  src_bin=$ROOT/target/release/anonnet
+fi
+[ -x "$src_bin" ] || abort "no anonnet binary at $src_bin"
+# A private copy: a rebuild during the run must not change the binary under the test.
+cp "$src_bin" "$AN_DIR/anonnet" || abort "cannot copy $src_bin"
+AN_BIN=$AN_DIR/anonnet
+HAS_UP=0; an_has_cmd up && HAS_UP=1
+HAS_DOWN=0; an_has_cmd down && HAS_DOWN=1
+HAS_EXIT=0; an_has_opt gateway --exit && HAS_EXIT=1
+an_say "binary $src_bin: up=$HAS_UP down=$HAS_DOWN gateway --exit=$HAS_EXIT"
+
+an_say "network: namespaces ${AN_NS[*]}"
+an_topology_up || abort "could not build the test network"
+an_say "servers on inet: http :80 :443 :25, dnsmasq, iperf3"
+an_services_start || abort "could not start the servers"
+an_configs || abort "could not create keys and configs"
+BIG_SHA=$(cat "$AN_DIR/big.sha256")
+
+# ---------------------------------------------------------------------------------
+# Case machinery
+
+CASE_REASON=''
+CASE_NOTES=()
+CASE_LOGS=()
+fail() { CASE_REASON=$*; return 1; }
+note() { CASE_NOTES+=("$*"); }
+logs() { CASE_LOGS+=("$@"); }
+selected() { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
+
+run_case() {
+  local name=$1 fn=$2 n f
+  selected "$name" || return 0
+  CASE_REASON=''
+  CASE_NOTES=()
+  CASE_LOGS=()
+  if "$fn"; then
+    PASSED=$((PASSED + 1))
+    echo "PASS $name"
+    for n in "${CASE_NOTES[@]}"; do echo "    $n"; done
+  else
+    FAILED=$((FAILED + 1))
+    FAILED_NAMES+=("$name")
+    echo "FAIL $name: ${CASE_REASON:-(no reason given)}"
+    for n in "${CASE_NOTES[@]}"; do echo "    $n"; done
+    for f in "${CASE_LOGS[@]}"; do an_tail "$f"; done
+  fi
+}
+
+# Network state of client and exit before anything of anonnet ran there.
+SNAP_CLIENT=$AN_DIR/snap-client-pre
+SNAP_EXIT=$AN_DIR/snap-exit-pre
+an_snapshot client "$SNAP_CLIENT"
+an_snapshot exit "$SNAP_EXIT"
+
+# an_snapshot without resolv.conf (the exit's is its own business).
+snap_net() { an_snapshot "$1" "$2"; sed -i '/^## \/etc\/resolv.conf/,$d' "$2"; }
+
+# same_as_before NS PRE: the current state of NS equals PRE, else fail with the diff.
+same_as_before() {
+  local ns=$1 pre=$2 now=$AN_DIR/snap-$1-now d
+  if [ "$ns" = exit ]; then
+    snap_net "$ns" "$now"
+    sed '/^## \/etc\/resolv.conf/,$d' "$pre" >"$now.pre"
+    pre=$now.pre
+  else
+    an_snapshot "$ns" "$now"
+  fi
+  d=$(diff -u "$pre" "$now" | tail -n +3)
+  [ -z "$d" ] && return 0
+  note "state of $ns differs from before (- before, + now):"
+  while IFS= read -r line; do note "  $line"; done < <(grep '^[-+@]' <<<"$d" | head -30)
+  fail "$ns is not as it was before: $(grep -c '^[-+]' <<<"$d") lines differ"
+}
+
+GW_REASON=''
+# Starts gw1, gw2 and the exit if they are not running.
+ensure_gateways() {
+  local gw
+  for gw in gw1 gw2 exit; do
+    an_running "$gw" && continue
+    if [ "$gw" = exit ] && [ "$HAS_EXIT" = 0 ]; then
+      GW_REASON="gw1 and gw2 run, but the binary has no 'gateway --exit'"
+      return 1
+    fi
+    an_start_gateway "$gw" 2>"$AN_DIR/start-$gw.err" || {
+      GW_REASON="$gw did not start"
+      logs "$AN_DIR/$gw.log"
+      return 1
+    }
+  done
+}
+
+# Log sizes when the first `up` was ready: the server-side checks look only at what
+# came later (the baseline ran over the plain path, from the client's own address).
+declare -A OFF=()
+mark_logs() {
+  local f
+  for f in http80 http443 http25 iperf3 dnsmasq; do
+    OFF[$f]=$(stat -c %s "$AN_DIR/$f.log" 2>/dev/null || echo 0)
+  done
+}
+since_mark() { tail -c +$((${OFF[$1]:-0} + 1)) "$AN_DIR/$1.log"; }
+
+# The traffic filters of the leak checks. Allowed on the client's wire: UDP between
+# the client and gw1:9000, ARP, and IPv6 neighbour discovery (ICMPv6 133-136).
+C4=$(an_v4 client)
+ALLOWED="udp and ((src host $C4 and dst host 198.18.2.2 and dst port $AN_PORT) or (src host 198.18.2.2 and src port $AN_PORT and dst host $C4))"
+LEAK="not arp and not (icmp6 and ip6[40] >= 133 and ip6[40] <= 136) and not ($ALLOWED)"
+
+# start_capture NAME FILTER [MAX_PACKETS]: tcpdump on the client's eth0, printing the
+# matching packets (headers only) to $AN_DIR/NAME.txt.
+start_capture() {
+  local name=$1 filter=$2 max=${3:-}
+  local -a count=()
+  [ -n "$max" ] && count=(-c "$max")
+  an_start2 "cap-$name" client "$AN_DIR/$name.txt" "$AN_DIR/$name.err" \
+    tcpdump -i eth0 -n -l -s 128 "${count[@]}" "$filter"
+  an_wait_log "$AN_DIR/$name.err" 'listening on' 10 "$AN_LAST_PID"
+}
+# stop_capture NAME: stops it (SIGINT: it flushes); CAP_COUNT = packets it printed.
+stop_capture() {
+  an_stop "cap-$1" INT 5
+  CAP_COUNT=$(grep -c . "$AN_DIR/$1.txt" 2>/dev/null)
+  CAP_COUNT=${CAP_COUNT:-0}
+}
+
+UP_REASON=''
+# A running `anonnet up` in client (started if needed), with the leak capture running
+# from right after it is ready.
+ensure_up() {
+  [ "$HAS_UP" = 1 ] || { UP_REASON="the binary has no 'up' subcommand"; return 1; }
+  ensure_gateways || { UP_REASON="gateways: $GW_REASON"; return 1; }
+  an_running client-up && return 0
+  [ -f "$AN_DIR/client-up.log" ] && cat "$AN_DIR/client-up.log" >>"$AN_DIR/client-up.old.log"
+  if ! an_start_client "$AN_DIR/client.toml" 20; then
+    if an_running client-up; then
+      UP_REASON="'anonnet up' printed no 'anonnet up:' line within 20 s"
+      an_stop client-up TERM 5
+    else
+      an_stop client-up TERM 1
+      UP_REASON="'anonnet up' ended (status $AN_RC) before it was ready"
+    fi
+    return 1
+  fi
+  [ -n "${OFF[http80]:-}" ] || mark_logs
+  if ! an_running cap-leak && [ ! -f "$AN_DIR/leak.txt" ]; then
+    start_capture leak "$LEAK" || { UP_REASON="tcpdump (leak capture) did not start"; return 1; }
+    start_capture allowed "$ALLOWED" 50 || { UP_REASON="tcpdump did not start"; return 1; }
+  fi
+}
+need_up() {
+  ensure_up && return 0
+  logs "$AN_DIR/client-up.log"
+  fail "needs a running 'anonnet up': $UP_REASON"
+}
+# Stops a running `anonnet up` with SIGTERM; AN_RC is its status.
+ensure_down() {
+  AN_RC=0
+  an_running client-up || return 0
+  an_stop client-up TERM 10
+}
+
+declare -A BASE=() TUN=()
+# iperf NS KEY SECONDS ARGS...: iperf3 from NS to the server, result "Mbit/s loss%"
+# in IPERF_OUT, or fails with iperf3's error.
+iperf() {
+  local ns=$1 key=$2 secs=$3 out
+  shift 3
+  out=$AN_DIR/iperf-$key-$ns.json
+  an_in "$ns" $((secs + 25)) iperf3 -c "$AN_SERVER4" -t "$secs" --connect-timeout 5000 -J "$@" \
+    >"$out" 2>"$out.err"
+  IPERF_OUT=$("$(an_python)" - "$out" <<'EOF'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception as e:
+    err = open(sys.argv[1] + ".err").read() + open(sys.argv[1]).read()
+    print("ERR iperf3 printed no JSON:", err[:200].replace("\n", " ")); sys.exit()
+if d.get("error"):
+    print("ERR", d["error"]); sys.exit()
+end = d.get("end", {})
+s = end.get("sum_received") or end.get("sum") or {}
+if "sum" in end and "lost_percent" in end["sum"]:
+    s = end["sum"]
+print("OK %.1f %.2f" % (s.get("bits_per_second", 0) / 1e6, s.get("lost_percent", 0.0)))
+EOF
+  )
+  case $IPERF_OUT in
+    OK*) IPERF_OUT=${IPERF_OUT#OK } ;;
+    *) fail "iperf3 ($key): ${IPERF_OUT#ERR }"; return 1 ;;
+  esac
+}
+# iperf_fmt KEY "Mbit/s loss": "Mbit/s" (TCP) or "Mbit/s, loss%" (UDP); "-" if empty.
+iperf_fmt() {
+  [ -z "$2" ] && { echo -; return; }
+  if [ "$1" = udp50 ]; then awk '{printf "%s, %s%%", $1, $2}' <<<"$2"; else echo "${2%% *}"; fi
+}
+IPERF_KEYS=(tcp1 tcp4 tcp1-rev tcp4-rev udp50)
+declare -A IPERF_ARGS=([tcp1]="" [tcp4]="-P 4" [tcp1-rev]="-R" [tcp4-rev]="-P 4 -R" [udp50]="-u -b 50M -l 1200 -w 2M")
+declare -A IPERF_LABEL=([tcp1]="TCP 1 stream, up" [tcp4]="TCP 4 streams, up" [tcp1-rev]="TCP 1 stream, down (-R)"
+  [tcp4-rev]="TCP 4 streams, down (-R)" [udp50]="UDP -b 50M (rate, loss)")
+IPERF_SECS=4
+
+# ---------------------------------------------------------------------------------
+# Cases
+
+case_topology() {
+  local ns out
+  for ns in client gw1 gw2 exit; do
+    an_in "$ns" 10 ping -n -q -c 1 -W 2 "$AN_SERVER4" >/dev/null || fail "$ns cannot ping $AN_SERVER4" || return
+    an_in "$ns" 10 ping -n -q -c 1 -W 2 "$AN_SERVER6" >/dev/null || fail "$ns cannot ping $AN_SERVER6" || return
+  done
+  for ns in gw1 gw2 exit; do
+    an_in client 10 ping -n -q -c 1 -W 2 "$(an_v4 "$ns")" >/dev/null || fail "client cannot ping $ns" || return
+  done
+  # The servers answer over the plain path (port 25 too: a listener is there).
+  for port in 80 443 25; do
+    out=$(an_in client 10 curl -sS -o /dev/null -w '%{http_code}' "http://$AN_SERVER4:$port/" 2>&1)
+    [ "$out" = 200 ] || fail "http on port $port: $out" || return
+  done
+  out=$(an_in client 10 curl -sS -o /dev/null -w '%{http_code}' "http://[$AN_SERVER6]/" 2>&1)
+  [ "$out" = 200 ] || fail "http on [$AN_SERVER6]: $out" || return
+  out=$(an_in client 15 getent ahostsv4 "$AN_DNS_NAME")
+  grep -q "^$AN_SERVER4 " <<<"$out" || fail "plain DNS: '$out'" || return
+  out=$(an_in client 15 getent ahostsv6 "$AN_DNS_NAME")
+  grep -q "^$AN_SERVER6 " <<<"$out" || fail "plain DNS (AAAA): '$out'" || return
+  note "5 namespaces, servers answer on http :80 :443 :25, DNS and iperf3; big.bin sha256 ${BIG_SHA:0:16}…"
+}
+
+case_baseline() {
+  local key
+  for key in "${IPERF_KEYS[@]}"; do
+    # shellcheck disable=SC2086
+    iperf client "$key" "$IPERF_SECS" ${IPERF_ARGS[$key]} || return
+    BASE[$key]=$IPERF_OUT
+  done
+  note "plain path, TCP 1 stream: $(awk '{printf "%.2f Gbit/s", $1 / 1000}' <<<"${BASE[tcp1]}")"
+}
+
+case_gateways() {
+  ensure_gateways || fail "$GW_REASON" || return
+  local l
+  while IFS= read -r l; do note "$l"; done < <(grep -h ' listening on ' "$AN_DIR"/gw1.log "$AN_DIR"/gw2.log "$AN_DIR"/exit.log | cut -c1-150)
+}
+
+case_up() {
+  local out
+  need_up || return
+  logs "$AN_DIR/client-up.log"
+  note "$(grep -m1 '^anonnet up:' "$AN_DIR/client-up.log")"
+  out=$(ip -n client addr show dev anon0 2>&1) || fail "no anon0: $out" || return
+  grep -q 'inet 100\.64\.0\.2/32' <<<"$out" || fail "anon0 lacks 100.64.0.2/32: $out" || return
+  grep -q 'inet6 fd00:64::2/128' <<<"$out" || fail "anon0 lacks fd00:64::2/128: $out" || return
+  grep -q 'mtu 1280 ' <<<"$(ip -n client link show anon0)" || fail "anon0 MTU is not 1280" || return
+  out=$(ip netns exec client cat /etc/resolv.conf)
+  grep -Eq '^nameserver (100\.64\.0\.53|fd00:64::53)' <<<"$out" ||
+    fail "resolv.conf does not name 100.64.0.53 / fd00:64::53: $(tr '\n' ' ' <<<"$out")" || return
+  grep -q "$AN_SERVER4" <<<"$out" && { fail "resolv.conf still names the plain resolver $AN_SERVER4"; return 1; }
+  return 0
+}
+
+case_ping_v4() {
+  local out
+  need_up || return
+  out=$(an_in client 15 ping -n -c 3 -W 2 "$AN_SERVER4" 2>&1) || fail "ping $AN_SERVER4: $(tail -2 <<<"$out" | tr '\n' ' ')" || return
+  note "$(grep -E 'rtt|round-trip' <<<"$out")"
+  ip -n client route get "$AN_SERVER4" | grep -q 'dev anon0' || note "(route get $AN_SERVER4: $(ip -n client route get "$AN_SERVER4" | head -1))"
+}
+
+case_ping_v6() {
+  local out
+  need_up || return
+  out=$(an_in client 15 ping -6 -n -c 3 -W 2 "$AN_SERVER6" 2>&1) || fail "ping $AN_SERVER6: $(tail -2 <<<"$out" | tr '\n' ' ')" || return
+  note "$(grep -E 'rtt|round-trip' <<<"$out")"
+}
+
+case_http() {
+  local t0 t1 sha code err=$AN_DIR/curl.err
+  need_up || return
+  t0=$(an_now_ms)
+  an_in client 180 curl -sS --max-time 170 -o "$AN_DIR/dl.bin" "http://$AN_SERVER4/big.bin" 2>"$err" ||
+    fail "curl http://$AN_SERVER4/big.bin: $(head -c 300 "$err")" || return
+  t1=$(an_now_ms)
+  sha=$(sha256sum <"$AN_DIR/dl.bin" | cut -d' ' -f1)
+  rm -f "$AN_DIR/dl.bin"
+  [ "$sha" = "$BIG_SHA" ] || fail "sha256 of the download differs: $sha, expected $BIG_SHA" || return
+  TUN[http]=$(awk -v b="$AN_BIG_BYTES" -v ms=$((t1 - t0 + 1)) 'BEGIN { printf "%.1f", b * 8 / ms / 1000 }')
+  code=$(an_in client 30 curl -sS --max-time 20 -o /dev/null -w '%{http_code}' "http://[$AN_SERVER6]/" 2>&1)
+  [ "$code" = 200 ] || fail "curl http://[$AN_SERVER6]/: $code" || return
+  note "50 MiB over HTTP in $(((t1 - t0) / 1000)).$(((t1 - t0) % 1000 / 100)) s (${TUN[http]} Mbit/s), sha256 equal; IPv6 GET 200"
+}
+
+case_dns() {
+  local off out
+  need_up || return
+  logs "$AN_DIR/dnsmasq.log"
+  off=$(stat -c %s "$AN_DIR/dnsmasq.log")
+  out=$(an_in client 20 getent hosts "$AN_DNS_NAME") || fail "getent hosts $AN_DNS_NAME failed" || return
+  out=$(an_in client 20 getent ahostsv4 "$AN_DNS_NAME")
+  grep -q "^$AN_SERVER4 " <<<"$out" || fail "getent ahostsv4: '$(head -1 <<<"$out")'" || return
+  out=$(an_in client 20 getent ahostsv6 "$AN_DNS_NAME")
+  grep -q "^$AN_SERVER6 " <<<"$out" || fail "getent ahostsv6: '$(head -1 <<<"$out")'" || return
+  sleep 0.2 # dnsmasq's log write
+  out=$(tail -c +$((off + 1)) "$AN_DIR/dnsmasq.log" | grep "query\[.*\] $AN_DNS_NAME from")
+  grep -Eq "from ($(an_v4 exit)|$(an_v6 exit))\$" <<<"$out" ||
+    fail "dnsmasq saw no query from the exit: $(head -2 <<<"$out" | tr '\n' ' ')" || return
+  if grep -Ev "from ($(an_v4 exit)|$(an_v6 exit))\$" <<<"$out" | grep -q .; then
+    fail "dnsmasq saw queries from elsewhere: $(grep -Ev "from ($(an_v4 exit)|$(an_v6 exit))\$" <<<"$out" | head -2 | tr '\n' ' ')"
+    return 1
+  fi
+  note "$(head -1 <<<"$out" | sed 's/^.*dnsmasq\[[0-9]*\]: //')"
+}
+
+iperf_case() {
+  local key=$1 mbps loss
+  need_up || return
+  # shellcheck disable=SC2086
+  iperf client "$key" "$IPERF_SECS" ${IPERF_ARGS[$key]} || return
+  TUN[$key]=$IPERF_OUT
+  read -r mbps loss <<<"$IPERF_OUT"
+  note "${IPERF_LABEL[$key]}, Mbit/s: $(iperf_fmt "$key" "$IPERF_OUT") through 3 hops, $(iperf_fmt "$key" "${BASE[$key]:-}") on the plain path"
+  awk -v m="$mbps" 'BEGIN { exit !(m >= 1) }' || fail "only $mbps Mbit/s" || return
+  if [ "$key" = udp50 ]; then
+    awk -v l="$loss" 'BEGIN { exit !(l < 5) }' || fail "UDP loss $loss% (>= 5%)" || return
+  fi
+}
+case_iperf_tcp1() { iperf_case tcp1; }
+case_iperf_tcp4() { iperf_case tcp4; }
+case_iperf_tcp1_rev() { iperf_case tcp1-rev; }
+case_iperf_tcp4_rev() { iperf_case tcp4-rev; }
+case_iperf_udp() { iperf_case udp50; }
+
+# pmtu FAMILY-FLAG TARGET SIZE: SIZE (1280 B packets) with DF passes, SIZE+1 fails
+# locally with "message too long"/"mtu".
+pmtu() {
+  local fam=$1 dst=$2 size=$3 out t0 t1
+  need_up || return
+  out=$(an_in client 15 ping "$fam" -n -c 3 -W 2 -M "do" -s "$size" "$dst" 2>&1) ||
+    fail "1280-byte DF ping (-s $size) to $dst failed: $(tail -2 <<<"$out" | tr '\n' ' ')" || return
+  t0=$(an_now_ms)
+  out=$(an_in client 15 ping "$fam" -n -c 1 -W 2 -M "do" -s $((size + 1)) "$dst" 2>&1) &&
+    { fail "1281-byte DF ping (-s $((size + 1))) to $dst went through (MTU > 1280?)"; return 1; }
+  t1=$(an_now_ms)
+  grep -Eiq 'message too long|mtu' <<<"$out" ||
+    fail "1281-byte DF ping failed without a local 'message too long' error (black hole?): $(tail -2 <<<"$out" | tr '\n' ' ')" || return
+  note "-s $size ok; -s $((size + 1)): $(grep -Eim1 'message too long|mtu' <<<"$out") ($((t1 - t0)) ms)"
+}
+case_pmtu_v4() { pmtu -4 "$AN_SERVER4" 1252; }
+case_pmtu_v6() { pmtu -6 "$AN_SERVER6" 1232; }
+
+# tcp_connect HOST PORT: prints "OK ms", "TIMEOUT ms" or "ERR errno ms message".
+tcp_connect() {
+  an_in client 15 "$(an_python)" - "$1" "$2" <<'EOF'
+import socket, sys, time
+t = time.monotonic()
+ms = lambda: int((time.monotonic() - t) * 1000)
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=8).close()
+    print("OK", ms())
+except socket.timeout:
+    print("TIMEOUT", ms())
+except OSError as e:
+    print("ERR", e.errno, ms(), e.strerror)
+EOF
+}
+
+case_policy_port25() {
+  local r code errno ms
+  need_up || return
+  r=$(tcp_connect "$AN_SERVER4" 25)
+  read -r code errno ms _ <<<"$r"
+  case $code in
+    OK) fail "TCP to $AN_SERVER4:25 connected (the exit policy should reject port 25)"; return 1 ;;
+    TIMEOUT) fail "TCP to $AN_SERVER4:25 timed out after ${errno} ms (should be rejected at once)"; return 1 ;;
+    ERR) ;;
+    *) fail "connect test printed: $r"; return 1 ;;
+  esac
+  # 113 EHOSTUNREACH (ICMP prohibited/filtered), 101 ENETUNREACH, 13 EACCES, 1 EPERM,
+  # 111 ECONNREFUSED (a RST): all a fast rejection.
+  case $errno in 113 | 101 | 13 | 1 | 111) ;; *) fail "TCP to :25: unexpected error: $r"; return 1 ;; esac
+  [ "$ms" -lt 2000 ] || fail "TCP to :25 was rejected only after $ms ms" || return
+  note "TCP $AN_SERVER4:25 rejected in $ms ms: ${r#ERR * * }"
+  r=$(an_in client 20 curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "http://$AN_SERVER4:443/" 2>&1)
+  [ "$r" = 200 ] || fail "but $AN_SERVER4:443 did not work: $r" || return
+  note "TCP $AN_SERVER4:443 works (HTTP $r)"
+}
+
+# blocked_ping FLAG TARGET: the ping fails and shows an ICMP error that came through
+# the tunnel (not from the client's plain router 198.18.1.1 / 2001:db8:1::1).
+blocked_ping() {
+  local fam=$1 dst=$2 out err
+  out=$(an_in client 15 ping "$fam" -n -c 2 -W 2 -w 6 "$dst" 2>&1) &&
+    { fail "ping $dst got replies: $(grep -m1 'bytes from' <<<"$out")"; return 1; }
+  err=$(grep -m1 '^From ' <<<"$out")
+  [ -n "$err" ] || fail "ping $dst failed without an ICMP error (silent drop): $(tail -2 <<<"$out" | tr '\n' ' ')" || return
+  grep -Eq '^From (198\.18\.1\.1|2001:db8:1::1) ' <<<"$err" &&
+    { fail "the ICMP error came from the client's plain router, not through the tunnel: $err"; return 1; }
+  note "ping $dst: $err"
+}
+
+case_policy_exit_self() {
+  need_up || return
+  an_in client 10 ping -n -q -c 1 -W 2 "$AN_SERVER4" >/dev/null || fail "control: ping $AN_SERVER4 fails too" || return
+  blocked_ping -4 "$(an_v4 exit)" || return
+  blocked_ping -6 "$(an_v6 exit)" || return
+}
+
+case_policy_private() {
+  need_up || return
+  an_in client 10 ping -n -q -c 1 -W 2 "$AN_SERVER4" >/dev/null || fail "control: ping $AN_SERVER4 fails too" || return
+  blocked_ping -4 10.0.0.1
+}
+
+case_traceroute() {
+  local out last fam dst
+  need_up || return
+  for fam in 4 6; do
+    dst=$AN_SERVER4; [ "$fam" = 6 ] && dst=$AN_SERVER6
+    out=$(an_in client 60 traceroute "-$fam" -n -q 1 -w 2 -m 10 "$dst" 2>&1)
+    last=$(tail -1 <<<"$out")
+    awk -v d="$dst" '{ exit !($2 == d) }' <<<"$last" ||
+      fail "traceroute -$fam $dst did not complete: $(tail -n +2 <<<"$out" | tr -s ' ' | tr '\n' ';')" || return
+    note "traceroute -$fam: $(tail -n +2 <<<"$out" | awk '{printf "%s%s", (NR > 1 ? " -> " : ""), $2}')"
+  done
+}
+
+case_server_addresses() {
+  local all bad
+  need_up || return
+  # Self-contained: one IPv4 and one IPv6 request through the tunnel.
+  an_in client 20 curl -sS --max-time 10 -o /dev/null "http://$AN_SERVER4/" || fail "GET over IPv4 failed" || return
+  an_in client 20 curl -sS --max-time 10 -o /dev/null "http://[$AN_SERVER6]/" || fail "GET over IPv6 failed" || return
+  sleep 0.2
+  all=$(for f in http80 http443 http25 iperf3 dnsmasq; do since_mark "$f" | sed "s/^/$f: /"; done)
+  grep -q "^http80: .*$(an_v4 exit) - - " <<<"$all" || fail "the HTTP log shows no request from $(an_v4 exit)" || return
+  grep -q "^http80: $(an_v6 exit) - - " <<<"$all" || fail "the HTTP log shows no request from $(an_v6 exit)" || return
+  bad=$(grep -E "(^|[^0-9])198\.18\.1\.2([^0-9]|\$)|2001:db8:1::2([^0-9a-f]|\$)|(^|[^0-9])100\.(6[4-9]|[7-9][0-9]|1[01][0-9]|12[0-7])\.[0-9]+\.[0-9]+|(^|[^0-9a-f:])fd[0-9a-f]{2}:" <<<"$all")
+  [ -z "$bad" ] || { note "offending lines:"; while IFS= read -r l; do note "  $l"; done < <(head -5 <<<"$bad"); fail "the servers saw the client's or a tunnel address"; return 1; }
+  note "servers saw $(grep -oE "$(an_v4 exit)|$(an_v6 exit)" <<<"$all" | sort | uniq -c | awk '{printf "%s%s x%s", (NR > 1 ? ", " : ""), $2, $1}'), no client or tunnel address"
+}
+
+case_leak() {
+  local leaks allowed drops
+  need_up || return
+  logs "$AN_DIR/leak.err"
+  an_running cap-leak || fail "the leak capture is not running (did it start with 'up'?)" || return
+  # Some traffic of our own, so that the case means something when run alone.
+  an_in client 10 ping -n -q -c 2 -W 2 "$AN_SERVER4" >/dev/null
+  an_in client 15 getent hosts "$AN_DNS_NAME" >/dev/null
+  stop_capture leak
+  leaks=$CAP_COUNT
+  stop_capture allowed
+  allowed=$CAP_COUNT
+  drops=$(grep -Eo '[0-9]+ packets dropped by kernel' "$AN_DIR/leak.err" | head -1)
+  if [ "$leaks" -gt 0 ]; then
+    note "packets on the client's wire other than UDP to/from 198.18.2.2:$AN_PORT:"
+    while IFS= read -r l; do note "  $l"; done < <(head -10 "$AN_DIR/leak.txt" | cut -c1-160)
+    fail "$leaks leaked packets"
+    return 1
+  fi
+  [ "$allowed" -gt 0 ] || fail "the capture saw no UDP to gw1 at all (is it capturing?)" || return
+  note "0 packets besides UDP with 198.18.2.2:$AN_PORT ($allowed of those sampled; ${drops:-no drop count})"
+}
+
+case_kill_switch() {
+  local out n fails=()
+  need_up || return
+  logs "$AN_DIR/ks.txt"
+  an_stop client-up KILL 5
+  [ "$AN_RC" = 137 ] || note "(status after SIGKILL: $AN_RC)"
+  start_capture ks "$LEAK" || fail "tcpdump did not start" || return
+  an_in client 10 ping -n -q -c 2 -W 1 -w 4 "$AN_SERVER4" >/dev/null 2>&1 && fails+=("ping $AN_SERVER4 works")
+  an_in client 10 ping -6 -n -q -c 2 -W 1 -w 4 "$AN_SERVER6" >/dev/null 2>&1 && fails+=("ping $AN_SERVER6 works")
+  an_in client 10 curl -s --max-time 5 -o /dev/null "http://$AN_SERVER4/" && fails+=("curl http://$AN_SERVER4/ works")
+  an_in client 10 curl -s --max-time 5 -o /dev/null "http://[$AN_SERVER6]/" && fails+=("curl http://[$AN_SERVER6]/ works")
+  an_in client 15 getent hosts "$AN_DNS_NAME" >/dev/null && fails+=("getent hosts $AN_DNS_NAME works")
+  sleep 0.5
+  stop_capture ks
+  n=$CAP_COUNT
+  [ "$n" -eq 0 ] || fails+=("$n packets on the wire: $(head -3 "$AN_DIR/ks.txt" | cut -c1-120 | tr '\n' ';')")
+  if ip -n client link show anon0 >/dev/null 2>&1; then out="anon0 still there"; else out="anon0 gone"; fi
+  [ ${#fails[@]} -eq 0 ] || fail "after SIGKILL of the daemon: ${fails[*]}" || return
+  note "after SIGKILL ($out): ping, curl, DNS fail; 0 packets on the wire"
+}
+
+case_down() {
+  local out
+  [ "$HAS_DOWN" = 1 ] || fail "the binary has no 'down' subcommand" || return
+  # After a SIGKILL, as the kill-switch case leaves it (done here if run alone).
+  if an_running client-up; then an_stop client-up KILL 5; fi
+  [ -f "$AN_DIR/client-up.log" ] || { need_up || return; an_stop client-up KILL 5; }
+  out=$(timeout -k 2 30 ip netns exec client "$AN_BIN" down --config "$AN_DIR/client.toml" 2>&1)
+  local rc=$?
+  printf '%s\n' "$out" >"$AN_DIR/down.log"
+  logs "$AN_DIR/down.log"
+  [ "$rc" = 0 ] || fail "anonnet down exited with $rc" || return
+  same_as_before client "$SNAP_CLIENT" || return
+  an_in client 10 ping -n -q -c 1 -W 2 "$AN_SERVER4" >/dev/null || fail "plain ping $AN_SERVER4 fails after down" || return
+  an_in client 15 getent hosts "$AN_DNS_NAME" >/dev/null || fail "plain DNS fails after down" || return
+  out=$(timeout -k 2 30 ip netns exec client "$AN_BIN" down --config "$AN_DIR/client.toml" 2>&1)
+  note "routes, rules, nft, links, addresses, resolv.conf as before up; plain ping and DNS work (down again: status $?)"
+}
+
+case_error_anon0_exists() {
+  local out rc t0 t1
+  need_up || return
+  t0=$(an_now_ms)
+  out=$(timeout -k 2 30 ip netns exec client "$AN_BIN" up --config "$AN_DIR/client.toml" 2>&1)
+  rc=$?
+  t1=$(an_now_ms)
+  printf '%s\n' "$out" >"$AN_DIR/second-up.log"
+  logs "$AN_DIR/second-up.log" "$AN_DIR/client-up.log"
+  [ "$rc" != 124 ] || fail "a second 'up' did not give up within 30 s" || return
+  [ "$rc" != 0 ] || fail "a second 'up' exited with status 0" || return
+  grep -q anon0 <<<"$out" || fail "a second 'up' failed (status $rc) without naming anon0: $(tail -1 <<<"$out")" || return
+  note "second up: status $rc in $((t1 - t0)) ms: $(grep -m1 anon0 <<<"$out" | cut -c1-150)"
+  an_running client-up || fail "the first 'up' died" || return
+  an_in client 10 ping -n -q -c 2 -W 2 "$AN_SERVER4" >/dev/null || fail "the first tunnel no longer works" || return
+  note "the first tunnel still works"
+}
+
+case_sigterm_cleanup() {
+  need_up || return
+  logs "$AN_DIR/client-up.log"
+  an_in client 10 ping -n -q -c 1 -W 2 "$AN_SERVER4" >/dev/null || fail "the tunnel does not work before SIGTERM" || return
+  an_stop client-up TERM 10
+  [ "$AN_RC" != 124 ] || fail "'up' did not exit within 10 s of SIGTERM" || return
+  [ "$AN_RC" = 0 ] || fail "'up' exited with status $AN_RC after SIGTERM" || return
+  same_as_before client "$SNAP_CLIENT" || return
+  an_in client 10 ping -n -q -c 1 -W 2 "$AN_SERVER4" >/dev/null || fail "plain ping fails after SIGTERM" || return
+  note "status 0; everything as before up; plain ping works"
+}
+
+case_error_bad_gateway() {
+  local out rc t0 t1
+  [ "$HAS_UP" = 1 ] || fail "the binary has no 'up' subcommand" || return
+  ensure_down
+  an_client_config "$AN_DIR/bad.toml" "$AN_DIR/bad-state" "198.18.2.99:$AN_PORT"
+  t0=$(an_now_ms)
+  out=$(timeout -k 2 40 ip netns exec client "$AN_BIN" up --config "$AN_DIR/bad.toml" 2>&1)
+  rc=$?
+  t1=$(an_now_ms)
+  printf '%s\n' "$out" >"$AN_DIR/bad-up.log"
+  logs "$AN_DIR/bad-up.log"
+  [ "$rc" != 124 ] || fail "'up' with an unreachable gateway still ran after 40 s" || return
+  [ "$rc" != 0 ] || fail "'up' with an unreachable gateway exited with status 0" || return
+  [ $((t1 - t0)) -le 16000 ] || fail "'up' took $((t1 - t0)) ms to give up (more than ~15 s)" || return
+  grep -Eiq 'gateway|198\.18\.2\.99' <<<"$out" || fail "the error does not mention the gateway: $(tail -1 <<<"$out")" || return
+  note "status $rc after $((t1 - t0)) ms: $(grep -Eim1 'gateway|198\.18\.2\.99' <<<"$out" | cut -c1-160)"
+  if ! same_as_before client "$SNAP_CLIENT"; then
+    CASE_REASON="the failed 'up' left things behind: $CASE_REASON"
+    ip netns exec client "$AN_BIN" down --config "$AN_DIR/bad.toml" >/dev/null 2>&1
+    return 1
+  fi
+}
+
+nft_anonnet_tables() { ip netns exec exit nft list tables 2>/dev/null | grep -c anonnet; }
+nft_norm() { ip netns exec exit nft list ruleset 2>&1 | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'; }
+
+case_exit_cleanup() {
+  local n r1 r2
+  ensure_gateways || fail "$GW_REASON" || return
+  ensure_down
+  logs "$AN_DIR/exit.log"
+  [ "$(nft_anonnet_tables)" -ge 1 ] || note "(no anonnet table in exit while it runs: $(ip netns exec exit nft list tables | tr '\n' ' '))"
+  an_stop exit TERM 10
+  [ "$AN_RC" != 124 ] || fail "the exit did not end within 10 s of SIGTERM" || return
+  [ "$AN_RC" = 0 ] || note "(exit status after SIGTERM: $AN_RC)"
+  [ "$(nft_anonnet_tables)" = 0 ] || fail "an anonnet nft table is left after SIGTERM" || return
+  ! ip -n exit link show anonexit0 >/dev/null 2>&1 || fail "anonexit0 is left after SIGTERM" || return
+  same_as_before exit "$SNAP_EXIT" || return
+  # Restart after a clean stop, and after a SIGKILL (which leaves its table behind).
+  an_start_gateway exit 2>>"$AN_DIR/start-exit.err" || fail "restart 1 failed" || return
+  n=$(nft_anonnet_tables); r1=$(nft_norm)
+  [ "$n" = 1 ] || fail "after restart 1: $n anonnet tables" || return
+  an_stop exit KILL 5
+  an_start_gateway exit 2>>"$AN_DIR/start-exit.err" || fail "restart 2 (after SIGKILL) failed" || return
+  n=$(nft_anonnet_tables); r2=$(nft_norm)
+  [ "$n" = 1 ] || fail "after restart 2 (the previous exit was SIGKILLed): $n anonnet tables" || return
+  [ "$(ip -n exit -br link | grep -c '^anonexit0')" = 1 ] || fail "no anonexit0 after restart 2" || return
+  if [ "$r1" != "$r2" ]; then
+    note "ruleset after restart 1 vs 2:"
+    while IFS= read -r l; do note "  $l"; done < <(diff <(echo "$r1") <(echo "$r2") | head -20)
+    fail "the ruleset after a restart that followed a SIGKILL differs (duplicated rules?)"
+    return 1
+  fi
+  an_stop exit TERM 10
+  [ "$(nft_anonnet_tables)" = 0 ] || fail "an anonnet table is left after the final SIGTERM" || return
+  note "SIGTERM leaves no table, link, route or rule; restarts (after SIGTERM, after SIGKILL) give one table, same ruleset"
+}
+
+# ---------------------------------------------------------------------------------
+# The run
+
+run_case topology case_topology
+run_case baseline case_baseline
+run_case gateways case_gateways
+run_case up case_up
+run_case ping-v4 case_ping_v4
+run_case ping-v6 case_ping_v6
+run_case http case_http
+run_case dns case_dns
+run_case iperf-tcp1 case_iperf_tcp1
+run_case iperf-tcp4 case_iperf_tcp4
+run_case iperf-tcp1-rev case_iperf_tcp1_rev
+run_case iperf-tcp4-rev case_iperf_tcp4_rev
+run_case iperf-udp case_iperf_udp
+run_case pmtu-v4 case_pmtu_v4
+run_case pmtu-v6 case_pmtu_v6
+run_case policy-port25 case_policy_port25
+run_case policy-exit-self case_policy_exit_self
+run_case policy-private case_policy_private
+run_case traceroute case_traceroute
+run_case server-addresses case_server_addresses
+run_case leak case_leak
+run_case kill-switch case_kill_switch
+run_case down case_down
+run_case error-anon0-exists case_error_anon0_exists
+run_case sigterm-cleanup case_sigterm_cleanup
+run_case error-bad-gateway case_error_bad_gateway
+run_case exit-cleanup case_exit_cleanup
+
+if [ ${#BASE[@]} -gt 0 ] || [ ${#TUN[@]} -gt 0 ]; then
+  echo "# throughput, Mbit/s (iperf3 -t $IPERF_SECS to $AN_SERVER4; UDP: rate and loss %)"
+  printf '#   %-28s %18s %18s\n' "" "plain path" "3 hops"
+  for key in "${IPERF_KEYS[@]}"; do
+    printf '#   %-28s %18s %18s\n' "${IPERF_LABEL[$key]}" "$(iperf_fmt "$key" "${BASE[$key]:-}")" "$(iperf_fmt "$key" "${TUN[$key]:-}")"
+  done
+  printf '#   %-28s %18s %18s\n' "HTTP 50 MiB download" - "${TUN[http]:--}"
+fi
+# on_exit cleans up and prints the summary line.
