@@ -3,7 +3,7 @@
 # (when run as root) network-namespace tests. Installs what it needs on Debian.
 # Ends with one line: "SUMMARY: N passed, M failed".
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 log() { printf '\n=== %s\n' "$*"; }
 
@@ -20,14 +20,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
 fi
 
-export PATH="$HOME/.cargo/bin:$PATH"
-if ! command -v cargo >/dev/null 2>&1; then
-  log "installing cargo"
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc
-  fi
-  command -v cargo >/dev/null 2>&1 || { echo "SUMMARY: 0 passed, 1 failed (no cargo)"; exit 1; }
-fi
+# shellcheck source=scripts/toolchain.sh
+. scripts/toolchain.sh
+an_ensure_toolchain "$PWD" || { echo "SUMMARY: 0 passed, 1 failed (no Rust toolchain)"; exit 1; }
 
 passed=0
 failed=0

@@ -17,6 +17,8 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=netns-tests/lib.sh
 . "$ROOT/netns-tests/lib.sh"
+# shellcheck source=scripts/toolchain.sh
+. "$ROOT/scripts/toolchain.sh"
 AN_DIR=/run/anonnet-testbed
 AN_BIN=$AN_DIR/anonnet
 ME=scripts/testbed.sh
@@ -37,25 +39,15 @@ load_pids() {
 # ---------------------------------------------------------------------------------
 
 install_toolchain() {
-  export PATH="$HOME/.cargo/bin:$PATH"
   an_install_missing || return 1
   local -a pkgs=()
   command -v cc >/dev/null 2>&1 || pkgs+=(build-essential)
   command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
-  command -v cargo >/dev/null 2>&1 || pkgs+=(cargo rustc)
   if [ ${#pkgs[@]} -gt 0 ]; then
     an_say "installing ${pkgs[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null || return 1
   fi
-  local need have
-  need=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$ROOT/Cargo.toml")
-  have=$(rustc --version 2>/dev/null | awk '{print $2}')
-  if [ -n "$need" ] && [ -n "$have" ] &&
-    [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
-    echo "rustc $have is older than $need, which anonnet needs; install a newer toolchain" >&2
-    echo "(https://rustup.rs, or Debian 13's rustc) and run $ME up again" >&2
-    return 1
-  fi
+  an_ensure_toolchain "$ROOT"
 }
 
 build() {
