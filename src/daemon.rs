@@ -385,8 +385,9 @@ impl ExitSide {
             let now = Instant::now();
             for e in events.drain(..) {
                 match e {
-                    Event::ExitData {
+                    Event::ServiceData {
                         circuit,
+                        service: Service::Exit,
                         mut buf,
                         range,
                     } => {
@@ -418,11 +419,13 @@ impl ExitSide {
                         }
                         d.sockets.pool.put(buf);
                     }
-                    Event::ExitClosed(circuit) => {
+                    Event::ServiceClosed(circuit, _) => {
                         self.exit.close(circuit);
                         reasm.remove(&circuit);
                     }
-                    Event::Data { buf, .. } => d.sockets.pool.put(buf),
+                    Event::Data { buf, .. } | Event::ServiceData { buf, .. } => {
+                        d.sockets.pool.put(buf);
+                    }
                     Event::CircuitUp(_) | Event::CircuitDown(..) => {}
                 }
             }
@@ -610,7 +613,7 @@ async fn client_loop(
                     rebuild_at = Some(now + backoff);
                     backoff = (backoff * 2).min(REBUILD_MAX);
                 }
-                Event::Data { buf, .. } | Event::ExitData { buf, .. } => d.sockets.pool.put(buf),
+                Event::Data { buf, .. } | Event::ServiceData { buf, .. } => d.sockets.pool.put(buf),
                 _ => {}
             }
         }

@@ -49,8 +49,10 @@ pub struct NodeConfig {
     /// Serve the echo service to circuits that ask for it (test facility).
     pub echo: bool,
     /// Serve the exit service: DATA of exit circuits is handed to the driver as
-    /// [`Event::ExitData`] and answered with [`Node::send_backward`].
+    /// [`Event::ServiceData`] and answered with [`Node::send_backward`].
     pub exit: bool,
+    /// Serve the directory service (discovery requests), likewise.
+    pub directory: bool,
     pub idle_timeout: Duration,
     pub build_timeout: Duration,
     pub keepalive: Duration,
@@ -67,6 +69,7 @@ impl Default for NodeConfig {
             static_key: None,
             echo: false,
             exit: false,
+            directory: false,
             idle_timeout: Duration::from_secs(30),
             build_timeout: Duration::from_secs(5),
             keepalive: Duration::from_secs(2),
@@ -120,15 +123,18 @@ pub enum Event {
         buf: Vec<u8>,
         range: Range<usize>,
     },
-    /// DATA arrived at this gateway as the exit of a relayed circuit: the payload is
-    /// `buf[range]`. Answers go back with [`Node::send_backward`].
-    ExitData {
+    /// DATA arrived at this gateway as the terminal hop of a circuit for `service`
+    /// (exit or directory): the payload is `buf[range]`. Answers go back with
+    /// [`Node::send_backward`].
+    ServiceData {
         circuit: CircuitId,
+        service: Service,
         buf: Vec<u8>,
         range: Range<usize>,
     },
-    /// An exit circuit is gone (destroyed, idle or expired): its state can be freed.
-    ExitClosed(CircuitId),
+    /// A circuit that reached this gateway's `service` is gone (destroyed, idle or
+    /// expired): its state can be freed.
+    ServiceClosed(CircuitId, Service),
 }
 
 /// What became of a datagram handed to [`Node::handle_datagram`].
@@ -895,6 +901,7 @@ impl Node {
             return;
         };
         if (payload.service == Service::Exit && !self.cfg.exit)
+            || (payload.service == Service::Directory && !self.cfg.directory)
             || (payload.service == Service::Echo && !self.cfg.echo)
         {
             self.stats.circuits_refused += 1;
@@ -1030,8 +1037,9 @@ impl Node {
         let Some(r) = self.relays.remove(&id) else {
             return;
         };
-        if r.service == Service::Exit && r.next.is_none() {
-            self.events.push_back(Event::ExitClosed(CircuitId(id)));
+        if matches!(r.service, Service::Exit | Service::Directory) && r.next.is_none() {
+            self.events
+                .push_back(Event::ServiceClosed(CircuitId(id), r.service));
         }
         for side in std::iter::once(r.prev).chain(r.next) {
             self.circuits.remove(&side);
@@ -1146,10 +1154,11 @@ impl Node {
         match body.cmd {
             Cmd::Keepalive => {}
             Cmd::Data if r.service == Service::Echo => {}
-            Cmd::Data if r.service == Service::Exit => {
+            Cmd::Data if matches!(r.service, Service::Exit | Service::Directory) => {
                 let start = CELL_HEADER_LEN + BODY_HEADER;
-                self.events.push_back(Event::ExitData {
+                self.events.push_back(Event::ServiceData {
                     circuit: CircuitId(id),
+                    service: r.service,
                     buf,
                     range: start..start + body.len,
                 });
@@ -1417,8 +1426,8 @@ impl Node {
         }
     }
 
-    /// Sends DATA backward to the client of an exit circuit this gateway terminates
-    /// (the circuit of an [`Event::ExitData`]). The payload is laid out as for
+    /// Sends DATA backward to the client of a circuit whose service this gateway
+    /// provides (the circuit of an [`Event::ServiceData`]). The payload is laid out as for
     /// [`Node::send_data`].
     pub fn send_backward(
         &mut self,
@@ -1434,7 +1443,7 @@ impl Node {
             return Err(SendError::ShortBuffer);
         }
         let r = self.relays.get(&id.0).ok_or(SendError::NoCircuit)?;
-        if r.service != Service::Exit || r.next.is_some() {
+        if !matches!(r.service, Service::Exit | Service::Directory) || r.next.is_some() {
             return Err(SendError::NoCircuit);
         }
         let size = wire::body_size(&self.cfg.padding, len);

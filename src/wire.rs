@@ -227,6 +227,8 @@ pub enum Service {
     Echo = 1,
     /// Exit to the internet (the exit data plane).
     Exit = 2,
+    /// Answer discovery requests (PROTOCOL §11).
+    Directory = 3,
 }
 
 /// The plaintext a client sends to one hop inside its BUILD slot.
@@ -247,6 +249,7 @@ impl BuildPayload {
             0 => Service::Relay,
             1 => Service::Echo,
             2 => Service::Exit,
+            3 => Service::Directory,
             _ => return Err(WireError::Malformed),
         };
         let mut kb = [0u8; 32];

@@ -253,12 +253,13 @@ impl Net {
                         buf,
                         range,
                     } => Ev::Data(circuit, buf[range].to_vec()),
-                    Event::ExitData {
+                    Event::ServiceData {
                         circuit,
                         buf,
                         range,
+                        ..
                     } => Ev::ExitData(circuit, buf[range].to_vec()),
-                    Event::ExitClosed(c) => Ev::ExitClosed(c),
+                    Event::ServiceClosed(c, _) => Ev::ExitClosed(c),
                 };
                 let t = self.elapsed();
                 self.log.push((t, i, ev));
