@@ -205,6 +205,25 @@ impl PathLength {
 pub struct PathRules {
     /// Number of hops.
     pub length: PathLength,
+    /// Networks no two hops may share.
+    pub subnets: Subnets,
+}
+
+/// The prefix lengths that define "the same network" for the path rules: IPv4 /16
+/// and IPv6 /32 by default (one operator or provider), as in Tor. Test networks,
+/// which live in one /15 (198.18.0.0/15), use longer prefixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnets {
+    /// IPv4 prefix length, 0 to 32 (0: all IPv4 addresses are one network).
+    pub v4: u8,
+    /// IPv6 prefix length, 0 to 128.
+    pub v6: u8,
+}
+
+impl Default for Subnets {
+    fn default() -> Self {
+        Subnets { v4: 16, v6: 32 }
+    }
 }
 
 /// Why no path (or no guard state, or no port summary) could be produced.
@@ -260,36 +279,39 @@ fn no_exit_text(port: Option<u16>) -> String {
     }
 }
 
-/// The network an address belongs to for the path rules: its IPv4 /16 or IPv6 /32.
+/// The network an address belongs to for the path rules (by default its IPv4 /16
+/// or IPv6 /32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Net {
-    V4([u8; 2]),
-    V6([u16; 2]),
+    V4(u32),
+    V6(u128),
 }
 
-fn net(addr: &IpAddr) -> Net {
+fn net(addr: &IpAddr, s: Subnets) -> Net {
     match addr.to_canonical() {
-        IpAddr::V4(a) => {
-            let [x, y, _, _] = a.octets();
-            Net::V4([x, y])
-        }
-        IpAddr::V6(a) => {
-            let s = a.segments();
-            Net::V6([s[0], s[1]])
-        }
+        IpAddr::V4(a) => Net::V4(
+            u32::from(a)
+                .checked_shr(32 - u32::from(s.v4.min(32)))
+                .unwrap_or(0),
+        ),
+        IpAddr::V6(a) => Net::V6(
+            u128::from(a)
+                .checked_shr(128 - u32::from(s.v6.min(128)))
+                .unwrap_or(0),
+        ),
     }
 }
 
-/// Whether two candidates share an IPv4 /16 or IPv6 /32.
-fn share_net(a: &Candidate, b: &Candidate) -> bool {
+/// Whether two candidates share a network.
+fn share_net(a: &Candidate, b: &Candidate, s: Subnets) -> bool {
     a.addrs
         .iter()
-        .any(|x| b.addrs.iter().any(|y| net(x) == net(y)))
+        .any(|x| b.addrs.iter().any(|y| net(x, s) == net(y, s)))
 }
 
 /// Whether two candidates cannot both be on a path (or both be guards).
-fn conflict(a: &Candidate, b: &Candidate) -> bool {
-    a.key == b.key || share_net(a, b)
+fn conflict(a: &Candidate, b: &Candidate, s: Subnets) -> bool {
+    a.key == b.key || share_net(a, b, s)
 }
 
 /// Whether a candidate can be reached at all.
@@ -373,7 +395,7 @@ pub fn select_path(
     dst_port: Option<u16>,
 ) -> Result<Vec<usize>, PathError> {
     let (lo, hi) = rules.length.bounds().ok_or(PathError::BadLength)?;
-    let mut search = Search::new(candidates, guards, dst_port);
+    let mut search = Search::new(candidates, guards, dst_port, rules.subnets);
     if !guards.is_empty() && search.guards.is_empty() {
         return Err(PathError::NoGuard);
     }
@@ -411,10 +433,16 @@ struct Search<'a> {
     guards: Vec<usize>,
     /// Candidate examinations so far.
     work: u64,
+    subnets: Subnets,
 }
 
 impl<'a> Search<'a> {
-    fn new(cands: &'a [Candidate], guards: &[[u8; 32]], port: Option<u16>) -> Self {
+    fn new(
+        cands: &'a [Candidate],
+        guards: &[[u8; 32]],
+        port: Option<u16>,
+        subnets: Subnets,
+    ) -> Self {
         let mut guard_idx: Vec<usize> = find_keys(cands, guards).into_iter().flatten().collect();
         guard_idx.sort_unstable();
         guard_idx.dedup();
@@ -424,6 +452,7 @@ impl<'a> Search<'a> {
             guarded: !guards.is_empty(),
             guards: guard_idx,
             work: 0,
+            subnets,
         }
     }
 
@@ -447,7 +476,10 @@ impl<'a> Search<'a> {
     fn fits(&mut self, i: usize, chosen: &[usize]) -> bool {
         self.work += 1;
         let c = &self.cands[i];
-        reachable(c) && chosen.iter().all(|&j| !conflict(c, &self.cands[j]))
+        reachable(c)
+            && chosen
+                .iter()
+                .all(|&j| !conflict(c, &self.cands[j], self.subnets))
     }
 
     /// Whether `m` more candidates (any role) can join `chosen`, trying indices from
@@ -492,7 +524,11 @@ impl<'a> Search<'a> {
             if !self.fits(i, chosen) {
                 continue;
             }
-            let nets: Vec<Net> = self.cands[i].addrs.iter().map(net).collect();
+            let nets: Vec<Net> = self.cands[i]
+                .addrs
+                .iter()
+                .map(|a| net(a, self.subnets))
+                .collect();
             let has4 = nets.iter().any(|n| matches!(n, Net::V4(_)));
             let has6 = nets.iter().any(|n| matches!(n, Net::V6(_)));
             for n in nets {
@@ -645,6 +681,9 @@ pub struct Guards {
     lifetime_secs: u64,
     /// Current guards, oldest choice first.
     guards: Vec<Guard>,
+    /// Networks no two guards may share (not persisted: a client setting).
+    #[serde(skip)]
+    subnets: Subnets,
 }
 
 /// One guard and when it was chosen (unix seconds).
@@ -699,6 +738,7 @@ impl TryFrom<GuardsFile> for Guards {
             count: file.count,
             lifetime_secs: file.lifetime_secs,
             guards: file.guards,
+            subnets: Subnets::default(),
         })
     }
 }
@@ -721,7 +761,15 @@ impl Guards {
             count: count.min(MAX_GUARDS),
             lifetime_secs: lifetime_secs.min(MAX_SECS),
             guards: Vec::new(),
+            subnets: Subnets::default(),
         }
+    }
+
+    /// The same set with other networks for the "no two guards share a network" rule.
+    #[must_use]
+    pub fn with_subnets(mut self, subnets: Subnets) -> Self {
+        self.subnets = subnets;
+        self
     }
 
     /// Drops expired guards (chosen `lifetime_secs` or more before `now_unix`) and
@@ -738,6 +786,7 @@ impl Guards {
         now_unix: u64,
     ) -> Vec<[u8; 32]> {
         let lifetime = self.lifetime_secs;
+        let subnets = self.subnets;
         self.guards
             .retain(|g| now_unix.saturating_sub(g.chosen_at) < lifetime);
         let keys: Vec<[u8; 32]> = self.guards.iter().map(|g| g.key.0).collect();
@@ -747,7 +796,7 @@ impl Guards {
             Some(i)
                 if kept
                     .iter()
-                    .all(|&k| !conflict(&candidates[k], &candidates[i])) =>
+                    .all(|&k| !conflict(&candidates[k], &candidates[i], subnets)) =>
             {
                 kept.push(i);
                 true
@@ -760,7 +809,7 @@ impl Guards {
             let fits = |i: usize| {
                 let c = &candidates[i];
                 reachable(c)
-                    && kept.iter().all(|&k| !conflict(&candidates[k], c))
+                    && kept.iter().all(|&k| !conflict(&candidates[k], c, subnets))
                     && candidates[..i]
                         .iter()
                         .all(|d| d.key != c.key || !reachable(d))
@@ -850,6 +899,7 @@ mod tests {
     fn rules(len: u8) -> PathRules {
         PathRules {
             length: PathLength::Fixed(len),
+            subnets: Subnets::default(),
         }
     }
 
@@ -1160,7 +1210,7 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let guards: Vec<[u8; 32]> = guard_keys.into_iter().map(key).collect();
-            let rules = PathRules { length };
+            let rules = PathRules { length, subnets: Subnets::default() };
             let (lo, hi) = length.bounds().unwrap();
             let result = select_path(&mut rng(seed), &cands, &rules, &guards, port);
             let feasible: Vec<usize> = (lo..=hi)
@@ -1218,7 +1268,7 @@ mod tests {
             let (lo, hi) = length.bounds().unwrap();
             let mut r = rng(seed);
             for _ in 0..8 {
-                if let Ok(path) = select_path(&mut r, &cands, &PathRules { length }, &guards, port) {
+                if let Ok(path) = select_path(&mut r, &cands, &PathRules { length, subnets: Subnets::default() }, &guards, port) {
                     prop_assert!(valid(&cands, &path, &guards, port));
                     prop_assert!((lo..=hi).contains(&path.len()));
                 }
@@ -1239,7 +1289,16 @@ mod tests {
             PathLength::Range(2, 9),
         ] {
             assert_eq!(
-                select_path(&mut rng(1), &cands, &PathRules { length }, &[], None),
+                select_path(
+                    &mut rng(1),
+                    &cands,
+                    &PathRules {
+                        length,
+                        subnets: Subnets::default()
+                    },
+                    &[],
+                    None
+                ),
                 Err(PathError::BadLength)
             );
         }
@@ -1367,6 +1426,32 @@ mod tests {
     }
 
     #[test]
+    fn subnet_prefixes_are_configurable() {
+        // Three gateways in one /16 but distinct /24s, as in a test network.
+        let mut cands = spread(3, 1);
+        for (i, c) in cands.iter_mut().enumerate() {
+            c.addrs = vec![IpAddr::V4(Ipv4Addr::new(198, 18, i as u8 + 2, 2))];
+        }
+        assert!(matches!(
+            select_path(&mut rng(5), &cands, &rules(3), &[], None),
+            Err(PathError::NotEnoughGateways {
+                needed: 3,
+                usable: 1
+            })
+        ));
+        let narrow = PathRules {
+            length: PathLength::Fixed(3),
+            subnets: Subnets { v4: 24, v6: 64 },
+        };
+        let path = select_path(&mut rng(5), &cands, &narrow, &[], None).unwrap();
+        assert_eq!(path.len(), 3);
+        let mut guards = Guards::new(3, 100);
+        assert_eq!(guards.refresh(&mut rng(5), &cands, 0).len(), 1);
+        let mut guards = Guards::new(3, 100).with_subnets(narrow.subnets);
+        assert_eq!(guards.refresh(&mut rng(5), &cands, 0).len(), 3);
+    }
+
+    #[test]
     fn entry_prefers_non_exits() {
         let cands = spread(6, 5);
         let mut r = rng(6);
@@ -1459,6 +1544,7 @@ mod tests {
         for _ in 0..4_000 {
             let rules = PathRules {
                 length: PathLength::Range(2, 5),
+                subnets: Subnets::default(),
             };
             lengths[select_path(&mut r, &cands, &rules, &[], None)
                 .unwrap()
@@ -1475,6 +1561,7 @@ mod tests {
         for _ in 0..200 {
             let rules = PathRules {
                 length: PathLength::Range(2, 4),
+                subnets: Subnets::default(),
             };
             seen[select_path(&mut r, &few, &rules, &[], None).unwrap().len()] = true;
         }
@@ -1655,7 +1742,7 @@ mod tests {
                     .collect();
                 for (i, a) in found.iter().enumerate() {
                     for b in &found[i + 1..] {
-                        prop_assert!(!conflict(a, b));
+                        prop_assert!(!conflict(a, b, Subnets::default()));
                     }
                 }
                 prop_assert_eq!(Guards::from_toml(&guards.to_toml()).unwrap(), guards.clone());

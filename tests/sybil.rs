@@ -14,7 +14,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use anonnet::path::{select_path, Candidate, Guards, PathLength, PathRules, PortSummary};
+use anonnet::path::{select_path, Candidate, Guards, PathLength, PathRules, PortSummary, Subnets};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -280,6 +280,7 @@ fn run(hostile: usize, adversary: Adversary, seed: u64) -> Row {
     let cands = &view.candidates;
     let rules = PathRules {
         length: PathLength::Fixed(3),
+        subnets: Subnets::default(),
     };
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
 
