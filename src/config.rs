@@ -244,6 +244,8 @@ pub struct GatewayConfig {
     pub max_circuits: usize,
     /// The `[exit]` section (used when the gateway runs with `--exit`).
     pub exit: ExitConfig,
+    /// The `[discovery]` section.
+    pub discovery: DiscoveryConfig,
 }
 
 /// The `[exit]` section of a gateway config.
@@ -422,6 +424,8 @@ struct GatewayFile {
     gateway: RawGateway,
     #[serde(default)]
     exit: RawExit,
+    #[serde(default)]
+    discovery: RawDiscovery,
 }
 
 #[derive(Deserialize, Default)]
@@ -577,6 +581,7 @@ pub fn parse_gateway(text: &str) -> Result<GatewayConfig, ConfigError> {
     let file = toml::from_str::<GatewayFile>(text).map_err(|e| ConfigError::parse(&e))?;
     let raw = file.gateway;
     let exit = parse_exit(file.exit)?;
+    let discovery = parse_discovery(file.discovery)?;
 
     let mut listen = Vec::with_capacity(raw.listen.len());
     for (i, s) in raw.listen.iter().enumerate() {
@@ -624,6 +629,7 @@ pub fn parse_gateway(text: &str) -> Result<GatewayConfig, ConfigError> {
             i64::from(u32::MAX),
         )?,
         exit,
+        discovery,
     };
     config.validate()?;
     Ok(config)
@@ -641,6 +647,174 @@ pub fn load_gateway(path: &Path) -> Result<GatewayConfig, ConfigError> {
         }
     }
     Ok(config)
+}
+
+// ---------------------------------------------------------------------------------
+// Discovery (both gateways and clients)
+
+/// The `[discovery]` section, in gateway and client configs alike. Gateways use
+/// `share`, `publish`, `descriptor_lifetime_secs`, `rate` and `bootstrap` (peers to
+/// gossip with); clients use `bootstrap`, `target`, `hops`, `guards`,
+/// `guard_lifetime_days` and the subnet prefixes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// Gateways to ask first: address and public key.
+    pub bootstrap: Vec<HopConfig>,
+    /// Stop discovering once this many gateways are known.
+    pub target: usize,
+    /// Path length, or a range to draw it from.
+    pub hops: (u8, u8),
+    /// Number of sticky entry guards.
+    pub guards: usize,
+    pub guard_lifetime_days: u64,
+    /// No two hops (or guards) share an IPv4 network of this prefix length.
+    pub subnet_v4: u8,
+    /// Likewise for IPv6.
+    pub subnet_v6: u8,
+    /// Answer other nodes' discovery requests (a gateway may refuse).
+    pub share: bool,
+    /// Addresses this gateway publishes in its descriptor; empty: the listen
+    /// addresses, or when those are wildcards, this host's global addresses.
+    pub publish: Vec<IpAddr>,
+    /// Lifetime of this gateway's descriptor; it is re-signed at half-life.
+    pub descriptor_lifetime_secs: u64,
+    /// Discovery requests answered per second at most.
+    pub rate: u32,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap: Vec::new(),
+            target: 1000,
+            hops: (3, 3),
+            guards: 3,
+            guard_lifetime_days: 60,
+            subnet_v4: 16,
+            subnet_v6: 32,
+            share: true,
+            publish: Vec::new(),
+            descriptor_lifetime_secs: 3 * 3600,
+            rate: 100,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    target: Option<i64>,
+    hops: Option<RawPorts>,
+    guards: Option<i64>,
+    guard_lifetime_days: Option<i64>,
+    subnet_v4: Option<i64>,
+    subnet_v6: Option<i64>,
+    share: Option<bool>,
+    #[serde(default)]
+    publish: Vec<String>,
+    descriptor_lifetime_secs: Option<i64>,
+    rate: Option<i64>,
+}
+
+fn parse_discovery(raw: RawDiscovery) -> Result<DiscoveryConfig, ConfigError> {
+    let d = DiscoveryConfig::default();
+    let mut bootstrap = Vec::with_capacity(raw.bootstrap.len());
+    for (i, line) in raw.bootstrap.iter().enumerate() {
+        let key = format!("discovery.bootstrap[{i}]");
+        let mut parts = line.split_whitespace();
+        let (Some(addr), Some(pk), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{line:?} is not \"ADDR:PORT PUBLIC-KEY\""),
+            ));
+        };
+        let addr = addr
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::invalid(&key, format!("invalid socket address {addr:?}")))?;
+        if addr.port() == 0 {
+            return Err(ConfigError::invalid(key, "port 0 is not allowed"));
+        }
+        let pk = pk
+            .parse::<PublicKey>()
+            .map_err(|e| ConfigError::invalid(&key, e.to_string()))?;
+        bootstrap.push(HopConfig { addr, key: pk });
+    }
+    let hops = match raw.hops {
+        None => d.hops,
+        Some(h) => {
+            let r = match h {
+                RawPorts::Int(n) => PortRange::from_int(n),
+                RawPorts::Str(s) => s.parse(),
+            }
+            .map_err(|_| {
+                ConfigError::invalid(
+                    "discovery.hops",
+                    "expected a hop count like 3 or a range like \"2-4\"",
+                )
+            })?;
+            if r.first < 1 || usize::from(r.last) > MAX_HOPS {
+                return Err(ConfigError::invalid(
+                    "discovery.hops",
+                    format!("must be within 1 to {MAX_HOPS}, got {}-{}", r.first, r.last),
+                ));
+            }
+            (r.first as u8, r.last as u8)
+        }
+    };
+    let mut publish = Vec::with_capacity(raw.publish.len());
+    for (i, a) in raw.publish.iter().enumerate() {
+        publish.push(a.trim().parse::<IpAddr>().map_err(|_| {
+            ConfigError::invalid(
+                format!("discovery.publish[{i}]"),
+                format!("invalid IP address {a:?}"),
+            )
+        })?);
+    }
+    let opt =
+        |key: &str, v: Option<i64>, min: i64, max: i64, default: u64| -> Result<u64, ConfigError> {
+            v.map(|x| bounded::<u64>(key, x, min, max))
+                .transpose()
+                .map(|x| x.unwrap_or(default))
+        };
+    Ok(DiscoveryConfig {
+        bootstrap,
+        target: opt("discovery.target", raw.target, 1, 100_000, d.target as u64)? as usize,
+        hops,
+        guards: opt("discovery.guards", raw.guards, 0, 64, d.guards as u64)? as usize,
+        guard_lifetime_days: opt(
+            "discovery.guard_lifetime_days",
+            raw.guard_lifetime_days,
+            1,
+            3650,
+            d.guard_lifetime_days,
+        )?,
+        subnet_v4: opt(
+            "discovery.subnet_v4",
+            raw.subnet_v4,
+            0,
+            32,
+            u64::from(d.subnet_v4),
+        )? as u8,
+        subnet_v6: opt(
+            "discovery.subnet_v6",
+            raw.subnet_v6,
+            0,
+            128,
+            u64::from(d.subnet_v6),
+        )? as u8,
+        share: raw.share.unwrap_or(d.share),
+        publish,
+        descriptor_lifetime_secs: opt(
+            "discovery.descriptor_lifetime_secs",
+            raw.descriptor_lifetime_secs,
+            600,
+            crate::descriptor::MAX_LIFETIME_SECS as i64,
+            d.descriptor_lifetime_secs,
+        )?,
+        rate: opt("discovery.rate", raw.rate, 1, 100_000, u64::from(d.rate))? as u32,
+    })
 }
 
 // ---------------------------------------------------------------------------------
@@ -669,6 +843,8 @@ pub struct ClientConfig {
     pub path: Vec<HopConfig>,
     /// The `[tunnel]` section (used by `anonnet up`).
     pub tunnel: TunnelConfig,
+    /// The `[discovery]` section: used when `path` is empty.
+    pub discovery: DiscoveryConfig,
 }
 
 /// The `[tunnel]` section of a client config: the `anon0` device and routing.
@@ -848,11 +1024,10 @@ impl ClientConfig {
             }
         }
 
-        if self.path.is_empty() || self.path.len() > MAX_HOPS {
-            return Err(ConfigError::invalid(
-                "client.path",
-                format!("need 1 to {MAX_HOPS} hops, got {}", self.path.len()),
-            ));
+        if (self.path.is_empty() && self.discovery.bootstrap.is_empty())
+            || self.path.len() > MAX_HOPS
+        {
+            return Err(path_count_error(self.path.len()));
         }
         let mut keys = HashSet::new();
         for (i, hop) in self.path.iter().enumerate() {
@@ -871,6 +1046,18 @@ impl ClientConfig {
         }
         self.tunnel.validate()
     }
+}
+
+fn path_count_error(n: usize) -> ConfigError {
+    let hint = if n == 0 {
+        " (or list gateways in discovery.bootstrap to discover paths)"
+    } else {
+        ""
+    };
+    ConfigError::invalid(
+        "client.path",
+        format!("need 1 to {MAX_HOPS} hops, got {n}{hint}"),
+    )
 }
 
 fn check_secs(key: &str, value: f64, max: f64) -> Result<(), ConfigError> {
@@ -897,6 +1084,8 @@ struct ClientFile {
     client: RawClient,
     #[serde(default)]
     tunnel: RawTunnel,
+    #[serde(default)]
+    discovery: RawDiscovery,
 }
 
 #[derive(Deserialize)]
@@ -939,6 +1128,7 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
     let file = toml::from_str::<ClientFile>(text).map_err(|e| ConfigError::parse(&e))?;
     let raw = file.client;
     let tunnel = parse_tunnel(file.tunnel)?;
+    let discovery = parse_discovery(file.discovery)?;
 
     let mut padding = Vec::with_capacity(raw.padding.len());
     for (i, &class) in raw.padding.iter().enumerate() {
@@ -948,11 +1138,8 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
 
     // The hop count is checked first: a 50-hop path should not be reported as a bad
     // key in hop 30.
-    if raw.path.is_empty() || raw.path.len() > MAX_HOPS {
-        return Err(ConfigError::invalid(
-            "client.path",
-            format!("need 1 to {MAX_HOPS} hops, got {}", raw.path.len()),
-        ));
+    if (raw.path.is_empty() && discovery.bootstrap.is_empty()) || raw.path.len() > MAX_HOPS {
+        return Err(path_count_error(raw.path.len()));
     }
     let mut path = Vec::with_capacity(raw.path.len());
     for (i, hop) in raw.path.iter().enumerate() {
@@ -979,6 +1166,7 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
         padding,
         path,
         tunnel,
+        discovery,
     };
     config.validate()?;
     Ok(config)
@@ -1112,6 +1300,7 @@ mod tests {
                 handshake_rate: 1000,
                 max_circuits: 100_000,
                 exit: ExitConfig::default(),
+                discovery: DiscoveryConfig::default(),
             }
         );
         assert_eq!(c.listen_addrs().count(), 2);
@@ -1155,6 +1344,41 @@ mod tests {
         );
         assert!(err("bogus = 1").contains("unknown field `bogus`"));
         assert!(err("policy = [\"accept *:80\", \"allow *:22\"]").starts_with("exit.policy[1]: "));
+    }
+
+    #[test]
+    fn discovery_section() {
+        let key = crate::identity::PublicKey([7; 32]);
+        let c = parse_client(&format!(
+            "[client]\n[discovery]\nbootstrap = [\"198.18.2.2:9000 {key}\"]\nhops = \"2-4\"\nsubnet_v4 = 24\n"
+        ))
+        .unwrap();
+        assert!(c.path.is_empty());
+        assert_eq!(c.discovery.bootstrap[0].addr.to_string(), "198.18.2.2:9000");
+        assert_eq!(c.discovery.bootstrap[0].key, key);
+        assert_eq!((c.discovery.hops, c.discovery.subnet_v4), ((2, 4), 24));
+        let err = |extra: &str| client_err(&format!("{}[discovery]\n{extra}\n", cl("", 1)));
+        assert_eq!(
+            err("bootstrap = [\"198.18.2.2:9000\"]"),
+            "discovery.bootstrap[0]: \"198.18.2.2:9000\" is not \"ADDR:PORT PUBLIC-KEY\""
+        );
+        assert_eq!(
+            err("hops = 9"),
+            "discovery.hops: must be within 1 to 8, got 9-9"
+        );
+        assert_eq!(
+            err("subnet_v4 = 33"),
+            "discovery.subnet_v4: must be between 0 and 32, got 33"
+        );
+        let g = parse_gateway(&gw(
+            "[discovery]\nshare = false\npublish = [\"198.18.2.2\"]",
+        ))
+        .unwrap();
+        assert!(!g.discovery.share);
+        assert_eq!(
+            g.discovery.publish,
+            ["198.18.2.2".parse::<IpAddr>().unwrap()]
+        );
     }
 
     #[test]
@@ -1352,7 +1576,7 @@ mod tests {
     fn client_path_errors() {
         assert_eq!(
             client_err("[client]\n"),
-            "client.path: need 1 to 8 hops, got 0"
+            "client.path: need 1 to 8 hops, got 0 (or list gateways in discovery.bootstrap to discover paths)"
         );
         assert_eq!(
             client_err(&cl("", 9)),
@@ -1501,7 +1725,7 @@ mod tests {
         std::fs::write(&cpath, "[client]\n").unwrap();
         assert_eq!(
             load_client(&cpath).unwrap_err().to_string(),
-            format!("{}: client.path: need 1 to 8 hops, got 0", cpath.display())
+            format!("{}: client.path: need 1 to 8 hops, got 0 (or list gateways in discovery.bootstrap to discover paths)", cpath.display())
         );
     }
 }
