@@ -1,0 +1,2897 @@
+//! Peer-to-peer discovery (`docs/PROTOCOL.md` §11): how clients and gateways learn the
+//! network without a central directory.
+//!
+//! Every gateway publishes a self-signed [`Descriptor`] and keeps a [`Store`] of the
+//! descriptors it knows. A requester builds a one-hop circuit to a gateway with the
+//! DIRECTORY service and sends one [`Message::Get`]; the gateway's [`Server`] answers
+//! with a random sample of its store ([`Message::Desc`] each, then [`Message::End`]) or
+//! with [`Message::Refused`]. The [`Crawler`] decides whom to ask and feeds the answers
+//! into the requester's store. Clients crawl until they know enough gateways; gateways
+//! gossip with the same code, asking a few random peers each round
+//! ([`Crawler::gossip`]).
+//!
+//! # Poisoning
+//!
+//! Any gateway may answer with anything, so the store verifies every descriptor and
+//! bounds what one source can add (per answer and in total), what one network can hold
+//! (per IPv4 /24 and per IPv6 /48) and the total ([`StoreLimits`]). A descriptor names
+//! its gateway by onion key, which anyone can claim (see [`crate::descriptor`]); the
+//! store therefore keeps the first identity that claimed an onion key and lets only
+//! that identity publish newer versions, and lets one identity hold one onion key.
+//! The one exception is a descriptor served by the gateway itself: an answer on a
+//! circuit to onion key `K` comes from the holder of `K`'s secret (the NK handshake
+//! proves it), so its descriptor for `K` is authentic and replaces another identity's
+//! claim. The server puts its own descriptor first in every answer for that reason.
+//! A second identity's claim on a held key is kept as the key's contender (one per
+//! key, under the same caps), and the crawler asks contested gateways first, at the
+//! addresses of both claims: whichever claim is false, the gateway's answer settles
+//! the contest, so a forger who claims a key first cannot hide the gateway.
+//!
+//! Sans-IO: unix seconds (`now_unix`) for descriptor validity and [`Instant`]s for
+//! timeouts and rate limits are passed in, randomness comes from the caller's RNG.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use blake2::{Blake2s256, Digest};
+use rand_core::{CryptoRng, RngCore};
+use thiserror::Error;
+
+use crate::descriptor::{Descriptor, DescriptorError, MAX_DESCRIPTOR_LEN, MIN_DESCRIPTOR_LEN};
+use crate::limits::TokenBucket;
+use crate::path::{Candidate, PortSummary};
+
+/// Most descriptors one [`Message::Get`] may ask for.
+pub const MAX_GET: u8 = 64;
+/// Longest discovery message: a [`Message::Desc`] of the largest descriptor.
+pub const MAX_MESSAGE_LEN: usize = 1 + MAX_DESCRIPTOR_LEN;
+/// [`Message::Get`]s a [`Server`] answers on one circuit; later ones are refused.
+pub const GETS_PER_CIRCUIT: u8 = 1;
+/// Outstanding queries a [`Crawler`] allows unless told otherwise.
+pub const DEFAULT_PARALLEL: usize = 3;
+/// Peers a gateway asks per gossip round ([`Crawler::gossip`]).
+pub const GOSSIP_PEERS: u64 = 3;
+
+const TYPE_GET: u8 = 1;
+const TYPE_DESC: u8 = 2;
+const TYPE_END: u8 = 3;
+const TYPE_REFUSED: u8 = 4;
+
+const _: () = assert!(MAX_MESSAGE_LEN <= crate::wire::MAX_PAYLOAD);
+
+/// Random draws tried when picking a gateway to ask before falling back to a scan.
+const DRAWS: usize = 32;
+
+/// Start of a cache file.
+const CACHE_MAGIC: &[u8; 8] = b"ANONDIR\0";
+/// Cache file format version.
+const CACHE_VERSION: u8 = 1;
+/// Length of the BLAKE2s-256 checksum that ends a cache file.
+const CHECKSUM_LEN: usize = 32;
+/// Cache record source tags.
+const TAG_OWN: u8 = 0;
+const TAG_BOOTSTRAP: u8 = 1;
+const TAG_PEER: u8 = 2;
+
+/// One discovery message: the whole payload of one DATA cell on a DIRECTORY circuit.
+///
+/// ```text
+/// Get      01 max         2 bytes, max 1..=64
+/// Desc     02 descriptor  159..=1025 bytes: a descriptor of 158..=1024 bytes
+/// End      03 sent        2 bytes, sent 0..=64
+/// Refused  04             1 byte
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// Requester → gateway: send me up to `max` (1 to [`MAX_GET`]) descriptors.
+    Get {
+        /// How many descriptors the requester wants.
+        max: u8,
+    },
+    /// Gateway → requester: one signed descriptor, as encoded by
+    /// [`Descriptor::sign`] (not verified by [`Message::parse`]).
+    Desc(&'a [u8]),
+    /// Gateway → requester: the answer is complete; `sent` descriptors were sent.
+    End {
+        /// How many `Desc` messages the answer held (0 to [`MAX_GET`]).
+        sent: u8,
+    },
+    /// Gateway → requester: the gateway does not share its descriptors now.
+    Refused,
+}
+
+/// Why a payload is not a discovery message.
+#[derive(Debug, Clone, Copy, Error, PartialEq, Eq)]
+pub enum MessageError {
+    /// An empty payload.
+    #[error("empty discovery message")]
+    Empty,
+    /// A type byte this version does not know.
+    #[error("unknown discovery message type {0}")]
+    UnknownType(u8),
+    /// A length the type does not allow.
+    #[error("discovery message of type {kind} has invalid length {len}")]
+    Length {
+        /// The type byte.
+        kind: u8,
+        /// The payload length.
+        len: usize,
+    },
+    /// A count outside 1..=64 (`Get`) or 0..=64 (`End`).
+    #[error("discovery message count {0} is out of range")]
+    Count(u8),
+}
+
+impl<'a> Message<'a> {
+    /// Parses one payload strictly: known type, exact length, counts in range. A
+    /// `Desc` is only checked for its length; the store verifies the descriptor.
+    pub fn parse(payload: &'a [u8]) -> Result<Self, MessageError> {
+        let (&kind, rest) = payload.split_first().ok_or(MessageError::Empty)?;
+        let bad_length = MessageError::Length {
+            kind,
+            len: payload.len(),
+        };
+        match kind {
+            TYPE_GET => match *rest {
+                [max] if (1..=MAX_GET).contains(&max) => Ok(Message::Get { max }),
+                [max] => Err(MessageError::Count(max)),
+                _ => Err(bad_length),
+            },
+            TYPE_DESC => {
+                if (MIN_DESCRIPTOR_LEN..=MAX_DESCRIPTOR_LEN).contains(&rest.len()) {
+                    Ok(Message::Desc(rest))
+                } else {
+                    Err(bad_length)
+                }
+            }
+            TYPE_END => match *rest {
+                [sent] if sent <= MAX_GET => Ok(Message::End { sent }),
+                [sent] => Err(MessageError::Count(sent)),
+                _ => Err(bad_length),
+            },
+            TYPE_REFUSED if rest.is_empty() => Ok(Message::Refused),
+            TYPE_REFUSED => Err(bad_length),
+            _ => Err(MessageError::UnknownType(kind)),
+        }
+    }
+
+    /// Appends the encoding to `out`. Fields are written as given: a message that
+    /// breaks the rules [`Message::parse`] enforces is rejected by the receiver.
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        match *self {
+            Message::Get { max } => out.extend_from_slice(&[TYPE_GET, max]),
+            Message::Desc(descriptor) => {
+                out.push(TYPE_DESC);
+                out.extend_from_slice(descriptor);
+            }
+            Message::End { sent } => out.extend_from_slice(&[TYPE_END, sent]),
+            Message::Refused => out.push(TYPE_REFUSED),
+        }
+    }
+
+    /// The encoding as a new payload.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.emit(&mut out);
+        out
+    }
+
+    /// Length of the encoding.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Message::Get { .. } | Message::End { .. } => 2,
+            Message::Desc(descriptor) => 1 + descriptor.len(),
+            Message::Refused => 1,
+        }
+    }
+}
+
+/// Where a stored descriptor came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// This node's own descriptor: never capped, never replaced by another source.
+    Own,
+    /// From the configuration (bootstrap gateways): asked first by a client crawl.
+    Bootstrap,
+    /// From an answer of the gateway with this onion key.
+    Peer([u8; 32]),
+}
+
+/// Anti-poisoning bounds of a [`Store`]. The defaults suit a network of some
+/// thousands of gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Most descriptors held, contenders included (default 20,000). Own descriptors
+    /// are always admitted.
+    pub max_total: usize,
+    /// Most descriptors one answer may add ([`Store::insert_answer`]; default 64).
+    pub per_answer: usize,
+    /// Most descriptors held that were learned from one peer (default 2,000).
+    pub per_source: usize,
+    /// Most descriptors held with an address in one IPv4 /24 or one IPv6 /48
+    /// (default 4). A descriptor counts once against each network its addresses are in.
+    pub per_prefix: usize,
+    /// Longest descriptor accepted, checked before anything else (default
+    /// [`MAX_DESCRIPTOR_LEN`]; the descriptor module rejects longer ones anyway).
+    pub max_descriptor_len: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_total: 20_000,
+            per_answer: 64,
+            per_source: 2_000,
+            per_prefix: 4,
+            max_descriptor_len: MAX_DESCRIPTOR_LEN,
+        }
+    }
+}
+
+/// How a descriptor entered the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// A gateway the store did not know.
+    New,
+    /// A newer descriptor of a known gateway, by the same identity.
+    Replaced,
+    /// The gateway's own descriptor, served by itself, replacing another identity's
+    /// claim on its onion key.
+    Reclaimed,
+    /// Another identity's claim on an onion key the store holds, kept as the key's
+    /// contender until the gateway itself settles which is right
+    /// ([`Store::contender`]).
+    Contender,
+}
+
+/// Why the store did not take a descriptor.
+#[derive(Debug, Clone, Copy, Error, PartialEq, Eq)]
+pub enum Rejected {
+    /// Too long, malformed, badly signed or outside its validity
+    /// ([`Descriptor::verify`]).
+    #[error(transparent)]
+    Invalid(DescriptorError),
+    /// Exactly the descriptor the store holds.
+    #[error("descriptor already known")]
+    Duplicate,
+    /// Not newer than the held descriptor of the same identity.
+    #[error("descriptor is not newer than the one held")]
+    Stale,
+    /// Another identity holds the onion key, and the key already has a contender.
+    #[error("onion key is held by another identity")]
+    OtherIdentity,
+    /// The identity already holds another onion key.
+    #[error("identity already holds another onion key")]
+    IdentityInUse,
+    /// The store is full.
+    #[error("store is full")]
+    TotalCap,
+    /// The answer already added its share.
+    #[error("answer added too many descriptors")]
+    AnswerCap,
+    /// The peer already supplied its share of the store.
+    #[error("peer supplied too many descriptors")]
+    SourceCap,
+    /// An address's /24 or /48 is full.
+    #[error("too many descriptors in one network")]
+    PrefixCap,
+}
+
+/// What a [`Store`] did, by outcome. Every rejection is counted once, under one
+/// reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Descriptors of new gateways.
+    pub added: u64,
+    /// Newer versions replacing held ones.
+    pub replaced: u64,
+    /// Self-served descriptors replacing another identity's claim.
+    pub reclaimed: u64,
+    /// Descriptors removed by [`Store::expire`].
+    pub expired: u64,
+    /// Rejected: longer than the size cap.
+    pub too_long: u64,
+    /// Rejected: malformed (layout or field rules).
+    pub malformed: u64,
+    /// Rejected: the signature does not verify.
+    pub bad_signature: u64,
+    /// Rejected: published too far in the future.
+    pub not_yet_valid: u64,
+    /// Rejected: already expired on arrival.
+    pub arrived_expired: u64,
+    /// Claims kept as contenders.
+    pub contenders: u64,
+    /// Contests settled by the gateway's own descriptor.
+    pub settled: u64,
+    /// Rejected: already held.
+    pub duplicate: u64,
+    /// Rejected: not newer than the held version.
+    pub stale: u64,
+    /// Rejected: another identity holds the onion key and it already has a
+    /// contender.
+    pub other_identity: u64,
+    /// Rejected: the identity holds another onion key.
+    pub identity_in_use: u64,
+    /// Rejected: store full.
+    pub total_cap: u64,
+    /// Rejected: per-answer cap.
+    pub answer_cap: u64,
+    /// Rejected: per-source cap.
+    pub source_cap: u64,
+    /// Rejected: per-network cap.
+    pub prefix_cap: u64,
+}
+
+impl StoreStats {
+    /// All rejections.
+    pub fn rejected(&self) -> u64 {
+        self.too_long
+            + self.malformed
+            + self.bad_signature
+            + self.not_yet_valid
+            + self.arrived_expired
+            + self.duplicate
+            + self.stale
+            + self.other_identity
+            + self.identity_in_use
+            + self.total_cap
+            + self.answer_cap
+            + self.source_cap
+            + self.prefix_cap
+    }
+
+    fn count(&mut self, result: &Result<Inserted, Rejected>) {
+        let counter = match result {
+            Ok(Inserted::New) => &mut self.added,
+            Ok(Inserted::Replaced) => &mut self.replaced,
+            Ok(Inserted::Reclaimed) => &mut self.reclaimed,
+            Ok(Inserted::Contender) => &mut self.contenders,
+            Err(Rejected::Invalid(error)) => match error {
+                DescriptorError::TooLong(_) => &mut self.too_long,
+                DescriptorError::BadSignature => &mut self.bad_signature,
+                DescriptorError::NotYetValid => &mut self.not_yet_valid,
+                DescriptorError::Expired => &mut self.arrived_expired,
+                DescriptorError::Truncated
+                | DescriptorError::Version(_)
+                | DescriptorError::BadField(_)
+                | DescriptorError::IdentityMismatch
+                | DescriptorError::LifetimeTooLong
+                | DescriptorError::TrailingBytes => &mut self.malformed,
+            },
+            Err(Rejected::Duplicate) => &mut self.duplicate,
+            Err(Rejected::Stale) => &mut self.stale,
+            Err(Rejected::OtherIdentity) => &mut self.other_identity,
+            Err(Rejected::IdentityInUse) => &mut self.identity_in_use,
+            Err(Rejected::TotalCap) => &mut self.total_cap,
+            Err(Rejected::AnswerCap) => &mut self.answer_cap,
+            Err(Rejected::SourceCap) => &mut self.source_cap,
+            Err(Rejected::PrefixCap) => &mut self.prefix_cap,
+        };
+        *counter += 1;
+    }
+}
+
+/// A verified descriptor held by a [`Store`]. Entries exist only after
+/// verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    bytes: Vec<u8>,
+    descriptor: Descriptor,
+    source: Source,
+}
+
+impl Entry {
+    /// The signed encoding, as received.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The decoded descriptor.
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.descriptor
+    }
+
+    /// Who supplied the held version.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+}
+
+/// One answer being read from a peer, for the per-answer cap of
+/// [`Store::insert_answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    peer: [u8; 32],
+    added: usize,
+}
+
+impl Answer {
+    /// A new answer from the gateway with onion key `peer`.
+    pub fn new(peer: [u8; 32]) -> Self {
+        Answer { peer, added: 0 }
+    }
+
+    /// The answering gateway.
+    pub fn peer(&self) -> [u8; 32] {
+        self.peer
+    }
+
+    /// Descriptors this answer added to the store so far.
+    pub fn added(&self) -> usize {
+        self.added
+    }
+}
+
+/// A network for the per-network cap: an IPv4 /24 or an IPv6 /48.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Prefix {
+    V4([u8; 3]),
+    V6([u8; 6]),
+}
+
+/// The distinct networks of a descriptor's addresses.
+fn prefixes(descriptor: &Descriptor) -> Vec<Prefix> {
+    let mut out: Vec<Prefix> = Vec::with_capacity(descriptor.addrs.len());
+    for addr in &descriptor.addrs {
+        let prefix = match addr {
+            IpAddr::V4(a) => {
+                let o = a.octets();
+                Prefix::V4([o[0], o[1], o[2]])
+            }
+            IpAddr::V6(a) => {
+                let o = a.octets();
+                Prefix::V6([o[0], o[1], o[2], o[3], o[4], o[5]])
+            }
+        };
+        if !out.contains(&prefix) {
+            out.push(prefix);
+        }
+    }
+    out
+}
+
+/// Whether a descriptor for onion key `key` from `source` is authentic: this node's
+/// own, or served by the gateway `key` itself over a circuit its handshake
+/// authenticated.
+fn authoritative(source: Source, key: &[u8; 32]) -> bool {
+    match source {
+        Source::Own => true,
+        Source::Bootstrap => false,
+        Source::Peer(peer) => peer == *key,
+    }
+}
+
+/// What [`Store::decode_cache`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheReport {
+    /// Descriptors loaded into the store.
+    pub loaded: usize,
+    /// Records read whose descriptor was invalid, expired or over a cap.
+    pub dropped: usize,
+    /// The file is not a whole, intact cache: wrong header, checksum mismatch or a
+    /// record that does not parse (reading stopped there).
+    pub corrupt: bool,
+}
+
+/// The descriptors a node knows, one per onion key ([`Descriptor::key`]).
+///
+/// Every descriptor is verified on the way in and checked against the
+/// [`StoreLimits`]. A held descriptor is replaced only by a newer one (later
+/// `published`) by the same identity, or by the gateway's own descriptor served by
+/// itself ([`Inserted::Reclaimed`]); an identity holds at most one onion key (an
+/// honest gateway's identity is derived from its onion key's secret). Another
+/// identity's claim on a held key is kept aside as its contender
+/// ([`Inserted::Contender`]) until the gateway's own descriptor settles the contest;
+/// contenders count against the caps, and one whose held rival expires takes its
+/// place.
+#[derive(Debug, Clone)]
+pub struct Store {
+    limits: StoreLimits,
+    entries: Vec<Entry>,
+    /// Onion key → index in `entries`.
+    index: HashMap<[u8; 32], usize>,
+    /// Onion key of a held entry → another identity's claim on it.
+    contenders: BTreeMap<[u8; 32], Entry>,
+    counters: Counters,
+    stats: StoreStats,
+}
+
+/// What the caps and the identity rule count, kept in step with a store's entries.
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    /// Identity → the onion key it holds.
+    identities: HashMap<[u8; 32], [u8; 32]>,
+    /// Peer → descriptors held from it.
+    per_source: HashMap<[u8; 32], usize>,
+    /// Network → descriptors held with an address in it.
+    per_prefix: HashMap<Prefix, usize>,
+}
+
+impl Counters {
+    /// Adds or removes an entry's share.
+    fn account(&mut self, entry: &Entry, add: bool) {
+        if let Source::Peer(peer) = entry.source {
+            bump(&mut self.per_source, peer, add);
+        }
+        for prefix in prefixes(&entry.descriptor) {
+            bump(&mut self.per_prefix, prefix, add);
+        }
+        let (identity, key) = (entry.descriptor.identity, entry.descriptor.key());
+        if add {
+            self.identities.insert(identity, key);
+        } else if self.identities.get(&identity) == Some(&key) {
+            self.identities.remove(&identity);
+        }
+    }
+}
+
+/// Adds one to or removes one from `key`'s count, dropping counts that reach zero.
+fn bump<K: Copy + Eq + std::hash::Hash>(map: &mut HashMap<K, usize>, key: K, add: bool) {
+    if add {
+        *map.entry(key).or_insert(0) += 1;
+    } else if let Some(count) = map.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            map.remove(&key);
+        }
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new(StoreLimits::default())
+    }
+}
+
+impl Store {
+    /// An empty store with these limits.
+    pub fn new(limits: StoreLimits) -> Self {
+        Store {
+            limits,
+            entries: Vec::new(),
+            index: HashMap::new(),
+            contenders: BTreeMap::new(),
+            counters: Counters::default(),
+            stats: StoreStats::default(),
+        }
+    }
+
+    /// The limits the store enforces.
+    pub fn limits(&self) -> &StoreLimits {
+        &self.limits
+    }
+
+    /// Counters of what the store took and rejected.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Descriptors held (contenders aside).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the store holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The held descriptor of the gateway with onion key `key`.
+    pub fn get(&self, key: &[u8; 32]) -> Option<&Entry> {
+        self.index.get(key).map(|&i| &self.entries[i])
+    }
+
+    /// Every held descriptor, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.entries.iter()
+    }
+
+    /// Another identity's claim on the held key `key`, if one is waiting.
+    pub fn contender(&self, key: &[u8; 32]) -> Option<&Entry> {
+        self.contenders.get(key)
+    }
+
+    /// The onion keys with a contender, in ascending order.
+    pub fn contested(&self) -> impl Iterator<Item = &[u8; 32]> + '_ {
+        self.contenders.keys()
+    }
+
+    /// Where to reach gateway `key`: the held descriptor's socket addresses, then
+    /// its contender's (without repeats). Only the gateway holding the onion key's
+    /// secret completes the handshake at any of them.
+    pub fn addresses(&self, key: &[u8; 32]) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for entry in self.get(key).into_iter().chain(self.contender(key)) {
+            for addr in entry.descriptor.socket_addrs() {
+                if !out.contains(&addr) {
+                    out.push(addr);
+                }
+            }
+        }
+        out
+    }
+
+    /// Verifies `bytes` against `now_unix` and stores the descriptor if the rules
+    /// and limits allow (the per-answer cap aside: see [`Store::insert_answer`]).
+    /// Bytes identical to a held descriptor or contender are reported as
+    /// [`Rejected::Duplicate`] without verifying the signature again.
+    pub fn insert(
+        &mut self,
+        bytes: &[u8],
+        now_unix: u64,
+        source: Source,
+    ) -> Result<Inserted, Rejected> {
+        let result = self.admit(bytes, now_unix, source, None, None);
+        self.stats.count(&result);
+        result
+    }
+
+    /// [`Store::insert`] for a descriptor of `answer`, from its peer, with the
+    /// per-answer cap on top.
+    pub fn insert_answer(
+        &mut self,
+        answer: &mut Answer,
+        bytes: &[u8],
+        now_unix: u64,
+    ) -> Result<Inserted, Rejected> {
+        let result = self.admit(
+            bytes,
+            now_unix,
+            Source::Peer(answer.peer),
+            Some(answer.added),
+            None,
+        );
+        self.stats.count(&result);
+        if result.is_ok() {
+            answer.added += 1;
+        }
+        result
+    }
+
+    /// Stores a copy of an entry of another store under `source`, with the same
+    /// rules and limits as [`Store::insert`] except that the signature, verified
+    /// when the entry was made, is not checked again (expiry is).
+    pub fn insert_entry(
+        &mut self,
+        entry: &Entry,
+        now_unix: u64,
+        source: Source,
+    ) -> Result<Inserted, Rejected> {
+        let result = self.admit(
+            &entry.bytes,
+            now_unix,
+            source,
+            None,
+            Some(&entry.descriptor),
+        );
+        self.stats.count(&result);
+        result
+    }
+
+    /// Removes the descriptors (held and contenders) that have expired at
+    /// `now_unix`; returns how many. A contender whose held rival expired takes its
+    /// place.
+    pub fn expire(&mut self, now_unix: u64) -> usize {
+        let mut removed = 0;
+        let mut i = 0;
+        while i < self.entries.len() {
+            if now_unix >= self.entries[i].descriptor.expires {
+                self.remove_at(i);
+                removed += 1;
+            } else {
+                i += 1;
+            }
+        }
+        let expired: Vec<[u8; 32]> = self
+            .contenders
+            .iter()
+            .filter(|(_, entry)| now_unix >= entry.descriptor.expires)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &expired {
+            if let Some(entry) = self.contenders.remove(key) {
+                self.counters.account(&entry, false);
+            }
+        }
+        removed += expired.len();
+        let orphans: Vec<[u8; 32]> = self
+            .contenders
+            .keys()
+            .filter(|key| !self.index.contains_key(*key))
+            .copied()
+            .collect();
+        for key in orphans {
+            if let Some(entry) = self.contenders.remove(&key) {
+                self.index.insert(key, self.entries.len());
+                self.entries.push(entry);
+            }
+        }
+        self.stats.expired += removed as u64;
+        removed
+    }
+
+    /// Up to `n` held descriptors, drawn uniformly at random without replacement,
+    /// in random order.
+    pub fn sample(&self, rng: &mut (impl RngCore + CryptoRng), n: usize) -> Vec<&[u8]> {
+        sample_indices(rng, self.entries.len(), n)
+            .into_iter()
+            .map(|i| self.entries[i].bytes.as_slice())
+            .collect()
+    }
+
+    /// Every held gateway as a path-selection candidate (the first port, the exit
+    /// ports parsed from the summary). A gateway whose summary does not parse is not
+    /// offered as an exit.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.entries
+            .iter()
+            .map(|entry| {
+                let d = &entry.descriptor;
+                let exit_ports = if d.exit {
+                    d.policy_summary.parse::<PortSummary>().ok()
+                } else {
+                    None
+                };
+                Candidate {
+                    key: d.key(),
+                    addrs: d.addrs.clone(),
+                    port: d.ports.0,
+                    exit: exit_ports.is_some(),
+                    exit_ports,
+                }
+            })
+            .collect()
+    }
+
+    /// The cache file form: the magic `ANONDIR\0`, version 1, one record per held
+    /// descriptor (`source` 0 own, 1 bootstrap or 2 peer followed by the peer's
+    /// 32-byte onion key; a 2-byte length; the descriptor), and a BLAKE2s-256 of
+    /// everything before it. Contenders are not kept.
+    pub fn encode_cache(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(CACHE_MAGIC.len() + 1 + CHECKSUM_LEN + self.entries.len() * 260);
+        out.extend_from_slice(CACHE_MAGIC);
+        out.push(CACHE_VERSION);
+        for entry in &self.entries {
+            match entry.source {
+                Source::Own => out.push(TAG_OWN),
+                Source::Bootstrap => out.push(TAG_BOOTSTRAP),
+                Source::Peer(peer) => {
+                    out.push(TAG_PEER);
+                    out.extend_from_slice(&peer);
+                }
+            }
+            let len = u16::try_from(entry.bytes.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&entry.bytes);
+        }
+        let checksum = Blake2s256::digest(&out);
+        out.extend_from_slice(&checksum);
+        out
+    }
+
+    /// Reads a cache file into a new store with `limits`, re-verifying every
+    /// descriptor against `now_unix` and applying the limits. Never fails: invalid,
+    /// expired or over-cap descriptors are dropped and counted; a damaged file yields
+    /// the records read before the damage and `corrupt`.
+    pub fn decode_cache(bytes: &[u8], now_unix: u64, limits: StoreLimits) -> (Store, CacheReport) {
+        let mut store = Store::new(limits);
+        let mut report = CacheReport::default();
+        let header = CACHE_MAGIC.len() + 1;
+        if bytes.len() < header + CHECKSUM_LEN
+            || bytes[..CACHE_MAGIC.len()] != CACHE_MAGIC[..]
+            || bytes[CACHE_MAGIC.len()] != CACHE_VERSION
+        {
+            report.corrupt = true;
+            return (store, report);
+        }
+        let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        if Blake2s256::digest(body)[..] != checksum[..] {
+            report.corrupt = true;
+        }
+        let mut rest = &body[header..];
+        while !rest.is_empty() {
+            let Some((source, descriptor, after)) = read_record(rest) else {
+                report.corrupt = true;
+                break;
+            };
+            rest = after;
+            match store.insert(descriptor, now_unix, source) {
+                Ok(_) => report.loaded += 1,
+                Err(_) => report.dropped += 1,
+            }
+        }
+        (store, report)
+    }
+
+    /// The checks of [`Store::insert`] without the counting; `verified` is the
+    /// decoding of `bytes` when an earlier verification made it.
+    fn admit(
+        &mut self,
+        bytes: &[u8],
+        now_unix: u64,
+        source: Source,
+        answer_added: Option<usize>,
+        verified: Option<&Descriptor>,
+    ) -> Result<Inserted, Rejected> {
+        if bytes.len() > self.limits.max_descriptor_len {
+            return Err(Rejected::Invalid(DescriptorError::TooLong(bytes.len())));
+        }
+        if let Some((copy, contender)) = self.copy_of(bytes) {
+            if now_unix >= copy.descriptor.expires {
+                return Err(Rejected::Invalid(DescriptorError::Expired));
+            }
+            let key = copy.descriptor.key();
+            if !authoritative(source, &key) {
+                return Err(Rejected::Duplicate);
+            }
+            // The gateway itself confirms one of the claims: settle without verifying
+            // the same bytes again.
+            if !contender {
+                self.settle(&key);
+                return Err(Rejected::Duplicate);
+            }
+            let descriptor = copy.descriptor.clone();
+            return self.place(bytes.to_vec(), descriptor, source, answer_added);
+        }
+        let descriptor = match verified {
+            Some(d) if now_unix >= d.expires => {
+                return Err(Rejected::Invalid(DescriptorError::Expired))
+            }
+            Some(d) => d.clone(),
+            None => Descriptor::verify(bytes, now_unix).map_err(Rejected::Invalid)?,
+        };
+        self.place(bytes.to_vec(), descriptor, source, answer_added)
+    }
+
+    /// The held entry or contender (and which) whose bytes are exactly `bytes`,
+    /// found by the onion key at its offset in the encoding (PROTOCOL §10).
+    fn copy_of(&self, bytes: &[u8]) -> Option<(&Entry, bool)> {
+        let key: [u8; 32] = bytes.get(34..66)?.try_into().ok()?;
+        let same = |entry: &&Entry| entry.bytes == bytes;
+        match self.get(&key).filter(same) {
+            Some(held) => Some((held, false)),
+            None => self.contender(&key).filter(same).map(|c| (c, true)),
+        }
+    }
+
+    /// The identity, replacement and cap rules for a verified descriptor; stores it
+    /// if they allow.
+    fn place(
+        &mut self,
+        bytes: Vec<u8>,
+        descriptor: Descriptor,
+        source: Source,
+        answer_added: Option<usize>,
+    ) -> Result<Inserted, Rejected> {
+        let key = descriptor.key();
+        let authentic = authoritative(source, &key);
+        if authentic {
+            self.settle(&key);
+        }
+        let held = self.index.get(&key).copied();
+        let mut outcome = Inserted::New;
+        if let Some(i) = held {
+            let old = &self.entries[i];
+            if old.descriptor.identity != descriptor.identity {
+                if old.source == Source::Own && source != Source::Own {
+                    return Err(Rejected::OtherIdentity);
+                }
+                if !authentic {
+                    return self.contend(bytes, descriptor, source, answer_added);
+                }
+                outcome = Inserted::Reclaimed;
+            } else if descriptor.published <= old.descriptor.published {
+                return Err(if old.bytes == bytes {
+                    Rejected::Duplicate
+                } else {
+                    Rejected::Stale
+                });
+            } else {
+                outcome = Inserted::Replaced;
+            }
+        }
+        if self
+            .counters
+            .identities
+            .get(&descriptor.identity)
+            .is_some_and(|holds| *holds != key)
+        {
+            return Err(Rejected::IdentityInUse);
+        }
+        if source != Source::Own {
+            self.check_caps(&descriptor, source, held, answer_added)?;
+        }
+        let entry = Entry {
+            bytes,
+            descriptor,
+            source,
+        };
+        let i = match held {
+            Some(i) => {
+                let old = std::mem::replace(&mut self.entries[i], entry);
+                self.counters.account(&old, false);
+                i
+            }
+            None => {
+                self.index.insert(key, self.entries.len());
+                self.entries.push(entry);
+                self.entries.len() - 1
+            }
+        };
+        self.counters.account(&self.entries[i], true);
+        Ok(outcome)
+    }
+
+    /// Drops the contender of `key`: its gateway has spoken for itself.
+    fn settle(&mut self, key: &[u8; 32]) {
+        if let Some(contender) = self.contenders.remove(key) {
+            self.counters.account(&contender, false);
+            self.stats.settled += 1;
+        }
+    }
+
+    /// Keeps a claim on a held key by another identity as the key's contender, if
+    /// it has none and the identity rule and caps allow.
+    fn contend(
+        &mut self,
+        bytes: Vec<u8>,
+        descriptor: Descriptor,
+        source: Source,
+        answer_added: Option<usize>,
+    ) -> Result<Inserted, Rejected> {
+        let key = descriptor.key();
+        if self.contenders.contains_key(&key) {
+            return Err(Rejected::OtherIdentity);
+        }
+        if self.counters.identities.contains_key(&descriptor.identity) {
+            return Err(Rejected::IdentityInUse);
+        }
+        self.check_caps(&descriptor, source, None, answer_added)?;
+        let entry = Entry {
+            bytes,
+            descriptor,
+            source,
+        };
+        self.counters.account(&entry, true);
+        self.contenders.insert(key, entry);
+        Ok(Inserted::Contender)
+    }
+
+    /// The limits for a descriptor about to replace entry `held` (if any): the held
+    /// entry's own share is not counted against it.
+    fn check_caps(
+        &self,
+        descriptor: &Descriptor,
+        source: Source,
+        held: Option<usize>,
+        answer_added: Option<usize>,
+    ) -> Result<(), Rejected> {
+        let old = held.map(|i| &self.entries[i]);
+        if answer_added.is_some_and(|added| added >= self.limits.per_answer) {
+            return Err(Rejected::AnswerCap);
+        }
+        if let Source::Peer(peer) = source {
+            let from_peer = self.counters.per_source.get(&peer).copied().unwrap_or(0)
+                - usize::from(old.is_some_and(|old| old.source == source));
+            if from_peer >= self.limits.per_source {
+                return Err(Rejected::SourceCap);
+            }
+        }
+        if old.is_none() && self.entries.len() + self.contenders.len() >= self.limits.max_total {
+            return Err(Rejected::TotalCap);
+        }
+        let old_prefixes = old.map(|old| prefixes(&old.descriptor)).unwrap_or_default();
+        for prefix in prefixes(descriptor) {
+            let count = self.counters.per_prefix.get(&prefix).copied().unwrap_or(0)
+                - usize::from(old_prefixes.contains(&prefix));
+            if count >= self.limits.per_prefix {
+                return Err(Rejected::PrefixCap);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes entry `i`, keeping the index in step.
+    fn remove_at(&mut self, i: usize) {
+        let entry = self.entries.swap_remove(i);
+        self.index.remove(&entry.descriptor.key());
+        if let Some(moved) = self.entries.get(i) {
+            self.index.insert(moved.descriptor.key(), i);
+        }
+        self.counters.account(&entry, false);
+    }
+}
+
+/// One cache record: its source, its descriptor bytes and what follows.
+fn read_record(bytes: &[u8]) -> Option<(Source, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (source, rest) = match tag {
+        TAG_OWN => (Source::Own, rest),
+        TAG_BOOTSTRAP => (Source::Bootstrap, rest),
+        TAG_PEER => {
+            let (peer, rest) = split(rest, 32)?;
+            (Source::Peer(peer.try_into().ok()?), rest)
+        }
+        _ => return None,
+    };
+    let (len, rest) = split(rest, 2)?;
+    let len = usize::from(u16::from_be_bytes(len.try_into().ok()?));
+    if len > MAX_DESCRIPTOR_LEN {
+        return None;
+    }
+    let (descriptor, rest) = split(rest, len)?;
+    Some((source, descriptor, rest))
+}
+
+/// `bytes` split after `n` bytes, if it has that many.
+fn split(bytes: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
+    (bytes.len() >= n).then(|| bytes.split_at(n))
+}
+
+/// A uniform integer in `0..n` (`n > 0`), by rejection.
+fn below(rng: &mut impl RngCore, n: usize) -> usize {
+    let n = n as u64;
+    let skip = n.wrapping_neg() % n;
+    loop {
+        let v = rng.next_u64();
+        if v >= skip {
+            return (v % n) as usize;
+        }
+    }
+}
+
+/// `min(k, n)` distinct indices of `0..n`, uniformly at random, in random order.
+fn sample_indices(rng: &mut impl RngCore, n: usize, k: usize) -> Vec<usize> {
+    let k = k.min(n);
+    let mut chosen: Vec<usize> = if k <= usize::from(MAX_GET) {
+        // Floyd's algorithm: each k-subset equally likely.
+        let mut chosen = Vec::with_capacity(k);
+        for j in n - k..n {
+            let t = below(rng, j + 1);
+            chosen.push(if chosen.contains(&t) { j } else { t });
+        }
+        chosen
+    } else {
+        let mut all: Vec<usize> = (0..n).collect();
+        for i in 0..k {
+            let j = i + below(rng, n - i);
+            all.swap(i, j);
+        }
+        all.truncate(k);
+        all
+    };
+    for i in (1..chosen.len()).rev() {
+        let j = below(rng, i + 1);
+        chosen.swap(i, j);
+    }
+    chosen
+}
+
+/// Why a [`Server`] refused a `Get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// The gateway does not share (`discovery.share = false`).
+    NotSharing,
+    /// The global rate limit is exhausted.
+    Busy,
+    /// The circuit already had its [`GETS_PER_CIRCUIT`] answers.
+    CircuitQuota,
+}
+
+/// What a [`Server`] did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Answered with `sent` descriptors and an `End`.
+    Answered {
+        /// Descriptors sent.
+        sent: u8,
+    },
+    /// Answered with `Refused`.
+    Refused(RefuseReason),
+    /// Not a `Get`: nothing sent (the driver may close the circuit).
+    Ignored,
+}
+
+/// What a [`Server`] did, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Gets answered with descriptors.
+    pub answered: u64,
+    /// Gets refused because the gateway does not share.
+    pub refused_not_sharing: u64,
+    /// Gets refused by the global rate limit.
+    pub refused_busy: u64,
+    /// Gets refused by the per-circuit limit.
+    pub refused_quota: u64,
+    /// Requests that were not a valid `Get`.
+    pub ignored: u64,
+    /// Descriptors sent.
+    pub descriptors_sent: u64,
+}
+
+/// Per-circuit state of a [`Server`]: the driver keeps one per DIRECTORY circuit.
+/// Requesters are anonymous, so the only per-requester limit is per circuit; a
+/// requester that wants more builds another circuit, which the handshake rate limit
+/// bounds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Session {
+    gets: u8,
+}
+
+/// Answers `Get`s from a gateway's store: its own descriptors first, then a uniform
+/// random sample of the others, `max` in all, then `End`. Refuses when configured not
+/// to share, when a global token bucket (`rate_per_sec`, one second of burst) is
+/// empty, or after [`GETS_PER_CIRCUIT`] answers on one circuit.
+#[derive(Debug, Clone)]
+pub struct Server {
+    share: bool,
+    rate_per_sec: u32,
+    bucket: Option<TokenBucket>,
+    stats: ServerStats,
+}
+
+impl Server {
+    /// A server that shares (or not) and answers at most `rate_per_sec` `Get`s per
+    /// second over all circuits (0: none).
+    pub fn new(share: bool, rate_per_sec: u32) -> Self {
+        Server {
+            share,
+            rate_per_sec,
+            bucket: None,
+            stats: ServerStats::default(),
+        }
+    }
+
+    /// Counters of what the server did.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Handles one request payload received on the circuit of `session` and pushes
+    /// the response payloads (each at most [`MAX_MESSAGE_LEN`] bytes) onto `out`.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        store: &Store,
+        session: &mut Session,
+        request: &[u8],
+        out: &mut Vec<Vec<u8>>,
+    ) -> Reply {
+        let Ok(Message::Get { max }) = Message::parse(request) else {
+            self.stats.ignored += 1;
+            return Reply::Ignored;
+        };
+        let refused = if !self.share {
+            Some(RefuseReason::NotSharing)
+        } else if session.gets >= GETS_PER_CIRCUIT {
+            Some(RefuseReason::CircuitQuota)
+        } else {
+            session.gets += 1;
+            let rate = self.rate_per_sec;
+            let bucket = self
+                .bucket
+                .get_or_insert_with(|| TokenBucket::new(rate, rate, now));
+            (!bucket.take(now)).then_some(RefuseReason::Busy)
+        };
+        if let Some(reason) = refused {
+            let counter = match reason {
+                RefuseReason::NotSharing => &mut self.stats.refused_not_sharing,
+                RefuseReason::Busy => &mut self.stats.refused_busy,
+                RefuseReason::CircuitQuota => &mut self.stats.refused_quota,
+            };
+            *counter += 1;
+            out.push(Message::Refused.to_vec());
+            return Reply::Refused(reason);
+        }
+        let max = usize::from(max);
+        let own = store
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| entry.source == Source::Own)
+            .map(|(i, _)| i)
+            .take(max);
+        let mut picked: Vec<usize> = own.collect();
+        let others = sample_indices(rng, store.entries.len(), max + picked.len());
+        for i in others {
+            if picked.len() == max {
+                break;
+            }
+            if store.entries[i].source != Source::Own {
+                picked.push(i);
+            }
+        }
+        for &i in &picked {
+            out.push(Message::Desc(&store.entries[i].bytes).to_vec());
+        }
+        let sent = u8::try_from(picked.len()).unwrap_or(MAX_GET);
+        out.push(Message::End { sent }.to_vec());
+        self.stats.answered += 1;
+        self.stats.descriptors_sent += u64::from(sent);
+        Reply::Answered { sent }
+    }
+}
+
+/// What a [`Crawler`] did, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CrawlStats {
+    /// Queries started.
+    pub queries: u64,
+    /// Queries that ended with `End`.
+    pub answered: u64,
+    /// Queries that ended with `Refused`.
+    pub refused: u64,
+    /// Queries closed by their timeout.
+    pub timed_out: u64,
+    /// Queries whose circuit could not be built or broke ([`Crawler::on_failed`]).
+    pub unreachable: u64,
+    /// Queries closed because the gateway broke the protocol.
+    pub violations: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Descriptors received.
+    pub descriptors: u64,
+    /// Descriptors the store took.
+    pub accepted: u64,
+}
+
+/// What one received payload did ([`Crawler::on_payload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// A descriptor, and what the store made of it; the query stays open.
+    Descriptor(Result<Inserted, Rejected>),
+    /// `End`: the query is complete.
+    Answered {
+        /// The count the gateway announced.
+        sent: u8,
+        /// The descriptors that arrived (fewer when cells were lost).
+        received: u8,
+    },
+    /// `Refused`: the query is closed.
+    Refused,
+    /// Malformed, not a gateway's message, or more descriptors than asked for: the
+    /// query is closed and the driver should close its circuit.
+    Violation,
+    /// No open query to this gateway: ignored.
+    Ignored,
+}
+
+/// An open query.
+#[derive(Debug, Clone)]
+struct Pending {
+    started: Instant,
+    answer: Answer,
+    received: u8,
+}
+
+/// The iterative discovery client: whom to ask next and what the answers mean.
+///
+/// The driver asks [`Crawler::next_query`] for a gateway, opens a DIRECTORY circuit to
+/// it (trying [`Store::addresses`] in order), sends [`Crawler::request`], feeds every
+/// payload received on the circuit to [`Crawler::on_payload`], reports a circuit that
+/// cannot be built with [`Crawler::on_failed`] and calls [`Crawler::on_timeout`] at
+/// [`Crawler::poll_timeout`]. Each gateway is asked once per crawl, with at most
+/// `parallel` queries open: contested gateways first (their answer settles the
+/// contest), then bootstrap gateways, otherwise uniformly at random among the known
+/// ones not yet asked. A gateway asked before its key was contested is asked once
+/// more.
+#[derive(Debug, Clone)]
+pub struct Crawler {
+    target: usize,
+    per_query: u8,
+    timeout: Duration,
+    parallel: usize,
+    budget: u64,
+    bootstrap_first: bool,
+    asked: HashSet<[u8; 32]>,
+    /// Contested keys asked since they were contested.
+    settling: HashSet<[u8; 32]>,
+    pending: HashMap<[u8; 32], Pending>,
+    stats: CrawlStats,
+}
+
+impl Crawler {
+    /// A crawl that stops once the store holds `target` descriptors (or every known
+    /// gateway was asked), asking each gateway for `per_query` descriptors (clamped to
+    /// 1..=64) and giving up on a query after `timeout`. At most
+    /// [`DEFAULT_PARALLEL`] queries are open at once.
+    pub fn new(target: usize, per_query: u8, timeout: Duration) -> Self {
+        Crawler {
+            target,
+            per_query: per_query.clamp(1, MAX_GET),
+            timeout,
+            parallel: DEFAULT_PARALLEL,
+            budget: u64::MAX,
+            bootstrap_first: true,
+            asked: HashSet::new(),
+            settling: HashSet::new(),
+            pending: HashMap::new(),
+            stats: CrawlStats::default(),
+        }
+    }
+
+    /// A gateway's gossip round: asks [`GOSSIP_PEERS`] random known peers (bootstrap
+    /// gateways get no preference) for [`MAX_GET`] descriptors each. Run one every
+    /// gossip interval.
+    pub fn gossip(timeout: Duration) -> Self {
+        let mut crawler = Crawler::new(usize::MAX, MAX_GET, timeout).with_budget(GOSSIP_PEERS);
+        crawler.bootstrap_first = false;
+        crawler
+    }
+
+    /// Allows `parallel` (at least 1) open queries.
+    pub fn with_parallel(mut self, parallel: usize) -> Self {
+        self.parallel = parallel.max(1);
+        self
+    }
+
+    /// Starts at most `queries` queries in all.
+    pub fn with_budget(mut self, queries: u64) -> Self {
+        self.budget = queries;
+        self
+    }
+
+    /// Counters of the crawl.
+    pub fn stats(&self) -> &CrawlStats {
+        &self.stats
+    }
+
+    /// Queries open now.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The payload to send on a query's circuit: `Get { max: per_query }`.
+    pub fn request(&self) -> Vec<u8> {
+        Message::Get {
+            max: self.per_query,
+        }
+        .to_vec()
+    }
+
+    /// The next gateway to ask, if a query slot is free, the crawl is not done and
+    /// the budget allows: a contested gateway not asked since it was contested, else
+    /// an unasked bootstrap gateway, else a uniformly random known gateway not yet
+    /// asked (never this node's own). The query counts as open from `now`.
+    pub fn next_query(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        store: &Store,
+    ) -> Option<[u8; 32]> {
+        if self.pending.len() >= self.parallel
+            || self.stats.queries >= self.budget
+            || store.len() >= self.target
+        {
+            return None;
+        }
+        let key = self.pick(rng, store)?;
+        self.asked.insert(key);
+        if store.contender(&key).is_some() {
+            self.settling.insert(key);
+        }
+        self.pending.insert(
+            key,
+            Pending {
+                started: now,
+                answer: Answer::new(key),
+                received: 0,
+            },
+        );
+        self.stats.queries += 1;
+        Some(key)
+    }
+
+    /// Handles one payload received on the query circuit to gateway `key`, storing
+    /// descriptors in `store` (verified at `now_unix`).
+    pub fn on_payload(
+        &mut self,
+        key: &[u8; 32],
+        payload: &[u8],
+        store: &mut Store,
+        now_unix: u64,
+    ) -> Progress {
+        self.stats.bytes_received += payload.len() as u64;
+        let Some(pending) = self.pending.get_mut(key) else {
+            return Progress::Ignored;
+        };
+        match Message::parse(payload) {
+            Ok(Message::Desc(bytes)) if pending.received < self.per_query => {
+                pending.received += 1;
+                self.stats.descriptors += 1;
+                let result = store.insert_answer(&mut pending.answer, bytes, now_unix);
+                if result.is_ok() {
+                    self.stats.accepted += 1;
+                }
+                Progress::Descriptor(result)
+            }
+            Ok(Message::End { sent }) if sent <= self.per_query => {
+                let received = pending.received;
+                self.pending.remove(key);
+                self.stats.answered += 1;
+                Progress::Answered { sent, received }
+            }
+            Ok(Message::Refused) => {
+                self.pending.remove(key);
+                self.stats.refused += 1;
+                Progress::Refused
+            }
+            _ => {
+                self.pending.remove(key);
+                self.stats.violations += 1;
+                Progress::Violation
+            }
+        }
+    }
+
+    /// The query to `key` cannot go on (its circuit failed to build or broke).
+    /// Returns whether a query was open.
+    pub fn on_failed(&mut self, key: &[u8; 32]) -> bool {
+        let open = self.pending.remove(key).is_some();
+        if open {
+            self.stats.unreachable += 1;
+        }
+        open
+    }
+
+    /// Closes the queries open for `timeout` or longer at `now` and returns their
+    /// gateways (the driver closes their circuits).
+    pub fn on_timeout(&mut self, now: Instant) -> Vec<[u8; 32]> {
+        let timeout = self.timeout;
+        let expired: Vec<[u8; 32]> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.started) >= timeout)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &expired {
+            self.pending.remove(key);
+        }
+        self.stats.timed_out += expired.len() as u64;
+        expired
+    }
+
+    /// When the earliest open query times out.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .map(|p| p.started + self.timeout)
+            .min()
+    }
+
+    /// Whether the crawl is over: the store holds `target` descriptors, or no query is
+    /// open and no known gateway is left to ask (or the budget is spent).
+    pub fn done(&self, store: &Store) -> bool {
+        store.len() >= self.target
+            || (self.pending.is_empty()
+                && (self.stats.queries >= self.budget
+                    || (self.unsettled(store).next().is_none()
+                        && !store.entries.iter().any(|e| self.askable(e)))))
+    }
+
+    /// Contested keys not asked since they were contested (and not open now).
+    fn unsettled<'a>(&'a self, store: &'a Store) -> impl Iterator<Item = [u8; 32]> + 'a {
+        store
+            .contested()
+            .filter(|key| !self.settling.contains(*key) && !self.pending.contains_key(*key))
+            .copied()
+    }
+
+    /// Whether `entry` is a gateway this crawl may still ask.
+    fn askable(&self, entry: &Entry) -> bool {
+        entry.source != Source::Own && !self.asked.contains(&entry.descriptor.key())
+    }
+
+    /// A gateway to ask: a contested one not asked since, then an unasked bootstrap
+    /// gateway, then uniformly among the unasked ones (random draws first, a full
+    /// scan only when they all miss; both return the first hit of a uniform process,
+    /// so the choice is uniform).
+    fn pick(&mut self, rng: &mut impl RngCore, store: &Store) -> Option<[u8; 32]> {
+        let contested: Vec<[u8; 32]> = self.unsettled(store).collect();
+        if !contested.is_empty() {
+            return Some(contested[below(rng, contested.len())]);
+        }
+        if self.bootstrap_first {
+            let bootstrap: Vec<[u8; 32]> = store
+                .entries
+                .iter()
+                .filter(|e| e.source == Source::Bootstrap && self.askable(e))
+                .map(|e| e.descriptor.key())
+                .collect();
+            if !bootstrap.is_empty() {
+                return Some(bootstrap[below(rng, bootstrap.len())]);
+            }
+            self.bootstrap_first = false;
+        }
+        let n = store.entries.len();
+        if n == 0 {
+            return None;
+        }
+        let drawn = (0..DRAWS)
+            .map(|_| &store.entries[below(rng, n)])
+            .find(|e| self.askable(e));
+        let entry = match drawn {
+            Some(entry) => entry,
+            None => {
+                let left: Vec<&Entry> = store.entries.iter().filter(|e| self.askable(e)).collect();
+                if left.is_empty() {
+                    return None;
+                }
+                left[below(rng, left.len())]
+            }
+        };
+        Some(entry.descriptor.key())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::identity::Identity;
+    use proptest::prelude::*;
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::RngCore;
+
+    const NOW: u64 = 1_700_000_000;
+    const PEER: [u8; 32] = [0xee; 32];
+
+    fn rng() -> ChaCha20Rng {
+        ChaCha20Rng::seed_from_u64(7)
+    }
+
+    fn identity(seed: u32) -> Identity {
+        let mut secret = [0x5a; 32];
+        secret[..4].copy_from_slice(&seed.to_be_bytes());
+        Identity::from_secret(secret)
+    }
+
+    fn onion(seed: u32) -> [u8; 32] {
+        identity(seed).public().0
+    }
+
+    /// An address in a /24 of its own for each seed.
+    fn addr(seed: u32) -> String {
+        format!("11.{}.{}.1", (seed >> 8) & 0xff, seed & 0xff)
+    }
+
+    /// A descriptor of `onion_key` signed by the identity of `signer`.
+    fn claim(signer: u32, onion_key: [u8; 32], addrs: &[&str], published: u64) -> Vec<u8> {
+        let key = identity(signer).signing_key();
+        Descriptor {
+            identity: key.verifying_key().to_bytes(),
+            onion_key,
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ports: (51820, 51820),
+            exit: false,
+            policy_summary: String::new(),
+            published,
+            expires: published + 3600,
+        }
+        .sign(&key)
+        .unwrap()
+    }
+
+    /// Gateway `seed`'s own descriptor at `addrs`.
+    fn at(seed: u32, addrs: &[&str], published: u64) -> Vec<u8> {
+        claim(seed, onion(seed), addrs, published)
+    }
+
+    /// Gateway `seed`'s own descriptor in its own /24.
+    fn gw(seed: u32) -> Vec<u8> {
+        at(seed, &[&addr(seed)], NOW)
+    }
+
+    fn limits() -> StoreLimits {
+        StoreLimits::default()
+    }
+
+    #[test]
+    fn message_vectors() {
+        assert_eq!(Message::Get { max: 64 }.to_vec(), [0x01, 0x40]);
+        assert_eq!(Message::End { sent: 3 }.to_vec(), [0x03, 0x03]);
+        assert_eq!(Message::Refused.to_vec(), [0x04]);
+        let d = gw(1);
+        let desc = Message::Desc(&d).to_vec();
+        assert_eq!(desc[0], 0x02);
+        assert_eq!(&desc[1..], &d[..]);
+        assert_eq!(desc.len(), Message::Desc(&d).encoded_len());
+
+        assert_eq!(Message::parse(&[0x01, 0x01]), Ok(Message::Get { max: 1 }));
+        assert_eq!(Message::parse(&[0x01, 0x40]), Ok(Message::Get { max: 64 }));
+        assert_eq!(Message::parse(&[0x03, 0x00]), Ok(Message::End { sent: 0 }));
+        assert_eq!(Message::parse(&[0x03, 0x40]), Ok(Message::End { sent: 64 }));
+        assert_eq!(Message::parse(&[0x04]), Ok(Message::Refused));
+        assert_eq!(Message::parse(&desc), Ok(Message::Desc(&d)));
+        for m in [
+            Message::Get { max: 9 },
+            Message::Desc(&d),
+            Message::End { sent: 9 },
+            Message::Refused,
+        ] {
+            assert_eq!(Message::parse(&m.to_vec()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn message_errors() {
+        let length = |kind, len| Err(MessageError::Length { kind, len });
+        assert_eq!(Message::parse(&[]), Err(MessageError::Empty));
+        for kind in [0x00, 0x05, 0x12, 0xff] {
+            assert_eq!(
+                Message::parse(&[kind, 1]),
+                Err(MessageError::UnknownType(kind))
+            );
+        }
+        assert_eq!(Message::parse(&[0x01]), length(1, 1));
+        assert_eq!(Message::parse(&[0x01, 0x01, 0x00]), length(1, 3));
+        assert_eq!(Message::parse(&[0x01, 0x00]), Err(MessageError::Count(0)));
+        assert_eq!(Message::parse(&[0x01, 0x41]), Err(MessageError::Count(65)));
+        assert_eq!(Message::parse(&[0x03]), length(3, 1));
+        assert_eq!(Message::parse(&[0x03, 0x00, 0x00]), length(3, 3));
+        assert_eq!(Message::parse(&[0x03, 0x41]), Err(MessageError::Count(65)));
+        assert_eq!(Message::parse(&[0x04, 0x00]), length(4, 2));
+        let mut desc = vec![0x02; 1 + MIN_DESCRIPTOR_LEN];
+        assert!(Message::parse(&desc).is_ok());
+        desc.pop();
+        assert_eq!(Message::parse(&desc), length(2, MIN_DESCRIPTOR_LEN));
+        assert_eq!(Message::parse(&[0x02]), length(2, 1));
+        let mut desc = vec![0x02; MAX_MESSAGE_LEN];
+        assert!(Message::parse(&desc).is_ok());
+        desc.push(0);
+        assert_eq!(Message::parse(&desc), length(2, MAX_MESSAGE_LEN + 1));
+    }
+
+    #[test]
+    fn insert_get_and_duplicate() {
+        let mut store = Store::default();
+        assert!(store.is_empty());
+        let d = gw(1);
+        assert_eq!(store.insert(&d, NOW, Source::Bootstrap), Ok(Inserted::New));
+        assert_eq!(store.len(), 1);
+        let entry = store.get(&onion(1)).unwrap();
+        assert_eq!(entry.bytes(), &d[..]);
+        assert_eq!(entry.source(), Source::Bootstrap);
+        assert_eq!(entry.descriptor().key(), onion(1));
+        assert_eq!(
+            store.insert(&d, NOW, Source::Peer(PEER)),
+            Err(Rejected::Duplicate)
+        );
+        // A held copy that has since expired is reported as expired.
+        assert_eq!(
+            store.insert(&d, NOW + 3600, Source::Bootstrap),
+            Err(Rejected::Invalid(DescriptorError::Expired))
+        );
+        assert!(store.get(&onion(2)).is_none());
+        let stats = store.stats();
+        assert_eq!(
+            (stats.added, stats.duplicate, stats.arrived_expired),
+            (1, 1, 1)
+        );
+        assert_eq!(stats.rejected(), 2);
+        // The duplicate kept its original source.
+        assert_eq!(store.get(&onion(1)).unwrap().source(), Source::Bootstrap);
+    }
+
+    #[test]
+    fn invalid_descriptors_are_counted_by_reason() {
+        let mut store = Store::new(StoreLimits {
+            max_descriptor_len: MIN_DESCRIPTOR_LEN,
+            ..limits()
+        });
+        let mut bad_sig = gw(1);
+        let last = bad_sig.len() - 1;
+        bad_sig[last] ^= 1;
+        let reject =
+            |store: &mut Store, bytes: &[u8], now| store.insert(bytes, now, Source::Bootstrap);
+        assert_eq!(
+            reject(&mut store, &bad_sig, NOW),
+            Err(Rejected::Invalid(DescriptorError::BadSignature))
+        );
+        assert_eq!(
+            reject(&mut store, &gw(2), NOW + 3600),
+            Err(Rejected::Invalid(DescriptorError::Expired))
+        );
+        assert_eq!(
+            reject(&mut store, &gw(3), NOW - MAX_CLOCK_SKEW - 1),
+            Err(Rejected::Invalid(DescriptorError::NotYetValid))
+        );
+        let d = gw(4);
+        assert_eq!(
+            reject(&mut store, &d[..100], NOW),
+            Err(Rejected::Invalid(DescriptorError::Truncated))
+        );
+        let mut version = d.clone();
+        version[0] = 2;
+        assert_eq!(
+            reject(&mut store, &version, NOW),
+            Err(Rejected::Invalid(DescriptorError::Version(2)))
+        );
+        let two = at(5, &[&addr(5), "2001:db8::5"], NOW);
+        assert_eq!(
+            reject(&mut store, &two, NOW),
+            Err(Rejected::Invalid(DescriptorError::TooLong(two.len())))
+        );
+        assert_eq!(
+            reject(&mut store, &[0u8; 5000], NOW),
+            Err(Rejected::Invalid(DescriptorError::TooLong(5000)))
+        );
+        let stats = store.stats();
+        assert_eq!(stats.bad_signature, 1);
+        assert_eq!(stats.arrived_expired, 1);
+        assert_eq!(stats.not_yet_valid, 1);
+        assert_eq!(stats.malformed, 2);
+        assert_eq!(stats.too_long, 2);
+        assert_eq!(stats.rejected(), 7);
+        assert!(store.is_empty());
+    }
+
+    const MAX_CLOCK_SKEW: u64 = crate::descriptor::MAX_CLOCK_SKEW_SECS;
+
+    #[test]
+    fn newer_same_identity_replaces() {
+        let mut store = Store::default();
+        let old = at(1, &["11.0.1.1"], NOW - 100);
+        let new = at(1, &["11.0.1.2"], NOW - 50);
+        let same_time = at(1, &["11.0.1.3"], NOW - 50);
+        assert_eq!(
+            store.insert(&old, NOW, Source::Bootstrap),
+            Ok(Inserted::New)
+        );
+        assert_eq!(
+            store.insert(&new, NOW, Source::Peer(PEER)),
+            Ok(Inserted::Replaced)
+        );
+        assert_eq!(store.get(&onion(1)).unwrap().bytes(), &new[..]);
+        assert_eq!(store.get(&onion(1)).unwrap().source(), Source::Peer(PEER));
+        assert_eq!(
+            store.insert(&old, NOW, Source::Bootstrap),
+            Err(Rejected::Stale)
+        );
+        assert_eq!(
+            store.insert(&same_time, NOW, Source::Bootstrap),
+            Err(Rejected::Stale)
+        );
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.stats().replaced, 1);
+        assert_eq!(store.stats().stale, 2);
+    }
+
+    #[test]
+    fn another_identity_never_replaces() {
+        let mut store = Store::default();
+        let honest = gw(1);
+        // Identities 9 and 8 claim gateway 1's onion key, newer.
+        let squat = claim(9, onion(1), &["11.9.9.9"], NOW + 10);
+        let other = claim(8, onion(1), &["11.9.9.8"], NOW + 10);
+        assert_eq!(
+            store.insert(&honest, NOW, Source::Bootstrap),
+            Ok(Inserted::New)
+        );
+        // The first claim waits as the contender...
+        assert_eq!(
+            store.insert(&squat, NOW, Source::Peer(onion(9))),
+            Ok(Inserted::Contender)
+        );
+        assert_eq!(store.get(&onion(1)).unwrap().bytes(), &honest[..]);
+        assert_eq!(store.contender(&onion(1)).unwrap().bytes(), &squat[..]);
+        assert_eq!(store.contested().collect::<Vec<_>>(), vec![&onion(1)]);
+        assert_eq!(store.len(), 1);
+        // ...one per key.
+        assert_eq!(
+            store.insert(&other, NOW, Source::Peer(PEER)),
+            Err(Rejected::OtherIdentity)
+        );
+        assert_eq!(
+            store.insert(&squat, NOW, Source::Bootstrap),
+            Err(Rejected::Duplicate)
+        );
+        let addresses: Vec<SocketAddr> = vec![
+            "11.0.1.1:51820".parse().unwrap(),
+            "11.9.9.9:51820".parse().unwrap(),
+        ];
+        assert_eq!(store.addresses(&onion(1)), addresses);
+        assert!(store.addresses(&onion(2)).is_empty());
+        // The gateway itself settles the contest for the held descriptor.
+        assert_eq!(
+            store.insert(&honest, NOW, Source::Peer(onion(1))),
+            Err(Rejected::Duplicate)
+        );
+        assert!(store.contender(&onion(1)).is_none());
+        assert_eq!(store.counters.identities.len(), 1);
+        assert_eq!(store.counters.per_prefix.len(), 1);
+        let stats = *store.stats();
+        assert_eq!((stats.contenders, stats.settled), (1, 1));
+        assert_eq!((stats.other_identity, stats.duplicate), (1, 2));
+
+        // The other order: the forger came first and keeps the key against third
+        // parties, the honest claim waiting...
+        let mut store = Store::default();
+        assert_eq!(
+            store.insert(&squat, NOW, Source::Peer(PEER)),
+            Ok(Inserted::New)
+        );
+        assert_eq!(
+            store.insert(&honest, NOW, Source::Peer([1; 32])),
+            Ok(Inserted::Contender)
+        );
+        // ...until the gateway itself, whose circuit proves its onion key, sends it.
+        assert_eq!(
+            store.insert(&honest, NOW, Source::Peer(onion(1))),
+            Ok(Inserted::Reclaimed)
+        );
+        assert_eq!(store.get(&onion(1)).unwrap().bytes(), &honest[..]);
+        assert_eq!(
+            store.get(&onion(1)).unwrap().source(),
+            Source::Peer(onion(1))
+        );
+        assert!(store.contender(&onion(1)).is_none());
+        assert_eq!((store.stats().reclaimed, store.stats().settled), (1, 1));
+        // The forger's identity and network are released.
+        assert_eq!(
+            store.insert(&gw(9), NOW, Source::Peer(PEER)),
+            Ok(Inserted::New)
+        );
+        assert_eq!(store.counters.per_source.get(&PEER), Some(&1));
+        assert_eq!(store.counters.per_prefix.len(), 2);
+        // Identity 9 holds its own key now.
+        assert_eq!(
+            store.insert(
+                &claim(9, onion(20), &["11.9.9.9"], NOW + 20),
+                NOW,
+                Source::Peer(PEER)
+            ),
+            Err(Rejected::IdentityInUse)
+        );
+        // A contender's identity is taken too.
+        assert_eq!(
+            store.insert(&other, NOW, Source::Peer(PEER)),
+            Ok(Inserted::Contender)
+        );
+        assert_eq!(
+            store.insert(
+                &claim(8, onion(21), &["11.9.9.8"], NOW),
+                NOW,
+                Source::Peer(PEER)
+            ),
+            Err(Rejected::IdentityInUse)
+        );
+    }
+
+    #[test]
+    fn contenders_count_against_caps_and_expire() {
+        let mut store = Store::new(StoreLimits {
+            max_total: 3,
+            ..limits()
+        });
+        store.insert(&gw(1), NOW, Source::Bootstrap).unwrap();
+        store.insert(&gw(2), NOW, Source::Bootstrap).unwrap();
+        // Contenders take room in the store and in their network.
+        let c1 = claim(7, onion(1), &["203.0.113.7"], NOW - 1000);
+        assert_eq!(
+            store.insert(&c1, NOW, Source::Bootstrap),
+            Ok(Inserted::Contender)
+        );
+        assert_eq!(
+            store.insert(&gw(3), NOW, Source::Bootstrap),
+            Err(Rejected::TotalCap)
+        );
+        let mut narrow = Store::new(StoreLimits {
+            per_prefix: 1,
+            ..limits()
+        });
+        narrow.insert(&gw(1), NOW, Source::Bootstrap).unwrap();
+        narrow
+            .insert(&at(2, &["203.0.113.2"], NOW), NOW, Source::Bootstrap)
+            .unwrap();
+        assert_eq!(
+            narrow.insert(&c1, NOW, Source::Bootstrap),
+            Err(Rejected::PrefixCap)
+        );
+        // A contender past its expiry goes; one whose held rival expires takes its
+        // place.
+        assert_eq!(store.expire(NOW + 2600), 1);
+        assert!(store.contender(&onion(1)).is_none());
+        assert_eq!(store.len(), 2);
+        let c2 = claim(8, onion(2), &["203.0.113.8"], NOW + 1000);
+        assert_eq!(
+            store.insert(&c2, NOW + 2600, Source::Bootstrap),
+            Ok(Inserted::Contender)
+        );
+        assert_eq!(store.expire(NOW + 3600), 2);
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.get(&onion(2)).unwrap().bytes(), &c2[..]);
+        assert_eq!(store.contested().count(), 0);
+        assert_eq!(store.counters.identities.len(), 1);
+        assert_eq!(store.stats().expired, 3);
+        // Contenders are not cached.
+        let mut cached = Store::default();
+        cached.insert(&gw(1), NOW, Source::Bootstrap).unwrap();
+        cached.insert(&c1, NOW, Source::Bootstrap).unwrap();
+        let (loaded, report) = Store::decode_cache(&cached.encode_cache(), NOW, limits());
+        assert_eq!((report.loaded, loaded.contested().count()), (1, 0));
+    }
+
+    #[test]
+    fn crawler_asks_contested_gateways_first() {
+        let mut rng = rng();
+        let now = Instant::now();
+        let mut client = store_of(20);
+        let squat = claim(90, onion(5), &["203.0.113.90"], NOW + 10);
+        assert_eq!(
+            client.insert(&squat, NOW, Source::Peer(PEER)),
+            Ok(Inserted::Contender)
+        );
+        let mut crawler = Crawler::new(usize::MAX, 64, Duration::from_secs(5));
+        assert_eq!(crawler.next_query(now, &mut rng, &client), Some(onion(5)));
+        let mut gateway = Store::default();
+        gateway.insert(&gw(5), NOW, Source::Own).unwrap();
+        let progress = exchange(&mut crawler, onion(5), &gateway, &mut client, &mut rng);
+        assert_eq!(progress[0], Progress::Descriptor(Err(Rejected::Duplicate)));
+        assert_eq!(client.contested().count(), 0);
+        // A gateway asked before it was contested is asked once more; an answer
+        // that does not settle the contest does not bring it back again.
+        let asked = crawler.next_query(now, &mut rng, &client).unwrap();
+        let held = client.get(&asked).unwrap().descriptor().identity;
+        assert_ne!(held, identity(91).signing_key().verifying_key().to_bytes());
+        let contest = claim(91, asked, &["203.0.113.91"], NOW + 10);
+        assert_eq!(
+            client.insert(&contest, NOW, Source::Peer(PEER)),
+            Ok(Inserted::Contender)
+        );
+        assert!(crawler.on_failed(&asked));
+        assert_eq!(crawler.next_query(now, &mut rng, &client), Some(asked));
+        assert!(crawler.on_failed(&asked));
+        assert_ne!(crawler.next_query(now, &mut rng, &client), Some(asked));
+        assert_eq!(client.contested().count(), 1);
+    }
+
+    #[test]
+    fn own_descriptor_is_never_reclaimed_by_a_peer() {
+        let mut store = Store::default();
+        let mine = gw(1);
+        assert_eq!(store.insert(&mine, NOW, Source::Own), Ok(Inserted::New));
+        let squat = claim(9, onion(1), &["11.9.9.9"], NOW + 10);
+        assert_eq!(
+            store.insert(&squat, NOW, Source::Peer(onion(1))),
+            Err(Rejected::OtherIdentity)
+        );
+        // A newer own descriptor replaces the old one.
+        let newer = at(1, &[&addr(1)], NOW + 5);
+        assert_eq!(
+            store.insert(&newer, NOW, Source::Own),
+            Ok(Inserted::Replaced)
+        );
+    }
+
+    #[test]
+    fn one_onion_key_per_identity() {
+        let mut store = Store::default();
+        assert_eq!(
+            store.insert(&gw(1), NOW, Source::Bootstrap),
+            Ok(Inserted::New)
+        );
+        let second = claim(1, onion(2), &[&addr(2)], NOW);
+        assert_eq!(
+            store.insert(&second, NOW, Source::Bootstrap),
+            Err(Rejected::IdentityInUse)
+        );
+        assert_eq!(store.stats().identity_in_use, 1);
+        // Once the first descriptor is gone, the identity may hold another key.
+        assert_eq!(store.expire(NOW + 3600), 1);
+        assert_eq!(
+            store.insert(
+                &claim(1, onion(2), &[&addr(2)], NOW + 10),
+                NOW + 20,
+                Source::Bootstrap
+            ),
+            Ok(Inserted::New)
+        );
+    }
+
+    #[test]
+    fn total_cap() {
+        let mut store = Store::new(StoreLimits {
+            max_total: 3,
+            ..limits()
+        });
+        for seed in 1..=3 {
+            assert_eq!(
+                store.insert(&gw(seed), NOW, Source::Bootstrap),
+                Ok(Inserted::New)
+            );
+        }
+        assert_eq!(
+            store.insert(&gw(4), NOW, Source::Peer(PEER)),
+            Err(Rejected::TotalCap)
+        );
+        // A replacement needs no room; own descriptors are always admitted.
+        let newer = at(2, &[&addr(2)], NOW + 1);
+        assert_eq!(
+            store.insert(&newer, NOW, Source::Peer(PEER)),
+            Ok(Inserted::Replaced)
+        );
+        assert_eq!(store.insert(&gw(5), NOW, Source::Own), Ok(Inserted::New));
+        assert_eq!(store.len(), 4);
+        assert_eq!(store.stats().total_cap, 1);
+    }
+
+    #[test]
+    fn answer_cap() {
+        let mut store = Store::new(StoreLimits {
+            per_answer: 2,
+            ..limits()
+        });
+        let mut answer = Answer::new(PEER);
+        assert_eq!(answer.peer(), PEER);
+        assert_eq!(
+            store.insert_answer(&mut answer, &gw(1), NOW),
+            Ok(Inserted::New)
+        );
+        // Rejections do not use up the answer's share.
+        assert_eq!(
+            store.insert_answer(&mut answer, &gw(1), NOW),
+            Err(Rejected::Duplicate)
+        );
+        assert_eq!(
+            store.insert_answer(&mut answer, &gw(2), NOW),
+            Ok(Inserted::New)
+        );
+        assert_eq!(answer.added(), 2);
+        assert_eq!(
+            store.insert_answer(&mut answer, &gw(3), NOW),
+            Err(Rejected::AnswerCap)
+        );
+        // The next answer of the same peer has its own share.
+        let mut next = Answer::new(PEER);
+        assert_eq!(
+            store.insert_answer(&mut next, &gw(3), NOW),
+            Ok(Inserted::New)
+        );
+        assert_eq!(store.get(&onion(3)).unwrap().source(), Source::Peer(PEER));
+        assert_eq!(store.stats().answer_cap, 1);
+    }
+
+    #[test]
+    fn source_cap() {
+        let mut store = Store::new(StoreLimits {
+            per_source: 3,
+            ..limits()
+        });
+        for seed in 1..=3 {
+            assert_eq!(
+                store.insert(&gw(seed), NOW, Source::Peer(PEER)),
+                Ok(Inserted::New)
+            );
+        }
+        assert_eq!(
+            store.insert(&gw(4), NOW, Source::Peer(PEER)),
+            Err(Rejected::SourceCap)
+        );
+        // A peer at its cap may still update what it supplied.
+        let newer = at(1, &[&addr(1)], NOW + 1);
+        assert_eq!(
+            store.insert(&newer, NOW, Source::Peer(PEER)),
+            Ok(Inserted::Replaced)
+        );
+        // Other sources are unaffected.
+        assert_eq!(
+            store.insert(&gw(4), NOW, Source::Peer([1; 32])),
+            Ok(Inserted::New)
+        );
+        assert_eq!(
+            store.insert(&gw(5), NOW, Source::Bootstrap),
+            Ok(Inserted::New)
+        );
+        // Moving a descriptor to another source frees a place.
+        let newer = at(2, &[&addr(2)], NOW + 1);
+        assert_eq!(
+            store.insert(&newer, NOW, Source::Bootstrap),
+            Ok(Inserted::Replaced)
+        );
+        assert_eq!(
+            store.insert(&gw(6), NOW, Source::Peer(PEER)),
+            Ok(Inserted::New)
+        );
+        assert_eq!(store.stats().source_cap, 1);
+        // Expiry frees the share too.
+        assert_eq!(store.expire(NOW + 3601), 6);
+        assert!(store.counters.per_source.is_empty());
+    }
+
+    #[test]
+    fn prefix_cap_v4() {
+        let mut store = Store::default();
+        for seed in 1..=4 {
+            let a = format!("198.51.100.{seed}");
+            assert_eq!(
+                store.insert(&at(seed, &[&a], NOW), NOW, Source::Peer(PEER)),
+                Ok(Inserted::New)
+            );
+        }
+        let fifth = at(5, &["198.51.100.200"], NOW);
+        assert_eq!(
+            store.insert(&fifth, NOW, Source::Peer(PEER)),
+            Err(Rejected::PrefixCap)
+        );
+        // Any address in a full network is enough to reject.
+        let mixed = at(5, &["198.51.101.1", "198.51.100.201"], NOW);
+        assert_eq!(
+            store.insert(&mixed, NOW, Source::Bootstrap),
+            Err(Rejected::PrefixCap)
+        );
+        // The neighbouring /24 is another network.
+        assert_eq!(
+            store.insert(&at(5, &["198.51.101.1"], NOW), NOW, Source::Peer(PEER)),
+            Ok(Inserted::New)
+        );
+        // A held descriptor may move within its full network, not into another one.
+        let moved = at(1, &["198.51.100.99"], NOW + 1);
+        assert_eq!(
+            store.insert(&moved, NOW, Source::Peer(PEER)),
+            Ok(Inserted::Replaced)
+        );
+        for seed in 6..=8 {
+            let a = format!("198.51.101.{seed}");
+            assert_eq!(
+                store.insert(&at(seed, &[&a], NOW), NOW, Source::Peer(PEER)),
+                Ok(Inserted::New)
+            );
+        }
+        let into_full = at(2, &["198.51.101.50"], NOW + 1);
+        assert_eq!(
+            store.insert(&into_full, NOW, Source::Peer(PEER)),
+            Err(Rejected::PrefixCap)
+        );
+        // Own descriptors are exempt.
+        assert_eq!(
+            store.insert(&at(9, &["198.51.100.9"], NOW), NOW, Source::Own),
+            Ok(Inserted::New)
+        );
+        assert_eq!(store.stats().prefix_cap, 3);
+    }
+
+    #[test]
+    fn prefix_cap_v6_and_multi_address() {
+        let mut store = Store::default();
+        // Two addresses in one /24 count once.
+        let double = at(1, &["203.0.113.1", "203.0.113.2"], NOW);
+        assert_eq!(
+            store.insert(&double, NOW, Source::Bootstrap),
+            Ok(Inserted::New)
+        );
+        for seed in 2..=4 {
+            let a = format!("203.0.113.{}", 10 + seed);
+            assert_eq!(
+                store.insert(&at(seed, &[&a], NOW), NOW, Source::Bootstrap),
+                Ok(Inserted::New)
+            );
+        }
+        assert_eq!(
+            store.insert(&at(5, &["203.0.113.99"], NOW), NOW, Source::Bootstrap),
+            Err(Rejected::PrefixCap)
+        );
+        for seed in 10..=13 {
+            let a = format!("2001:db8:1:{seed:x}::1");
+            assert_eq!(
+                store.insert(&at(seed, &[&a], NOW), NOW, Source::Bootstrap),
+                Ok(Inserted::New)
+            );
+        }
+        assert_eq!(
+            store.insert(
+                &at(14, &["2001:db8:1:ffff::1"], NOW),
+                NOW,
+                Source::Bootstrap
+            ),
+            Err(Rejected::PrefixCap)
+        );
+        assert_eq!(
+            store.insert(&at(14, &["2001:db8:2::1"], NOW), NOW, Source::Bootstrap),
+            Ok(Inserted::New)
+        );
+    }
+
+    #[test]
+    fn expire_keeps_the_index() {
+        let mut store = Store::default();
+        for seed in 0..20 {
+            let published = NOW - 3000 + u64::from(seed) * 100;
+            assert_eq!(
+                store.insert(&at(seed, &[&addr(seed)], published), NOW, Source::Bootstrap),
+                Ok(Inserted::New)
+            );
+        }
+        // Gateway `seed` expires at NOW + 600 + seed * 100.
+        assert_eq!(store.expire(NOW), 0);
+        assert_eq!(store.expire(NOW + 1_000), 5);
+        assert_eq!(store.len(), 15);
+        for seed in 0..20 {
+            assert_eq!(store.get(&onion(seed)).is_some(), seed >= 5, "{seed}");
+        }
+        for (i, entry) in store.entries.iter().enumerate() {
+            assert_eq!(store.index[&entry.descriptor.key()], i);
+        }
+        assert_eq!(store.stats().expired, 5);
+        assert_eq!(store.expire(u64::MAX), 15);
+        assert!(store.is_empty());
+        assert!(store.index.is_empty());
+        assert!(store.counters.identities.is_empty());
+        assert!(store.counters.per_prefix.is_empty());
+    }
+
+    fn store_of(n: u32) -> Store {
+        let mut store = Store::default();
+        for seed in 0..n {
+            store.insert(&gw(seed), NOW, Source::Bootstrap).unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn sample_bounds_and_uniformity() {
+        let mut rng = rng();
+        assert!(Store::default().sample(&mut rng, 5).is_empty());
+        let store = store_of(10);
+        assert!(store.sample(&mut rng, 0).is_empty());
+        let all = store.sample(&mut rng, 100);
+        assert_eq!(all.len(), 10);
+        let distinct: HashSet<&[u8]> = all.iter().copied().collect();
+        assert_eq!(distinct.len(), 10);
+        // Each of 10 descriptors is drawn by a 3-sample with probability 3/10.
+        let mut hits: HashMap<&[u8], u32> = HashMap::new();
+        for _ in 0..10_000 {
+            let s = store.sample(&mut rng, 3);
+            assert_eq!(s.len(), 3);
+            assert_eq!(s.iter().collect::<HashSet<_>>().len(), 3);
+            for bytes in s {
+                *hits.entry(bytes).or_default() += 1;
+            }
+        }
+        assert_eq!(hits.len(), 10);
+        for count in hits.values() {
+            assert!((2_800..=3_200).contains(count), "{count}");
+        }
+        // Large samples take the other algorithm.
+        let indices = sample_indices(&mut rng, 1_000, 500);
+        assert_eq!(indices.iter().collect::<HashSet<_>>().len(), 500);
+        assert!(indices.iter().all(|&i| i < 1_000));
+    }
+
+    #[test]
+    fn candidates_from_descriptors() {
+        let key = identity(1).signing_key();
+        let exit = Descriptor {
+            identity: key.verifying_key().to_bytes(),
+            onion_key: onion(1),
+            addrs: vec!["11.0.1.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            ports: (443, 450),
+            exit: true,
+            policy_summary: "accept 80,443".into(),
+            published: NOW,
+            expires: NOW + 3600,
+        };
+        let mut store = Store::default();
+        store
+            .insert(&exit.sign(&key).unwrap(), NOW, Source::Bootstrap)
+            .unwrap();
+        store.insert(&gw(2), NOW, Source::Bootstrap).unwrap();
+        // A summary that does not parse (made here without the store's checks).
+        let mut odd = store.entries[1].clone();
+        odd.descriptor.exit = true;
+        odd.descriptor.policy_summary = "allow all".into();
+        odd.descriptor.onion_key = onion(3);
+        odd.descriptor.identity = [3; 32];
+        store.counters.account(&odd, true);
+        store.index.insert(onion(3), 2);
+        store.entries.push(odd);
+
+        let candidates = store.candidates();
+        assert_eq!(candidates.len(), 3);
+        let c = &candidates[0];
+        assert_eq!(c.key, onion(1));
+        assert_eq!(c.addrs, exit.addrs);
+        assert_eq!(c.port, 443);
+        assert!(c.exit);
+        let ports = c.exit_ports.as_ref().unwrap();
+        assert!(ports.accepts(443) && !ports.accepts(22));
+        assert!(!candidates[1].exit && candidates[1].exit_ports.is_none());
+        assert_eq!(candidates[1].port, 51820);
+        assert!(!candidates[2].exit && candidates[2].exit_ports.is_none());
+    }
+
+    #[test]
+    fn insert_entry_copies_without_verifying() {
+        let source = store_of(3);
+        let mut copy = Store::default();
+        let entry = source.get(&onion(1)).unwrap();
+        assert_eq!(
+            copy.insert_entry(entry, NOW, Source::Own),
+            Ok(Inserted::New)
+        );
+        assert_eq!(copy.get(&onion(1)).unwrap().source(), Source::Own);
+        assert_eq!(
+            copy.insert_entry(entry, NOW, Source::Bootstrap),
+            Err(Rejected::Duplicate)
+        );
+        assert_eq!(
+            copy.insert_entry(
+                source.get(&onion(2)).unwrap(),
+                NOW + 3600,
+                Source::Bootstrap
+            ),
+            Err(Rejected::Invalid(DescriptorError::Expired))
+        );
+        let mut small = Store::new(StoreLimits {
+            max_descriptor_len: 100,
+            ..limits()
+        });
+        assert!(matches!(
+            small.insert_entry(entry, NOW, Source::Bootstrap),
+            Err(Rejected::Invalid(DescriptorError::TooLong(_)))
+        ));
+    }
+
+    fn mixed_store() -> Store {
+        let mut store = Store::default();
+        store.insert(&gw(0), NOW, Source::Own).unwrap();
+        store.insert(&gw(1), NOW, Source::Bootstrap).unwrap();
+        for seed in 2..6 {
+            store
+                .insert(&gw(seed), NOW, Source::Peer(onion(1)))
+                .unwrap();
+        }
+        let late = at(6, &[&addr(6)], NOW + 500);
+        store.insert(&late, NOW, Source::Peer(PEER)).unwrap();
+        store
+    }
+
+    #[test]
+    fn cache_round_trip() {
+        let store = mixed_store();
+        let cache = store.encode_cache();
+        assert_eq!(&cache[..9], b"ANONDIR\0\x01");
+        let (loaded, report) = Store::decode_cache(&cache, NOW, limits());
+        assert_eq!(
+            report,
+            CacheReport {
+                loaded: 7,
+                dropped: 0,
+                corrupt: false
+            }
+        );
+        for entry in store.iter() {
+            assert_eq!(loaded.get(&entry.descriptor.key()), Some(entry));
+        }
+        assert_eq!(
+            Store::decode_cache(&loaded.encode_cache(), NOW, limits()).1,
+            report
+        );
+        // Later, all but the late descriptor have expired; tighter limits drop more.
+        let (later, report) = Store::decode_cache(&cache, NOW + 3600, limits());
+        assert_eq!(
+            (report.loaded, report.dropped, report.corrupt),
+            (1, 6, false)
+        );
+        assert!(later.get(&onion(6)).is_some());
+        let tight = StoreLimits {
+            per_source: 2,
+            ..limits()
+        };
+        let (_, report) = Store::decode_cache(&cache, NOW, tight);
+        assert_eq!(
+            (report.loaded, report.dropped, report.corrupt),
+            (5, 2, false)
+        );
+        // An empty store.
+        let empty = Store::default().encode_cache();
+        assert_eq!(empty.len(), 9 + CHECKSUM_LEN);
+        let (store, report) = Store::decode_cache(&empty, NOW, limits());
+        assert!(store.is_empty() && !report.corrupt);
+    }
+
+    #[test]
+    fn corrupt_caches() {
+        let cache = mixed_store().encode_cache();
+        for len in 0..cache.len() {
+            let (store, report) = Store::decode_cache(&cache[..len], NOW, limits());
+            assert!(report.corrupt, "truncated to {len}");
+            assert_eq!(store.len(), report.loaded);
+            assert!(report.loaded <= 7);
+        }
+        let mut flipped = 0;
+        for bit in 0..cache.len() * 8 {
+            let mut bad = cache.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let (store, report) = Store::decode_cache(&bad, NOW, limits());
+            assert!(report.corrupt, "bit {bit}");
+            assert!(report.loaded + report.dropped <= 7);
+            assert_eq!(store.len(), report.loaded);
+            flipped += 1;
+        }
+        assert_eq!(flipped, cache.len() * 8);
+        let mut rng = rng();
+        for len in [0, 1, 40, 41, 500, 5_000] {
+            let mut garbage = vec![0u8; len];
+            rng.fill_bytes(&mut garbage);
+            let (store, report) = Store::decode_cache(&garbage, NOW, limits());
+            assert!(report.corrupt && store.is_empty());
+            garbage[..len.min(9)].copy_from_slice(&b"ANONDIR\0\x01"[..len.min(9)]);
+            let (_, report) = Store::decode_cache(&garbage, NOW, limits());
+            assert!(report.corrupt);
+        }
+        // A record claiming more than a descriptor's length stops the reading.
+        let mut long = b"ANONDIR\0\x01\x01\x04\x01".to_vec();
+        long.extend_from_slice(&[0; 1025]);
+        let checksum = Blake2s256::digest(&long);
+        long.extend_from_slice(&checksum);
+        let (store, report) = Store::decode_cache(&long, NOW, limits());
+        assert!(report.corrupt && store.is_empty());
+    }
+
+    fn get(max: u8) -> Vec<u8> {
+        Message::Get { max }.to_vec()
+    }
+
+    #[test]
+    fn server_answers_own_first_then_a_sample() {
+        let mut store = store_of(100);
+        store.insert(&gw(1000), NOW, Source::Own).unwrap();
+        let mut server = Server::new(true, 100);
+        let mut rng = rng();
+        let now = Instant::now();
+        for max in [1, 5, 64] {
+            let mut out = Vec::new();
+            let reply = server.handle(
+                now,
+                &mut rng,
+                &store,
+                &mut Session::default(),
+                &get(max),
+                &mut out,
+            );
+            assert_eq!(reply, Reply::Answered { sent: max });
+            assert_eq!(out.len(), usize::from(max) + 1);
+            assert!(out.iter().all(|p| p.len() <= crate::wire::MAX_PAYLOAD));
+            assert_eq!(out[0], Message::Desc(&gw(1000)).to_vec());
+            let descs: HashSet<&[u8]> = out[..usize::from(max)]
+                .iter()
+                .map(|p| match Message::parse(p) {
+                    Ok(Message::Desc(d)) => d,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(descs.len(), usize::from(max));
+            assert_eq!(
+                Message::parse(out.last().unwrap()),
+                Ok(Message::End { sent: max })
+            );
+        }
+        // A small store is sent whole.
+        let small = store_of(3);
+        let mut out = Vec::new();
+        let reply = server.handle(
+            now,
+            &mut rng,
+            &small,
+            &mut Session::default(),
+            &get(64),
+            &mut out,
+        );
+        assert_eq!(reply, Reply::Answered { sent: 3 });
+        assert_eq!(out.len(), 4);
+        let mut out = Vec::new();
+        let reply = server.handle(
+            now,
+            &mut rng,
+            &Store::default(),
+            &mut Session::default(),
+            &get(64),
+            &mut out,
+        );
+        assert_eq!(reply, Reply::Answered { sent: 0 });
+        assert_eq!(out, vec![vec![0x03, 0x00]]);
+        assert_eq!(server.stats().answered, 5);
+        assert_eq!(server.stats().descriptors_sent, 1 + 5 + 64 + 3);
+    }
+
+    #[test]
+    fn server_refusals() {
+        let store = store_of(5);
+        let mut rng = rng();
+        let now = Instant::now();
+        let refused = vec![vec![0x04]];
+
+        let mut closed = Server::new(false, 100);
+        let mut out = Vec::new();
+        let reply = closed.handle(
+            now,
+            &mut rng,
+            &store,
+            &mut Session::default(),
+            &get(8),
+            &mut out,
+        );
+        assert_eq!(reply, Reply::Refused(RefuseReason::NotSharing));
+        assert_eq!(out, refused);
+
+        // One Get per circuit.
+        let mut server = Server::new(true, 100);
+        let mut session = Session::default();
+        let mut out = Vec::new();
+        server.handle(now, &mut rng, &store, &mut session, &get(8), &mut out);
+        let mut out = Vec::new();
+        let reply = server.handle(now, &mut rng, &store, &mut session, &get(8), &mut out);
+        assert_eq!(reply, Reply::Refused(RefuseReason::CircuitQuota));
+        assert_eq!(out, refused);
+
+        // The global rate: 2 per second with one second of burst.
+        let mut server = Server::new(true, 2);
+        let mut answer = |at: Instant| {
+            let mut out = Vec::new();
+            server.handle(
+                at,
+                &mut rng,
+                &store,
+                &mut Session::default(),
+                &get(8),
+                &mut out,
+            )
+        };
+        assert_eq!(answer(now), Reply::Answered { sent: 5 });
+        assert_eq!(answer(now), Reply::Answered { sent: 5 });
+        assert_eq!(answer(now), Reply::Refused(RefuseReason::Busy));
+        assert_eq!(
+            answer(now + Duration::from_millis(499)),
+            Reply::Refused(RefuseReason::Busy)
+        );
+        assert_eq!(
+            answer(now + Duration::from_millis(500)),
+            Reply::Answered { sent: 5 }
+        );
+        assert_eq!(
+            answer(now + Duration::from_secs(10)),
+            Reply::Answered { sent: 5 }
+        );
+        assert_eq!(
+            answer(now + Duration::from_secs(10)),
+            Reply::Answered { sent: 5 }
+        );
+        assert_eq!(
+            answer(now + Duration::from_secs(10)),
+            Reply::Refused(RefuseReason::Busy)
+        );
+        assert_eq!(server.stats().refused_busy, 3);
+
+        let mut silent = Server::new(true, 0);
+        let mut out = Vec::new();
+        let reply = silent.handle(
+            now,
+            &mut rng,
+            &store,
+            &mut Session::default(),
+            &get(8),
+            &mut out,
+        );
+        assert_eq!(reply, Reply::Refused(RefuseReason::Busy));
+
+        // Anything but a Get is ignored without an answer.
+        let mut server = Server::new(true, 100);
+        for request in [
+            vec![],
+            vec![0x01, 0x00],
+            vec![0x03, 0x01],
+            vec![0x04],
+            vec![0x09],
+        ] {
+            let mut out = Vec::new();
+            let reply = server.handle(
+                now,
+                &mut rng,
+                &store,
+                &mut Session::default(),
+                &request,
+                &mut out,
+            );
+            assert_eq!(reply, Reply::Ignored);
+            assert!(out.is_empty());
+        }
+        assert_eq!(server.stats().ignored, 5);
+    }
+
+    /// Answers a query of `crawler` to gateway `key` from `stores[key]`; returns the
+    /// progress of each payload.
+    fn exchange(
+        crawler: &mut Crawler,
+        key: [u8; 32],
+        server_store: &Store,
+        client: &mut Store,
+        rng: &mut ChaCha20Rng,
+    ) -> Vec<Progress> {
+        let mut server = Server::new(true, 100);
+        let mut out = Vec::new();
+        server.handle(
+            Instant::now(),
+            rng,
+            server_store,
+            &mut Session::default(),
+            &crawler.request(),
+            &mut out,
+        );
+        out.iter()
+            .map(|payload| crawler.on_payload(&key, payload, client, NOW))
+            .collect()
+    }
+
+    #[test]
+    fn crawler_asks_bootstrap_first_then_everyone_once() {
+        let mut rng = rng();
+        let now = Instant::now();
+        // Gateway g knows everyone; the client starts from gateways 1 and 2 and holds
+        // its own descriptor 0.
+        let mut everyone = store_of(30);
+        let mut client = Store::default();
+        client.insert(&gw(0), NOW, Source::Own).unwrap();
+        client.insert(&gw(1), NOW, Source::Bootstrap).unwrap();
+        client.insert(&gw(2), NOW, Source::Bootstrap).unwrap();
+        everyone.insert(&gw(99), NOW, Source::Own).unwrap();
+
+        let mut crawler = Crawler::new(usize::MAX, 8, Duration::from_secs(5)).with_parallel(2);
+        assert_eq!(crawler.request(), vec![0x01, 0x08]);
+        let first = crawler.next_query(now, &mut rng, &client).unwrap();
+        let second = crawler.next_query(now, &mut rng, &client).unwrap();
+        let mut firsts = [first, second];
+        firsts.sort_unstable();
+        let mut boot = [onion(1), onion(2)];
+        boot.sort_unstable();
+        assert_eq!(firsts, boot);
+        // Two open queries: no third.
+        assert_eq!(crawler.next_query(now, &mut rng, &client), None);
+        assert_eq!(crawler.pending(), 2);
+
+        let progress = exchange(&mut crawler, first, &everyone, &mut client, &mut rng);
+        assert_eq!(progress.len(), 9);
+        assert_eq!(
+            progress.last(),
+            Some(&Progress::Answered {
+                sent: 8,
+                received: 8
+            })
+        );
+        assert!(matches!(
+            progress[0],
+            Progress::Descriptor(Ok(Inserted::New))
+        ));
+        assert_eq!(crawler.stats().answered, 1);
+        assert!(crawler.on_failed(&second));
+        assert!(!crawler.on_failed(&second));
+
+        let mut asked = HashSet::from([first, second]);
+        while !crawler.done(&client) {
+            let Some(key) = crawler.next_query(now, &mut rng, &client) else {
+                panic!("not done but nothing to ask");
+            };
+            assert!(asked.insert(key), "asked twice");
+            assert_ne!(key, onion(0), "asked itself");
+            exchange(&mut crawler, key, &everyone, &mut client, &mut rng);
+        }
+        // Everyone known was asked once, itself excepted.
+        assert_eq!(asked.len(), client.len() - 1);
+        assert_eq!(client.len(), 31);
+        let stats = crawler.stats();
+        assert_eq!(stats.queries, 30);
+        assert_eq!(stats.answered, 29);
+        assert_eq!(stats.unreachable, 1);
+        assert_eq!(stats.descriptors, 29 * 8);
+        assert_eq!(stats.accepted, 28);
+        assert!(stats.bytes_received > 29 * 8 * 158);
+        assert_eq!(crawler.next_query(now, &mut rng, &client), None);
+    }
+
+    #[test]
+    fn crawler_target_budget_and_gossip() {
+        let mut rng = rng();
+        let now = Instant::now();
+        let store = store_of(10);
+        let mut crawler = Crawler::new(10, 64, Duration::from_secs(5));
+        assert!(crawler.done(&store));
+        assert_eq!(crawler.next_query(now, &mut rng, &store), None);
+
+        let mut gossip = Crawler::gossip(Duration::from_secs(5));
+        assert_eq!(gossip.request(), vec![0x01, 0x40]);
+        let mut asked = Vec::new();
+        for _ in 0..GOSSIP_PEERS {
+            asked.push(gossip.next_query(now, &mut rng, &store).unwrap());
+            gossip.on_failed(asked.last().unwrap());
+        }
+        assert_eq!(gossip.next_query(now, &mut rng, &store), None);
+        assert!(gossip.done(&store));
+        assert_eq!(asked.iter().collect::<HashSet<_>>().len(), 3);
+        // Gossip gives bootstrap gateways no preference: over many rounds the peers
+        // asked are spread over the store.
+        let mut seen = HashSet::new();
+        for _ in 0..100 {
+            let mut round = Crawler::gossip(Duration::from_secs(5));
+            while let Some(key) = round.next_query(now, &mut rng, &store) {
+                seen.insert(key);
+            }
+        }
+        assert_eq!(seen.len(), 10);
+        assert_eq!(
+            Crawler::new(5, 0, Duration::ZERO).request(),
+            vec![0x01, 0x01]
+        );
+        assert_eq!(
+            Crawler::new(5, 200, Duration::ZERO).request(),
+            vec![0x01, 0x40]
+        );
+    }
+
+    #[test]
+    fn crawler_refusal_timeout_and_violations() {
+        let mut rng = rng();
+        let t0 = Instant::now();
+        let mut client = store_of(6);
+        let timeout = Duration::from_secs(5);
+        let mut crawler = Crawler::new(usize::MAX, 2, timeout).with_parallel(6);
+        let keys: Vec<[u8; 32]> = (0..6)
+            .map(|i| {
+                crawler
+                    .next_query(t0 + Duration::from_secs(i), &mut rng, &client)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(crawler.poll_timeout(), Some(t0 + timeout));
+        let d = gw(50);
+
+        assert_eq!(
+            crawler.on_payload(&keys[0], &[0x04], &mut client, NOW),
+            Progress::Refused
+        );
+        assert_eq!(
+            crawler.on_payload(&keys[0], &[0x04], &mut client, NOW),
+            Progress::Ignored
+        );
+        assert_eq!(
+            crawler.on_payload(&keys[1], &[0x07], &mut client, NOW),
+            Progress::Violation
+        );
+        assert_eq!(
+            crawler.on_payload(&keys[2], &get(3), &mut client, NOW),
+            Progress::Violation
+        );
+        // More descriptors than asked for.
+        let desc = Message::Desc(&d).to_vec();
+        assert!(matches!(
+            crawler.on_payload(&keys[3], &desc, &mut client, NOW),
+            Progress::Descriptor(Ok(Inserted::New))
+        ));
+        assert_eq!(
+            crawler.on_payload(&keys[3], &desc, &mut client, NOW),
+            Progress::Descriptor(Err(Rejected::Duplicate))
+        );
+        assert_eq!(
+            crawler.on_payload(&keys[3], &desc, &mut client, NOW),
+            Progress::Violation
+        );
+        // An End announcing more than asked for.
+        assert_eq!(
+            crawler.on_payload(&keys[4], &[0x03, 0x03], &mut client, NOW),
+            Progress::Violation
+        );
+        // A lost Desc: End says 2, one arrived.
+        assert!(matches!(
+            crawler.on_payload(&keys[5], &Message::Desc(&gw(51)).to_vec(), &mut client, NOW),
+            Progress::Descriptor(Ok(Inserted::New))
+        ));
+        assert_eq!(crawler.pending(), 1);
+        assert_eq!(
+            crawler.poll_timeout(),
+            Some(t0 + Duration::from_secs(5) + timeout)
+        );
+        assert!(crawler.on_timeout(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(
+            crawler.on_timeout(t0 + Duration::from_secs(10)),
+            vec![keys[5]]
+        );
+        assert_eq!(crawler.poll_timeout(), None);
+        assert_eq!(
+            crawler.on_payload(&keys[5], &[0x03, 0x02], &mut client, NOW),
+            Progress::Ignored
+        );
+        let stats = crawler.stats();
+        assert_eq!(
+            (
+                stats.refused,
+                stats.violations,
+                stats.timed_out,
+                stats.answered
+            ),
+            (1, 4, 1, 0)
+        );
+        assert_eq!(stats.descriptors, 3);
+        assert_eq!(stats.accepted, 2);
+    }
+
+    #[test]
+    fn crawler_reclaims_a_squatted_gateway_by_asking_it() {
+        let mut rng = rng();
+        let now = Instant::now();
+        // The client learned a claim on gateway 1's key by identity 9, at gateway 1's
+        // real address (so the circuit reaches gateway 1).
+        let mut client = Store::default();
+        let squat = claim(9, onion(1), &[&addr(1)], NOW + 10);
+        client.insert(&squat, NOW, Source::Peer(PEER)).unwrap();
+        let mut gateway = Store::default();
+        gateway.insert(&gw(1), NOW, Source::Own).unwrap();
+        let mut crawler = Crawler::new(usize::MAX, 64, Duration::from_secs(5));
+        let key = crawler.next_query(now, &mut rng, &client).unwrap();
+        assert_eq!(key, onion(1));
+        let progress = exchange(&mut crawler, key, &gateway, &mut client, &mut rng);
+        assert_eq!(progress[0], Progress::Descriptor(Ok(Inserted::Reclaimed)));
+        assert_eq!(client.get(&onion(1)).unwrap().bytes(), &gw(1)[..]);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1300)) {
+            if let Ok(m) = Message::parse(&bytes) {
+                prop_assert_eq!(m.to_vec(), bytes);
+            }
+        }
+
+        #[test]
+        fn insert_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1100),
+            now in any::<u64>(),
+        ) {
+            let mut store = Store::default();
+            prop_assert!(store.insert(&bytes, now, Source::Peer(PEER)).is_err());
+            prop_assert_eq!(store.stats().rejected(), 1);
+        }
+
+        #[test]
+        fn decode_cache_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..3000),
+            header in any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            if header {
+                let mut with = b"ANONDIR\0\x01".to_vec();
+                with.extend_from_slice(&bytes);
+                bytes = with;
+            }
+            let (store, report) = Store::decode_cache(&bytes, NOW, StoreLimits::default());
+            prop_assert!(report.corrupt);
+            prop_assert_eq!(store.len(), report.loaded);
+        }
+
+        #[test]
+        fn edited_caches_never_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let cache = cached();
+            let mut bad = cache.clone();
+            for (at, value) in edits {
+                bad[at.index(cache.len())] = value;
+            }
+            bad.truncate(cut.index(cache.len() + 1));
+            let (store, report) = Store::decode_cache(&bad, NOW, StoreLimits::default());
+            prop_assert_eq!(report.corrupt, bad != cache);
+            prop_assert!(report.loaded + report.dropped <= 7);
+            prop_assert_eq!(store.len(), report.loaded);
+        }
+    }
+
+    /// The cache of [`mixed_store`], made once.
+    fn cached() -> Vec<u8> {
+        static CACHE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        CACHE.get_or_init(|| mixed_store().encode_cache()).clone()
+    }
+}
