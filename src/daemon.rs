@@ -19,11 +19,14 @@ use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
 
 use crate::config::{self, ClientConfig};
+use crate::discover::{self, load_cache, save_cache, unix_now, Crawl, Directory};
+use crate::discovery::Store;
 use crate::driver::{Driver, Pool};
 use crate::exit::{Exit, ExitSettings, Verdict};
 use crate::identity::Identity;
 use crate::node::{CircuitId, Event, HopSpec, Node, NodeConfig, SendError, Transmit};
 use crate::packet;
+use crate::path::{select_path, Guards, PathLength, PathRules, Subnets};
 use crate::policy::ExitPolicy;
 use crate::sys;
 use crate::tunnel::{
@@ -246,10 +249,20 @@ pub async fn gateway(path: &Path, exit: bool) -> Result<ExitCode> {
     } else {
         None
     };
+    let services = match GatewayServices::new(&cfg, id.clone(), exit_side.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(x) = exit_side.take() {
+                x.stop().await;
+            }
+            return Err(e);
+        }
+    };
     let node = Node::new(NodeConfig {
         static_key: Some(*id.secret()),
         echo: cfg.echo,
         exit,
+        directory: true,
         idle_timeout: cfg.idle_timeout(),
         handshake_rate: cfg.handshake_rate,
         max_circuits: cfg.max_circuits,
@@ -280,30 +293,161 @@ pub async fn gateway(path: &Path, exit: bool) -> Result<ExitCode> {
     flush_stdout()?;
     let result = match exit_side {
         Some(mut x) => {
-            let r = x.run(d).await;
+            let r = x.run(d, services).await;
             x.stop().await;
             r
         }
-        None => relay_only(d).await,
+        None => relay_only(d, services).await,
     };
     result.map(|()| ExitCode::SUCCESS)
 }
 
-async fn relay_only(mut d: Driver) -> Result<()> {
+async fn relay_only(mut d: Driver, mut services: GatewayServices) -> Result<()> {
     let mut signals = Signals::new()?;
     let mut events = Vec::new();
     loop {
         tokio::select! {
-            () = d.step(&mut events) => events.clear(),
+            () = d.step(&mut events) => {}
             () = signals.recv() => break,
         }
+        for e in events.drain(..) {
+            if let Some(e) = services.on_event(&mut d, e).await {
+                recycle(&d, e);
+            }
+        }
+        services.tick(&mut d).await?;
     }
     eprintln!("anonnet gateway stopping: {:?}", d.node.stats());
     Ok(())
 }
 
+/// Returns an unclaimed event's buffer to the pool.
+fn recycle(d: &Driver, e: Event) {
+    if let Event::Data { buf, .. } | Event::ServiceData { buf, .. } = e {
+        d.sockets.pool.put(buf);
+    }
+}
+
+/// How often a gateway gossips with a few known peers.
+const GOSSIP_INTERVAL: Duration = Duration::from_secs(300);
+
+/// What every gateway runs besides relaying: its descriptor and directory service,
+/// and gossip with other gateways.
+struct GatewayServices {
+    dir: Directory,
+    bootstrap: Vec<HopSpec>,
+    gossip: Option<Crawl>,
+    next_gossip: Instant,
+}
+
+impl GatewayServices {
+    fn new(cfg: &config::GatewayConfig, id: Identity, exit: Option<&ExitSide>) -> Result<Self> {
+        let disc = &cfg.discovery;
+        let addrs = if disc.publish.is_empty() {
+            let specific: Vec<IpAddr> = cfg
+                .listen
+                .iter()
+                .copied()
+                .filter(|a| !a.is_unspecified())
+                .collect();
+            if specific.is_empty() {
+                own_addresses().into_iter().filter(publishable).collect()
+            } else {
+                specific
+            }
+        } else {
+            disc.publish.clone()
+        };
+        let addrs: Vec<IpAddr> = addrs
+            .into_iter()
+            .take(crate::descriptor::MAX_ADDRS)
+            .collect();
+        let dir = Directory::new(
+            id,
+            addrs,
+            (cfg.listen_ports.first, cfg.listen_ports.last),
+            exit.map(|x| x.policy_summary.clone()),
+            disc.share,
+            disc.rate,
+            disc.descriptor_lifetime_secs,
+        )?;
+        let bootstrap = disc
+            .bootstrap
+            .iter()
+            .map(|h| HopSpec {
+                addr: h.addr,
+                key: h.key.0,
+            })
+            .collect();
+        Ok(Self {
+            dir,
+            bootstrap,
+            gossip: None,
+            next_gossip: Instant::now(),
+        })
+    }
+
+    async fn on_event(&mut self, d: &mut Driver, e: Event) -> Option<Event> {
+        let e = match self.gossip.as_mut() {
+            Some(g) => g.on_event(d, &mut self.dir.store, e).await?,
+            None => e,
+        };
+        match e {
+            Event::ServiceData {
+                circuit,
+                service: Service::Directory,
+                buf,
+                range,
+            } => {
+                self.dir.on_request(d, circuit, &buf[range]).await;
+                d.sockets.pool.put(buf);
+                None
+            }
+            Event::ServiceClosed(circuit, Service::Directory) => {
+                self.dir.closed(circuit);
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    async fn tick(&mut self, d: &mut Driver) -> Result<()> {
+        self.dir.tick()?;
+        let now = Instant::now();
+        if self.gossip.is_none() && now >= self.next_gossip {
+            self.gossip = Some(Crawl::gossip(std::mem::take(&mut self.bootstrap)));
+            self.next_gossip = now + GOSSIP_INTERVAL;
+        }
+        if let Some(g) = self.gossip.as_mut() {
+            g.advance(d, &self.dir.store).await;
+            if g.done(&self.dir.store) {
+                self.gossip = None;
+                self.dir.store.expire(unix_now());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an address belongs in a published descriptor (not loopback, link-local,
+/// unspecified or multicast).
+fn publishable(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
 /// The exit's TUN device, kernel set-up and packet logic.
 struct ExitSide {
+    policy_summary: String,
     tun: Arc<AsyncDevice>,
     net: sys::ExitNet,
     saved: sys::ExitGuardState,
@@ -315,6 +459,7 @@ impl ExitSide {
     async fn start(cfg: &config::ExitConfig) -> Result<Self> {
         let own = own_addresses();
         let policy = ExitPolicy::new(&cfg.policy, &own).context("exit.policy")?;
+        let policy_summary = policy.summary();
         let dns_upstream = if cfg.dns_upstream.is_empty() {
             sys::system_resolvers()
         } else {
@@ -351,6 +496,7 @@ impl ExitSide {
             max_pps: cfg.max_pps,
         });
         Ok(Self {
+            policy_summary,
             tun,
             net,
             saved,
@@ -365,7 +511,7 @@ impl ExitSide {
         }
     }
 
-    async fn run(&mut self, mut d: Driver) -> Result<()> {
+    async fn run(&mut self, mut d: Driver, mut services: GatewayServices) -> Result<()> {
         let mut signals = Signals::new()?;
         let mut tun_rx = spawn_tun_reader(Arc::clone(&self.tun), d.sockets.pool.clone(), self.mtu);
         let mut events = Vec::new();
@@ -384,6 +530,9 @@ impl ExitSide {
             }
             let now = Instant::now();
             for e in events.drain(..) {
+                let Some(e) = services.on_event(&mut d, e).await else {
+                    continue;
+                };
                 match e {
                     Event::ServiceData {
                         circuit,
@@ -429,6 +578,7 @@ impl ExitSide {
                     Event::CircuitUp(_) | Event::CircuitDown(..) => {}
                 }
             }
+            services.tick(&mut d).await?;
             for mut buf in packets.drain(..) {
                 let len = buf.len() - PAYLOAD_OFFSET;
                 match self.exit.from_tun(&mut buf[PAYLOAD_OFFSET..]) {
@@ -450,14 +600,232 @@ impl ExitSide {
 
 // ---- client -----------------------------------------------------------------------
 
-fn hop_specs(cfg: &ClientConfig) -> Vec<HopSpec> {
-    cfg.path
-        .iter()
+fn hop_specs(hops: &[config::HopConfig]) -> Vec<HopSpec> {
+    hops.iter()
         .map(|h| HopSpec {
             addr: h.addr,
             key: h.key.0,
         })
         .collect()
+}
+
+/// How long a client crawls for gateways at most before giving up.
+const CRAWL_LIMIT: Duration = Duration::from_secs(60);
+/// Name of the guard state in the state directory.
+const GUARDS_FILE: &str = "guards.toml";
+
+/// Where a client's paths come from: the config's fixed path, or the gateways it
+/// discovered, with sticky entry guards.
+enum Paths {
+    Fixed(Vec<HopSpec>),
+    Discovered {
+        store: Box<Store>,
+        guards: Guards,
+        rules: PathRules,
+        state_dir: std::path::PathBuf,
+    },
+}
+
+impl Paths {
+    /// The configured path, or discovery: the cache in the state directory, and a
+    /// crawl from the bootstrap gateways when the cache cannot give a path.
+    async fn new(cfg: &ClientConfig, d: &mut Driver) -> Result<Self> {
+        if !cfg.path.is_empty() {
+            return Ok(Self::Fixed(hop_specs(&cfg.path)));
+        }
+        let disc = &cfg.discovery;
+        let state_dir = cfg.tunnel.state_dir.clone();
+        let rules = PathRules {
+            length: if disc.hops.0 == disc.hops.1 {
+                PathLength::Fixed(disc.hops.0)
+            } else {
+                PathLength::Range(disc.hops.0, disc.hops.1)
+            },
+            subnets: Subnets {
+                v4: disc.subnet_v4,
+                v6: disc.subnet_v6,
+            },
+        };
+        let guards = std::fs::read_to_string(state_dir.join(GUARDS_FILE))
+            .ok()
+            .and_then(|t| Guards::from_toml(&t).ok())
+            .unwrap_or_else(|| Guards::new(disc.guards, disc.guard_lifetime_days * 86_400))
+            .with_subnets(rules.subnets);
+        let store = load_store(&state_dir);
+        let mut paths = Self::Discovered {
+            store: Box::new(store),
+            guards,
+            rules,
+            state_dir: state_dir.clone(),
+        };
+        if paths.next(&mut d.rng).is_err() {
+            if let Self::Discovered { store, .. } = &mut paths {
+                eprintln!(
+                    "anonnet: discovering gateways from {} bootstrap gateway(s)",
+                    disc.bootstrap.len()
+                );
+                discover::crawl(
+                    d,
+                    store,
+                    disc.target,
+                    hop_specs(&disc.bootstrap),
+                    CRAWL_LIMIT,
+                    |_, _| {},
+                )
+                .await;
+                if let Err(e) = save_cache(&state_dir, store) {
+                    tracing::warn!("{e:#}");
+                }
+            }
+        }
+        Ok(paths)
+    }
+
+    /// A fresh path (the fixed one, or a random one by the path rules).
+    fn next(
+        &mut self,
+        rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+    ) -> Result<Vec<HopSpec>> {
+        match self {
+            Self::Fixed(specs) => Ok(specs.clone()),
+            Self::Discovered {
+                store,
+                guards,
+                rules,
+                state_dir,
+            } => {
+                let cands = store.candidates();
+                let keys = guards.refresh(rng, &cands, unix_now());
+                let tmp = state_dir.join(format!("{GUARDS_FILE}.tmp"));
+                let saved = std::fs::create_dir_all(&*state_dir)
+                    .and_then(|()| std::fs::write(&tmp, guards.to_toml()))
+                    .and_then(|()| std::fs::rename(&tmp, state_dir.join(GUARDS_FILE)));
+                if let Err(e) = saved {
+                    tracing::warn!(
+                        "cannot save the entry guards in {}: {e}",
+                        state_dir.display()
+                    );
+                }
+                let path = select_path(rng, &cands, rules, &keys, None).map_err(|e| {
+                    anyhow::anyhow!("no path through the {} known gateways: {e}", cands.len())
+                })?;
+                Ok(path
+                    .into_iter()
+                    .map(|i| HopSpec {
+                        addr: SocketAddr::new(cands[i].addrs[0], cands[i].port),
+                        key: cands[i].key,
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+/// The descriptor cache of a state directory; a corrupt one is reported, and
+/// rebuilt by the next crawl.
+fn load_store(dir: &Path) -> Store {
+    let (store, report) = load_cache(dir);
+    if let Some(r) = report {
+        if r.corrupt {
+            eprintln!(
+                "anonnet: the descriptor cache in {} is damaged: kept {} gateways, it will be rebuilt",
+                dir.display(),
+                r.loaded
+            );
+        }
+    }
+    store
+}
+
+/// `anonnet discover --config FILE [--json]`: learns the network from the cache and
+/// the bootstrap gateways and prints what it knows.
+pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
+    let cfg = config::load_client(path)?;
+    let disc = &cfg.discovery;
+    if disc.bootstrap.is_empty() {
+        bail!("{}: discovery.bootstrap is empty: list at least one gateway (\"ADDR:PORT PUBLIC-KEY\")", path.display());
+    }
+    let binds: [SocketAddr; 2] = [
+        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+        SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
+    ];
+    let mut d = Driver::new(Node::new(NodeConfig::default()), &binds)?;
+    let mut store = load_store(&cfg.tunnel.state_dir);
+    let cached = store.len();
+    let mut last = Instant::now();
+    discover::crawl(
+        &mut d,
+        &mut store,
+        disc.target,
+        hop_specs(&disc.bootstrap),
+        CRAWL_LIMIT,
+        |s, st| {
+            if last.elapsed() >= Duration::from_millis(250) {
+                last = Instant::now();
+                eprint!(
+                    "\rdiscovering: {} gateways known, {} queries ({} answered, {} refused)   ",
+                    s.len(),
+                    st.queries,
+                    st.answered,
+                    st.refused
+                );
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "\rdiscovery done: {} gateways known ({cached} from the cache)                    ",
+        store.len()
+    );
+    if let Err(e) = save_cache(&cfg.tunnel.state_dir, &store) {
+        eprintln!("anonnet: warning: {e:#}");
+    }
+    let now = unix_now();
+    let mut rows: Vec<_> = store.iter().map(|e| e.descriptor().clone()).collect();
+    rows.sort_by_key(|r| r.addrs.first().copied());
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "key": crate::identity::PublicKey(r.onion_key).to_string(),
+                    "addrs": r.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "ports": [r.ports.0, r.ports.1],
+                    "exit": r.exit,
+                    "policy": r.policy_summary,
+                    "published": r.published,
+                    "expires": r.expires,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).context("cannot format JSON")?
+        );
+    } else {
+        println!(
+            "{:<46} {:<34} {:<11} {:<4} {:>8}  POLICY",
+            "KEY", "ADDRESSES", "PORTS", "EXIT", "EXPIRES"
+        );
+        for r in &rows {
+            let addrs: Vec<String> = r.addrs.iter().map(ToString::to_string).collect();
+            let ports = if r.ports.0 == r.ports.1 {
+                r.ports.0.to_string()
+            } else {
+                format!("{}-{}", r.ports.0, r.ports.1)
+            };
+            println!(
+                "{:<46} {:<34} {:<11} {:<4} {:>7}m  {}",
+                crate::identity::PublicKey(r.onion_key).to_string(),
+                addrs.join(","),
+                ports,
+                if r.exit { "yes" } else { "no" },
+                r.expires.saturating_sub(now) / 60,
+                r.policy_summary
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn client_net(cfg: &ClientConfig) -> sys::ClientNet {
@@ -524,8 +892,11 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
         SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
     ];
     let mut d = Driver::with_mark(node, &binds, Some(net.fwmark))?;
-    let specs = hop_specs(&cfg);
+    let mut paths = Paths::new(&cfg, &mut d).await?;
+    let specs = paths.next(&mut d.rng)?;
     let entry = specs.first().map(|h| h.addr).context("the path is empty")?;
+    let mut net = net;
+    net.gateways = vec![entry];
     let mut events = Vec::new();
     let started = Instant::now();
     let circuit = match build(&mut d, &specs, &mut events).await {
@@ -548,7 +919,7 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
         specs.len()
     );
     flush_stdout()?;
-    let result = client_loop(&mut d, &tun, &net, &specs, circuit).await;
+    let result = client_loop(&mut d, &tun, &mut net, &mut paths, circuit).await;
     drop(tun);
     let cleaned = sys::client_down(&net.state_dir).await;
     result?;
@@ -561,8 +932,8 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
 async fn client_loop(
     d: &mut Driver,
     tun: &Arc<AsyncDevice>,
-    net: &sys::ClientNet,
-    specs: &[HopSpec],
+    net: &mut sys::ClientNet,
+    paths: &mut Paths,
     first: CircuitId,
 ) -> Result<()> {
     let mut signals = Signals::new()?;
@@ -619,7 +990,14 @@ async fn client_loop(
         }
         if circuit.is_none() && rebuild_at.is_some_and(|t| now >= t) {
             rebuild_at = None;
-            match d.node.build_circuit(now, &mut d.rng, specs, Service::Exit) {
+            let specs = paths.next(&mut d.rng)?;
+            if let Some(entry) = specs.first().map(|h| h.addr) {
+                if !net.gateways.contains(&entry) {
+                    net.gateways.push(entry);
+                    sys::client_set_gateways(net).await?;
+                }
+            }
+            match d.node.build_circuit(now, &mut d.rng, &specs, Service::Exit) {
                 Ok(c) => circuit = Some(c),
                 Err(e) => bail!("cannot rebuild the circuit: {e}"),
             }

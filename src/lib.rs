@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod descriptor;
+pub mod discover;
 pub mod discovery;
 pub mod driver;
 pub mod exit;

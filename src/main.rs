@@ -67,6 +67,17 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Learn the network: ask the bootstrap gateways of a client config, then the
+    /// gateways they name, and print every gateway known (also kept in the state
+    /// directory's cache, which `up` uses). No root needed.
+    Discover {
+        /// The client's TOML config with a [discovery] section.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove everything `anonnet up` set up (routes, rules, kill switch, DNS,
     /// device), e.g. after the daemon was killed. The kill switch stays until then.
     Down {
@@ -140,6 +151,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Gateway { config, exit } => runtime()?.block_on(daemon::gateway(&config, exit)),
         Cmd::Up { config } => runtime()?.block_on(daemon::up(&config)),
+        Cmd::Discover { config, json } => runtime()?.block_on(daemon::discover_cmd(&config, json)),
         Cmd::Down { config, state_dir } => {
             let dir = match (config, state_dir) {
                 (Some(c), _) => config::load_client(&c)?.tunnel.state_dir,

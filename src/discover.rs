@@ -1,0 +1,369 @@
+//! The discovery driver: runs [`Crawler`] queries over DIRECTORY circuits of a
+//! [`Driver`], publishes a gateway's own descriptor and answers other nodes'
+//! requests with [`Server`]. It holds no protocol logic beyond moving payloads
+//! between circuits and the core of [`crate::discovery`].
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+
+use crate::descriptor::{Descriptor, MAX_SUMMARY_LEN};
+use crate::discovery::{
+    CacheReport, Crawler, Message, Progress, Server, Session, Source, Store, StoreLimits,
+};
+use crate::driver::Driver;
+use crate::identity::Identity;
+use crate::node::{CircuitId, Event, HopSpec};
+use crate::wire::Service;
+
+/// A query with no complete answer after this long is abandoned.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Descriptors asked of each gateway.
+pub const PER_QUERY: u8 = 64;
+/// Name of the descriptor cache in a state directory.
+pub const CACHE_FILE: &str = "descriptors.cache";
+
+/// Seconds since the Unix epoch (descriptor times).
+#[must_use]
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Loads the descriptor cache of `dir`; a missing file is an empty store, a corrupt
+/// one is reported and what could be read is kept.
+#[must_use]
+pub fn load_cache(dir: &Path) -> (Store, Option<CacheReport>) {
+    match std::fs::read(dir.join(CACHE_FILE)) {
+        Ok(bytes) => {
+            let (store, report) = Store::decode_cache(&bytes, unix_now(), StoreLimits::default());
+            (store, Some(report))
+        }
+        Err(_) => (Store::new(StoreLimits::default()), None),
+    }
+}
+
+/// Writes the descriptor cache atomically (a temporary file renamed over the old).
+pub fn save_cache(dir: &Path, store: &Store) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    let path = dir.join(CACHE_FILE);
+    let tmp: PathBuf = dir.join(format!("{CACHE_FILE}.tmp"));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(&store.encode_cache())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))
+}
+
+#[derive(Clone, Copy)]
+enum Query {
+    /// A bootstrap gateway, known only by address and key.
+    Bootstrap,
+    /// A query the crawler started.
+    Crawl([u8; 32]),
+}
+
+/// One crawl in progress: bootstrap queries first, then whom the crawler picks.
+pub struct Crawl {
+    crawler: Crawler,
+    bootstrap: Vec<HopSpec>,
+    open: HashMap<CircuitId, Query>,
+    started: bool,
+}
+
+impl Crawl {
+    /// A client's crawl: until `target` gateways are known or all were asked.
+    #[must_use]
+    pub fn new(target: usize, bootstrap: Vec<HopSpec>) -> Self {
+        Self::with(Crawler::new(target, PER_QUERY, QUERY_TIMEOUT), bootstrap)
+    }
+
+    /// A gateway's gossip round: a few random known peers (and `bootstrap`).
+    #[must_use]
+    pub fn gossip(bootstrap: Vec<HopSpec>) -> Self {
+        Self::with(Crawler::gossip(QUERY_TIMEOUT), bootstrap)
+    }
+
+    fn with(crawler: Crawler, bootstrap: Vec<HopSpec>) -> Self {
+        Self {
+            crawler,
+            bootstrap,
+            open: HashMap::new(),
+            started: false,
+        }
+    }
+
+    /// Counters of the crawl.
+    #[must_use]
+    pub fn stats(&self) -> &crate::discovery::CrawlStats {
+        self.crawler.stats()
+    }
+
+    /// Whether the crawl has nothing left to do.
+    #[must_use]
+    pub fn done(&self, store: &Store) -> bool {
+        self.started && self.open.is_empty() && self.crawler.done(store)
+    }
+
+    /// Opens the circuits of new queries (bootstrap ones on the first call).
+    pub async fn advance(&mut self, d: &mut Driver, store: &Store) {
+        let now = Instant::now();
+        if !self.started {
+            self.started = true;
+            for b in std::mem::take(&mut self.bootstrap) {
+                if let Ok(id) = d
+                    .node
+                    .build_circuit(now, &mut d.rng, &[b], Service::Directory)
+                {
+                    self.open.insert(id, Query::Bootstrap);
+                }
+            }
+        }
+        for key in self.crawler.on_timeout(now) {
+            self.close_key(d, key);
+        }
+        while let Some(key) = self.crawler.next_query(now, &mut d.rng, store) {
+            let Some(addr) = store.addresses(&key).into_iter().next() else {
+                self.crawler.on_failed(&key);
+                continue;
+            };
+            match d.node.build_circuit(
+                now,
+                &mut d.rng,
+                &[HopSpec { addr, key }],
+                Service::Directory,
+            ) {
+                Ok(id) => {
+                    self.open.insert(id, Query::Crawl(key));
+                }
+                Err(_) => {
+                    self.crawler.on_failed(&key);
+                }
+            }
+        }
+        d.flush().await;
+    }
+
+    fn close_key(&mut self, d: &mut Driver, key: [u8; 32]) {
+        let ids: Vec<CircuitId> = self
+            .open
+            .iter()
+            .filter(|(_, q)| matches!(q, Query::Crawl(k) if *k == key))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.open.remove(&id);
+            d.node.close_circuit(id);
+        }
+    }
+
+    fn close(&mut self, d: &mut Driver, id: CircuitId) {
+        self.open.remove(&id);
+        d.node.close_circuit(id);
+    }
+
+    /// Handles an event if it belongs to one of the crawl's circuits; otherwise
+    /// hands it back.
+    pub async fn on_event(&mut self, d: &mut Driver, store: &mut Store, e: Event) -> Option<Event> {
+        match e {
+            Event::CircuitUp(id) if self.open.contains_key(&id) => {
+                let request = self.crawler.request();
+                let now = Instant::now();
+                match d.node.send_payload(now, &mut d.rng, id, &request) {
+                    Ok(t) => d.sockets.send_recycle(t).await,
+                    Err(_) => self.fail(d, id),
+                }
+                None
+            }
+            Event::CircuitDown(id, _) if self.open.contains_key(&id) => {
+                self.fail(d, id);
+                None
+            }
+            Event::Data {
+                circuit,
+                buf,
+                range,
+            } if self.open.contains_key(&circuit) => {
+                let finished = match self.open[&circuit] {
+                    Query::Crawl(key) => !matches!(
+                        self.crawler
+                            .on_payload(&key, &buf[range], store, unix_now()),
+                        Progress::Descriptor(_)
+                    ),
+                    Query::Bootstrap => match Message::parse(&buf[range]) {
+                        Ok(Message::Desc(bytes)) => {
+                            // Counted in the store's statistics if rejected.
+                            let _ = store.insert(bytes, unix_now(), Source::Bootstrap);
+                            false
+                        }
+                        _ => true,
+                    },
+                };
+                d.sockets.pool.put(buf);
+                if finished {
+                    self.close(d, circuit);
+                }
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    fn fail(&mut self, d: &mut Driver, id: CircuitId) {
+        if let Some(Query::Crawl(key)) = self.open.get(&id).copied() {
+            self.crawler.on_failed(&key);
+        }
+        self.close(d, id);
+    }
+
+    /// Closes every open query (when the caller stops early).
+    pub fn abandon(&mut self, d: &mut Driver) {
+        let ids: Vec<CircuitId> = self.open.keys().copied().collect();
+        for id in ids {
+            self.close(d, id);
+        }
+    }
+}
+
+/// Runs a crawl to completion or until `limit`, reporting progress.
+pub async fn crawl(
+    d: &mut Driver,
+    store: &mut Store,
+    target: usize,
+    bootstrap: Vec<HopSpec>,
+    limit: Duration,
+    mut progress: impl FnMut(&Store, &crate::discovery::CrawlStats),
+) {
+    let mut c = Crawl::new(target, bootstrap);
+    let until = Instant::now() + limit;
+    let mut events = Vec::new();
+    while Instant::now() < until {
+        c.advance(d, store).await;
+        if c.done(store) {
+            break;
+        }
+        tokio::select! {
+            () = d.step(&mut events) => {}
+            () = tokio::time::sleep_until(until.into()) => {}
+        }
+        for e in events.drain(..) {
+            if let Some(Event::Data { buf, .. }) = c.on_event(d, store, e).await {
+                d.sockets.pool.put(buf);
+            }
+        }
+        progress(store, c.stats());
+    }
+    c.abandon(d);
+    d.flush().await;
+}
+
+/// A gateway's own descriptor and the directory service it runs.
+pub struct Directory {
+    pub store: Store,
+    server: Server,
+    sessions: HashMap<CircuitId, Session>,
+    identity: Identity,
+    template: Descriptor,
+    lifetime: u64,
+    resign_at: u64,
+}
+
+impl Directory {
+    /// Signs this gateway's descriptor and starts a store holding it.
+    pub fn new(
+        identity: Identity,
+        addrs: Vec<IpAddr>,
+        ports: (u16, u16),
+        exit_summary: Option<String>,
+        share: bool,
+        rate: u32,
+        lifetime: u64,
+    ) -> Result<Self> {
+        let signing = identity.signing_key();
+        let summary = exit_summary.map(|s| truncate_summary(&s));
+        let template = Descriptor {
+            identity: signing.verifying_key().to_bytes(),
+            onion_key: identity.public().0,
+            addrs,
+            ports,
+            exit: summary.is_some(),
+            policy_summary: summary.unwrap_or_default(),
+            published: 0,
+            expires: 0,
+        };
+        let mut dir = Self {
+            store: Store::new(StoreLimits::default()),
+            server: Server::new(share, rate),
+            sessions: HashMap::new(),
+            identity,
+            template,
+            lifetime,
+            resign_at: 0,
+        };
+        dir.resign(unix_now())?;
+        Ok(dir)
+    }
+
+    /// Re-signs the descriptor at half its lifetime.
+    pub fn tick(&mut self) -> Result<()> {
+        let now = unix_now();
+        if now >= self.resign_at {
+            self.resign(now)?;
+        }
+        Ok(())
+    }
+
+    fn resign(&mut self, now: u64) -> Result<()> {
+        let mut desc = self.template.clone();
+        desc.published = now;
+        desc.expires = now + self.lifetime;
+        let bytes = desc.sign(&self.identity.signing_key()).context(
+            "cannot sign this gateway's descriptor (check discovery.publish and listen_ports)",
+        )?;
+        self.store
+            .insert(&bytes, now, Source::Own)
+            .map_err(|e| anyhow::anyhow!("own descriptor refused: {e:?}"))?;
+        self.resign_at = now + self.lifetime / 2;
+        Ok(())
+    }
+
+    /// Answers a request that arrived on a DIRECTORY circuit.
+    pub async fn on_request(&mut self, d: &mut Driver, circuit: CircuitId, request: &[u8]) {
+        let now = Instant::now();
+        let session = self.sessions.entry(circuit).or_default();
+        let mut out = Vec::new();
+        self.server
+            .handle(now, &mut d.rng, &self.store, session, request, &mut out);
+        for payload in out {
+            let mut buf = d.sockets.pool.get();
+            buf.resize(crate::wire::PAYLOAD_OFFSET + payload.len(), 0);
+            buf[crate::wire::PAYLOAD_OFFSET..].copy_from_slice(&payload);
+            match d.node.send_backward(now, circuit, buf, payload.len()) {
+                Ok(t) => d.sockets.send_recycle(t).await,
+                Err(e) => tracing::debug!("directory answer dropped: {e}"),
+            }
+        }
+    }
+
+    /// Forgets a closed circuit's session.
+    pub fn closed(&mut self, circuit: CircuitId) {
+        self.sessions.remove(&circuit);
+    }
+}
+
+/// Cuts a policy summary at a comma so it fits a descriptor. The summary only guides
+/// clients' choice of exit; the exit enforces its full policy either way.
+fn truncate_summary(s: &str) -> String {
+    if s.len() <= MAX_SUMMARY_LEN {
+        return s.to_string();
+    }
+    let cut = s[..MAX_SUMMARY_LEN].rfind(',').unwrap_or(0);
+    s[..cut].to_string()
+}
