@@ -360,8 +360,12 @@ impl GatewayServices {
         };
         let addrs: Vec<IpAddr> = addrs
             .into_iter()
+            .filter(publishable)
             .take(crate::descriptor::MAX_ADDRS)
             .collect();
+        if addrs.is_empty() {
+            tracing::info!("no public address to publish: this gateway is not announced to others");
+        }
         let dir = Directory::new(
             id,
             addrs,

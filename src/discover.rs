@@ -270,13 +270,16 @@ pub struct Directory {
     server: Server,
     sessions: HashMap<CircuitId, Session>,
     identity: Identity,
-    template: Descriptor,
+    /// This gateway's descriptor before signing; `None` when it has no address to
+    /// publish (e.g. it listens on loopback only).
+    template: Option<Descriptor>,
     lifetime: u64,
     resign_at: u64,
 }
 
 impl Directory {
-    /// Signs this gateway's descriptor and starts a store holding it.
+    /// Signs this gateway's descriptor (unless `addrs` is empty) and starts a store
+    /// holding it.
     pub fn new(
         identity: Identity,
         addrs: Vec<IpAddr>,
@@ -288,7 +291,7 @@ impl Directory {
     ) -> Result<Self> {
         let signing = identity.signing_key();
         let summary = exit_summary.map(|s| truncate_summary(&s));
-        let template = Descriptor {
+        let template = (!addrs.is_empty()).then(|| Descriptor {
             identity: signing.verifying_key().to_bytes(),
             onion_key: identity.public().0,
             addrs,
@@ -297,7 +300,7 @@ impl Directory {
             policy_summary: summary.unwrap_or_default(),
             published: 0,
             expires: 0,
-        };
+        });
         let mut dir = Self {
             store: Store::new(StoreLimits::default()),
             server: Server::new(share, rate),
@@ -321,7 +324,10 @@ impl Directory {
     }
 
     fn resign(&mut self, now: u64) -> Result<()> {
-        let mut desc = self.template.clone();
+        let Some(mut desc) = self.template.clone() else {
+            self.resign_at = u64::MAX;
+            return Ok(());
+        };
         desc.published = now;
         desc.expires = now + self.lifetime;
         let bytes = desc.sign(&self.identity.signing_key()).context(
