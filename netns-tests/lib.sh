@@ -384,11 +384,13 @@ an_services_start() {
 an_configs() {
   local gw i
   for gw in gw1 gw2 exit; do
-    i=${AN_IDX[$gw]}
     if [ ! -f "$AN_DIR/$gw.key" ]; then
       "$AN_BIN" keygen --out "$AN_DIR/$gw.key" >/dev/null || return 1
     fi
     "$AN_BIN" pubkey "$AN_DIR/$gw.key" >"$AN_DIR/$gw.pub" || return 1
+  done
+  for gw in gw1 gw2 exit; do
+    i=${AN_IDX[$gw]}
     {
       echo '[gateway]'
       echo "identity = \"$AN_DIR/$gw.key\""
@@ -400,9 +402,26 @@ an_configs() {
         echo 'tun = "anonexit0"'
         echo "dns_upstream = [\"$AN_SERVER4\"]"
       fi
+      # gw1 gossips with the others, so a client that knows only gw1 learns them.
+      if [ "$gw" = gw1 ]; then
+        echo
+        echo '[discovery]'
+        echo "bootstrap = [\"198.18.3.2:$AN_PORT $(cat "$AN_DIR/gw2.pub")\", \"198.18.4.2:$AN_PORT $(cat "$AN_DIR/exit.pub")\"]"
+      fi
     } >"$AN_DIR/$gw.toml"
   done
   an_client_config "$AN_DIR/client.toml" "$AN_DIR/client-state" "198.18.2.2:$AN_PORT"
+}
+
+# an_discovery_config OUT STATE_DIR BOOTSTRAP_ADDR: no path; discovers gateways from
+# gw1's key at BOOTSTRAP_ADDR. The testbed's gateways share one /16, so the "no two
+# hops in one network" rule is applied at /24 (IPv4) and /48 (IPv6).
+an_discovery_config() {
+  {
+    echo '[client]'
+    printf '\n[discovery]\nbootstrap = ["%s %s"]\nsubnet_v4 = 24\nsubnet_v6 = 48\n' "$3" "$(cat "$AN_DIR/gw1.pub")"
+    printf '\n[tunnel]\nstate_dir = "%s"\n' "$2"
+  } >"$1"
 }
 
 # an_client_config OUT STATE_DIR FIRST_HOP_ADDR: a 3-hop path gw1 (at FIRST_HOP_ADDR),

@@ -662,6 +662,56 @@ case_error_bad_gateway() {
   fi
 }
 
+case_discovery() {
+  local out n exits code
+  [ "$HAS_UP" = 1 ] || fail "the binary has no 'up' subcommand" || return
+  ensure_gateways || fail "$GW_REASON" || return
+  ensure_down
+  an_discovery_config "$AN_DIR/disc.toml" "$AN_DIR/disc-state" "198.18.2.2:$AN_PORT"
+  # gw1 learns gw2 and the exit by gossip right after it starts; give it a moment.
+  for _ in $(seq 50); do
+    out=$(timeout 70 ip netns exec client "$AN_BIN" discover --json --config "$AN_DIR/disc.toml" 2>"$AN_DIR/discover.err") ||
+      fail "discover failed: $(tail -2 "$AN_DIR/discover.err")" || return
+    n=$(grep -c '"key"' <<<"$out")
+    [ "$n" -ge 3 ] && break
+    rm -rf "$AN_DIR/disc-state"
+    sleep 0.2
+  done
+  printf '%s\n' "$out" >"$AN_DIR/discover.json"
+  logs "$AN_DIR/discover.json" "$AN_DIR/discover.err"
+  [ "$n" = 3 ] || fail "discover knows $n gateways, want 3 (gw1, gw2, exit)" || return
+  exits=$(grep -c '"exit": true' <<<"$out")
+  [ "$exits" = 1 ] || fail "discover knows $exits exits, want 1" || return
+  for a in 198.18.2.2 198.18.3.2 198.18.4.2; do
+    grep -q "\"$a\"" <<<"$out" || fail "discover does not list $a" || return
+  done
+  note "a client that knows only gw1 learned 3 gateways, 1 exit"
+  [ -s "$AN_DIR/disc-state/descriptors.cache" ] || fail "no descriptor cache was written" || return
+  an_start_client "$AN_DIR/disc.toml" 30 || fail "'up' with a discovered path did not come up: $(tail -3 "$AN_DIR/client-up.log")" || return
+  grep -q 'through 3 hops' "$AN_DIR/client-up.log" || fail "the discovered path is not 3 hops: $(grep '^anonnet up:' "$AN_DIR/client-up.log")" || return
+  code=$(ip netns exec client curl -sS -m 10 -o /dev/null -w '%{http_code}' "http://$AN_SERVER4/" 2>&1)
+  [ "$code" = 200 ] || fail "HTTP through the discovered path: $code" || return
+  [ -s "$AN_DIR/disc-state/guards.toml" ] || fail "no guard state was written" || return
+  note "$(grep -m1 '^anonnet up:' "$AN_DIR/client-up.log")"
+  ensure_down
+  [ "$AN_RC" = 0 ] || fail "'up' exited with status $AN_RC after SIGTERM" || return
+}
+
+case_discovery_warm_cache() {
+  local code
+  [ -s "$AN_DIR/disc-state/descriptors.cache" ] || fail "no cache from the discovery case" || return
+  ensure_gateways || fail "$GW_REASON" || return
+  ensure_down
+  # The only bootstrap gateway is unreachable: coming up proves the cache sufficed.
+  an_discovery_config "$AN_DIR/warm.toml" "$AN_DIR/disc-state" "198.18.2.99:$AN_PORT"
+  an_start_client "$AN_DIR/warm.toml" 20 || fail "'up' with a warm cache did not come up: $(tail -3 "$AN_DIR/client-up.log")" || return
+  grep -q 'discovering gateways' "$AN_DIR/client-up.log" && { fail "'up' crawled although the cache had a path"; return 1; }
+  code=$(ip netns exec client curl -sS -m 10 -o /dev/null -w '%{http_code}' "http://$AN_SERVER4/" 2>&1)
+  [ "$code" = 200 ] || fail "HTTP with the cached path: $code" || return
+  note "up from the cache alone (bootstrap 198.18.2.99 unreachable), HTTP 200"
+  ensure_down
+}
+
 nft_anonnet_tables() { ip netns exec exit nft list tables 2>/dev/null | grep -c anonnet; }
 nft_norm() { ip netns exec exit nft list ruleset 2>&1 | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'; }
 
@@ -726,6 +776,8 @@ run_case down case_down
 run_case error-anon0-exists case_error_anon0_exists
 run_case sigterm-cleanup case_sigterm_cleanup
 run_case error-bad-gateway case_error_bad_gateway
+run_case discovery case_discovery
+run_case discovery-warm-cache case_discovery_warm_cache
 run_case exit-cleanup case_exit_cleanup
 
 if [ ${#BASE[@]} -gt 0 ] || [ ${#TUN[@]} -gt 0 ]; then
