@@ -277,6 +277,11 @@ an_topology_up() {
   an_resolv exit "$AN_SERVER4" || return 1
 
   ip -n inet addr add "$AN_SERVER4/32" dev lo || return 1
+  # 20 more "sites" for the per-flow routing case.
+  local site
+  for site in $(seq 11 30); do
+    ip -n inet addr add "198.18.0.$site/32" dev lo || return 1
+  done
   ip -n inet -6 addr add "$AN_SERVER6/128" dev lo nodad || return 1
   for ns in client gw1 gw2 exit; do
     i=${AN_IDX[$ns]}

@@ -693,6 +693,21 @@ case_discovery() {
   [ "$code" = 200 ] || fail "HTTP through the discovered path: $code" || return
   [ -s "$AN_DIR/disc-state/guards.toml" ] || fail "no guard state was written" || return
   note "$(grep -m1 '^anonnet up:' "$AN_DIR/client-up.log")"
+  # Per-destination routes: pings to 20 sites leave the exit from several circuits,
+  # each with its own pool address, seen on the exit's TUN device.
+  local cap=$AN_DIR/flows.pcap pid pools site
+  ip netns exec exit tcpdump -n --immediate-mode -U -i anonexit0 -w "$cap" >/dev/null 2>"$cap.err" &
+  pid=$!
+  an_wait_log "$cap.err" 'listening on' 10 "$pid" || { kill "$pid"; fail "tcpdump on anonexit0 did not start"; return 1; }
+  for site in $(seq 11 30); do
+    ip netns exec client ping -c 1 -W 2 "198.18.0.$site" >/dev/null 2>&1 ||
+      { kill "$pid"; fail "ping to 198.18.0.$site through the tunnel failed"; return 1; }
+  done
+  kill -INT "$pid"
+  wait "$pid" 2>/dev/null
+  pools=$(tcpdump -n -r "$cap" 2>/dev/null | grep 'ICMP echo request' | awk '{print $3}' | sort -u | wc -l)
+  [ "$pools" -ge 2 ] || fail "20 destinations used $pools circuit(s) at the exit, want several" || return
+  note "20 destinations left the exit from $pools circuits (distinct pool addresses)"
   ensure_down
   [ "$AN_RC" = 0 ] || fail "'up' exited with status $AN_RC after SIGTERM" || return
 }

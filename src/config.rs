@@ -845,6 +845,12 @@ pub struct ClientConfig {
     pub tunnel: TunnelConfig,
     /// The `[discovery]` section: used when `path` is empty.
     pub discovery: DiscoveryConfig,
+    /// Circuits kept ready at once (flows are spread over them).
+    pub circuits: usize,
+    /// How flows are assigned to circuits.
+    pub isolation: crate::flows::Isolation,
+    /// A circuit takes no new flows after this many seconds and is replaced.
+    pub circuit_lifetime_secs: u64,
 }
 
 /// The `[tunnel]` section of a client config: the `anon0` device and routing.
@@ -1101,6 +1107,9 @@ struct RawClient {
     padding: Vec<i64>,
     #[serde(default)]
     path: Vec<RawHop>,
+    circuits: Option<i64>,
+    isolation: Option<String>,
+    circuit_lifetime_secs: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -1167,6 +1176,22 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
         path,
         tunnel,
         discovery,
+        circuits: raw
+            .circuits
+            .map(|n| bounded("client.circuits", n, 1, 16))
+            .transpose()?
+            .unwrap_or(3),
+        isolation: match &raw.isolation {
+            None => crate::flows::Isolation::PerDestination,
+            Some(s) => s
+                .parse()
+                .map_err(|e: String| ConfigError::invalid("client.isolation", e))?,
+        },
+        circuit_lifetime_secs: raw
+            .circuit_lifetime_secs
+            .map(|n| bounded("client.circuit_lifetime_secs", n, 60, 86_400))
+            .transpose()?
+            .unwrap_or(600),
     };
     config.validate()?;
     Ok(config)
@@ -1357,6 +1382,16 @@ mod tests {
         assert_eq!(c.discovery.bootstrap[0].addr.to_string(), "198.18.2.2:9000");
         assert_eq!(c.discovery.bootstrap[0].key, key);
         assert_eq!((c.discovery.hops, c.discovery.subnet_v4), ((2, 4), 24));
+        assert_eq!(c.circuits, 3);
+        assert_eq!(c.isolation, crate::flows::Isolation::PerDestination);
+        assert_eq!(
+            client_err(&cl("isolation = \"per-site\"", 1)),
+            "client.isolation: \"per-site\" is not an isolation policy (per-destination, per-connection or single)"
+        );
+        assert_eq!(
+            client_err(&cl("circuits = 0", 1)),
+            "client.circuits: must be between 1 and 16, got 0"
+        );
         let err = |extra: &str| client_err(&format!("{}[discovery]\n{extra}\n", cl("", 1)));
         assert_eq!(
             err("bootstrap = [\"198.18.2.2:9000\"]"),

@@ -5,6 +5,7 @@
 //! the core ([`Node`], [`Exit`], [`crate::tunnel`]), and the kernel set-up of
 //! [`crate::sys`] around them.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -23,6 +24,7 @@ use crate::discover::{self, load_cache, save_cache, unix_now, Crawl, Directory};
 use crate::discovery::Store;
 use crate::driver::{Driver, Pool};
 use crate::exit::{Exit, ExitSettings, Verdict};
+use crate::flows::{FlowRouter, Isolation};
 use crate::identity::Identity;
 use crate::node::{CircuitId, Event, HopSpec, Node, NodeConfig, SendError, Transmit};
 use crate::packet;
@@ -520,8 +522,7 @@ impl ExitSide {
         let mut tun_rx = spawn_tun_reader(Arc::clone(&self.tun), d.sockets.pool.clone(), self.mtu);
         let mut events = Vec::new();
         let mut packets = Vec::new();
-        let mut reasm: std::collections::HashMap<CircuitId, Reassembler> =
-            std::collections::HashMap::new();
+        let mut reasm: HashMap<CircuitId, Reassembler> = HashMap::new();
         let mut answer = Vec::new();
         let mut frag_id = 0u16;
         loop {
@@ -923,7 +924,21 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
         specs.len()
     );
     flush_stdout()?;
-    let result = client_loop(&mut d, &tun, &mut net, &mut paths, circuit).await;
+    let settings = PoolSettings {
+        circuits: cfg.circuits,
+        lifetime: Duration::from_secs(cfg.circuit_lifetime_secs),
+        isolation: cfg.isolation,
+    };
+    let exit_key = specs.last().map(|h| h.key).unwrap_or_default();
+    let result = client_loop(
+        &mut d,
+        &tun,
+        &mut net,
+        &mut paths,
+        (circuit, exit_key),
+        &settings,
+    )
+    .await;
     drop(tun);
     let cleaned = sys::client_down(&net.state_dir).await;
     result?;
@@ -933,23 +948,64 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A circuit of the client's pool.
+struct Pooled {
+    up: bool,
+    created: Instant,
+    /// The exit's key, to spread the pool over different exits.
+    exit: [u8; 32],
+}
+
+/// The client's settings for its pool of circuits.
+struct PoolSettings {
+    circuits: usize,
+    lifetime: Duration,
+    isolation: Isolation,
+}
+
+/// A path whose exit differs from `avoid` where the known gateways allow.
+fn path_avoiding(
+    paths: &mut Paths,
+    rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+    avoid: &[[u8; 32]],
+) -> Result<Vec<HopSpec>> {
+    let mut specs = paths.next(rng)?;
+    for _ in 0..4 {
+        match specs.last() {
+            Some(h) if avoid.contains(&h.key) => specs = paths.next(rng)?,
+            _ => break,
+        }
+    }
+    Ok(specs)
+}
+
 async fn client_loop(
     d: &mut Driver,
     tun: &Arc<AsyncDevice>,
     net: &mut sys::ClientNet,
     paths: &mut Paths,
-    first: CircuitId,
+    first: (CircuitId, [u8; 32]),
+    settings: &PoolSettings,
 ) -> Result<()> {
     let mut signals = Signals::new()?;
     let mut tun_rx = spawn_tun_reader(Arc::clone(tun), d.sockets.pool.clone(), net.mtu as usize);
     let mut events = Vec::new();
     let mut packets = Vec::new();
-    let mut reasm = Reassembler::default();
+    let mut reasm: HashMap<CircuitId, Reassembler> = HashMap::new();
     let mut frag_id = 0u16;
-    let mut circuit = Some(first);
-    let mut up = true;
+    let mut pool: BTreeMap<CircuitId, Pooled> = BTreeMap::new();
+    pool.insert(
+        first.0,
+        Pooled {
+            up: true,
+            created: Instant::now(),
+            exit: first.1,
+        },
+    );
+    let mut router = FlowRouter::new(settings.isolation);
     let mut backoff = REBUILD_FIRST;
-    let mut rebuild_at = None;
+    let mut next_build = Instant::now();
+    let mut open_ids = Vec::new();
     loop {
         let open = tokio::select! {
             open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets) => open,
@@ -965,8 +1021,9 @@ async fn client_loop(
                     circuit: c,
                     mut buf,
                     range,
-                } if Some(c) == circuit => {
-                    if let Some(p) = unwrap_payload(now, &mut buf[range], &mut reasm) {
+                } if pool.contains_key(&c) => {
+                    let r = reasm.entry(c).or_default();
+                    if let Some(p) = unwrap_payload(now, &mut buf[range], r) {
                         clamp(p);
                         if let Err(e) = tun.send(p).await {
                             tracing::debug!("TUN write failed: {e}");
@@ -974,54 +1031,103 @@ async fn client_loop(
                     }
                     d.sockets.pool.put(buf);
                 }
-                Event::CircuitUp(c) if Some(c) == circuit => {
-                    up = true;
-                    backoff = REBUILD_FIRST;
-                    eprintln!("anonnet: circuit rebuilt");
+                Event::CircuitUp(c) => {
+                    if let Some(p) = pool.get_mut(&c) {
+                        p.up = true;
+                        backoff = REBUILD_FIRST;
+                        tracing::info!("circuit {c:?} up; {} in the pool", pool.len());
+                    }
                 }
-                Event::CircuitDown(c, why) if Some(c) == circuit => {
-                    eprintln!(
-                        "anonnet: circuit down ({why:?}); traffic is blocked until it is rebuilt"
-                    );
-                    circuit = None;
-                    up = false;
-                    rebuild_at = Some(now + backoff);
-                    backoff = (backoff * 2).min(REBUILD_MAX);
+                Event::CircuitDown(c, why) => {
+                    if pool.remove(&c).is_some() {
+                        router.forget_circuit(c);
+                        reasm.remove(&c);
+                        if !pool.values().any(|p| p.up) {
+                            eprintln!(
+                                "anonnet: circuit down ({why:?}); traffic is blocked until one is rebuilt"
+                            );
+                        }
+                        next_build = now + backoff;
+                        backoff = (backoff * 2).min(REBUILD_MAX);
+                    }
                 }
                 Event::Data { buf, .. } | Event::ServiceData { buf, .. } => d.sockets.pool.put(buf),
-                _ => {}
+                Event::ServiceClosed(..) => {}
             }
         }
-        if circuit.is_none() && rebuild_at.is_some_and(|t| now >= t) {
-            rebuild_at = None;
-            let specs = paths.next(&mut d.rng)?;
+        // Keep `circuits` fresh circuits, one build at a time; retire old ones once
+        // their flows are done (or at twice the lifetime).
+        let fresh = |p: &Pooled| now.saturating_duration_since(p.created) < settings.lifetime;
+        let building = pool.values().any(|p| !p.up);
+        if !building
+            && now >= next_build
+            && pool.values().filter(|p| fresh(p)).count() < settings.circuits
+        {
+            let avoid: Vec<[u8; 32]> = pool.values().filter(|p| fresh(p)).map(|p| p.exit).collect();
+            let specs = path_avoiding(paths, &mut d.rng, &avoid)?;
             if let Some(entry) = specs.first().map(|h| h.addr) {
                 if !net.gateways.contains(&entry) {
                     net.gateways.push(entry);
                     sys::client_set_gateways(net).await?;
                 }
             }
-            match d.node.build_circuit(now, &mut d.rng, &specs, Service::Exit) {
-                Ok(c) => circuit = Some(c),
-                Err(e) => bail!("cannot rebuild the circuit: {e}"),
-            }
+            let exit = specs.last().map(|h| h.key).unwrap_or_default();
+            let id = d
+                .node
+                .build_circuit(now, &mut d.rng, &specs, Service::Exit)
+                .map_err(|e| anyhow::anyhow!("cannot build a circuit: {e}"))?;
+            pool.insert(
+                id,
+                Pooled {
+                    up: false,
+                    created: now,
+                    exit,
+                },
+            );
             d.flush().await;
         }
+        let any_fresh_up = pool.values().any(|p| p.up && fresh(p));
+        let retired: Vec<CircuitId> = pool
+            .iter()
+            .filter(|(c, p)| {
+                let age = now.saturating_duration_since(p.created);
+                age >= settings.lifetime * 2
+                    || (age >= settings.lifetime && any_fresh_up && router.flows_on(**c) == 0)
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for c in retired {
+            pool.remove(&c);
+            router.forget_circuit(c);
+            reasm.remove(&c);
+            d.node.close_circuit(c);
+        }
+        open_ids.clear();
+        open_ids.extend(
+            pool.iter()
+                .filter(|(_, p)| p.up && fresh(p))
+                .map(|(c, _)| *c),
+        );
+        if open_ids.is_empty() {
+            open_ids.extend(pool.iter().filter(|(_, p)| p.up).map(|(c, _)| *c));
+        }
         for mut buf in packets.drain(..) {
-            match circuit {
-                Some(c) if up => {
+            let is_up = |c: CircuitId| pool.get(&c).is_some_and(|p| p.up);
+            match router.route(now, &mut d.rng, &buf[PAYLOAD_OFFSET..], is_up, &open_ids) {
+                Some(c) => {
                     let len = buf.len() - PAYLOAD_OFFSET;
                     clamp(&mut buf[PAYLOAD_OFFSET..]);
                     send_packet(d, now, Toward::Forward(c), buf, len, &mut frag_id).await;
                 }
-                _ => d.sockets.pool.put(buf),
+                None => d.sockets.pool.put(buf),
             }
         }
-    }
-    if let Some(c) = circuit {
-        d.node.close_circuit(c);
         d.flush().await;
     }
+    for c in pool.keys() {
+        d.node.close_circuit(*c);
+    }
+    d.flush().await;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod discover;
 pub mod discovery;
 pub mod driver;
 pub mod exit;
+pub mod flows;
 pub mod identity;
 pub mod limits;
 pub mod node;
