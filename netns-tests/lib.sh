@@ -407,6 +407,10 @@ an_configs() {
         echo 'tun = "anonexit0"'
         echo "dns_upstream = [\"$AN_SERVER4\"]"
       fi
+      # gw2 does not share what it knows (it still hands out its own descriptor).
+      if [ "$gw" = gw2 ]; then
+        printf '\n[discovery]\nshare = false\n'
+      fi
       # gw1 gossips with the others, so a client that knows only gw1 learns them.
       if [ "$gw" = gw1 ]; then
         echo

@@ -685,7 +685,10 @@ case_discovery() {
   for a in 198.18.2.2 198.18.3.2 198.18.4.2; do
     grep -q "\"$a\"" <<<"$out" || fail "discover does not list $a" || return
   done
-  note "a client that knows only gw1 learned 3 gateways, 1 exit"
+  grep -Eq 'discovery done: .* [1-9][0-9]* refused' "$AN_DIR/discover.err" ||
+    fail "gw2 (share = false) was not seen refusing: $(grep 'discovery done' "$AN_DIR/discover.err")" || return
+  note "a client that knows only gw1 learned 3 gateways, 1 exit; gw2 refused to share, as configured"
+  note "$(grep -o 'discovery done: .*' "$AN_DIR/discover.err" | tail -1)"
   [ -s "$AN_DIR/disc-state/descriptors.cache" ] || fail "no descriptor cache was written" || return
   an_start_client "$AN_DIR/disc.toml" 30 || fail "'up' with a discovered path did not come up: $(tail -3 "$AN_DIR/client-up.log")" || return
   grep -q 'through 3 hops' "$AN_DIR/client-up.log" || fail "the discovered path is not 3 hops: $(grep '^anonnet up:' "$AN_DIR/client-up.log")" || return

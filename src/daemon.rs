@@ -758,7 +758,7 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
     let mut store = load_store(&cfg.tunnel.state_dir);
     let cached = store.len();
     let mut last = Instant::now();
-    discover::crawl(
+    let st = discover::crawl(
         &mut d,
         &mut store,
         disc.target,
@@ -779,8 +779,12 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
     )
     .await;
     eprintln!(
-        "\rdiscovery done: {} gateways known ({cached} from the cache)                    ",
-        store.len()
+        "\rdiscovery done: {} gateways known ({cached} from the cache); {} queries, {} answered, {} refused, {} unreachable",
+        store.len(),
+        st.queries,
+        st.answered,
+        st.refused,
+        st.unreachable + st.timed_out
     );
     if let Err(e) = save_cache(&cfg.tunnel.state_dir, &store) {
         eprintln!("anonnet: warning: {e:#}");

@@ -232,7 +232,8 @@ impl Crawl {
     }
 }
 
-/// Runs a crawl to completion or until `limit`, reporting progress.
+/// Runs a crawl to completion or until `limit`, reporting progress; returns its
+/// counters.
 pub async fn crawl(
     d: &mut Driver,
     store: &mut Store,
@@ -240,7 +241,7 @@ pub async fn crawl(
     bootstrap: Vec<HopSpec>,
     limit: Duration,
     mut progress: impl FnMut(&Store, &crate::discovery::CrawlStats),
-) {
+) -> crate::discovery::CrawlStats {
     let mut c = Crawl::new(target, bootstrap);
     let until = Instant::now() + limit;
     let mut events = Vec::new();
@@ -262,6 +263,7 @@ pub async fn crawl(
     }
     c.abandon(d);
     d.flush().await;
+    *c.stats()
 }
 
 /// A gateway's own descriptor and the directory service it runs.

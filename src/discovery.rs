@@ -1183,6 +1183,13 @@ impl Server {
                 RefuseReason::CircuitQuota => &mut self.stats.refused_quota,
             };
             *counter += 1;
+            // A gateway that does not share still hands out its own descriptor, so
+            // that it can be found; it withholds the others.
+            if reason == RefuseReason::NotSharing {
+                for entry in store.entries.iter().filter(|e| e.source == Source::Own) {
+                    out.push(Message::Desc(&entry.bytes).to_vec());
+                }
+            }
             out.push(Message::Refused.to_vec());
             return Reply::Refused(reason);
         }
@@ -2518,7 +2525,26 @@ mod tests {
             &mut out,
         );
         assert_eq!(reply, Reply::Refused(RefuseReason::NotSharing));
-        assert_eq!(out, refused);
+        assert_eq!(
+            out, refused,
+            "a store without an own descriptor: Refused alone"
+        );
+        let mut own_store = Store::default();
+        own_store.insert(&gw(0), NOW, Source::Own).unwrap();
+        let mut out = Vec::new();
+        Server::new(false, 100).handle(
+            now,
+            &mut rng,
+            &own_store,
+            &mut Session::default(),
+            &get(8),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![Message::Desc(&gw(0)).to_vec(), vec![0x04]],
+            "own descriptor, then Refused"
+        );
 
         // One Get per circuit.
         let mut server = Server::new(true, 100);
