@@ -58,10 +58,12 @@ enum Cmd {
         #[arg(long)]
         exit: bool,
     },
-    /// Bring up the tunnel: create the TUN device (anon0), build a circuit through
-    /// the configured path to an exit, and route all of this host's traffic through
-    /// it, with a kill switch that blocks everything else. Runs in the foreground
-    /// until SIGINT/SIGTERM, then removes all it set up. Needs root (CAP_NET_ADMIN).
+    /// Bring up the tunnel: create the TUN device (anon0), build circuits to exits
+    /// (through the configured path, or random paths among discovered gateways), and
+    /// route all of this host's traffic through them, each destination on its own
+    /// circuit, with a kill switch that blocks everything else. Runs in the
+    /// foreground until SIGINT/SIGTERM, then removes all it set up. Needs root
+    /// (CAP_NET_ADMIN).
     Up {
         /// The client's TOML config (see examples/client.toml).
         #[arg(long)]
