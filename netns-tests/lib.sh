@@ -407,15 +407,14 @@ an_configs() {
         echo 'tun = "anonexit0"'
         echo "dns_upstream = [\"$AN_SERVER4\"]"
       fi
-      # gw2 does not share what it knows (it still hands out its own descriptor).
-      if [ "$gw" = gw2 ]; then
-        printf '\n[discovery]\nshare = false\n'
-      fi
-      # gw1 gossips with the others, so a client that knows only gw1 learns them.
-      if [ "$gw" = gw1 ]; then
+      # gw2 and the exit know gw1 and publish their descriptors to it, so a client
+      # that knows only gw1 learns them. gw2 does not share what it knows (it still
+      # hands out its own descriptor).
+      if [ "$gw" != gw1 ]; then
         echo
         echo '[discovery]'
-        echo "bootstrap = [\"198.18.3.2:$AN_PORT $(cat "$AN_DIR/gw2.pub")\", \"198.18.4.2:$AN_PORT $(cat "$AN_DIR/exit.pub")\"]"
+        echo "bootstrap = [\"198.18.2.2:$AN_PORT $(cat "$AN_DIR/gw1.pub")\"]"
+        [ "$gw" = gw2 ] && echo 'share = false'
       fi
     } >"$AN_DIR/$gw.toml"
   done

@@ -310,6 +310,7 @@ async fn relay_only(mut d: Driver, mut services: GatewayServices) -> Result<()> 
     loop {
         tokio::select! {
             () = d.step(&mut events) => {}
+            _ = services.wake.tick() => {}
             () = signals.recv() => break,
         }
         for e in events.drain(..) {
@@ -330,6 +331,8 @@ fn recycle(d: &Driver, e: Event) {
     }
 }
 
+/// How often an idle gateway's loop wakes for its services.
+const SERVICES_TICK: Duration = Duration::from_millis(250);
 /// How often a gateway gossips with a few known peers.
 const GOSSIP_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -340,6 +343,8 @@ struct GatewayServices {
     bootstrap: Vec<HopSpec>,
     gossip: Option<Crawl>,
     next_gossip: Instant,
+    /// Wakes the loop for gossip and re-signing when no traffic does.
+    wake: tokio::time::Interval,
 }
 
 impl GatewayServices {
@@ -390,6 +395,7 @@ impl GatewayServices {
             bootstrap,
             gossip: None,
             next_gossip: Instant::now(),
+            wake: tokio::time::interval(SERVICES_TICK),
         })
     }
 
@@ -421,7 +427,10 @@ impl GatewayServices {
         self.dir.tick()?;
         let now = Instant::now();
         if self.gossip.is_none() && now >= self.next_gossip {
-            self.gossip = Some(Crawl::gossip(std::mem::take(&mut self.bootstrap)));
+            self.gossip = Some(Crawl::gossip(
+                std::mem::take(&mut self.bootstrap),
+                self.dir.own(),
+            ));
             self.next_gossip = now + GOSSIP_INTERVAL;
         }
         if let Some(g) = self.gossip.as_mut() {
@@ -528,6 +537,7 @@ impl ExitSide {
         loop {
             let open = tokio::select! {
                 open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets) => open,
+                _ = services.wake.tick() => true,
                 () = signals.recv() => break,
             };
             if !open {

@@ -17,6 +17,7 @@ use crate::discovery::{
 };
 use crate::driver::Driver;
 use crate::identity::Identity;
+use crate::limits::TokenBucket;
 use crate::node::{CircuitId, Event, HopSpec};
 use crate::wire::Service;
 
@@ -76,6 +77,8 @@ pub struct Crawl {
     bootstrap: Vec<HopSpec>,
     open: HashMap<CircuitId, Query>,
     started: bool,
+    /// A gateway's own descriptor, published to each peer before the `Get`.
+    announce: Option<Vec<u8>>,
 }
 
 impl Crawl {
@@ -85,10 +88,13 @@ impl Crawl {
         Self::with(Crawler::new(target, PER_QUERY, QUERY_TIMEOUT), bootstrap)
     }
 
-    /// A gateway's gossip round: a few random known peers (and `bootstrap`).
+    /// A gateway's gossip round: a few random known peers (and `bootstrap`), each
+    /// first told of this gateway's own descriptor (`own`, if it publishes one).
     #[must_use]
-    pub fn gossip(bootstrap: Vec<HopSpec>) -> Self {
-        Self::with(Crawler::gossip(QUERY_TIMEOUT), bootstrap)
+    pub fn gossip(bootstrap: Vec<HopSpec>, own: Option<&[u8]>) -> Self {
+        let mut c = Self::with(Crawler::gossip(QUERY_TIMEOUT), bootstrap);
+        c.announce = own.map(|d| Message::Publish(d).to_vec());
+        c
     }
 
     fn with(crawler: Crawler, bootstrap: Vec<HopSpec>) -> Self {
@@ -97,6 +103,7 @@ impl Crawl {
             bootstrap,
             open: HashMap::new(),
             started: false,
+            announce: None,
         }
     }
 
@@ -176,9 +183,14 @@ impl Crawl {
             Event::CircuitUp(id) if self.open.contains_key(&id) => {
                 let request = self.crawler.request();
                 let now = Instant::now();
-                match d.node.send_payload(now, &mut d.rng, id, &request) {
-                    Ok(t) => d.sockets.send_recycle(t).await,
-                    Err(_) => self.fail(d, id),
+                for payload in self.announce.iter().chain(std::iter::once(&request)) {
+                    match d.node.send_payload(now, &mut d.rng, id, payload) {
+                        Ok(t) => d.sockets.send_recycle(t).await,
+                        Err(_) => {
+                            self.fail(d, id);
+                            break;
+                        }
+                    }
                 }
                 None
             }
@@ -270,6 +282,8 @@ pub async fn crawl(
 pub struct Directory {
     pub store: Store,
     server: Server,
+    /// Bounds the descriptors other gateways may publish here (per second).
+    publish_rate: TokenBucket,
     sessions: HashMap<CircuitId, Session>,
     identity: Identity,
     /// This gateway's descriptor before signing; `None` when it has no address to
@@ -306,6 +320,7 @@ impl Directory {
         let mut dir = Self {
             store: Store::new(StoreLimits::default()),
             server: Server::new(share, rate),
+            publish_rate: TokenBucket::new(rate, rate, Instant::now()),
             sessions: HashMap::new(),
             identity,
             template,
@@ -342,9 +357,29 @@ impl Directory {
         Ok(())
     }
 
-    /// Answers a request that arrived on a DIRECTORY circuit.
+    /// This gateway's current signed descriptor, if it publishes one.
+    #[must_use]
+    pub fn own(&self) -> Option<&[u8]> {
+        self.template.as_ref()?;
+        self.store
+            .iter()
+            .find(|e| e.source() == Source::Own)
+            .map(|e| e.bytes())
+    }
+
+    /// Answers a request that arrived on a DIRECTORY circuit. A published descriptor
+    /// is verified and stored like one learned without a peer (it proves nothing of
+    /// its sender, who is anonymous), within the store's caps and a rate limit.
     pub async fn on_request(&mut self, d: &mut Driver, circuit: CircuitId, request: &[u8]) {
         let now = Instant::now();
+        if let Ok(Message::Publish(bytes)) = Message::parse(request) {
+            if self.publish_rate.take(now) {
+                if let Err(e) = self.store.insert(bytes, unix_now(), Source::Bootstrap) {
+                    tracing::debug!("published descriptor refused: {e:?}");
+                }
+            }
+            return;
+        }
         let session = self.sessions.entry(circuit).or_default();
         let mut out = Vec::new();
         self.server

@@ -57,6 +57,7 @@ const TYPE_GET: u8 = 1;
 const TYPE_DESC: u8 = 2;
 const TYPE_END: u8 = 3;
 const TYPE_REFUSED: u8 = 4;
+const TYPE_PUBLISH: u8 = 5;
 
 const _: () = assert!(MAX_MESSAGE_LEN <= crate::wire::MAX_PAYLOAD);
 
@@ -81,6 +82,7 @@ const TAG_PEER: u8 = 2;
 /// Desc     02 descriptor  159..=1025 bytes: a descriptor of 158..=1024 bytes
 /// End      03 sent        2 bytes, sent 0..=64
 /// Refused  04             1 byte
+/// Publish  05 descriptor  159..=1025 bytes
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message<'a> {
@@ -99,6 +101,10 @@ pub enum Message<'a> {
     },
     /// Gateway → requester: the gateway does not share its descriptors now.
     Refused,
+    /// Gateway → gateway, before a `Get`: the sender's own descriptor, so that a new
+    /// gateway becomes known to its bootstrap peers (not verified by
+    /// [`Message::parse`]; the receiving store verifies it).
+    Publish(&'a [u8]),
 }
 
 /// Why a payload is not a discovery message.
@@ -150,6 +156,13 @@ impl<'a> Message<'a> {
                 [sent] => Err(MessageError::Count(sent)),
                 _ => Err(bad_length),
             },
+            TYPE_PUBLISH => {
+                if (MIN_DESCRIPTOR_LEN..=MAX_DESCRIPTOR_LEN).contains(&rest.len()) {
+                    Ok(Message::Publish(rest))
+                } else {
+                    Err(bad_length)
+                }
+            }
             TYPE_REFUSED if rest.is_empty() => Ok(Message::Refused),
             TYPE_REFUSED => Err(bad_length),
             _ => Err(MessageError::UnknownType(kind)),
@@ -167,6 +180,10 @@ impl<'a> Message<'a> {
             }
             Message::End { sent } => out.extend_from_slice(&[TYPE_END, sent]),
             Message::Refused => out.push(TYPE_REFUSED),
+            Message::Publish(descriptor) => {
+                out.push(TYPE_PUBLISH);
+                out.extend_from_slice(descriptor);
+            }
         }
     }
 
@@ -181,7 +198,7 @@ impl<'a> Message<'a> {
     pub fn encoded_len(&self) -> usize {
         match self {
             Message::Get { .. } | Message::End { .. } => 2,
-            Message::Desc(descriptor) => 1 + descriptor.len(),
+            Message::Desc(descriptor) | Message::Publish(descriptor) => 1 + descriptor.len(),
             Message::Refused => 1,
         }
     }
@@ -1620,16 +1637,20 @@ mod tests {
             Message::Desc(&d),
             Message::End { sent: 9 },
             Message::Refused,
+            Message::Publish(&d),
         ] {
             assert_eq!(Message::parse(&m.to_vec()), Ok(m));
         }
+        let publish = Message::Publish(&d).to_vec();
+        assert_eq!(publish[0], 0x05);
+        assert_eq!(&publish[1..], &d[..]);
     }
 
     #[test]
     fn message_errors() {
         let length = |kind, len| Err(MessageError::Length { kind, len });
         assert_eq!(Message::parse(&[]), Err(MessageError::Empty));
-        for kind in [0x00, 0x05, 0x12, 0xff] {
+        for kind in [0x00, 0x06, 0x12, 0xff] {
             assert_eq!(
                 Message::parse(&[kind, 1]),
                 Err(MessageError::UnknownType(kind))
@@ -1648,6 +1669,7 @@ mod tests {
         desc.pop();
         assert_eq!(Message::parse(&desc), length(2, MIN_DESCRIPTOR_LEN));
         assert_eq!(Message::parse(&[0x02]), length(2, 1));
+        assert_eq!(Message::parse(&[0x05]), length(5, 1));
         let mut desc = vec![0x02; MAX_MESSAGE_LEN];
         assert!(Message::parse(&desc).is_ok());
         desc.push(0);
