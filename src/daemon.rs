@@ -271,7 +271,8 @@ pub async fn gateway(path: &Path, exit: bool) -> Result<ExitCode> {
         ..NodeConfig::default()
     });
     let addrs: Vec<_> = cfg.listen_addrs().collect();
-    let d = match Driver::new(node, &addrs) {
+    let mtu = if exit { cfg.exit.mtu as usize } else { 0 };
+    let d = match Driver::tunnel(node, &addrs, None, mtu) {
         Ok(d) => d,
         Err(e) => {
             if let Some(x) = exit_side.take() {
@@ -615,7 +616,27 @@ impl ExitSide {
 
 // ---- client -----------------------------------------------------------------------
 
-fn hop_specs(hops: &[config::HopConfig]) -> Vec<HopSpec> {
+/// A client binds an ephemeral port on every IPv4 and IPv6 address.
+pub const CLIENT_BINDS: [SocketAddr; 2] = [
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+    SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
+];
+
+/// The node settings of a client config.
+#[must_use]
+pub fn client_node_config(cfg: &ClientConfig) -> NodeConfig {
+    NodeConfig {
+        keepalive: cfg.keepalive(),
+        circuit_timeout: cfg.circuit_timeout(),
+        build_timeout: cfg.build_timeout(),
+        padding: cfg.padding_classes().into_iter().map(usize::from).collect(),
+        ..NodeConfig::default()
+    }
+}
+
+/// The hops of a config path, as the node takes them.
+#[must_use]
+pub fn hop_specs(hops: &[config::HopConfig]) -> Vec<HopSpec> {
     hops.iter()
         .map(|h| HopSpec {
             addr: h.addr,
@@ -760,11 +781,7 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
     if disc.bootstrap.is_empty() {
         bail!("{}: discovery.bootstrap is empty: list at least one gateway (\"ADDR:PORT PUBLIC-KEY\")", path.display());
     }
-    let binds: [SocketAddr; 2] = [
-        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
-        SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
-    ];
-    let mut d = Driver::new(Node::new(NodeConfig::default()), &binds)?;
+    let mut d = Driver::new(Node::new(client_node_config(&cfg)), &CLIENT_BINDS)?;
     let mut store = load_store(&cfg.tunnel.state_dir);
     let cached = store.len();
     let mut last = Instant::now();
@@ -899,18 +916,8 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
     let net = client_net(&cfg);
     sys::client_preflight(&net).await?;
     let tun = create_tun(&net.tun)?;
-    let node = Node::new(NodeConfig {
-        keepalive: cfg.keepalive(),
-        circuit_timeout: cfg.circuit_timeout(),
-        build_timeout: cfg.build_timeout(),
-        padding: cfg.padding_classes().into_iter().map(usize::from).collect(),
-        ..NodeConfig::default()
-    });
-    let binds: [SocketAddr; 2] = [
-        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
-        SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
-    ];
-    let mut d = Driver::with_mark(node, &binds, Some(net.fwmark))?;
+    let node = Node::new(client_node_config(&cfg));
+    let mut d = Driver::tunnel(node, &CLIENT_BINDS, Some(net.fwmark), net.mtu as usize)?;
     let mut paths = Paths::new(&cfg, &mut d).await?;
     let specs = paths.next(&mut d.rng)?;
     let entry = specs.first().map(|h| h.addr).context("the path is empty")?;

@@ -17,7 +17,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::node::{Event, Node, Output, Transmit};
-use crate::wire::MAX_DATAGRAM;
+use crate::wire::{MAX_DATAGRAM, PAYLOAD_OFFSET};
 
 /// Socket buffer size asked of the kernel (it may grant less).
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -34,25 +34,44 @@ pub type Received = (usize, SocketAddr, Vec<u8>);
 
 /// Datagram buffers shared by the receive tasks and the core, so that steady-state
 /// traffic allocates nothing: a buffer goes socket -> node (relayed in place) ->
-/// socket -> pool -> socket.
-#[derive(Clone, Default)]
-pub struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+/// socket -> pool -> socket. Every buffer has the same capacity, large enough for a
+/// datagram and, in a tunnel daemon, for a TUN packet read at `PAYLOAD_OFFSET`.
+#[derive(Clone)]
+pub struct Pool {
+    bufs: Arc<Mutex<Vec<Vec<u8>>>>,
+    capacity: usize,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
 
 impl Pool {
+    /// A pool of buffers of at least `capacity` bytes (never less than a datagram).
+    #[must_use]
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            bufs: Arc::default(),
+            capacity: capacity.max(MAX_DATAGRAM + 1),
+        }
+    }
+
     /// A buffer of `MAX_DATAGRAM + 1` bytes (one more than any valid datagram, so an
     /// oversized one is seen as such rather than truncated to a valid length).
     #[must_use]
     pub fn get(&self) -> Vec<u8> {
-        let reused = self.0.lock().ok().and_then(|mut p| p.pop());
-        let mut buf = reused.unwrap_or_else(|| Vec::with_capacity(MAX_DATAGRAM + 1));
+        let reused = self.bufs.lock().ok().and_then(|mut p| p.pop());
+        let mut buf = reused.unwrap_or_else(|| Vec::with_capacity(self.capacity));
         buf.resize(MAX_DATAGRAM + 1, 0);
         buf
     }
 
     /// Returns a buffer for reuse.
     pub fn put(&self, buf: Vec<u8>) {
-        if let Ok(mut p) = self.0.lock() {
-            if p.len() < POOL_CAP && buf.capacity() > MAX_DATAGRAM {
+        if let Ok(mut p) = self.bufs.lock() {
+            if p.len() < POOL_CAP && buf.capacity() >= self.capacity {
                 p.push(buf);
             }
         }
@@ -90,9 +109,9 @@ fn bind_one(addr: SocketAddr, mark: Option<u32>) -> Result<UdpSocket> {
 }
 
 impl Sockets {
-    /// Binds every address, marking the sockets with `mark` if given. Port 0 picks
-    /// an ephemeral port.
-    pub fn bind(addrs: &[SocketAddr], mark: Option<u32>) -> Result<Self> {
+    /// Binds every address, marking the sockets with `mark` if given, with a buffer
+    /// pool of `capacity`-byte buffers. Port 0 picks an ephemeral port.
+    pub fn bind(addrs: &[SocketAddr], mark: Option<u32>, capacity: usize) -> Result<Self> {
         let mut socks = Vec::with_capacity(addrs.len());
         let mut by_local = HashMap::new();
         for &addr in addrs {
@@ -104,7 +123,7 @@ impl Sockets {
         Ok(Self {
             socks,
             by_local,
-            pool: Pool::default(),
+            pool: Pool::with_capacity(capacity),
         })
     }
 
@@ -191,12 +210,14 @@ pub struct Driver {
 impl Driver {
     /// Binds the sockets and starts receiving.
     pub fn new(node: Node, addrs: &[SocketAddr]) -> Result<Self> {
-        Self::with_mark(node, addrs, None)
+        Self::tunnel(node, addrs, None, 0)
     }
 
-    /// As [`Driver::new`], with every socket marked with `mark` (SO_MARK).
-    pub fn with_mark(node: Node, addrs: &[SocketAddr], mark: Option<u32>) -> Result<Self> {
-        let sockets = Sockets::bind(addrs, mark)?;
+    /// As [`Driver::new`] for a daemon with a TUN device: every socket is marked
+    /// with `mark` (SO_MARK) if given, and every pool buffer also holds a packet of
+    /// `mtu` bytes at `PAYLOAD_OFFSET`, so TUN reads allocate nothing.
+    pub fn tunnel(node: Node, addrs: &[SocketAddr], mark: Option<u32>, mtu: usize) -> Result<Self> {
+        let sockets = Sockets::bind(addrs, mark, PAYLOAD_OFFSET + mtu)?;
         let rx = sockets.spawn_receivers();
         Ok(Self {
             node,

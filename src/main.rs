@@ -12,11 +12,11 @@ use rand_chacha::rand_core::{OsRng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
 
-use anonnet::config::{self, ClientConfig};
+use anonnet::config;
 use anonnet::daemon;
 use anonnet::driver::Driver;
 use anonnet::identity::Identity;
-use anonnet::node::{CircuitId, Event, HopSpec, Node, NodeConfig};
+use anonnet::node::{CircuitId, Event, Node};
 use anonnet::wire::{Service, MAX_PAYLOAD};
 
 /// anonnet: a multi-hop anonymizing VPN. Packets are wrapped in one layer of Noise
@@ -224,28 +224,11 @@ fn payload(seq: u64, t: &Transfer) -> Vec<u8> {
     v
 }
 
-fn hop_specs(cfg: &ClientConfig) -> Vec<HopSpec> {
-    cfg.path
-        .iter()
-        .map(|h| HopSpec {
-            addr: h.addr,
-            key: h.key.0,
-        })
-        .collect()
-}
-
 async fn circuit_test(path: PathBuf, t: Transfer) -> Result<ExitCode> {
     let cfg = config::load_client(&path)?;
-    let node = Node::new(NodeConfig {
-        keepalive: cfg.keepalive(),
-        circuit_timeout: cfg.circuit_timeout(),
-        build_timeout: cfg.build_timeout(),
-        padding: cfg.padding_classes().into_iter().map(usize::from).collect(),
-        ..NodeConfig::default()
-    });
-    let binds = ["0.0.0.0:0".parse()?, "[::]:0".parse()?];
-    let mut d = Driver::new(node, &binds)?;
-    let specs = hop_specs(&cfg);
+    let node = Node::new(daemon::client_node_config(&cfg));
+    let mut d = Driver::new(node, &daemon::CLIENT_BINDS)?;
+    let specs = daemon::hop_specs(&cfg.path);
     let start = Instant::now();
     let id = d
         .node
