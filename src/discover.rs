@@ -17,7 +17,6 @@ use crate::discovery::{
 };
 use crate::driver::Driver;
 use crate::identity::Identity;
-use crate::limits::TokenBucket;
 use crate::node::{CircuitId, Event, HopSpec};
 use crate::wire::Service;
 
@@ -63,19 +62,12 @@ pub fn save_cache(dir: &Path, store: &Store) -> Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
-#[derive(Clone, Copy)]
-enum Query {
-    /// A bootstrap gateway, known only by address and key.
-    Bootstrap,
-    /// A query the crawler started.
-    Crawl([u8; 32]),
-}
-
 /// One crawl in progress: bootstrap queries first, then whom the crawler picks.
 pub struct Crawl {
     crawler: Crawler,
     bootstrap: Vec<HopSpec>,
-    open: HashMap<CircuitId, Query>,
+    /// Open queries: circuit → the gateway asked.
+    open: HashMap<CircuitId, [u8; 32]>,
     started: bool,
     /// A gateway's own descriptor, published to each peer before the `Get`.
     announce: Option<Vec<u8>>,
@@ -129,7 +121,8 @@ impl Crawl {
                     .node
                     .build_circuit(now, &mut d.rng, &[b], Service::Directory)
                 {
-                    self.open.insert(id, Query::Bootstrap);
+                    self.crawler.ask(now, b.key);
+                    self.open.insert(id, b.key);
                 }
             }
         }
@@ -148,7 +141,7 @@ impl Crawl {
                 Service::Directory,
             ) {
                 Ok(id) => {
-                    self.open.insert(id, Query::Crawl(key));
+                    self.open.insert(id, key);
                 }
                 Err(_) => {
                     self.crawler.on_failed(&key);
@@ -162,7 +155,7 @@ impl Crawl {
         let ids: Vec<CircuitId> = self
             .open
             .iter()
-            .filter(|(_, q)| matches!(q, Query::Crawl(k) if *k == key))
+            .filter(|(_, k)| **k == key)
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -203,21 +196,12 @@ impl Crawl {
                 buf,
                 range,
             } if self.open.contains_key(&circuit) => {
-                let finished = match self.open[&circuit] {
-                    Query::Crawl(key) => !matches!(
-                        self.crawler
-                            .on_payload(&key, &buf[range], store, unix_now()),
-                        Progress::Descriptor(_)
-                    ),
-                    Query::Bootstrap => match Message::parse(&buf[range]) {
-                        Ok(Message::Desc(bytes)) => {
-                            // Counted in the store's statistics if rejected.
-                            let _ = store.insert(bytes, unix_now(), Source::Bootstrap);
-                            false
-                        }
-                        _ => true,
-                    },
-                };
+                let key = self.open[&circuit];
+                let finished = !matches!(
+                    self.crawler
+                        .on_payload(&key, &buf[range], store, unix_now()),
+                    Progress::Descriptor(_)
+                );
                 d.sockets.pool.put(buf);
                 if finished {
                     self.close(d, circuit);
@@ -229,7 +213,7 @@ impl Crawl {
     }
 
     fn fail(&mut self, d: &mut Driver, id: CircuitId) {
-        if let Some(Query::Crawl(key)) = self.open.get(&id).copied() {
+        if let Some(key) = self.open.get(&id).copied() {
             self.crawler.on_failed(&key);
         }
         self.close(d, id);
@@ -282,8 +266,6 @@ pub async fn crawl(
 pub struct Directory {
     pub store: Store,
     server: Server,
-    /// Bounds the descriptors other gateways may publish here (per second).
-    publish_rate: TokenBucket,
     sessions: HashMap<CircuitId, Session>,
     identity: Identity,
     /// This gateway's descriptor before signing; `None` when it has no address to
@@ -320,7 +302,6 @@ impl Directory {
         let mut dir = Self {
             store: Store::new(StoreLimits::default()),
             server: Server::new(share, rate),
-            publish_rate: TokenBucket::new(rate, rate, Instant::now()),
             sessions: HashMap::new(),
             identity,
             template,
@@ -367,17 +348,14 @@ impl Directory {
             .map(|e| e.bytes())
     }
 
-    /// Answers a request that arrived on a DIRECTORY circuit. A published descriptor
-    /// is verified and stored like one learned without a peer (it proves nothing of
-    /// its sender, who is anonymous), within the store's caps and a rate limit.
+    /// Takes a request that arrived on a DIRECTORY circuit: a published descriptor
+    /// (stored), or a `Get` (answered).
     pub async fn on_request(&mut self, d: &mut Driver, circuit: CircuitId, request: &[u8]) {
         let now = Instant::now();
-        if let Ok(Message::Publish(bytes)) = Message::parse(request) {
-            if self.publish_rate.take(now) {
-                if let Err(e) = self.store.insert(bytes, unix_now(), Source::Bootstrap) {
-                    tracing::debug!("published descriptor refused: {e:?}");
-                }
-            }
+        if self
+            .server
+            .publish(now, &mut self.store, request, unix_now())
+        {
             return;
         }
         let session = self.sessions.entry(circuit).or_default();

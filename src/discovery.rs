@@ -1126,6 +1126,10 @@ pub struct ServerStats {
     pub ignored: u64,
     /// Descriptors sent.
     pub descriptors_sent: u64,
+    /// Published descriptors the store took.
+    pub published: u64,
+    /// Published descriptors dropped: over the rate limit or refused by the store.
+    pub published_dropped: u64,
 }
 
 /// Per-circuit state of a [`Server`]: the driver keeps one per DIRECTORY circuit.
@@ -1146,6 +1150,8 @@ pub struct Server {
     share: bool,
     rate_per_sec: u32,
     bucket: Option<TokenBucket>,
+    /// Bounds the descriptors other gateways may publish here.
+    publish_bucket: Option<TokenBucket>,
     stats: ServerStats,
 }
 
@@ -1157,8 +1163,36 @@ impl Server {
             share,
             rate_per_sec,
             bucket: None,
+            publish_bucket: None,
             stats: ServerStats::default(),
         }
+    }
+
+    /// Takes a `Publish` (a gateway announcing its own descriptor): verifies and
+    /// stores it like a descriptor learned without a peer, since it proves nothing
+    /// of its anonymous sender, under the store's caps and at most `rate_per_sec`
+    /// per second. Returns false when `request` is not a `Publish` (then it is for
+    /// [`Server::handle`]). Publishing gets no answer.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        store: &mut Store,
+        request: &[u8],
+        now_unix: u64,
+    ) -> bool {
+        let Ok(Message::Publish(bytes)) = Message::parse(request) else {
+            return false;
+        };
+        let rate = self.rate_per_sec;
+        let bucket = self
+            .publish_bucket
+            .get_or_insert_with(|| TokenBucket::new(rate, rate, now));
+        if bucket.take(now) && store.insert(bytes, now_unix, Source::Bootstrap).is_ok() {
+            self.stats.published += 1;
+        } else {
+            self.stats.published_dropped += 1;
+        }
+        true
     }
 
     /// Counters of what the server did.
@@ -1374,6 +1408,23 @@ impl Crawler {
             max: self.per_query,
         }
         .to_vec()
+    }
+
+    /// Opens a query to a gateway known only by address and key (a bootstrap
+    /// gateway without a descriptor yet); its answer is then fed to
+    /// [`Crawler::on_payload`] like any other. Its own descriptor, served over the
+    /// authenticated circuit, counts as proven.
+    pub fn ask(&mut self, now: Instant, key: [u8; 32]) {
+        self.asked.insert(key);
+        self.pending.insert(
+            key,
+            Pending {
+                started: now,
+                answer: Answer::new(key),
+                received: 0,
+            },
+        );
+        self.stats.queries += 1;
     }
 
     /// The next gateway to ask, if a query slot is free, the crawl is not done and
@@ -2883,6 +2934,59 @@ mod tests {
         let progress = exchange(&mut crawler, key, &gateway, &mut client, &mut rng);
         assert_eq!(progress[0], Progress::Descriptor(Ok(Inserted::Reclaimed)));
         assert_eq!(client.get(&onion(1)).unwrap().bytes(), &gw(1)[..]);
+    }
+
+    #[test]
+    fn crawler_asks_a_bootstrap_gateway_known_only_by_key() {
+        let mut rng = rng();
+        let now = Instant::now();
+        let mut client = Store::default();
+        let mut gateway = Store::default();
+        gateway.insert(&gw(1), NOW, Source::Own).unwrap();
+        gateway.insert(&gw(2), NOW, Source::Bootstrap).unwrap();
+        let mut crawler = Crawler::new(usize::MAX, 64, Duration::from_secs(5));
+        crawler.ask(now, onion(1));
+        assert_eq!(crawler.pending(), 1);
+        let progress = exchange(&mut crawler, onion(1), &gateway, &mut client, &mut rng);
+        assert!(matches!(
+            progress.last(),
+            Some(Progress::Answered {
+                sent: 2,
+                received: 2
+            })
+        ));
+        // Its own descriptor came over the authenticated circuit: held as proven.
+        assert_eq!(
+            client.get(&onion(1)).unwrap().source(),
+            Source::Peer(onion(1))
+        );
+        assert_eq!(client.len(), 2);
+        // Asked once: the crawler does not pick it again.
+        assert_ne!(crawler.next_query(now, &mut rng, &client), Some(onion(1)));
+    }
+
+    #[test]
+    fn server_stores_published_descriptors_within_its_rate() {
+        let now = Instant::now();
+        let mut store = Store::default();
+        let mut server = Server::new(true, 2);
+        assert!(
+            !server.publish(now, &mut store, &get(8), NOW),
+            "a Get is not a Publish"
+        );
+        for seed in 1..=3 {
+            let msg = Message::Publish(&gw(seed)).to_vec();
+            assert!(server.publish(now, &mut store, &msg, NOW));
+        }
+        assert_eq!(store.len(), 2, "the third exceeds 2 per second");
+        assert_eq!(store.get(&onion(1)).unwrap().source(), Source::Bootstrap);
+        assert_eq!(
+            (server.stats().published, server.stats().published_dropped),
+            (2, 1)
+        );
+        let forged = Message::Publish(&[0x11; MIN_DESCRIPTOR_LEN]).to_vec();
+        assert!(server.publish(now + Duration::from_secs(1), &mut store, &forged, NOW));
+        assert_eq!(store.len(), 2, "an invalid descriptor is dropped");
     }
 
     proptest! {
