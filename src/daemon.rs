@@ -5,7 +5,7 @@
 //! the core ([`Node`], [`Exit`], [`crate::tunnel`]), and the kernel set-up of
 //! [`crate::sys`] around them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -24,7 +24,7 @@ use crate::discover::{self, load_cache, save_cache, unix_now, Crawl, Directory};
 use crate::discovery::Store;
 use crate::driver::{Driver, Pool};
 use crate::exit::{Exit, ExitSettings, Verdict};
-use crate::flows::{FlowRouter, Isolation};
+use crate::flows::{CircuitPool, FlowRouter, Isolation};
 use crate::identity::Identity;
 use crate::node::{CircuitId, Event, HopSpec, Node, NodeConfig, SendError, Transmit};
 use crate::packet;
@@ -43,10 +43,6 @@ const TUN_QUEUE: usize = 1024;
 /// or IPv6 (40) header and the TCP header (20).
 const MSS_V4: u16 = (MAX_PAYLOAD - 40) as u16;
 const MSS_V6: u16 = (MAX_PAYLOAD - 60) as u16;
-/// Waits between rebuilds of a client circuit that went down: doubling from the
-/// first to the last.
-const REBUILD_FIRST: Duration = Duration::from_secs(1);
-const REBUILD_MAX: Duration = Duration::from_secs(30);
 
 fn flush_stdout() -> Result<()> {
     std::io::stdout().flush().context("cannot write to stdout")
@@ -969,14 +965,6 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A circuit of the client's pool.
-struct Pooled {
-    up: bool,
-    created: Instant,
-    /// The exit's key, to spread the pool over different exits.
-    exit: [u8; 32],
-}
-
 /// The client's settings for its pool of circuits.
 struct PoolSettings {
     circuits: usize,
@@ -1014,18 +1002,14 @@ async fn client_loop(
     let mut packets = Vec::new();
     let mut reasm: HashMap<CircuitId, Reassembler> = HashMap::new();
     let mut frag_id = 0u16;
-    let mut pool: BTreeMap<CircuitId, Pooled> = BTreeMap::new();
-    pool.insert(
+    let mut pool = CircuitPool::new(
+        settings.circuits,
+        settings.lifetime,
+        Instant::now(),
         first.0,
-        Pooled {
-            up: true,
-            created: Instant::now(),
-            exit: first.1,
-        },
+        first.1,
     );
     let mut router = FlowRouter::new(settings.isolation);
-    let mut backoff = REBUILD_FIRST;
-    let mut next_build = Instant::now();
     let mut open_ids = Vec::new();
     loop {
         let open = tokio::select! {
@@ -1042,7 +1026,7 @@ async fn client_loop(
                     circuit: c,
                     mut buf,
                     range,
-                } if pool.contains_key(&c) => {
+                } if pool.contains(c) => {
                     let r = reasm.entry(c).or_default();
                     if let Some(p) = unwrap_payload(now, &mut buf[range], r) {
                         clamp(p);
@@ -1052,39 +1036,23 @@ async fn client_loop(
                     }
                     d.sockets.pool.put(buf);
                 }
-                Event::CircuitUp(c) => {
-                    if let Some(p) = pool.get_mut(&c) {
-                        p.up = true;
-                        backoff = REBUILD_FIRST;
-                        tracing::info!("circuit {c:?} up; {} in the pool", pool.len());
-                    }
-                }
+                Event::CircuitUp(c) => pool.on_up(c),
                 Event::CircuitDown(c, why) => {
-                    if pool.remove(&c).is_some() {
+                    if pool.on_down(now, c) {
                         router.forget_circuit(c);
                         reasm.remove(&c);
-                        if !pool.values().any(|p| p.up) {
+                        if pool.all_down() {
                             eprintln!(
                                 "anonnet: circuit down ({why:?}); traffic is blocked until one is rebuilt"
                             );
                         }
-                        next_build = now + backoff;
-                        backoff = (backoff * 2).min(REBUILD_MAX);
                     }
                 }
                 Event::Data { buf, .. } | Event::ServiceData { buf, .. } => d.sockets.pool.put(buf),
                 Event::ServiceClosed(..) => {}
             }
         }
-        // Keep `circuits` fresh circuits, one build at a time; retire old ones once
-        // their flows are done (or at twice the lifetime).
-        let fresh = |p: &Pooled| now.saturating_duration_since(p.created) < settings.lifetime;
-        let building = pool.values().any(|p| !p.up);
-        if !building
-            && now >= next_build
-            && pool.values().filter(|p| fresh(p)).count() < settings.circuits
-        {
-            let avoid: Vec<[u8; 32]> = pool.values().filter(|p| fresh(p)).map(|p| p.exit).collect();
+        if let Some(avoid) = pool.wants_build(now) {
             let specs = path_avoiding(paths, &mut d.rng, &avoid)?;
             if let Some(entry) = specs.first().map(|h| h.addr) {
                 if !net.gateways.contains(&entry) {
@@ -1097,44 +1065,21 @@ async fn client_loop(
                 .node
                 .build_circuit(now, &mut d.rng, &specs, Service::Exit)
                 .map_err(|e| anyhow::anyhow!("cannot build a circuit: {e}"))?;
-            pool.insert(
-                id,
-                Pooled {
-                    up: false,
-                    created: now,
-                    exit,
-                },
-            );
-            d.flush().await;
+            pool.building(now, id, exit);
         }
-        let any_fresh_up = pool.values().any(|p| p.up && fresh(p));
-        let retired: Vec<CircuitId> = pool
-            .iter()
-            .filter(|(c, p)| {
-                let age = now.saturating_duration_since(p.created);
-                age >= settings.lifetime * 2
-                    || (age >= settings.lifetime && any_fresh_up && router.flows_on(**c) == 0)
-            })
-            .map(|(c, _)| *c)
-            .collect();
-        for c in retired {
-            pool.remove(&c);
-            router.forget_circuit(c);
+        for c in pool.retire(now, &mut router) {
             reasm.remove(&c);
             d.node.close_circuit(c);
         }
-        open_ids.clear();
-        open_ids.extend(
-            pool.iter()
-                .filter(|(_, p)| p.up && fresh(p))
-                .map(|(c, _)| *c),
-        );
-        if open_ids.is_empty() {
-            open_ids.extend(pool.iter().filter(|(_, p)| p.up).map(|(c, _)| *c));
-        }
+        pool.open(now, &mut open_ids);
         for mut buf in packets.drain(..) {
-            let is_up = |c: CircuitId| pool.get(&c).is_some_and(|p| p.up);
-            match router.route(now, &mut d.rng, &buf[PAYLOAD_OFFSET..], is_up, &open_ids) {
+            match router.route(
+                now,
+                &mut d.rng,
+                &buf[PAYLOAD_OFFSET..],
+                |c| pool.is_up(c),
+                &open_ids,
+            ) {
                 Some(c) => {
                     let len = buf.len() - PAYLOAD_OFFSET;
                     clamp(&mut buf[PAYLOAD_OFFSET..]);
@@ -1145,8 +1090,9 @@ async fn client_loop(
         }
         d.flush().await;
     }
-    for c in pool.keys() {
-        d.node.close_circuit(*c);
+    let ids: Vec<CircuitId> = pool.ids().collect();
+    for c in ids {
+        d.node.close_circuit(c);
     }
     d.flush().await;
     Ok(())

@@ -6,7 +6,7 @@
 //! over several exits, while different destinations are. What a flow is depends on
 //! the [`Isolation`] policy.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -160,6 +160,170 @@ impl FlowRouter {
     }
 }
 
+/// First and largest wait before building again after a circuit of the pool failed
+/// (doubling in between).
+pub const REBUILD_FIRST: Duration = Duration::from_secs(1);
+pub const REBUILD_MAX: Duration = Duration::from_secs(30);
+
+/// A circuit of the client's pool.
+#[derive(Debug)]
+struct Pooled {
+    up: bool,
+    created: Instant,
+    /// The exit's key, to spread the pool over different exits.
+    exit: [u8; 32],
+}
+
+/// The client's pool of circuits: which to build, which take new flows, which to
+/// retire. It keeps `target` fresh circuits (younger than `lifetime`), building one
+/// at a time, backing off after failures; a circuit past its lifetime takes no new
+/// flows and closes once its flows are done (or at twice its lifetime).
+#[derive(Debug)]
+pub struct CircuitPool {
+    target: usize,
+    lifetime: Duration,
+    circuits: BTreeMap<CircuitId, Pooled>,
+    backoff: Duration,
+    next_build: Instant,
+}
+
+impl CircuitPool {
+    /// A pool holding `first`, already up, through exit `exit`.
+    #[must_use]
+    pub fn new(
+        target: usize,
+        lifetime: Duration,
+        now: Instant,
+        first: CircuitId,
+        exit: [u8; 32],
+    ) -> Self {
+        let mut circuits = BTreeMap::new();
+        circuits.insert(
+            first,
+            Pooled {
+                up: true,
+                created: now,
+                exit,
+            },
+        );
+        Self {
+            target,
+            lifetime,
+            circuits,
+            backoff: REBUILD_FIRST,
+            next_build: now,
+        }
+    }
+
+    fn fresh(&self, now: Instant, p: &Pooled) -> bool {
+        now.saturating_duration_since(p.created) < self.lifetime
+    }
+
+    /// Whether `c` is one of the pool's circuits.
+    #[must_use]
+    pub fn contains(&self, c: CircuitId) -> bool {
+        self.circuits.contains_key(&c)
+    }
+
+    /// Whether `c` is in the pool and up.
+    #[must_use]
+    pub fn is_up(&self, c: CircuitId) -> bool {
+        self.circuits.get(&c).is_some_and(|p| p.up)
+    }
+
+    /// The pool's circuits.
+    pub fn ids(&self) -> impl Iterator<Item = CircuitId> + '_ {
+        self.circuits.keys().copied()
+    }
+
+    /// A circuit of the pool came up.
+    pub fn on_up(&mut self, c: CircuitId) {
+        if let Some(p) = self.circuits.get_mut(&c) {
+            p.up = true;
+            self.backoff = REBUILD_FIRST;
+        }
+    }
+
+    /// A circuit went down; returns whether it was the pool's. The next build waits
+    /// for the back-off.
+    pub fn on_down(&mut self, now: Instant, c: CircuitId) -> bool {
+        if self.circuits.remove(&c).is_none() {
+            return false;
+        }
+        self.next_build = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(REBUILD_MAX);
+        true
+    }
+
+    /// Whether no circuit of the pool is up.
+    #[must_use]
+    pub fn all_down(&self) -> bool {
+        !self.circuits.values().any(|p| p.up)
+    }
+
+    /// When a circuit should be built now: the exits of the fresh circuits, which
+    /// the new one should avoid where it can.
+    #[must_use]
+    pub fn wants_build(&self, now: Instant) -> Option<Vec<[u8; 32]>> {
+        let building = self.circuits.values().any(|p| !p.up);
+        let fresh: Vec<[u8; 32]> = self
+            .circuits
+            .values()
+            .filter(|p| self.fresh(now, p))
+            .map(|p| p.exit)
+            .collect();
+        (!building && now >= self.next_build && fresh.len() < self.target).then_some(fresh)
+    }
+
+    /// A circuit through exit `exit` is being built.
+    pub fn building(&mut self, now: Instant, c: CircuitId, exit: [u8; 32]) {
+        self.circuits.insert(
+            c,
+            Pooled {
+                up: false,
+                created: now,
+                exit,
+            },
+        );
+    }
+
+    /// Circuits to close now (removed from the pool and from `router`): past twice
+    /// their lifetime, or past it with no flows left while a fresh circuit is up.
+    pub fn retire(&mut self, now: Instant, router: &mut FlowRouter) -> Vec<CircuitId> {
+        let any_fresh_up = self.circuits.values().any(|p| p.up && self.fresh(now, p));
+        let retired: Vec<CircuitId> = self
+            .circuits
+            .iter()
+            .filter(|(c, p)| {
+                let age = now.saturating_duration_since(p.created);
+                age >= self.lifetime * 2
+                    || (age >= self.lifetime && any_fresh_up && router.flows_on(**c) == 0)
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for c in &retired {
+            self.circuits.remove(c);
+            router.forget_circuit(*c);
+        }
+        retired
+    }
+
+    /// Into `out`: the circuits taking new flows (fresh and up; if none is, any that
+    /// is up).
+    pub fn open(&self, now: Instant, out: &mut Vec<CircuitId>) {
+        out.clear();
+        out.extend(
+            self.circuits
+                .iter()
+                .filter(|(_, p)| p.up && self.fresh(now, p))
+                .map(|(c, _)| *c),
+        );
+        if out.is_empty() {
+            out.extend(self.circuits.iter().filter(|(_, p)| p.up).map(|(c, _)| *c));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -287,5 +451,85 @@ mod tests {
             .parse::<Isolation>()
             .unwrap_err()
             .contains("per-site"));
+    }
+
+    #[test]
+    fn pool_builds_one_at_a_time_up_to_its_target() {
+        let t = Instant::now();
+        let life = Duration::from_secs(600);
+        let mut p = CircuitPool::new(3, life, t, A, [1; 32]);
+        assert_eq!(
+            p.wants_build(t),
+            Some(vec![[1; 32]]),
+            "avoid the first circuit's exit"
+        );
+        p.building(t, B, [2; 32]);
+        assert_eq!(p.wants_build(t), None, "one build at a time");
+        p.on_up(B);
+        p.building(t, C, [3; 32]);
+        p.on_up(C);
+        assert_eq!(p.wants_build(t), None, "3 fresh circuits");
+        let mut open = Vec::new();
+        p.open(t, &mut open);
+        assert_eq!(open, [A, B, C]);
+    }
+
+    #[test]
+    fn pool_backs_off_after_failures() {
+        let t = Instant::now();
+        let mut p = CircuitPool::new(2, Duration::from_secs(600), t, A, [1; 32]);
+        p.building(t, B, [2; 32]);
+        assert!(p.on_down(t, B));
+        assert_eq!(p.wants_build(t), None);
+        assert!(p.wants_build(t + REBUILD_FIRST).is_some());
+        p.building(t + REBUILD_FIRST, C, [2; 32]);
+        assert!(p.on_down(t + REBUILD_FIRST, C));
+        assert_eq!(p.wants_build(t + REBUILD_FIRST * 2), None, "doubled");
+        assert!(p.wants_build(t + REBUILD_FIRST * 3).is_some());
+        assert!(!p.on_down(t, CircuitId(99)), "not the pool's");
+        assert!(p.on_down(t, A));
+        assert!(p.all_down());
+    }
+
+    #[test]
+    fn pool_retires_old_circuits_once_their_flows_are_done() {
+        let t = Instant::now();
+        let life = Duration::from_secs(600);
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let mut r = FlowRouter::new(Isolation::PerDestination);
+        let mut p = CircuitPool::new(1, life, t, A, [1; 32]);
+        let site = tcp([198, 18, 9, 1], 1);
+        assert_eq!(r.route(t, &mut rng, &site, |c| p.is_up(c), &[A]), Some(A));
+        let old = t + life;
+        // The flow stays active until the circuit is old.
+        let recent = old - Duration::from_secs(10);
+        assert_eq!(
+            r.route(recent, &mut rng, &site, |c| p.is_up(c), &[A]),
+            Some(A)
+        );
+        let mut open = Vec::new();
+        p.open(old, &mut open);
+        assert_eq!(
+            open,
+            [A],
+            "no fresh circuit yet: the old one still takes flows"
+        );
+        assert!(p.wants_build(old).is_some());
+        p.building(old, B, [2; 32]);
+        p.on_up(B);
+        p.open(old, &mut open);
+        assert_eq!(open, [B], "new flows go to the fresh circuit");
+        assert_eq!(p.retire(old, &mut r), [], "A still carries a flow");
+        assert_eq!(
+            r.route(old, &mut rng, &site, |c| p.is_up(c), &open),
+            Some(A)
+        );
+        assert_eq!(
+            p.retire(t + life * 2, &mut r),
+            [A],
+            "at twice its lifetime, regardless"
+        );
+        assert!(!p.contains(A));
+        assert_eq!(r.flows_on(A), 0);
     }
 }
