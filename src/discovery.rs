@@ -40,7 +40,7 @@ use thiserror::Error;
 
 use crate::descriptor::{Descriptor, DescriptorError, MAX_DESCRIPTOR_LEN, MIN_DESCRIPTOR_LEN};
 use crate::limits::TokenBucket;
-use crate::path::{Candidate, PortSummary};
+use crate::path::{below, Candidate, PortSummary};
 
 /// Most descriptors one [`Message::Get`] may ask for.
 pub const MAX_GET: u8 = 64;
@@ -1045,18 +1045,6 @@ fn read_record(bytes: &[u8]) -> Option<(Source, &[u8], &[u8])> {
 /// `bytes` split after `n` bytes, if it has that many.
 fn split(bytes: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
     (bytes.len() >= n).then(|| bytes.split_at(n))
-}
-
-/// A uniform integer in `0..n` (`n > 0`), by rejection.
-fn below(rng: &mut impl RngCore, n: usize) -> usize {
-    let n = n as u64;
-    let skip = n.wrapping_neg() % n;
-    loop {
-        let v = rng.next_u64();
-        if v >= skip {
-            return (v % n) as usize;
-        }
-    }
 }
 
 /// `min(k, n)` distinct indices of `0..n`, uniformly at random, in random order.

@@ -105,7 +105,7 @@ impl FlowRouter {
         if open.is_empty() {
             return None;
         }
-        let pick = open[(rng.next_u32() as usize) % open.len()];
+        let pick = open[crate::path::below(rng, open.len())];
         if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&flow) {
             self.evict_idlest();
         }

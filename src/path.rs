@@ -319,8 +319,8 @@ fn reachable(c: &Candidate) -> bool {
     !c.addrs.is_empty() && c.port != 0
 }
 
-/// A uniform integer in `0..n` (`n > 0`), by rejection.
-fn below<R: RngCore + ?Sized>(rng: &mut R, n: usize) -> usize {
+/// A uniform integer in `0..n` (`n > 0`), by rejection (no modulo bias).
+pub(crate) fn below<R: RngCore + ?Sized>(rng: &mut R, n: usize) -> usize {
     let n = n as u64;
     let skip = n.wrapping_neg() % n;
     loop {
