@@ -24,11 +24,11 @@ use crate::discover::{self, load_cache, save_cache, unix_now, Crawl, Directory};
 use crate::discovery::Store;
 use crate::driver::{Driver, Pool};
 use crate::exit::{Exit, ExitSettings, Verdict};
-use crate::flows::{CircuitPool, FlowRouter, Isolation};
+use crate::flows::{Build, CircuitPool, FlowRouter, Isolation, Route, NO_EXIT_HOLD};
 use crate::identity::Identity;
 use crate::node::{CircuitId, Event, HopSpec, Node, NodeConfig, SendError, Transmit};
 use crate::packet;
-use crate::path::{select_path, Guards, PathLength, PathRules, Subnets};
+use crate::path::{select_path, Guards, PathLength, PathRules, PortSummary, Subnets};
 use crate::policy::ExitPolicy;
 use crate::sys;
 use crate::tunnel::{
@@ -690,7 +690,7 @@ impl Paths {
             rules,
             state_dir: state_dir.clone(),
         };
-        if paths.next(&mut d.rng).is_err() {
+        if paths.next(&mut d.rng, None).is_err() {
             if let Self::Discovered { store, .. } = &mut paths {
                 eprintln!(
                     "anonnet: discovering gateways from {} bootstrap gateway(s)",
@@ -713,13 +713,16 @@ impl Paths {
         Ok(paths)
     }
 
-    /// A fresh path (the fixed one, or a random one by the path rules).
+    /// A fresh path (the fixed one, or a random one by the path rules whose exit
+    /// accepts destination port `port`), with the ports its exit's descriptor accepts
+    /// (`None` for a configured path).
     fn next(
         &mut self,
         rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
-    ) -> Result<Vec<HopSpec>> {
+        port: Option<u16>,
+    ) -> Result<(Vec<HopSpec>, Option<PortSummary>)> {
         match self {
-            Self::Fixed(specs) => Ok(specs.clone()),
+            Self::Fixed(specs) => Ok((specs.clone(), None)),
             Self::Discovered {
                 store,
                 guards,
@@ -738,16 +741,18 @@ impl Paths {
                         state_dir.display()
                     );
                 }
-                let path = select_path(rng, &cands, rules, &keys, None).map_err(|e| {
+                let path = select_path(rng, &cands, rules, &keys, port).map_err(|e| {
                     anyhow::anyhow!("no path through the {} known gateways: {e}", cands.len())
                 })?;
-                Ok(path
+                let ports = path.last().and_then(|&i| cands[i].exit_ports.clone());
+                let specs = path
                     .into_iter()
                     .map(|i| HopSpec {
                         addr: SocketAddr::new(cands[i].addrs[0], cands[i].port),
                         key: cands[i].key,
                     })
-                    .collect())
+                    .collect();
+                Ok((specs, ports))
             }
         }
     }
@@ -915,7 +920,7 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
     let node = Node::new(client_node_config(&cfg));
     let mut d = Driver::tunnel(node, &CLIENT_BINDS, Some(net.fwmark), net.mtu as usize)?;
     let mut paths = Paths::new(&cfg, &mut d).await?;
-    let specs = paths.next(&mut d.rng)?;
+    let (specs, exit_ports) = paths.next(&mut d.rng, None)?;
     let entry = specs.first().map(|h| h.addr).context("the path is empty")?;
     let mut net = net;
     net.gateways = vec![entry];
@@ -952,7 +957,7 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
         &tun,
         &mut net,
         &mut paths,
-        (circuit, exit_key),
+        (circuit, exit_key, exit_ports),
         &settings,
     )
     .await;
@@ -972,20 +977,21 @@ struct PoolSettings {
     isolation: Isolation,
 }
 
-/// A path whose exit differs from `avoid` where the known gateways allow.
-fn path_avoiding(
+/// A path for `build` whose exit differs from the ones it avoids where the known
+/// gateways allow.
+fn path_for(
     paths: &mut Paths,
     rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
-    avoid: &[[u8; 32]],
-) -> Result<Vec<HopSpec>> {
-    let mut specs = paths.next(rng)?;
+    build: &Build,
+) -> Result<(Vec<HopSpec>, Option<PortSummary>)> {
+    let mut path = paths.next(rng, build.port)?;
     for _ in 0..4 {
-        match specs.last() {
-            Some(h) if avoid.contains(&h.key) => specs = paths.next(rng)?,
+        match path.0.last() {
+            Some(h) if build.avoid.contains(&h.key) => path = paths.next(rng, build.port)?,
             _ => break,
         }
     }
-    Ok(specs)
+    Ok(path)
 }
 
 async fn client_loop(
@@ -993,7 +999,7 @@ async fn client_loop(
     tun: &Arc<AsyncDevice>,
     net: &mut sys::ClientNet,
     paths: &mut Paths,
-    first: (CircuitId, [u8; 32]),
+    first: (CircuitId, [u8; 32], Option<PortSummary>),
     settings: &PoolSettings,
 ) -> Result<()> {
     let mut signals = Signals::new()?;
@@ -1008,9 +1014,11 @@ async fn client_loop(
         Instant::now(),
         first.0,
         first.1,
+        first.2,
     );
     let mut router = FlowRouter::new(settings.isolation);
     let mut open_ids = Vec::new();
+    let mut answer = Vec::new();
     loop {
         let open = tokio::select! {
             open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets) => open,
@@ -1052,20 +1060,33 @@ async fn client_loop(
                 Event::ServiceClosed(..) => {}
             }
         }
-        if let Some(avoid) = pool.wants_build(now) {
-            let specs = path_avoiding(paths, &mut d.rng, &avoid)?;
-            if let Some(entry) = specs.first().map(|h| h.addr) {
-                if !net.gateways.contains(&entry) {
-                    net.gateways.push(entry);
-                    sys::client_set_gateways(net).await?;
+        if let Some(want) = pool.wants_build(now) {
+            match path_for(paths, &mut d.rng, &want) {
+                Ok((specs, ports)) => {
+                    if let Some(entry) = specs.first().map(|h| h.addr) {
+                        if !net.gateways.contains(&entry) {
+                            net.gateways.push(entry);
+                            sys::client_set_gateways(net).await?;
+                        }
+                    }
+                    let exit = specs.last().map(|h| h.key).unwrap_or_default();
+                    let id = d
+                        .node
+                        .build_circuit(now, &mut d.rng, &specs, Service::Exit)
+                        .map_err(|e| anyhow::anyhow!("cannot build a circuit: {e}"))?;
+                    pool.building(now, id, exit, ports);
                 }
+                Err(e) => match want.port {
+                    Some(port) => {
+                        eprintln!("anonnet: no known exit accepts port {port}; refusing it for {} s ({e:#})", NO_EXIT_HOLD.as_secs());
+                        pool.no_exit(now, port);
+                    }
+                    None => {
+                        tracing::warn!("{e:#}");
+                        pool.build_failed(now);
+                    }
+                },
             }
-            let exit = specs.last().map(|h| h.key).unwrap_or_default();
-            let id = d
-                .node
-                .build_circuit(now, &mut d.rng, &specs, Service::Exit)
-                .map_err(|e| anyhow::anyhow!("cannot build a circuit: {e}"))?;
-            pool.building(now, id, exit);
         }
         for c in pool.retire(now, &mut router) {
             reasm.remove(&c);
@@ -1073,20 +1094,20 @@ async fn client_loop(
         }
         pool.open(now, &mut open_ids);
         for mut buf in packets.drain(..) {
-            match router.route(
-                now,
-                &mut d.rng,
-                &buf[PAYLOAD_OFFSET..],
-                |c| pool.is_up(c),
-                &open_ids,
-            ) {
-                Some(c) => {
+            let pkt = &buf[PAYLOAD_OFFSET..];
+            match router.route(now, &mut d.rng, pkt, &pool, &open_ids) {
+                Route::Via(c) => {
                     let len = buf.len() - PAYLOAD_OFFSET;
                     clamp(&mut buf[PAYLOAD_OFFSET..]);
                     send_packet(d, now, Toward::Forward(c), buf, len, &mut frag_id).await;
+                    continue;
                 }
-                None => d.sockets.pool.put(buf),
+                Route::NoExit(port) if !pool.demand(now, port) => {
+                    refuse(tun, pkt, &mut answer).await;
+                }
+                Route::NoExit(_) | Route::Wait => {}
             }
+            d.sockets.pool.put(buf);
         }
         d.flush().await;
     }
@@ -1096,6 +1117,23 @@ async fn client_loop(
     }
     d.flush().await;
     Ok(())
+}
+
+/// Answers `pkt` on the TUN with ICMP administratively prohibited from the exit's
+/// tunnel address, as an exit refusing it would.
+async fn refuse(tun: &AsyncDevice, pkt: &[u8], answer: &mut Vec<u8>) {
+    let Ok(s) = packet::summarize(pkt) else {
+        return;
+    };
+    let from = match s.dst {
+        IpAddr::V4(_) => IpAddr::V4(EXIT_V4),
+        IpAddr::V6(_) => IpAddr::V6(EXIT_V6),
+    };
+    if packet::icmp_prohibited(pkt, from, answer).is_ok() {
+        if let Err(e) = tun.send(answer).await {
+            tracing::debug!("TUN write failed: {e}");
+        }
+    }
 }
 
 /// `anonnet down`: removes what `up` set up, as recorded in `state_dir`.
