@@ -579,10 +579,17 @@ fn bounds_error(
 /// Parse the text of a gateway config file.
 pub fn parse_gateway(text: &str) -> Result<GatewayConfig, ConfigError> {
     let file = toml::from_str::<GatewayFile>(text).map_err(|e| ConfigError::parse(&e))?;
-    let raw = file.gateway;
     let exit = parse_exit(file.exit)?;
     let discovery = parse_discovery(file.discovery)?;
+    gateway_section(file.gateway, exit, discovery)
+}
 
+/// Checks and converts a `[gateway]` section.
+fn gateway_section(
+    raw: RawGateway,
+    exit: ExitConfig,
+    discovery: DiscoveryConfig,
+) -> Result<GatewayConfig, ConfigError> {
     let mut listen = Vec::with_capacity(raw.listen.len());
     for (i, s) in raw.listen.iter().enumerate() {
         let key = format!("gateway.listen[{i}]");
@@ -641,12 +648,17 @@ pub fn parse_gateway(text: &str) -> Result<GatewayConfig, ConfigError> {
 pub fn load_gateway(path: &Path) -> Result<GatewayConfig, ConfigError> {
     let text = read(path)?;
     let mut config = parse_gateway(&text).map_err(|e| in_file(path, e))?;
-    if config.identity.is_relative() {
-        if let Some(dir) = path.parent() {
-            config.identity = dir.join(&config.identity);
+    relative_to(path, &mut config.identity);
+    Ok(config)
+}
+
+/// A relative `file` named in config file `config` is taken relative to its directory.
+fn relative_to(config: &Path, file: &mut PathBuf) {
+    if file.is_relative() {
+        if let Some(dir) = config.parent() {
+            *file = dir.join(&*file);
         }
     }
-    Ok(config)
 }
 
 // ---------------------------------------------------------------------------------
@@ -851,6 +863,10 @@ pub struct ClientConfig {
     pub isolation: crate::flows::Isolation,
     /// A circuit takes no new flows after this many seconds and is replaced.
     pub circuit_lifetime_secs: u64,
+    /// `mode = "mixed"`: the `[gateway]` section this process also relays and serves
+    /// the directory with, from the same sockets its own circuits use. `None` for
+    /// `mode = "client"` (the default).
+    pub relay: Option<GatewayConfig>,
 }
 
 /// The `[tunnel]` section of a client config: the `anon0` device and routing.
@@ -1092,6 +1108,7 @@ struct ClientFile {
     tunnel: RawTunnel,
     #[serde(default)]
     discovery: RawDiscovery,
+    gateway: Option<RawGateway>,
 }
 
 #[derive(Deserialize)]
@@ -1110,6 +1127,7 @@ struct RawClient {
     circuits: Option<i64>,
     isolation: Option<String>,
     circuit_lifetime_secs: Option<i64>,
+    mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1138,6 +1156,30 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
     let raw = file.client;
     let tunnel = parse_tunnel(file.tunnel)?;
     let discovery = parse_discovery(file.discovery)?;
+    let relay = match (raw.mode.as_deref(), file.gateway) {
+        (None | Some("client"), None) => None,
+        (None | Some("client"), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "gateway",
+                "a [gateway] section is used only with client.mode = \"mixed\"",
+            ))
+        }
+        (Some("mixed"), Some(g)) => Some(gateway_section(
+            g,
+            ExitConfig::default(),
+            discovery.clone(),
+        )?),
+        (Some("mixed"), None) => return Err(ConfigError::invalid(
+            "client.mode",
+            "\"mixed\" needs a [gateway] section (identity, listen, listen_ports) to relay with",
+        )),
+        (Some(other), _) => {
+            return Err(ConfigError::invalid(
+                "client.mode",
+                format!("{other:?} is not a mode (\"client\" or \"mixed\")"),
+            ))
+        }
+    };
 
     let mut padding = Vec::with_capacity(raw.padding.len());
     for (i, &class) in raw.padding.iter().enumerate() {
@@ -1192,6 +1234,7 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
             .map(|n| bounded("client.circuit_lifetime_secs", n, 60, 86_400))
             .transpose()?
             .unwrap_or(600),
+        relay,
     };
     config.validate()?;
     Ok(config)
@@ -1200,7 +1243,11 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
 /// Read and parse a client config file. Errors are prefixed with the path.
 pub fn load_client(path: &Path) -> Result<ClientConfig, ConfigError> {
     let text = read(path)?;
-    parse_client(&text).map_err(|e| in_file(path, e))
+    let mut config = parse_client(&text).map_err(|e| in_file(path, e))?;
+    if let Some(g) = config.relay.as_mut() {
+        relative_to(path, &mut g.identity);
+    }
+    Ok(config)
 }
 
 /// Config files are small; a bigger file is a wrong path, not a config.
@@ -1761,6 +1808,55 @@ mod tests {
         assert_eq!(
             load_client(&cpath).unwrap_err().to_string(),
             format!("{}: client.path: need 1 to 8 hops, got 0 (or list gateways in discovery.bootstrap to discover paths)", cpath.display())
+        );
+    }
+
+    #[test]
+    fn mixed_mode_needs_and_takes_a_gateway_section() {
+        let base = format!("[client]\n{}", hops(3));
+        let with = |mode: &str, gateway: &str| format!("[client]\n{mode}\n{}{gateway}", hops(3));
+        assert!(parse_client(&base).unwrap().relay.is_none());
+        assert!(parse_client(&with("mode = \"client\"", ""))
+            .unwrap()
+            .relay
+            .is_none());
+        let c = parse_client(&with(
+            "mode = \"mixed\"",
+            "[gateway]\nidentity = \"gw.key\"\nlisten = [\"198.18.5.2\"]\nlisten_ports = \"9000-9001\"\n",
+        ))
+        .unwrap();
+        let g = c.relay.unwrap();
+        assert_eq!(g.listen, ["198.18.5.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!((g.listen_ports.first, g.listen_ports.last), (9000, 9001));
+        assert_eq!(
+            client_err(&with("mode = \"mixed\"", "")),
+            "client.mode: \"mixed\" needs a [gateway] section (identity, listen, listen_ports) to relay with"
+        );
+        assert_eq!(
+            client_err(&with("", "[gateway]\nidentity = \"gw.key\"\n")),
+            "gateway: a [gateway] section is used only with client.mode = \"mixed\""
+        );
+        assert_eq!(
+            client_err(&with("mode = \"relay\"", "")),
+            "client.mode: \"relay\" is not a mode (\"client\" or \"mixed\")"
+        );
+        assert_eq!(
+            client_err(&with(
+                "mode = \"mixed\"",
+                "[gateway]\nidentity = \"gw.key\"\nlisten_ports = \"9-1\"\n"
+            )),
+            "gateway.listen_ports: range 9-1 is empty"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mixed.toml");
+        std::fs::write(
+            &path,
+            with("mode = \"mixed\"", "[gateway]\nidentity = \"gw.key\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            load_client(&path).unwrap().relay.unwrap().identity,
+            dir.path().join("gw.key")
         );
     }
 }

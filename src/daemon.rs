@@ -321,6 +321,16 @@ async fn relay_only(mut d: Driver, mut services: GatewayServices) -> Result<()> 
     Ok(())
 }
 
+/// Resolves when the gateway services (if any) want a turn.
+async fn services_wake(services: Option<&mut GatewayServices>) {
+    match services {
+        Some(s) => {
+            s.wake.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Returns an unclaimed event's buffer to the pool.
 fn recycle(d: &Driver, e: Event) {
     if let Event::Data { buf, .. } | Event::ServiceData { buf, .. } = e {
@@ -655,14 +665,19 @@ enum Paths {
         guards: Guards,
         rules: PathRules,
         state_dir: std::path::PathBuf,
+        /// Mixed mode: this process's own gateway key, never a hop of its paths.
+        own: Option<[u8; 32]>,
     },
 }
 
 impl Paths {
     /// The configured path, or discovery: the cache in the state directory, and a
     /// crawl from the bootstrap gateways when the cache cannot give a path.
-    async fn new(cfg: &ClientConfig, d: &mut Driver) -> Result<Self> {
+    async fn new(cfg: &ClientConfig, d: &mut Driver, own: Option<[u8; 32]>) -> Result<Self> {
         if !cfg.path.is_empty() {
+            if let Some(i) = cfg.path.iter().position(|h| Some(h.key.0) == own) {
+                bail!("client.path[{i}] is this process's own gateway (client.mode = \"mixed\"): its paths must go through other gateways");
+            }
             return Ok(Self::Fixed(hop_specs(&cfg.path)));
         }
         let disc = &cfg.discovery;
@@ -689,6 +704,7 @@ impl Paths {
             guards,
             rules,
             state_dir: state_dir.clone(),
+            own,
         };
         if paths.next(&mut d.rng, None).is_err() {
             if let Self::Discovered { store, .. } = &mut paths {
@@ -728,8 +744,10 @@ impl Paths {
                 guards,
                 rules,
                 state_dir,
+                own,
             } => {
-                let cands = store.candidates();
+                let mut cands = store.candidates();
+                cands.retain(|c| Some(c.key) != *own);
                 let keys = guards.refresh(rng, &cands, unix_now());
                 let tmp = state_dir.join(format!("{GUARDS_FILE}.tmp"));
                 let saved = std::fs::create_dir_all(&*state_dir)
@@ -877,6 +895,10 @@ fn client_net(cfg: &ClientConfig) -> sys::ClientNet {
         fwmark: t.fwmark,
         table: t.table,
         gateways: cfg.path.first().map(|h| h.addr).into_iter().collect(),
+        relay_ports: cfg
+            .relay
+            .as_ref()
+            .map(|g| (g.listen_ports.first, g.listen_ports.last)),
         dns: if t.dns {
             vec![IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6)]
         } else {
@@ -916,10 +938,34 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
     let cfg = config::load_client(path)?;
     let net = client_net(&cfg);
     sys::client_preflight(&net).await?;
+    let relay = match &cfg.relay {
+        Some(g) => {
+            let id = Identity::read_file(&g.identity)?;
+            Some((GatewayServices::new(g, id.clone(), None)?, id))
+        }
+        None => None,
+    };
     let tun = create_tun(&net.tun)?;
-    let node = Node::new(client_node_config(&cfg));
-    let mut d = Driver::tunnel(node, &CLIENT_BINDS, Some(net.fwmark), net.mtu as usize)?;
-    let mut paths = Paths::new(&cfg, &mut d).await?;
+    let mut d = match (&cfg.relay, &relay) {
+        (Some(g), Some((_, id))) => {
+            let node = Node::new(NodeConfig {
+                static_key: Some(*id.secret()),
+                directory: true,
+                idle_timeout: g.idle_timeout(),
+                handshake_rate: g.handshake_rate,
+                max_circuits: g.max_circuits,
+                ..client_node_config(&cfg)
+            });
+            let addrs: Vec<SocketAddr> = g.listen_addrs().collect();
+            Driver::tunnel(node, &addrs, Some(net.fwmark), net.mtu as usize)?
+        }
+        _ => {
+            let node = Node::new(client_node_config(&cfg));
+            Driver::tunnel(node, &CLIENT_BINDS, Some(net.fwmark), net.mtu as usize)?
+        }
+    };
+    let own = relay.as_ref().map(|(_, id)| id.public().0);
+    let mut paths = Paths::new(&cfg, &mut d, own).await?;
     let (specs, exit_ports) = paths.next(&mut d.rng, None)?;
     let entry = specs.first().map(|h| h.addr).context("the path is empty")?;
     let mut net = net;
@@ -939,8 +985,19 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
         let _ = sys::client_down(&net.state_dir).await;
         return Err(e.context("cannot route traffic into the tunnel"));
     }
+    let relaying = match &relay {
+        Some((_, id)) => {
+            let bound: Vec<String> = d.sockets.local_addrs().map(|a| a.to_string()).collect();
+            format!(
+                "; relaying as gateway {} on {}",
+                id.public(),
+                bound.join(" ")
+            )
+        }
+        None => String::new(),
+    };
     println!(
-        "anonnet up: {} {CLIENT_V4} {CLIENT_V6} mtu {} through {} hops (entry {entry}), circuit built in {build_ms} ms",
+        "anonnet up: {} {CLIENT_V4} {CLIENT_V6} mtu {} through {} hops (entry {entry}), circuit built in {build_ms} ms{relaying}",
         net.tun,
         net.mtu,
         specs.len()
@@ -959,6 +1016,7 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
         &mut paths,
         (circuit, exit_key, exit_ports),
         &settings,
+        relay.map(|(services, _)| services),
     )
     .await;
     drop(tun);
@@ -1001,6 +1059,7 @@ async fn client_loop(
     paths: &mut Paths,
     first: (CircuitId, [u8; 32], Option<PortSummary>),
     settings: &PoolSettings,
+    mut relay: Option<GatewayServices>,
 ) -> Result<()> {
     let mut signals = Signals::new()?;
     let mut tun_rx = spawn_tun_reader(Arc::clone(tun), d.sockets.pool.clone(), net.mtu as usize);
@@ -1022,6 +1081,7 @@ async fn client_loop(
     loop {
         let open = tokio::select! {
             open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets) => open,
+            () = services_wake(relay.as_mut()) => true,
             () = signals.recv() => break,
         };
         if !open {
@@ -1029,6 +1089,13 @@ async fn client_loop(
         }
         let now = Instant::now();
         for e in events.drain(..) {
+            let e = match relay.as_mut() {
+                Some(services) => match services.on_event(d, e).await {
+                    Some(e) => e,
+                    None => continue,
+                },
+                None => e,
+            };
             match e {
                 Event::Data {
                     circuit: c,
@@ -1087,6 +1154,9 @@ async fn client_loop(
                     }
                 },
             }
+        }
+        if let Some(services) = relay.as_mut() {
+            services.tick(d).await?;
         }
         for c in pool.retire(now, &mut router) {
             reasm.remove(&c);

@@ -1107,3 +1107,55 @@ fn exit_data_plane_through_three_hops() {
     net.serve_exit(exit_node, &mut exit, &mut reasm, &mut seen, &mut forwarded);
     assert_eq!(exit.circuits(), 0, "teardown frees the pool addresses");
 }
+
+/// Mixed mode: a gateway that also builds circuits of its own. Its own circuit's
+/// cells leave over the same link as the cells it relays for others, with the same
+/// sizes, so the next gateway cannot tell originated traffic from relayed traffic;
+/// both circuits carry every byte intact.
+#[test]
+fn mixed_node_traffic_looks_like_relayed_traffic() {
+    let mut net = Net::new(21, 4, 1);
+    let c = net.clients[0];
+    let [g0, g1, g2, g3] = [0, 1, 2, 3].map(|i| net.gateways[i]);
+    let (m_addr, next_addr) = (net.nodes[g1].addr, net.nodes[g2].addr);
+    let seen: Rc<RefCell<Vec<usize>>> = Rc::default();
+    let record = Rc::clone(&seen);
+    net.tap = Some(Box::new(move |d, _| {
+        if d.src == m_addr && d.dst == next_addr {
+            record.borrow_mut().push(d.buf.len());
+        }
+        true
+    }));
+    let mut plan = ChaCha20Rng::seed_from_u64(21);
+    let mut phase = |net: &mut Net, who: usize, path: &[usize]| {
+        let from = net.log.len();
+        let id = net.build(who, path);
+        net.run_until(Duration::from_secs(10), |n| {
+            n.outcome(who, id, from).is_some()
+        });
+        assert_eq!(net.outcome(who, id, from), Some(Ev::Up(id)), "{path:?}");
+        let before = seen.borrow().len();
+        let sent: Vec<Vec<u8>> = (0..40).map(|i| gen_payload(&mut plan, i)).collect();
+        for p in &sent {
+            net.send_payload(who, id, p);
+            net.run_for(Duration::from_millis(20));
+        }
+        net.run_for(Duration::from_secs(1));
+        let got = net.received(who, id);
+        assert_eq!(check_echoes(&sent, &got, "mixed"), sent.len());
+        let mut sizes = seen.borrow()[before..].to_vec();
+        sizes.sort_unstable();
+        sizes.dedup();
+        (id, sizes)
+    };
+    // A relayed circuit through g1 warms the g1 → g2 link, as a busy relay's is.
+    phase(&mut net, c, &[g0, g1, g2]);
+    let (_, relayed) = phase(&mut net, c, &[g3, g1, g2]);
+    let (own, originated) = phase(&mut net, g1, &[g2, g3]);
+    assert!(!relayed.is_empty());
+    assert_eq!(
+        originated, relayed,
+        "datagram sizes on the g1 → g2 link: own circuit vs relayed"
+    );
+    assert!(net.nodes[g1].node.is_up(own));
+}

@@ -113,6 +113,9 @@ pub struct ClientNet {
     pub table: u32,
     /// The only UDP destinations allowed out while the tunnel is up (the entry gateways).
     pub gateways: Vec<SocketAddr>,
+    /// Mixed mode: the relay's UDP ports (first, last). Marked UDP from them may go to
+    /// any address, since the relay forwards other clients' circuits to any gateway.
+    pub relay_ports: Option<(u16, u16)>,
     /// Resolver addresses inside the tunnel; empty leaves DNS alone.
     pub dns: Vec<IpAddr>,
     /// Directory (e.g. `/run/anonnet`) holding what [`client_down`] needs.
@@ -379,7 +382,13 @@ pub async fn client_up(net: &ClientNet) -> Result<()> {
         undo_leftovers(&nl, old, net).await?;
     }
     nft::apply(
-        &nft::client_ruleset(&net.tun, net.fwmark, &net.addrs, &net.gateways),
+        &nft::client_ruleset(
+            &net.tun,
+            net.fwmark,
+            &net.addrs,
+            &net.gateways,
+            net.relay_ports,
+        ),
         "kill switch (nftables table inet anonnet)",
     )?;
     if src_valid_mark.is_some() {
@@ -605,6 +614,7 @@ mod tests {
             fwmark: 0xca6c,
             table: 51820,
             gateways: vec!["198.18.0.1:4500".parse().expect("gateway")],
+            relay_ports: None,
             dns: vec!["100.64.0.53".parse().expect("dns")],
             state_dir: "/run/anonnet".into(),
         }

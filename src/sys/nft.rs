@@ -59,6 +59,7 @@ pub(super) fn client_ruleset(
     fwmark: u32,
     addrs: &[IpNet],
     gateways: &[SocketAddr],
+    relay_ports: Option<(u16, u16)>,
 ) -> String {
     let mut t = Text::new(delete_table(CLIENT_TABLE));
     t.line(0, format!("table inet {CLIENT_TABLE} {{"));
@@ -86,6 +87,14 @@ pub(super) fn client_ruleset(
         2,
         format!("meta mark {fwmark:#x} ip6 daddr . udp dport @{GATEWAYS6} accept"),
     );
+    if let Some((first, last)) = relay_ports {
+        let ports = if first == last {
+            first.to_string()
+        } else {
+            format!("{first}-{last}")
+        };
+        t.line(2, format!("meta mark {fwmark:#x} udp sport {ports} accept"));
+    }
     t.line(2, "udp sport 68 udp dport 67 accept");
     t.line(2, "udp sport 546 udp dport 547 accept");
     t.line(
@@ -336,12 +345,29 @@ table inet anonnet {
 \t}
 }
 ";
-        assert_eq!(client_ruleset("anon0", 0xca6c, &addrs, &gateways), expected);
+        assert_eq!(
+            client_ruleset("anon0", 0xca6c, &addrs, &gateways, None),
+            expected
+        );
+    }
+
+    #[test]
+    fn mixed_mode_lets_marked_relay_traffic_reach_any_gateway() {
+        let s = client_ruleset("anon0", 0xca6c, &[], &[], Some((9000, 9003)));
+        let rule = "\t\tmeta mark 0xca6c udp sport 9000-9003 accept\n";
+        assert!(s.contains(rule), "{s}");
+        assert!(
+            s.find(rule) < s.find("\t\tudp sport 68 udp dport 67 accept"),
+            "inside the output chain"
+        );
+        let one = client_ruleset("anon0", 1, &[], &[], Some((9000, 9000)));
+        assert!(one.contains("\t\tmeta mark 0x1 udp sport 9000 accept\n"));
+        assert!(!client_ruleset("anon0", 1, &[], &[], None).contains("sport 9000"));
     }
 
     #[test]
     fn client_ruleset_without_gateways_declares_empty_sets() {
-        let s = client_ruleset("anon0", 1, &[], &[]);
+        let s = client_ruleset("anon0", 1, &[], &[], None);
         assert!(s.contains("\tset gateways4 {\n\t\ttype ipv4_addr . inet_service\n\t}\n"));
         assert!(s.contains("\tset gateways6 {\n\t\ttype ipv6_addr . inet_service\n\t}\n"));
         assert!(!s.contains("elements"));
