@@ -5,14 +5,17 @@
 //! wants sent from the socket the link uses.
 
 use std::collections::HashMap;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use quinn_udp::{RecvMeta, UdpSocketState};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -78,11 +81,77 @@ impl Pool {
     }
 }
 
-/// The node's UDP sockets.
+/// How the sockets move datagrams: how many per system call, and whether the
+/// kernel's UDP segmentation offloads (GSO on send, GRO on receive) are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoConfig {
+    /// Most datagrams per receive call (`recvmmsg`, at most [`quinn_udp::BATCH_SIZE`]
+    /// buffers) and per send call (one GSO send of equal-size datagrams to one
+    /// destination, within 64 KiB). 1 means one datagram per system call.
+    pub batch: usize,
+    /// Use UDP GSO and GRO where the kernel offers them.
+    pub offload: bool,
+}
+
+/// Default datagrams per system call.
+pub const DEFAULT_IO_BATCH: usize = 64;
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        Self {
+            batch: DEFAULT_IO_BATCH,
+            offload: true,
+        }
+    }
+}
+
+impl IoConfig {
+    /// The defaults, overridden by `ANONNET_IO_BATCH` (1 to 1024) and
+    /// `ANONNET_IO_OFFLOAD` (`0` turns GSO/GRO off): tuning knobs for measurements,
+    /// documented in docs/PERFORMANCE.md. A bad value is reported and ignored.
+    #[must_use]
+    pub fn from_env() -> Self {
+        let mut io = Self::default();
+        if let Ok(v) = std::env::var("ANONNET_IO_BATCH") {
+            match v.parse::<usize>() {
+                Ok(n) if (1..=1024).contains(&n) => io.batch = n,
+                _ => tracing::warn!("ANONNET_IO_BATCH={v:?} ignored: expected 1 to 1024"),
+            }
+        }
+        if let Ok(v) = std::env::var("ANONNET_IO_OFFLOAD") {
+            match v.as_str() {
+                "0" => io.offload = false,
+                "1" => io.offload = true,
+                _ => tracing::warn!("ANONNET_IO_OFFLOAD={v:?} ignored: expected 0 or 1"),
+            }
+        }
+        io
+    }
+}
+
+/// Largest UDP payload of one GSO send (the kernel's limit is 65,507 for IPv4).
+const GSO_BYTES: usize = 65_000;
+/// Receive buffer size with GRO: the kernel coalesces up to 64 KiB.
+const GRO_BUFFER: usize = 65_536;
+/// Datagrams queued for sending before they are sent without waiting for a flush.
+const SEND_QUEUE: usize = 256;
+
+struct Sock {
+    local: SocketAddr,
+    io: Arc<UdpSocket>,
+    state: Arc<UdpSocketState>,
+}
+
+/// The node's UDP sockets. Datagrams to send are queued ([`Sockets::send_recycle`])
+/// and go out in batches ([`Sockets::flush_out`]): consecutive equal-size datagrams
+/// from one socket to one destination leave in one GSO system call.
 pub struct Sockets {
-    socks: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    socks: Vec<Sock>,
     by_local: HashMap<SocketAddr, usize>,
     pub pool: Pool,
+    io: IoConfig,
+    queue: Vec<Transmit>,
+    gso: Vec<u8>,
 }
 
 fn bind_one(addr: SocketAddr, mark: Option<u32>) -> Result<UdpSocket> {
@@ -111,48 +180,92 @@ fn bind_one(addr: SocketAddr, mark: Option<u32>) -> Result<UdpSocket> {
 impl Sockets {
     /// Binds every address, marking the sockets with `mark` if given, with a buffer
     /// pool of `capacity`-byte buffers. Port 0 picks an ephemeral port.
-    pub fn bind(addrs: &[SocketAddr], mark: Option<u32>, capacity: usize) -> Result<Self> {
+    pub fn bind(
+        addrs: &[SocketAddr],
+        mark: Option<u32>,
+        capacity: usize,
+        io: IoConfig,
+    ) -> Result<Self> {
         let mut socks = Vec::with_capacity(addrs.len());
         let mut by_local = HashMap::new();
         for &addr in addrs {
             let s = bind_one(addr, mark)?;
             let local = s.local_addr().context("cannot read the bound address")?;
+            let state = UdpSocketState::new((&s).into())
+                .with_context(|| format!("cannot set up the UDP socket on {local}"))?;
+            if !io.offload {
+                // quinn-udp turns GRO on where it can.
+                let _ = nix::sys::socket::setsockopt(
+                    &s,
+                    nix::sys::socket::sockopt::UdpGroSegment,
+                    &false,
+                );
+            }
             by_local.insert(local, socks.len());
-            socks.push((local, Arc::new(s)));
+            socks.push(Sock {
+                local,
+                io: Arc::new(s),
+                state: Arc::new(state),
+            });
         }
         Ok(Self {
             socks,
             by_local,
             pool: Pool::with_capacity(capacity),
+            io,
+            queue: Vec::with_capacity(SEND_QUEUE),
+            gso: Vec::with_capacity(GSO_BYTES),
         })
     }
 
     /// The bound local addresses.
     pub fn local_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.socks.iter().map(|(a, _)| *a)
+        self.socks.iter().map(|s| s.local)
     }
 
-    /// Starts one receive task per socket.
+    /// Starts one receive task per socket. Each reads up to `io.batch` datagrams per
+    /// system call (GRO-coalesced ones are split again) into pool buffers.
     #[must_use]
     pub fn spawn_receivers(&self) -> mpsc::Receiver<Received> {
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        for (i, (_, sock)) in self.socks.iter().enumerate() {
-            let sock = Arc::clone(sock);
+        for (i, sock) in self.socks.iter().enumerate() {
+            let io = Arc::clone(&sock.io);
+            let state = Arc::clone(&sock.state);
             let tx = tx.clone();
             let pool = self.pool.clone();
+            let batch = self.io.batch.clamp(1, quinn_udp::BATCH_SIZE);
+            let gro = self.io.offload && state.gro_segments() > 1;
             tokio::spawn(async move {
+                let len = if gro { GRO_BUFFER } else { MAX_DATAGRAM + 1 };
+                let mut bufs = vec![vec![0u8; len]; batch];
+                let mut slices: Vec<IoSliceMut<'_>> =
+                    bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                let mut meta = vec![RecvMeta::default(); batch];
                 loop {
-                    let mut buf = pool.get();
-                    match sock.recv_from(&mut buf).await {
-                        Ok((n, from)) => {
-                            buf.truncate(n);
-                            if tx.send((i, from, buf)).await.is_err() {
-                                return;
-                            }
-                        }
+                    let got = io
+                        .async_io(Interest::READABLE, || {
+                            state.recv((&*io).into(), &mut slices, &mut meta)
+                        })
+                        .await;
+                    let n = match got {
+                        Ok(n) => n,
                         Err(e) => {
                             tracing::debug!("receive error: {e}");
-                            pool.put(buf);
+                            continue;
+                        }
+                    };
+                    for (slice, m) in slices.iter().zip(&meta).take(n) {
+                        let stride = if m.stride == 0 { m.len } else { m.stride };
+                        for datagram in slice[..m.len].chunks(stride.max(1)) {
+                            let mut buf = pool.get();
+                            // An oversized datagram keeps MAX_DATAGRAM + 1 bytes, so
+                            // the node sees it as oversized.
+                            let k = datagram.len().min(buf.len());
+                            buf[..k].copy_from_slice(&datagram[..k]);
+                            buf.truncate(k);
+                            if tx.send((i, m.addr, buf)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
@@ -164,38 +277,93 @@ impl Sockets {
     /// The local address of socket `i`.
     #[must_use]
     pub fn local(&self, i: usize) -> Option<SocketAddr> {
-        self.socks.get(i).map(|(a, _)| *a)
+        self.socks.get(i).map(|s| s.local)
     }
 
-    fn pick(&self, t: &Transmit) -> Option<&UdpSocket> {
-        let by_src = t
-            .src
-            .and_then(|s| self.by_local.get(&s))
-            .map(|&i| &*self.socks[i].1);
-        by_src.or_else(|| {
-            self.socks
-                .iter()
-                .find(|(a, _)| a.is_ipv4() == t.dst.is_ipv4())
-                .map(|(_, s)| &**s)
-        })
+    fn pick(&self, t: &Transmit) -> Option<usize> {
+        t.src
+            .and_then(|s| self.by_local.get(&s).copied())
+            .or_else(|| {
+                self.socks
+                    .iter()
+                    .position(|s| s.local.is_ipv4() == t.dst.is_ipv4())
+            })
     }
 
-    /// Sends one datagram and recycles its buffer.
-    pub async fn send_recycle(&self, t: Transmit) {
-        self.send(&t).await;
-        self.pool.put(t.buf);
-    }
-
-    /// Sends one datagram; errors are logged, as UDP loss would be.
-    pub async fn send(&self, t: &Transmit) {
-        match self.pick(t) {
-            Some(s) => {
-                if let Err(e) = s.send_to(&t.buf, t.dst).await {
-                    tracing::debug!("send error: {e}");
-                }
-            }
-            None => tracing::debug!("no socket of the destination's address family"),
+    /// Queues one datagram; its buffer returns to the pool once sent. Queued
+    /// datagrams go out at the latest when the driver next waits for input.
+    pub async fn send_recycle(&mut self, t: Transmit) {
+        self.queue.push(t);
+        if self.queue.len() >= SEND_QUEUE {
+            self.flush_out().await;
         }
+    }
+
+    /// Sends everything queued, in order: each run of equal-size datagrams from one
+    /// socket to one destination in one system call where GSO allows. Errors are
+    /// logged, as UDP loss would be.
+    pub async fn flush_out(&mut self) {
+        let mut queue = std::mem::take(&mut self.queue);
+        let mut i = 0;
+        while i < queue.len() {
+            let (dst, size) = (queue[i].dst, queue[i].buf.len());
+            let Some(s) = self.pick(&queue[i]) else {
+                tracing::debug!("no socket of the destination's address family");
+                i += 1;
+                continue;
+            };
+            let sock = &self.socks[s];
+            let most = if self.io.offload {
+                self.io
+                    .batch
+                    .min(sock.state.max_gso_segments())
+                    .min(GSO_BYTES / size.max(1))
+                    .max(1)
+            } else {
+                1
+            };
+            let mut j = i + 1;
+            while j < queue.len()
+                && j - i < most
+                && queue[j].dst == dst
+                && queue[j].buf.len() == size
+                && self.pick(&queue[j]) == Some(s)
+            {
+                j += 1;
+            }
+            let contents: &[u8] = if j - i == 1 {
+                &queue[i].buf
+            } else {
+                self.gso.clear();
+                for t in &queue[i..j] {
+                    self.gso.extend_from_slice(&t.buf);
+                }
+                &self.gso
+            };
+            let transmit = quinn_udp::Transmit {
+                destination: dst,
+                ecn: None,
+                contents,
+                segment_size: (j - i > 1).then_some(size),
+                src_ip: None,
+            };
+            let sent = sock
+                .io
+                .async_io(Interest::WRITABLE, || {
+                    sock.state.try_send((&*sock.io).into(), &transmit)
+                })
+                .await;
+            if let Err(e) = sent {
+                // A kernel without GSO on this path refuses the batch once; the
+                // socket state then sends one datagram per call.
+                tracing::debug!("send error: {e}");
+            }
+            i = j;
+        }
+        for t in queue.drain(..) {
+            self.pool.put(t.buf);
+        }
+        self.queue = queue;
     }
 }
 
@@ -217,7 +385,7 @@ impl Driver {
     /// with `mark` (SO_MARK) if given, and every pool buffer also holds a packet of
     /// `mtu` bytes at `PAYLOAD_OFFSET`, so TUN reads allocate nothing.
     pub fn tunnel(node: Node, addrs: &[SocketAddr], mark: Option<u32>, mtu: usize) -> Result<Self> {
-        let sockets = Sockets::bind(addrs, mark, PAYLOAD_OFFSET + mtu)?;
+        let sockets = Sockets::bind(addrs, mark, PAYLOAD_OFFSET + mtu, IoConfig::from_env())?;
         let rx = sockets.spawn_receivers();
         Ok(Self {
             node,
@@ -227,11 +395,12 @@ impl Driver {
         })
     }
 
-    /// Sends everything the node has queued.
+    /// Sends everything the node and the sockets have queued.
     pub async fn flush(&mut self) {
         while let Some(t) = self.node.poll_transmit() {
             self.sockets.send_recycle(t).await;
         }
+        self.sockets.flush_out().await;
     }
 
     /// Waits for datagrams or the node's next timer, processes them, sends the
@@ -249,6 +418,7 @@ impl Driver {
         mut extra: Option<&mut mpsc::Receiver<T>>,
         got: &mut Vec<T>,
     ) -> bool {
+        self.sockets.flush_out().await;
         let deadline = self.node.poll_timeout().map(tokio::time::Instant::from_std);
         let mut open = true;
         let first = tokio::select! {
