@@ -31,7 +31,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ME=scripts/bench.sh
 REPORT="$REPO/scripts/bench_report.py"
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 
 RUNS=3
 RUNS_SET=0
