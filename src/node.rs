@@ -40,6 +40,8 @@ pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const HANDSHAKE_REPLAY_TIME: Duration = onion::REJECT_AFTER_TIME;
 /// At most this many remembered handshake ephemeral keys (bounded memory under floods).
 pub const HANDSHAKE_REPLAY_CAP: usize = 1 << 18;
+/// Buffers of answered keepalives a client keeps to send its next keepalives in.
+const SPARE_BUFFERS: usize = 16;
 
 /// Settings of a node (from the config files).
 #[derive(Debug, Clone)]
@@ -142,7 +144,8 @@ pub enum Event {
 pub enum Output {
     /// Relayed in place: send it.
     Transmit(Transmit),
-    /// Kept (delivered as an [`Event::Data`]).
+    /// Kept by the node: delivered in an [`Event`], or kept to send a later
+    /// keepalive in (so an idle circuit's keepalives allocate nothing).
     Consumed,
     /// Done with: the buffer can be reused.
     Recycle(Vec<u8>),
@@ -336,6 +339,11 @@ pub struct Node {
     bucket: TokenBucket,
     stats: Stats,
     last_tick: Option<Instant>,
+    /// Buffers of keepalive answers, reused for the next keepalives (at most
+    /// `SPARE_BUFFERS`), so that keepalives do not allocate in steady state.
+    spare: Vec<Vec<u8>>,
+    /// Circuits due a keepalive, collected by each tick (kept for its capacity).
+    due: Vec<CircuitId>,
 }
 
 fn random_nonzero(rng: &mut impl RngCore) -> u32 {
@@ -376,6 +384,8 @@ impl Node {
             bucket: TokenBucket { tokens, last: None },
             stats: Stats::default(),
             last_tick: None,
+            spare: Vec::new(),
+            due: Vec::new(),
         }
     }
 
@@ -607,6 +617,17 @@ impl Node {
             dst: link.peer,
             buf,
         })
+    }
+
+    /// Keeps a received buffer for a later keepalive if there is room (and it holds
+    /// any cell without growing); otherwise hands it back to the driver.
+    fn keep_spare(&mut self, buf: Vec<u8>) -> Output {
+        if self.spare.len() < SPARE_BUFFERS && buf.capacity() >= wire::MAX_DATAGRAM {
+            self.spare.push(buf);
+            Output::Consumed
+        } else {
+            Output::Recycle(buf)
+        }
     }
 
     fn push_output(&mut self, out: Output) {
@@ -1294,7 +1315,7 @@ impl Node {
                 });
                 Output::Consumed
             }
-            Cmd::Keepalive => Output::Recycle(buf),
+            Cmd::Keepalive => self.keep_spare(buf),
             Cmd::RekeyAck if b.len == NK_MSG2_EMPTY => {
                 let hop = &mut own.hops[origin];
                 let Some(mut hs) = hop.hs.take() else {
@@ -1627,7 +1648,7 @@ impl Node {
 
     fn tick_own(&mut self, now: Instant, rng: &mut (impl RngCore + CryptoRng)) {
         let mut down = Vec::new();
-        let mut keepalive = Vec::new();
+        let mut keepalive = std::mem::take(&mut self.due);
         let mut rekey = Vec::new();
         for (&id, o) in &self.own {
             let since = |t: Instant| now.saturating_duration_since(t);
@@ -1670,15 +1691,18 @@ impl Node {
             }
             hop.hs = Some(hs);
             hop.rekey_sent = Some(now);
-            let out = self.send_cmd(now, rng, id, j, Cmd::Rekey, &msg, Vec::new());
+            let buf = self.spare.pop().unwrap_or_default();
+            let out = self.send_cmd(now, rng, id, j, Cmd::Rekey, &msg, buf);
             self.push_output(out);
         }
-        for id in keepalive {
+        for id in keepalive.drain(..) {
             let Some(target) = self.own.get(&id).map(|o| o.hops.len() - 1) else {
                 continue;
             };
-            let out = self.send_cmd(now, rng, id, target, Cmd::Keepalive, &[], Vec::new());
+            let buf = self.spare.pop().unwrap_or_default();
+            let out = self.send_cmd(now, rng, id, target, Cmd::Keepalive, &[], buf);
             self.push_output(out);
         }
+        self.due = keepalive;
     }
 }
