@@ -130,22 +130,29 @@ impl Crawl {
             self.close_key(d, key);
         }
         while let Some(key) = self.crawler.next_query(now, &mut d.rng, store) {
-            let Some(addr) = store.addresses(&key).into_iter().next() else {
-                self.crawler.on_failed(&key);
-                continue;
+            // A contested gateway is tried at the addresses of both claims at once
+            // (PROTOCOL §11): only the holder of the key completes a handshake, and
+            // the held claim may be the false one. Otherwise its first address.
+            let addrs = store.addresses(&key);
+            let tries = if store.contender(&key).is_some() {
+                addrs.len()
+            } else {
+                1
             };
-            match d.node.build_circuit(
-                now,
-                &mut d.rng,
-                &[HopSpec { addr, key }],
-                Service::Directory,
-            ) {
-                Ok(id) => {
+            let mut opened = false;
+            for addr in addrs.into_iter().take(tries) {
+                if let Ok(id) = d.node.build_circuit(
+                    now,
+                    &mut d.rng,
+                    &[HopSpec { addr, key }],
+                    Service::Directory,
+                ) {
                     self.open.insert(id, key);
+                    opened = true;
                 }
-                Err(_) => {
-                    self.crawler.on_failed(&key);
-                }
+            }
+            if !opened {
+                self.crawler.on_failed(&key);
             }
         }
         d.flush().await;
@@ -174,6 +181,18 @@ impl Crawl {
     pub async fn on_event(&mut self, d: &mut Driver, store: &mut Store, e: Event) -> Option<Event> {
         match e {
             Event::CircuitUp(id) if self.open.contains_key(&id) => {
+                // The first circuit up to a gateway tried at several addresses asks
+                // it; the others are closed.
+                let key = self.open[&id];
+                let others: Vec<CircuitId> = self
+                    .open
+                    .iter()
+                    .filter(|(c, k)| **k == key && **c != id)
+                    .map(|(c, _)| *c)
+                    .collect();
+                for c in others {
+                    self.close(d, c);
+                }
                 let request = self.crawler.request();
                 let now = Instant::now();
                 for payload in self.announce.iter().chain(std::iter::once(&request)) {
@@ -214,7 +233,10 @@ impl Crawl {
 
     fn fail(&mut self, d: &mut Driver, id: CircuitId) {
         if let Some(key) = self.open.get(&id).copied() {
-            self.crawler.on_failed(&key);
+            // The query fails with the last of its circuits.
+            if !self.open.iter().any(|(c, k)| *k == key && *c != id) {
+                self.crawler.on_failed(&key);
+            }
         }
         self.close(d, id);
     }
