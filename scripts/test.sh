@@ -68,6 +68,32 @@ if [ -x netns-tests/run.sh ]; then
   fi
 fi
 
+# The peer-to-peer scenario (issue 4): 8 gateways, a forging gateway, a mixed node.
+# It needs the release binary and the forging_gateway example, built here first.
+if [ -x netns-tests/p2p.sh ]; then
+  if [ "$(id -u)" = 0 ]; then
+    log "netns-tests/p2p.sh (build: cargo build --release --bin anonnet --example forging_gateway)"
+    if cargo build --release --quiet --bin anonnet --example forging_gateway; then
+      nslog=$(mktemp)
+      netns-tests/p2p.sh 2>&1 | tee "$nslog"
+      line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$nslog" | tail -1)
+      if [ -n "$line" ]; then
+        passed=$((passed + $(echo "$line" | awk '{print $1}')))
+        nf=$(echo "$line" | awk '{print $3}')
+        failed=$((failed + nf))
+        [ "$nf" -gt 0 ] && failures+=("netns-tests/p2p.sh: $nf")
+      else
+        failed=$((failed + 1)); failures+=("netns-tests/p2p.sh (no summary)")
+      fi
+      rm -f "$nslog"
+    else
+      failed=$((failed + 1)); failures+=("netns-tests/p2p.sh (build)")
+    fi
+  else
+    echo "netns-tests/p2p.sh skipped: it needs root (network namespaces)"
+  fi
+fi
+
 [ ${#failures[@]} -gt 0 ] && printf 'failed: %s\n' "${failures[@]}"
 echo "SUMMARY: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -803,6 +803,7 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
     let mut d = Driver::new(Node::new(client_node_config(&cfg)), &CLIENT_BINDS)?;
     let mut store = load_store(&cfg.tunnel.state_dir);
     let cached = store.len();
+    let before = *store.stats();
     let mut last = Instant::now();
     let st = discover::crawl(
         &mut d,
@@ -831,6 +832,24 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
         st.answered,
         st.refused,
         st.unreachable + st.timed_out
+    );
+    // What the store refused during this crawl, by reason (forged or stale
+    // descriptors show up here).
+    let (s, b) = (store.stats(), before);
+    eprintln!(
+        "discovery rejected {} of {} descriptors received: {} bad signature, {} expired, {} not yet valid, {} malformed, {} over a limit or held by another identity, {} duplicate or stale; {} kept as contenders",
+        st.descriptors - st.accepted,
+        st.descriptors,
+        s.bad_signature - b.bad_signature,
+        s.arrived_expired - b.arrived_expired,
+        s.not_yet_valid - b.not_yet_valid,
+        (s.malformed + s.too_long) - (b.malformed + b.too_long),
+        (s.total_cap + s.answer_cap + s.source_cap + s.prefix_cap)
+            + (s.identity_in_use + s.other_identity)
+            - (b.total_cap + b.answer_cap + b.source_cap + b.prefix_cap)
+            - (b.identity_in_use + b.other_identity),
+        (s.duplicate + s.stale) - (b.duplicate + b.stale),
+        s.contenders - b.contenders,
     );
     if let Err(e) = save_cache(&cfg.tunnel.state_dir, &store) {
         eprintln!("anonnet: warning: {e:#}");

@@ -1,0 +1,841 @@
+#!/usr/bin/env bash
+# anonnet peer-to-peer scenario in network namespaces (issue 4): eight gateways, three
+# of them exits, one refusing discovery, one forging descriptors, a client that knows
+# only gw1, and a mixed-mode node. Like run.sh, every check is a named case printing
+# "PASS name" or "FAIL name: reason", everything created is removed (trap on EXIT, INT,
+# TERM), and the run ends with exactly one line "N passed, M failed".
+#
+# Usage (root): netns-tests/p2p.sh [--only REGEX] [--keep-logs]
+#   --only REGEX   run only the cases whose name matches REGEX (the setup they need
+#                  runs anyway; later cases may depend on earlier ones)
+#   --keep-logs    keep the logs directory (kept anyway when a case fails)
+# ANONNET_BIN=/path/to/anonnet and ANONNET_FORGER=/path/to/forging_gateway override the
+# binaries (default: cargo build --release --bin anonnet --example forging_gateway).
+# Addresses: 198.18.0.0/15, 2001:db8::/32 (underlay), 100.64.0.0/10, fd00::/8
+# (tunnel). Namespaces are all named p2p-*, so this never collides with run.sh or the
+# testbed; nothing runs in the machine's own network namespace.
+#
+# Topology: p2p-inet routes between every other namespace, each on its own veth with
+# 198.18.N.0/24 and 2001:db8:N::/64 (inet .1, the namespace .2), and serves HTTP on
+# 198.18.0.1, 2001:db8:ff::1 and 20 "sites" 198.18.0.11-30 (ports 80 and 8080).
+#   gw1..gw8   N = 1..8: gw1 the bootstrap gateway; gw3 does not share (share = false);
+#              gw5 also has 198.18.4.3, in gw4's /24; gw6, gw7, gw8 are exits, gw8
+#              with the policy "reject *:8080"
+#   forge      N = 9: examples/forging_gateway.rs
+#   mixed      N = 10: `anonnet up` with client.mode = "mixed"
+#   client     N = 20: `anonnet discover` / `anonnet up`, knows only gw1
+#   c2         N = 21: `anonnet up` on fixed paths (through the mixed node; a path
+#              that breaks the /24 rule on purpose, as the control of that check)
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=netns-tests/lib.sh
+. "$HERE/lib.sh"
+
+ONLY=''
+KEEP_LOGS=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --only) ONLY=${2:?--only needs a regex}; shift 2 ;;
+    --only=*) ONLY=${1#--only=}; shift ;;
+    --keep-logs) KEEP_LOGS=1; shift ;;
+    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+# Our names (lib.sh's an_ns_conflicts checks AN_NS).
+GWS=(gw1 gw2 gw3 gw4 gw5 gw6 gw7 gw8)
+EXITS=(gw6 gw7 gw8)
+HOSTS=("${GWS[@]}" forge mixed client c2)
+declare -gA IDX=([gw1]=1 [gw2]=2 [gw3]=3 [gw4]=4 [gw5]=5 [gw6]=6 [gw7]=7 [gw8]=8
+  [forge]=9 [mixed]=10 [client]=20 [c2]=21)
+AN_NS=(p2p-inet)
+for h in "${HOSTS[@]}"; do AN_NS+=("p2p-$h"); done
+INET=p2p-inet
+PORT=9000
+SERVER4=198.18.0.1
+SERVER6=2001:db8:ff::1
+REFUSER=gw3
+STRICT_EXIT=gw8 # rejects port 8080
+SAME24_A=gw4    # 198.18.4.2
+SAME24_B=gw5    # 198.18.5.2 and 198.18.4.3 (gw4's /24)
+SAME24_B_EXTRA=198.18.4.3
+
+v4() { echo "198.18.${IDX[$1]}.2"; }
+v6() { echo "2001:db8:${IDX[$1]}::2"; }
+ns() { echo "p2p-$1"; }
+
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+SUMMARY_DONE=0
+summary() {
+  [ "$SUMMARY_DONE" = 1 ] && return
+  SUMMARY_DONE=1
+  [ ${#FAILED_NAMES[@]} -gt 0 ] && echo "# failed: ${FAILED_NAMES[*]}"
+  echo "$PASSED passed, $FAILED failed"
+}
+abort() {
+  echo "FAIL setup: $*"
+  FAILED=$((FAILED + 1))
+  FAILED_NAMES+=(setup)
+  exit 1
+}
+
+[ "$(id -u)" = 0 ] || { echo "netns-tests need root (network namespaces)" >&2; echo "0 passed, 1 failed"; exit 1; }
+
+conflicts=$(an_ns_conflicts)
+if [ -n "$conflicts" ]; then
+  echo "refusing to run: these already exist (another p2p.sh running, or leftovers):" >&2
+  while IFS= read -r l; do echo "  $l"; done <<<"$conflicts" >&2
+  echo "(if they are leftovers of a killed run: ip netns del NAME; rm -r /etc/netns/NAME)" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+AN_DIR=$(mktemp -d /tmp/anonnet-p2p.XXXXXX)
+chmod 755 "$AN_DIR"
+T0=$(an_now_ms)
+
+exec 3>&1 4>&2
+on_exit() {
+  local rc=$?
+  exec 1>&3 2>&4
+  trap - EXIT INT TERM
+  an_cleanup
+  if [ "$FAILED" -gt 0 ] || [ "$KEEP_LOGS" = 1 ]; then
+    rm -rf "$AN_DIR/www" "$AN_DIR/anonnet" "$AN_DIR/forging_gateway"
+    echo "# logs kept in $AN_DIR"
+  else
+    rm -rf "$AN_DIR"
+  fi
+  local left
+  left=$(an_ns_conflicts)
+  [ -n "$left" ] && echo "# WARNING: left behind: $left"
+  echo "# duration: $((($(an_now_ms) - T0) / 1000)) s"
+  summary
+  [ "$FAILED" -eq 0 ] && exit "$rc"
+  exit 1
+}
+on_signal() {
+  exec 1>&3 2>&4
+  echo "FAIL interrupted: by SIG$1"
+  FAILED=$((FAILED + 1))
+  FAILED_NAMES+=(interrupted)
+  exit 1
+}
+trap on_exit EXIT
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
+
+# ---------------------------------------------------------------------------------
+# Binaries (as run.sh: a private copy of each, so a rebuild cannot change them mid-run)
+
+an_install_missing || abort "could not install the tools"
+if [ -n "${ANONNET_BIN:-}" ]; then
+  src_bin=$ANONNET_BIN
+  src_forger=${ANONNET_FORGER:-$(dirname "$ANONNET_BIN")/examples/forging_gateway}
+else
+  export PATH="$HOME/.cargo/bin:$PATH"
+  an_say "building (cargo build --release --bin anonnet --example forging_gateway)"
+  (cd "$ROOT" && cargo build --release --quiet --bin anonnet --example forging_gateway) || abort "cargo build failed"
+  target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+    "$(an_python)" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') || target=$ROOT/target
+  src_bin=$target/release/anonnet
+  src_forger=${ANONNET_FORGER:-$target/release/examples/forging_gateway}
+fi
+[ -x "$src_bin" ] || abort "no anonnet binary at $src_bin"
+[ -x "$src_forger" ] || abort "no forging_gateway at $src_forger (cargo build --release --example forging_gateway)"
+cp "$src_bin" "$AN_DIR/anonnet" || abort "cannot copy $src_bin"
+cp "$src_forger" "$AN_DIR/forging_gateway" || abort "cannot copy $src_forger"
+AN_BIN=$AN_DIR/anonnet
+FORGER=$AN_DIR/forging_gateway
+PY=$(an_python)
+GW_STARTED=$(an_now_ms)
+
+# ---------------------------------------------------------------------------------
+# Network, servers, keys and configs
+
+topology_up() {
+  local n i h ok
+  for n in "${AN_NS[@]}"; do
+    ip netns add "$n" || return 1
+    an_created ns "$n"
+    ip -n "$n" link set lo up || return 1
+    ip netns exec "$n" sysctl -q -w net.ipv6.conf.all.accept_dad=0 \
+      net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_ra=0 \
+      net.ipv6.conf.default.accept_ra=0 >/dev/null || return 1
+  done
+  ip netns exec "$INET" sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 >/dev/null || return 1
+  ip -n "$INET" addr add "$SERVER4/32" dev lo || return 1
+  for i in $(seq 11 30); do ip -n "$INET" addr add "198.18.0.$i/32" dev lo || return 1; done
+  ip -n "$INET" -6 addr add "$SERVER6/128" dev lo nodad || return 1
+  for h in "${HOSTS[@]}"; do
+    i=${IDX[$h]}
+    n=$(ns "$h")
+    # Created in inet, the peer placed directly in the host's namespace.
+    ip -n "$INET" link add "v-$h" type veth peer name eth0 netns "$n" || return 1
+    ip -n "$INET" addr add "198.18.$i.1/24" dev "v-$h" || return 1
+    ip -n "$INET" -6 addr add "2001:db8:$i::1/64" dev "v-$h" nodad || return 1
+    ip -n "$n" addr add "198.18.$i.2/24" dev eth0 || return 1
+    ip -n "$n" -6 addr add "2001:db8:$i::2/64" dev eth0 nodad || return 1
+    ip -n "$INET" link set "v-$h" up || return 1
+    ip -n "$n" link set eth0 up || return 1
+    ip -n "$n" route add default via "198.18.$i.1" || return 1
+    ip -n "$n" -6 route add default via "2001:db8:$i::1" || return 1
+  done
+  # gw5's second address, in gw4's /24: inet routes it to gw5, and gw4 reaches it
+  # through inet (not on its own link, where nobody answers for it).
+  ip -n "$(ns "$SAME24_B")" addr add "$SAME24_B_EXTRA/32" dev eth0 || return 1
+  ip -n "$INET" route add "$SAME24_B_EXTRA/32" dev "v-$SAME24_B" || return 1
+  ip -n "$(ns "$SAME24_A")" route add "$SAME24_B_EXTRA/32" via "198.18.${IDX[$SAME24_A]}.1" || return 1
+  # Own resolv.conf where `up` rewrites it (and in the exits, as run.sh does).
+  for h in client c2 mixed "${EXITS[@]}"; do an_resolv "$(ns "$h")" "$SERVER4" || return 1; done
+  for n in "${AN_NS[@]}"; do an_wait_dad "$n" || return 1; done
+  for h in "${HOSTS[@]}"; do
+    ok=0
+    for ((i = 0; i < 50; i++)); do
+      ip netns exec "$(ns "$h")" ping -n -q -c 1 -W 1 "$SERVER4" >/dev/null 2>&1 &&
+        ip netns exec "$(ns "$h")" ping -n -q -c 1 -W 1 "$SERVER6" >/dev/null 2>&1 && { ok=1; break; }
+      sleep 0.1
+    done
+    [ "$ok" = 1 ] || { an_err "$h cannot reach the server addresses"; return 1; }
+  done
+  an_in "$(ns "$SAME24_A")" 5 ping -n -q -c 1 -W 1 "$SAME24_B_EXTRA" >/dev/null ||
+    { an_err "$SAME24_A cannot reach $SAME24_B_EXTRA"; return 1; }
+}
+
+# HTTP on 80 and 8080 (logs $AN_DIR/httpPORT.log: "SOURCE - - [date] "GET PATH ..."").
+services_start() {
+  local port
+  mkdir -p "$AN_DIR/www"
+  printf '<!doctype html><title>anonnet p2p test</title><p>hello\n' >"$AN_DIR/www/index.html"
+  for port in 80 8080; do
+    an_start "http$port" "$INET" "$AN_DIR/http$port.log" "$PY" -u -m http.server --bind :: \
+      --directory "$AN_DIR/www" "$port"
+  done
+  for port in 80 8080; do
+    an_wait_log "$AN_DIR/http$port.log" 'Serving HTTP on' 10 "${AN_PID[http$port]}" ||
+      { an_err "http server on port $port did not start"; an_tail "$AN_DIR/http$port.log"; return 1; }
+  done
+}
+
+declare -gA PUB=()
+configs() {
+  local h i extra
+  for h in "${GWS[@]}" forge mixed; do
+    "$AN_BIN" keygen --out "$AN_DIR/$h.key" >/dev/null || return 1
+    PUB[$h]=$("$AN_BIN" pubkey "$AN_DIR/$h.key") || return 1
+  done
+  BOOT="$(v4 gw1):$PORT ${PUB[gw1]}"
+  for h in "${GWS[@]}"; do
+    i=${IDX[$h]}
+    extra=''
+    [ "$h" = "$SAME24_B" ] && extra=", \"$SAME24_B_EXTRA\""
+    {
+      echo '[gateway]'
+      echo "identity = \"$AN_DIR/$h.key\""
+      echo "listen = [\"$(v4 "$h")\"$extra, \"$(v6 "$h")\"]"
+      echo "listen_ports = $PORT"
+      if [[ " ${EXITS[*]} " == *" $h "* ]]; then
+        printf '\n[exit]\ntun = "anonexit0"\ndns_upstream = ["%s"]\n' "$SERVER4"
+        [ "$h" = "$STRICT_EXIT" ] && echo 'policy = ["reject *:8080"]'
+      fi
+      # Everyone but gw1 knows gw1 and publishes its descriptor to it.
+      if [ "$h" != gw1 ]; then
+        printf '\n[discovery]\nbootstrap = ["%s"]\n' "$BOOT"
+        [ "$h" = "$REFUSER" ] && echo 'share = false'
+      fi
+    } >"$AN_DIR/$h.toml"
+  done
+  client_config "$AN_DIR/client.toml" "$AN_DIR/client-state" "$BOOT"
+  # The mixed node: a client that also relays (its own [gateway] sockets).
+  {
+    printf '[client]\nmode = "mixed"\n'
+    printf '\n[gateway]\nidentity = "%s"\nlisten = ["%s", "%s"]\nlisten_ports = %s\n' \
+      "$AN_DIR/mixed.key" "$(v4 mixed)" "$(v6 mixed)" "$PORT"
+    printf '\n[discovery]\nbootstrap = ["%s"]\nsubnet_v4 = 24\nsubnet_v6 = 48\n' "$BOOT"
+    printf '\n[tunnel]\nstate_dir = "%s"\n' "$AN_DIR/mixed-state"
+  } >"$AN_DIR/mixed.toml"
+}
+
+# client_config OUT STATE_DIR BOOTSTRAP: like lib.sh's an_discovery_config (no path,
+# the /24 and /48 rule of a test net inside one /15), with 6 circuits, so that more
+# paths are drawn (each one a chance to break the rules, and more exits in use).
+client_config() {
+  {
+    printf '[client]\ncircuits = 6\n'
+    printf '\n[discovery]\nbootstrap = ["%s"]\nsubnet_v4 = 24\nsubnet_v6 = 48\n' "$3"
+    printf '\n[tunnel]\nstate_dir = "%s"\n' "$2"
+  } >"$1"
+}
+
+# fixed_config OUT STATE_DIR HOST...: a client with this fixed path.
+fixed_config() {
+  local out=$1 state=$2 h
+  shift 2
+  {
+    echo '[client]'
+    for h in "$@"; do printf '\n[[client.path]]\naddr = "%s:%s"\nkey = "%s"\n' "$(v4 "$h")" "$PORT" "${PUB[$h]}"; done
+    printf '\n[tunnel]\nstate_dir = "%s"\n' "$state"
+  } >"$out"
+}
+
+# start_gateway NAME: `anonnet gateway` (exits with --exit) in p2p-NAME, waits for its
+# " listening on " line.
+start_gateway() {
+  local h=$1
+  local -a extra=()
+  [[ " ${EXITS[*]} " == *" $h "* ]] && extra=(--exit)
+  an_start "$h" "$(ns "$h")" "$AN_DIR/$h.log" "$AN_BIN" gateway "${extra[@]}" --config "$AN_DIR/$h.toml"
+  an_wait_log "$AN_DIR/$h.log" ' listening on ' 10 "${AN_PID[$h]}"
+}
+
+an_say "network: namespaces ${AN_NS[*]}"
+topology_up || abort "could not build the test network"
+services_start || abort "could not start the HTTP servers"
+configs || abort "could not create keys and configs"
+
+# ---------------------------------------------------------------------------------
+# Case machinery (as run.sh)
+
+CASE_REASON=''
+CASE_NOTES=()
+CASE_LOGS=()
+fail() { CASE_REASON=$*; return 1; }
+note() { CASE_NOTES+=("$*"); }
+logs() { CASE_LOGS+=("$@"); }
+selected() { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
+
+run_case() {
+  local name=$1 fn=$2 n f
+  selected "$name" || return 0
+  CASE_REASON=''
+  CASE_NOTES=()
+  CASE_LOGS=()
+  if "$fn"; then
+    PASSED=$((PASSED + 1))
+    echo "PASS $name"
+    for n in "${CASE_NOTES[@]}"; do echo "    $n"; done
+  else
+    FAILED=$((FAILED + 1))
+    FAILED_NAMES+=("$name")
+    echo "FAIL $name: ${CASE_REASON:-(no reason given)}"
+    for n in "${CASE_NOTES[@]}"; do echo "    $n"; done
+    for f in "${CASE_LOGS[@]}"; do an_tail "$f"; done
+  fi
+}
+
+# capture NAME HOST FILTER: tcpdump on HOST's eth0 (or IFACE in CAP_IF) into
+# $AN_DIR/NAME.pcap, started when it says it listens.
+capture() {
+  local name=$1 h=$2 filter=$3 dev=${CAP_IF:-eth0}
+  rm -f "$AN_DIR/$name.pcap"
+  an_start2 "cap-$name" "$(ns "$h")" /dev/null "$AN_DIR/$name.err" \
+    tcpdump -i "$dev" -n --immediate-mode -U -Z root -s 200 -w "$AN_DIR/$name.pcap" "$filter"
+  an_wait_log "$AN_DIR/$name.err" 'listening on' 10 "$AN_LAST_PID"
+}
+# stop_capture NAME: SIGINT (it flushes) and wait.
+stop_capture() { an_stop "cap-$1" INT 5; }
+# pcap_read NAME [FILTER]: the packets, one line each.
+pcap_read() { tcpdump -n -r "$AN_DIR/$1.pcap" "${@:2}" 2>/dev/null; }
+
+# start_up NAME HOST CONFIG [SECONDS]: `anonnet up` as process NAME in HOST, waits
+# for its "anonnet up:" line.
+start_up() {
+  local name=$1 h=$2 config=$3 secs=${4:-30}
+  an_start "$name" "$(ns "$h")" "$AN_DIR/$name.log" "$AN_BIN" up --config "$config"
+  an_wait_log "$AN_DIR/$name.log" '^anonnet up:' "$secs" "${AN_PID[$name]}"
+}
+# stop_up NAME: SIGTERM, so it removes its routes and kill switch; AN_RC is its status.
+stop_up() {
+  AN_RC=125
+  an_running "$1" && an_stop "$1" TERM 10
+}
+
+# http_get HOST URL: prints the HTTP status (000 on failure).
+http_get() {
+  an_in "$(ns "$1")" 20 curl -s -m 10 -o /dev/null -w '%{http_code}' "$2" 2>/dev/null || true
+}
+
+# log_from PORT TAG: the source addresses the server logged for "GET /?TAG " lines,
+# one per line (IPv4-mapped addresses unmapped).
+log_from() {
+  grep -F "\"GET /?$2 " "$AN_DIR/http$1.log" | awk '{print $1}' | sed 's/^::ffff://'
+}
+
+# log_all_from PORT PREFIX: the same for every "GET /?PREFIX..." line.
+log_all_from() {
+  grep -F "\"GET /?$2" "$AN_DIR/http$1.log" | awk '{print $1}' | sed 's/^::ffff://'
+}
+
+# host_of ADDR: the host (gateway, ...) with that address (or the address itself).
+host_of() {
+  local h
+  for h in "${HOSTS[@]}"; do
+    if [ "$1" = "$(v4 "$h")" ] || [ "$1" = "$(v6 "$h")" ]; then echo "$h"; return; fi
+  done
+  echo "$1"
+}
+
+# discover_json OUT STATE: `anonnet discover --json` in client with a fresh state dir;
+# JSON to OUT, stderr to OUT.err.
+discover_json() {
+  local out=$1 state=$2
+  rm -rf "$state"
+  client_config "$AN_DIR/disc.toml" "$state" "$BOOT"
+  an_in p2p-client 90 "$AN_BIN" discover --json --config "$AN_DIR/disc.toml" >"$out" 2>"$out.err"
+}
+
+# check_listing JSON EXPECT: every listed key must be one of EXPECT's ("NAME KEY
+# ADDR,ADDR,..." lines) with exactly its addresses. Prints "ok N names" or problems.
+check_listing() {
+  "$PY" - "$1" "$2" <<'EOF'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+expect = {}
+for line in open(sys.argv[2]):
+    name, key, addrs = line.split()
+    expect[key] = (name, sorted(addrs.split(",")))
+bad, seen = [], []
+for r in rows:
+    got = sorted(r["addrs"])
+    if r["key"] not in expect:
+        bad.append("unknown key %s at %s" % (r["key"][:12], ",".join(got)))
+        continue
+    name, want = expect[r["key"]]
+    seen.append(name)
+    if got != want:
+        bad.append("%s listed at %s, not %s" % (name, ",".join(got), ",".join(want)))
+print("ok" if not bad else "BAD " + "; ".join(bad))
+print(" ".join(sorted(seen)))
+EOF
+}
+
+# all_listed JSON NAME...: every NAME's key is in the listing.
+all_listed() {
+  local out=$1 h
+  shift
+  for h in "$@"; do grep -qF "\"${PUB[$h]}\"" "$out" || return 1; done
+}
+
+# expect_line NAME: "NAME KEY ADDRS" as its descriptor lists them.
+expect_line() {
+  local h=$1 addrs
+  addrs="$(v4 "$h"),$(v6 "$h")"
+  [ "$h" = "$SAME24_B" ] && addrs="$addrs,$SAME24_B_EXTRA"
+  echo "$h ${PUB[$h]} $addrs"
+}
+
+# ---------------------------------------------------------------------------------
+# Cases
+
+case_gateways() {
+  local h
+  for h in "${GWS[@]}"; do
+    start_gateway "$h" || { logs "$AN_DIR/$h.log"; fail "$h did not start"; return 1; }
+  done
+  GW_STARTED=$(an_now_ms)
+  # The forger learns the others from gw1 (so it can forge their descriptors) and
+  # publishes its own valid descriptor there, so crawling clients ask it.
+  an_start forge p2p-forge "$AN_DIR/forge.log" "$FORGER" --identity "$AN_DIR/forge.key" \
+    --listen "$(v4 forge)" --listen "$(v6 forge)" --port "$PORT" --bootstrap "$BOOT" --want 8 \
+    --claims-out "$AN_DIR/claims.txt"
+  logs "$AN_DIR/forge.log"
+  an_wait_log "$AN_DIR/forge.log" 'forging_gateway: knows [0-9]+ gateways; forging' 30 "${AN_PID[forge]}" ||
+    fail "the forging gateway did not learn the 8 gateways from gw1 within 30 s" || return
+  note "8 gateways (exits ${EXITS[*]}; $STRICT_EXIT rejects :8080; $REFUSER share = false; $SAME24_B also at $SAME24_B_EXTRA) and the forger"
+  note "$(grep -m1 'forging_gateway: knows' "$AN_DIR/forge.log")"
+}
+
+# (a) A client that knows only gw1 learns all 8 honest gateways, each at its true
+# addresses; nothing the forger made up is listed (its own valid descriptor may be),
+# and the rejected count shows the forgeries arrived and were dropped.
+case_discover() {
+  local out=$AN_DIR/discover.json i n res names rej bad exp fut h
+  logs "$out.err"
+  for h in "${GWS[@]}"; do expect_line "$h"; done >"$AN_DIR/expect-honest"
+  { cat "$AN_DIR/expect-honest"; expect_line forge; } >"$AN_DIR/expect-a"
+  # gw1 hears of the others as they start; polled (bounded) until it knows all.
+  for ((i = 0; i < 10; i++)); do
+    discover_json "$out" "$AN_DIR/client-state" || fail "discover failed: $(tail -2 "$out.err")" || return
+    n=$(grep -c '"key"' "$out")
+    all_listed "$out" "${GWS[@]}" && break
+    sleep 0.5
+  done
+  res=$(check_listing "$out" "$AN_DIR/expect-a")
+  names=$(tail -1 <<<"$res")
+  note "listed: $names"
+  [ "$(head -1 <<<"$res")" = ok ] || fail "$(head -1 <<<"$res")" || return
+  for h in "${GWS[@]}"; do
+    [[ " $names " == *" $h "* ]] || fail "$h is not listed (the client knows $n gateways)" || return
+  done
+  rej=$(grep -o 'discovery rejected .*' "$out.err" | tail -1)
+  [ -n "$rej" ] || fail "discover printed no 'discovery rejected' line" || return
+  note "$rej"
+  bad=$(sed -nE 's/.*: ([0-9]+) bad signature.*/\1/p' <<<"$rej")
+  exp=$(sed -nE 's/.* ([0-9]+) expired.*/\1/p' <<<"$rej")
+  fut=$(sed -nE 's/.* ([0-9]+) not yet valid.*/\1/p' <<<"$rej")
+  grep -q 'forging_gateway: answered a Get' "$AN_DIR/forge.log" || fail "the client never asked the forger" || return
+  note "forger: $(grep 'forging_gateway: answered a Get' "$AN_DIR/forge.log" | tail -1 | cut -d' ' -f3-)"
+  [ "${bad:-0}" -gt 0 ] && [ "${exp:-0}" -gt 0 ] && [ "${fut:-0}" -gt 0 ] ||
+    fail "forgeries not rejected as such: $rej" || return
+  [ -s "$AN_DIR/client-state/descriptors.cache" ] || fail "no descriptor cache was written" || return
+}
+
+# (b) gw3 (share = false) refuses, and is still listed (it hands out its own).
+case_refusal() {
+  local done_line
+  [ -s "$AN_DIR/discover.json.err" ] || fail "no discover output (the discover case did not run)" || return
+  done_line=$(grep -o 'discovery done: .*' "$AN_DIR/discover.json.err" | tail -1)
+  note "$done_line"
+  grep -Eq ' [1-9][0-9]* refused' <<<"$done_line" || fail "no refusal seen: $done_line" || return
+  grep -qF "${PUB[$REFUSER]}" "$AN_DIR/discover.json" || fail "$REFUSER is not listed" || return
+  note "$REFUSER refused to share and is listed from its own descriptor"
+}
+
+# A client that heard the forger first: its cache holds the forger's valid claim on
+# gw2's key (a throwaway identity's descriptor naming gw2's onion key at the forger's
+# addresses), as if the forger had answered before anyone else. gw1 then tells it of
+# the real gw2, a contender; the contest must be settled by gw2 itself, which only
+# answers at its true address (docs/PROTOCOL.md §11: "trying the addresses of the held
+# claim, then the contender's"), so the listing must show gw2 at its true addresses.
+CLAIMED=gw2
+case_claim_first() {
+  local out=$AN_DIR/claim-first.json st=$AN_DIR/claim-state hex res
+  logs "$out.err"
+  hex=$(awk -v k="${PUB[$CLAIMED]}" '$1 == k {print $2}' "$AN_DIR/claims.txt" 2>/dev/null)
+  [ -n "$hex" ] || fail "the forger wrote no claim on $CLAIMED's key" || return
+  rm -rf "$st"
+  mkdir -p "$st"
+  # Magic, version 1, one record (source 2: from the peer whose 32-byte key follows,
+  # the forger; length; descriptor), then BLAKE2s-256 of all of it.
+  "$PY" -c '
+import base64, hashlib, sys
+desc, peer = bytes.fromhex(sys.argv[1]), base64.b64decode(sys.argv[2])
+body = b"ANONDIR\0" + b"\x01" + b"\x02" + peer + len(desc).to_bytes(2, "big") + desc
+open(sys.argv[3], "wb").write(body + hashlib.blake2s(body).digest())
+' "$hex" "${PUB[forge]}" "$st/descriptors.cache" || fail "could not write the planted cache" || return
+  client_config "$AN_DIR/claim.toml" "$st" "$BOOT"
+  an_in p2p-client 90 "$AN_BIN" discover --json --config "$AN_DIR/claim.toml" >"$out" 2>"$out.err" ||
+    fail "discover failed: $(tail -2 "$out.err")" || return
+  note "$(grep -o 'discovery done: .*' "$out.err" | tail -1)"
+  res=$(check_listing "$out" "$AN_DIR/expect-a")
+  [ "$(head -1 <<<"$res")" = ok ] || fail "$(head -1 <<<"$res")" || return
+  all_listed "$out" "$CLAIMED" || fail "$CLAIMED is not listed" || return
+  note "the forger's claim on $CLAIMED's key, held first, lost to $CLAIMED's own descriptor: listed at its true addresses"
+}
+
+declare -A HTTP80_FROM=()
+# Connection openings (SYN without ACK): on an exit's TUN device their source is the
+# circuit's pool address, one per circuit.
+SYN="tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn"
+# (c) `up` comes up on a discovered 3-hop path; 20 destinations are fetched and leave
+# through several circuits (distinct pool addresses on the exits' TUN devices) and
+# several exits (the server's log).
+case_up_flows() {
+  local h site code fails=0 src circuits exits line
+  logs "$AN_DIR/client-up.log"
+  # (e)'s capture starts before any circuit of the client, the warm restart and the
+  # mixed node exists (see case_subnet_rule).
+  capture same24 "$SAME24_A" "udp" || fail "tcpdump on $SAME24_A did not start" || return
+  for h in "${EXITS[@]}"; do
+    CAP_IF=anonexit0 capture "tun-$h" "$h" "$SYN" ||
+      fail "tcpdump on $h's anonexit0 did not start" || return
+  done
+  start_up client-up client "$AN_DIR/client.toml" 30 ||
+    fail "'up' with discovery did not come up: $(tail -2 "$AN_DIR/client-up.log" | tr '\n' ' ')" || return
+  line=$(grep -m1 '^anonnet up:' "$AN_DIR/client-up.log")
+  note "$line"
+  grep -q 'through 3 hops' <<<"$line" || fail "not a 3-hop path: $line" || return
+  grep -q 'discovering gateways' "$AN_DIR/client-up.log" && note "(it crawled again although discover had filled its cache)"
+  for site in $(seq 11 30); do
+    code=$(http_get client "http://198.18.0.$site/?dst=$site")
+    [ "$code" = 200 ] || { fails=$((fails + 1)); note "http://198.18.0.$site/: $code"; }
+  done
+  for h in "${EXITS[@]}"; do stop_capture "tun-$h"; done
+  [ "$fails" = 0 ] || fail "$fails of 20 fetches failed" || return
+  sleep 0.2 # the server's log write
+  for site in $(seq 11 30); do
+    src=$(log_from 80 "dst=$site" | tail -1)
+    HTTP80_FROM[$site]=$(host_of "$src")
+  done
+  exits=$(printf '%s\n' "${HTTP80_FROM[@]}" | sort | uniq -c | awk '{printf "%s%s x%s", (NR > 1 ? ", " : ""), $2, $1}')
+  note "the server saw the 20 destinations' requests from: $exits"
+  # One pool address per circuit at each exit: (exit, source of the SYNs) pairs.
+  circuits=$(for h in "${EXITS[@]}"; do pcap_read "tun-$h" | awk -v h="$h" '$2 == "IP" {split($3, a, "."); print h, a[1] "." a[2] "." a[3] "." a[4]}'; done | sort -u)
+  note "circuits seen at the exits' TUN devices: $(wc -l <<<"$circuits" | tr -d ' ') ($(tr '\n' ' ' <<<"$circuits"| sed 's/ $//'))"
+  [ "$(printf '%s\n' "${HTTP80_FROM[@]}" | sort -u | grep -c '^gw')" -ge 2 ] ||
+    fail "all 20 destinations left through one exit: $exits" || return
+  printf '%s\n' "${HTTP80_FROM[@]}" | grep -qv '^gw' && { fail "a request came from a non-exit address: $exits"; return 1; }
+  [ "$(grep -c . <<<"$circuits")" -ge 3 ] || fail "only $(grep -c . <<<"$circuits") circuit(s) carried the 20 destinations" || return
+}
+
+# (d) Port 8080: all 20 destinations answer, none through gw8 (whose policy rejects
+# 8080). Both halves can fail: a flow the client sent to gw8 anyway would be refused
+# there (a failed fetch), and a gw8 that let it through would show in the log.
+case_port_8080() {
+  local site code fails=0 src on_strict=0 from
+  an_running client-up || fail "needs the running 'up' of the previous case" || return
+  for site in $(seq 11 30); do
+    code=$(http_get client "http://198.18.0.$site:8080/?dst8080=$site")
+    [ "$code" = 200 ] || { fails=$((fails + 1)); note "http://198.18.0.$site:8080/: $code"; }
+  done
+  sleep 0.2
+  for site in $(seq 11 30); do
+    [ "${HTTP80_FROM[$site]:-}" = "$STRICT_EXIT" ] && on_strict=$((on_strict + 1))
+  done
+  from=$(for site in $(seq 11 30); do host_of "$(log_from 8080 "dst8080=$site" | tail -1)"; done | sort | uniq -c |
+    awk '{printf "%s%s x%s", (NR > 1 ? ", " : ""), $2, $1}')
+  note "port 8080 requests came from: $from ($on_strict of the destinations used $STRICT_EXIT on port 80)"
+  [ "$fails" = 0 ] || fail "$fails of 20 fetches on :8080 failed" || return
+  log_all_from 8080 dst8080= | grep -Eqx "$(v4 "$STRICT_EXIT")|$(v6 "$STRICT_EXIT")" &&
+    { fail "a :8080 request left through $STRICT_EXIT"; return 1; }
+  return 0
+}
+
+# (f) Restart with a warm cache: the only bootstrap address is unreachable, and a
+# capture on the client's link shows that nothing was sent to it.
+case_warm_cache() {
+  local code n
+  logs "$AN_DIR/warm-up.log"
+  stop_up client-up
+  [ "$AN_RC" = 0 ] || note "(the first 'up' ended with status $AN_RC)"
+  [ -s "$AN_DIR/client-state/descriptors.cache" ] || fail "no cache from the discover case" || return
+  client_config "$AN_DIR/warm.toml" "$AN_DIR/client-state" "198.18.1.99:$PORT ${PUB[gw1]}"
+  capture warm client "host 198.18.1.99" || fail "tcpdump on the client did not start" || return
+  start_up warm-up client "$AN_DIR/warm.toml" 30 ||
+    fail "'up' with a warm cache did not come up: $(tail -2 "$AN_DIR/warm-up.log" | tr '\n' ' ')" || return
+  code=$(http_get client "http://$SERVER4/?warm")
+  stop_up warm-up
+  stop_capture warm
+  note "$(grep -m1 '^anonnet up:' "$AN_DIR/warm-up.log")"
+  grep -q 'discovering gateways' "$AN_DIR/warm-up.log" && { fail "'up' crawled although the cache had a path"; return 1; }
+  [ "$code" = 200 ] || fail "HTTP through the cached path: $code" || return
+  n=$(pcap_read warm | grep -c .)
+  [ "$n" = 0 ] || fail "$n packets to the bootstrap address 198.18.1.99: $(pcap_read warm | head -2 | tr '\n' ' ')" || return
+  note "up from the cache alone, HTTP 200; 0 packets to the bootstrap address 198.18.1.99"
+}
+
+# Mixed mode: comes up relaying, its own traffic works, it is published and relays.
+M4=$(v4 mixed)
+M6=$(v6 mixed)
+# What the mixed node may send on its link: relay UDP from its relay port (its own
+# circuits use the same sockets; answers to directory queries too), to anyone but
+# 198.18.0.1, which is no gateway: nothing of ours goes there directly. And IPv6
+# neighbour discovery. Everything else it sends is a leak.
+M_OUT="(src host $M4 or src host $M6 or ip6 src net fe80::/10)"
+RELAY="udp and src port $PORT and (src host $M4 or src host $M6) and not dst host $SERVER4"
+M_LEAK="$M_OUT and not (icmp6 and ip6[40] >= 133 and ip6[40] <= 136) and not ($RELAY)"
+
+case_mixed_up() {
+  local line
+  logs "$AN_DIR/mixed-up.log"
+  start_up mixed-up mixed "$AN_DIR/mixed.toml" 40 ||
+    fail "mixed 'up' did not come up: $(tail -2 "$AN_DIR/mixed-up.log" | tr '\n' ' ')" || return
+  line=$(grep -m1 '^anonnet up:' "$AN_DIR/mixed-up.log")
+  note "$line"
+  [[ $line == *"; relaying as gateway ${PUB[mixed]} on "* ]] ||
+    fail "the up line does not end with '; relaying as gateway ${PUB[mixed]} on ...'" || return
+  # Everything on its link from now on, for the kill-switch case.
+  capture mixed-wire mixed "not arp" || fail "tcpdump on the mixed node did not start" || return
+}
+
+case_mixed_own_traffic() {
+  local code src
+  an_running mixed-up || fail "the mixed node is not up" || return
+  code=$(http_get mixed "http://$SERVER4/?mixed-own")
+  [ "$code" = 200 ] || fail "curl from the mixed node: $code" || return
+  sleep 0.2
+  src=$(log_from 80 mixed-own | tail -1)
+  [ "$src" != "$M4" ] || fail "the server saw the mixed node's own address" || return
+  note "HTTP 200; the server saw it from $src ($(host_of "$src"))"
+  [[ " ${EXITS[*]} " == *" $(host_of "$src") "* ]] || fail "it did not come from an exit: $src" || return
+}
+
+case_mixed_published() {
+  local out=$AN_DIR/discover2.json i res
+  logs "$out.err"
+  for ((i = 0; i < 20; i++)); do
+    discover_json "$out" "$AN_DIR/disc2-state" || fail "discover failed: $(tail -2 "$out.err")" || return
+    all_listed "$out" mixed && break
+    sleep 0.5
+  done
+  all_listed "$out" mixed || fail "the client's discover does not list the mixed node" || return
+  { cat "$AN_DIR/expect-honest"; expect_line forge; expect_line mixed; } >"$AN_DIR/expect-m"
+  res=$(check_listing "$out" "$AN_DIR/expect-m")
+  [ "$(head -1 <<<"$res")" = ok ] || fail "$(head -1 <<<"$res")" || return
+  note "listed: $(tail -1 <<<"$res")"
+}
+
+case_mixed_relays() {
+  local code src line peers
+  an_running mixed-up || fail "the mixed node is not up" || return
+  logs "$AN_DIR/c2-up.log"
+  fixed_config "$AN_DIR/c2.toml" "$AN_DIR/c2-state" gw1 mixed gw6
+  start_up c2-up c2 "$AN_DIR/c2.toml" 20 ||
+    fail "'up' through gw1, mixed, gw6 did not come up: $(tail -2 "$AN_DIR/c2-up.log" | tr '\n' ' ')" || return
+  code=$(http_get c2 "http://$SERVER4/?via-mixed")
+  stop_up c2-up
+  [ "$code" = 200 ] || fail "HTTP through gw1, mixed, gw6: $code" || return
+  sleep 0.2
+  src=$(log_from 80 via-mixed | tail -1)
+  [ "$src" = "$(v4 gw6)" ] || fail "the server saw the request from $src, not gw6" || return
+  note "a circuit gw1 -> mixed -> gw6 works: HTTP 200, seen from gw6"
+}
+
+# The mixed node's link: only relay UDP (to many gateways); nothing else, although
+# its own traffic went through anon0, and unmarked packets forced onto eth0 (a ping
+# bound to eth0, a raw UDP datagram "from" the relay port to 198.18.0.1) are dropped.
+case_mixed_kill_switch() {
+  local leaks peers
+  an_running cap-mixed-wire || fail "the capture on the mixed node is not running" || return
+  an_in p2p-mixed 10 ping -n -q -c 2 -W 1 "$SERVER4" >/dev/null 2>&1 || note "(ping through anon0 failed)"
+  an_in p2p-mixed 10 ping -n -q -c 2 -W 1 -w 3 -I eth0 "$SERVER4" >/dev/null 2>&1 &&
+    { fail "a ping bound to eth0 got through"; return 1; }
+  an_in p2p-mixed 10 "$PY" - "$SERVER4" "$PORT" <<'EOF' >"$AN_DIR/raw.out" 2>&1
+import socket, struct, sys
+dst, port = sys.argv[1], int(sys.argv[2])
+payload = b"unmarked from the relay port"
+for bind in (True, False):
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    if bind:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+    try:
+        s.sendto(struct.pack("!HHHH", port, port, 8 + len(payload), 0) + payload, (dst, 0))
+        print("sent", "bound to eth0" if bind else "routed")
+    except OSError as e:
+        print("refused", "bound to eth0" if bind else "routed", e)
+EOF
+  note "raw UDP: $(tr '\n' ';' <"$AN_DIR/raw.out")"
+  sleep 0.5
+  stop_capture mixed-wire
+  leaks=$(pcap_read mixed-wire "$M_LEAK")
+  if [ -n "$leaks" ]; then
+    note "not relay UDP on the mixed node's link:"
+    while IFS= read -r l; do note "  $l"; done < <(head -8 <<<"$leaks" | cut -c1-150)
+    fail "$(grep -c . <<<"$leaks") packets besides relay UDP"
+    return 1
+  fi
+  peers=$(pcap_read mixed-wire "$RELAY and dst port $PORT and src host $M4" | awk '{print $5}' | sed -E 's/\.[0-9]+:$//' | sort -u)
+  note "0 packets besides relay UDP; it sent relay UDP to $(grep -c . <<<"$peers") gateways: $(for p in $peers; do host_of "$p"; done | tr '\n' ' ')"
+  [ "$(grep -c . <<<"$peers")" -ge 2 ] || fail "relay UDP reached fewer than 2 gateways" || return
+  grep -qx "$(v4 gw6)" <<<"$peers" || fail "no relay UDP to gw6 (the next hop of the relayed circuit)" || return
+}
+
+# narrow_cache SRC DST NAME...: the descriptor cache SRC with only these gateways'
+# records, re-checksummed (docs/PROTOCOL.md §11: magic, version, records of source
+# tag [+ peer key], 2-byte length, descriptor with the onion key at offset 34; then
+# BLAKE2s-256 of all before).
+narrow_cache() {
+  local src=$1 dst=$2 h
+  shift 2
+  mkdir -p "$(dirname "$dst")"
+  for h in "$@"; do echo "${PUB[$h]}"; done | "$PY" -c '
+import base64, hashlib, sys
+src, dst = sys.argv[1], sys.argv[2]
+keep = {base64.b64decode(l.strip()) for l in sys.stdin if l.strip()}
+data = open(src, "rb").read()
+body, i, out, n = data[:-32], 9, bytearray(data[:9]), 0
+while i < len(body):
+    j = i + 1 + (32 if body[i] == 2 else 0)
+    length = int.from_bytes(body[j:j + 2], "big")
+    end = j + 2 + length
+    if body[j + 2 + 34:j + 2 + 66] in keep:
+        out += body[i:end]
+        n += 1
+    i = end
+out += hashlib.blake2s(bytes(out)).digest()
+open(dst, "wb").write(bytes(out))
+print(n)
+' "$src" "$dst"
+}
+
+# (e) No path has two gateways of one /24. gw4 and gw5 share 198.18.4.0/24 (gw5's
+# 198.18.4.3), and both are relays, not exits: on a 3-hop path (entry, middle, exit)
+# they could only be entry and middle, next to each other, so any path with both makes
+# gw4 exchange UDP with gw5 directly; a capture on gw4's link sees it. (The gateways'
+# own gossip with each other happens when they start, before any capture here, and
+# next only after 5 minutes.)
+#  1. Over every circuit built so far (the client's pool, its warm restart, the mixed
+#     node's own circuits): no such packet. Entries are guards, though, so these paths
+#     could put gw4 and gw5 together only when one of them is a guard.
+#  2. So that a broken rule would show: clients that know only gw1, gw4, gw5 and the
+#     exit gw7 (the real cache, cut down), fresh guards each round. Their guards are
+#     gw7, gw1 and one of gw4/gw5; with the rule ignored, about 1 path in 4 would be
+#     gw4/gw5 -> gw5/gw4 -> gw7. Each round's circuits are counted at gw7's TUN.
+#  3. The control proves the capture would see it: a fixed path gw4 -> gw5 -> gw7
+#     does make gw4 and gw5 talk.
+NARROW=(gw1 "$SAME24_A" "$SAME24_B" gw7)
+case_subnet_rule() {
+  local b n peers ctl code guards r st k site total=0 rounds='' cnt
+  b="host $(v4 "$SAME24_B") or host $SAME24_B_EXTRA or host $(v6 "$SAME24_B")"
+  an_running cap-same24 || fail "the capture on $SAME24_A is not running" || return
+  stop_capture same24
+  [ $(($(an_now_ms) - GW_STARTED)) -lt 280000 ] || note "(over 280 s since the gateways started: gossip may have begun again)"
+  peers=$(pcap_read same24 "udp and src host $(v4 "$SAME24_A")" | awk '{print $5}' | sed -E 's/\.[0-9]+:$//' | sort -u)
+  guards=$(cat "$AN_DIR/client-state/guards.toml" 2>/dev/null)
+  note "1. so far $SAME24_A sent UDP to: $(for p in $peers; do host_of "$p"; done | tr '\n' ' ')(client guards: $(for h in "${GWS[@]}" forge mixed; do grep -qF "${PUB[$h]}" <<<"$guards" && echo "$h"; done | tr '\n' ' '))"
+  n=$(pcap_read same24 "$b" | grep -c .)
+  [ "$n" = 0 ] || fail "$n packets between $SAME24_A and $SAME24_B: a circuit used both" || return
+  grep -qF "${PUB[$SAME24_A]}" <<<"$guards" && grep -qF "${PUB[$SAME24_B]}" <<<"$guards" &&
+    { fail "the client's guards include both $SAME24_A and $SAME24_B"; return 1; }
+  # 2. Narrow rounds.
+  capture same24-narrow "$SAME24_A" "$b" || fail "tcpdump on $SAME24_A did not start" || return
+  for r in 1 2 3; do
+    st=$AN_DIR/narrow-$r
+    k=$(narrow_cache "$AN_DIR/client-state/descriptors.cache" "$st/descriptors.cache" "${NARROW[@]}") ||
+      fail "could not cut down the cache" || return
+    [ "$k" = 4 ] || fail "the cut-down cache has $k gateways, not 4" || return
+    client_config "$AN_DIR/narrow-$r.toml" "$st" "198.18.1.99:$PORT ${PUB[gw1]}"
+    CAP_IF=anonexit0 capture "tun-narrow-$r" gw7 "$SYN" || fail "tcpdump on gw7's anonexit0 did not start" || return
+    logs "$AN_DIR/narrow-$r-up.log"
+    start_up "narrow-$r-up" c2 "$AN_DIR/narrow-$r.toml" 20 ||
+      fail "round $r: 'up' knowing only ${NARROW[*]} did not come up: $(tail -2 "$AN_DIR/narrow-$r-up.log" | tr '\n' ' ')" || return
+    for site in $(seq 11 30); do http_get c2 "http://198.18.0.$site/?narrow$r-$site" >/dev/null; done
+    stop_up "narrow-$r-up"
+    stop_capture "tun-narrow-$r"
+    cnt=$(pcap_read "tun-narrow-$r" | awk '$2 == "IP" {split($3, a, "."); print a[1] "." a[2] "." a[3] "." a[4]}' | sort -u | grep -c .)
+    total=$((total + cnt))
+    guards=$(cat "$st/guards.toml" 2>/dev/null)
+    rounds="$rounds; round $r: $cnt circuits, guards $(for h in "${NARROW[@]}"; do grep -qF "${PUB[$h]}" <<<"$guards" && echo "$h"; done | tr '\n' ' ' | sed 's/ $//')"
+  done
+  stop_capture same24-narrow
+  note "2. paths among ${NARROW[*]} only${rounds}"
+  n=$(pcap_read same24-narrow | grep -c .)
+  [ "$n" = 0 ] || fail "$n packets between $SAME24_A and $SAME24_B in the narrow rounds: a circuit used both" || return
+  [ "$total" -ge 6 ] || fail "the narrow rounds used only $total circuits (too few to test the rule)" || return
+  # 3. The control.
+  capture same24-ctl "$SAME24_A" "$b" || fail "tcpdump on $SAME24_A did not start" || return
+  logs "$AN_DIR/c2-ctl-up.log"
+  fixed_config "$AN_DIR/c2-ctl.toml" "$AN_DIR/c2-state" "$SAME24_A" "$SAME24_B" gw7
+  start_up c2-ctl-up c2 "$AN_DIR/c2-ctl.toml" 20 ||
+    fail "control: 'up' through $SAME24_A, $SAME24_B, gw7 did not come up" || return
+  code=$(http_get c2 "http://$SERVER4/?control")
+  stop_up c2-ctl-up
+  stop_capture same24-ctl
+  ctl=$(pcap_read same24-ctl | grep -c .)
+  [ "$code" = 200 ] && [ "$ctl" -gt 0 ] ||
+    fail "control: a path $SAME24_A -> $SAME24_B -> gw7 (HTTP $code) showed $ctl packets between them: the check is blind" || return
+  note "3. control path $SAME24_A -> $SAME24_B -> gw7: HTTP 200, $ctl packets between them seen"
+  note "0 packets between $SAME24_A and $SAME24_B over all paths drawn ($total in the narrow rounds)"
+}
+
+# ---------------------------------------------------------------------------------
+# The run
+
+run_case gateways case_gateways
+run_case discover-all case_discover
+run_case discover-refusal case_refusal
+run_case claim-heard-first case_claim_first
+run_case up-flows case_up_flows
+run_case port-8080-policy case_port_8080
+run_case warm-cache case_warm_cache
+run_case mixed-up case_mixed_up
+run_case mixed-own-traffic case_mixed_own_traffic
+run_case mixed-published case_mixed_published
+run_case mixed-relays case_mixed_relays
+run_case mixed-kill-switch case_mixed_kill_switch
+run_case subnet-rule case_subnet_rule
+# on_exit cleans up and prints the summary line.
