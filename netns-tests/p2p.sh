@@ -24,8 +24,9 @@
 #   forge      N = 9: examples/forging_gateway.rs
 #   mixed      N = 10: `anonnet up` with client.mode = "mixed"
 #   client     N = 20: `anonnet discover` / `anonnet up`, knows only gw1
-#   c2         N = 21: `anonnet up` on fixed paths (through the mixed node; a path
-#              that breaks the /24 rule on purpose, as the control of that check)
+#   c2         N = 21: `anonnet up` on fixed paths (through the mixed node; one that
+#              breaks the /24 rule on purpose, the control of that check) and from
+#              cut-down caches (paths among gw1, gw4, gw5, gw7 only)
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
