@@ -106,7 +106,7 @@ else
   export PATH="$HOME/.cargo/bin:$PATH"
   an_say "building (cargo build --release --bin anonnet)"
   (cd "$ROOT" && cargo build --release --quiet --bin anonnet) || abort "cargo build failed"
-  src_bin=$ROOT/target/release/anonnet
+  src_bin=${CARGO_TARGET_DIR:-$ROOT/target}/release/anonnet
 fi
 [ -x "$src_bin" ] || abort "no anonnet binary at $src_bin"
 # A private copy: a rebuild during the run must not change the binary under the test.
