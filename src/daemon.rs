@@ -32,8 +32,7 @@ use crate::path::{select_path, Guards, PathLength, PathRules, PortSummary, Subne
 use crate::policy::ExitPolicy;
 use crate::sys;
 use crate::tunnel::{
-    self, Payload, Reassembler, CLIENT_V4, CLIENT_V6, DNS_V4, DNS_V6, EXIT_V4, EXIT_V6,
-    MAX_FRAGMENTS,
+    self, Reassembler, CLIENT_V4, CLIENT_V6, DNS_V4, DNS_V6, EXIT_V4, EXIT_V6, MAX_FRAGMENTS,
 };
 use crate::wire::{Service, MAX_PAYLOAD, PAYLOAD_OFFSET};
 
@@ -154,26 +153,16 @@ async fn send_packet(
     d.sockets.pool.put(buf);
 }
 
-/// The packet a DATA payload completes, if any: the payload itself, or a packet
-/// whose last fragment it is.
+/// The packet a DATA payload completes, if any (a bad payload is logged and dropped).
 fn unwrap_payload<'a>(
     now: Instant,
     payload: &'a mut [u8],
     reasm: &'a mut Reassembler,
 ) -> Option<&'a mut [u8]> {
-    match tunnel::classify(payload) {
-        Ok(Payload::Packet(_)) => Some(payload),
-        Ok(Payload::Fragment {
-            id,
-            index,
-            count,
-            data,
-        }) => reasm.push(now, id, index, count, data),
-        Err(e) => {
-            tracing::debug!("payload dropped: {e}");
-            None
-        }
-    }
+    reasm.complete(now, payload).unwrap_or_else(|e| {
+        tracing::debug!("payload dropped: {e}");
+        None
+    })
 }
 
 /// Lowers the MSS of TCP SYNs so that segments fit in one cell.

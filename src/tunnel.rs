@@ -155,6 +155,25 @@ pub struct Reassembler {
 }
 
 impl Reassembler {
+    /// The packet a DATA payload completes: the payload itself when it is a whole
+    /// packet, the reassembled packet when it is the last missing fragment, else
+    /// `None`. A payload that is neither is an error.
+    pub fn complete<'a>(
+        &'a mut self,
+        now: Instant,
+        payload: &'a mut [u8],
+    ) -> Result<Option<&'a mut [u8]>, PayloadError> {
+        Ok(match classify(payload)? {
+            Payload::Packet(_) => Some(payload),
+            Payload::Fragment {
+                id,
+                index,
+                count,
+                data,
+            } => self.push(now, id, index, count, data),
+        })
+    }
+
     /// Adds a fragment; returns the whole packet once its last fragment is in.
     pub fn push(
         &mut self,
@@ -293,6 +312,29 @@ mod tests {
         );
         assert_eq!(classify(&[0x45, 0]), Ok(Payload::Packet(&[0x45, 0])));
         assert_eq!(classify(&[0x60]), Ok(Payload::Packet(&[0x60])));
+    }
+
+    #[test]
+    fn complete_takes_packets_and_last_fragments() {
+        let now = Instant::now();
+        let mut r = Reassembler::default();
+        let mut whole = vec![0x45u8; 60];
+        assert_eq!(
+            r.complete(now, &mut whole).unwrap().map(|p| p.len()),
+            Some(60)
+        );
+        let packet: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let mut parts = split(&packet, 7);
+        let last = parts.pop().unwrap();
+        for mut f in parts {
+            assert_eq!(r.complete(now, &mut f).unwrap(), None);
+        }
+        let mut last = last;
+        assert_eq!(
+            r.complete(now, &mut last).unwrap().map(|p| p.to_vec()),
+            Some(packet)
+        );
+        assert!(r.complete(now, &mut [0x10]).is_err());
     }
 
     #[test]

@@ -847,7 +847,7 @@ fn replayed_cells_are_dropped() {
 
 use anonnet::exit::{Exit, ExitSettings, Verdict};
 use anonnet::policy::ExitPolicy;
-use anonnet::tunnel::{self, Payload, Reassembler, CLIENT_V4, CLIENT_V6};
+use anonnet::tunnel::{self, Reassembler, CLIENT_V4, CLIENT_V6};
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -870,15 +870,7 @@ fn payloads(packet: &[u8], frag_id: u16) -> Vec<Vec<u8>> {
 }
 
 fn unwrap<'a>(now: Instant, p: &'a mut [u8], r: &'a mut Reassembler) -> Option<&'a mut [u8]> {
-    match tunnel::classify(p).expect("tunnel payload") {
-        Payload::Packet(_) => Some(p),
-        Payload::Fragment {
-            id,
-            index,
-            count,
-            data,
-        } => r.push(now, id, index, count, data),
-    }
+    r.complete(now, p).expect("tunnel payload")
 }
 
 fn echo_request(v6: bool, seq: u16, len: usize) -> Vec<u8> {

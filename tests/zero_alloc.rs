@@ -22,7 +22,7 @@ use anonnet::identity::Identity;
 use anonnet::node::{CircuitId, Event, HopSpec, Node, NodeConfig, Output, Transmit, TICK};
 use anonnet::packet;
 use anonnet::policy::ExitPolicy;
-use anonnet::tunnel::{self, Payload, Reassembler, CLIENT_V4, CLIENT_V6, MAX_PACKET};
+use anonnet::tunnel::{self, Reassembler, CLIENT_V4, CLIENT_V6, MAX_PACKET};
 use anonnet::wire::{Service, MAX_DATAGRAM, MAX_PAYLOAD, PAYLOAD_OFFSET};
 use etherparse::PacketBuilder;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -421,7 +421,7 @@ impl Net {
         let now = self.now;
         let seq = self.seq;
         let r = self.exit_reasm.entry(circuit).or_default();
-        let Some(pkt) = unwrap_payload(now, payload, r) else {
+        let Some(pkt) = r.complete(now, payload).ok().flatten() else {
             return;
         };
         let want = &self.requests[shape(seq)];
@@ -465,7 +465,7 @@ impl Net {
         let now = self.now;
         let seq = self.seq;
         let r = self.client_reasm.entry(self.circuit).or_default();
-        let Some(pkt) = unwrap_payload(now, payload, r) else {
+        let Some(pkt) = r.complete(now, payload).ok().flatten() else {
             return;
         };
         let reply = &self.replies[shape(seq)];
@@ -500,24 +500,6 @@ fn tun_read(pool: &mut Pool, pkt: &[u8]) -> Vec<u8> {
     buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + pkt.len()].copy_from_slice(pkt);
     buf.truncate(PAYLOAD_OFFSET + pkt.len());
     buf
-}
-
-/// `daemon::unwrap_payload`: the packet a DATA payload completes, if any.
-fn unwrap_payload<'a>(
-    now: Instant,
-    payload: &'a mut [u8],
-    reasm: &'a mut Reassembler,
-) -> Option<&'a mut [u8]> {
-    match tunnel::classify(payload) {
-        Ok(Payload::Packet(_)) => Some(payload),
-        Ok(Payload::Fragment {
-            id,
-            index,
-            count,
-            data,
-        }) => reasm.push(now, id, index, count, data),
-        Err(_) => None,
-    }
 }
 
 /// A net whose circuit is up, has carried `2 * WARMUP` round trips of every shape and
