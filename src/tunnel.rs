@@ -320,18 +320,22 @@ mod tests {
         let mut r = Reassembler::default();
         let mut whole = vec![0x45u8; 60];
         assert_eq!(
-            r.complete(now, &mut whole).unwrap().map(|p| p.len()),
+            r.complete(now, &mut whole)
+                .expect("a valid payload")
+                .map(|p| p.len()),
             Some(60)
         );
         let packet: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
         let mut parts = split(&packet, 7);
-        let last = parts.pop().unwrap();
+        let last = parts.pop().expect("fragments");
         for mut f in parts {
-            assert_eq!(r.complete(now, &mut f).unwrap(), None);
+            assert_eq!(r.complete(now, &mut f).expect("a valid payload"), None);
         }
         let mut last = last;
         assert_eq!(
-            r.complete(now, &mut last).unwrap().map(|p| p.to_vec()),
+            r.complete(now, &mut last)
+                .expect("a valid payload")
+                .map(|p| p.to_vec()),
             Some(packet)
         );
         assert!(r.complete(now, &mut [0x10]).is_err());
