@@ -1203,11 +1203,7 @@ async fn refuse(tun: &AsyncDevice, pkt: &[u8], answer: &mut Vec<u8>) {
     let Ok(s) = packet::summarize(pkt) else {
         return;
     };
-    let from = match s.dst {
-        IpAddr::V4(_) => IpAddr::V4(EXIT_V4),
-        IpAddr::V6(_) => IpAddr::V6(EXIT_V6),
-    };
-    if packet::icmp_prohibited(pkt, from, answer).is_ok() {
+    if packet::icmp_prohibited(pkt, tunnel::exit_addr(s.dst), answer).is_ok() {
         if let Err(e) = tun.send(answer).await {
             tracing::debug!("TUN write failed: {e}");
         }

@@ -19,7 +19,7 @@ use crate::limits::{FlowTable, TokenBucket};
 use crate::node::CircuitId;
 use crate::packet::{self, FlowKey, PROTO_TCP, PROTO_UDP};
 use crate::policy::ExitPolicy;
-use crate::tunnel::{DNS_V4, DNS_V6, EXIT_V4, EXIT_V6};
+use crate::tunnel::{self, DNS_V4, DNS_V6};
 
 /// A flow with no packet from the client for this long no longer counts against the
 /// circuit's flow limit.
@@ -196,11 +196,7 @@ impl Exit {
             && sum.dst_port == Some(53);
         if !dns && !self.cfg.policy.allows(sum.dst, sum.dst_port) {
             self.stats.rejected_policy += 1;
-            let from = match sum.dst {
-                IpAddr::V4(_) => IpAddr::V4(EXIT_V4),
-                IpAddr::V6(_) => IpAddr::V6(EXIT_V6),
-            };
-            return match packet::icmp_prohibited(pkt, from, answer) {
+            return match packet::icmp_prohibited(pkt, tunnel::exit_addr(sum.dst), answer) {
                 Ok(()) => Verdict::Answer,
                 Err(_) => Verdict::Drop,
             };
@@ -273,7 +269,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::tunnel::CLIENT_V4;
+    use crate::tunnel::{CLIENT_V4, EXIT_V4};
     use etherparse::PacketBuilder;
 
     fn exit(pool4: &str, max_flows: usize, max_pps: u32) -> Exit {

@@ -15,7 +15,7 @@
 //! [`REASSEMBLY_SLOTS`] packets in progress per circuit; a newer id takes the oldest
 //! slot, and a slot older than [`REASSEMBLY_TIMEOUT`] is abandoned.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -31,6 +31,15 @@ pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 2);
 /// generates (exit policy rejections).
 pub const EXIT_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 pub const EXIT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 1);
+
+/// The exit's tunnel address of `addr`'s family.
+#[must_use]
+pub fn exit_addr(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => IpAddr::V4(EXIT_V4),
+        IpAddr::V6(_) => IpAddr::V6(EXIT_V6),
+    }
+}
 /// The resolver address inside the tunnel: the exit forwards DNS sent here to its
 /// own resolvers, so a client's queries leave from the exit like its traffic.
 pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 53);
