@@ -246,14 +246,8 @@ pub async fn gateway(path: &Path, exit: bool) -> Result<ExitCode> {
         }
     };
     let node = Node::new(NodeConfig {
-        static_key: Some(*id.secret()),
-        echo: cfg.echo,
         exit,
-        directory: true,
-        idle_timeout: cfg.idle_timeout(),
-        handshake_rate: cfg.handshake_rate,
-        max_circuits: cfg.max_circuits,
-        ..NodeConfig::default()
+        ..gateway_node_config(&cfg, &id, NodeConfig::default())
     });
     let addrs: Vec<_> = cfg.listen_addrs().collect();
     let mtu = if exit { cfg.exit.mtu as usize } else { 0 };
@@ -308,6 +302,20 @@ async fn relay_only(mut d: Driver, mut services: GatewayServices) -> Result<()> 
     }
     eprintln!("anonnet gateway stopping: {:?}", d.node.stats());
     Ok(())
+}
+
+/// The node settings of a gateway config (relaying and the directory service), on
+/// top of `base`.
+fn gateway_node_config(cfg: &config::GatewayConfig, id: &Identity, base: NodeConfig) -> NodeConfig {
+    NodeConfig {
+        static_key: Some(*id.secret()),
+        echo: cfg.echo,
+        directory: true,
+        idle_timeout: cfg.idle_timeout(),
+        handshake_rate: cfg.handshake_rate,
+        max_circuits: cfg.max_circuits,
+        ..base
+    }
 }
 
 /// Resolves when the gateway services (if any) want a turn.
@@ -949,30 +957,20 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
     let relay = match &cfg.relay {
         Some(g) => {
             let id = Identity::read_file(&g.identity)?;
-            Some((GatewayServices::new(g, id.clone(), None)?, id))
+            Some((g, GatewayServices::new(g, id.clone(), None)?, id))
         }
         None => None,
     };
     let tun = create_tun(&net.tun)?;
-    let mut d = match (&cfg.relay, &relay) {
-        (Some(g), Some((_, id))) => {
-            let node = Node::new(NodeConfig {
-                static_key: Some(*id.secret()),
-                directory: true,
-                idle_timeout: g.idle_timeout(),
-                handshake_rate: g.handshake_rate,
-                max_circuits: g.max_circuits,
-                ..client_node_config(&cfg)
-            });
-            let addrs: Vec<SocketAddr> = g.listen_addrs().collect();
-            Driver::tunnel(node, &addrs, Some(net.fwmark), net.mtu as usize)?
-        }
-        _ => {
-            let node = Node::new(client_node_config(&cfg));
-            Driver::tunnel(node, &CLIENT_BINDS, Some(net.fwmark), net.mtu as usize)?
-        }
+    let (node, binds) = match &relay {
+        Some((g, _, id)) => (
+            Node::new(gateway_node_config(g, id, client_node_config(&cfg))),
+            g.listen_addrs().collect(),
+        ),
+        None => (Node::new(client_node_config(&cfg)), CLIENT_BINDS.to_vec()),
     };
-    let own = relay.as_ref().map(|(_, id)| id.public().0);
+    let mut d = Driver::tunnel(node, &binds, Some(net.fwmark), net.mtu as usize)?;
+    let own = relay.as_ref().map(|(_, _, id)| id.public().0);
     let mut paths = Paths::new(&cfg, &mut d, own).await?;
     let (specs, exit_ports) = paths.next(&mut d.rng, None)?;
     let entry = specs.first().map(|h| h.addr).context("the path is empty")?;
@@ -994,7 +992,7 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
         return Err(e.context("cannot route traffic into the tunnel"));
     }
     let relaying = match &relay {
-        Some((_, id)) => {
+        Some((_, _, id)) => {
             let bound: Vec<String> = d.sockets.local_addrs().map(|a| a.to_string()).collect();
             format!(
                 "; relaying as gateway {} on {}",
@@ -1024,7 +1022,7 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
         &mut paths,
         (circuit, exit_key, exit_ports),
         &settings,
-        relay.map(|(services, _)| services),
+        relay.map(|(_, services, _)| services),
     )
     .await;
     drop(tun);
