@@ -306,6 +306,8 @@ impl Sockets {
         let mut queue = std::mem::take(&mut self.queue);
         let mut i = 0;
         while i < queue.len() {
+            // The socket depends only on the source and the destination's family,
+            // so a run shares the first datagram's socket.
             let (dst, size) = (queue[i].dst, queue[i].buf.len());
             let Some(s) = self.pick(&queue[i]) else {
                 tracing::debug!("no socket of the destination's address family");
@@ -327,7 +329,7 @@ impl Sockets {
                 && j - i < most
                 && queue[j].dst == dst
                 && queue[j].buf.len() == size
-                && self.pick(&queue[j]) == Some(s)
+                && queue[j].src == queue[i].src
             {
                 j += 1;
             }
