@@ -32,6 +32,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 # shellcheck source=netns-tests/lib.sh
 . "$HERE/lib.sh"
+# shellcheck source=netns-tests/cases.sh
+. "$HERE/cases.sh"
 
 ONLY=''
 KEEP_LOGS=0
@@ -66,23 +68,6 @@ SAME24_B_EXTRA=198.18.4.3
 v4() { echo "198.18.${IDX[$1]}.2"; }
 v6() { echo "2001:db8:${IDX[$1]}::2"; }
 ns() { echo "p2p-$1"; }
-
-PASSED=0
-FAILED=0
-FAILED_NAMES=()
-SUMMARY_DONE=0
-summary() {
-  [ "$SUMMARY_DONE" = 1 ] && return
-  SUMMARY_DONE=1
-  [ ${#FAILED_NAMES[@]} -gt 0 ] && echo "# failed: ${FAILED_NAMES[*]}"
-  echo "$PASSED passed, $FAILED failed"
-}
-abort() {
-  echo "FAIL setup: $*"
-  FAILED=$((FAILED + 1))
-  FAILED_NAMES+=(setup)
-  exit 1
-}
 
 [ "$(id -u)" = 0 ] || { echo "netns-tests need root (network namespaces)" >&2; echo "0 passed, 1 failed"; exit 1; }
 
@@ -297,36 +282,6 @@ an_say "network: namespaces ${AN_NS[*]}"
 topology_up || abort "could not build the test network"
 services_start || abort "could not start the HTTP servers"
 configs || abort "could not create keys and configs"
-
-# ---------------------------------------------------------------------------------
-# Case machinery (as run.sh)
-
-CASE_REASON=''
-CASE_NOTES=()
-CASE_LOGS=()
-fail() { CASE_REASON=$*; return 1; }
-note() { CASE_NOTES+=("$*"); }
-logs() { CASE_LOGS+=("$@"); }
-selected() { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
-
-run_case() {
-  local name=$1 fn=$2 n f
-  selected "$name" || return 0
-  CASE_REASON=''
-  CASE_NOTES=()
-  CASE_LOGS=()
-  if "$fn"; then
-    PASSED=$((PASSED + 1))
-    echo "PASS $name"
-    for n in "${CASE_NOTES[@]}"; do echo "    $n"; done
-  else
-    FAILED=$((FAILED + 1))
-    FAILED_NAMES+=("$name")
-    echo "FAIL $name: ${CASE_REASON:-(no reason given)}"
-    for n in "${CASE_NOTES[@]}"; do echo "    $n"; done
-    for f in "${CASE_LOGS[@]}"; do an_tail "$f"; done
-  fi
-}
 
 # capture NAME HOST FILTER: tcpdump on HOST's eth0 (or IFACE in CAP_IF) into
 # $AN_DIR/NAME.pcap, started when it says it listens.

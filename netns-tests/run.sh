@@ -19,6 +19,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 # shellcheck source=netns-tests/lib.sh
 . "$HERE/lib.sh"
+# shellcheck source=netns-tests/cases.sh
+. "$HERE/cases.sh"
 
 ONLY=''
 KEEP_LOGS=0
@@ -31,24 +33,6 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-
-PASSED=0
-FAILED=0
-FAILED_NAMES=()
-SUMMARY_DONE=0
-summary() {
-  [ "$SUMMARY_DONE" = 1 ] && return
-  SUMMARY_DONE=1
-  [ ${#FAILED_NAMES[@]} -gt 0 ] && echo "# failed: ${FAILED_NAMES[*]}"
-  echo "$PASSED passed, $FAILED failed"
-}
-# A failure before or outside the cases: report it and end with a summary line.
-abort() {
-  echo "FAIL setup: $*"
-  FAILED=$((FAILED + 1))
-  FAILED_NAMES+=(setup)
-  exit 1
-}
 
 [ "$(id -u)" = 0 ] || { echo "netns-tests need root (network namespaces)" >&2; echo "0 passed, 1 failed"; exit 1; }
 
@@ -123,36 +107,6 @@ an_say "servers on inet: http :80 :443 :25, dnsmasq, iperf3"
 an_services_start || abort "could not start the servers"
 an_configs || abort "could not create keys and configs"
 BIG_SHA=$(cat "$AN_DIR/big.sha256")
-
-# ---------------------------------------------------------------------------------
-# Case machinery
-
-CASE_REASON=''
-CASE_NOTES=()
-CASE_LOGS=()
-fail() { CASE_REASON=$*; return 1; }
-note() { CASE_NOTES+=("$*"); }
-logs() { CASE_LOGS+=("$@"); }
-selected() { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
-
-run_case() {
-  local name=$1 fn=$2 n f
-  selected "$name" || return 0
-  CASE_REASON=''
-  CASE_NOTES=()
-  CASE_LOGS=()
-  if "$fn"; then
-    PASSED=$((PASSED + 1))
-    echo "PASS $name"
-    for n in "${CASE_NOTES[@]}"; do echo "    $n"; done
-  else
-    FAILED=$((FAILED + 1))
-    FAILED_NAMES+=("$name")
-    echo "FAIL $name: ${CASE_REASON:-(no reason given)}"
-    for n in "${CASE_NOTES[@]}"; do echo "    $n"; done
-    for f in "${CASE_LOGS[@]}"; do an_tail "$f"; done
-  fi
-}
 
 # Network state of client and exit before anything of anonnet ran there.
 SNAP_CLIENT=$AN_DIR/snap-client-pre
