@@ -154,11 +154,16 @@ pub enum Reject {
 /// The key generations of one hop: the current one, the previous one (still opened
 /// until it expires) and, on a gateway, the next one announced by REKEY but not yet
 /// confirmed by the client.
+///
+/// The previous and next generations are boxed: a generation is about 1.2 KiB (its
+/// replay window is 1 KiB) and most of the time a hop has neither, so inline they
+/// would more than double the memory of every idle circuit. A box moves between
+/// `next` and `previous` on promotion instead of being reallocated.
 #[derive(Debug)]
 pub struct HopKeys {
     pub current: Generation,
-    pub previous: Option<Generation>,
-    pub next: Option<Generation>,
+    pub previous: Option<Box<Generation>>,
+    pub next: Option<Box<Generation>>,
 }
 
 impl HopKeys {
@@ -183,8 +188,9 @@ impl HopKeys {
         let phase = ctr & CTR_PHASE != 0;
         if let Some(next) = self.next.as_mut().filter(|g| g.phase == phase) {
             next.open(ctr, tag, body)?;
-            if let Some(n) = self.next.take() {
-                self.previous = Some(std::mem::replace(&mut self.current, n));
+            if let Some(mut n) = self.next.take() {
+                std::mem::swap(&mut self.current, &mut *n);
+                self.previous = Some(n);
             }
             return Ok(());
         }
@@ -210,7 +216,7 @@ impl HopKeys {
             &self.current
         } else {
             self.previous
-                .as_ref()
+                .as_deref()
                 .filter(|g| g.phase == phase)
                 .unwrap_or(&self.current)
         }
@@ -218,14 +224,33 @@ impl HopKeys {
 
     /// Installs a new generation as current (client, after REKEY_ACK).
     pub fn rotate(&mut self, g: Generation) {
-        self.previous = Some(std::mem::replace(&mut self.current, g));
+        let old = std::mem::replace(&mut self.current, g);
+        self.previous = Some(reuse(self.previous.take(), old));
     }
 
     /// Announces the next generation (gateway, on REKEY); it replaces the previous one
     /// because both would carry the same phase bit.
     pub fn announce(&mut self, g: Generation) {
-        self.previous = None;
-        self.next = Some(g);
+        self.next = Some(reuse(self.previous.take(), g));
+    }
+
+    /// Drops the previous generation once it can no longer be used, so its keys are
+    /// forgotten (and its memory freed) as soon as they expire.
+    pub fn forget_expired(&mut self, now: Instant) {
+        if self.previous.as_ref().is_some_and(|g| !g.usable(now)) {
+            self.previous = None;
+        }
+    }
+}
+
+/// `g` in `slot`'s box if there is one (a rekey then allocates nothing here).
+fn reuse(slot: Option<Box<Generation>>, g: Generation) -> Box<Generation> {
+    match slot {
+        Some(mut b) => {
+            *b = g;
+            b
+        }
+        None => Box::new(g),
     }
 }
 
@@ -416,4 +441,59 @@ pub fn client_built(slots: &[u8], kbs: &[[u8; KEY_LEN]]) -> Vec<[u8; REPLY_SLOT_
         xor(&mut cur[..REPLY_LEN - REPLY_SLOT_LEN], &ksb);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generation(now: Instant, phase: bool) -> Generation {
+        Generation::new(([1; KEY_LEN], [2; KEY_LEN]), Side::Gateway, now, phase)
+    }
+
+    /// Every relayed circuit holds one generation inline (docs/DESIGN.md, memory per
+    /// circuit): its 1 KiB replay window, four 32-byte keys and a few counters.
+    #[test]
+    fn a_generation_stays_small() {
+        eprintln!(
+            "Generation {} bytes, HopKeys {} bytes",
+            std::mem::size_of::<Generation>(),
+            std::mem::size_of::<HopKeys>()
+        );
+        assert!(std::mem::size_of::<Generation>() <= 1216);
+        assert!(std::mem::size_of::<HopKeys>() <= 1232);
+    }
+
+    #[test]
+    fn expired_previous_generation_is_forgotten() {
+        let t0 = Instant::now();
+        let mut keys = HopKeys::new(generation(t0, false));
+        keys.rotate(generation(t0 + REKEY_AFTER_TIME, true));
+        keys.forget_expired(t0 + REJECT_AFTER_TIME - Duration::from_millis(1));
+        assert!(keys.previous.is_some(), "still usable");
+        keys.forget_expired(t0 + REJECT_AFTER_TIME);
+        assert!(keys.previous.is_none(), "expired keys are dropped");
+        assert!(keys.current.phase);
+    }
+
+    #[test]
+    fn announced_generation_is_promoted_by_its_first_cell() {
+        let t0 = Instant::now();
+        let (fwd, bwd) = ([3; KEY_LEN], [4; KEY_LEN]);
+        let mut client = Generation::new((fwd, bwd), Side::Client, t0, true);
+        let mut gw = HopKeys::new(generation(t0, false));
+        gw.rotate(generation(t0, true));
+        // REKEY: the next generation (phase false) replaces the previous one.
+        gw.announce(Generation::new((fwd, bwd), Side::Gateway, t0, false));
+        assert!(gw.previous.is_none() && gw.next.is_some());
+        client.phase = false;
+        let mut body = [7u8; 64];
+        let slot = client.seal(true, &mut body).expect("seal");
+        let (ctr, tag) = read_slot0(&slot);
+        gw.open(t0, ctr, &tag, &mut body).expect("opens under next");
+        assert_eq!(body, [7u8; 64]);
+        assert!(gw.next.is_none(), "promoted");
+        assert!(!gw.current.phase);
+        assert!(gw.previous.as_ref().is_some_and(|g| g.phase));
+    }
 }
