@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
 
 use crate::config::{self, ClientConfig};
 use crate::discover::{self, load_cache, save_cache, unix_now, Crawl, Directory};
 use crate::discovery::Store;
-use crate::driver::{Driver, Pool};
+use crate::driver::Driver;
 use crate::exit::{Exit, ExitSettings, Verdict};
 use crate::flows::{Build, CircuitPool, FlowRouter, Isolation, Route, NO_EXIT_HOLD};
 use crate::identity::Identity;
@@ -31,13 +30,12 @@ use crate::packet;
 use crate::path::{select_path, Guards, PathLength, PathRules, PortSummary, Subnets};
 use crate::policy::ExitPolicy;
 use crate::sys;
+use crate::tun_io::{self, TunWriter};
 use crate::tunnel::{
     self, Reassembler, CLIENT_V4, CLIENT_V6, DNS_V4, DNS_V6, EXIT_V4, EXIT_V6, MAX_FRAGMENTS,
 };
 use crate::wire::{Service, MAX_PAYLOAD, PAYLOAD_OFFSET};
 
-/// Packets queued between the TUN reader and the core.
-const TUN_QUEUE: usize = 1024;
 /// TCP MSS that keeps a segment in one cell: the cell payload less the IPv4 (20)
 /// or IPv6 (40) header and the TCP header (20).
 const MSS_V4: u16 = (MAX_PAYLOAD - 40) as u16;
@@ -45,45 +43,6 @@ const MSS_V6: u16 = (MAX_PAYLOAD - 60) as u16;
 
 fn flush_stdout() -> Result<()> {
     std::io::stdout().flush().context("cannot write to stdout")
-}
-
-/// Reads packets from the TUN device into pool buffers (at [`PAYLOAD_OFFSET`], so
-/// they are sealed in place) and queues them for the core. The channel closes when
-/// the device fails.
-fn spawn_tun_reader(tun: Arc<AsyncDevice>, pool: Pool, mtu: usize) -> TunReader {
-    let (tx, rx) = mpsc::channel(TUN_QUEUE);
-    let task = tokio::spawn(async move {
-        loop {
-            let mut buf = pool.get();
-            buf.resize(PAYLOAD_OFFSET + mtu, 0);
-            match tun.recv(&mut buf[PAYLOAD_OFFSET..]).await {
-                Ok(n) => {
-                    buf.truncate(PAYLOAD_OFFSET + n);
-                    if tx.send(buf).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!("cannot read from the TUN device: {e}");
-                    return;
-                }
-            }
-        }
-    });
-    TunReader { rx, task }
-}
-
-/// The receiving end of [`spawn_tun_reader`]; dropping it stops the reader (before
-/// the device is removed, so that its removal is not reported as an error).
-struct TunReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TunReader {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Which way a packet enters a circuit.
@@ -173,17 +132,6 @@ fn clamp(pkt: &mut [u8]) {
         MSS_V4
     };
     packet::clamp_mss(pkt, mss);
-}
-
-fn create_tun(name: &str) -> Result<Arc<AsyncDevice>> {
-    let dev = tun_rs::DeviceBuilder::new()
-        .name(name)
-        .enable(false)
-        .build_async()
-        .with_context(|| {
-            format!("cannot create the TUN device {name} (is /dev/net/tun available?)")
-        })?;
-    Ok(Arc::new(dev))
 }
 
 struct Signals {
@@ -499,7 +447,7 @@ impl ExitSide {
             dns: vec![IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6)],
             dns_upstream,
         };
-        let tun = create_tun(&cfg.tun)?;
+        let tun = tun_io::create(&cfg.tun, tun_io::offload_from_env())?;
         let saved = match sys::exit_up(&net).await {
             Ok(s) => s,
             Err(e) => {
@@ -532,7 +480,9 @@ impl ExitSide {
 
     async fn run(&mut self, mut d: Driver, mut services: GatewayServices) -> Result<()> {
         let mut signals = Signals::new()?;
-        let mut tun_rx = spawn_tun_reader(Arc::clone(&self.tun), d.sockets.pool.clone(), self.mtu);
+        let mut tun_rx =
+            tun_io::spawn_reader(Arc::clone(&self.tun), d.sockets.pool.clone(), self.mtu);
+        let mut tun_tx = TunWriter::new(Arc::clone(&self.tun));
         let mut events = Vec::new();
         let mut packets = Vec::new();
         let mut reasm: HashMap<CircuitId, Reassembler> = HashMap::new();
@@ -562,11 +512,7 @@ impl ExitSide {
                         let r = reasm.entry(circuit).or_default();
                         if let Some(p) = unwrap_payload(now, &mut buf[range], r) {
                             match self.exit.from_circuit(now, circuit, p, &mut answer) {
-                                Verdict::Forward => {
-                                    if let Err(e) = self.tun.send(p).await {
-                                        tracing::debug!("TUN write failed: {e}");
-                                    }
-                                }
+                                Verdict::Forward => tun_tx.push(p).await,
                                 Verdict::Answer => {
                                     let mut out = d.sockets.pool.get();
                                     out.resize(PAYLOAD_OFFSET + answer.len(), 0);
@@ -607,6 +553,7 @@ impl ExitSide {
                     None => d.sockets.pool.put(buf),
                 }
             }
+            tun_tx.flush().await;
         }
         eprintln!(
             "anonnet gateway stopping: {:?} {:?}",
@@ -961,7 +908,7 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
         }
         None => None,
     };
-    let tun = create_tun(&net.tun)?;
+    let tun = tun_io::create(&net.tun, tun_io::offload_from_env())?;
     let (node, binds) = match &relay {
         Some((g, _, id)) => (
             Node::new(gateway_node_config(g, id, client_node_config(&cfg))),
@@ -1068,7 +1015,9 @@ async fn client_loop(
     mut relay: Option<GatewayServices>,
 ) -> Result<()> {
     let mut signals = Signals::new()?;
-    let mut tun_rx = spawn_tun_reader(Arc::clone(tun), d.sockets.pool.clone(), net.mtu as usize);
+    let mut tun_rx =
+        tun_io::spawn_reader(Arc::clone(tun), d.sockets.pool.clone(), net.mtu as usize);
+    let mut tun_tx = TunWriter::new(Arc::clone(tun));
     let mut events = Vec::new();
     let mut packets = Vec::new();
     let mut reasm: HashMap<CircuitId, Reassembler> = HashMap::new();
@@ -1111,9 +1060,7 @@ async fn client_loop(
                     let r = reasm.entry(c).or_default();
                     if let Some(p) = unwrap_payload(now, &mut buf[range], r) {
                         clamp(p);
-                        if let Err(e) = tun.send(p).await {
-                            tracing::debug!("TUN write failed: {e}");
-                        }
+                        tun_tx.push(p).await;
                     }
                     d.sockets.pool.put(buf);
                 }
@@ -1179,12 +1126,13 @@ async fn client_loop(
                     continue;
                 }
                 Route::NoExit(port) if !pool.demand(now, port) => {
-                    refuse(tun, pkt, &mut answer).await;
+                    refuse(&mut tun_tx, pkt, &mut answer).await;
                 }
                 Route::NoExit(_) | Route::Wait => {}
             }
             d.sockets.pool.put(buf);
         }
+        tun_tx.flush().await;
         d.flush().await;
     }
     let ids: Vec<CircuitId> = pool.ids().collect();
@@ -1197,14 +1145,12 @@ async fn client_loop(
 
 /// Answers `pkt` on the TUN with ICMP administratively prohibited from the exit's
 /// tunnel address, as an exit refusing it would.
-async fn refuse(tun: &AsyncDevice, pkt: &[u8], answer: &mut Vec<u8>) {
+async fn refuse(tun: &mut TunWriter, pkt: &[u8], answer: &mut Vec<u8>) {
     let Ok(s) = packet::summarize(pkt) else {
         return;
     };
     if packet::icmp_prohibited(pkt, tunnel::exit_addr(s.dst), answer).is_ok() {
-        if let Err(e) = tun.send(answer).await {
-            tracing::debug!("TUN write failed: {e}");
-        }
+        tun.push(answer).await;
     }
 }
 

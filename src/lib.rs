@@ -22,5 +22,6 @@ pub mod path;
 pub mod policy;
 pub mod replay;
 pub mod sys;
+pub mod tun_io;
 pub mod tunnel;
 pub mod wire;
