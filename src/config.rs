@@ -280,7 +280,7 @@ impl Default for ExitConfig {
             dns_upstream: Vec::new(),
             policy: Vec::new(),
             max_flows: 1024,
-            max_pps: 50_000,
+            max_pps: 250_000,
         }
     }
 }
