@@ -392,6 +392,38 @@ case_iperf_tcp1_rev() { iperf_case tcp1-rev; }
 case_iperf_tcp4_rev() { iperf_case tcp4-rev; }
 case_iperf_udp() { iperf_case udp50; }
 
+# TUN offloads: anon0 and the exit's TUN have TSO on, and while TCP runs through the 3
+# hops, anon0 carries TCP packets of 2,000 bytes and more (its MTU is 1280): super-packets
+# the kernel hands anonnet (upload, -Q out) and segment runs anonnet coalesced into
+# one write (download, -Q in).
+case_tun_offload() {
+  local dev out dir want what n
+  need_up || return
+  for dev in client:anon0 exit:anonexit0; do
+    out=$(an_in "${dev%%:*}" 10 ethtool -k "${dev#*:}" 2>&1) ||
+      fail "ethtool -k ${dev#*:} in ${dev%%:*}: $(head -2 <<<"$out" | tr '\n' ' ')" || return
+    grep -q '^tcp-segmentation-offload: on' <<<"$out" ||
+      fail "${dev#*:} in ${dev%%:*}: $(grep '^tcp-segmentation-offload' <<<"$out")" || return
+  done
+  for dir in out in; do
+    an_start2 "cap-gso-$dir" client "$AN_DIR/gso-$dir.txt" "$AN_DIR/gso-$dir.err" \
+      tcpdump -i anon0 -Q "$dir" -n -l -c 5 'tcp and greater 2000'
+    an_wait_log "$AN_DIR/gso-$dir.err" 'listening on' 10 "$AN_LAST_PID" ||
+      fail "tcpdump on anon0 did not start" || return
+    if [ "$dir" = out ]; then iperf client "gso-$dir" 2 || return; else iperf client "gso-$dir" 2 -R || return; fi
+    an_stop "cap-gso-$dir" INT 5
+    if [ "$dir" = out ]; then
+      want=" > ${AN_SERVER4//./\\.}\\.5201: " what=to
+    else
+      want=" IP ${AN_SERVER4//./\\.}\\.5201 > " what=from
+    fi
+    n=$(grep -Ec -- "$want" "$AN_DIR/gso-$dir.txt")
+    [ "$n" -ge 5 ] ||
+      fail "anon0 -Q $dir: $n TCP packets >= 2000 bytes $what the iperf3 server during 2 s of iperf3 (expected 5): $(head -2 "$AN_DIR/gso-$dir.txt" | tr '\n' ' ')" || return
+    note "anon0 -Q $dir: $(head -1 "$AN_DIR/gso-$dir.txt" | grep -Eo 'IP .* > [^:]*|length [0-9]+$' | tr '\n' ' ')"
+  done
+}
+
 # pmtu FAMILY-FLAG TARGET SIZE: SIZE (1280 B packets) with DF passes, SIZE+1 fails
 # locally with "message too long"/"mtu".
 pmtu() {
@@ -730,6 +762,7 @@ run_case ping-v4 case_ping_v4
 run_case ping-v6 case_ping_v6
 run_case http case_http
 run_case dns case_dns
+run_case tun-offload case_tun_offload
 run_case iperf-tcp1 case_iperf_tcp1
 run_case iperf-tcp4 case_iperf_tcp4
 run_case iperf-tcp1-rev case_iperf_tcp1_rev
