@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::sync::mpsc;
 use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
@@ -37,17 +37,34 @@ pub fn offload_from_env() -> bool {
     }
 }
 
-/// Creates the TUN device `name`, down, with or without offloads.
+/// Creates the TUN device `name`, down, with offloads if `offload` and the kernel
+/// offers them (if it does not, without, and says so).
 pub fn create(name: &str, offload: bool) -> Result<Arc<AsyncDevice>> {
-    let dev = tun_rs::DeviceBuilder::new()
-        .name(name)
-        .enable(false)
-        .offload(offload)
-        .build_async()
-        .with_context(|| {
-            format!("cannot create the TUN device {name} (is /dev/net/tun available?)")
-        })?;
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .enable(false)
+            .offload(offload)
+            .build_async()
+    };
+    let dev = match build(offload) {
+        Ok(dev) => dev,
+        Err(e) if offload => match build(false) {
+            Ok(dev) => {
+                tracing::warn!("TUN offloads unavailable on {name} ({e}); without them, every packet is one read or write");
+                dev
+            }
+            Err(_) => return Err(tun_error(name, e)),
+        },
+        Err(e) => return Err(tun_error(name, e)),
+    };
     Ok(Arc::new(dev))
+}
+
+fn tun_error(name: &str, e: std::io::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context(format!(
+        "cannot create the TUN device {name} (is /dev/net/tun available?)"
+    ))
 }
 
 /// The receiving end of [`spawn_reader`]; dropping it stops the reader (before the
