@@ -272,11 +272,19 @@ pub fn read_slot0(slots: &[u8]) -> (u64, [u8; TAG_LEN]) {
     (u64::from_be_bytes(c), t)
 }
 
+/// Keystream bytes computed for a slot keystream: 4 ChaCha20 blocks, of which the
+/// first 3 are used. The `chacha20` crate's AVX2 backend computes 4 blocks at a time
+/// and, for a request of 3, computes 4 for each of them (313 ns against 140 ns for
+/// 256 bytes on the bench machine).
+const SLOT_KEYSTREAM_COMPUTED: usize = 256;
+
 #[must_use]
 pub fn slot_keystream(key: &[u8; KEY_LEN], ctr: u64) -> Slots {
-    let mut ks = [0u8; SLOTS_LEN];
+    let mut ks = [0u8; SLOT_KEYSTREAM_COMPUTED];
     keystream(key, &crate::crypto::nonce_bytes(ctr), &mut ks);
-    ks
+    let mut slots = [0u8; SLOTS_LEN];
+    slots.copy_from_slice(&ks[..SLOTS_LEN]);
+    slots
 }
 
 fn xor(dst: &mut [u8], src: &[u8]) {
@@ -446,6 +454,16 @@ pub fn client_built(slots: &[u8], kbs: &[[u8; KEY_LEN]]) -> Vec<[u8; REPLY_SLOT_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_keystream_is_the_first_192_bytes_of_the_stream() {
+        let key = [7u8; KEY_LEN];
+        for ctr in [0u64, 1, (1 << 62) | 5, u64::MAX] {
+            let mut direct = [0u8; SLOTS_LEN];
+            keystream(&key, &crate::crypto::nonce_bytes(ctr), &mut direct);
+            assert_eq!(slot_keystream(&key, ctr), direct);
+        }
+    }
 
     fn generation(now: Instant, phase: bool) -> Generation {
         Generation::new(([1; KEY_LEN], [2; KEY_LEN]), Side::Gateway, now, phase)
