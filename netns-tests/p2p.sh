@@ -35,17 +35,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 # shellcheck source=netns-tests/cases.sh
 . "$HERE/cases.sh"
 
-ONLY=''
-KEEP_LOGS=0
-while [ $# -gt 0 ]; do
-  case $1 in
-    --only) ONLY=${2:?--only needs a regex}; shift 2 ;;
-    --only=*) ONLY=${1#--only=}; shift ;;
-    --keep-logs) KEEP_LOGS=1; shift ;;
-    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
+cases_args 2,29 "$@"
 
 # Our names (lib.sh's an_ns_conflicts checks AN_NS).
 GWS=(gw1 gw2 gw3 gw4 gw5 gw6 gw7 gw8)
@@ -69,51 +59,8 @@ v4() { echo "198.18.${IDX[$1]}.2"; }
 v6() { echo "2001:db8:${IDX[$1]}::2"; }
 ns() { echo "p2p-$1"; }
 
-[ "$(id -u)" = 0 ] || { echo "netns-tests need root (network namespaces)" >&2; echo "0 passed, 1 failed"; exit 1; }
-
-conflicts=$(an_ns_conflicts)
-if [ -n "$conflicts" ]; then
-  echo "refusing to run: these already exist (another p2p.sh running, or leftovers):" >&2
-  while IFS= read -r l; do echo "  $l"; done <<<"$conflicts" >&2
-  echo "(if they are leftovers of a killed run: ip netns del NAME; rm -r /etc/netns/NAME)" >&2
-  echo "0 passed, 1 failed"
-  exit 1
-fi
-
-AN_DIR=$(mktemp -d /tmp/anonnet-p2p.XXXXXX)
-chmod 755 "$AN_DIR"
-T0=$(an_now_ms)
-
-exec 3>&1 4>&2
-on_exit() {
-  local rc=$?
-  exec 1>&3 2>&4
-  trap - EXIT INT TERM
-  an_cleanup
-  if [ "$FAILED" -gt 0 ] || [ "$KEEP_LOGS" = 1 ]; then
-    rm -rf "$AN_DIR/www" "$AN_DIR/anonnet" "$AN_DIR/forging_gateway"
-    echo "# logs kept in $AN_DIR"
-  else
-    rm -rf "$AN_DIR"
-  fi
-  local left
-  left=$(an_ns_conflicts)
-  [ -n "$left" ] && echo "# WARNING: left behind: $left"
-  echo "# duration: $((($(an_now_ms) - T0) / 1000)) s"
-  summary
-  [ "$FAILED" -eq 0 ] && exit "$rc"
-  exit 1
-}
-on_signal() {
-  exec 1>&3 2>&4
-  echo "FAIL interrupted: by SIG$1"
-  FAILED=$((FAILED + 1))
-  FAILED_NAMES+=(interrupted)
-  exit 1
-}
-trap on_exit EXIT
-trap 'on_signal INT' INT
-trap 'on_signal TERM' TERM
+cases_preflight "another p2p.sh running, or leftovers"
+cases_start anonnet-p2p www anonnet forging_gateway
 
 # ---------------------------------------------------------------------------------
 # Binaries (as run.sh: a private copy of each, so a rebuild cannot change them mid-run)
@@ -794,4 +741,4 @@ run_case mixed-published case_mixed_published
 run_case mixed-relays case_mixed_relays
 run_case mixed-kill-switch case_mixed_kill_switch
 run_case subnet-rule case_subnet_rule
-# on_exit cleans up and prints the summary line.
+# cases_on_exit cleans up and prints the summary line.

@@ -22,63 +22,9 @@ ROOT=$(cd "$HERE/.." && pwd)
 # shellcheck source=netns-tests/cases.sh
 . "$HERE/cases.sh"
 
-ONLY=''
-KEEP_LOGS=0
-while [ $# -gt 0 ]; do
-  case $1 in
-    --only) ONLY=${2:?--only needs a regex}; shift 2 ;;
-    --only=*) ONLY=${1#--only=}; shift ;;
-    --keep-logs) KEEP_LOGS=1; shift ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
-
-[ "$(id -u)" = 0 ] || { echo "netns-tests need root (network namespaces)" >&2; echo "0 passed, 1 failed"; exit 1; }
-
-conflicts=$(an_ns_conflicts)
-if [ -n "$conflicts" ]; then
-  echo "refusing to run: these already exist (is the testbed up? scripts/testbed.sh down):" >&2
-  while IFS= read -r l; do echo "  $l"; done <<<"$conflicts" >&2
-  echo "(if they are leftovers of a killed run: ip netns del NAME; rm -r /etc/netns/NAME)" >&2
-  echo "0 passed, 1 failed"
-  exit 1
-fi
-
-AN_DIR=$(mktemp -d /tmp/anonnet-netns.XXXXXX)
-chmod 755 "$AN_DIR"
-
-# The traps may run while a function's redirection is active (e.g. iperf3's output
-# going to a file): they write to the script's own stdout and stderr, saved here.
-exec 3>&1 4>&2
-on_exit() {
-  local rc=$?
-  exec 1>&3 2>&4
-  trap - EXIT INT TERM
-  an_cleanup
-  if [ "$FAILED" -gt 0 ] || [ "$KEEP_LOGS" = 1 ]; then
-    rm -rf "$AN_DIR/www" "$AN_DIR"/*.bin "$AN_DIR/anonnet"
-    echo "# logs kept in $AN_DIR"
-  else
-    rm -rf "$AN_DIR"
-  fi
-  local left
-  left=$(an_ns_conflicts)
-  [ -n "$left" ] && echo "# WARNING: left behind: $left"
-  summary
-  [ "$FAILED" -eq 0 ] && exit "$rc"
-  exit 1
-}
-on_signal() {
-  exec 1>&3 2>&4
-  echo "FAIL interrupted: by SIG$1"
-  FAILED=$((FAILED + 1))
-  FAILED_NAMES+=(interrupted)
-  exit 1
-}
-trap on_exit EXIT
-trap 'on_signal INT' INT
-trap 'on_signal TERM' TERM
+cases_args 2,17 "$@"
+cases_preflight "is the testbed up? scripts/testbed.sh down"
+cases_start anonnet-netns www '*.bin' anonnet
 
 # ---------------------------------------------------------------------------------
 # Setup: binary, packages, network, servers
@@ -797,4 +743,4 @@ if [ ${#BASE[@]} -gt 0 ] || [ ${#TUN[@]} -gt 0 ]; then
   done
   printf '#   %-28s %18s %18s\n' "HTTP 50 MiB download" - "${TUN[http]:--}"
 fi
-# on_exit cleans up and prints the summary line.
+# cases_on_exit cleans up and prints the summary line.
