@@ -259,16 +259,24 @@ an_wait_dad() {
   return 1
 }
 
+# an_ns_add NS [SYSCTL=VALUE...]: a fresh namespace NS (recorded for cleanup) with lo
+# up, no IPv6 DAD (every address is ours and unique), no router advertisements, and the
+# extra sysctls given.
+an_ns_add() {
+  local ns=$1
+  shift
+  ip netns add "$ns" || return 1
+  an_created ns "$ns"
+  ip -n "$ns" link set lo up || return 1
+  ip netns exec "$ns" sysctl -q -w net.ipv6.conf.all.accept_dad=0 \
+    net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_ra=0 \
+    net.ipv6.conf.default.accept_ra=0 "$@" >/dev/null
+}
+
 an_topology_up() {
   local ns i
   for ns in "${AN_NS[@]}"; do
-    ip netns add "$ns" || return 1
-    an_created ns "$ns"
-    ip -n "$ns" link set lo up || return 1
-    # No DAD (every address is ours and unique), no router advertisements.
-    ip netns exec "$ns" sysctl -q -w net.ipv6.conf.all.accept_dad=0 \
-      net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_ra=0 \
-      net.ipv6.conf.default.accept_ra=0 >/dev/null || return 1
+    an_ns_add "$ns" || return 1
   done
   ip netns exec inet sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 >/dev/null || return 1
   # The resolvers: the client asks the internet's DNS server until `up` changes it; so

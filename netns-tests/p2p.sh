@@ -93,12 +93,7 @@ GW_STARTED=$(an_now_ms)
 topology_up() {
   local n i h ok
   for n in "${AN_NS[@]}"; do
-    ip netns add "$n" || return 1
-    an_created ns "$n"
-    ip -n "$n" link set lo up || return 1
-    ip netns exec "$n" sysctl -q -w net.ipv6.conf.all.accept_dad=0 \
-      net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_ra=0 \
-      net.ipv6.conf.default.accept_ra=0 >/dev/null || return 1
+    an_ns_add "$n" || return 1
   done
   ip netns exec "$INET" sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 >/dev/null || return 1
   ip -n "$INET" addr add "$SERVER4/32" dev lo || return 1

@@ -253,15 +253,9 @@ bn_build() {
 bn_net_up() {
   local ns k l r i
   for ns in "${BN_NS[@]}"; do
-    ip netns add "$ns" || return 1
-    an_created ns "$ns"
-    ip -n "$ns" link set lo up || return 1
     # rp_filter off: the chained WireGuard return path enters on another device than
     # the one a reverse lookup would pick for the tunnel addresses.
-    ip netns exec "$ns" sysctl -q -w net.ipv4.conf.all.rp_filter=0 \
-      net.ipv4.conf.default.rp_filter=0 net.ipv6.conf.all.accept_dad=0 \
-      net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_ra=0 \
-      net.ipv6.conf.default.accept_ra=0 >/dev/null || return 1
+    an_ns_add "$ns" net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 || return 1
     # Every daemon gets its own resolv.conf (`anonnet up` rewrites it).
     an_resolv "$ns" "$SERVER" || return 1
   done
