@@ -48,51 +48,34 @@ failed=$((failed + f))
 if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); failures+=("cargo test (build)"); fi
 [ "$f" -gt 0 ] && failures+=("cargo test: $f")
 
-if [ -x netns-tests/run.sh ]; then
-  if [ "$(id -u)" = 0 ]; then
-    log "netns-tests"
-    nslog=$(mktemp)
-    netns-tests/run.sh 2>&1 | tee "$nslog"
-    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$nslog" | tail -1)
-    if [ -n "$line" ]; then
-      passed=$((passed + $(echo "$line" | awk '{print $1}')))
-      nf=$(echo "$line" | awk '{print $3}')
-      failed=$((failed + nf))
-      [ "$nf" -gt 0 ] && failures+=("netns-tests: $nf")
-    else
-      failed=$((failed + 1)); failures+=("netns-tests (no summary)")
-    fi
-    rm -f "$nslog"
-  else
-    echo "netns-tests skipped: they need root (network namespaces)"
+# netns SCRIPT: runs a netns-tests script (root only) and adds its "N passed, M failed"
+# line to the totals. Each script builds what it needs (release), so a failed build is
+# a failed setup case in its summary.
+netns() {
+  local script=$1 nslog line nf
+  [ -x "$script" ] || return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "$script skipped: it needs root (network namespaces)"
+    return 0
   fi
-fi
-
+  log "$script"
+  nslog=$(mktemp)
+  "$script" 2>&1 | tee "$nslog"
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$nslog" | tail -1)
+  rm -f "$nslog"
+  if [ -z "$line" ]; then
+    failed=$((failed + 1)); failures+=("$script (no summary)")
+    return 0
+  fi
+  passed=$((passed + $(echo "$line" | awk '{print $1}')))
+  nf=$(echo "$line" | awk '{print $3}')
+  failed=$((failed + nf))
+  [ "$nf" -gt 0 ] && failures+=("$script: $nf")
+  return 0
+}
+netns netns-tests/run.sh
 # The peer-to-peer scenario (issue 4): 8 gateways, a forging gateway, a mixed node.
-# It needs the release binary and the forging_gateway example, built here first.
-if [ -x netns-tests/p2p.sh ]; then
-  if [ "$(id -u)" = 0 ]; then
-    log "netns-tests/p2p.sh (build: cargo build --release --bin anonnet --example forging_gateway)"
-    if cargo build --release --quiet --bin anonnet --example forging_gateway; then
-      nslog=$(mktemp)
-      netns-tests/p2p.sh 2>&1 | tee "$nslog"
-      line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$nslog" | tail -1)
-      if [ -n "$line" ]; then
-        passed=$((passed + $(echo "$line" | awk '{print $1}')))
-        nf=$(echo "$line" | awk '{print $3}')
-        failed=$((failed + nf))
-        [ "$nf" -gt 0 ] && failures+=("netns-tests/p2p.sh: $nf")
-      else
-        failed=$((failed + 1)); failures+=("netns-tests/p2p.sh (no summary)")
-      fi
-      rm -f "$nslog"
-    else
-      failed=$((failed + 1)); failures+=("netns-tests/p2p.sh (build)")
-    fi
-  else
-    echo "netns-tests/p2p.sh skipped: it needs root (network namespaces)"
-  fi
-fi
+netns netns-tests/p2p.sh
 
 [ ${#failures[@]} -gt 0 ] && printf 'failed: %s\n' "${failures[@]}"
 echo "SUMMARY: $passed passed, $failed failed"
