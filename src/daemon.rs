@@ -20,7 +20,7 @@ use tun_rs::AsyncDevice;
 
 use crate::config::{self, ClientConfig};
 use crate::discover::{self, load_cache, save_cache, unix_now, Crawl, Directory};
-use crate::discovery::Store;
+use crate::discovery::{Store, REJECTION_GROUPS};
 use crate::driver::Driver;
 use crate::exit::{Exit, ExitSettings, Verdict};
 use crate::flows::{Build, CircuitPool, FlowRouter, Isolation, Route, NO_EXIT_HOLD};
@@ -779,21 +779,21 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
     );
     // What the store refused during this crawl, by reason (forged or stale
     // descriptors show up here).
-    let (s, b) = (store.stats(), before);
+    let (now, then) = (
+        store.stats().rejected_by_reason(),
+        before.rejected_by_reason(),
+    );
+    let reasons: Vec<String> = REJECTION_GROUPS
+        .iter()
+        .zip(now.iter().zip(then))
+        .map(|(name, (n, t))| format!("{} {name}", n - t))
+        .collect();
     eprintln!(
-        "discovery rejected {} of {} descriptors received: {} bad signature, {} expired, {} not yet valid, {} malformed, {} over a limit or held by another identity, {} duplicate or stale; {} kept as contenders",
+        "discovery rejected {} of {} descriptors received: {}; {} kept as contenders",
         st.descriptors - st.accepted,
         st.descriptors,
-        s.bad_signature - b.bad_signature,
-        s.arrived_expired - b.arrived_expired,
-        s.not_yet_valid - b.not_yet_valid,
-        (s.malformed + s.too_long) - (b.malformed + b.too_long),
-        (s.total_cap + s.answer_cap + s.source_cap + s.prefix_cap)
-            + (s.identity_in_use + s.other_identity)
-            - (b.total_cap + b.answer_cap + b.source_cap + b.prefix_cap)
-            - (b.identity_in_use + b.other_identity),
-        (s.duplicate + s.stale) - (b.duplicate + b.stale),
-        s.contenders - b.contenders,
+        reasons.join(", "),
+        store.stats().contenders - before.contenders,
     );
     if let Err(e) = save_cache(&cfg.tunnel.state_dir, &store) {
         eprintln!("anonnet: warning: {e:#}");

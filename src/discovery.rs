@@ -295,6 +295,16 @@ pub enum Rejected {
     PrefixCap,
 }
 
+/// The names of [`StoreStats::rejected_by_reason`]'s groups, in order.
+pub const REJECTION_GROUPS: [&str; 6] = [
+    "bad signature",
+    "expired",
+    "not yet valid",
+    "malformed",
+    "over a limit or held by another identity",
+    "duplicate or stale",
+];
+
 /// What a [`Store`] did, by outcome. Every rejection is counted once, under one
 /// reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -343,19 +353,25 @@ pub struct StoreStats {
 impl StoreStats {
     /// All rejections.
     pub fn rejected(&self) -> u64 {
-        self.too_long
-            + self.malformed
-            + self.bad_signature
-            + self.not_yet_valid
-            + self.arrived_expired
-            + self.duplicate
-            + self.stale
-            + self.other_identity
-            + self.identity_in_use
-            + self.total_cap
-            + self.answer_cap
-            + self.source_cap
-            + self.prefix_cap
+        self.rejected_by_reason().iter().sum()
+    }
+
+    /// The rejections in the groups a crawl reports ([`REJECTION_GROUPS`]).
+    #[must_use]
+    pub fn rejected_by_reason(&self) -> [u64; 6] {
+        [
+            self.bad_signature,
+            self.arrived_expired,
+            self.not_yet_valid,
+            self.malformed + self.too_long,
+            self.total_cap
+                + self.answer_cap
+                + self.source_cap
+                + self.prefix_cap
+                + self.identity_in_use
+                + self.other_identity,
+            self.duplicate + self.stale,
+        ]
     }
 
     fn count(&mut self, result: &Result<Inserted, Rejected>) {
