@@ -118,14 +118,23 @@ impl IoConfig {
                 _ => tracing::warn!("ANONNET_IO_BATCH={v:?} ignored: expected 1 to 1024"),
             }
         }
-        if let Ok(v) = std::env::var("ANONNET_IO_OFFLOAD") {
-            match v.as_str() {
-                "0" => io.offload = false,
-                "1" => io.offload = true,
-                _ => tracing::warn!("ANONNET_IO_OFFLOAD={v:?} ignored: expected 0 or 1"),
-            }
-        }
+        io.offload = env_switch("ANONNET_IO_OFFLOAD", io.offload);
         io
+    }
+}
+
+/// The on/off measurement knob `name` (`0` or `1`), or `default` when it is unset or
+/// bad (a bad value is reported).
+#[must_use]
+pub fn env_switch(name: &str, default: bool) -> bool {
+    match std::env::var(name) {
+        Ok(v) if v == "0" => false,
+        Ok(v) if v == "1" => true,
+        Ok(v) => {
+            tracing::warn!("{name}={v:?} ignored: expected 0 or 1");
+            default
+        }
+        Err(_) => default,
     }
 }
 

@@ -26,15 +26,7 @@ const SUPER_PACKET: usize = 65_535;
 /// is reported and ignored).
 #[must_use]
 pub fn offload_from_env() -> bool {
-    match std::env::var("ANONNET_TUN_OFFLOAD") {
-        Ok(v) if v == "0" => false,
-        Ok(v) if v == "1" => true,
-        Ok(v) => {
-            tracing::warn!("ANONNET_TUN_OFFLOAD={v:?} ignored: expected 0 or 1");
-            true
-        }
-        Err(_) => true,
-    }
+    crate::driver::env_switch("ANONNET_TUN_OFFLOAD", true)
 }
 
 /// Creates the TUN device `name`, down, with offloads if `offload` and the kernel
