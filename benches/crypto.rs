@@ -6,9 +6,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use anonnet::crypto::{keystream_xor, nonce_bytes, KEY_LEN, TAG_LEN};
-use anonnet::onion::{read_slot0, shift_out, wrap_forward, Generation, HopKeys, Side};
-use anonnet::wire::{SLOTS_LEN, SLOT_LEN};
+use anonnet::proto::crypto::{keystream_xor, nonce_bytes, KEY_LEN, TAG_LEN};
+use anonnet::proto::onion::{read_slot0, shift_out, wrap_forward, Generation, HopKeys, Side};
+use anonnet::proto::wire::{SLOTS_LEN, SLOT_LEN};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;

@@ -34,13 +34,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use anonnet::descriptor::Descriptor;
-use anonnet::discover::{unix_now, Crawl, Directory};
 use anonnet::discovery::{Message, Source};
-use anonnet::driver::Driver;
-use anonnet::identity::{Identity, PublicKey};
 use anonnet::node::{Event, HopSpec, Node, NodeConfig};
-use anonnet::wire::{Service, PAYLOAD_OFFSET};
+use anonnet::proto::descriptor::Descriptor;
+use anonnet::proto::identity::{Identity, PublicKey};
+use anonnet::proto::wire::{Service, PAYLOAD_OFFSET};
+use anonnet::runtime::directory::{unix_now, Crawl, Directory};
+use anonnet::runtime::driver::Driver;
 
 struct Args {
     identity: PathBuf,

@@ -35,10 +35,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
-use anonnet::driver::Driver;
-use anonnet::identity::PublicKey;
 use anonnet::node::{CircuitId, Event, HopSpec, Node, NodeConfig};
-use anonnet::wire::Service;
+use anonnet::proto::identity::PublicKey;
+use anonnet::proto::wire::Service;
+use anonnet::runtime::driver::Driver;
 
 #[derive(Parser)]
 #[command(about = "Measure a gateway's memory per idle circuit")]

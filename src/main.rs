@@ -13,11 +13,11 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
 
 use anonnet::config;
-use anonnet::daemon;
-use anonnet::driver::Driver;
-use anonnet::identity::Identity;
 use anonnet::node::{CircuitId, Event, Node};
-use anonnet::wire::{Service, MAX_PAYLOAD};
+use anonnet::proto::identity::Identity;
+use anonnet::proto::wire::{Service, MAX_PAYLOAD};
+use anonnet::runtime::daemon;
+use anonnet::runtime::driver::Driver;
 
 /// anonnet: a multi-hop anonymizing VPN. Packets are wrapped in one layer of Noise
 /// encryption per gateway and sent over UDP through a chain of 1 to 8 gateways.

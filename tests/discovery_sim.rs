@@ -34,9 +34,9 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use anonnet::descriptor::Descriptor;
 use anonnet::discovery::{Crawler, Message, Progress, Server, Session, Source, Store, StoreLimits};
-use anonnet::identity::Identity;
+use anonnet::proto::descriptor::Descriptor;
+use anonnet::proto::identity::Identity;
 use ed25519_dalek::SigningKey;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;

@@ -3,12 +3,12 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use anonnet::crypto::KEY_LEN;
-use anonnet::onion::{
+use anonnet::proto::crypto::KEY_LEN;
+use anonnet::proto::onion::{
     client_build, client_built, originate, push_in, read_slot0, relay_build, relay_built,
     shift_out, terminal_built, unwrap_backward, wrap_forward, Generation, HopKeys, Reject, Side,
 };
-use anonnet::wire::{
+use anonnet::proto::wire::{
     BUILD_LEN, BUILD_SLOT_LEN, CTR_FLAG, MAX_BODY, MIN_BODY, REPLY_LEN, REPLY_SLOT_LEN, SLOTS,
     SLOTS_LEN, SLOT_LEN,
 };

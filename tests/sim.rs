@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anonnet::identity::Identity;
 use anonnet::node::{CircuitId, DownReason, Event, HopSpec, Node, NodeConfig, Output, Stats};
-use anonnet::wire::{Service, MAX_PAYLOAD};
+use anonnet::proto::identity::Identity;
+use anonnet::proto::wire::{Service, MAX_PAYLOAD};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -845,9 +845,9 @@ fn replayed_cells_are_dropped() {
 
 // ---- the exit's data plane ----------------------------------------------------------
 
+use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
-use anonnet::policy::ExitPolicy;
-use anonnet::tunnel::{self, Reassembler, CLIENT_V4, CLIENT_V6};
+use anonnet::proto::framing::{self, Reassembler, CLIENT_V4, CLIENT_V6};
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -856,13 +856,13 @@ const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1);
 
 /// Splits an IP packet into DATA payloads as the drivers do.
 fn payloads(packet: &[u8], frag_id: u16) -> Vec<Vec<u8>> {
-    if tunnel::fragment_count(packet.len()) == 1 {
+    if framing::fragment_count(packet.len()) == 1 {
         return vec![packet.to_vec()];
     }
-    (0..tunnel::fragment_count(packet.len()))
+    (0..framing::fragment_count(packet.len()))
         .map(|i| {
             let mut out = vec![0u8; MAX_PAYLOAD];
-            let n = tunnel::write_fragment(packet, frag_id, i, &mut out);
+            let n = framing::write_fragment(packet, frag_id, i, &mut out);
             out.truncate(n);
             out
         })
@@ -892,7 +892,7 @@ fn echo_request(v6: bool, seq: u16, len: usize) -> Vec<u8> {
 /// The "internet": answers echo requests from `src` (which must be a pool address).
 fn answer_echo(p: &[u8]) -> Vec<u8> {
     let s = SlicedPacket::from_ip(p).expect("forwarded packet parses");
-    let sum = anonnet::packet::summarize(p).expect("summary");
+    let sum = anonnet::exit::packet::summarize(p).expect("summary");
     let (src, dst) = (sum.src, sum.dst);
     let mut out = Vec::new();
     match s.transport {
@@ -953,7 +953,7 @@ impl Net {
                     let mut answer = Vec::new();
                     let back = match exit.from_circuit(now, c, pkt, &mut answer) {
                         Verdict::Forward => {
-                            forwarded.push(anonnet::packet::summarize(pkt).expect("sum").src);
+                            forwarded.push(anonnet::exit::packet::summarize(pkt).expect("sum").src);
                             let mut reply = answer_echo(pkt);
                             assert_eq!(exit.from_tun(&mut reply), Some(c), "reply maps back");
                             reply
@@ -963,8 +963,9 @@ impl Net {
                     };
                     for payload in payloads(&back, 9) {
                         let n = &mut self.nodes[exit_node];
-                        let mut buf = vec![0u8; anonnet::wire::PAYLOAD_OFFSET + payload.len()];
-                        buf[anonnet::wire::PAYLOAD_OFFSET..].copy_from_slice(&payload);
+                        let mut buf =
+                            vec![0u8; anonnet::proto::wire::PAYLOAD_OFFSET + payload.len()];
+                        buf[anonnet::proto::wire::PAYLOAD_OFFSET..].copy_from_slice(&payload);
                         let t = n
                             .node
                             .send_backward(now, c, buf, payload.len())
@@ -1069,8 +1070,8 @@ fn exit_data_plane_through_three_hops() {
     }
     assert_eq!(got.len(), 6, "4 echo replies and 2 rejections");
     for (req, reply) in sent.iter().zip(&got) {
-        let s = anonnet::packet::summarize(reply).expect("reply parses");
-        let q = anonnet::packet::summarize(req).expect("request parses");
+        let s = anonnet::exit::packet::summarize(reply).expect("reply parses");
+        let q = anonnet::exit::packet::summarize(req).expect("request parses");
         assert_eq!((s.src, s.dst), (q.dst, q.src), "addresses swapped back");
         assert_eq!(reply.len(), req.len());
         // Same echo body: everything after the ICMP header.

@@ -17,13 +17,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use anonnet::exit::packet;
+use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
-use anonnet::identity::Identity;
 use anonnet::node::{CircuitId, Event, HopSpec, Node, NodeConfig, Output, Transmit, TICK};
-use anonnet::packet;
-use anonnet::policy::ExitPolicy;
-use anonnet::tunnel::{self, Reassembler, CLIENT_V4, CLIENT_V6, MAX_PACKET};
-use anonnet::wire::{Service, MAX_DATAGRAM, MAX_PAYLOAD, PAYLOAD_OFFSET};
+use anonnet::proto::framing::{self, Reassembler, CLIENT_V4, CLIENT_V6, MAX_PACKET};
+use anonnet::proto::identity::Identity;
+use anonnet::proto::wire::{Service, MAX_DATAGRAM, MAX_PAYLOAD, PAYLOAD_OFFSET};
 use etherparse::PacketBuilder;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -350,7 +350,7 @@ impl Net {
             self.seal(to, buf, len);
             return;
         }
-        let count = tunnel::fragment_count(len);
+        let count = framing::fragment_count(len);
         let frag = match to {
             Toward::Forward(_) => &mut self.client_frag,
             Toward::Backward(_) => &mut self.exit_frag,
@@ -360,7 +360,7 @@ impl Net {
         for i in 0..count {
             let mut f = self.pool.get();
             f.resize(PAYLOAD_OFFSET + MAX_PAYLOAD, 0);
-            let n = tunnel::write_fragment(
+            let n = framing::write_fragment(
                 &buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
                 id,
                 i,

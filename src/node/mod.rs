@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use rand_core::{CryptoRng, RngCore};
 use thiserror::Error;
 
-use crate::crypto::{self, kdf, AeadKey, KEY_LEN, TAG_LEN};
-use crate::onion::{self, Generation, HopKeys, Reject, Side};
-use crate::replay::ReplayWindow;
-use crate::wire::{
+use crate::proto::crypto::{self, kdf, AeadKey, KEY_LEN, TAG_LEN};
+use crate::proto::onion::{self, Generation, HopKeys, Reject, Side};
+use crate::proto::replay::ReplayWindow;
+use crate::proto::wire::{
     self, Body, BuildPayload, Cmd, CtrlKind, DestroyReason, MsgType, Service, BODY_HEADER,
     BUILD_PAYLOAD_LEN, BUILD_SLOT_LEN, CELL_HEADER_LEN, CELL_MASKED, CELL_SAMPLE, CELL_SLOTS,
     CTRL_INNER_HEADER, CTR_FLAG, LINK_CTRL_HEADER, LINK_INIT_MSG, LINK_INIT_RESERVED,

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::descriptor::{Descriptor, MAX_SUMMARY_LEN};
 use crate::discovery::{
     CacheReport, Crawler, Message, Progress, Server, Session, Source, Store, StoreLimits,
 };
-use crate::driver::Driver;
-use crate::identity::Identity;
 use crate::node::{CircuitId, Event, HopSpec};
-use crate::wire::Service;
+use crate::proto::descriptor::{Descriptor, MAX_SUMMARY_LEN};
+use crate::proto::identity::Identity;
+use crate::proto::wire::Service;
+use crate::runtime::driver::Driver;
 
 /// A query with no complete answer after this long is abandoned.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -386,8 +386,8 @@ impl Directory {
             .handle(now, &mut d.rng, &self.store, session, request, &mut out);
         for payload in out {
             let mut buf = d.sockets.pool.get();
-            buf.resize(crate::wire::PAYLOAD_OFFSET + payload.len(), 0);
-            buf[crate::wire::PAYLOAD_OFFSET..].copy_from_slice(&payload);
+            buf.resize(crate::proto::wire::PAYLOAD_OFFSET + payload.len(), 0);
+            buf[crate::proto::wire::PAYLOAD_OFFSET..].copy_from_slice(&payload);
             match d.node.send_backward(now, circuit, buf, payload.len()) {
                 Ok(t) => d.sockets.send_recycle(t).await,
                 Err(e) => tracing::debug!("directory answer dropped: {e}"),

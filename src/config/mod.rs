@@ -23,7 +23,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::identity::PublicKey;
+use crate::proto::identity::PublicKey;
 
 /// Largest body size class in bytes: the protocol maximum, always an implicit last
 /// padding class.
@@ -314,7 +314,7 @@ fn check_mtu(key: &str, mtu: u32) -> Result<(), ConfigError> {
         key,
         u64::from(mtu),
         u64::from(MIN_MTU),
-        crate::tunnel::MAX_PACKET as u64,
+        crate::proto::framing::MAX_PACKET as u64,
     )
 }
 
@@ -342,10 +342,10 @@ impl ExitConfig {
             ));
         }
         for (key, addr) in [
-            ("exit.pool4", IpAddr::V4(crate::tunnel::EXIT_V4)),
-            ("exit.pool4", IpAddr::V4(crate::tunnel::DNS_V4)),
-            ("exit.pool6", IpAddr::V6(crate::tunnel::EXIT_V6)),
-            ("exit.pool6", IpAddr::V6(crate::tunnel::DNS_V6)),
+            ("exit.pool4", IpAddr::V4(crate::proto::framing::EXIT_V4)),
+            ("exit.pool4", IpAddr::V4(crate::proto::framing::DNS_V4)),
+            ("exit.pool6", IpAddr::V6(crate::proto::framing::EXIT_V6)),
+            ("exit.pool6", IpAddr::V6(crate::proto::framing::DNS_V6)),
         ] {
             let inside = match addr {
                 IpAddr::V4(a) => self.pool4.contains(&a),
@@ -486,7 +486,7 @@ fn parse_exit(raw: RawExit) -> Result<ExitConfig, ConfigError> {
         }
     };
     for (i, rule) in raw.policy.iter().enumerate() {
-        rule.parse::<crate::policy::Rule>()
+        rule.parse::<crate::exit::policy::Rule>()
             .map_err(|e| ConfigError::invalid(format!("exit.policy[{i}]"), e.to_string()))?;
     }
     let config = ExitConfig {
@@ -498,7 +498,7 @@ fn parse_exit(raw: RawExit) -> Result<ExitConfig, ConfigError> {
                     "exit.mtu",
                     m,
                     i64::from(MIN_MTU),
-                    crate::tunnel::MAX_PACKET as i64,
+                    crate::proto::framing::MAX_PACKET as i64,
                 )
             })
             .transpose()?
@@ -822,7 +822,7 @@ fn parse_discovery(raw: RawDiscovery) -> Result<DiscoveryConfig, ConfigError> {
             "discovery.descriptor_lifetime_secs",
             raw.descriptor_lifetime_secs,
             600,
-            crate::descriptor::MAX_LIFETIME_SECS as i64,
+            crate::proto::descriptor::MAX_LIFETIME_SECS as i64,
             d.descriptor_lifetime_secs,
         )?,
         rate: opt("discovery.rate", raw.rate, 1, 100_000, u64::from(d.rate))? as u32,
@@ -860,7 +860,7 @@ pub struct ClientConfig {
     /// Circuits kept ready at once (flows are spread over them).
     pub circuits: usize,
     /// How flows are assigned to circuits.
-    pub isolation: crate::flows::Isolation,
+    pub isolation: crate::client::flows::Isolation,
     /// A circuit takes no new flows after this many seconds and is replaced.
     pub circuit_lifetime_secs: u64,
     /// `mode = "mixed"`: the `[gateway]` section this process also relays and serves
@@ -959,7 +959,7 @@ fn parse_tunnel(raw: RawTunnel) -> Result<TunnelConfig, ConfigError> {
                     "tunnel.mtu",
                     m,
                     i64::from(MIN_MTU),
-                    crate::tunnel::MAX_PACKET as i64,
+                    crate::proto::framing::MAX_PACKET as i64,
                 )
             })
             .transpose()?
@@ -1224,7 +1224,7 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
             .transpose()?
             .unwrap_or(3),
         isolation: match &raw.isolation {
-            None => crate::flows::Isolation::PerDestination,
+            None => crate::client::flows::Isolation::PerDestination,
             Some(s) => s
                 .parse()
                 .map_err(|e: String| ConfigError::invalid("client.isolation", e))?,
@@ -1295,8 +1295,8 @@ mod tests {
 
     use super::*;
 
-    const GATEWAY_EXAMPLE: &str = include_str!("../examples/gateway.toml");
-    const CLIENT_EXAMPLE: &str = include_str!("../examples/client.toml");
+    const GATEWAY_EXAMPLE: &str = include_str!("../../examples/gateway.toml");
+    const CLIENT_EXAMPLE: &str = include_str!("../../examples/client.toml");
 
     const K1: &str = "REPLACE+with+anonnet+pubkey+output+hop1AAAA=";
     const K2: &str = "REPLACE+with+anonnet+pubkey+output+hop2AAAA=";
@@ -1317,7 +1317,7 @@ mod tests {
     fn hops(n: usize) -> String {
         (0..n)
             .map(|i| {
-                let key = crate::identity::PublicKey([i as u8 + 1; 32]);
+                let key = crate::proto::identity::PublicKey([i as u8 + 1; 32]);
                 format!(
                     "[[client.path]]\naddr = \"127.0.0.1:{}\"\nkey = \"{key}\"\n",
                     9001 + i
@@ -1420,7 +1420,7 @@ mod tests {
 
     #[test]
     fn discovery_section() {
-        let key = crate::identity::PublicKey([7; 32]);
+        let key = crate::proto::identity::PublicKey([7; 32]);
         let c = parse_client(&format!(
             "[client]\n[discovery]\nbootstrap = [\"198.18.2.2:9000 {key}\"]\nhops = \"2-4\"\nsubnet_v4 = 24\n"
         ))
@@ -1430,7 +1430,7 @@ mod tests {
         assert_eq!(c.discovery.bootstrap[0].key, key);
         assert_eq!((c.discovery.hops, c.discovery.subnet_v4), ((2, 4), 24));
         assert_eq!(c.circuits, 3);
-        assert_eq!(c.isolation, crate::flows::Isolation::PerDestination);
+        assert_eq!(c.isolation, crate::client::flows::Isolation::PerDestination);
         assert_eq!(
             client_err(&cl("isolation = \"per-site\"", 1)),
             "client.isolation: \"per-site\" is not an isolation policy (per-destination, per-connection or single)"

@@ -1,8 +1,8 @@
 //! The long-running commands: `anonnet up` (the client with its TUN device),
 //! `anonnet gateway [--exit]` and `anonnet down`.
 //!
-//! Like [`crate::driver`], these only move bytes: packets between a TUN device and
-//! the core ([`Node`], [`Exit`], [`crate::tunnel`]), and the kernel set-up of
+//! Like [`crate::runtime::driver`], these only move bytes: packets between a TUN device and
+//! the core ([`Node`], [`Exit`], [`crate::proto::framing`]), and the kernel set-up of
 //! [`crate::sys`] around them.
 
 use std::collections::HashMap;
@@ -18,23 +18,23 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::signal::unix::{signal, SignalKind};
 use tun_rs::AsyncDevice;
 
+use crate::client::flows::{Build, CircuitPool, FlowRouter, Isolation, Route, NO_EXIT_HOLD};
+use crate::client::path::{select_path, Guards, PathLength, PathRules, PortSummary, Subnets};
 use crate::config::{self, ClientConfig};
-use crate::discover::{self, load_cache, save_cache, unix_now, Crawl, Directory};
 use crate::discovery::{Store, REJECTION_GROUPS};
-use crate::driver::Driver;
+use crate::exit::packet;
+use crate::exit::policy::ExitPolicy;
 use crate::exit::{Exit, ExitSettings, Verdict};
-use crate::flows::{Build, CircuitPool, FlowRouter, Isolation, Route, NO_EXIT_HOLD};
-use crate::identity::Identity;
 use crate::node::{CircuitId, Event, HopSpec, Node, NodeConfig, SendError, Transmit};
-use crate::packet;
-use crate::path::{select_path, Guards, PathLength, PathRules, PortSummary, Subnets};
-use crate::policy::ExitPolicy;
-use crate::sys;
-use crate::tun_io::{self, TunWriter};
-use crate::tunnel::{
+use crate::proto::framing::{
     self, Reassembler, CLIENT_V4, CLIENT_V6, DNS_V4, DNS_V6, EXIT_V4, EXIT_V6, MAX_FRAGMENTS,
 };
-use crate::wire::{Service, MAX_PAYLOAD, PAYLOAD_OFFSET};
+use crate::proto::identity::Identity;
+use crate::proto::wire::{Service, MAX_PAYLOAD, PAYLOAD_OFFSET};
+use crate::runtime::directory::{self, load_cache, save_cache, unix_now, Crawl, Directory};
+use crate::runtime::driver::Driver;
+use crate::runtime::tun::{self, TunWriter};
+use crate::sys;
 
 /// TCP MSS that keeps a segment in one cell: the cell payload less the IPv4 (20)
 /// or IPv6 (40) header and the TCP header (20).
@@ -84,11 +84,11 @@ async fn send_packet(
         }
         return;
     }
-    let count = tunnel::fragment_count(len);
+    let count = framing::fragment_count(len);
     if count > MAX_FRAGMENTS {
         tracing::debug!(
             "packet of {len} bytes dropped: larger than {}",
-            tunnel::MAX_PACKET
+            framing::MAX_PACKET
         );
         d.sockets.pool.put(buf);
         return;
@@ -98,7 +98,7 @@ async fn send_packet(
     for i in 0..count {
         let mut f = d.sockets.pool.get();
         f.resize(PAYLOAD_OFFSET + MAX_PAYLOAD, 0);
-        let n = tunnel::write_fragment(
+        let n = framing::write_fragment(
             &buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
             id,
             i,
@@ -320,7 +320,7 @@ impl GatewayServices {
         let addrs: Vec<IpAddr> = addrs
             .into_iter()
             .filter(publishable)
-            .take(crate::descriptor::MAX_ADDRS)
+            .take(crate::proto::descriptor::MAX_ADDRS)
             .collect();
         if addrs.is_empty() {
             tracing::info!("no public address to publish: this gateway is not announced to others");
@@ -447,7 +447,7 @@ impl ExitSide {
             dns: vec![IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6)],
             dns_upstream,
         };
-        let tun = tun_io::create(&cfg.tun, tun_io::offload_from_env())?;
+        let tun = tun::create(&cfg.tun, tun::offload_from_env())?;
         let saved = match sys::exit_up(&net).await {
             Ok(s) => s,
             Err(e) => {
@@ -480,8 +480,7 @@ impl ExitSide {
 
     async fn run(&mut self, mut d: Driver, mut services: GatewayServices) -> Result<()> {
         let mut signals = Signals::new()?;
-        let mut tun_rx =
-            tun_io::spawn_reader(Arc::clone(&self.tun), d.sockets.pool.clone(), self.mtu);
+        let mut tun_rx = tun::spawn_reader(Arc::clone(&self.tun), d.sockets.pool.clone(), self.mtu);
         let mut tun_tx = TunWriter::new(Arc::clone(&self.tun));
         let mut events = Vec::new();
         let mut packets = Vec::new();
@@ -656,7 +655,7 @@ impl Paths {
                     "anonnet: discovering gateways from {} bootstrap gateway(s)",
                     disc.bootstrap.len()
                 );
-                discover::crawl(
+                directory::crawl(
                     d,
                     store,
                     disc.target,
@@ -749,7 +748,7 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
     let cached = store.len();
     let before = *store.stats();
     let mut last = Instant::now();
-    let st = discover::crawl(
+    let st = directory::crawl(
         &mut d,
         &mut store,
         disc.target,
@@ -806,7 +805,7 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
             .iter()
             .map(|r| {
                 serde_json::json!({
-                    "key": crate::identity::PublicKey(r.onion_key).to_string(),
+                    "key": crate::proto::identity::PublicKey(r.onion_key).to_string(),
                     "addrs": r.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "ports": [r.ports.0, r.ports.1],
                     "exit": r.exit,
@@ -834,7 +833,7 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
             };
             println!(
                 "{:<46} {:<34} {:<11} {:<4} {:>7}m  {}",
-                crate::identity::PublicKey(r.onion_key).to_string(),
+                crate::proto::identity::PublicKey(r.onion_key).to_string(),
                 addrs.join(","),
                 ports,
                 if r.exit { "yes" } else { "no" },
@@ -908,7 +907,7 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
         }
         None => None,
     };
-    let tun = tun_io::create(&net.tun, tun_io::offload_from_env())?;
+    let tun = tun::create(&net.tun, tun::offload_from_env())?;
     let (node, binds) = match &relay {
         Some((g, _, id)) => (
             Node::new(gateway_node_config(g, id, client_node_config(&cfg))),
@@ -1015,8 +1014,7 @@ async fn client_loop(
     mut relay: Option<GatewayServices>,
 ) -> Result<()> {
     let mut signals = Signals::new()?;
-    let mut tun_rx =
-        tun_io::spawn_reader(Arc::clone(tun), d.sockets.pool.clone(), net.mtu as usize);
+    let mut tun_rx = tun::spawn_reader(Arc::clone(tun), d.sockets.pool.clone(), net.mtu as usize);
     let mut tun_tx = TunWriter::new(Arc::clone(tun));
     let mut events = Vec::new();
     let mut packets = Vec::new();
@@ -1149,7 +1147,7 @@ async fn refuse(tun: &mut TunWriter, pkt: &[u8], answer: &mut Vec<u8>) {
     let Ok(s) = packet::summarize(pkt) else {
         return;
     };
-    if packet::icmp_prohibited(pkt, tunnel::exit_addr(s.dst), answer).is_ok() {
+    if packet::icmp_prohibited(pkt, framing::exit_addr(s.dst), answer).is_ok() {
         tun.push(answer).await;
     }
 }

@@ -82,7 +82,10 @@ impl Identity {
     /// The Ed25519 key that signs this gateway's descriptors:
     /// `KDF(secret, "anonnet ed25519 identity v1")` used as the Ed25519 seed.
     pub fn signing_key(&self) -> ed25519_dalek::SigningKey {
-        ed25519_dalek::SigningKey::from_bytes(&crate::crypto::kdf(self.secret(), SIGNING_KEY_LABEL))
+        ed25519_dalek::SigningKey::from_bytes(&crate::proto::crypto::kdf(
+            self.secret(),
+            SIGNING_KEY_LABEL,
+        ))
     }
 
     /// The identity file's text.

@@ -20,7 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::node::{Event, Node, Output, Transmit};
-use crate::wire::{MAX_DATAGRAM, PAYLOAD_OFFSET};
+use crate::proto::wire::{MAX_DATAGRAM, PAYLOAD_OFFSET};
 
 /// Socket buffer size asked of the kernel (it may grant less).
 const SOCKET_BUFFER: usize = 4 << 20;

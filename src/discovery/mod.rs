@@ -15,7 +15,7 @@
 //! Any gateway may answer with anything, so the store verifies every descriptor and
 //! bounds what one source can add (per answer and in total), what one network can hold
 //! (per IPv4 /24 and per IPv6 /48) and the total ([`StoreLimits`]). A descriptor names
-//! its gateway by onion key, which anyone can claim (see [`crate::descriptor`]); the
+//! its gateway by onion key, which anyone can claim (see [`crate::proto::descriptor`]); the
 //! store therefore keeps the first identity that claimed an onion key and lets only
 //! that identity publish newer versions, and lets one identity hold one onion key.
 //! The one exception is a descriptor served by the gateway itself: an answer on a
@@ -38,9 +38,11 @@ use blake2::{Blake2s256, Digest};
 use rand_core::{CryptoRng, RngCore};
 use thiserror::Error;
 
-use crate::descriptor::{Descriptor, DescriptorError, MAX_DESCRIPTOR_LEN, MIN_DESCRIPTOR_LEN};
-use crate::limits::TokenBucket;
-use crate::path::{below, Candidate, PortSummary};
+use crate::client::path::{below, Candidate, PortSummary};
+use crate::exit::limits::TokenBucket;
+use crate::proto::descriptor::{
+    Descriptor, DescriptorError, MAX_DESCRIPTOR_LEN, MIN_DESCRIPTOR_LEN,
+};
 
 /// Most descriptors one [`Message::Get`] may ask for.
 pub const MAX_GET: u8 = 64;
@@ -59,7 +61,7 @@ const TYPE_END: u8 = 3;
 const TYPE_REFUSED: u8 = 4;
 const TYPE_PUBLISH: u8 = 5;
 
-const _: () = assert!(MAX_MESSAGE_LEN <= crate::wire::MAX_PAYLOAD);
+const _: () = assert!(MAX_MESSAGE_LEN <= crate::proto::wire::MAX_PAYLOAD);
 
 /// Random draws tried when picking a gateway to ask before falling back to a scan.
 const DRAWS: usize = 32;
@@ -1611,7 +1613,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::identity::Identity;
+    use crate::proto::identity::Identity;
     use proptest::prelude::*;
     use rand_chacha::rand_core::SeedableRng;
     use rand_chacha::ChaCha20Rng;
@@ -1815,7 +1817,7 @@ mod tests {
         assert!(store.is_empty());
     }
 
-    const MAX_CLOCK_SKEW: u64 = crate::descriptor::MAX_CLOCK_SKEW_SECS;
+    const MAX_CLOCK_SKEW: u64 = crate::proto::descriptor::MAX_CLOCK_SKEW_SECS;
 
     #[test]
     fn newer_same_identity_replaces() {
@@ -2541,7 +2543,9 @@ mod tests {
             );
             assert_eq!(reply, Reply::Answered { sent: max });
             assert_eq!(out.len(), usize::from(max) + 1);
-            assert!(out.iter().all(|p| p.len() <= crate::wire::MAX_PAYLOAD));
+            assert!(out
+                .iter()
+                .all(|p| p.len() <= crate::proto::wire::MAX_PAYLOAD));
             assert_eq!(out[0], Message::Desc(&gw(1000)).to_vec());
             let descs: HashSet<&[u8]> = out[..usize::from(max)]
                 .iter()

@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::MAX_HOPS;
-use crate::identity::PublicKey;
-use crate::policy::MAX_SUMMARY_LEN;
+use crate::exit::policy::MAX_SUMMARY_LEN;
+use crate::proto::identity::PublicKey;
 
 /// Random draws tried for a position before falling back to a scan of every
 /// candidate in random order.
@@ -72,7 +72,7 @@ pub struct Candidate {
 
 /// Tor-style policy summary (`accept 80,443,1000-2000` or `reject 25,119,135-139,445`):
 /// which ports an exit accepts to ordinary public addresses, as produced by
-/// [`crate::policy::ExitPolicy::summary`].
+/// [`crate::exit::policy::ExitPolicy::summary`].
 ///
 /// Parsing is strict: `accept` or `reject`, one space, then comma-separated ports
 /// (`1..=65535`, no leading zeros) or ranges `A-B` with `A <= B`, in ascending order
@@ -853,7 +853,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::policy::ExitPolicy;
+    use crate::exit::policy::ExitPolicy;
     use proptest::prelude::*;
     use rand_chacha::rand_core::SeedableRng;
     use rand_chacha::ChaCha20Rng;

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use rand_core::{CryptoRng, RngCore};
 
-use crate::crypto::{kdf, keystream, AeadKey, KEY_LEN, TAG_LEN};
-use crate::replay::ReplayWindow;
-use crate::wire::{
+use crate::proto::crypto::{kdf, keystream, AeadKey, KEY_LEN, TAG_LEN};
+use crate::proto::replay::ReplayWindow;
+use crate::proto::wire::{
     BUILD_LEN, BUILD_SLOT_LEN, CTR_FLAG, CTR_MASK, CTR_PHASE, REPLY_LEN, REPLY_SLOT_LEN, SLOTS,
     SLOTS_LEN, SLOT_LEN,
 };
@@ -281,7 +281,7 @@ const SLOT_KEYSTREAM_COMPUTED: usize = 256;
 #[must_use]
 pub fn slot_keystream(key: &[u8; KEY_LEN], ctr: u64) -> Slots {
     let mut ks = [0u8; SLOT_KEYSTREAM_COMPUTED];
-    keystream(key, &crate::crypto::nonce_bytes(ctr), &mut ks);
+    keystream(key, &crate::proto::crypto::nonce_bytes(ctr), &mut ks);
     let mut slots = [0u8; SLOTS_LEN];
     slots.copy_from_slice(&ks[..SLOTS_LEN]);
     slots
@@ -460,7 +460,7 @@ mod tests {
         let key = [7u8; KEY_LEN];
         for ctr in [0u64, 1, (1 << 62) | 5, u64::MAX] {
             let mut direct = [0u8; SLOTS_LEN];
-            keystream(&key, &crate::crypto::nonce_bytes(ctr), &mut direct);
+            keystream(&key, &crate::proto::crypto::nonce_bytes(ctr), &mut direct);
             assert_eq!(slot_keystream(&key, ctr), direct);
         }
     }

@@ -108,8 +108,8 @@ pub fn classify(d: &[u8]) -> Result<MsgType, WireError> {
         MsgType::LinkInit => len == LINK_INIT_LEN,
         MsgType::LinkResp => len == LINK_RESP_LEN,
         MsgType::LinkCtrl => {
-            let body =
-                len.checked_sub(LINK_CTRL_HEADER + CTRL_INNER_HEADER + crate::crypto::TAG_LEN);
+            let body = len
+                .checked_sub(LINK_CTRL_HEADER + CTRL_INNER_HEADER + crate::proto::crypto::TAG_LEN);
             matches!(body, Some(1 | BUILD_LEN | REPLY_LEN))
         }
         MsgType::Cell => (CELL_HEADER_LEN + MIN_BODY..=MAX_DATAGRAM).contains(&len),

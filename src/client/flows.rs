@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use rand_core::{CryptoRng, RngCore};
 
+use crate::client::path::PortSummary;
+use crate::exit::packet::{self, FlowKey};
 use crate::node::CircuitId;
-use crate::packet::{self, FlowKey};
-use crate::path::PortSummary;
 
 /// How flows are told apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl FlowRouter {
                 _ => Route::Wait,
             };
         }
-        let nth = crate::path::below(rng, fitting);
+        let nth = crate::client::path::below(rng, fitting);
         let Some(&pick) = open.iter().filter(|c| fits(**c)).nth(nth) else {
             return Route::Wait;
         };

@@ -1,11 +1,11 @@
 //! Gateway descriptors: what a gateway publishes about itself so that clients can
 //! discover it peer to peer, signed with its Ed25519 identity key
-//! ([`crate::identity::Identity::signing_key`]).
+//! ([`crate::proto::identity::Identity::signing_key`]).
 //!
 //! A descriptor names the gateway's X25519 onion key (the key clients put in their path
 //! and that authenticates the gateway in the Noise NK handshakes), where it listens,
 //! whether it is an exit and, if so, a Tor-style summary of its exit policy
-//! ([`crate::policy::ExitPolicy::summary`]), and when it was published and expires.
+//! ([`crate::exit::policy::ExitPolicy::summary`]), and when it was published and expires.
 //!
 //! # Encoding
 //!
@@ -81,7 +81,7 @@ pub const MIN_DESCRIPTOR_LEN: usize = FIXED_LEN + 1 + 4 + 2 + SIGNATURE_LENGTH;
 const MAX_ENCODED_LEN: usize = FIXED_LEN + MAX_ADDRS * 17 + 2 + MAX_SUMMARY_LEN + SIGNATURE_LENGTH;
 
 const _: () = assert!(MAX_ENCODED_LEN <= MAX_DESCRIPTOR_LEN);
-const _: () = assert!(MAX_DESCRIPTOR_LEN < crate::wire::MAX_PAYLOAD);
+const _: () = assert!(MAX_DESCRIPTOR_LEN < crate::proto::wire::MAX_PAYLOAD);
 
 /// A gateway descriptor (decoded and checked, or about to be signed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,8 +410,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::identity::Identity;
-    use crate::policy::ExitPolicy;
+    use crate::exit::policy::ExitPolicy;
+    use crate::proto::identity::Identity;
     use proptest::prelude::*;
 
     const NOW: u64 = 1_700_000_000;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::wire::MAX_PAYLOAD;
+use crate::proto::wire::MAX_PAYLOAD;
 
 /// The client's address on its TUN device. Every client uses the same one: the exit
 /// gives each circuit its own address from a pool, so clients need no unique

@@ -1,0 +1,11 @@
+//! The ground floor of the core: the bytes on the wire and the cryptography that
+//! protects them. Nothing here keeps state across packets beyond what a caller
+//! holds (replay windows, reassembly slots); time and randomness are parameters.
+
+pub mod crypto;
+pub mod descriptor;
+pub mod framing;
+pub mod identity;
+pub mod onion;
+pub mod replay;
+pub mod wire;
