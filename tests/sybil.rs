@@ -14,9 +14,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use anonnet::client::path::{
-    select_path, Candidate, Guards, PathLength, PathRules, PortSummary, Subnets,
-};
+use anonnet::client::path::{select_path, Guards, PathLength, PathRules, Subnets};
+use anonnet::discovery::Candidate;
+use anonnet::exit::policy::PortSummary;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 

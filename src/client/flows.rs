@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use rand_core::{CryptoRng, RngCore};
 
-use crate::client::path::PortSummary;
 use crate::exit::packet::{self, FlowKey};
+use crate::exit::policy::PortSummary;
 use crate::node::CircuitId;
 
 /// How flows are told apart.
@@ -119,7 +119,7 @@ impl FlowRouter {
                 _ => Route::Wait,
             };
         }
-        let nth = crate::client::path::below(rng, fitting);
+        let nth = crate::proto::crypto::below(rng, fitting);
         let Some(&pick) = open.iter().filter(|c| fits(**c)).nth(nth) else {
             return Route::Wait;
         };

@@ -24,14 +24,13 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::proto::identity::PublicKey;
+use crate::proto::wire::MAX_HOPS;
 
 /// Largest body size class in bytes: the protocol maximum, always an implicit last
 /// padding class.
 pub const MAX_PADDING_CLASS: u16 = 1251;
 /// Smallest configurable padding class in bytes.
 pub const MIN_PADDING_CLASS: u16 = 32;
-/// Most hops a path may have (the build message has this many slots).
-pub const MAX_HOPS: usize = 8;
 
 /// An error in a configuration file. Each names one problem.
 #[derive(Debug, Error)]

@@ -38,11 +38,32 @@ use blake2::{Blake2s256, Digest};
 use rand_core::{CryptoRng, RngCore};
 use thiserror::Error;
 
-use crate::client::path::{below, Candidate, PortSummary};
 use crate::exit::limits::TokenBucket;
+use crate::exit::policy::PortSummary;
+use crate::proto::crypto::below;
 use crate::proto::descriptor::{
     Descriptor, DescriptorError, MAX_DESCRIPTOR_LEN, MIN_DESCRIPTOR_LEN,
 };
+
+/// What path selection knows of a gateway (built from a verified descriptor by
+/// [`Store::candidates`]).
+///
+/// A candidate without addresses or with port 0 cannot be reached and is never
+/// selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The gateway's static public key.
+    pub key: [u8; 32],
+    /// The gateway's addresses; all of them count for the /16 and /32 rule.
+    pub addrs: Vec<IpAddr>,
+    /// The gateway's UDP port.
+    pub port: u16,
+    /// Whether the gateway offers the exit service.
+    pub exit: bool,
+    /// Ports the exit accepts to ordinary public addresses. An exit without a summary
+    /// is used only when the destination port is unknown.
+    pub exit_ports: Option<PortSummary>,
+}
 
 /// Most descriptors one [`Message::Get`] may ask for.
 pub const MAX_GET: u8 = 64;

@@ -185,6 +185,18 @@ pub fn split(hs: &mut snow::HandshakeState) -> ([u8; KEY_LEN], [u8; KEY_LEN]) {
     hs.dangerously_get_raw_split()
 }
 
+/// A uniform integer in `0..n` (`n > 0`), by rejection (no modulo bias).
+pub fn below<R: RngCore + ?Sized>(rng: &mut R, n: usize) -> usize {
+    let n = n as u64;
+    let skip = n.wrapping_neg() % n;
+    loop {
+        let v = rng.next_u64();
+        if v >= skip {
+            return (v % n) as usize;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

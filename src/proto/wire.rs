@@ -39,6 +39,8 @@ pub const LINK_CTRL_HEADER: usize = 13;
 pub const CTRL_INNER_HEADER: usize = 5;
 
 pub const SLOTS: usize = 8;
+/// Most hops a path may have: one per slot of the fixed-size BUILD message.
+pub const MAX_HOPS: usize = SLOTS;
 pub const SLOT_LEN: usize = 24;
 pub const SLOTS_LEN: usize = SLOTS * SLOT_LEN;
 /// Masked part of a CELL: circuit ID and slot 0.

@@ -19,11 +19,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tun_rs::AsyncDevice;
 
 use crate::client::flows::{Build, CircuitPool, FlowRouter, Isolation, Route, NO_EXIT_HOLD};
-use crate::client::path::{select_path, Guards, PathLength, PathRules, PortSummary, Subnets};
+use crate::client::path::{select_path, Guards, PathLength, PathRules, Subnets};
 use crate::config::{self, ClientConfig};
 use crate::discovery::{Store, REJECTION_GROUPS};
 use crate::exit::packet;
 use crate::exit::policy::ExitPolicy;
+use crate::exit::policy::PortSummary;
 use crate::exit::{Exit, ExitSettings, Verdict};
 use crate::node::{CircuitId, Event, HopSpec, Node, NodeConfig, SendError, Transmit};
 use crate::proto::framing::{
