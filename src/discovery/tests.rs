@@ -1,6 +1,17 @@
 #![allow(clippy::unwrap_used)]
 
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use blake2::{Blake2s256, Digest};
+
+use super::crawler::*;
+use super::message::*;
+use super::server::*;
+use super::store::*;
 use super::*;
+use crate::proto::descriptor::{Descriptor, DescriptorError, MIN_DESCRIPTOR_LEN};
 use crate::proto::identity::Identity;
 use proptest::prelude::*;
 use rand_chacha::rand_core::SeedableRng;
