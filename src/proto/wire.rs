@@ -1,6 +1,7 @@
 //! Byte layouts of every message (`docs/PROTOCOL.md`), smoltcp style: each datagram
-//! kind is checked for its exact length once by [`classify`], after which the
-//! accessors index fixed offsets that cannot be out of range. Inner structures
+//! kind is checked for its exact length once by [`classify`], and [`Header::parse`]
+//! reads its clear fields into a typed [`Header`]; later accessors index fixed
+//! offsets that cannot be out of range. Inner structures
 //! (build payloads, cell bodies) have a `Repr` with `parse` and `emit`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -123,25 +124,117 @@ pub fn classify(d: &[u8]) -> Result<MsgType, WireError> {
     }
 }
 
-/// Reads a big-endian u32 at `at` from a buffer already length-checked by [`classify`].
-#[must_use]
-pub fn be32(d: &[u8], at: usize) -> u32 {
+/// Reads a big-endian u32 at `at` from a buffer already length-checked.
+fn be32(d: &[u8], at: usize) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&d[at..at + 4]);
     u32::from_be_bytes(b)
 }
 
-#[must_use]
-pub fn be64(d: &[u8], at: usize) -> u64 {
+fn be64(d: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&d[at..at + 8]);
     u64::from_be_bytes(b)
 }
 
-/// The receiver (LINK_RESP: sender) index at bytes 1..5 of every message.
+/// The clear header fields of a datagram: the typed view a node dispatches on.
+/// [`Header::parse`] checks version, type and exact length ([`classify`]) and reads
+/// every field once, so no handler indexes the datagram for them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Header {
+    /// LINK_INIT: `type ‖ sender (4) ‖ Noise NK msg1 (64)`.
+    LinkInit { sender: u32 },
+    /// LINK_RESP: `type ‖ sender (4) ‖ receiver (4) ‖ Noise NK msg2 (48)`.
+    LinkResp { sender: u32, receiver: u32 },
+    /// LINK_CTRL: `type ‖ receiver (4) ‖ counter (8) ‖ sealed inner message ‖ tag`.
+    LinkCtrl { receiver: u32, counter: u64 },
+    /// CELL: `type ‖ receiver (4) ‖ masked header ‖ slots ‖ body`; the circuit ID
+    /// is masked and read with [`cell_circuit`] once the mask is removed.
+    Cell { receiver: u32 },
+}
+
+impl Header {
+    pub fn parse(d: &[u8]) -> Result<Self, WireError> {
+        Ok(match classify(d)? {
+            MsgType::LinkInit => Self::LinkInit { sender: be32(d, 1) },
+            MsgType::LinkResp => Self::LinkResp {
+                sender: be32(d, 1),
+                receiver: be32(d, 5),
+            },
+            MsgType::LinkCtrl => Self::LinkCtrl {
+                receiver: be32(d, 1),
+                counter: be64(d, 5),
+            },
+            MsgType::Cell => Self::Cell {
+                receiver: be32(d, 1),
+            },
+        })
+    }
+}
+
+/// The circuit ID of a cell whose header mask has been removed (bytes 5..9; the
+/// cell's length was checked by [`Header::parse`]).
 #[must_use]
-pub fn index_field(d: &[u8]) -> u32 {
-    be32(d, 1)
+pub fn cell_circuit(cell: &[u8]) -> u32 {
+    be32(cell, CELL_MASKED.start)
+}
+
+/// The inner header of an opened LINK_CTRL: `kind ‖ circuit (4) ‖ body`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtrlHeader {
+    pub kind: CtrlKind,
+    pub circuit: u32,
+}
+
+impl CtrlHeader {
+    /// Parses the kind and circuit ID and checks that the body after them has the
+    /// kind's exact size.
+    pub fn parse(inner: &[u8]) -> Result<Self, WireError> {
+        let body_len = inner
+            .len()
+            .checked_sub(CTRL_INNER_HEADER)
+            .ok_or(WireError::Malformed)?;
+        Ok(Self {
+            kind: CtrlKind::parse(inner[0], body_len)?,
+            circuit: be32(inner, 1),
+        })
+    }
+}
+
+/// Bytes of the rekey proof in a LINK_INIT's reserved plaintext.
+pub const LINK_REKEY_PROOF: usize = LINK_INIT_RESERVED - 4;
+
+/// The reserved plaintext of a LINK_INIT (inside Noise msg1): all zero for a new
+/// link; for a rekey, the responder's receiver index of the link it replaces and a
+/// proof that the initiator holds that link's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInitReserved {
+    /// The link being rekeyed (0: none).
+    pub replaces: u32,
+    pub proof: [u8; LINK_REKEY_PROOF],
+}
+
+impl LinkInitReserved {
+    /// Reads the reserved bytes at the start of a decrypted msg1 payload.
+    pub fn parse(payload: &[u8]) -> Result<Self, WireError> {
+        let r = payload
+            .get(..LINK_INIT_RESERVED)
+            .ok_or(WireError::Malformed)?;
+        let mut proof = [0u8; LINK_REKEY_PROOF];
+        proof.copy_from_slice(&r[4..]);
+        Ok(Self {
+            replaces: be32(r, 0),
+            proof,
+        })
+    }
+
+    #[must_use]
+    pub fn emit(&self) -> [u8; LINK_INIT_RESERVED] {
+        let mut b = [0u8; LINK_INIT_RESERVED];
+        b[..4].copy_from_slice(&self.replaces.to_be_bytes());
+        b[4..].copy_from_slice(&self.proof);
+        b
+    }
 }
 
 /// Emits a LINK_INIT.
@@ -381,7 +474,7 @@ mod tests {
         let mut init = vec![0x11, 0, 0, 0, 1];
         init.extend_from_slice(&[0xab; 64]);
         assert_eq!(classify(&init), Ok(MsgType::LinkInit));
-        assert_eq!(index_field(&init), 1);
+        assert_eq!(Header::parse(&init), Ok(Header::LinkInit { sender: 1 }));
         assert_eq!(
             classify(&init[..68]),
             Err(WireError::Length {
@@ -402,6 +495,82 @@ mod tests {
         assert!(classify(&vec![0x14; 1453]).is_err());
         assert!(classify(&vec![0x14; 232]).is_err());
         assert_eq!(classify(&vec![0x14; 233]), Ok(MsgType::Cell));
+    }
+
+    #[test]
+    fn header_vectors() {
+        let resp = emit_link_resp(0x0102_0304, 0x0506_0708, &[0xcd; 48]);
+        assert_eq!(
+            Header::parse(&resp),
+            Ok(Header::LinkResp {
+                sender: 0x0102_0304,
+                receiver: 0x0506_0708
+            })
+        );
+        let mut ctrl = vec![0x13, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 1, 2];
+        ctrl.extend_from_slice(&[0; 5 + 1 + 16]);
+        assert_eq!(
+            Header::parse(&ctrl),
+            Ok(Header::LinkCtrl {
+                receiver: 9,
+                counter: 0x0102
+            })
+        );
+        let mut cell = vec![0x14, 0xff, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
+        cell.resize(233, 0);
+        assert_eq!(
+            Header::parse(&cell),
+            Ok(Header::Cell {
+                receiver: 0xff00_0001
+            })
+        );
+        assert_eq!(cell_circuit(&cell), 0xdead_beef);
+        assert_eq!(
+            Header::parse(&cell[..232]),
+            Err(WireError::Length {
+                kind: MsgType::Cell,
+                len: 232
+            })
+        );
+    }
+
+    #[test]
+    fn ctrl_header_vectors() {
+        let mut destroy = vec![3, 0, 0, 0, 7, 2];
+        assert_eq!(
+            CtrlHeader::parse(&destroy),
+            Ok(CtrlHeader {
+                kind: CtrlKind::Destroy,
+                circuit: 7
+            })
+        );
+        destroy.push(0);
+        assert_eq!(CtrlHeader::parse(&destroy), Err(WireError::Malformed));
+        assert_eq!(CtrlHeader::parse(&[3, 0, 0]), Err(WireError::Malformed));
+        assert_eq!(
+            CtrlHeader::parse(&[9, 0, 0, 0, 7, 2]),
+            Err(WireError::Malformed)
+        );
+    }
+
+    #[test]
+    fn link_init_reserved_vectors() {
+        let r = LinkInitReserved {
+            replaces: 0x0a0b_0c0d,
+            proof: [7; LINK_REKEY_PROOF],
+        };
+        let b = r.emit();
+        assert_eq!(&b[..4], &[0x0a, 0x0b, 0x0c, 0x0d]);
+        assert_eq!(&b[4..], &[7; LINK_REKEY_PROOF]);
+        let mut payload = b.to_vec();
+        payload.extend_from_slice(&[0xee; 8]);
+        assert_eq!(LinkInitReserved::parse(&payload), Ok(r));
+        assert_eq!(
+            LinkInitReserved::parse(&b[..LINK_INIT_RESERVED - 1]),
+            Err(WireError::Malformed)
+        );
+        let fresh = LinkInitReserved::parse(&[0; LINK_INIT_RESERVED]);
+        assert_eq!(fresh.map(|r| r.replaces), Ok(0));
     }
 
     #[test]

@@ -1,0 +1,386 @@
+//! The node's own circuits (client side): building through a path, onion-wrapping
+//! data for every hop, unwrapping what comes back, keepalives and teardown.
+
+use std::time::Instant;
+
+use rand_core::{CryptoRng, RngCore};
+
+use super::*;
+
+impl Node {
+    /// Keeps a received buffer for a later keepalive if there is room (and it holds
+    /// any cell without growing); otherwise hands it back to the driver.
+    pub(super) fn keep_spare(&mut self, buf: Vec<u8>) -> Output {
+        if self.spare.len() < SPARE_BUFFERS && buf.capacity() >= wire::MAX_DATAGRAM {
+            self.spare.push(buf);
+            Output::Consumed
+        } else {
+            Output::Recycle(buf)
+        }
+    }
+
+    pub(super) fn on_built(&mut self, now: Instant, link_id: LinkId, cid: u32, slots: &mut [u8]) {
+        match self.circuits.get(&(link_id, cid)).copied() {
+            Some(Entry::RelayNext(id)) => {
+                let Some(r) = self.relays.get_mut(&id) else {
+                    return;
+                };
+                let Some(reply) = r.reply.take() else {
+                    self.stats.dropped_protocol += 1;
+                    return;
+                };
+                onion::relay_built(slots, &reply, &r.kb);
+                r.last_bwd = now;
+                let (pl, pc) = r.prev;
+                self.send_ctrl(pl, CtrlKind::Built, pc, slots);
+            }
+            Some(Entry::Own(id)) => self.finish_build(now, id, slots),
+            _ => self.stats.dropped_unknown_circuit += 1,
+        }
+    }
+
+    pub(super) fn finish_build(&mut self, now: Instant, id: CircuitId, slots: &[u8]) {
+        let Some(own) = self.own.get_mut(&id) else {
+            return;
+        };
+        if own.is_up() {
+            self.stats.dropped_protocol += 1;
+            return;
+        }
+        let kbs: Vec<[u8; KEY_LEN]> = own.hops.iter().map(|h| h.kb).collect();
+        let replies = onion::client_built(slots, &kbs);
+        let mut keys = Vec::with_capacity(own.hops.len());
+        for (hop, r) in own.hops.iter_mut().zip(&replies) {
+            let Some(mut hs) = hop.hs.take() else { break };
+            let mut p = [0u8; 64];
+            if !matches!(hs.read_message(r, &mut p), Ok(REPLY_PAYLOAD_LEN)) || p[0] != 0 {
+                break;
+            }
+            keys.push(HopKeys::new(Generation::new(
+                crypto::split(&mut hs),
+                Side::Client,
+                now,
+                false,
+            )));
+        }
+        if keys.len() == own.hops.len() {
+            own.keys = keys;
+            own.last_rx = now;
+            own.last_tx = now;
+            self.events.push_back(Event::CircuitUp(id));
+        } else {
+            self.stats.dropped_auth += 1;
+            self.close(id, DownReason::BuildRejected);
+        }
+    }
+
+    pub(super) fn forget_own(&mut self, id: CircuitId) -> Option<Own> {
+        let own = self.own.remove(&id)?;
+        self.circuits.remove(&own.first);
+        if let Some(l) = self.links.get_mut(&own.first.0) {
+            l.circuits = l.circuits.saturating_sub(1);
+        }
+        Some(own)
+    }
+
+    /// Tears down a client circuit: DESTROY to the first hop and a `CircuitDown` event.
+    pub(super) fn close(&mut self, id: CircuitId, reason: DownReason) {
+        if let Some(own) = self.forget_own(id) {
+            let (l, c) = own.first;
+            self.send_ctrl(l, CtrlKind::Destroy, c, &[DestroyReason::Requested as u8]);
+            self.events.push_back(Event::CircuitDown(id, reason));
+        }
+    }
+
+    /// Closes a client circuit at the user's request.
+    pub fn close_circuit(&mut self, id: CircuitId) {
+        self.close(id, DownReason::Closed);
+    }
+
+    pub(super) fn cell_client(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: CircuitId,
+        mut buf: Vec<u8>,
+    ) -> Output {
+        let Some(own) = self.own.get_mut(&id) else {
+            return Output::Recycle(buf);
+        };
+        if !own.is_up() {
+            self.stats.dropped_protocol += 1;
+            return Output::Recycle(buf);
+        }
+        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
+        let origin = match onion::unwrap_backward(now, &mut own.keys, &mut head[CELL_SLOTS], body) {
+            Ok(i) => i,
+            Err(e) => {
+                self.count_reject(e);
+                return Output::Recycle(buf);
+            }
+        };
+        own.last_rx = now;
+        let Ok(b) = Body::parse(body) else {
+            self.stats.dropped_protocol += 1;
+            return Output::Recycle(buf);
+        };
+        match b.cmd {
+            Cmd::Data if origin + 1 == own.hops.len() => {
+                let range = CELL_HEADER_LEN + BODY_HEADER..CELL_HEADER_LEN + BODY_HEADER + b.len;
+                self.events.push_back(Event::Data {
+                    circuit: id,
+                    buf,
+                    range,
+                });
+                Output::Consumed
+            }
+            Cmd::Keepalive => self.keep_spare(buf),
+            Cmd::RekeyAck if b.len == NK_MSG2_EMPTY => {
+                let hop = &mut own.hops[origin];
+                let Some(mut hs) = hop.hs.take() else {
+                    self.stats.dropped_protocol += 1;
+                    return Output::Recycle(buf);
+                };
+                let mut p = [0u8; 64];
+                let msg = &body[BODY_HEADER..BODY_HEADER + NK_MSG2_EMPTY];
+                if hs.read_message(msg, &mut p).is_err() {
+                    self.stats.dropped_auth += 1;
+                    return Output::Recycle(buf);
+                }
+                hop.rekey_sent = None;
+                let keys = &mut own.keys[origin];
+                let phase = !keys.current.phase;
+                keys.rotate(Generation::new(
+                    crypto::split(&mut hs),
+                    Side::Client,
+                    now,
+                    phase,
+                ));
+                self.stats.rekeys += 1;
+                // Confirm promptly so the hop switches its sending key too.
+                let out = self.send_cmd(now, rng, id, origin, Cmd::Keepalive, &[], buf);
+                self.push_output(out);
+                Output::Consumed
+            }
+            _ => {
+                self.stats.dropped_protocol += 1;
+                Output::Recycle(buf)
+            }
+        }
+    }
+
+    /// Starts building a circuit through `path` (1..=8 gateways) whose last hop runs
+    /// `service`. A `CircuitUp` or `CircuitDown` event follows.
+    pub fn build_circuit(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        path: &[HopSpec],
+        service: Service,
+    ) -> Result<CircuitId, BuildError> {
+        if path.is_empty() || path.len() > SLOTS {
+            return Err(BuildError::PathLength(path.len()));
+        }
+        self.last_tick.get_or_insert(now);
+        let link = self.link_to(now, rng, path[0]);
+        let cid = self.new_cid(link, rng);
+        let mut hops = Vec::with_capacity(path.len());
+        let mut msgs = Vec::with_capacity(path.len());
+        for (j, spec) in path.iter().enumerate() {
+            let mut kb = [0u8; KEY_LEN];
+            rng.fill_bytes(&mut kb);
+            let next = path.get(j + 1).map(|n| (n.addr, n.key));
+            let svc = if next.is_some() {
+                Service::Relay
+            } else {
+                service
+            };
+            let payload = BuildPayload {
+                service: svc,
+                kb,
+                next,
+            }
+            .emit();
+            let mut hs = crypto::noise_initiator(rng, &spec.key);
+            let mut msg = [0u8; BUILD_SLOT_LEN];
+            if hs.write_message(&payload, &mut msg).is_err() {
+                return Err(BuildError::PathLength(path.len()));
+            }
+            msgs.push(msg);
+            hops.push(OwnHop {
+                spec: *spec,
+                kb,
+                hs: Some(hs),
+                rekey_sent: None,
+            });
+        }
+        let kbs: Vec<[u8; KEY_LEN]> = hops.iter().map(|h| h.kb).collect();
+        let slots = onion::client_build(&msgs, &kbs, rng);
+        let id = CircuitId(self.fresh_id());
+        self.circuits.insert((link, cid), Entry::Own(id));
+        if let Some(l) = self.links.get_mut(&link) {
+            l.circuits += 1;
+        }
+        self.own.insert(
+            id,
+            Own {
+                first: (link, cid),
+                hops,
+                keys: Vec::new(),
+                created: now,
+                last_rx: now,
+                last_tx: now,
+            },
+        );
+        self.send_ctrl(link, CtrlKind::Build, cid, &slots[..]);
+        Ok(id)
+    }
+
+    /// Sends DATA on a circuit. `buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len]` holds the
+    /// payload (so a caller can read a packet straight into place); the buffer is
+    /// resized to the cell and returned in the [`Transmit`].
+    pub fn send_data(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: CircuitId,
+        buf: Vec<u8>,
+        len: usize,
+    ) -> Result<Transmit, SendError> {
+        if len > MAX_PAYLOAD {
+            return Err(SendError::TooLarge(len));
+        }
+        if buf.len() < PAYLOAD_OFFSET + len {
+            return Err(SendError::ShortBuffer);
+        }
+        let own = self.own.get(&id).ok_or(SendError::NoCircuit)?;
+        if !own.is_up() {
+            return Err(SendError::NotUp);
+        }
+        let target = own.hops.len() - 1;
+        match self.send_body(now, rng, id, target, Cmd::Data, len, buf) {
+            Output::Transmit(t) => Ok(t),
+            _ => Err(SendError::Exhausted),
+        }
+    }
+
+    /// Copies `payload` into a fresh buffer and sends it (convenience for tests and
+    /// control paths; the data path uses [`Node::send_data`]).
+    pub fn send_payload(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: CircuitId,
+        payload: &[u8],
+    ) -> Result<Transmit, SendError> {
+        let mut buf = vec![0u8; PAYLOAD_OFFSET + payload.len()];
+        buf[PAYLOAD_OFFSET..].copy_from_slice(payload);
+        self.send_data(now, rng, id, buf, payload.len())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_cmd(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: CircuitId,
+        target: usize,
+        cmd: Cmd,
+        payload: &[u8],
+        mut buf: Vec<u8>,
+    ) -> Output {
+        buf.clear();
+        buf.resize(PAYLOAD_OFFSET + payload.len(), 0);
+        buf[PAYLOAD_OFFSET..].copy_from_slice(payload);
+        self.send_body(now, rng, id, target, cmd, payload.len(), buf)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_body(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: CircuitId,
+        target: usize,
+        cmd: Cmd,
+        len: usize,
+        mut buf: Vec<u8>,
+    ) -> Output {
+        let size = wire::body_size(&self.cfg.padding, len);
+        buf.resize(CELL_HEADER_LEN + size, 0);
+        let Some(own) = self.own.get_mut(&id) else {
+            return Output::Recycle(buf);
+        };
+        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
+        Body { cmd, len }.emit(body);
+        if onion::wrap_forward(&mut own.keys, target, &mut head[CELL_SLOTS], body, rng).is_none() {
+            return Output::Recycle(buf);
+        }
+        own.last_tx = now;
+        let (l, c) = own.first;
+        self.finish_cell(l, c, buf)
+    }
+
+    pub(super) fn tick_own(&mut self, now: Instant, rng: &mut (impl RngCore + CryptoRng)) {
+        let mut down = Vec::new();
+        let mut keepalive = std::mem::take(&mut self.due);
+        let mut rekey = Vec::new();
+        for (&id, o) in &mut self.own {
+            for k in &mut o.keys {
+                k.forget_expired(now);
+            }
+            let since = |t: Instant| now.saturating_duration_since(t);
+            if !o.is_up() {
+                if since(o.created) >= self.cfg.build_timeout {
+                    down.push((id, DownReason::BuildTimeout));
+                }
+                continue;
+            }
+            if since(o.last_rx) >= self.cfg.circuit_timeout {
+                down.push((id, DownReason::Silent));
+                continue;
+            }
+            if o.keys.iter().any(|k| !k.current.usable(now)) {
+                down.push((id, DownReason::KeysExpired));
+                continue;
+            }
+            for (j, (h, k)) in o.hops.iter().zip(&o.keys).enumerate() {
+                let due = h.rekey_sent.is_none_or(|t| since(t) >= REKEY_TIMEOUT);
+                if k.current.wants_rekey(now) && due {
+                    rekey.push((id, j));
+                }
+            }
+            if since(o.last_tx) >= self.cfg.keepalive {
+                keepalive.push(id);
+            }
+        }
+        for (id, reason) in down {
+            self.close(id, reason);
+        }
+        for (id, j) in rekey {
+            let Some(own) = self.own.get_mut(&id) else {
+                continue;
+            };
+            let hop = &mut own.hops[j];
+            let mut hs = crypto::noise_initiator(rng, &hop.spec.key);
+            let mut msg = [0u8; NK_MSG1_EMPTY];
+            if hs.write_message(&[], &mut msg).is_err() {
+                continue;
+            }
+            hop.hs = Some(hs);
+            hop.rekey_sent = Some(now);
+            let buf = self.spare.pop().unwrap_or_default();
+            let out = self.send_cmd(now, rng, id, j, Cmd::Rekey, &msg, buf);
+            self.push_output(out);
+        }
+        for id in keepalive.drain(..) {
+            let Some(target) = self.own.get(&id).map(|o| o.hops.len() - 1) else {
+                continue;
+            };
+            let buf = self.spare.pop().unwrap_or_default();
+            let out = self.send_cmd(now, rng, id, target, Cmd::Keepalive, &[], buf);
+            self.push_output(out);
+        }
+        self.due = keepalive;
+    }
+}

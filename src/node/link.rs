@@ -1,0 +1,468 @@
+//! Links: the encrypted UDP sessions between neighbours, their handshakes
+//! (LINK_INIT / LINK_RESP, rekeyed in place) and the handshake budget, and the
+//! LINK_CTRL messages (BUILD, BUILT, DESTROY) that ride on them.
+
+use std::time::Instant;
+
+use rand_core::{CryptoRng, RngCore};
+
+use super::*;
+
+impl Node {
+    pub(super) fn take_token(&mut self, now: Instant) -> bool {
+        let rate = f64::from(self.cfg.handshake_rate);
+        let b = &mut self.bucket;
+        if let Some(last) = b.last {
+            b.tokens =
+                (b.tokens + now.saturating_duration_since(last).as_secs_f64() * rate).min(rate);
+        }
+        b.last = Some(now);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            self.stats.dropped_rate_limited += 1;
+            false
+        }
+    }
+
+    /// Records a handshake ephemeral key; false if it was seen before (a replay).
+    pub(super) fn remember_handshake(&mut self, now: Instant, e: &[u8]) -> bool {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&e[..32]);
+        if self.seen.contains(&key) {
+            self.stats.dropped_handshake_replay += 1;
+            return false;
+        }
+        if self.seen_order.len() >= HANDSHAKE_REPLAY_CAP {
+            if let Some((old, _)) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.seen.insert(key);
+        self.seen_order.push_back((key, now));
+        true
+    }
+
+    /// Starts (or restarts) the link handshake; on a link that has keys, a rekey.
+    pub(super) fn send_link_init(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: LinkId,
+    ) {
+        let rx = self.new_index(rng);
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let Some(key) = link.peer_key else { return };
+        let reserved = link.keys.as_ref().map_or([0u8; LINK_INIT_RESERVED], |k| {
+            LinkInitReserved {
+                replaces: k.tx,
+                proof: k.proof(rx),
+            }
+            .emit()
+        });
+        let mut hs = crypto::noise_initiator(rng, &key);
+        let mut msg = [0u8; 64];
+        if hs.write_message(&reserved, &mut msg).is_err() {
+            return;
+        }
+        let started = match link.pending.take() {
+            Some(p) => {
+                self.by_index.remove(&p.rx);
+                p.started
+            }
+            None => now,
+        };
+        self.by_index.insert(rx, id);
+        link.pending = Some(PendingInit {
+            hs,
+            rx,
+            started,
+            last_sent: now,
+        });
+        self.transmits.push_back(Transmit {
+            src: link.local,
+            dst: link.peer,
+            buf: wire::emit_link_init(rx, &msg),
+        });
+    }
+
+    /// The link this node initiated to `addr`/`key`, created (and its handshake
+    /// started) if needed.
+    pub(super) fn link_to(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        spec: HopSpec,
+    ) -> LinkId {
+        if let Some(&id) = self.out_links.get(&(spec.addr, spec.key)) {
+            return id;
+        }
+        let id = self.fresh_id();
+        self.out_links.insert((spec.addr, spec.key), id);
+        self.links.insert(
+            id,
+            Link {
+                peer: spec.addr,
+                local: None,
+                peer_key: Some(spec.key),
+                keys: None,
+                previous: None,
+                next: None,
+                pending: None,
+                queue: Vec::new(),
+                circuits: 0,
+                last_used: now,
+            },
+        );
+        self.send_link_init(now, rng, id);
+        id
+    }
+
+    pub(super) fn remove_link(&mut self, id: LinkId) {
+        if let Some(link) = self.links.remove(&id) {
+            let keys = [&link.keys, &link.previous, &link.next];
+            for rx in keys
+                .into_iter()
+                .flatten()
+                .map(|k| k.rx)
+                .chain(link.pending.map(|p| p.rx))
+            {
+                self.by_index.remove(&rx);
+            }
+            if let Some(key) = link.peer_key {
+                self.out_links.remove(&(link.peer, key));
+            }
+        }
+    }
+
+    /// Sends (or queues until the link is up) a link control message.
+    pub(super) fn send_ctrl(&mut self, link_id: LinkId, kind: CtrlKind, cid: u32, body: &[u8]) {
+        let Some(link) = self.links.get_mut(&link_id) else {
+            return;
+        };
+        let Some(keys) = link.keys.as_mut() else {
+            link.queue.push((kind, cid, body.to_vec()));
+            return;
+        };
+        let mut buf =
+            Vec::with_capacity(LINK_CTRL_HEADER + CTRL_INNER_HEADER + body.len() + TAG_LEN);
+        buf.push(MsgType::LinkCtrl.byte());
+        buf.extend_from_slice(&keys.tx.to_be_bytes());
+        buf.extend_from_slice(&keys.send_ctr.to_be_bytes());
+        buf.push(kind as u8);
+        buf.extend_from_slice(&cid.to_be_bytes());
+        buf.extend_from_slice(body);
+        let (head, rest) = buf.split_at_mut(LINK_CTRL_HEADER);
+        let tag = keys.send_ctrl.seal(keys.send_ctr, head, rest);
+        keys.send_ctr += 1;
+        buf.extend_from_slice(&tag);
+        self.transmits.push_back(Transmit {
+            src: link.local,
+            dst: link.peer,
+            buf,
+        });
+    }
+
+    /// Finishes a cell for `link_id`: header index, cid, mask. `None` if the link is
+    /// not up (the cell is dropped: cells are never queued).
+    pub(super) fn finish_cell(&mut self, link_id: LinkId, cid: u32, mut buf: Vec<u8>) -> Output {
+        let Some(link) = self.links.get_mut(&link_id) else {
+            return Output::Recycle(buf);
+        };
+        let Some(keys) = link.keys.as_ref() else {
+            return Output::Recycle(buf);
+        };
+        buf[0] = MsgType::Cell.byte();
+        buf[1..5].copy_from_slice(&keys.tx.to_be_bytes());
+        buf[5..9].copy_from_slice(&cid.to_be_bytes());
+        mask_header(&keys.send_mask, &mut buf);
+        Output::Transmit(Transmit {
+            src: link.local,
+            dst: link.peer,
+            buf,
+        })
+    }
+
+    pub(super) fn on_link_init(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        local: Option<SocketAddr>,
+        remote: SocketAddr,
+        sender: u32,
+        buf: &[u8],
+    ) {
+        let Some(sk) = self.cfg.static_key else {
+            self.stats.dropped_protocol += 1;
+            return;
+        };
+        if !self.take_token(now) {
+            return;
+        }
+        let mut hs = crypto::noise_responder(rng, &sk);
+        let mut payload = [0u8; 64];
+        if hs.read_message(&buf[LINK_INIT_MSG], &mut payload).is_err() {
+            self.stats.dropped_auth += 1;
+            return;
+        }
+        // A rekey names the link it replaces and proves it knows that link's keys.
+        let Ok(reserved) = LinkInitReserved::parse(&payload) else {
+            self.stats.dropped_protocol += 1;
+            return;
+        };
+        let prev = reserved.replaces;
+        let rekeyed = if prev == 0 {
+            None
+        } else {
+            let link = self
+                .by_index
+                .get(&prev)
+                .and_then(|id| Some((*id, self.links.get(id)?)));
+            let proven = link.filter(|(_, l)| {
+                l.peer_key.is_none()
+                    && l.keys
+                        .as_ref()
+                        .is_some_and(|k| k.rx == prev && k.proof(sender) == reserved.proof)
+            });
+            let Some((id, _)) = proven else {
+                self.stats.dropped_auth += 1;
+                return;
+            };
+            Some(id)
+        };
+        if !self.remember_handshake(now, &buf[LINK_INIT_MSG]) {
+            return;
+        }
+        let mut msg = [0u8; NK_MSG2_EMPTY];
+        if hs.write_message(&[], &mut msg).is_err() {
+            return;
+        }
+        let rx = self.new_index(rng);
+        let keys = LinkKeys::new(crypto::split(&mut hs), false, (rx, sender), now);
+        let resp = Transmit {
+            src: local,
+            dst: remote,
+            buf: wire::emit_link_resp(rx, sender, &msg),
+        };
+        if let Some(id) = rekeyed {
+            if let Some(link) = self.links.get_mut(&id) {
+                if let Some(old) = link.next.replace(keys) {
+                    self.by_index.remove(&old.rx);
+                }
+                self.by_index.insert(rx, id);
+                self.stats.link_rekeys += 1;
+                self.transmits.push_back(resp);
+            }
+            return;
+        }
+        let id = self.fresh_id();
+        self.by_index.insert(rx, id);
+        self.links.insert(
+            id,
+            Link {
+                peer: remote,
+                local,
+                peer_key: None,
+                keys: Some(keys),
+                previous: None,
+                next: None,
+                pending: None,
+                queue: Vec::new(),
+                circuits: 0,
+                last_used: now,
+            },
+        );
+        self.transmits.push_back(resp);
+    }
+
+    pub(super) fn on_link_resp(&mut self, now: Instant, sender: u32, rx: u32, buf: &[u8]) {
+        let Some(&id) = self.by_index.get(&rx) else {
+            self.stats.dropped_unknown_index += 1;
+            return;
+        };
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let Some(mut p) = link.pending.take_if(|p| p.rx == rx) else {
+            self.stats.dropped_unknown_index += 1;
+            return;
+        };
+        let mut payload = [0u8; 64];
+        if p.hs
+            .read_message(&buf[LINK_RESP_MSG], &mut payload)
+            .is_err()
+        {
+            link.pending = Some(p);
+            self.stats.dropped_auth += 1;
+            return;
+        }
+        let keys = LinkKeys::new(crypto::split(&mut p.hs), true, (rx, sender), now);
+        link.last_used = now;
+        if let Some(old) = link.keys.replace(keys) {
+            if let Some(gone) = link.previous.replace(old) {
+                self.by_index.remove(&gone.rx);
+            }
+            self.stats.link_rekeys += 1;
+        }
+        for (kind, cid, body) in std::mem::take(&mut link.queue) {
+            self.send_ctrl(id, kind, cid, &body);
+        }
+    }
+
+    /// The link and receive keys for a LINK_CTRL or CELL, by receiver index. A
+    /// responder's first message under rekeyed keys makes them current.
+    pub(super) fn recv_keys(&mut self, rx: u32) -> Option<(LinkId, &mut LinkKeys)> {
+        let Some(link_id) = self.by_index.get(&rx).copied() else {
+            self.stats.dropped_unknown_index += 1;
+            return None;
+        };
+        let link = self.links.get_mut(&link_id)?;
+        if link.next.as_ref().is_some_and(|k| k.rx == rx) {
+            let promoted = link.next.take();
+            if let Some(old) = std::mem::replace(&mut link.keys, promoted) {
+                if let Some(gone) = link.previous.replace(old) {
+                    self.by_index.remove(&gone.rx);
+                }
+            }
+        }
+        let keys = if link.keys.as_ref().is_some_and(|k| k.rx == rx) {
+            link.keys.as_mut()
+        } else {
+            link.previous.as_mut().filter(|k| k.rx == rx)
+        };
+        match keys {
+            Some(k) => Some((link_id, k)),
+            None => {
+                self.stats.dropped_unknown_index += 1;
+                None
+            }
+        }
+    }
+
+    pub(super) fn on_link_ctrl(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        receiver: u32,
+        ctr: u64,
+        buf: &mut [u8],
+    ) {
+        let Some((link_id, keys)) = self.recv_keys(receiver) else {
+            return;
+        };
+        if !keys.window.check(ctr) {
+            self.stats.dropped_replay += 1;
+            return;
+        }
+        let tag_at = buf.len() - TAG_LEN;
+        let (data, tag) = buf.split_at_mut(tag_at);
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag);
+        let (head, rest) = data.split_at_mut(LINK_CTRL_HEADER);
+        if !keys.recv_ctrl.open(ctr, head, rest, &t) {
+            self.stats.dropped_auth += 1;
+            return;
+        }
+        if !keys.window.update(ctr) {
+            self.stats.dropped_replay += 1;
+            return;
+        }
+        let Ok(CtrlHeader { kind, circuit: cid }) = CtrlHeader::parse(rest) else {
+            self.stats.dropped_protocol += 1;
+            return;
+        };
+        let body = &mut rest[CTRL_INNER_HEADER..];
+        if let Some(l) = self.links.get_mut(&link_id) {
+            l.last_used = now;
+        }
+        match kind {
+            CtrlKind::Build => self.on_build(now, rng, link_id, cid, body),
+            CtrlKind::Built => self.on_built(now, link_id, cid, body),
+            CtrlKind::Destroy => self.on_destroy(link_id, cid, DestroyReason::from_byte(body[0])),
+        }
+    }
+
+    pub(super) fn on_destroy(&mut self, link_id: LinkId, cid: u32, reason: DestroyReason) {
+        match self.circuits.get(&(link_id, cid)).copied() {
+            Some(Entry::RelayPrev(id) | Entry::RelayNext(id)) => {
+                self.drop_relay(id, reason, Some(link_id))
+            }
+            Some(Entry::Own(id)) => {
+                self.forget_own(id);
+                self.events
+                    .push_back(Event::CircuitDown(id, DownReason::Destroyed(reason)));
+            }
+            None => self.stats.dropped_unknown_circuit += 1,
+        }
+    }
+
+    pub(super) fn tick_links(&mut self, now: Instant, rng: &mut (impl RngCore + CryptoRng)) {
+        let since = |t: Instant| now.saturating_duration_since(t);
+        let mut failed = Vec::new();
+        let mut init = Vec::new();
+        let mut idle = Vec::new();
+        let mut expired = Vec::new();
+        for (&id, l) in &self.links {
+            let keys_age = l.keys.as_ref().map(|k| since(k.born));
+            if keys_age.is_some_and(|a| a >= onion::REJECT_AFTER_TIME) {
+                failed.push((id, DestroyReason::Timeout));
+            } else if let Some(p) = &l.pending {
+                if keys_age.is_none() && since(p.started) >= self.cfg.build_timeout {
+                    failed.push((id, DestroyReason::Unreachable));
+                } else if since(p.last_sent) >= LINK_RETRY {
+                    init.push(id);
+                }
+            } else if l.peer_key.is_some() && keys_age.is_some_and(|a| a >= onion::REKEY_AFTER_TIME)
+            {
+                init.push(id);
+            } else if l.circuits == 0 && since(l.last_used) >= self.cfg.idle_timeout {
+                idle.push(id);
+            }
+            if l.previous
+                .as_ref()
+                .is_some_and(|k| since(k.born) >= onion::REJECT_AFTER_TIME)
+            {
+                expired.push(id);
+            }
+        }
+        for id in expired {
+            if let Some(old) = self.links.get_mut(&id).and_then(|l| l.previous.take()) {
+                self.by_index.remove(&old.rx);
+            }
+        }
+        for id in init {
+            self.send_link_init(now, rng, id);
+        }
+        for (id, reason) in failed {
+            let affected: Vec<Entry> = self
+                .circuits
+                .iter()
+                .filter(|(k, _)| k.0 == id)
+                .map(|(_, e)| *e)
+                .collect();
+            self.remove_link(id);
+            for e in affected {
+                match e {
+                    Entry::RelayPrev(r) | Entry::RelayNext(r) => {
+                        self.drop_relay(r, reason, Some(id))
+                    }
+                    Entry::Own(c) => {
+                        self.forget_own(c);
+                        let why = if reason == DestroyReason::Unreachable {
+                            DownReason::BuildTimeout
+                        } else {
+                            DownReason::Destroyed(reason)
+                        };
+                        self.events.push_back(Event::CircuitDown(c, why));
+                    }
+                }
+            }
+        }
+        for id in idle {
+            self.remove_link(id);
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Relayed circuits: what a gateway does for others. BUILD creates a relay entry
+//! (and forwards the rest of the build), cells are peeled forward and wrapped
+//! backward in place, and the terminal hop hands service data (exit, directory,
+//! echo) to the driver or answers it.
+
+use std::time::Instant;
+
+use rand_core::{CryptoRng, RngCore};
+
+use super::*;
+
+impl Node {
+    pub(super) fn on_build(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        link_id: LinkId,
+        cid: u32,
+        slots: &mut [u8],
+    ) {
+        let (Some(sk), Some(link)) = (self.cfg.static_key, self.links.get(&link_id)) else {
+            self.stats.dropped_protocol += 1;
+            return;
+        };
+        // BUILD only flows from a link's initiator to its responder.
+        if link.peer_key.is_some() || self.circuits.contains_key(&(link_id, cid)) {
+            self.stats.dropped_protocol += 1;
+            return;
+        }
+        if !self.take_token(now) {
+            return;
+        }
+        if self.relays.len() >= self.cfg.max_circuits {
+            self.stats.circuits_refused += 1;
+            self.send_ctrl(
+                link_id,
+                CtrlKind::Destroy,
+                cid,
+                &[DestroyReason::Unreachable as u8],
+            );
+            return;
+        }
+        let mut hs = crypto::noise_responder(rng, &sk);
+        let mut p = [0u8; 128];
+        let ok = matches!(
+            hs.read_message(&slots[..BUILD_SLOT_LEN], &mut p),
+            Ok(BUILD_PAYLOAD_LEN)
+        );
+        if !ok {
+            self.stats.dropped_auth += 1;
+            return;
+        }
+        if !self.remember_handshake(now, &slots[..32]) {
+            return;
+        }
+        let Ok(payload) = BuildPayload::parse(&p[..BUILD_PAYLOAD_LEN]) else {
+            self.stats.dropped_protocol += 1;
+            return;
+        };
+        if (payload.service == Service::Exit && !self.cfg.exit)
+            || (payload.service == Service::Directory && !self.cfg.directory)
+            || (payload.service == Service::Echo && !self.cfg.echo)
+        {
+            self.stats.circuits_refused += 1;
+            self.send_ctrl(
+                link_id,
+                CtrlKind::Destroy,
+                cid,
+                &[DestroyReason::Protocol as u8],
+            );
+            return;
+        }
+        let mut reply = [0u8; REPLY_SLOT_LEN];
+        if hs
+            .write_message(&[0u8; REPLY_PAYLOAD_LEN], &mut reply)
+            .is_err()
+        {
+            return;
+        }
+        let keys = HopKeys::new(Generation::new(
+            crypto::split(&mut hs),
+            Side::Gateway,
+            now,
+            false,
+        ));
+        let id = self.fresh_id();
+        let mut relay = Relay {
+            prev: (link_id, cid),
+            next: None,
+            service: payload.service,
+            keys,
+            kb: payload.kb,
+            reply: None,
+            created: now,
+            last_fwd: now,
+            last_bwd: now,
+        };
+        self.stats.circuits_accepted += 1;
+        self.circuits.insert((link_id, cid), Entry::RelayPrev(id));
+        if let Some(l) = self.links.get_mut(&link_id) {
+            l.circuits += 1;
+        }
+        if let Some((addr, key)) = payload.next {
+            let next_link = self.link_to(now, rng, HopSpec { addr, key });
+            let ncid = self.new_cid(next_link, rng);
+            onion::relay_build(slots, &payload.kb);
+            relay.reply = Some(reply);
+            relay.next = Some((next_link, ncid));
+            self.circuits
+                .insert((next_link, ncid), Entry::RelayNext(id));
+            if let Some(l) = self.links.get_mut(&next_link) {
+                l.circuits += 1;
+            }
+            self.relays.insert(id, Box::new(relay));
+            self.send_ctrl(next_link, CtrlKind::Build, ncid, slots);
+        } else {
+            let built = onion::terminal_built(&reply, &payload.kb);
+            self.relays.insert(id, Box::new(relay));
+            self.send_ctrl(link_id, CtrlKind::Built, cid, &built);
+        }
+    }
+
+    /// Frees a relayed circuit and sends DESTROY on each side except `from`.
+    pub(super) fn drop_relay(&mut self, id: RelayId, reason: DestroyReason, from: Option<LinkId>) {
+        let Some(r) = self.relays.remove(&id) else {
+            return;
+        };
+        if matches!(r.service, Service::Exit | Service::Directory) && r.next.is_none() {
+            self.events
+                .push_back(Event::ServiceClosed(CircuitId(id), r.service));
+        }
+        for side in std::iter::once(r.prev).chain(r.next) {
+            self.circuits.remove(&side);
+            if let Some(l) = self.links.get_mut(&side.0) {
+                l.circuits = l.circuits.saturating_sub(1);
+            }
+            if Some(side.0) != from {
+                self.send_ctrl(side.0, CtrlKind::Destroy, side.1, &[reason as u8]);
+            }
+        }
+    }
+
+    pub(super) fn cell_forward(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: RelayId,
+        mut buf: Vec<u8>,
+    ) -> Output {
+        let Some(r) = self.relays.get_mut(&id) else {
+            return Output::Recycle(buf);
+        };
+        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
+        let (ctr, tag) = onion::read_slot0(&head[CELL_SLOTS]);
+        if let Err(e) = r.keys.open(now, ctr, &tag, body) {
+            self.count_reject(e);
+            return Output::Recycle(buf);
+        }
+        r.last_fwd = now;
+        if ctr & CTR_FLAG != 0 {
+            return self.terminal(now, rng, id, buf);
+        }
+        let Some((nl, nc)) = r.next else {
+            self.stats.dropped_protocol += 1;
+            return Output::Recycle(buf);
+        };
+        let ks = r.keys.opened_by(ctr).open_keystream(ctr);
+        onion::shift_out(&mut head[CELL_SLOTS], &ks);
+        self.stats.relayed_forward += 1;
+        self.finish_cell(nl, nc, buf)
+    }
+
+    /// A cell addressed to this hop (TERMINAL), already opened in `buf`.
+    pub(super) fn terminal(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: RelayId,
+        mut buf: Vec<u8>,
+    ) -> Output {
+        let Ok(body) = Body::parse(&buf[CELL_HEADER_LEN..]) else {
+            self.stats.dropped_protocol += 1;
+            return Output::Recycle(buf);
+        };
+        let Some(r) = self.relays.get_mut(&id) else {
+            return Output::Recycle(buf);
+        };
+        match body.cmd {
+            Cmd::Keepalive => {}
+            Cmd::Data if r.service == Service::Echo => {}
+            Cmd::Data if matches!(r.service, Service::Exit | Service::Directory) => {
+                let start = CELL_HEADER_LEN + BODY_HEADER;
+                self.events.push_back(Event::ServiceData {
+                    circuit: CircuitId(id),
+                    service: r.service,
+                    buf,
+                    range: start..start + body.len,
+                });
+                return Output::Consumed;
+            }
+            Cmd::Rekey if body.len == NK_MSG1_EMPTY => {
+                if !self.take_token(now) {
+                    return Output::Recycle(buf);
+                }
+                let Some(sk) = self.cfg.static_key else {
+                    return Output::Recycle(buf);
+                };
+                let msg = &buf
+                    [CELL_HEADER_LEN + BODY_HEADER..CELL_HEADER_LEN + BODY_HEADER + NK_MSG1_EMPTY];
+                let mut hs = crypto::noise_responder(rng, &sk);
+                let mut p = [0u8; 64];
+                if hs.read_message(msg, &mut p).is_err() {
+                    self.stats.dropped_auth += 1;
+                    return Output::Recycle(buf);
+                }
+                let mut e = [0u8; 32];
+                e.copy_from_slice(&msg[..32]);
+                if !self.remember_handshake(now, &e) {
+                    return Output::Recycle(buf);
+                }
+                let mut reply = [0u8; NK_MSG2_EMPTY];
+                if hs.write_message(&[], &mut reply).is_err() {
+                    return Output::Recycle(buf);
+                }
+                let Some(r) = self.relays.get_mut(&id) else {
+                    return Output::Recycle(buf);
+                };
+                let phase = !r.keys.current.phase;
+                r.keys.announce(Generation::new(
+                    crypto::split(&mut hs),
+                    Side::Gateway,
+                    now,
+                    phase,
+                ));
+                self.stats.rekeys += 1;
+                let b = &mut buf[CELL_HEADER_LEN..];
+                b[BODY_HEADER..BODY_HEADER + NK_MSG2_EMPTY].copy_from_slice(&reply);
+                Body {
+                    cmd: Cmd::RekeyAck,
+                    len: NK_MSG2_EMPTY,
+                }
+                .emit(b);
+            }
+            _ => {
+                self.stats.dropped_protocol += 1;
+                return Output::Recycle(buf);
+            }
+        }
+        // Answer in the same buffer: KEEPALIVE and echoed DATA go back unchanged.
+        self.originate(now, id, buf)
+    }
+
+    /// Seals `buf`'s body as a backward cell originating at this hop and sends it.
+    pub(super) fn originate(&mut self, now: Instant, id: RelayId, mut buf: Vec<u8>) -> Output {
+        let Some(r) = self.relays.get_mut(&id) else {
+            return Output::Recycle(buf);
+        };
+        if !r.keys.current.usable(now) {
+            self.stats.dropped_expired += 1;
+            return Output::Recycle(buf);
+        }
+        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
+        let Some(own) = r.keys.current.seal(true, body) else {
+            return Output::Recycle(buf);
+        };
+        let (ctr, _) = onion::read_slot0(&own);
+        let ks = r.keys.current.seal_keystream(ctr);
+        onion::originate(&mut head[CELL_SLOTS], &ks, &own);
+        let (pl, pc) = r.prev;
+        self.finish_cell(pl, pc, buf)
+    }
+
+    pub(super) fn cell_backward(&mut self, now: Instant, id: RelayId, mut buf: Vec<u8>) -> Output {
+        let Some(r) = self.relays.get_mut(&id) else {
+            return Output::Recycle(buf);
+        };
+        if !r.keys.current.usable(now) {
+            self.stats.dropped_expired += 1;
+            return Output::Recycle(buf);
+        }
+        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
+        let Some(own) = r.keys.current.seal(false, body) else {
+            return Output::Recycle(buf);
+        };
+        let (ctr, _) = onion::read_slot0(&own);
+        let ks = r.keys.current.seal_keystream(ctr);
+        onion::push_in(&mut head[CELL_SLOTS], &ks, &own);
+        r.last_bwd = now;
+        let (pl, pc) = r.prev;
+        self.stats.relayed_backward += 1;
+        self.finish_cell(pl, pc, buf)
+    }
+
+    /// Sends DATA backward to the client of a circuit whose service this gateway
+    /// provides (the circuit of an [`Event::ServiceData`]). The payload is laid out as for
+    /// [`Node::send_data`].
+    pub fn send_backward(
+        &mut self,
+        now: Instant,
+        id: CircuitId,
+        mut buf: Vec<u8>,
+        len: usize,
+    ) -> Result<Transmit, SendError> {
+        if len > MAX_PAYLOAD {
+            return Err(SendError::TooLarge(len));
+        }
+        if buf.len() < PAYLOAD_OFFSET + len {
+            return Err(SendError::ShortBuffer);
+        }
+        let r = self.relays.get(&id.0).ok_or(SendError::NoCircuit)?;
+        if !matches!(r.service, Service::Exit | Service::Directory) || r.next.is_some() {
+            return Err(SendError::NoCircuit);
+        }
+        let size = wire::body_size(&self.cfg.padding, len);
+        buf.resize(CELL_HEADER_LEN + size, 0);
+        Body {
+            cmd: Cmd::Data,
+            len,
+        }
+        .emit(&mut buf[CELL_HEADER_LEN..]);
+        match self.originate(now, id.0, buf) {
+            Output::Transmit(t) => Ok(t),
+            _ => Err(SendError::Exhausted),
+        }
+    }
+
+    pub(super) fn tick_relays(&mut self, now: Instant) {
+        let idle = self.cfg.idle_timeout;
+        let build = self.cfg.build_timeout;
+        let dead: Vec<(RelayId, DestroyReason)> = self
+            .relays
+            .iter_mut()
+            .filter_map(|(&id, r)| {
+                r.keys.forget_expired(now);
+                let since = |t: Instant| now.saturating_duration_since(t);
+                if r.reply.is_some() && since(r.created) >= build {
+                    Some((id, DestroyReason::Unreachable))
+                } else if since(r.last_fwd) >= idle
+                    || (r.next.is_some() && since(r.last_bwd) >= idle)
+                    || (!r.keys.current.usable(now) && r.keys.next.is_none())
+                {
+                    Some((id, DestroyReason::Timeout))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, reason) in dead {
+            self.drop_relay(id, reason, None);
+        }
+    }
+}
