@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+use anonnet::config::identity_file;
 use anonnet::discovery::{Message, Source};
 use anonnet::node::{Event, HopSpec, Node, NodeConfig};
 use anonnet::proto::descriptor::Descriptor;
@@ -213,7 +214,7 @@ fn write_claims(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args = parse_args()?;
-    let id = Identity::read_file(&args.identity)?;
+    let id = identity_file::read(&args.identity)?;
     let mut dir = Directory::new(
         id.clone(),
         args.listen.clone(),

@@ -1,23 +1,15 @@
 //! The `anonnet` command line.
 
-use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use rand_chacha::rand_core::{OsRng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
-use rand_core::RngCore;
+use rand_core::OsRng;
 
-use anonnet::config;
-use anonnet::node::{CircuitId, Event, Node};
+use anonnet::config::{self, identity_file};
 use anonnet::proto::identity::Identity;
-use anonnet::proto::wire::{Service, MAX_PAYLOAD};
-use anonnet::runtime::daemon;
-use anonnet::runtime::driver::Driver;
+use anonnet::runtime::{self, circuit_test};
 
 /// anonnet: a multi-hop anonymizing VPN. Packets are wrapped in one layer of Noise
 /// encryption per gateway and sent over UDP through a chain of 1 to 8 gateways.
@@ -105,7 +97,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         min_size: usize,
         /// Largest payload size (at most 1248).
-        #[arg(long, default_value_t = MAX_PAYLOAD)]
+        #[arg(long, default_value_t = circuit_test::MAX_SIZE)]
         max_size: usize,
         /// Payloads in flight at once.
         #[arg(long, default_value_t = 64)]
@@ -143,24 +135,28 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
         Cmd::Keygen { out, force } => {
             let id = Identity::generate(&mut OsRng);
-            id.write_file(&out, force)?;
+            identity_file::write(&id, &out, force)?;
             println!("{}", id.public());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Pubkey { file } => {
-            println!("{}", Identity::read_file(&file)?.public());
+            println!("{}", identity_file::read(&file)?.public());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Gateway { config, exit } => runtime()?.block_on(daemon::gateway(&config, exit)),
-        Cmd::Up { config } => runtime()?.block_on(daemon::up(&config)),
-        Cmd::Discover { config, json } => runtime()?.block_on(daemon::discover_cmd(&config, json)),
+        Cmd::Gateway { config, exit } => {
+            tokio_runtime()?.block_on(runtime::gateway::gateway(&config, exit))
+        }
+        Cmd::Up { config } => tokio_runtime()?.block_on(runtime::client::up(&config)),
+        Cmd::Discover { config, json } => {
+            tokio_runtime()?.block_on(runtime::discover::discover_cmd(&config, json))
+        }
         Cmd::Down { config, state_dir } => {
             let dir = match (config, state_dir) {
                 (Some(c), _) => config::load_client(&c)?.tunnel.state_dir,
                 (None, Some(d)) => d,
                 (None, None) => config::TunnelConfig::default().state_dir,
             };
-            runtime()?.block_on(daemon::down(&dir))
+            tokio_runtime()?.block_on(runtime::client::down(&dir))
         }
         Cmd::CircuitTest {
             config,
@@ -170,199 +166,15 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             window,
             hold,
         } => {
-            if min_size == 0 || min_size > max_size || max_size > MAX_PAYLOAD {
-                bail!("--min-size and --max-size must satisfy 1 <= min <= max <= {MAX_PAYLOAD}");
-            }
-            if window == 0 {
-                bail!("--window must be at least 1");
-            }
-            if !(hold.is_finite() && hold >= 0.0) {
-                bail!("--hold must be a non-negative number of seconds");
-            }
-            let t = Transfer {
-                bytes,
-                min_size,
-                max_size,
-                window,
-                hold: Duration::from_secs_f64(hold),
-            };
-            runtime()?.block_on(circuit_test(config, t))
+            let t = circuit_test::Transfer::new(bytes, min_size, max_size, window, hold)?;
+            tokio_runtime()?.block_on(circuit_test::run(&config, t))
         }
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-struct Transfer {
-    bytes: u64,
-    min_size: usize,
-    max_size: usize,
-    window: usize,
-    hold: Duration,
-}
-
-/// Resend a payload whose echo has not come back after this long.
-const RESEND_AFTER: Duration = Duration::from_millis(500);
-
-/// The deterministic content of payload `seq`: its number, then bytes from a
-/// ChaCha stream seeded by it, so the receiver can check every byte.
-fn payload(seq: u64, t: &Transfer) -> Vec<u8> {
-    let mut seed = [0u8; 32];
-    seed[..8].copy_from_slice(&seq.to_be_bytes());
-    let mut r = ChaCha20Rng::from_seed(seed);
-    let span = (t.max_size - t.min_size + 1) as u64;
-    // Every payload carries its 8-byte sequence number, so 8 is the smallest size.
-    let len = ((t.min_size as u64 + r.next_u64() % span) as usize).max(8);
-    let mut v = vec![0u8; len];
-    r.fill_bytes(&mut v);
-    v[..8].copy_from_slice(&seq.to_be_bytes());
-    v
-}
-
-async fn circuit_test(path: PathBuf, t: Transfer) -> Result<ExitCode> {
-    let cfg = config::load_client(&path)?;
-    let node = Node::new(daemon::client_node_config(&cfg));
-    let mut d = Driver::new(node, &daemon::CLIENT_BINDS)?;
-    let specs = daemon::hop_specs(&cfg.path);
-    let start = Instant::now();
-    let id = d
-        .node
-        .build_circuit(start, &mut d.rng, &specs, Service::Echo)?;
-    d.flush().await;
-    let mut events = Vec::new();
-    // Wait for the build.
-    loop {
-        d.step(&mut events).await;
-        if let Some(code) = down(&events, id, start) {
-            return Ok(code);
-        }
-        if events
-            .iter()
-            .any(|e| matches!(e, Event::CircuitUp(c) if *c == id))
-        {
-            break;
-        }
-    }
-    events.clear();
-    println!(
-        "circuit up: {} hops in {} ms",
-        specs.len(),
-        start.elapsed().as_millis()
-    );
-    let mut outstanding: BTreeMap<u64, Instant> = BTreeMap::new();
-    let mut next_seq = 0u64;
-    let mut sent_bytes = 0u64;
-    let mut verified_bytes = 0u64;
-    let mut verified = 0u64;
-    let mut resent = 0u64;
-    let xfer = Instant::now();
-    while verified_bytes < t.bytes {
-        let now = Instant::now();
-        let stale: Vec<u64> = outstanding
-            .iter()
-            .filter(|(_, &at)| now.duration_since(at) >= RESEND_AFTER)
-            .map(|(&s, _)| s)
-            .collect();
-        for seq in stale {
-            resent += 1;
-            outstanding.insert(seq, now);
-            let tx = d
-                .node
-                .send_payload(now, &mut d.rng, id, &payload(seq, &t))?;
-            d.sockets.send_recycle(tx).await;
-        }
-        while outstanding.len() < t.window && sent_bytes < t.bytes {
-            let p = payload(next_seq, &t);
-            sent_bytes += p.len() as u64;
-            outstanding.insert(next_seq, now);
-            next_seq += 1;
-            let tx = d.node.send_payload(now, &mut d.rng, id, &p)?;
-            d.sockets.send_recycle(tx).await;
-        }
-        d.step(&mut events).await;
-        for e in events.drain(..) {
-            match e {
-                Event::Data {
-                    circuit,
-                    buf,
-                    range,
-                } if circuit == id => {
-                    let got = &buf[range];
-                    if got.len() < 8 {
-                        eprintln!("circuit-test: short payload of {} bytes", got.len());
-                        return Ok(ExitCode::from(2));
-                    }
-                    let mut s = [0u8; 8];
-                    s.copy_from_slice(&got[..8]);
-                    let seq = u64::from_be_bytes(s);
-                    if seq >= next_seq || got != payload(seq, &t).as_slice() {
-                        eprintln!("circuit-test: payload {seq} corrupted");
-                        return Ok(ExitCode::from(2));
-                    }
-                    if outstanding.remove(&seq).is_some() {
-                        verified += 1;
-                        verified_bytes += got.len() as u64;
-                    }
-                    d.sockets.pool.put(buf);
-                }
-                Event::CircuitDown(c, reason) if c == id => {
-                    println!(
-                        "circuit down: {reason:?} after {:.1} s",
-                        start.elapsed().as_secs_f64()
-                    );
-                    return Ok(ExitCode::from(3));
-                }
-                _ => {}
-            }
-        }
-    }
-    let secs = xfer.elapsed().as_secs_f64();
-    println!(
-        "verified {verified} payloads, {verified_bytes} bytes in {secs:.2} s ({:.1} MB/s), {resent} resent",
-        verified_bytes as f64 / secs / 1e6
-    );
-    std::io::stdout()
-        .flush()
-        .context("cannot write to stdout")?;
-    if !t.hold.is_zero() {
-        let until = Instant::now() + t.hold;
-        println!("holding the circuit for {:.1} s", t.hold.as_secs_f64());
-        std::io::stdout()
-            .flush()
-            .context("cannot write to stdout")?;
-        let held = Instant::now();
-        while Instant::now() < until {
-            tokio::select! {
-                () = d.step(&mut events) => {}
-                () = tokio::time::sleep_until(until.into()) => break,
-            }
-            if let Some(code) = down(&events, id, held) {
-                return Ok(code);
-            }
-            events.clear();
-        }
-        println!("circuit still up");
-    }
-    d.node.close_circuit(id);
-    d.flush().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Reports a `CircuitDown` for `id` among `events`, with the time since `since`.
-fn down(events: &[Event], id: CircuitId, since: Instant) -> Option<ExitCode> {
-    events.iter().find_map(|e| match e {
-        Event::CircuitDown(c, reason) if *c == id => {
-            println!(
-                "circuit down: {reason:?} after {:.1} s",
-                since.elapsed().as_secs_f64()
-            );
-            Some(ExitCode::from(3))
-        }
-        _ => None,
-    })
 }

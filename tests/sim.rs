@@ -847,7 +847,8 @@ fn replayed_cells_are_dropped() {
 
 use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
-use anonnet::proto::framing::{self, Reassembler, CLIENT_V4, CLIENT_V6};
+use anonnet::proto::addr::{CLIENT_V4, CLIENT_V6};
+use anonnet::proto::framing::{self, Reassembler};
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -1,6 +1,8 @@
 //! The client's sans-IO decisions: which gateways a path goes through
 //! ([`path`]: path rules, sticky entry guards) and which circuit carries each flow
-//! ([`flows`]: the circuit pool and flow isolation).
+//! ([`flows`]: the circuit pool and flow isolation), and what it does to the
+//! packets themselves ([`packets`]: MSS clamping, refusals).
 
 pub mod flows;
+pub mod packets;
 pub mod path;

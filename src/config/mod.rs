@@ -11,6 +11,8 @@
 //!
 //! See `examples/gateway.toml` and `examples/client.toml` for commented files.
 
+pub mod identity_file;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -341,10 +343,10 @@ impl ExitConfig {
             ));
         }
         for (key, addr) in [
-            ("exit.pool4", IpAddr::V4(crate::proto::framing::EXIT_V4)),
-            ("exit.pool4", IpAddr::V4(crate::proto::framing::DNS_V4)),
-            ("exit.pool6", IpAddr::V6(crate::proto::framing::EXIT_V6)),
-            ("exit.pool6", IpAddr::V6(crate::proto::framing::DNS_V6)),
+            ("exit.pool4", IpAddr::V4(crate::proto::addr::EXIT_V4)),
+            ("exit.pool4", IpAddr::V4(crate::proto::addr::DNS_V4)),
+            ("exit.pool6", IpAddr::V6(crate::proto::addr::EXIT_V6)),
+            ("exit.pool6", IpAddr::V6(crate::proto::addr::DNS_V6)),
         ] {
             let inside = match addr {
                 IpAddr::V4(a) => self.pool4.contains(&a),

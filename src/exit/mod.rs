@@ -1,7 +1,7 @@
 //! The exit's packet logic (sans-IO): per-circuit pool addresses, exit policy and
 //! per-circuit limits.
 //!
-//! Every client sends from the same tunnel address ([`CLIENT_V4`](crate::proto::framing::CLIENT_V4)),
+//! Every client sends from the same tunnel address ([`CLIENT_V4`](crate::proto::addr::CLIENT_V4)),
 //! so the exit gives each circuit its own address from a pool (1:1) and rewrites
 //! the source of the circuit's packets to it before they enter the exit's TUN
 //! device; the kernel then forwards and masquerades them. Replies arrive on the TUN
@@ -23,7 +23,7 @@ use self::limits::{FlowTable, TokenBucket};
 use self::packet::{FlowKey, PROTO_TCP, PROTO_UDP};
 use self::policy::ExitPolicy;
 use crate::node::CircuitId;
-use crate::proto::framing::{self, DNS_V4, DNS_V6};
+use crate::proto::addr::{self, DNS_V4, DNS_V6};
 
 /// A flow with no packet from the client for this long no longer counts against the
 /// circuit's flow limit.
@@ -200,7 +200,7 @@ impl Exit {
             && sum.dst_port == Some(53);
         if !dns && !self.cfg.policy.allows(sum.dst, sum.dst_port) {
             self.stats.rejected_policy += 1;
-            return match packet::icmp_prohibited(pkt, framing::exit_addr(sum.dst), answer) {
+            return match packet::icmp_prohibited(pkt, addr::exit_addr(sum.dst), answer) {
                 Ok(()) => Verdict::Answer,
                 Err(_) => Verdict::Drop,
             };

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::proto::framing::{CLIENT_V4, EXIT_V4};
+use crate::proto::addr::{CLIENT_V4, EXIT_V4};
 use etherparse::PacketBuilder;
 
 fn exit(pool4: &str, max_flows: usize, max_pps: u32) -> Exit {

@@ -405,5 +405,22 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Whether an address belongs in a published descriptor (not loopback, link-local,
+/// unspecified or multicast).
+#[must_use]
+pub fn publishable(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

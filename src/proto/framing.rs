@@ -15,35 +15,11 @@
 //! [`REASSEMBLY_SLOTS`] packets in progress per circuit; a newer id takes the oldest
 //! slot, and a slot older than [`REASSEMBLY_TIMEOUT`] is abandoned.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 use crate::proto::wire::MAX_PAYLOAD;
-
-/// The client's address on its TUN device. Every client uses the same one: the exit
-/// gives each circuit its own address from a pool, so clients need no unique
-/// addresses and learn nothing of each other.
-pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
-pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 2);
-/// The exit's own address inside the tunnel: the source of the ICMP errors it
-/// generates (exit policy rejections).
-pub const EXIT_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
-pub const EXIT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 1);
-
-/// The exit's tunnel address of `addr`'s family.
-#[must_use]
-pub fn exit_addr(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V4(_) => IpAddr::V4(EXIT_V4),
-        IpAddr::V6(_) => IpAddr::V6(EXIT_V6),
-    }
-}
-/// The resolver address inside the tunnel: the exit forwards DNS sent here to its
-/// own resolvers, so a client's queries leave from the exit like its traffic.
-pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 53);
-pub const DNS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 0x53);
 
 /// First byte of a fragment payload (version nibble 1, never an IP version).
 pub const FRAGMENT: u8 = 0x10;
@@ -142,6 +118,40 @@ pub fn write_fragment(packet: &[u8], id: u16, index: usize, out: &mut [u8]) -> u
     out[4] = count as u8;
     out[FRAGMENT_HEADER..FRAGMENT_HEADER + n].copy_from_slice(&packet[start..end]);
     FRAGMENT_HEADER + n
+}
+
+/// How a packet goes into a circuit's cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Whole, in one cell.
+    Whole,
+    /// As `count` fragments that share `id`, each written by [`write_fragment`].
+    Fragments { id: u16, count: usize },
+    /// Larger than [`MAX_PACKET`]: not carried.
+    TooLarge,
+}
+
+/// Numbers the fragmented packets one sender puts into a circuit. Ids wrap: a
+/// receiver keeps only [`REASSEMBLY_SLOTS`] packets in progress, so an id comes
+/// back long after its slot was freed or abandoned.
+#[derive(Debug, Default)]
+pub struct Fragmenter {
+    next_id: u16,
+}
+
+impl Fragmenter {
+    /// How a packet of `len` bytes is sent; a fragmented packet takes the next id.
+    pub fn split(&mut self, len: usize) -> Split {
+        match fragment_count(len) {
+            1 => Split::Whole,
+            count if count > MAX_FRAGMENTS => Split::TooLarge,
+            count => {
+                let id = self.next_id;
+                self.next_id = id.wrapping_add(1);
+                Split::Fragments { id, count }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -2,6 +2,7 @@
 //! protects them. Nothing here keeps state across packets beyond what a caller
 //! holds (replay windows, reassembly slots); time and randomness are parameters.
 
+pub mod addr;
 pub mod crypto;
 pub mod descriptor;
 pub mod framing;

@@ -62,6 +62,25 @@ pub fn save_cache(dir: &Path, store: &Store) -> Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
+/// How long a client crawls for gateways at most before giving up.
+pub const CRAWL_LIMIT: Duration = Duration::from_secs(60);
+
+/// The descriptor cache of a state directory; a corrupt one is reported, and
+/// rebuilt by the next crawl.
+pub fn load_store(dir: &Path) -> Store {
+    let (store, report) = load_cache(dir);
+    if let Some(r) = report {
+        if r.corrupt {
+            eprintln!(
+                "anonnet: the descriptor cache in {} is damaged: kept {} gateways, it will be rebuilt",
+                dir.display(),
+                r.loaded
+            );
+        }
+    }
+    store
+}
+
 /// One crawl in progress: bootstrap queries first, then whom the crawler picks.
 pub struct Crawl {
     crawler: Crawler,

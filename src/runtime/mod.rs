@@ -1,8 +1,95 @@
 //! The tokio runtime: drivers that move bytes between UDP sockets, TUN devices and
 //! the sans-IO core, and the long-running commands assembled from them. Nothing
-//! here makes a protocol decision.
+//! here makes a protocol decision: that is the core's (`node`, `exit`, `client`,
+//! `discovery`, `proto`); the kernel set-up is [`crate::sys`]'s.
+//!
+//! - [`client`]: `anonnet up` / `down`, the client's data plane ([`client::Client`]);
+//! - [`gateway`]: `anonnet gateway [--exit]` ([`gateway::Gateway`]), with
+//!   [`exit`] (the exit's TUN side) and [`services`] (directory and gossip);
+//! - [`discover`]: `anonnet discover`; [`circuit_test`]: `anonnet circuit-test`;
+//! - [`driver`] (UDP sockets and the node), [`tun`] (TUN device I/O), [`packets`]
+//!   (packets into and out of circuits), [`paths`] (where paths come from),
+//!   [`directory`] (the discovery driver: crawls and the directory server).
 
-pub mod daemon;
+pub mod circuit_test;
+pub mod client;
 pub mod directory;
+pub mod discover;
 pub mod driver;
+pub mod exit;
+pub mod gateway;
+pub mod packets;
+pub mod paths;
+pub mod services;
 pub mod tun;
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{self, ClientConfig};
+use crate::node::{Event, HopSpec, NodeConfig};
+use crate::runtime::driver::Driver;
+
+pub(crate) fn flush_stdout() -> Result<()> {
+    std::io::stdout().flush().context("cannot write to stdout")
+}
+
+pub(crate) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
+    }
+
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Returns an unclaimed event's buffer to the pool.
+pub(crate) fn recycle(d: &Driver, e: Event) {
+    if let Event::Data { buf, .. } | Event::ServiceData { buf, .. } = e {
+        d.sockets.pool.put(buf);
+    }
+}
+
+/// A client binds an ephemeral port on every IPv4 and IPv6 address.
+pub const CLIENT_BINDS: [SocketAddr; 2] = [
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+    SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
+];
+
+/// The node settings of a client config.
+#[must_use]
+pub fn client_node_config(cfg: &ClientConfig) -> NodeConfig {
+    NodeConfig {
+        keepalive: cfg.keepalive(),
+        circuit_timeout: cfg.circuit_timeout(),
+        build_timeout: cfg.build_timeout(),
+        padding: cfg.padding_classes().into_iter().map(usize::from).collect(),
+        ..NodeConfig::default()
+    }
+}
+
+/// The hops of a config path, as the node takes them.
+#[must_use]
+pub fn hop_specs(hops: &[config::HopConfig]) -> Vec<HopSpec> {
+    hops.iter()
+        .map(|h| HopSpec {
+            addr: h.addr,
+            key: h.key.0,
+        })
+        .collect()
+}

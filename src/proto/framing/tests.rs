@@ -157,3 +157,34 @@ proptest! {
         let _ = classify(&bytes);
     }
 }
+
+#[test]
+fn fragmenter_numbers_only_fragmented_packets() {
+    let mut f = Fragmenter::default();
+    assert_eq!(f.split(MAX_PAYLOAD), Split::Whole);
+    assert_eq!(
+        f.split(MAX_PAYLOAD + 1),
+        Split::Fragments { id: 0, count: 2 }
+    );
+    assert_eq!(f.split(1), Split::Whole);
+    assert_eq!(
+        f.split(MAX_PACKET),
+        Split::Fragments {
+            id: 1,
+            count: MAX_FRAGMENTS
+        }
+    );
+    assert_eq!(f.split(MAX_PACKET + 1), Split::TooLarge);
+    let mut wrap = Fragmenter { next_id: u16::MAX };
+    assert_eq!(
+        wrap.split(MAX_PAYLOAD + 1),
+        Split::Fragments {
+            id: u16::MAX,
+            count: 2
+        }
+    );
+    assert_eq!(
+        wrap.split(MAX_PAYLOAD + 1),
+        Split::Fragments { id: 0, count: 2 }
+    );
+}

@@ -1,0 +1,159 @@
+//! Where a client's paths come from: its configured path, or the gateways it
+//! discovered, with sticky entry guards kept in the state directory.
+use std::net::SocketAddr;
+
+use anyhow::{bail, Result};
+
+use crate::client::flows::Build;
+use crate::client::path::{select_path, Guards, PathLength, PathRules, Subnets};
+use crate::config::ClientConfig;
+use crate::discovery::Store;
+use crate::exit::policy::PortSummary;
+use crate::node::HopSpec;
+use crate::runtime::directory::{self, load_store, save_cache, unix_now, CRAWL_LIMIT};
+use crate::runtime::driver::Driver;
+use crate::runtime::hop_specs;
+
+/// Name of the guard state in the state directory.
+pub(crate) const GUARDS_FILE: &str = "guards.toml";
+
+/// Where a client's paths come from: the config's fixed path, or the gateways it
+/// discovered, with sticky entry guards.
+pub(crate) enum Paths {
+    Fixed(Vec<HopSpec>),
+    Discovered {
+        store: Box<Store>,
+        guards: Guards,
+        rules: PathRules,
+        state_dir: std::path::PathBuf,
+        /// Mixed mode: this process's own gateway key, never a hop of its paths.
+        own: Option<[u8; 32]>,
+    },
+}
+
+impl Paths {
+    /// The configured path, or discovery: the cache in the state directory, and a
+    /// crawl from the bootstrap gateways when the cache cannot give a path.
+    pub(crate) async fn new(
+        cfg: &ClientConfig,
+        d: &mut Driver,
+        own: Option<[u8; 32]>,
+    ) -> Result<Self> {
+        if !cfg.path.is_empty() {
+            if let Some(i) = cfg.path.iter().position(|h| Some(h.key.0) == own) {
+                bail!("client.path[{i}] is this process's own gateway (client.mode = \"mixed\"): its paths must go through other gateways");
+            }
+            return Ok(Self::Fixed(hop_specs(&cfg.path)));
+        }
+        let disc = &cfg.discovery;
+        let state_dir = cfg.tunnel.state_dir.clone();
+        let rules = PathRules {
+            length: if disc.hops.0 == disc.hops.1 {
+                PathLength::Fixed(disc.hops.0)
+            } else {
+                PathLength::Range(disc.hops.0, disc.hops.1)
+            },
+            subnets: Subnets {
+                v4: disc.subnet_v4,
+                v6: disc.subnet_v6,
+            },
+        };
+        let guards = std::fs::read_to_string(state_dir.join(GUARDS_FILE))
+            .ok()
+            .and_then(|t| Guards::from_toml(&t).ok())
+            .unwrap_or_else(|| Guards::new(disc.guards, disc.guard_lifetime_days * 86_400))
+            .with_subnets(rules.subnets);
+        let store = load_store(&state_dir);
+        let mut paths = Self::Discovered {
+            store: Box::new(store),
+            guards,
+            rules,
+            state_dir: state_dir.clone(),
+            own,
+        };
+        if paths.next(&mut d.rng, None).is_err() {
+            if let Self::Discovered { store, .. } = &mut paths {
+                eprintln!(
+                    "anonnet: discovering gateways from {} bootstrap gateway(s)",
+                    disc.bootstrap.len()
+                );
+                directory::crawl(
+                    d,
+                    store,
+                    disc.target,
+                    hop_specs(&disc.bootstrap),
+                    CRAWL_LIMIT,
+                    |_, _| {},
+                )
+                .await;
+                if let Err(e) = save_cache(&state_dir, store) {
+                    tracing::warn!("{e:#}");
+                }
+            }
+        }
+        Ok(paths)
+    }
+
+    /// A fresh path (the fixed one, or a random one by the path rules whose exit
+    /// accepts destination port `port`), with the ports its exit's descriptor accepts
+    /// (`None` for a configured path).
+    pub(crate) fn next(
+        &mut self,
+        rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+        port: Option<u16>,
+    ) -> Result<(Vec<HopSpec>, Option<PortSummary>)> {
+        match self {
+            Self::Fixed(specs) => Ok((specs.clone(), None)),
+            Self::Discovered {
+                store,
+                guards,
+                rules,
+                state_dir,
+                own,
+            } => {
+                let mut cands = store.candidates();
+                cands.retain(|c| Some(c.key) != *own);
+                let keys = guards.refresh(rng, &cands, unix_now());
+                let tmp = state_dir.join(format!("{GUARDS_FILE}.tmp"));
+                let saved = std::fs::create_dir_all(&*state_dir)
+                    .and_then(|()| std::fs::write(&tmp, guards.to_toml()))
+                    .and_then(|()| std::fs::rename(&tmp, state_dir.join(GUARDS_FILE)));
+                if let Err(e) = saved {
+                    tracing::warn!(
+                        "cannot save the entry guards in {}: {e}",
+                        state_dir.display()
+                    );
+                }
+                let path = select_path(rng, &cands, rules, &keys, port).map_err(|e| {
+                    anyhow::anyhow!("no path through the {} known gateways: {e}", cands.len())
+                })?;
+                let ports = path.last().and_then(|&i| cands[i].exit_ports.clone());
+                let specs = path
+                    .into_iter()
+                    .map(|i| HopSpec {
+                        addr: SocketAddr::new(cands[i].addrs[0], cands[i].port),
+                        key: cands[i].key,
+                    })
+                    .collect();
+                Ok((specs, ports))
+            }
+        }
+    }
+}
+
+/// A path for `build` whose exit differs from the ones it avoids where the known
+/// gateways allow.
+pub(crate) fn path_for(
+    paths: &mut Paths,
+    rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+    build: &Build,
+) -> Result<(Vec<HopSpec>, Option<PortSummary>)> {
+    let mut path = paths.next(rng, build.port)?;
+    for _ in 0..4 {
+        match path.0.last() {
+            Some(h) if build.avoid.contains(&h.key) => path = paths.next(rng, build.port)?,
+            _ => break,
+        }
+    }
+    Ok(path)
+}
