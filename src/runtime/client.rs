@@ -78,91 +78,6 @@ pub(crate) async fn build(
     }
 }
 
-/// `anonnet up --config FILE`.
-pub async fn up(path: &Path) -> Result<ExitCode> {
-    let cfg = config::load_client(path)?;
-    let net = client_net(&cfg);
-    sys::client_preflight(&net).await?;
-    let relay = match &cfg.relay {
-        Some(g) => {
-            let id = identity_file::read(&g.identity)?;
-            Some((g, GatewayServices::new(g, id.clone(), None)?, id))
-        }
-        None => None,
-    };
-    let tun = tun::create(&net.tun, tun::offload_from_env())?;
-    let (node, binds) = match &relay {
-        Some((g, _, id)) => (
-            Node::new(gateway_node_config(g, id, client_node_config(&cfg))),
-            g.listen_addrs().collect(),
-        ),
-        None => (Node::new(client_node_config(&cfg)), CLIENT_BINDS.to_vec()),
-    };
-    let mut d = Driver::tunnel(node, &binds, Some(net.fwmark), net.mtu as usize)?;
-    let own = relay.as_ref().map(|(_, _, id)| id.public().0);
-    let mut paths = Paths::new(&cfg, &mut d, own).await?;
-    let (specs, exit_ports) = paths.next(&mut d.rng, None)?;
-    let entry = specs.first().map(|h| h.addr).context("the path is empty")?;
-    let mut net = net;
-    net.gateways = vec![entry];
-    let mut events = Vec::new();
-    let started = Instant::now();
-    let circuit = match build(&mut d, &specs, &mut events).await {
-        Ok(c) => c,
-        Err(why) => bail!(
-            "no reachable gateway: the circuit through {} hops (entry {entry}) did not come up within {:.0} s ({why}); check the gateways' addresses, keys and that they run",
-            specs.len(),
-            cfg.build_timeout().as_secs_f64(),
-        ),
-    };
-    let build_ms = started.elapsed().as_millis();
-    if let Err(e) = sys::client_up(&net).await {
-        let _ = sys::client_down(&net.state_dir).await;
-        return Err(e.context("cannot route traffic into the tunnel"));
-    }
-    let relaying = match &relay {
-        Some((_, _, id)) => {
-            let bound: Vec<String> = d.sockets.local_addrs().map(|a| a.to_string()).collect();
-            format!(
-                "; relaying as gateway {} on {}",
-                id.public(),
-                bound.join(" ")
-            )
-        }
-        None => String::new(),
-    };
-    println!(
-        "anonnet up: {} {CLIENT_V4} {CLIENT_V6} mtu {} through {} hops (entry {entry}), circuit built in {build_ms} ms{relaying}",
-        net.tun,
-        net.mtu,
-        specs.len()
-    );
-    flush_stdout()?;
-    let settings = PoolSettings {
-        circuits: cfg.circuits,
-        lifetime: Duration::from_secs(cfg.circuit_lifetime_secs),
-        isolation: cfg.isolation,
-    };
-    let exit_key = specs.last().map(|h| h.key).unwrap_or_default();
-    let result = client_loop(
-        &mut d,
-        &tun,
-        &mut net,
-        &mut paths,
-        (circuit, exit_key, exit_ports),
-        &settings,
-        relay.map(|(_, services, _)| services),
-    )
-    .await;
-    drop(tun);
-    let cleaned = sys::client_down(&net.state_dir).await;
-    result?;
-    for line in cleaned.context("cleaning up")? {
-        eprintln!("anonnet down: {line}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// The client's settings for its pool of circuits.
 pub(crate) struct PoolSettings {
     circuits: usize,
@@ -170,143 +85,274 @@ pub(crate) struct PoolSettings {
     isolation: Isolation,
 }
 
-pub(crate) async fn client_loop(
-    d: &mut Driver,
-    tun: &Arc<AsyncDevice>,
-    net: &mut sys::ClientNet,
-    paths: &mut Paths,
+/// The client's data plane, from set-up to tear-down: the TUN device, the sockets
+/// and node ([`Driver`]), where paths come from, the circuit pool and flow router,
+/// the optional relay services of mixed mode, and the kernel state that routes the
+/// host's traffic into the tunnel (with its kill switch).
+///
+/// [`Client::start`] sets it all up and returns only once the first circuit is up
+/// and traffic is routed; [`Client::run`] moves packets until SIGINT or SIGTERM;
+/// [`Client::stop`] closes the circuits and removes everything `start` set up.
+pub struct Client {
+    d: Driver,
+    tun: Arc<AsyncDevice>,
+    net: sys::ClientNet,
+    paths: Paths,
+    /// The circuit `start` built: its id, its exit's key and the ports the exit
+    /// accepts.
     first: (CircuitId, [u8; 32], Option<PortSummary>),
-    settings: &PoolSettings,
-    mut relay: Option<GatewayServices>,
-) -> Result<()> {
-    let mut signals = Signals::new()?;
-    let mut tun_rx = tun::spawn_reader(Arc::clone(tun), d.sockets.pool.clone(), net.mtu as usize);
-    let mut tun_tx = TunWriter::new(Arc::clone(tun));
-    let mut events = Vec::new();
-    let mut packets = Vec::new();
-    let mut reasm: HashMap<CircuitId, Reassembler> = HashMap::new();
-    let mut frag = Fragmenter::default();
-    let mut pool = CircuitPool::new(
-        settings.circuits,
-        settings.lifetime,
-        Instant::now(),
-        first.0,
-        first.1,
-        first.2,
-    );
-    let mut router = FlowRouter::new(settings.isolation);
-    let mut open_ids = Vec::new();
-    let mut answer = Vec::new();
-    loop {
-        let open = tokio::select! {
-            open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets) => open,
-            () = services_wake(relay.as_mut()) => true,
-            () = signals.recv() => break,
+    settings: PoolSettings,
+    relay: Option<GatewayServices>,
+    /// The circuits open when `run` ended, closed by `stop`.
+    open: Vec<CircuitId>,
+}
+
+impl Client {
+    /// Checks the host, creates the TUN device and sockets, finds a path (crawling
+    /// for gateways if the cache has none), builds the first circuit, and routes the
+    /// host's traffic into the tunnel. Prints the readiness line scripts wait for.
+    pub async fn start(cfg: &ClientConfig) -> Result<Self> {
+        let net = client_net(cfg);
+        sys::client_preflight(&net).await?;
+        let relay = match &cfg.relay {
+            Some(g) => {
+                let id = identity_file::read(&g.identity)?;
+                Some((g, GatewayServices::new(g, id.clone(), None)?, id))
+            }
+            None => None,
         };
-        if !open {
-            bail!("the TUN device {} failed", net.tun);
+        let tun = tun::create(&net.tun, tun::offload_from_env())?;
+        let (node, binds) = match &relay {
+            Some((g, _, id)) => (
+                Node::new(gateway_node_config(g, id, client_node_config(cfg))),
+                g.listen_addrs().collect(),
+            ),
+            None => (Node::new(client_node_config(cfg)), CLIENT_BINDS.to_vec()),
+        };
+        let mut d = Driver::tunnel(node, &binds, Some(net.fwmark), net.mtu as usize)?;
+        let own = relay.as_ref().map(|(_, _, id)| id.public().0);
+        let mut paths = Paths::new(cfg, &mut d, own).await?;
+        let (specs, exit_ports) = paths.next(&mut d.rng, None)?;
+        let entry = specs.first().map(|h| h.addr).context("the path is empty")?;
+        let mut net = net;
+        net.gateways = vec![entry];
+        let mut events = Vec::new();
+        let started = Instant::now();
+        let circuit = match build(&mut d, &specs, &mut events).await {
+            Ok(c) => c,
+            Err(why) => bail!(
+                "no reachable gateway: the circuit through {} hops (entry {entry}) did not come up within {:.0} s ({why}); check the gateways' addresses, keys and that they run",
+                specs.len(),
+                cfg.build_timeout().as_secs_f64(),
+            ),
+        };
+        let build_ms = started.elapsed().as_millis();
+        if let Err(e) = sys::client_up(&net).await {
+            let _ = sys::client_down(&net.state_dir).await;
+            return Err(e.context("cannot route traffic into the tunnel"));
         }
-        let now = Instant::now();
-        for e in events.drain(..) {
-            let e = match relay.as_mut() {
-                Some(services) => match services.on_event(d, e).await {
-                    Some(e) => e,
-                    None => continue,
-                },
-                None => e,
+        let relaying = match &relay {
+            Some((_, _, id)) => {
+                let bound: Vec<String> = d.sockets.local_addrs().map(|a| a.to_string()).collect();
+                format!(
+                    "; relaying as gateway {} on {}",
+                    id.public(),
+                    bound.join(" ")
+                )
+            }
+            None => String::new(),
+        };
+        println!(
+            "anonnet up: {} {CLIENT_V4} {CLIENT_V6} mtu {} through {} hops (entry {entry}), circuit built in {build_ms} ms{relaying}",
+            net.tun,
+            net.mtu,
+            specs.len()
+        );
+        flush_stdout()?;
+        let exit_key = specs.last().map(|h| h.key).unwrap_or_default();
+        Ok(Self {
+            d,
+            tun,
+            net,
+            paths,
+            first: (circuit, exit_key, exit_ports),
+            settings: PoolSettings {
+                circuits: cfg.circuits,
+                lifetime: Duration::from_secs(cfg.circuit_lifetime_secs),
+                isolation: cfg.isolation,
+            },
+            relay: relay.map(|(_, services, _)| services),
+            open: Vec::new(),
+        })
+    }
+
+    /// Moves packets between the TUN device and circuits, keeps the pool of
+    /// circuits filled, and serves mixed mode's relay, until SIGINT or SIGTERM.
+    pub async fn run(&mut self) -> Result<()> {
+        let Self {
+            d,
+            tun: device,
+            net,
+            paths,
+            first,
+            settings,
+            relay,
+            ..
+        } = self;
+        let mut signals = Signals::new()?;
+        let mut tun_rx =
+            tun::spawn_reader(Arc::clone(device), d.sockets.pool.clone(), net.mtu as usize);
+        let mut tun_tx = TunWriter::new(Arc::clone(device));
+        let mut events = Vec::new();
+        let mut packets = Vec::new();
+        let mut reasm: HashMap<CircuitId, Reassembler> = HashMap::new();
+        let mut frag = Fragmenter::default();
+        let mut pool = CircuitPool::new(
+            settings.circuits,
+            settings.lifetime,
+            Instant::now(),
+            first.0,
+            first.1,
+            first.2.take(),
+        );
+        let mut router = FlowRouter::new(settings.isolation);
+        let mut open_ids = Vec::new();
+        let mut answer = Vec::new();
+        loop {
+            let open = tokio::select! {
+                open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets) => open,
+                () = services_wake(relay.as_mut()) => true,
+                () = signals.recv() => break,
             };
-            match e {
-                Event::Data {
-                    circuit: c,
-                    mut buf,
-                    range,
-                } if pool.contains(c) => {
-                    let r = reasm.entry(c).or_default();
-                    if let Some(p) = unwrap_payload(now, &mut buf[range], r) {
-                        clamp_mss(p);
-                        tun_tx.push(p).await;
+            if !open {
+                bail!("the TUN device {} failed", net.tun);
+            }
+            let now = Instant::now();
+            for e in events.drain(..) {
+                let e = match relay.as_mut() {
+                    Some(services) => match services.on_event(d, e).await {
+                        Some(e) => e,
+                        None => continue,
+                    },
+                    None => e,
+                };
+                match e {
+                    Event::Data {
+                        circuit: c,
+                        mut buf,
+                        range,
+                    } if pool.contains(c) => {
+                        let r = reasm.entry(c).or_default();
+                        if let Some(p) = unwrap_payload(now, &mut buf[range], r) {
+                            clamp_mss(p);
+                            tun_tx.push(p).await;
+                        }
+                        d.sockets.pool.put(buf);
                     }
-                    d.sockets.pool.put(buf);
-                }
-                Event::CircuitUp(c) => pool.on_up(c),
-                Event::CircuitDown(c, why) => {
-                    if pool.on_down(now, c) {
-                        router.forget_circuit(c);
-                        reasm.remove(&c);
-                        if pool.all_down() {
-                            eprintln!(
-                                "anonnet: circuit down ({why:?}); traffic is blocked until one is rebuilt"
-                            );
+                    Event::CircuitUp(c) => pool.on_up(c),
+                    Event::CircuitDown(c, why) => {
+                        if pool.on_down(now, c) {
+                            router.forget_circuit(c);
+                            reasm.remove(&c);
+                            if pool.all_down() {
+                                eprintln!(
+                                    "anonnet: circuit down ({why:?}); traffic is blocked until one is rebuilt"
+                                );
+                            }
                         }
                     }
+                    Event::Data { buf, .. } | Event::ServiceData { buf, .. } => {
+                        d.sockets.pool.put(buf)
+                    }
+                    Event::ServiceClosed(..) => {}
                 }
-                Event::Data { buf, .. } | Event::ServiceData { buf, .. } => d.sockets.pool.put(buf),
-                Event::ServiceClosed(..) => {}
             }
-        }
-        if let Some(want) = pool.wants_build(now) {
-            match path_for(paths, &mut d.rng, &want) {
-                Ok((specs, ports)) => {
-                    if let Some(entry) = specs.first().map(|h| h.addr) {
-                        if !net.gateways.contains(&entry) {
-                            net.gateways.push(entry);
-                            sys::client_set_gateways(net).await?;
+            if let Some(want) = pool.wants_build(now) {
+                match path_for(paths, &mut d.rng, &want) {
+                    Ok((specs, ports)) => {
+                        if let Some(entry) = specs.first().map(|h| h.addr) {
+                            if !net.gateways.contains(&entry) {
+                                net.gateways.push(entry);
+                                sys::client_set_gateways(net).await?;
+                            }
+                        }
+                        let exit = specs.last().map(|h| h.key).unwrap_or_default();
+                        let id = d
+                            .node
+                            .build_circuit(now, &mut d.rng, &specs, Service::Exit)
+                            .map_err(|e| anyhow::anyhow!("cannot build a circuit: {e}"))?;
+                        pool.building(now, id, exit, ports);
+                    }
+                    Err(e) => match want.port {
+                        Some(port) => {
+                            eprintln!("anonnet: no known exit accepts port {port}; refusing it for {} s ({e:#})", NO_EXIT_HOLD.as_secs());
+                            pool.no_exit(now, port);
+                        }
+                        None => {
+                            tracing::warn!("{e:#}");
+                            pool.build_failed(now);
+                        }
+                    },
+                }
+            }
+            if let Some(services) = relay.as_mut() {
+                services.tick(d).await?;
+            }
+            for c in pool.retire(now, &mut router) {
+                reasm.remove(&c);
+                d.node.close_circuit(c);
+            }
+            pool.open(now, &mut open_ids);
+            for mut buf in packets.drain(..) {
+                let pkt = &buf[PAYLOAD_OFFSET..];
+                match router.route(now, &mut d.rng, pkt, &pool, &open_ids) {
+                    Route::Via(c) => {
+                        let len = buf.len() - PAYLOAD_OFFSET;
+                        clamp_mss(&mut buf[PAYLOAD_OFFSET..]);
+                        send_packet(d, now, Toward::Forward(c), buf, len, &mut frag).await;
+                        continue;
+                    }
+                    Route::NoExit(port) if !pool.demand(now, port) => {
+                        if refusal(pkt, &mut answer) {
+                            tun_tx.push(&answer).await;
                         }
                     }
-                    let exit = specs.last().map(|h| h.key).unwrap_or_default();
-                    let id = d
-                        .node
-                        .build_circuit(now, &mut d.rng, &specs, Service::Exit)
-                        .map_err(|e| anyhow::anyhow!("cannot build a circuit: {e}"))?;
-                    pool.building(now, id, exit, ports);
+                    Route::NoExit(_) | Route::Wait => {}
                 }
-                Err(e) => match want.port {
-                    Some(port) => {
-                        eprintln!("anonnet: no known exit accepts port {port}; refusing it for {} s ({e:#})", NO_EXIT_HOLD.as_secs());
-                        pool.no_exit(now, port);
-                    }
-                    None => {
-                        tracing::warn!("{e:#}");
-                        pool.build_failed(now);
-                    }
-                },
+                d.sockets.pool.put(buf);
             }
+            tun_tx.flush().await;
+            d.flush().await;
         }
-        if let Some(services) = relay.as_mut() {
-            services.tick(d).await?;
-        }
-        for c in pool.retire(now, &mut router) {
-            reasm.remove(&c);
-            d.node.close_circuit(c);
-        }
-        pool.open(now, &mut open_ids);
-        for mut buf in packets.drain(..) {
-            let pkt = &buf[PAYLOAD_OFFSET..];
-            match router.route(now, &mut d.rng, pkt, &pool, &open_ids) {
-                Route::Via(c) => {
-                    let len = buf.len() - PAYLOAD_OFFSET;
-                    clamp_mss(&mut buf[PAYLOAD_OFFSET..]);
-                    send_packet(d, now, Toward::Forward(c), buf, len, &mut frag).await;
-                    continue;
-                }
-                Route::NoExit(port) if !pool.demand(now, port) => {
-                    if refusal(pkt, &mut answer) {
-                        tun_tx.push(&answer).await;
-                    }
-                }
-                Route::NoExit(_) | Route::Wait => {}
-            }
-            d.sockets.pool.put(buf);
-        }
-        tun_tx.flush().await;
-        d.flush().await;
+        self.open = pool.ids().collect();
+        Ok(())
     }
-    let ids: Vec<CircuitId> = pool.ids().collect();
-    for c in ids {
-        d.node.close_circuit(c);
+
+    /// Closes the open circuits, removes the TUN device and everything `start` set
+    /// up in the kernel; returns what was removed.
+    pub async fn stop(mut self) -> Result<Vec<String>> {
+        for c in std::mem::take(&mut self.open) {
+            self.d.node.close_circuit(c);
+        }
+        self.d.flush().await;
+        drop(self.tun);
+        sys::client_down(&self.net.state_dir)
+            .await
+            .context("cleaning up")
     }
-    d.flush().await;
-    Ok(())
+}
+
+/// `anonnet up --config FILE`.
+pub async fn up(path: &Path) -> Result<ExitCode> {
+    let cfg = config::load_client(path)?;
+    let mut client = Client::start(&cfg).await?;
+    let result = client.run().await;
+    let cleaned = client.stop().await;
+    result?;
+    for line in cleaned? {
+        eprintln!("anonnet down: {line}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `anonnet down`: removes what `up` set up, as recorded in `state_dir`.

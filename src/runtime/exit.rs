@@ -90,7 +90,11 @@ impl ExitSide {
         }
     }
 
-    pub(crate) async fn run(&mut self, mut d: Driver, mut services: GatewayServices) -> Result<()> {
+    pub(crate) async fn run(
+        &mut self,
+        d: &mut Driver,
+        services: &mut GatewayServices,
+    ) -> Result<()> {
         let mut signals = Signals::new()?;
         let mut tun_rx = tun::spawn_reader(Arc::clone(&self.tun), d.sockets.pool.clone(), self.mtu);
         let mut tun_tx = TunWriter::new(Arc::clone(&self.tun));
@@ -110,7 +114,7 @@ impl ExitSide {
             }
             let now = Instant::now();
             for e in events.drain(..) {
-                let Some(e) = services.on_event(&mut d, e).await else {
+                let Some(e) = services.on_event(d, e).await else {
                     continue;
                 };
                 match e {
@@ -130,7 +134,7 @@ impl ExitSide {
                                     out[PAYLOAD_OFFSET..].copy_from_slice(&answer);
                                     let len = answer.len();
                                     send_packet(
-                                        &mut d,
+                                        d,
                                         now,
                                         Toward::Backward(circuit),
                                         out,
@@ -154,13 +158,11 @@ impl ExitSide {
                     Event::CircuitUp(_) | Event::CircuitDown(..) => {}
                 }
             }
-            services.tick(&mut d).await?;
+            services.tick(d).await?;
             for mut buf in packets.drain(..) {
                 let len = buf.len() - PAYLOAD_OFFSET;
                 match self.exit.from_tun(&mut buf[PAYLOAD_OFFSET..]) {
-                    Some(c) => {
-                        send_packet(&mut d, now, Toward::Backward(c), buf, len, &mut frag).await
-                    }
+                    Some(c) => send_packet(d, now, Toward::Backward(c), buf, len, &mut frag).await,
                     None => d.sockets.pool.put(buf),
                 }
             }
