@@ -1,4 +1,4 @@
-//! Property tests of the onion layer arithmetic (`src/onion.rs`): pure crypto, no Node.
+//! Property tests of the onion layer arithmetic (`src/proto/onion.rs`): pure crypto, no Node.
 
 use std::collections::HashSet;
 use std::time::Instant;

@@ -561,7 +561,7 @@ fn deterministic_transcript() {
     for (x, y) in a.0.iter().zip(&b.0) {
         assert_eq!(x, y, "transcripts diverge");
     }
-    // Fails while node.rs iterates `HashMap`s (random per-process hash seeds) in its
+    // Fails while the node iterates `HashMap`s (random per-process hash seeds) in its
     // timers: the order of keepalives and DESTROYs, and so the RNG draws and the
     // datagram order, then varies from run to run.
     assert_eq!(a.1, b.1, "stats differ");

@@ -4,7 +4,7 @@
 //! exchange IP packets in process, without sockets, the way the drivers move them:
 //! buffers come from a pool whose buffers hold a TUN packet at `PAYLOAD_OFFSET`, a
 //! "socket" copies each datagram into a fresh pool buffer and recycles the sent one,
-//! packets larger than a cell are fragmented and reassembled as in `daemon.rs`, and
+//! packets larger than a cell are fragmented and reassembled as in `runtime/packets.rs`, and
 //! the nodes' timers run on their 100 ms tick. After a warm-up that includes a full
 //! rekey of every hop and link, the global allocator is armed (counting per thread,
 //! through the `allocation-counter` dev-dependency: the crate forbids `unsafe_code`,
@@ -416,7 +416,7 @@ impl Net {
         }
     }
 
-    /// The exit's side (`daemon.rs` ExitSide::run): reassemble, check, apply the
+    /// The exit's side (`runtime/exit.rs` ExitSide::run): reassemble, check, apply the
     /// exit logic, and let the "internet" answer through the TUN path.
     fn at_exit(&mut self, circuit: CircuitId, payload: &mut [u8]) {
         let now = self.now;

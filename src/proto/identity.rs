@@ -10,7 +10,7 @@
 //! the public key.
 //!
 //! The same secret also yields the gateway's Ed25519 signing key
-//! ([`Identity::signing_key`]), which signs its descriptors (`src/descriptor.rs`). It is
+//! ([`Identity::signing_key`]), which signs its descriptors (`src/proto/descriptor.rs`). It is
 //! derived, not stored, so identity files keep one key and their format.
 //!
 //! Identity file format (TOML, so people can read it; the file itself, with its mode

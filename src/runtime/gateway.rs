@@ -72,7 +72,8 @@ impl Gateway {
         id: &Identity,
         exit: Option<&ExitSide>,
     ) -> Result<(Driver, GatewayServices)> {
-        let services = GatewayServices::new(cfg, id.clone(), exit)?;
+        let services =
+            GatewayServices::new(cfg, id.clone(), exit.map(|x| x.policy_summary.clone()))?;
         let node = Node::new(NodeConfig {
             exit: exit.is_some(),
             ..gateway_node_config(cfg, id, NodeConfig::default())

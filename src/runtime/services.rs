@@ -12,7 +12,6 @@ use crate::proto::identity::Identity;
 use crate::proto::wire::Service;
 use crate::runtime::directory::{unix_now, Crawl, Directory};
 use crate::runtime::driver::Driver;
-use crate::runtime::exit::ExitSide;
 use crate::sys;
 
 /// Resolves when the gateway services (if any) want a turn.
@@ -43,10 +42,12 @@ pub(crate) struct GatewayServices {
 }
 
 impl GatewayServices {
+    /// The services of a gateway config; `exit_policy` is the exit's policy summary
+    /// for the descriptor (`None`: not an exit).
     pub(crate) fn new(
         cfg: &config::GatewayConfig,
         id: Identity,
-        exit: Option<&ExitSide>,
+        exit_policy: Option<String>,
     ) -> Result<Self> {
         let disc = &cfg.discovery;
         let addrs = if disc.publish.is_empty() {
@@ -79,7 +80,7 @@ impl GatewayServices {
             id,
             addrs,
             (cfg.listen_ports.first, cfg.listen_ports.last),
-            exit.map(|x| x.policy_summary.clone()),
+            exit_policy,
             disc.share,
             disc.rate,
             disc.descriptor_lifetime_secs,
