@@ -135,33 +135,7 @@ impl Node {
                 Output::Consumed
             }
             Cmd::Keepalive => self.keep_spare(buf),
-            Cmd::RekeyAck if b.len == NK_MSG2_EMPTY => {
-                let hop = &mut own.hops[origin];
-                let Some(mut hs) = hop.hs.take() else {
-                    self.stats.dropped_protocol += 1;
-                    return Output::Recycle(buf);
-                };
-                let mut p = [0u8; 64];
-                let msg = &body[BODY_HEADER..BODY_HEADER + NK_MSG2_EMPTY];
-                if hs.read_message(msg, &mut p).is_err() {
-                    self.stats.dropped_auth += 1;
-                    return Output::Recycle(buf);
-                }
-                hop.rekey_sent = None;
-                let keys = &mut own.keys[origin];
-                let phase = !keys.current.phase;
-                keys.rotate(Generation::new(
-                    crypto::split(&mut hs),
-                    Side::Client,
-                    now,
-                    phase,
-                ));
-                self.stats.rekeys += 1;
-                // Confirm promptly so the hop switches its sending key too.
-                let out = self.send_cmd(now, rng, id, origin, Cmd::Keepalive, &[], buf);
-                self.push_output(out);
-                Output::Consumed
-            }
+            Cmd::RekeyAck if b.len == NK_MSG2_EMPTY => self.on_rekey_ack(now, rng, id, origin, buf),
             _ => {
                 self.stats.dropped_protocol += 1;
                 Output::Recycle(buf)
@@ -357,22 +331,7 @@ impl Node {
         for (id, reason) in down {
             self.close(id, reason);
         }
-        for (id, j) in rekey {
-            let Some(own) = self.own.get_mut(&id) else {
-                continue;
-            };
-            let hop = &mut own.hops[j];
-            let mut hs = crypto::noise_initiator(rng, &hop.spec.key);
-            let mut msg = [0u8; NK_MSG1_EMPTY];
-            if hs.write_message(&[], &mut msg).is_err() {
-                continue;
-            }
-            hop.hs = Some(hs);
-            hop.rekey_sent = Some(now);
-            let buf = self.spare.pop().unwrap_or_default();
-            let out = self.send_cmd(now, rng, id, j, Cmd::Rekey, &msg, buf);
-            self.push_output(out);
-        }
+        self.start_rekeys(now, rng, &rekey);
         for id in keepalive.drain(..) {
             let Some(target) = self.own.get(&id).map(|o| o.hops.len() - 1) else {
                 continue;

@@ -13,6 +13,7 @@
 
 mod circuit;
 mod link;
+mod rekey;
 mod relay;
 mod stats;
 

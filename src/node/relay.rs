@@ -199,47 +199,9 @@ impl Node {
                 return Output::Consumed;
             }
             Cmd::Rekey if body.len == NK_MSG1_EMPTY => {
-                if !self.take_token(now) {
+                if !self.answer_rekey(now, rng, id, &mut buf) {
                     return Output::Recycle(buf);
                 }
-                let Some(sk) = self.cfg.static_key else {
-                    return Output::Recycle(buf);
-                };
-                let msg = &buf
-                    [CELL_HEADER_LEN + BODY_HEADER..CELL_HEADER_LEN + BODY_HEADER + NK_MSG1_EMPTY];
-                let mut hs = crypto::noise_responder(rng, &sk);
-                let mut p = [0u8; 64];
-                if hs.read_message(msg, &mut p).is_err() {
-                    self.stats.dropped_auth += 1;
-                    return Output::Recycle(buf);
-                }
-                let mut e = [0u8; 32];
-                e.copy_from_slice(&msg[..32]);
-                if !self.remember_handshake(now, &e) {
-                    return Output::Recycle(buf);
-                }
-                let mut reply = [0u8; NK_MSG2_EMPTY];
-                if hs.write_message(&[], &mut reply).is_err() {
-                    return Output::Recycle(buf);
-                }
-                let Some(r) = self.relays.get_mut(&id) else {
-                    return Output::Recycle(buf);
-                };
-                let phase = !r.keys.current.phase;
-                r.keys.announce(Generation::new(
-                    crypto::split(&mut hs),
-                    Side::Gateway,
-                    now,
-                    phase,
-                ));
-                self.stats.rekeys += 1;
-                let b = &mut buf[CELL_HEADER_LEN..];
-                b[BODY_HEADER..BODY_HEADER + NK_MSG2_EMPTY].copy_from_slice(&reply);
-                Body {
-                    cmd: Cmd::RekeyAck,
-                    len: NK_MSG2_EMPTY,
-                }
-                .emit(b);
             }
             _ => {
                 self.stats.dropped_protocol += 1;
