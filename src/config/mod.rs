@@ -1,4 +1,5 @@
-//! Gateway and client configuration files (TOML).
+//! Gateway and client configuration files (TOML), and the identity files they name
+//! ([`identity_file`]).
 //!
 //! Parsing happens in two steps. First the file is deserialized into private "raw"
 //! structs (`deny_unknown_fields`), so syntax errors, unknown keys and wrong types
