@@ -207,6 +207,30 @@ pub struct Build {
     pub port: Option<u16>,
 }
 
+/// Paths drawn again at most when a path's exit is one to avoid: past that the known
+/// gateways offer too few other exits, and the last draw is taken.
+pub const EXIT_REDRAWS: usize = 4;
+
+impl Build {
+    /// A path for this build from `draw` (a fresh random path each call) whose exit
+    /// (`exit_of`) differs from the ones to avoid, where [`EXIT_REDRAWS`] more draws
+    /// find one.
+    pub fn choose<P, E>(
+        &self,
+        mut draw: impl FnMut() -> Result<P, E>,
+        exit_of: impl Fn(&P) -> Option<[u8; 32]>,
+    ) -> Result<P, E> {
+        let mut path = draw()?;
+        for _ in 0..EXIT_REDRAWS {
+            match exit_of(&path) {
+                Some(k) if self.avoid.contains(&k) => path = draw()?,
+                _ => break,
+            }
+        }
+        Ok(path)
+    }
+}
+
 /// The client's pool of circuits: which to build, which take new flows, which to
 /// retire. It keeps `target` fresh circuits (younger than `lifetime`), building one
 /// at a time, backing off after failures; a circuit past its lifetime takes no new

@@ -30,6 +30,8 @@
 //! Sans-IO: unix seconds (`now_unix`) for descriptor validity and [`Instant`]s for
 //! timeouts and rate limits are passed in, randomness comes from the caller's RNG.
 
+use std::time::Duration;
+
 use crate::proto::descriptor::MAX_DESCRIPTOR_LEN;
 
 mod crawler;
@@ -52,6 +54,12 @@ pub const GETS_PER_CIRCUIT: u8 = 1;
 pub const DEFAULT_PARALLEL: usize = 3;
 /// Peers a gateway asks per gossip round ([`Crawler::gossip`]).
 pub const GOSSIP_PEERS: u64 = 3;
+/// How often a gateway runs a gossip round.
+pub const GOSSIP_INTERVAL: Duration = Duration::from_secs(300);
+/// A query with no complete answer after this long is abandoned.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Descriptors a client's crawl asks of each gateway.
+pub const PER_QUERY: u8 = 64;
 
 #[cfg(test)]
 mod tests;

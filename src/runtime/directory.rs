@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 
 use crate::discovery::{
     CacheReport, Crawler, Message, Progress, Server, Session, Source, Store, StoreLimits,
+    PER_QUERY, QUERY_TIMEOUT,
 };
 use crate::node::{CircuitId, Event, HopSpec};
 use crate::proto::descriptor::{Descriptor, MAX_SUMMARY_LEN};
@@ -20,10 +21,6 @@ use crate::proto::identity::Identity;
 use crate::proto::wire::Service;
 use crate::runtime::driver::Driver;
 
-/// A query with no complete answer after this long is abandoned.
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Descriptors asked of each gateway.
-pub const PER_QUERY: u8 = 64;
 /// Name of the descriptor cache in a state directory.
 pub const CACHE_FILE: &str = "descriptors.cache";
 

@@ -142,18 +142,14 @@ impl Paths {
 }
 
 /// A path for `build` whose exit differs from the ones it avoids where the known
-/// gateways allow.
+/// gateways allow ([`Build::choose`]).
 pub(crate) fn path_for(
     paths: &mut Paths,
     rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
     build: &Build,
 ) -> Result<(Vec<HopSpec>, Option<PortSummary>)> {
-    let mut path = paths.next(rng, build.port)?;
-    for _ in 0..4 {
-        match path.0.last() {
-            Some(h) if build.avoid.contains(&h.key) => path = paths.next(rng, build.port)?,
-            _ => break,
-        }
-    }
-    Ok(path)
+    build.choose(
+        || paths.next(rng, build.port),
+        |(specs, _)| specs.last().map(|h| h.key),
+    )
 }

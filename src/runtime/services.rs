@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::config::{self};
+use crate::config;
+use crate::discovery::GOSSIP_INTERVAL;
 use crate::node::{Event, HopSpec};
 use crate::proto::descriptor::publishable;
 use crate::proto::identity::Identity;
@@ -26,9 +27,6 @@ pub(crate) async fn services_wake(services: Option<&mut GatewayServices>) {
 
 /// How often an idle gateway's loop wakes for its services.
 pub(crate) const SERVICES_TICK: Duration = Duration::from_millis(250);
-
-/// How often a gateway gossips with a few known peers.
-pub(crate) const GOSSIP_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What every gateway runs besides relaying: its descriptor and directory service,
 /// and gossip with other gateways.

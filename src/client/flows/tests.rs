@@ -319,3 +319,27 @@ fn a_port_no_open_exit_accepts_asks_for_a_circuit_or_is_refused() {
     assert_eq!(p.wants_build(t + NO_EXIT_HOLD), None, "answered by C");
     assert_eq!(r.route(t, &mut rng, &smtp, &p, &[A, C]), Route::Via(C));
 }
+
+#[test]
+fn choose_redraws_avoided_exits_a_bounded_number_of_times() {
+    let build = Build {
+        avoid: vec![[1; 32], [2; 32]],
+        port: None,
+    };
+    let exit = |p: &[u8; 32]| Some(*p);
+    let mut draws = vec![[1; 32], [2; 32], [3; 32], [4; 32]].into_iter();
+    let got: Result<_, ()> = build.choose(|| Ok(draws.next().unwrap()), exit);
+    assert_eq!(got, Ok([3; 32]));
+    let mut n = 0;
+    let got: Result<_, ()> = build.choose(
+        || {
+            n += 1;
+            Ok([1; 32])
+        },
+        exit,
+    );
+    assert_eq!(got, Ok([1; 32]));
+    assert_eq!(n, 1 + EXIT_REDRAWS);
+    let failed: Result<[u8; 32], &str> = build.choose(|| Err("no path"), exit);
+    assert_eq!(failed, Err("no path"));
+}
