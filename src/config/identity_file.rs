@@ -61,7 +61,7 @@ pub fn write(id: &Identity, path: &Path, force: bool) -> Result<(), IdentityErro
     Ok(())
 }
 
-/// Read an identity file written by [`write`].
+/// Reads an identity file written by [`write()`].
 ///
 /// Rejects files that group or others may access, as ssh does for private keys.
 pub fn read(path: &Path) -> Result<Identity, IdentityError> {

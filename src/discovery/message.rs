@@ -31,7 +31,7 @@ pub enum Message<'a> {
         max: u8,
     },
     /// Gateway → requester: one signed descriptor, as encoded by
-    /// [`Descriptor::sign`] (not verified by [`Message::parse`]).
+    /// [`Descriptor::sign`](crate::proto::descriptor::Descriptor::sign) (not verified by [`Message::parse`]).
     Desc(&'a [u8]),
     /// Gateway → requester: the answer is complete; `sent` descriptors were sent.
     End {

@@ -1,7 +1,7 @@
 //! Peer-to-peer discovery (`docs/PROTOCOL.md` §11): how clients and gateways learn the
 //! network without a central directory.
 //!
-//! Every gateway publishes a self-signed [`Descriptor`] and keeps a [`Store`] of the
+//! Every gateway publishes a self-signed [`Descriptor`](crate::proto::descriptor::Descriptor) and keeps a [`Store`] of the
 //! descriptors it knows. A requester builds a one-hop circuit to a gateway with the
 //! DIRECTORY service and sends one [`Message::Get`]; the gateway's [`Server`] answers
 //! with a random sample of its store ([`Message::Desc`] each, then [`Message::End`]) or
@@ -27,7 +27,7 @@
 //! addresses of both claims: whichever claim is false, the gateway's answer settles
 //! the contest, so a forger who claims a key first cannot hide the gateway.
 //!
-//! Sans-IO: unix seconds (`now_unix`) for descriptor validity and [`Instant`]s for
+//! Sans-IO: unix seconds (`now_unix`) for descriptor validity and [`Instant`](std::time::Instant)s for
 //! timeouts and rate limits are passed in, randomness comes from the caller's RNG.
 
 use std::time::Duration;

@@ -422,7 +422,7 @@ impl Driver {
 
     /// As [`Driver::step`], also waking for items on `extra` (e.g. packets read
     /// from a TUN device), which are appended to `got` for the caller to process;
-    /// at most [`BATCH`] per call. Returns false once `extra` is closed.
+    /// at most `BATCH` per call. Returns false once `extra` is closed.
     pub async fn step_with<T>(
         &mut self,
         events: &mut Vec<Event>,
