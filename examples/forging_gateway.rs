@@ -35,12 +35,13 @@ use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use anonnet::config::identity_file;
+use anonnet::discovery::{Crawl, Directory, DirectorySettings};
 use anonnet::discovery::{Message, Source};
 use anonnet::node::{Event, HopSpec, Node, NodeConfig};
 use anonnet::proto::descriptor::Descriptor;
 use anonnet::proto::identity::{Identity, PublicKey};
 use anonnet::proto::wire::{Service, PAYLOAD_OFFSET};
-use anonnet::runtime::directory::{unix_now, Crawl, Directory};
+use anonnet::runtime::directory::{crawl_advance, crawl_event, unix_now};
 use anonnet::runtime::driver::Driver;
 
 struct Args {
@@ -217,12 +218,15 @@ async fn main() -> Result<()> {
     let id = identity_file::read(&args.identity)?;
     let mut dir = Directory::new(
         id.clone(),
-        args.listen.clone(),
-        (args.port, args.port),
-        None,
-        true,
-        100,
-        10_800,
+        DirectorySettings {
+            addrs: args.listen.clone(),
+            ports: (args.port, args.port),
+            exit_summary: None,
+            share: true,
+            rate: 100,
+            lifetime: 10_800,
+        },
+        unix_now(),
     )?;
     let node = Node::new(NodeConfig {
         static_key: Some(*id.secret()),
@@ -259,7 +263,7 @@ async fn main() -> Result<()> {
         }
         for e in events.drain(..) {
             let e = match gossip.as_mut() {
-                Some(g) => match g.on_event(&mut d, &mut dir.store, e).await {
+                Some(g) => match crawl_event(&mut d, g, &mut dir.store, e).await {
                     Some(e) => e,
                     None => continue,
                 },
@@ -292,7 +296,7 @@ async fn main() -> Result<()> {
                 _ => {}
             }
         }
-        dir.tick()?;
+        dir.tick(unix_now())?;
         // Gossip with the bootstrap gateway (publishing our own descriptor) until it
         // has told us of `want` other gateways.
         let known = dir
@@ -305,7 +309,7 @@ async fn main() -> Result<()> {
             next_gossip = Instant::now() + Duration::from_secs(1);
         }
         if let Some(g) = gossip.as_mut() {
-            g.advance(&mut d, &dir.store).await;
+            crawl_advance(&mut d, g, &dir.store).await;
             if g.done(&dir.store) {
                 gossip = None;
             }

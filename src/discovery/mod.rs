@@ -34,12 +34,16 @@ use std::time::Duration;
 
 use crate::proto::descriptor::MAX_DESCRIPTOR_LEN;
 
+mod crawl;
 mod crawler;
+mod directory;
 mod message;
 mod server;
 mod store;
 
+pub use self::crawl::Crawl;
 pub use self::crawler::{CrawlStats, Crawler, Progress};
+pub use self::directory::{Directory, DirectoryError, DirectorySettings};
 pub use self::message::{Message, MessageError};
 pub use self::server::{RefuseReason, Reply, Server, ServerStats, Session};
 pub use self::store::*;
@@ -60,6 +64,13 @@ pub const GOSSIP_INTERVAL: Duration = Duration::from_secs(300);
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Descriptors a client's crawl asks of each gateway.
 pub const PER_QUERY: u8 = 64;
+
+/// What discovery hands its driver: datagrams to send, and buffers it is done with.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub transmits: Vec<crate::node::Transmit>,
+    pub spent: Vec<Vec<u8>>,
+}
 
 #[cfg(test)]
 mod tests;

@@ -7,11 +7,12 @@ use anyhow::Result;
 
 use crate::config;
 use crate::discovery::GOSSIP_INTERVAL;
+use crate::discovery::{Crawl, Directory, DirectorySettings};
 use crate::node::{Event, HopSpec};
 use crate::proto::descriptor::publishable;
 use crate::proto::identity::Identity;
 use crate::proto::wire::Service;
-use crate::runtime::directory::{unix_now, Crawl, Directory};
+use crate::runtime::directory::{crawl_advance, crawl_event, directory_request, unix_now};
 use crate::runtime::driver::Driver;
 use crate::sys;
 
@@ -76,12 +77,15 @@ impl GatewayServices {
         }
         let dir = Directory::new(
             id,
-            addrs,
-            (cfg.listen_ports.first, cfg.listen_ports.last),
-            exit_policy,
-            disc.share,
-            disc.rate,
-            disc.descriptor_lifetime_secs,
+            DirectorySettings {
+                addrs,
+                ports: (cfg.listen_ports.first, cfg.listen_ports.last),
+                exit_summary: exit_policy,
+                share: disc.share,
+                rate: disc.rate,
+                lifetime: disc.descriptor_lifetime_secs,
+            },
+            unix_now(),
         )?;
         let bootstrap = disc
             .bootstrap
@@ -102,7 +106,7 @@ impl GatewayServices {
 
     pub(crate) async fn on_event(&mut self, d: &mut Driver, e: Event) -> Option<Event> {
         let e = match self.gossip.as_mut() {
-            Some(g) => g.on_event(d, &mut self.dir.store, e).await?,
+            Some(g) => crawl_event(d, g, &mut self.dir.store, e).await?,
             None => e,
         };
         match e {
@@ -112,7 +116,7 @@ impl GatewayServices {
                 buf,
                 range,
             } => {
-                self.dir.on_request(d, circuit, &buf[range]).await;
+                directory_request(d, &mut self.dir, circuit, &buf[range]).await;
                 d.sockets.pool.put(buf);
                 None
             }
@@ -125,7 +129,7 @@ impl GatewayServices {
     }
 
     pub(crate) async fn tick(&mut self, d: &mut Driver) -> Result<()> {
-        self.dir.tick()?;
+        self.dir.tick(unix_now())?;
         let now = Instant::now();
         if self.gossip.is_none() && now >= self.next_gossip {
             self.gossip = Some(Crawl::gossip(
@@ -135,7 +139,7 @@ impl GatewayServices {
             self.next_gossip = now + GOSSIP_INTERVAL;
         }
         if let Some(g) = self.gossip.as_mut() {
-            g.advance(d, &self.dir.store).await;
+            crawl_advance(d, g, &self.dir.store).await;
             if g.done(&self.dir.store) {
                 self.gossip = None;
                 self.dir.store.expire(unix_now());
