@@ -10,10 +10,12 @@ use std::time::Instant;
 
 use rand_core::{CryptoRng, RngCore};
 
+use super::crawler::{CrawlStats, Crawler, Progress, PER_QUERY, QUERY_TIMEOUT};
+use super::message::Message;
+use super::outbox::Outbox;
+use super::store::Store;
 use crate::node::{CircuitId, Event, HopSpec, Node};
 use crate::proto::wire::Service;
-
-use super::*;
 
 /// One crawl in progress: bootstrap queries first, then whom the crawler picks.
 pub struct Crawl {

@@ -5,9 +5,20 @@ use std::time::{Duration, Instant};
 
 use rand_core::{CryptoRng, RngCore};
 
+use super::message::{Message, MAX_GET};
+use super::store::{Answer, Entry, Inserted, Rejected, Source, Store};
 use crate::proto::crypto::below;
 
-use super::*;
+/// Outstanding queries a [`Crawler`] allows unless told otherwise.
+pub const DEFAULT_PARALLEL: usize = 3;
+/// Peers a gateway asks per gossip round ([`Crawler::gossip`]).
+pub const GOSSIP_PEERS: u64 = 3;
+/// How often a gateway runs a gossip round.
+pub const GOSSIP_INTERVAL: Duration = Duration::from_secs(300);
+/// A query with no complete answer after this long is abandoned.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Descriptors a client's crawl asks of each gateway.
+pub const PER_QUERY: u8 = 64;
 
 /// Random draws tried when picking a gateway to ask before falling back to a scan.
 const DRAWS: usize = 32;

@@ -10,12 +10,13 @@ use std::time::Instant;
 use rand_core::{CryptoRng, RngCore};
 use thiserror::Error;
 
+use super::outbox::Outbox;
+use super::server::{Server, Session};
+use super::store::{Rejected, Source, Store, StoreLimits};
 use crate::node::{CircuitId, Node};
 use crate::proto::descriptor::{Descriptor, DescriptorError, MAX_SUMMARY_LEN};
 use crate::proto::identity::Identity;
 use crate::proto::wire::PAYLOAD_OFFSET;
-
-use super::*;
 
 /// Why a gateway's own descriptor cannot be published.
 #[derive(Debug, Error)]

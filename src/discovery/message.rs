@@ -4,7 +4,10 @@ use thiserror::Error;
 
 use crate::proto::descriptor::{MAX_DESCRIPTOR_LEN, MIN_DESCRIPTOR_LEN};
 
-use super::*;
+/// Most descriptors one [`Message::Get`] may ask for.
+pub const MAX_GET: u8 = 64;
+/// Longest discovery message: a [`Message::Desc`] of the largest descriptor.
+pub const MAX_MESSAGE_LEN: usize = 1 + MAX_DESCRIPTOR_LEN;
 
 const TYPE_GET: u8 = 1;
 const TYPE_DESC: u8 = 2;

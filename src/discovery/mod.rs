@@ -30,47 +30,24 @@
 //! Sans-IO: unix seconds (`now_unix`) for descriptor validity and [`Instant`](std::time::Instant)s for
 //! timeouts and rate limits are passed in, randomness comes from the caller's RNG.
 
-use std::time::Duration;
-
-use crate::proto::descriptor::MAX_DESCRIPTOR_LEN;
-
 mod crawl;
 mod crawler;
 mod directory;
 mod message;
+mod outbox;
 mod server;
 mod store;
 
 pub use self::crawl::Crawl;
-pub use self::crawler::{CrawlStats, Crawler, Progress};
+pub use self::crawler::{
+    CrawlStats, Crawler, Progress, DEFAULT_PARALLEL, GOSSIP_INTERVAL, GOSSIP_PEERS, PER_QUERY,
+    QUERY_TIMEOUT,
+};
 pub use self::directory::{Directory, DirectoryError, DirectorySettings};
-pub use self::message::{Message, MessageError};
-pub use self::server::{RefuseReason, Reply, Server, ServerStats, Session};
+pub use self::message::{Message, MessageError, MAX_GET, MAX_MESSAGE_LEN};
+pub use self::outbox::Outbox;
+pub use self::server::{RefuseReason, Reply, Server, ServerStats, Session, GETS_PER_CIRCUIT};
 pub use self::store::*;
-
-/// Most descriptors one [`Message::Get`] may ask for.
-pub const MAX_GET: u8 = 64;
-/// Longest discovery message: a [`Message::Desc`] of the largest descriptor.
-pub const MAX_MESSAGE_LEN: usize = 1 + MAX_DESCRIPTOR_LEN;
-/// [`Message::Get`]s a [`Server`] answers on one circuit; later ones are refused.
-pub const GETS_PER_CIRCUIT: u8 = 1;
-/// Outstanding queries a [`Crawler`] allows unless told otherwise.
-pub const DEFAULT_PARALLEL: usize = 3;
-/// Peers a gateway asks per gossip round ([`Crawler::gossip`]).
-pub const GOSSIP_PEERS: u64 = 3;
-/// How often a gateway runs a gossip round.
-pub const GOSSIP_INTERVAL: Duration = Duration::from_secs(300);
-/// A query with no complete answer after this long is abandoned.
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Descriptors a client's crawl asks of each gateway.
-pub const PER_QUERY: u8 = 64;
-
-/// What discovery hands its driver: datagrams to send, and buffers it is done with.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    pub transmits: Vec<crate::node::Transmit>,
-    pub spent: Vec<Vec<u8>>,
-}
 
 #[cfg(test)]
 mod tests;

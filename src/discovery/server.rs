@@ -4,9 +4,12 @@ use std::time::Instant;
 
 use rand_core::{CryptoRng, RngCore};
 
+use super::message::{Message, MAX_GET};
+use super::store::{sample_indices, Source, Store};
 use crate::exit::limits::TokenBucket;
 
-use super::*;
+/// [`Message::Get`]s a [`Server`] answers on one circuit; later ones are refused.
+pub const GETS_PER_CIRCUIT: u8 = 1;
 
 /// Why a [`Server`] refused a `Get`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +126,7 @@ impl Server {
     }
 
     /// Handles one request payload received on the circuit of `session` and pushes
-    /// the response payloads (each at most [`MAX_MESSAGE_LEN`] bytes) onto `out`.
+    /// the response payloads (each at most [`MAX_MESSAGE_LEN`](super::MAX_MESSAGE_LEN) bytes) onto `out`.
     pub fn handle(
         &mut self,
         now: Instant,
