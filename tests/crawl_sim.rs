@@ -185,8 +185,11 @@ fn a_crawl_learns_the_network_from_one_bootstrap_gateway() {
         let mut out = Outbox::default();
         let c = &mut net.peers[0];
         while let Some(e) = c.node.poll_event() {
+            let claimed = crawl.claims(&e);
             let unclaimed =
                 crawl.on_event(now, unix, &mut c.rng, &mut c.node, &mut store, e, &mut out);
+            // `claims` tells a driver beforehand what `on_event` takes.
+            assert_eq!(claimed, unclaimed.is_none(), "{unclaimed:?}");
             // What the crawl closed itself comes back as `Closed`, for the driver.
             assert!(
                 matches!(

@@ -8,8 +8,8 @@ use crate::proto::wire::MAX_PAYLOAD;
 
 /// TCP MSS that keeps a segment in one cell: the cell payload less the IPv4 (20)
 /// or IPv6 (40) header and the TCP header (20).
-pub const MSS_V4: u16 = (MAX_PAYLOAD - 40) as u16;
-pub const MSS_V6: u16 = (MAX_PAYLOAD - 60) as u16;
+const MSS_V4: u16 = (MAX_PAYLOAD - 40) as u16;
+const MSS_V6: u16 = (MAX_PAYLOAD - 60) as u16;
 
 /// Lowers the MSS of a TCP SYN (either direction) so that segments fit in one cell.
 pub fn clamp_mss(pkt: &mut [u8]) {

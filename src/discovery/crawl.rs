@@ -130,6 +130,17 @@ impl Crawl {
         node.close_circuit(id);
     }
 
+    /// Whether an event is about one of the crawl's circuits, so that a driver
+    /// passes every other event (the data path's) on without more work.
+    #[must_use]
+    pub fn claims(&self, e: &Event) -> bool {
+        match e {
+            Event::CircuitUp(id) | Event::CircuitDown(id, _) => self.open.contains_key(id),
+            Event::Data { circuit, .. } => self.open.contains_key(circuit),
+            Event::ServiceData { .. } | Event::ServiceClosed(..) => false,
+        }
+    }
+
     /// Handles an event if it belongs to one of the crawl's circuits (what is to be
     /// sent, and the buffers spent, go to `out`); otherwise hands it back.
     #[allow(clippy::too_many_arguments)]

@@ -88,6 +88,9 @@ pub async fn crawl_event(
     store: &mut Store,
     e: Event,
 ) -> Option<Event> {
+    if !crawl.claims(&e) {
+        return Some(e);
+    }
     let mut out = Outbox::default();
     let e = crawl.on_event(
         Instant::now(),
