@@ -91,8 +91,8 @@ pub(crate) struct PoolSettings {
 /// host's traffic into the tunnel (with its kill switch).
 ///
 /// [`Client::start`] sets it all up and returns only once the first circuit is up
-/// and traffic is routed; [`Client::run`] moves packets until SIGINT or SIGTERM;
-/// [`Client::stop`] closes the circuits and removes everything `start` set up.
+/// and traffic is routed; [`Client::run`] moves packets until SIGINT or SIGTERM and
+/// then closes its circuits; [`Client::stop`] removes everything `start` set up.
 pub struct Client {
     d: Driver,
     tun: Arc<AsyncDevice>,
@@ -103,8 +103,6 @@ pub struct Client {
     first: (CircuitId, [u8; 32], Option<PortSummary>),
     settings: PoolSettings,
     relay: Option<GatewayServices>,
-    /// The circuits open when `run` ended, closed by `stop`.
-    open: Vec<CircuitId>,
 }
 
 impl Client {
@@ -182,12 +180,12 @@ impl Client {
                 isolation: cfg.isolation,
             },
             relay: relay.map(|(_, services, _)| services),
-            open: Vec::new(),
         })
     }
 
     /// Moves packets between the TUN device and circuits, keeps the pool of
-    /// circuits filled, and serves mixed mode's relay, until SIGINT or SIGTERM.
+    /// circuits filled, and serves mixed mode's relay, until SIGINT or SIGTERM; then
+    /// closes its circuits.
     pub async fn run(&mut self) -> Result<()> {
         let Self {
             d,
@@ -197,7 +195,6 @@ impl Client {
             first,
             settings,
             relay,
-            ..
         } = self;
         let mut signals = Signals::new()?;
         let mut tun_rx =
@@ -324,17 +321,17 @@ impl Client {
             tun_tx.flush().await;
             d.flush().await;
         }
-        self.open = pool.ids().collect();
+        let ids: Vec<CircuitId> = pool.ids().collect();
+        for c in ids {
+            d.node.close_circuit(c);
+        }
+        d.flush().await;
         Ok(())
     }
 
-    /// Closes the open circuits, removes the TUN device and everything `start` set
-    /// up in the kernel; returns what was removed.
-    pub async fn stop(mut self) -> Result<Vec<String>> {
-        for c in std::mem::take(&mut self.open) {
-            self.d.node.close_circuit(c);
-        }
-        self.d.flush().await;
+    /// Removes the TUN device and everything `start` set up in the kernel; returns
+    /// what was removed.
+    pub async fn stop(self) -> Result<Vec<String>> {
         drop(self.tun);
         sys::client_down(&self.net.state_dir)
             .await
