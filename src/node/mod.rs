@@ -342,13 +342,14 @@ fn random_nonzero(rng: &mut impl RngCore) -> u32 {
     }
 }
 
+/// XORs the masked bytes of a CELL with the mask of its sample (PROTOCOL §2, CELL).
 fn mask_header(key: &[u8; KEY_LEN], buf: &mut [u8]) {
-    let mut sample = [0u8; 16];
+    let mut sample = [0u8; crypto::SAMPLE_LEN];
     sample.copy_from_slice(&buf[CELL_SAMPLE]);
-    let block = u32::from_le_bytes([sample[0], sample[1], sample[2], sample[3]]);
-    let mut nonce = [0u8; 12];
-    nonce.copy_from_slice(&sample[4..]);
-    crypto::keystream_xor(key, &nonce, block, &mut buf[CELL_MASKED]);
+    let mask = crypto::header_mask(key, &sample);
+    for (b, m) in buf[CELL_MASKED].iter_mut().zip(mask) {
+        *b ^= m;
+    }
 }
 
 impl Node {

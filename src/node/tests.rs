@@ -13,3 +13,164 @@ fn a_relayed_circuit_stays_small() {
     assert!(std::mem::size_of::<Relay>() <= 1440);
     assert!(std::mem::size_of::<Entry>() <= 16);
 }
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use crate::proto::identity::Identity;
+
+/// Nodes that hand each other every datagram at once, on one fixed clock.
+struct Mini {
+    now: Instant,
+    nodes: Vec<(SocketAddr, Node, ChaCha20Rng)>,
+}
+
+impl Mini {
+    /// One client (node 0) and `gateways` gateways (nodes 1..), whose specs are returned.
+    fn new(gateways: usize) -> (Self, Vec<HopSpec>) {
+        let mut rng = ChaCha20Rng::seed_from_u64(23);
+        let client = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)), 9000);
+        let mut nodes = vec![(
+            client,
+            Node::new(NodeConfig::default()),
+            ChaCha20Rng::seed_from_u64(rng.next_u64()),
+        )];
+        let mut specs = Vec::new();
+        for i in 0..gateways {
+            let id = Identity::generate(&mut rng);
+            let last = u8::try_from(i + 1).expect("few gateways");
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)), 9000);
+            let cfg = NodeConfig {
+                static_key: Some(*id.secret()),
+                echo: true,
+                ..NodeConfig::default()
+            };
+            nodes.push((
+                addr,
+                Node::new(cfg),
+                ChaCha20Rng::seed_from_u64(rng.next_u64()),
+            ));
+            specs.push(HopSpec {
+                addr,
+                key: id.public().0,
+            });
+        }
+        let now = Instant::now();
+        (Self { now, nodes }, specs)
+    }
+
+    /// Delivers `t` from node `from` and everything it causes, until nothing is left.
+    fn deliver(&mut self, from: usize, t: Transmit) {
+        let mut queue = VecDeque::from([(self.nodes[from].0, t)]);
+        while let Some((src, t)) = queue.pop_front() {
+            let Some(i) = self.nodes.iter().position(|n| n.0 == t.dst) else {
+                continue;
+            };
+            let (addr, node, rng) = &mut self.nodes[i];
+            if let Output::Transmit(out) =
+                node.handle_datagram(self.now, rng, Some(t.dst), src, t.buf)
+            {
+                queue.push_back((*addr, out));
+            }
+            while let Some(out) = node.poll_transmit() {
+                queue.push_back((*addr, out));
+            }
+        }
+    }
+
+    /// Sends what node `i` has queued and everything it causes.
+    fn flush(&mut self, i: usize) {
+        while let Some(t) = self.nodes[i].1.poll_transmit() {
+            self.deliver(i, t);
+        }
+    }
+
+    /// Whether the client received `payload` on a circuit.
+    fn client_got(&mut self, payload: &[u8]) -> bool {
+        std::iter::from_fn(|| self.nodes[0].1.poll_event())
+            .any(|e| matches!(e, Event::Data { buf, range, .. } if buf.get(range.clone()) == Some(payload)))
+    }
+
+    /// A circuit of the client through `path` to the echo service, up.
+    fn circuit(&mut self, path: &[HopSpec]) -> CircuitId {
+        let (_, client, rng) = &mut self.nodes[0];
+        let id = client
+            .build_circuit(self.now, rng, path, Service::Echo)
+            .expect("build");
+        self.flush(0);
+        assert!(self.nodes[0].1.is_up(id), "circuit up");
+        id
+    }
+}
+
+/// An RNG that returns only 0xFF bytes (a client's filler slots may hold anything).
+struct AllOnes;
+
+impl RngCore for AllOnes {
+    fn next_u32(&mut self) -> u32 {
+        u32::MAX
+    }
+    fn next_u64(&mut self) -> u64 {
+        u64::MAX
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        dest.fill(0xFF);
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        dest.fill(0xFF);
+        Ok(())
+    }
+}
+
+impl CryptoRng for AllOnes {}
+
+/// The client's own send path masks a cell whose sample is all 0xFF (its filler
+/// slots came from the RNG): the mask's block counter is 0xFFFF_FFFF.
+#[test]
+fn a_client_masks_a_cell_whose_sample_is_all_ones() {
+    let (mut net, specs) = Mini::new(1);
+    let id = net.circuit(&specs);
+    let t = net.nodes[0]
+        .1
+        .send_payload(net.now, &mut AllOnes, id, b"ping")
+        .expect("send");
+    assert_eq!(&t.buf[CELL_SAMPLE], &[0xFF; 16]);
+    let before = net.nodes[1].1.stats().rx_datagrams;
+    net.deliver(0, t);
+    assert_eq!(net.nodes[1].1.stats().rx_datagrams, before + 1);
+    let echoed = net.client_got(b"ping");
+    assert!(echoed, "the gateway unmasked the cell and echoed it");
+}
+
+/// A client chooses slot 1 at its entry's output: it writes slot 2 as the value it
+/// wants XOR the entry's slot keystream, which it knows. The entry then masks its
+/// forwarded cell with block counter 0xFFFF_FFFF, which used to panic it.
+#[test]
+fn a_relay_forwards_a_cell_whose_output_sample_the_client_chose() {
+    let (mut net, specs) = Mini::new(2);
+    let id = net.circuit(&specs);
+    let (_, client, rng) = &mut net.nodes[0];
+    let mut t = client
+        .send_payload(net.now, rng, id, b"ping")
+        .expect("send");
+    let own = &client.own[&id];
+    let keys = client.links[&own.first.0].keys.as_ref().expect("link up");
+    let mut clear = t.buf.clone();
+    mask_header(&keys.send_mask, &mut clear);
+    let (ctr0, _) = onion::read_slot0(&clear[CELL_SLOTS]);
+    let ks = own.keys[0].current.seal_keystream(ctr0);
+    let slot2 = CELL_SLOTS.start + 2 * wire::SLOT_LEN;
+    for i in 0..16 {
+        t.buf[slot2 + i] = 0xFF ^ ks[wire::SLOT_LEN + i];
+    }
+    net.deliver(0, t);
+    assert_eq!(
+        net.nodes[2].1.stats().rx_datagrams,
+        3,
+        "LINK_INIT, BUILD, the cell"
+    );
+    let echoed = net.client_got(b"ping");
+    assert!(echoed, "the middle opened the forwarded cell and echoed it");
+}

@@ -4,14 +4,17 @@
 //!   ever used for two things.
 //! - [`AeadKey`]: ChaCha20-Poly1305 (ring) with the explicit 64-bit counter nonce of
 //!   `docs/PROTOCOL.md` §1, sealing and opening in place with a detached tag.
-//! - [`keystream`]: raw ChaCha20 for header masks and slot keystreams.
+//! - [`header_mask`]: one ChaCha20 block at any counter, for the link header mask.
+//! - [`keystream`]: raw ChaCha20 from block 0, for slot and build keystreams.
 //! - [`noise_initiator`] / [`noise_responder`]: `Noise_NK_25519_ChaChaPoly_BLAKE2s`
 //!   handshake states whose ephemeral keys come from the caller's RNG, so the core stays
 //!   deterministic under a seeded RNG.
 
 use blake2::digest::{FixedOutput, KeyInit, Update};
 use blake2::Blake2sMac256;
-use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use chacha20::cipher::consts::U10;
+use chacha20::cipher::{Block, KeyIvInit, StreamCipher, StreamCipherCore, StreamCipherSeekCore};
+use chacha20::ChaChaCore;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{CryptoRng, RngCore};
@@ -95,17 +98,34 @@ impl std::fmt::Debug for AeadKey {
     }
 }
 
-/// XORs `data` with ChaCha20(key, nonce) starting at block `block`.
-pub fn keystream_xor(key: &[u8; KEY_LEN], nonce: &[u8; 12], block: u32, data: &mut [u8]) {
-    let mut c = chacha20::ChaCha20::new(key.into(), nonce.into());
-    c.seek(u64::from(block) * 64);
-    c.apply_keystream(data);
+/// Length of the sample a header mask is derived from.
+pub const SAMPLE_LEN: usize = 16;
+
+/// The header mask for `sample` (`docs/PROTOCOL.md` §2, CELL): the ChaCha20 block
+/// (RFC 8439 §2.3) for `key`, block counter = u32 little-endian of `sample[0..4]` and
+/// nonce = `sample[4..16]`.
+///
+/// The block function is computed directly rather than through a stream cipher
+/// seeked to that block: a stream cipher refuses the last block (counter
+/// 0xFFFF_FFFF) because no keystream follows it, and the sample is chosen by whoever
+/// wrote the cell's slot 1, so every counter value must give a mask.
+#[must_use]
+pub fn header_mask(key: &[u8; KEY_LEN], sample: &[u8; SAMPLE_LEN]) -> [u8; 64] {
+    let (counter, nonce) = sample.split_at(4);
+    let counter = u32::from_le_bytes([counter[0], counter[1], counter[2], counter[3]]);
+    let mut core = ChaChaCore::<U10>::new(key.into(), nonce.into());
+    core.set_block_pos(counter);
+    let mut block = Block::<ChaChaCore<U10>>::default();
+    core.write_keystream_block(&mut block);
+    block.into()
 }
 
-/// Fills `out` with ChaCha20(key, nonce) keystream from block 0.
+/// Fills `out` with ChaCha20(key, nonce) keystream from block 0. Every caller asks
+/// for a fixed size of at most one BUILD message (1,152 bytes), far inside the
+/// 256 GiB that one nonce's keystream covers.
 pub fn keystream(key: &[u8; KEY_LEN], nonce: &[u8; 12], out: &mut [u8]) {
     out.fill(0);
-    keystream_xor(key, nonce, 0, out);
+    chacha20::ChaCha20::new(key.into(), nonce.into()).apply_keystream(out);
 }
 
 /// A snow resolver whose RNG is a ChaCha20 stream seeded by the caller, so handshakes
@@ -244,15 +264,105 @@ mod tests {
         assert_eq!(&t1[..], t2.as_ref());
     }
 
+    /// The ChaCha20 block function as RFC 8439 §2.3 writes it, word by word, with the
+    /// counter as a plain 32-bit word: the reference the mask is checked against.
+    fn rfc8439_block(key: &[u8; 32], counter: u32, nonce: &[u8; 12]) -> [u8; 64] {
+        fn qr(s: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize) {
+            s[a] = s[a].wrapping_add(s[b]);
+            s[d] = (s[d] ^ s[a]).rotate_left(16);
+            s[c] = s[c].wrapping_add(s[d]);
+            s[b] = (s[b] ^ s[c]).rotate_left(12);
+            s[a] = s[a].wrapping_add(s[b]);
+            s[d] = (s[d] ^ s[a]).rotate_left(8);
+            s[c] = s[c].wrapping_add(s[d]);
+            s[b] = (s[b] ^ s[c]).rotate_left(7);
+        }
+        let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let mut init = [0u32; 16];
+        init[..4].copy_from_slice(&[0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574]);
+        for i in 0..8 {
+            init[4 + i] = word(&key[4 * i..]);
+        }
+        init[12] = counter;
+        for i in 0..3 {
+            init[13 + i] = word(&nonce[4 * i..]);
+        }
+        let mut s = init;
+        for _ in 0..10 {
+            qr(&mut s, 0, 4, 8, 12);
+            qr(&mut s, 1, 5, 9, 13);
+            qr(&mut s, 2, 6, 10, 14);
+            qr(&mut s, 3, 7, 11, 15);
+            qr(&mut s, 0, 5, 10, 15);
+            qr(&mut s, 1, 6, 11, 12);
+            qr(&mut s, 2, 7, 8, 13);
+            qr(&mut s, 3, 4, 9, 14);
+        }
+        let mut out = [0u8; 64];
+        for i in 0..16 {
+            out[4 * i..4 * i + 4].copy_from_slice(&s[i].wrapping_add(init[i]).to_le_bytes());
+        }
+        out
+    }
+
+    fn sample(counter: u32, nonce: &[u8; 12]) -> [u8; SAMPLE_LEN] {
+        let mut s = [0u8; SAMPLE_LEN];
+        s[..4].copy_from_slice(&counter.to_le_bytes());
+        s[4..].copy_from_slice(nonce);
+        s
+    }
+
     #[test]
-    fn keystream_matches_rfc8439_block() {
-        // RFC 8439 §2.4.2 test vector, first bytes of the keystream (counter 1).
+    fn header_mask_is_the_rfc8439_test_vector() {
+        // RFC 8439 §2.3.2: key 00..1f, nonce 00:00:00:09:00:00:00:4a:00:00:00:00,
+        // block counter 1.
         let key: [u8; 32] = core::array::from_fn(|i| i as u8);
-        let nonce = [0, 0, 0, 0, 0, 0, 0, 0x4a, 0, 0, 0, 0];
-        let mut out = [0u8; 4];
-        keystream_xor(&key, &nonce, 1, &mut out);
-        // "Ladies and Gentlemen..." ciphertext 6e 2e 35 9a XOR plaintext 4c 61 64 69.
-        assert_eq!(out, [0x6e ^ 0x4c, 0x2e ^ 0x61, 0x35 ^ 0x64, 0x9a ^ 0x69]);
+        let nonce = [0, 0, 0, 0x09, 0, 0, 0, 0x4a, 0, 0, 0, 0];
+        let expected = [
+            0x10, 0xf1, 0xe7, 0xe4, 0xd1, 0x3b, 0x59, 0x15, 0x50, 0x0f, 0xdd, 0x1f, 0xa3, 0x20,
+            0x71, 0xc4, 0xc7, 0xd1, 0xf4, 0xc7, 0x33, 0xc0, 0x68, 0x03, 0x04, 0x22, 0xaa, 0x9a,
+            0xc3, 0xd4, 0x6c, 0x4e, 0xd2, 0x82, 0x64, 0x46, 0x07, 0x9f, 0xaa, 0x09, 0x14, 0xc2,
+            0xd7, 0x05, 0xd9, 0x8b, 0x02, 0xa2, 0xb5, 0x12, 0x9c, 0xd1, 0xde, 0x16, 0x4e, 0xb9,
+            0xcb, 0xd0, 0x83, 0xe8, 0xa2, 0x50, 0x3c, 0x4e,
+        ];
+        assert_eq!(header_mask(&key, &sample(1, &nonce)), expected);
+        assert_eq!(rfc8439_block(&key, 1, &nonce), expected);
+    }
+
+    /// The sample that crashed every gateway: counter 0xFFFF_FFFF is a valid block.
+    #[test]
+    fn header_mask_takes_the_all_ones_sample() {
+        let key = [0x5a; 32];
+        let mask = header_mask(&key, &[0xFF; SAMPLE_LEN]);
+        assert_eq!(mask, rfc8439_block(&key, u32::MAX, &[0xFF; 12]));
+    }
+
+    /// Below the last counter the mask is the keystream a seeked stream cipher gives,
+    /// so the wire format is the one every earlier version spoke.
+    #[test]
+    fn header_mask_matches_the_stream_cipher_below_the_last_block() {
+        use chacha20::cipher::StreamCipherSeek;
+        let key: [u8; 32] = core::array::from_fn(|i| (i * 7) as u8);
+        let nonce: [u8; 12] = core::array::from_fn(|i| (i * 13 + 1) as u8);
+        for counter in [0, 1, 0x8000_0000, u32::MAX - 1] {
+            let mut via_stream = [0u8; 64];
+            let mut c = chacha20::ChaCha20::new(&key.into(), &nonce.into());
+            c.seek(u64::from(counter) * 64);
+            c.apply_keystream(&mut via_stream);
+            assert_eq!(header_mask(&key, &sample(counter, &nonce)), via_stream);
+            assert_eq!(rfc8439_block(&key, counter, &nonce), via_stream);
+        }
+    }
+
+    #[test]
+    fn keystream_starts_at_block_zero() {
+        let key = [9u8; 32];
+        let nonce = [4u8; 12];
+        let mut out = [0u8; 130];
+        keystream(&key, &nonce, &mut out);
+        assert_eq!(out[..64], rfc8439_block(&key, 0, &nonce));
+        assert_eq!(out[64..128], rfc8439_block(&key, 1, &nonce));
+        assert_eq!(out[128..], rfc8439_block(&key, 2, &nonce)[..2]);
     }
 
     #[test]
