@@ -134,7 +134,10 @@ impl Node {
                 });
                 Output::Consumed
             }
-            Cmd::Keepalive => self.keep_spare(buf),
+            Cmd::Keepalive => {
+                self.stats.keepalives_answered += 1;
+                self.keep_spare(buf)
+            }
             Cmd::RekeyAck if b.len == NK_MSG2_EMPTY => self.on_rekey_ack(now, rng, id, origin, buf),
             _ => {
                 self.stats.dropped_protocol += 1;
@@ -204,6 +207,7 @@ impl Node {
                 created: now,
                 last_rx: now,
                 last_tx: now,
+                last_keepalive: now,
             },
         );
         self.send_ctrl(link, CtrlKind::Build, cid, &slots[..]);
@@ -324,7 +328,14 @@ impl Node {
                     rekey.push((id, j));
                 }
             }
-            if since(o.last_tx) >= self.cfg.keepalive {
+            // A circuit that only sends (a one-way stream) hears nothing back unless
+            // it asks: probe once per interval while nothing arrives, or it would be
+            // declared silent while it works.
+            let ka = self.cfg.keepalive;
+            let idle = since(o.last_tx) >= ka;
+            let unanswered = since(o.last_rx) >= ka && since(o.last_keepalive) >= ka;
+            if idle || unanswered {
+                o.last_keepalive = now;
                 keepalive.push(id);
             }
         }

@@ -147,18 +147,8 @@ impl Node {
             link.queue.push((kind, cid, body.to_vec()));
             return;
         };
-        let mut buf =
-            Vec::with_capacity(LINK_CTRL_HEADER + CTRL_INNER_HEADER + body.len() + TAG_LEN);
-        buf.push(MsgType::LinkCtrl.byte());
-        buf.extend_from_slice(&keys.tx.to_be_bytes());
-        buf.extend_from_slice(&keys.send_ctr.to_be_bytes());
-        buf.push(kind as u8);
-        buf.extend_from_slice(&cid.to_be_bytes());
-        buf.extend_from_slice(body);
-        let (head, rest) = buf.split_at_mut(LINK_CTRL_HEADER);
-        let tag = keys.send_ctrl.seal(keys.send_ctr, head, rest);
+        let buf = keys.ctrl_datagram(keys.send_ctr, kind as u8, cid, body);
         keys.send_ctr += 1;
-        buf.extend_from_slice(&tag);
         self.transmits.push_back(Transmit {
             src: link.local,
             dst: link.peer,
@@ -388,9 +378,11 @@ impl Node {
     pub(super) fn on_destroy(&mut self, link_id: LinkId, cid: u32, reason: DestroyReason) {
         match self.circuits.get(&(link_id, cid)).copied() {
             Some(Entry::RelayPrev(id) | Entry::RelayNext(id)) => {
-                self.drop_relay(id, reason, Some(link_id))
+                self.stats.destroys_received += 1;
+                self.drop_relay(id, reason, Some(link_id));
             }
             Some(Entry::Own(id)) => {
+                self.stats.destroys_received += 1;
                 self.forget_own(id);
                 self.events
                     .push_back(Event::CircuitDown(id, DownReason::Destroyed(reason)));

@@ -12,11 +12,13 @@
 //! same `Vec` back as a [`Transmit`].
 
 mod circuit;
+mod forge;
 mod link;
 mod rekey;
 mod relay;
 mod stats;
 
+pub use self::forge::{ForgedBackward, ForgedForward, TAIL_LEN};
 pub use self::stats::Stats;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -222,6 +224,22 @@ impl LinkKeys {
         }
     }
 
+    /// A LINK_CTRL datagram (PROTOCOL §2) sealed under these keys with counter `ctr`.
+    fn ctrl_datagram(&self, ctr: u64, kind: u8, cid: u32, body: &[u8]) -> Vec<u8> {
+        let mut buf =
+            Vec::with_capacity(LINK_CTRL_HEADER + CTRL_INNER_HEADER + body.len() + TAG_LEN);
+        buf.push(MsgType::LinkCtrl.byte());
+        buf.extend_from_slice(&self.tx.to_be_bytes());
+        buf.extend_from_slice(&ctr.to_be_bytes());
+        buf.push(kind);
+        buf.extend_from_slice(&cid.to_be_bytes());
+        buf.extend_from_slice(body);
+        let (head, rest) = buf.split_at_mut(LINK_CTRL_HEADER);
+        let tag = self.send_ctrl.seal(ctr, head, rest);
+        buf.extend_from_slice(&tag);
+        buf
+    }
+
     /// The proof a rekeying initiator puts in its LINK_INIT for new index `rx`.
     fn proof(&self, rx: u32) -> [u8; LINK_REKEY_PROOF] {
         let mut p = [0u8; LINK_REKEY_PROOF];
@@ -290,6 +308,8 @@ struct Own {
     created: Instant,
     last_rx: Instant,
     last_tx: Instant,
+    /// When the last KEEPALIVE went out.
+    last_keepalive: Instant,
 }
 
 impl Own {

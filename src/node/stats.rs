@@ -18,6 +18,10 @@ pub struct Stats {
     pub relayed_backward: u64,
     pub circuits_accepted: u64,
     pub circuits_refused: u64,
+    /// Circuits a peer tore down with DESTROY.
+    pub destroys_received: u64,
+    /// KEEPALIVEs that came back on the node's own circuits.
+    pub keepalives_answered: u64,
     pub rekeys: u64,
     pub link_rekeys: u64,
 }

@@ -45,6 +45,7 @@ impl Mini {
             let cfg = NodeConfig {
                 static_key: Some(*id.secret()),
                 echo: true,
+                exit: true,
                 ..NodeConfig::default()
             };
             nodes.push((
@@ -87,6 +88,15 @@ impl Mini {
         }
     }
 
+    /// Runs every node's timers at `now` and delivers what they send.
+    fn tick(&mut self) {
+        for i in 0..self.nodes.len() {
+            let (_, node, rng) = &mut self.nodes[i];
+            node.handle_timeout(self.now, rng);
+            self.flush(i);
+        }
+    }
+
     /// Whether the client received `payload` on a circuit.
     fn client_got(&mut self, payload: &[u8]) -> bool {
         std::iter::from_fn(|| self.nodes[0].1.poll_event())
@@ -95,9 +105,13 @@ impl Mini {
 
     /// A circuit of the client through `path` to the echo service, up.
     fn circuit(&mut self, path: &[HopSpec]) -> CircuitId {
+        self.circuit_to(path, Service::Echo)
+    }
+
+    fn circuit_to(&mut self, path: &[HopSpec], service: Service) -> CircuitId {
         let (_, client, rng) = &mut self.nodes[0];
         let id = client
-            .build_circuit(self.now, rng, path, Service::Echo)
+            .build_circuit(self.now, rng, path, service)
             .expect("build");
         self.flush(0);
         assert!(self.nodes[0].1.is_up(id), "circuit up");
@@ -173,4 +187,31 @@ fn a_relay_forwards_a_cell_whose_output_sample_the_client_chose() {
     );
     let echoed = net.client_got(b"ping");
     assert!(echoed, "the middle opened the forwarded cell and echoed it");
+}
+
+/// A client that only sends (a one-way stream to the exit, which answers nothing)
+/// still hears from its circuit: it probes with KEEPALIVEs while nothing comes back,
+/// so the circuit is not declared silent after `circuit_timeout`.
+#[test]
+fn a_circuit_that_only_sends_stays_up() {
+    let (mut net, specs) = Mini::new(2);
+    let id = net.circuit_to(&specs, Service::Exit);
+    let cfg = NodeConfig::default();
+    let end = net.now + cfg.circuit_timeout * 3;
+    while net.now < end {
+        net.now += Duration::from_millis(250);
+        net.tick();
+        let (_, client, rng) = &mut net.nodes[0];
+        assert!(client.is_up(id), "circuit up after {:?}", end - net.now);
+        let t = client
+            .send_payload(net.now, rng, id, &[0x45; 60])
+            .expect("send");
+        net.deliver(0, t);
+    }
+    let answered = net.nodes[0].1.stats().keepalives_answered;
+    let probes = (cfg.circuit_timeout * 3).as_millis() / cfg.keepalive.as_millis();
+    assert!(
+        answered > 0 && u128::from(answered) <= probes,
+        "{answered} keepalives"
+    );
 }

@@ -114,6 +114,14 @@ impl Generation {
         Some(slot(ctr, &tag))
     }
 
+    /// Seals `body` in place with counter `ctr` as given (flags and phase bit
+    /// included), without moving the send counter. Only a hostile peer's forgeries
+    /// (`node::ForgedForward`) use it: sealing twice with one counter reuses a nonce.
+    pub fn seal_at(&self, ctr: u64, body: &mut [u8]) -> [u8; SLOT_LEN] {
+        let tag = self.seal.seal(ctr, &[], body);
+        slot(ctr, &tag)
+    }
+
     /// Keystream of the slots for a counter sealed by this side.
     #[must_use]
     pub fn seal_keystream(&self, ctr: u64) -> Slots {
@@ -332,15 +340,23 @@ pub fn wrap_forward(
     for j in (0..=target).rev() {
         own[j] = hops[j].current.seal(j == target, body)?;
     }
-    for j in 0..=target {
-        let s = &mut slots[j * SLOT_LEN..(j + 1) * SLOT_LEN];
-        s.copy_from_slice(&own[j]);
+    lay_forward(hops, &own[..=target], target, slots);
+    Some(())
+}
+
+/// Writes the slot value `own[j]` of each hop `j` at position `j`, then pre-applies the
+/// keystream of every hop `i` before position `last` (for the counter in `own[i]`) to
+/// the positions `i + 1..=last`, so that each hop's shift leaves the later slots as
+/// they were written.
+pub fn lay_forward(hops: &[HopKeys], own: &[[u8; SLOT_LEN]], last: usize, slots: &mut [u8]) {
+    for (j, o) in own.iter().enumerate() {
+        slots[j * SLOT_LEN..(j + 1) * SLOT_LEN].copy_from_slice(o);
     }
-    // Hop i shifts the slots after it; pre-apply its keystream to every later slot.
-    for i in 0..target {
+    let shifted = own.len().min(last);
+    for i in 0..shifted {
         let (ctr, _) = read_slot0(&own[i]);
         let ks = hops[i].current.seal_keystream(ctr);
-        for j in i + 1..=target {
+        for j in i + 1..=last {
             let off = (j - i - 1) * SLOT_LEN;
             xor(
                 &mut slots[j * SLOT_LEN..(j + 1) * SLOT_LEN],
@@ -348,7 +364,6 @@ pub fn wrap_forward(
             );
         }
     }
-    Some(())
 }
 
 /// Client: peels backward layers hop by hop until one carries ORIGIN. Returns the
