@@ -37,6 +37,10 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
 # Module docs link the floors to each other: a moved item must not leave a dead link.
 step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+# The fuzz targets (run by scripts/fuzz.sh on nightly) share the hostile-peer harness
+# with tests/hostile_peer.rs: they must keep compiling with it.
+step "fuzz targets: fmt and compile" sh -c 'cargo fmt --manifest-path fuzz/Cargo.toml -- --check &&
+  cargo check --quiet --manifest-path fuzz/Cargo.toml --bins'
 
 log "cargo test (unit, property, simulation, process, hostile input)"
 testlog=$(mktemp)

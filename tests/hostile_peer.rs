@@ -1,310 +1,21 @@
-//! The authenticated hostile peer: a client that holds valid circuits through the
-//! gateways under test and sends properly sealed cells whose counters, flags, slots,
-//! bodies, commands, lengths, fragment headers, rekey messages and link control
-//! messages are arbitrary, and gateways that send such cells back to that client.
+//! The authenticated hostile peer, from a seeded RNG: a client that holds valid
+//! circuits through the gateways under test sends properly sealed cells whose
+//! counters, flags, slots, bodies, commands, lengths, fragment headers, rekey messages
+//! and link control messages are arbitrary, and the gateways of those circuits send
+//! such cells back to it (the harness and its checks: `tests/forgery/mod.rs`).
 //!
-//! Everything runs in memory on real [`Node`]s (and the exit's real [`Exit`] and
-//! [`Reassembler`]) with a virtual clock and a fixed seed. Each datagram a node
-//! handles must either produce something (a transmit or an event) or be counted in
-//! its stats; no node may panic; an honest client using the same gateways the whole
-//! time must get every packet through; tables stay bounded.
-//!
-//! `ANONNET_HOSTILE_CELLS` (default 100,000) sets the number of forged cells and
+//! `ANONNET_HOSTILE_CELLS` (default 100,000) sets the number of forged datagrams and
 //! `ANONNET_HOSTILE_SEED` the seed, for longer runs.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+mod forgery;
 
-use anonnet::exit::policy::ExitPolicy;
-use anonnet::exit::{Exit, ExitSettings, Verdict};
-use anonnet::node::{
-    CircuitId, Event, ForgedBackward, ForgedForward, HopSpec, Node, NodeConfig, Output, Stats,
-    Transmit, TAIL_LEN,
-};
-use anonnet::proto::addr::CLIENT_V4;
+use anonnet::node::TAIL_LEN;
 use anonnet::proto::crypto::noise_initiator;
-use anonnet::proto::framing::{Reassembler, FRAGMENT, FRAGMENT_DATA};
-use anonnet::proto::identity::Identity;
-use anonnet::proto::wire::{
-    Cmd, Service, BODY_HEADER, CTR_FLAG, CTR_PHASE, MAX_BODY, NK_MSG1_EMPTY, PAYLOAD_OFFSET, SLOTS,
-};
-use etherparse::PacketBuilder;
+use anonnet::proto::framing::{FRAGMENT, FRAGMENT_DATA};
+use anonnet::proto::wire::{Cmd, BODY_HEADER, CTR_FLAG, CTR_PHASE, MAX_BODY, NK_MSG1_EMPTY, SLOTS};
+use forgery::{udp, Action, Session, EXIT_OWN, HOSTILE_PATHS, SERVER};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-
-const HOSTILE: usize = 0;
-const HONEST: usize = 1;
-const G1: usize = 2;
-const G2: usize = 3;
-const G3: usize = 4;
-const GATEWAYS: [usize; 3] = [G1, G2, G3];
-
-/// The internet server behind the exit.
-const SERVER: [u8; 4] = [198, 18, 5, 2];
-/// The exit's own underlay address (its policy refuses it).
-const EXIT_OWN: [u8; 4] = [198, 18, 4, 2];
-
-struct Peer {
-    addr: SocketAddr,
-    node: Node,
-    rng: ChaCha20Rng,
-}
-
-/// The datagrams handled and those that left no trace.
-#[derive(Default)]
-struct Audit {
-    handled: u64,
-    uncounted: u64,
-    first_uncounted: Vec<String>,
-}
-
-struct Net {
-    now: Instant,
-    peers: Vec<Peer>,
-    specs: Vec<HopSpec>,
-    exit: Exit,
-    reasm: HashMap<(usize, CircuitId), Reassembler>,
-    answer: Vec<u8>,
-    audit: Audit,
-    /// Circuits of the exit (`G3`) that belong to the honest client.
-    honest_at_exit: BTreeSet<CircuitId>,
-    /// Relayed circuits of each gateway that belong to the honest client.
-    honest_relays: HashMap<usize, BTreeSet<CircuitId>>,
-    /// Packets of the honest client the exit forwarded.
-    honest_forwarded: u64,
-    /// Own circuits that went down, by node.
-    down: Vec<(usize, CircuitId)>,
-}
-
-fn sum(s: &Stats) -> u64 {
-    s.dropped_malformed
-        + s.dropped_unknown_type
-        + s.dropped_unknown_index
-        + s.dropped_unknown_circuit
-        + s.dropped_auth
-        + s.dropped_replay
-        + s.dropped_expired
-        + s.dropped_handshake_replay
-        + s.dropped_rate_limited
-        + s.dropped_protocol
-        + s.relayed_forward
-        + s.relayed_backward
-        + s.circuits_accepted
-        + s.circuits_refused
-        + s.destroys_received
-        + s.keepalives_answered
-        + s.rekeys
-        + s.link_rekeys
-}
-
-impl Net {
-    fn new(seed: u64) -> Self {
-        let mut master = ChaCha20Rng::seed_from_u64(seed);
-        let mut peers = Vec::new();
-        let mut specs = Vec::new();
-        for i in 0..2u8 {
-            peers.push(Peer {
-                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 1, i + 1)), 9000),
-                node: Node::new(NodeConfig::default()),
-                rng: ChaCha20Rng::seed_from_u64(master.next_u64()),
-            });
-        }
-        for i in 0..3u8 {
-            let id = Identity::generate(&mut master);
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 2, i + 1)), 9000);
-            let cfg = NodeConfig {
-                static_key: Some(*id.secret()),
-                echo: true,
-                exit: true,
-                ..NodeConfig::default()
-            };
-            peers.push(Peer {
-                addr,
-                node: Node::new(cfg),
-                rng: ChaCha20Rng::seed_from_u64(master.next_u64()),
-            });
-            specs.push(HopSpec {
-                addr,
-                key: id.public().0,
-            });
-        }
-        let exit = Exit::new(ExitSettings {
-            pool4: "100.96.0.0/16".parse().expect("pool4"),
-            pool6: "fd00:96::/64".parse().expect("pool6"),
-            policy: ExitPolicy::new(&[], &[IpAddr::from(EXIT_OWN)]).expect("policy"),
-            max_flows: 256,
-            max_pps: 1_000_000,
-        });
-        Self {
-            now: Instant::now(),
-            peers,
-            specs,
-            exit,
-            reasm: HashMap::new(),
-            answer: Vec::new(),
-            audit: Audit::default(),
-            honest_at_exit: BTreeSet::new(),
-            honest_relays: HashMap::new(),
-            honest_forwarded: 0,
-            down: Vec::new(),
-        }
-    }
-
-    fn spec(&self, gateway: usize) -> HopSpec {
-        self.specs[gateway - G1]
-    }
-
-    /// Delivers `t`, sent by node `from`, and everything it causes.
-    fn deliver(&mut self, from: usize, t: Transmit) {
-        let mut queue = VecDeque::from([(from, t)]);
-        while let Some((src, t)) = queue.pop_front() {
-            let Some(i) = self.peers.iter().position(|p| p.addr == t.dst) else {
-                continue;
-            };
-            let src_addr = self.peers[src].addr;
-            let p = &mut self.peers[i];
-            let before = sum(p.node.stats());
-            let out = p
-                .node
-                .handle_datagram(self.now, &mut p.rng, Some(t.dst), src_addr, t.buf);
-            let mut produced = !matches!(out, Output::Recycle(_));
-            if let Output::Transmit(out) = out {
-                queue.push_back((i, out));
-            }
-            while let Some(out) = self.peers[i].node.poll_transmit() {
-                produced = true;
-                queue.push_back((i, out));
-            }
-            while let Some(e) = self.peers[i].node.poll_event() {
-                produced = true;
-                if let Some(answer) = self.on_event(i, e) {
-                    queue.push_back((i, answer));
-                }
-            }
-            self.audit.handled += 1;
-            if !produced && sum(self.peers[i].node.stats()) == before {
-                self.audit.uncounted += 1;
-                if self.audit.first_uncounted.len() < 5 {
-                    let after = self.peers[i].node.stats().clone();
-                    self.audit
-                        .first_uncounted
-                        .push(format!("node {i} from {src}: {after:?}"));
-                }
-            }
-        }
-    }
-
-    /// What the drivers do with an event: the exit's reassembly and policy, the
-    /// clients' reassembly. Returns the exit's answer, if any.
-    fn on_event(&mut self, node: usize, e: Event) -> Option<Transmit> {
-        match e {
-            Event::ServiceData {
-                circuit,
-                service: Service::Exit,
-                mut buf,
-                range,
-            } => {
-                let r = self.reasm.entry((node, circuit)).or_default();
-                let Ok(Some(pkt)) = r.complete(self.now, &mut buf[range]) else {
-                    return None;
-                };
-                match self
-                    .exit
-                    .from_circuit(self.now, circuit, pkt, &mut self.answer)
-                {
-                    Verdict::Forward => {
-                        if self.honest_at_exit.contains(&circuit) {
-                            self.honest_forwarded += 1;
-                        }
-                        None
-                    }
-                    Verdict::Answer => {
-                        let mut out = vec![0u8; PAYLOAD_OFFSET + self.answer.len()];
-                        out[PAYLOAD_OFFSET..].copy_from_slice(&self.answer);
-                        let len = self.answer.len();
-                        self.peers[node]
-                            .node
-                            .send_backward(self.now, circuit, out, len)
-                            .ok()
-                    }
-                    Verdict::Drop => None,
-                }
-            }
-            Event::Data {
-                circuit,
-                mut buf,
-                range,
-            } => {
-                let r = self.reasm.entry((node, circuit)).or_default();
-                let _ = r.complete(self.now, &mut buf[range]);
-                None
-            }
-            Event::ServiceClosed(circuit, _) => {
-                if node == G3 {
-                    self.exit.close(circuit);
-                }
-                self.reasm.remove(&(node, circuit));
-                None
-            }
-            Event::CircuitDown(c, _) => {
-                self.down.push((node, c));
-                None
-            }
-            Event::ServiceData { .. } | Event::CircuitUp(_) => None,
-        }
-    }
-
-    fn flush(&mut self, node: usize) {
-        while let Some(t) = self.peers[node].node.poll_transmit() {
-            self.deliver(node, t);
-        }
-    }
-
-    /// Builds a circuit of `client` through `path` to `service`; `None` if it did not
-    /// come up.
-    fn build(&mut self, client: usize, path: &[usize], service: Service) -> Option<CircuitId> {
-        let hops: Vec<HopSpec> = path.iter().map(|&g| self.spec(g)).collect();
-        let before: HashMap<usize, BTreeSet<CircuitId>> = GATEWAYS
-            .iter()
-            .map(|&g| (g, self.peers[g].node.relayed().collect()))
-            .collect();
-        let p = &mut self.peers[client];
-        let id = p
-            .node
-            .build_circuit(self.now, &mut p.rng, &hops, service)
-            .ok()?;
-        self.flush(client);
-        if client == HONEST {
-            for &g in &GATEWAYS {
-                let new: Vec<CircuitId> = self.peers[g]
-                    .node
-                    .relayed()
-                    .filter(|c| !before[&g].contains(c))
-                    .collect();
-                if g == G3 {
-                    self.honest_at_exit.extend(new.iter().copied());
-                }
-                self.honest_relays.entry(g).or_default().extend(new);
-            }
-        }
-        self.peers[client].node.is_up(id).then_some(id)
-    }
-
-    /// Runs every node's timers at `now`.
-    fn tick(&mut self) {
-        for i in 0..self.peers.len() {
-            let p = &mut self.peers[i];
-            p.node.handle_timeout(self.now, &mut p.rng);
-            self.flush(i);
-            while let Some(e) = self.peers[i].node.poll_event() {
-                if let Some(t) = self.on_event(i, e) {
-                    self.deliver(i, t);
-                }
-            }
-        }
-    }
-}
 
 fn pick<T: Copy>(rng: &mut ChaCha20Rng, items: &[T]) -> T {
     items[rng.next_u32() as usize % items.len()]
@@ -312,16 +23,6 @@ fn pick<T: Copy>(rng: &mut ChaCha20Rng, items: &[T]) -> T {
 
 fn chance(rng: &mut ChaCha20Rng, percent: u32) -> bool {
     rng.next_u32() % 100 < percent
-}
-
-/// A UDP packet from the client's tunnel address to `dst`.
-fn udp(dst: [u8; 4], port: u16, len: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ipv4(CLIENT_V4.octets(), dst, 64)
-        .udp(40_000, port)
-        .write(&mut out, &vec![0x5a; len])
-        .expect("packet");
-    out
 }
 
 /// A payload an exit circuit might carry: packets to allowed, refused and odd places,
@@ -422,12 +123,54 @@ fn counter(rng: &mut ChaCha20Rng) -> Option<u64> {
     }
 }
 
-/// The hostile client's circuits: (path, service).
-const HOSTILE_PATHS: [(&[usize], Service); 3] = [
-    (&[G1, G2, G3], Service::Exit),
-    (&[G2, G1], Service::Echo),
-    (&[G3], Service::Exit),
-];
+/// A random action: mostly forward forgeries, some backward and link control, and
+/// time passing.
+fn action(rng: &mut ChaCha20Rng, session: &Session) -> Action {
+    let circuit = rng.next_u32() as usize % HOSTILE_PATHS.len();
+    let (path, _) = HOSTILE_PATHS[circuit];
+    match rng.next_u32() % 100 {
+        0..=69 => {
+            let target = rng.next_u32() as usize % path.len();
+            let key = session.net.spec(path[target]).key;
+            let mut counters = [None; SLOTS];
+            for c in counters.iter_mut().take(path.len()) {
+                *c = counter(rng);
+            }
+            Action::Forward {
+                circuit,
+                target,
+                terminal: !chance(rng, 10),
+                counters,
+                cid: chance(rng, 3).then(|| rng.next_u32()),
+                body: body(rng, &key),
+                tail: tail(rng),
+            }
+        }
+        70..=84 => Action::Backward {
+            circuit,
+            hop: rng.next_u32() as usize,
+            pick: rng.next_u32() as usize,
+            counter: counter(rng),
+            body: body(rng, &[0; 32]),
+            tail: tail(rng),
+        },
+        85..=89 => {
+            let kind = pick(rng, &[1, 2, 3, 0, 4, 0xFF]);
+            let any = rng.next_u32() as usize % 1300;
+            let len = pick(rng, &[0, 1, 1152, 512, any]);
+            Action::Ctrl {
+                circuit,
+                kind,
+                cid: chance(rng, 20).then(|| rng.next_u32()),
+                counter: chance(rng, 20).then(|| rng.next_u64() % 20_000),
+                body: (0..len).map(|_| rng.next_u32() as u8).collect(),
+            }
+        }
+        _ => Action::Wait {
+            millis: (rng.next_u32() % 400) as u16,
+        },
+    }
+}
 
 #[test]
 fn valid_keys_and_hostile_cells_crash_nothing_and_every_drop_is_counted() {
@@ -439,173 +182,12 @@ fn valid_keys_and_hostile_cells_crash_nothing_and_every_drop_is_counted() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(23);
-    let mut net = Net::new(seed);
-    let start = net.now;
+    let mut session = Session::new(seed);
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x686f_7374);
-
-    let mut honest = net
-        .build(HONEST, &[G1, G2, G3], Service::Exit)
-        .expect("the honest circuit comes up");
-    let mut circuits: Vec<Option<CircuitId>> = HOSTILE_PATHS
-        .iter()
-        .map(|(path, svc)| net.build(HOSTILE, path, *svc))
-        .collect();
-    assert!(circuits.iter().all(Option::is_some), "hostile circuits up");
-
-    let (mut forged, mut honest_sent, mut rebuilt, mut fresh_starts) = (0u64, 0u64, 0u64, 0u64);
-    let mut kinds = [0u64; 4];
-    while forged < cells {
-        // Rebuild what went down (the hostile client destroys its own circuits).
-        // Forged link control can wreck its own link (a counter far ahead makes its
-        // next BUILD a replay): then it starts afresh, as a new client would.
-        for fresh in [false, true] {
-            if fresh {
-                net.peers[HOSTILE].node = Node::new(NodeConfig::default());
-                fresh_starts += 1;
-            }
-            for (i, (path, svc)) in HOSTILE_PATHS.iter().enumerate() {
-                let up = circuits[i].is_some_and(|c| net.peers[HOSTILE].node.is_up(c));
-                if fresh || !up {
-                    circuits[i] = net.build(HOSTILE, path, *svc);
-                    rebuilt += 1;
-                }
-            }
-            if circuits.iter().all(Option::is_some) {
-                break;
-            }
-            assert!(
-                !fresh,
-                "a fresh client cannot build after {forged} forged cells"
-            );
-        }
-        if !net.peers[HONEST].node.is_up(honest) {
-            panic!(
-                "the honest circuit went down after {forged} forged cells: {:?}",
-                net.down
-            );
-        }
-        let which = rng.next_u32() as usize % HOSTILE_PATHS.len();
-        let Some(id) = circuits[which] else {
-            continue;
-        };
-        let (path, _) = HOSTILE_PATHS[which];
-        match rng.next_u32() % 100 {
-            0..=69 => {
-                let target = rng.next_u32() as usize % path.len();
-                let key = net.spec(path[target]).key;
-                let b = body(&mut rng, &key);
-                let mut counters = [None; SLOTS];
-                for c in counters.iter_mut().take(path.len()) {
-                    *c = counter(&mut rng);
-                }
-                let cell = ForgedForward {
-                    target,
-                    terminal: !chance(&mut rng, 10),
-                    counters,
-                    cid: chance(&mut rng, 3).then(|| rng.next_u32()),
-                    body: &b,
-                    tail: tail(&mut rng),
-                };
-                let Ok(t) = net.peers[HOSTILE].node.forge_forward(id, &cell) else {
-                    continue;
-                };
-                net.deliver(HOSTILE, t);
-                kinds[0] += 1;
-            }
-            70..=84 => {
-                // A gateway of one of the hostile client's circuits towards it.
-                let g = pick(&mut rng, path);
-                let theirs: Vec<CircuitId> = net.peers[g]
-                    .node
-                    .relayed()
-                    .filter(|c| !net.honest_relays.get(&g).is_some_and(|h| h.contains(c)))
-                    .collect();
-                if theirs.is_empty() {
-                    continue;
-                }
-                let relay = pick(&mut rng, &theirs);
-                let b = body(&mut rng, &[0; 32]);
-                let cell = ForgedBackward {
-                    counter: counter(&mut rng),
-                    body: &b,
-                    tail: tail(&mut rng),
-                };
-                let Ok(t) = net.peers[g].node.forge_backward(relay, &cell) else {
-                    continue;
-                };
-                net.deliver(g, t);
-                kinds[1] += 1;
-            }
-            85..=89 => {
-                let kind = pick(&mut rng, &[1, 2, 3, 0, 4, 0xFF]);
-                let any = rng.next_u32() as usize % 1300;
-                let len = pick(&mut rng, &[0, 1, 1152, 512, any]);
-                let b: Vec<u8> = (0..len).map(|_| rng.next_u32() as u8).collect();
-                let cid = chance(&mut rng, 20).then(|| rng.next_u32());
-                let ctr = chance(&mut rng, 20).then(|| rng.next_u64() % 20_000);
-                let Ok(t) = net.peers[HOSTILE].node.forge_ctrl(id, kind, cid, ctr, &b) else {
-                    continue;
-                };
-                net.deliver(HOSTILE, t);
-                kinds[2] += 1;
-            }
-            _ => {
-                // Time passes: keepalives, rekeys, timeouts; the honest client sends.
-                net.now += Duration::from_millis(u64::from(rng.next_u32() % 400));
-                net.tick();
-                assert!(
-                    net.peers[HONEST].node.is_up(honest),
-                    "the honest circuit went down after {forged} forged cells at {:?}: {:?}",
-                    net.now - start,
-                    net.down
-                );
-                let p = &mut net.peers[HONEST];
-                let pkt = udp(SERVER, 53, 100);
-                let t = p
-                    .node
-                    .send_payload(net.now, &mut p.rng, honest, &pkt)
-                    .expect("honest send");
-                honest_sent += 1;
-                net.deliver(HONEST, t);
-                kinds[3] += 1;
-                if !net.peers[HONEST].node.is_up(honest) {
-                    honest = net
-                        .build(HONEST, &[G1, G2, G3], Service::Exit)
-                        .expect("the honest circuit comes back");
-                }
-                continue;
-            }
-        }
-        forged += 1;
+    while session.counts.forged() < cells {
+        let a = action(&mut rng, &session);
+        session.apply(&a);
     }
-
-    let elapsed = net.now.saturating_duration_since(start);
-    eprintln!(
-        "{forged} forged cells (forward {}, backward {}, link control {}), {} honest \
-         packets, {rebuilt} hostile rebuilds ({fresh_starts} as a fresh client), {} datagrams handled, {elapsed:?}",
-        kinds[0], kinds[1], kinds[2], kinds[3], net.audit.handled
-    );
-    for &g in &GATEWAYS {
-        eprintln!("gateway {g}: {:?}", net.peers[g].node.stats());
-    }
-    eprintln!("hostile client: {:?}", net.peers[HOSTILE].node.stats());
-    eprintln!("exit: {:?}", net.exit.stats());
-    assert_eq!(
-        net.audit.uncounted, 0,
-        "datagrams dropped without a count, e.g. {:?}",
-        net.audit.first_uncounted
-    );
-    assert_eq!(
-        net.honest_forwarded, honest_sent,
-        "every packet of the honest client left the exit"
-    );
-    for &g in &GATEWAYS {
-        let n = net.peers[g].node.relayed_circuits();
-        assert!(n <= 16, "gateway {g} holds {n} circuits");
-    }
-    assert!(
-        net.exit.circuits() <= 16,
-        "exit holds {} circuits",
-        net.exit.circuits()
-    );
+    session.report();
+    session.finish();
 }

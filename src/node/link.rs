@@ -410,7 +410,8 @@ impl Node {
             } else if l.peer_key.is_some() && keys_age.is_some_and(|a| a >= onion::REKEY_AFTER_TIME)
             {
                 init.push(id);
-            } else if l.circuits == 0 && since(l.last_used) >= self.cfg.idle_timeout {
+            } else if l.circuits == 0 && since(l.last_used) >= idle_after(l, self.cfg.idle_timeout)
+            {
                 idle.push(id);
             }
             if l.previous
@@ -456,5 +457,18 @@ impl Node {
         for id in idle {
             self.remove_link(id);
         }
+    }
+}
+
+/// How long an unused link lives. The initiator decides: it drops the link after
+/// `idle_timeout`, and the responder keeps it twice as long, so a link the initiator
+/// still takes for up is never already gone at the responder (whose BUILDs would
+/// vanish there as an unknown index). The two sides' timers start at the last message
+/// each heard, which can differ by the time one circuit took to be torn down.
+fn idle_after(link: &Link, idle_timeout: Duration) -> Duration {
+    if link.peer_key.is_some() {
+        idle_timeout
+    } else {
+        idle_timeout * 2
     }
 }

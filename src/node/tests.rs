@@ -215,3 +215,35 @@ fn a_circuit_that_only_sends_stays_up() {
         "{answered} keepalives"
     );
 }
+
+/// The link's initiator decides when an idle link ends. When the responder's idle
+/// timer ran out first (it heard last from the initiator earlier than the other way
+/// round), the initiator still took the link for up, and every BUILD it sent on it
+/// vanished at the responder as an unknown index; a client retrying kept the link
+/// busy, so it never ended. Path client -> G2 -> G1: G1 (the responder of G2's link)
+/// tears the idle circuit down first, so it last heard from G2 before G2 last heard
+/// from it.
+#[test]
+fn a_link_stays_usable_until_its_initiator_drops_it() {
+    let (mut net, specs) = Mini::new(2);
+    let path = [specs[1], specs[0]];
+    net.circuit(&path);
+    let cfg = NodeConfig::default();
+    let end = net.now + cfg.idle_timeout + Duration::from_secs(5);
+    while net.now < end {
+        net.now += TICK;
+        // The client is gone: only the gateways run their timers.
+        for i in 1..net.nodes.len() {
+            let (_, node, rng) = &mut net.nodes[i];
+            node.handle_timeout(net.now, rng);
+            net.flush(i);
+        }
+    }
+    assert_eq!(
+        net.nodes[1].1.relayed_circuits(),
+        0,
+        "the idle circuit is gone"
+    );
+    net.nodes[0].1 = Node::new(NodeConfig::default());
+    net.circuit(&path);
+}
