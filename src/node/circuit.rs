@@ -111,7 +111,10 @@ impl Node {
             self.stats.dropped_protocol += 1;
             return Output::Recycle(buf);
         }
-        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
+        let Some((head, body)) = wire::split_cell(&mut buf) else {
+            self.stats.dropped_malformed += 1;
+            return Output::Recycle(buf);
+        };
         let origin = match onion::unwrap_backward(now, &mut own.keys, &mut head[CELL_SLOTS], body) {
             Ok(i) => i,
             Err(e) => {
@@ -159,7 +162,10 @@ impl Node {
             return Err(BuildError::PathLength(path.len()));
         }
         self.last_tick.get_or_insert(now);
-        let link = self.link_to(now, rng, path[0]);
+        let Some(&first) = path.first() else {
+            return Err(BuildError::PathLength(0));
+        };
+        let link = self.link_to(now, rng, first);
         let cid = self.new_cid(link, rng);
         let mut hops = Vec::with_capacity(path.len());
         let mut msgs = Vec::with_capacity(path.len());
@@ -235,7 +241,7 @@ impl Node {
         if !own.is_up() {
             return Err(SendError::NotUp);
         }
-        let target = own.hops.len() - 1;
+        let target = own.hops.len().saturating_sub(1);
         match self.send_body(now, rng, id, target, Cmd::Data, len, buf) {
             Output::Transmit(t) => Ok(t),
             _ => Err(SendError::Exhausted),
@@ -251,8 +257,8 @@ impl Node {
         id: CircuitId,
         payload: &[u8],
     ) -> Result<Transmit, SendError> {
-        let mut buf = vec![0u8; PAYLOAD_OFFSET + payload.len()];
-        buf[PAYLOAD_OFFSET..].copy_from_slice(payload);
+        let mut buf = vec![0u8; PAYLOAD_OFFSET];
+        buf.extend_from_slice(payload);
         self.send_data(now, rng, id, buf, payload.len())
     }
 
@@ -268,8 +274,8 @@ impl Node {
         mut buf: Vec<u8>,
     ) -> Output {
         buf.clear();
-        buf.resize(PAYLOAD_OFFSET + payload.len(), 0);
-        buf[PAYLOAD_OFFSET..].copy_from_slice(payload);
+        buf.resize(PAYLOAD_OFFSET, 0);
+        buf.extend_from_slice(payload);
         self.send_body(now, rng, id, target, cmd, payload.len(), buf)
     }
 
@@ -289,7 +295,9 @@ impl Node {
         let Some(own) = self.own.get_mut(&id) else {
             return Output::Recycle(buf);
         };
-        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
+        let Some((head, body)) = wire::split_cell(&mut buf) else {
+            return Output::Recycle(buf);
+        };
         Body { cmd, len }.emit(body);
         if onion::wrap_forward(&mut own.keys, target, &mut head[CELL_SLOTS], body, rng).is_none() {
             return Output::Recycle(buf);
@@ -344,7 +352,7 @@ impl Node {
         }
         self.start_rekeys(now, rng, &rekey);
         for id in keepalive.drain(..) {
-            let Some(target) = self.own.get(&id).map(|o| o.hops.len() - 1) else {
+            let Some(target) = self.own.get(&id).map(|o| o.hops.len().saturating_sub(1)) else {
                 continue;
             };
             let buf = self.spare.pop().unwrap_or_default();

@@ -60,14 +60,14 @@ impl Node {
         if !own.is_up() {
             return Err(SendError::NotUp);
         }
-        let target = cell.target.min(own.keys.len() - 1);
-        let mut buf = vec![0u8; CELL_HEADER_LEN + cell.body.len()];
-        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
-        body.copy_from_slice(cell.body);
+        let target = cell.target.min(own.keys.len().saturating_sub(1));
+        let mut buf = vec![0u8; CELL_HEADER_LEN];
+        buf.extend_from_slice(cell.body);
+        let (head, body) = wire::split_cell(&mut buf).ok_or(SendError::ShortBuffer)?;
         let mut slots = [[0u8; SLOT_LEN]; SLOTS];
-        for j in (0..=target).rev() {
-            let keys = &mut own.keys[j];
-            slots[j] = match cell.counters[j] {
+        let hops = own.keys.iter_mut().zip(&mut slots).zip(cell.counters);
+        for (j, ((keys, slot), counter)) in hops.enumerate().take(target + 1).rev() {
+            *slot = match counter {
                 Some(ctr) => keys.current.seal_at(ctr, body),
                 None => keys
                     .current
@@ -76,9 +76,12 @@ impl Node {
             };
         }
         let rest = &mut head[CELL_SLOTS];
-        rest[(target + 1) * SLOT_LEN..]
-            .copy_from_slice(&cell.tail[..(SLOTS - 1 - target) * SLOT_LEN]);
-        onion::lay_forward(&own.keys, &slots[..=target], SLOTS - 1, rest);
+        let after = rest.iter_mut().skip((target + 1) * SLOT_LEN);
+        for (d, s) in after.zip(&cell.tail) {
+            *d = *s;
+        }
+        let own_slots = slots.get(..=target).ok_or(SendError::NotUp)?;
+        onion::lay_forward(&own.keys, own_slots, SLOTS - 1, rest);
         let (link, cid) = own.first;
         match self.finish_cell(link, cell.cid.unwrap_or(cid), buf) {
             Output::Transmit(t) => Ok(t),
@@ -126,9 +129,9 @@ impl Node {
         cell: &ForgedBackward<'_>,
     ) -> Result<Transmit, SendError> {
         let r = self.relays.get_mut(&id.0).ok_or(SendError::NoCircuit)?;
-        let mut buf = vec![0u8; CELL_HEADER_LEN + cell.body.len()];
-        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
-        body.copy_from_slice(cell.body);
+        let mut buf = vec![0u8; CELL_HEADER_LEN];
+        buf.extend_from_slice(cell.body);
+        let (head, body) = wire::split_cell(&mut buf).ok_or(SendError::ShortBuffer)?;
         let own = match cell.counter {
             Some(ctr) => r.keys.current.seal_at(ctr, body),
             None => r
@@ -137,9 +140,12 @@ impl Node {
                 .seal(true, body)
                 .ok_or(SendError::Exhausted)?,
         };
-        let slots = &mut head[CELL_SLOTS];
-        slots[..SLOT_LEN].copy_from_slice(&own);
-        slots[SLOT_LEN..].copy_from_slice(&cell.tail);
+        for (d, s) in head[CELL_SLOTS]
+            .iter_mut()
+            .zip(own.iter().chain(&cell.tail))
+        {
+            *d = *s;
+        }
         let (link, cid) = r.prev;
         match self.finish_cell(link, cid, buf) {
             Output::Transmit(t) => Ok(t),

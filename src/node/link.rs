@@ -28,8 +28,10 @@ impl Node {
 
     /// Records a handshake ephemeral key; false if it was seen before (a replay).
     pub(super) fn remember_handshake(&mut self, now: Instant, e: &[u8]) -> bool {
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&e[..32]);
+        let Some(&key) = e.first_chunk::<32>() else {
+            self.stats.dropped_malformed += 1;
+            return false;
+        };
         if self.seen.contains(&key) {
             self.stats.dropped_handshake_replay += 1;
             return false;
@@ -165,10 +167,13 @@ impl Node {
         let Some(keys) = link.keys.as_ref() else {
             return Output::Recycle(buf);
         };
-        buf[0] = MsgType::Cell.byte();
-        buf[1..5].copy_from_slice(&keys.tx.to_be_bytes());
-        buf[5..9].copy_from_slice(&cid.to_be_bytes());
-        mask_header(&keys.send_mask, &mut buf);
+        let Some((head, _)) = wire::split_cell(&mut buf) else {
+            return Output::Recycle(buf);
+        };
+        head[0] = MsgType::Cell.byte();
+        head[1..5].copy_from_slice(&keys.tx.to_be_bytes());
+        head[5..9].copy_from_slice(&cid.to_be_bytes());
+        mask_header(&keys.send_mask, head);
         Output::Transmit(Transmit {
             src: link.local,
             dst: link.peer,
@@ -192,9 +197,13 @@ impl Node {
         if !self.take_token(now) {
             return;
         }
+        let Some(msg1) = buf.get(LINK_INIT_MSG) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
         let mut hs = crypto::noise_responder(rng, &sk);
         let mut payload = [0u8; 64];
-        if hs.read_message(&buf[LINK_INIT_MSG], &mut payload).is_err() {
+        if hs.read_message(msg1, &mut payload).is_err() {
             self.stats.dropped_auth += 1;
             return;
         }
@@ -223,7 +232,7 @@ impl Node {
             };
             Some(id)
         };
-        if !self.remember_handshake(now, &buf[LINK_INIT_MSG]) {
+        if !self.remember_handshake(now, msg1) {
             return;
         }
         let mut msg = [0u8; NK_MSG2_EMPTY];
@@ -281,10 +290,8 @@ impl Node {
             return;
         };
         let mut payload = [0u8; 64];
-        if p.hs
-            .read_message(&buf[LINK_RESP_MSG], &mut payload)
-            .is_err()
-        {
+        let msg2 = buf.get(LINK_RESP_MSG).unwrap_or_default();
+        if p.hs.read_message(msg2, &mut payload).is_err() {
             link.pending = Some(p);
             self.stats.dropped_auth += 1;
             return;
@@ -347,12 +354,15 @@ impl Node {
             self.stats.dropped_replay += 1;
             return;
         }
-        let tag_at = buf.len() - TAG_LEN;
-        let (data, tag) = buf.split_at_mut(tag_at);
-        let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(tag);
-        let (head, rest) = data.split_at_mut(LINK_CTRL_HEADER);
-        if !keys.recv_ctrl.open(ctr, head, rest, &t) {
+        let Some((head, rest, tag)) = buf
+            .split_last_chunk_mut::<TAG_LEN>()
+            .and_then(|(data, tag)| Some((data.split_at_mut_checked(LINK_CTRL_HEADER)?, *tag)))
+            .map(|((head, rest), tag)| (head, rest, tag))
+        else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        if !keys.recv_ctrl.open(ctr, head, rest, &tag) {
             self.stats.dropped_auth += 1;
             return;
         }
@@ -364,14 +374,21 @@ impl Node {
             self.stats.dropped_protocol += 1;
             return;
         };
-        let body = &mut rest[CTRL_INNER_HEADER..];
+        // CtrlHeader::parse checked the body's exact size for its kind.
+        let Some(body) = rest.get_mut(CTRL_INNER_HEADER..) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
         if let Some(l) = self.links.get_mut(&link_id) {
             l.last_used = now;
         }
-        match kind {
-            CtrlKind::Build => self.on_build(now, rng, link_id, cid, body),
-            CtrlKind::Built => self.on_built(now, link_id, cid, body),
-            CtrlKind::Destroy => self.on_destroy(link_id, cid, DestroyReason::from_byte(body[0])),
+        match (kind, body.first()) {
+            (CtrlKind::Build, _) => self.on_build(now, rng, link_id, cid, body),
+            (CtrlKind::Built, _) => self.on_built(now, link_id, cid, body),
+            (CtrlKind::Destroy, Some(&reason)) => {
+                self.on_destroy(link_id, cid, DestroyReason::from_byte(reason));
+            }
+            (CtrlKind::Destroy, None) => self.stats.dropped_malformed += 1,
         }
     }
 

@@ -11,6 +11,10 @@
 //! on every link, so a relay rewrites the header and the body in place and hands the
 //! same `Vec` back as a [`Transmit`].
 
+// Datagrams from anyone reach most of this module, and a panic here takes down every
+// circuit of the node: no indexing, slicing, unwrap or expect (SECURITY.md).
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 mod circuit;
 mod forge;
 mod link;
@@ -363,11 +367,11 @@ fn random_nonzero(rng: &mut impl RngCore) -> u32 {
 }
 
 /// XORs the masked bytes of a CELL with the mask of its sample (PROTOCOL §2, CELL).
-fn mask_header(key: &[u8; KEY_LEN], buf: &mut [u8]) {
+fn mask_header(key: &[u8; KEY_LEN], head: &mut [u8; CELL_HEADER_LEN]) {
     let mut sample = [0u8; crypto::SAMPLE_LEN];
-    sample.copy_from_slice(&buf[CELL_SAMPLE]);
+    sample.copy_from_slice(&head[CELL_SAMPLE]);
     let mask = crypto::header_mask(key, &sample);
-    for (b, m) in buf[CELL_MASKED].iter_mut().zip(mask) {
+    for (b, m) in head[CELL_MASKED].iter_mut().zip(mask) {
         *b ^= m;
     }
 }
@@ -511,8 +515,12 @@ impl Node {
             return Output::Recycle(buf);
         };
         let mask = keys.recv_mask;
-        mask_header(&mask, &mut buf);
-        let cid = wire::cell_circuit(&buf);
+        let Some((head, _)) = wire::split_cell(&mut buf) else {
+            self.stats.dropped_malformed += 1;
+            return Output::Recycle(buf);
+        };
+        mask_header(&mask, head);
+        let cid = wire::cell_circuit(head);
         match self.circuits.get(&(link_id, cid)).copied() {
             Some(Entry::RelayPrev(id)) => self.cell_forward(now, rng, id, buf),
             Some(Entry::RelayNext(id)) => self.cell_backward(now, id, buf),

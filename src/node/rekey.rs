@@ -26,17 +26,17 @@ impl Node {
         let Some(sk) = self.cfg.static_key else {
             return false;
         };
-        let msg =
-            &buf[CELL_HEADER_LEN + BODY_HEADER..CELL_HEADER_LEN + BODY_HEADER + NK_MSG1_EMPTY];
+        let Some(msg) = buf.get(PAYLOAD_OFFSET..PAYLOAD_OFFSET + NK_MSG1_EMPTY) else {
+            self.stats.dropped_malformed += 1;
+            return false;
+        };
         let mut hs = crypto::noise_responder(rng, &sk);
         let mut p = [0u8; 64];
         if hs.read_message(msg, &mut p).is_err() {
             self.stats.dropped_auth += 1;
             return false;
         }
-        let mut e = [0u8; 32];
-        e.copy_from_slice(&msg[..32]);
-        if !self.remember_handshake(now, &e) {
+        if !self.remember_handshake(now, msg) {
             return false;
         }
         let mut reply = [0u8; NK_MSG2_EMPTY];
@@ -54,13 +54,19 @@ impl Node {
             phase,
         ));
         self.stats.rekeys += 1;
-        let b = &mut buf[CELL_HEADER_LEN..];
-        b[BODY_HEADER..BODY_HEADER + NK_MSG2_EMPTY].copy_from_slice(&reply);
+        // The REKEY's body held NK msg1, as long as the reply.
+        let Some(dst) = buf.get_mut(PAYLOAD_OFFSET..PAYLOAD_OFFSET + NK_MSG2_EMPTY) else {
+            return false;
+        };
+        dst.copy_from_slice(&reply);
+        let Some(body) = buf.get_mut(CELL_HEADER_LEN..) else {
+            return false;
+        };
         Body {
             cmd: Cmd::RekeyAck,
             len: NK_MSG2_EMPTY,
         }
-        .emit(b);
+        .emit(body);
         true
     }
 
@@ -77,20 +83,24 @@ impl Node {
         let Some(own) = self.own.get_mut(&id) else {
             return Output::Recycle(buf);
         };
-        let body = &buf[CELL_HEADER_LEN..];
-        let hop = &mut own.hops[origin];
+        let (Some(hop), Some(keys), Some(msg)) = (
+            own.hops.get_mut(origin),
+            own.keys.get_mut(origin),
+            buf.get(PAYLOAD_OFFSET..PAYLOAD_OFFSET + NK_MSG2_EMPTY),
+        ) else {
+            self.stats.dropped_malformed += 1;
+            return Output::Recycle(buf);
+        };
         let Some(mut hs) = hop.hs.take() else {
             self.stats.dropped_protocol += 1;
             return Output::Recycle(buf);
         };
         let mut p = [0u8; 64];
-        let msg = &body[BODY_HEADER..BODY_HEADER + NK_MSG2_EMPTY];
         if hs.read_message(msg, &mut p).is_err() {
             self.stats.dropped_auth += 1;
             return Output::Recycle(buf);
         }
         hop.rekey_sent = None;
-        let keys = &mut own.keys[origin];
         let phase = !keys.current.phase;
         keys.rotate(Generation::new(
             crypto::split(&mut hs),
@@ -116,7 +126,9 @@ impl Node {
             let Some(own) = self.own.get_mut(&id) else {
                 continue;
             };
-            let hop = &mut own.hops[j];
+            let Some(hop) = own.hops.get_mut(j) else {
+                continue;
+            };
             let mut hs = crypto::noise_initiator(rng, &hop.spec.key);
             let mut msg = [0u8; NK_MSG1_EMPTY];
             if hs.write_message(&[], &mut msg).is_err() {

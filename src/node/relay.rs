@@ -43,14 +43,14 @@ impl Node {
         let mut hs = crypto::noise_responder(rng, &sk);
         let mut p = [0u8; 128];
         let ok = matches!(
-            hs.read_message(&slots[..BUILD_SLOT_LEN], &mut p),
+            hs.read_message(slots.get(..BUILD_SLOT_LEN).unwrap_or_default(), &mut p),
             Ok(BUILD_PAYLOAD_LEN)
         );
         if !ok {
             self.stats.dropped_auth += 1;
             return;
         }
-        if !self.remember_handshake(now, &slots[..32]) {
+        if !self.remember_handshake(now, slots) {
             return;
         }
         let Ok(payload) = BuildPayload::parse(&p[..BUILD_PAYLOAD_LEN]) else {
@@ -150,7 +150,10 @@ impl Node {
         let Some(r) = self.relays.get_mut(&id) else {
             return Output::Recycle(buf);
         };
-        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
+        let Some((head, body)) = wire::split_cell(&mut buf) else {
+            self.stats.dropped_malformed += 1;
+            return Output::Recycle(buf);
+        };
         let (ctr, tag) = onion::read_slot0(&head[CELL_SLOTS]);
         if let Err(e) = r.keys.open(now, ctr, &tag, body) {
             self.count_reject(e);
@@ -178,7 +181,7 @@ impl Node {
         id: RelayId,
         mut buf: Vec<u8>,
     ) -> Output {
-        let Ok(body) = Body::parse(&buf[CELL_HEADER_LEN..]) else {
+        let Some(Ok(body)) = buf.get(CELL_HEADER_LEN..).map(Body::parse) else {
             self.stats.dropped_protocol += 1;
             return Output::Recycle(buf);
         };
@@ -221,7 +224,9 @@ impl Node {
             self.stats.dropped_expired += 1;
             return Output::Recycle(buf);
         }
-        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
+        let Some((head, body)) = wire::split_cell(&mut buf) else {
+            return Output::Recycle(buf);
+        };
         let Some(own) = r.keys.current.seal(true, body) else {
             return Output::Recycle(buf);
         };
@@ -240,7 +245,10 @@ impl Node {
             self.stats.dropped_expired += 1;
             return Output::Recycle(buf);
         }
-        let (head, body) = buf.split_at_mut(CELL_HEADER_LEN);
+        let Some((head, body)) = wire::split_cell(&mut buf) else {
+            self.stats.dropped_malformed += 1;
+            return Output::Recycle(buf);
+        };
         let Some(own) = r.keys.current.seal(false, body) else {
             return Output::Recycle(buf);
         };
@@ -275,11 +283,12 @@ impl Node {
         }
         let size = wire::body_size(&self.cfg.padding, len);
         buf.resize(CELL_HEADER_LEN + size, 0);
+        let (_, body) = wire::split_cell(&mut buf).ok_or(SendError::ShortBuffer)?;
         Body {
             cmd: Cmd::Data,
             len,
         }
-        .emit(&mut buf[CELL_HEADER_LEN..]);
+        .emit(body);
         match self.originate(now, id.0, buf) {
             Output::Transmit(t) => Ok(t),
             _ => Err(SendError::Exhausted),

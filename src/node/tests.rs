@@ -1,3 +1,5 @@
+#![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 use super::*;
 
 /// A relayed circuit is one boxed `Relay` plus its entries in `relays` and
@@ -172,7 +174,8 @@ fn a_relay_forwards_a_cell_whose_output_sample_the_client_chose() {
     let own = &client.own[&id];
     let keys = client.links[&own.first.0].keys.as_ref().expect("link up");
     let mut clear = t.buf.clone();
-    mask_header(&keys.send_mask, &mut clear);
+    let (head, _) = wire::split_cell(&mut clear).expect("a cell");
+    mask_header(&keys.send_mask, head);
     let (ctr0, _) = onion::read_slot0(&clear[CELL_SLOTS]);
     let ks = own.keys[0].current.seal_keystream(ctr0);
     let slot2 = CELL_SLOTS.start + 2 * wire::SLOT_LEN;

@@ -172,11 +172,17 @@ impl Header {
     }
 }
 
-/// The circuit ID of a cell whose header mask has been removed (bytes 5..9; the
-/// cell's length was checked by [`Header::parse`]).
+/// A CELL's fixed-size header (bytes 0..201, which constant ranges index without a
+/// panic) and its body; `None` if `buf` is shorter than a header.
+pub fn split_cell(buf: &mut [u8]) -> Option<(&mut [u8; CELL_HEADER_LEN], &mut [u8])> {
+    let (head, body) = buf.split_at_mut_checked(CELL_HEADER_LEN)?;
+    Some((head.try_into().ok()?, body))
+}
+
+/// The circuit ID of a cell whose header mask has been removed (bytes 5..9).
 #[must_use]
-pub fn cell_circuit(cell: &[u8]) -> u32 {
-    be32(cell, CELL_MASKED.start)
+pub fn cell_circuit(head: &[u8; CELL_HEADER_LEN]) -> u32 {
+    u32::from_be_bytes([head[5], head[6], head[7], head[8]])
 }
 
 /// The inner header of an opened LINK_CTRL: `kind ‖ circuit (4) ‖ body`.
@@ -524,7 +530,8 @@ mod tests {
                 receiver: 0xff00_0001
             })
         );
-        assert_eq!(cell_circuit(&cell), 0xdead_beef);
+        let (head, _) = split_cell(&mut cell).expect("a whole header");
+        assert_eq!(cell_circuit(head), 0xdead_beef);
         assert_eq!(
             Header::parse(&cell[..232]),
             Err(WireError::Length {
