@@ -9,6 +9,10 @@
 //! rewritten back to the client's address (and, in ICMP errors, the quoted packet's
 //! source too, so that PMTU discovery and traceroute work at the client).
 
+// Packets from any client's circuit reach this module: no indexing, slicing, unwrap
+// or expect on them (SECURITY.md).
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 pub mod limits;
 pub mod packet;
 pub mod policy;

@@ -357,10 +357,8 @@ fn rewrite(pkt: &mut [u8], side: Side, new: IpAddr) -> Result<IpAddr, PacketErro
     if old == new {
         return Ok(old);
     }
-    let (new_octets, n) = octets(new);
-    let new_bytes = &new_octets[..n];
-    let (old_octets, _) = octets(old);
-    let old_bytes = &old_octets[..n];
+    let (new_octets, old_octets) = (Octets::of(new), Octets::of(old));
+    let (new_bytes, old_bytes) = (new_octets.as_slice(), old_octets.as_slice());
 
     let mut change = Delta::default();
     change.replace(pkt, addr_offset(layout.v6, side), new_bytes);
@@ -609,9 +607,8 @@ pub fn icmp_prohibited(
     if refused_source {
         return Err(PacketError::BadSource);
     }
-    let (from_octets, n) = octets(from);
-    let (to_octets, _) = octets(summary.src);
-    let (from, to) = (&from_octets[..n], &to_octets[..n]);
+    let (from_octets, to_octets) = (Octets::of(from), Octets::of(summary.src));
+    let (from, to) = (from_octets.as_slice(), to_octets.as_slice());
     let whole = original.get(..summary.len).ok_or(PacketError::Truncated)?;
 
     if layout.v6 {
@@ -628,10 +625,13 @@ pub fn icmp_prohibited(
         out.extend_from_slice(to);
         out.extend_from_slice(&ICMPV6_UNREACHABLE);
         out.extend_from_slice(&[0; 6]);
-        out.extend_from_slice(&whole[..quote_len]);
+        out.extend(whole.iter().take(quote_len));
         let pseudo =
             sum_words(sum_words(0, from), to) + u64::from(payload_len) + u64::from(PROTO_ICMPV6);
-        let checksum = !fold(sum_words(pseudo, &out[IPV6_HEADER_LEN..]));
+        let checksum = !fold(sum_words(
+            pseudo,
+            out.get(IPV6_HEADER_LEN..).unwrap_or_default(),
+        ));
         write_be16(out, IPV6_HEADER_LEN + ICMP_CHECKSUM_OFFSET, checksum);
     } else {
         let quote_len = whole
@@ -646,12 +646,12 @@ pub fn icmp_prohibited(
         out.extend_from_slice(&[0, 0, 0x40, 0, ERROR_TTL, PROTO_ICMP, 0, 0]);
         out.extend_from_slice(from);
         out.extend_from_slice(to);
-        let header_checksum = !fold(sum_words(0, &out[..IPV4_HEADER_LEN]));
+        let header_checksum = !fold(sum_words(0, out.get(..IPV4_HEADER_LEN).unwrap_or_default()));
         write_be16(out, IPV4_CHECKSUM_OFFSET, header_checksum);
         out.extend_from_slice(&ICMPV4_UNREACHABLE);
         out.extend_from_slice(&[0; 6]);
-        out.extend_from_slice(&whole[..quote_len]);
-        let checksum = !fold(sum_words(0, &out[IPV4_HEADER_LEN..]));
+        out.extend(whole.iter().take(quote_len));
+        let checksum = !fold(sum_words(0, out.get(IPV4_HEADER_LEN..).unwrap_or_default()));
         write_be16(out, IPV4_HEADER_LEN + ICMP_CHECKSUM_OFFSET, checksum);
     }
     Ok(())
@@ -710,14 +710,33 @@ fn addr(pkt: &[u8], off: usize, v6: bool) -> Result<IpAddr, PacketError> {
 }
 
 /// The address's bytes (in the first 4 or 16 of the array) and their count.
-fn octets(addr: IpAddr) -> ([u8; 16], usize) {
-    match addr {
-        IpAddr::V4(a) => {
-            let mut out = [0; 16];
-            out[..4].copy_from_slice(&a.octets());
-            (out, 4)
+/// An address's bytes as they appear in its header (4 or 16), without allocating.
+struct Octets {
+    bytes: [u8; 16],
+    v4: bool,
+}
+
+impl Octets {
+    fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(a) => {
+                let mut bytes = [0; 16];
+                bytes[..4].copy_from_slice(&a.octets());
+                Self { bytes, v4: true }
+            }
+            IpAddr::V6(a) => Self {
+                bytes: a.octets(),
+                v4: false,
+            },
         }
-        IpAddr::V6(a) => (a.octets(), 16),
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.v4 {
+            &self.bytes[..4]
+        } else {
+            &self.bytes
+        }
     }
 }
 
@@ -750,8 +769,9 @@ fn fold(mut sum: u64) -> u16 {
 /// to `sum`.
 fn sum_words(sum: u64, bytes: &[u8]) -> u64 {
     let mut chunks = bytes.chunks_exact(2);
-    let mut sum = chunks.by_ref().fold(sum, |acc, w| {
-        acc + u64::from(u16::from_be_bytes([w[0], w[1]]))
+    let mut sum = chunks.by_ref().fold(sum, |acc, w| match w {
+        &[hi, lo] => acc + u64::from(u16::from_be_bytes([hi, lo])),
+        _ => acc,
     });
     if let [last] = chunks.remainder() {
         sum += u64::from(*last) << 8;

@@ -1,3 +1,6 @@
+// Tests index and unwrap what they built themselves.
+#![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 use super::*;
 use etherparse::{
     icmpv4, icmpv6, Icmpv4Type, Icmpv6Type, IpHeaders, Ipv4HeaderSlice, NetSlice, PacketBuilder,
