@@ -158,7 +158,7 @@ impl Crawl {
             Event::CircuitUp(id) if self.open.contains_key(&id) => {
                 // The first circuit up to a gateway tried at several addresses asks
                 // it; the others are closed.
-                let key = self.open[&id];
+                let &key = self.open.get(&id)?;
                 let others: Vec<CircuitId> = self
                     .open
                     .iter()
@@ -189,9 +189,10 @@ impl Crawl {
                 buf,
                 range,
             } if self.open.contains_key(&circuit) => {
-                let key = self.open[&circuit];
+                let &key = self.open.get(&circuit)?;
+                let payload = buf.get(range).unwrap_or_default();
                 let finished = !matches!(
-                    self.crawler.on_payload(&key, &buf[range], store, now_unix),
+                    self.crawler.on_payload(&key, payload, store, now_unix),
                     Progress::Descriptor(_)
                 );
                 out.spent.push(buf);

@@ -317,7 +317,7 @@ impl Crawler {
     fn pick(&mut self, rng: &mut impl RngCore, store: &Store) -> Option<[u8; 32]> {
         let contested: Vec<[u8; 32]> = self.unsettled(store).collect();
         if !contested.is_empty() {
-            return Some(contested[below(rng, contested.len())]);
+            return contested.get(below(rng, contested.len())).copied();
         }
         if self.bootstrap_first {
             let bootstrap: Vec<[u8; 32]> = store
@@ -327,7 +327,7 @@ impl Crawler {
                 .map(|e| e.descriptor.key())
                 .collect();
             if !bootstrap.is_empty() {
-                return Some(bootstrap[below(rng, bootstrap.len())]);
+                return bootstrap.get(below(rng, bootstrap.len())).copied();
             }
             self.bootstrap_first = false;
         }
@@ -336,7 +336,7 @@ impl Crawler {
             return None;
         }
         let drawn = (0..DRAWS)
-            .map(|_| &store.entries[below(rng, n)])
+            .filter_map(|_| store.entries.get(below(rng, n)))
             .find(|e| self.askable(e));
         let entry = match drawn {
             Some(entry) => entry,
@@ -345,7 +345,7 @@ impl Crawler {
                 if left.is_empty() {
                     return None;
                 }
-                left[below(rng, left.len())]
+                left.get(below(rng, left.len())).copied()?
             }
         };
         Some(entry.descriptor.key())

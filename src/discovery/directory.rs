@@ -159,8 +159,8 @@ impl Directory {
             .handle(now, rng, &self.store, session, request, &mut answers);
         for payload in answers {
             let mut buf = buffer();
-            buf.resize(PAYLOAD_OFFSET + payload.len(), 0);
-            buf[PAYLOAD_OFFSET..].copy_from_slice(&payload);
+            buf.resize(PAYLOAD_OFFSET, 0);
+            buf.extend_from_slice(&payload);
             match node.send_backward(now, circuit, buf, payload.len()) {
                 Ok(t) => out.transmits.push(t),
                 Err(e) => tracing::debug!("directory answer dropped: {e}"),

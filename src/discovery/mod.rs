@@ -30,6 +30,10 @@
 //! Sans-IO: unix seconds (`now_unix`) for descriptor validity and [`Instant`](std::time::Instant)s for
 //! timeouts and rate limits are passed in, randomness comes from the caller's RNG.
 
+// Messages from gateways reach this module: no indexing, slicing, unwrap or expect
+// on them (SECURITY.md).
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 mod crawl;
 mod crawler;
 mod directory;

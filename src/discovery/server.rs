@@ -183,12 +183,16 @@ impl Server {
             if picked.len() == max {
                 break;
             }
-            if store.entries[i].source != Source::Own {
+            if store
+                .entries
+                .get(i)
+                .is_some_and(|e| e.source != Source::Own)
+            {
                 picked.push(i);
             }
         }
-        for &i in &picked {
-            out.push(Message::Desc(&store.entries[i].bytes).to_vec());
+        for e in picked.iter().filter_map(|&i| store.entries.get(i)) {
+            out.push(Message::Desc(&e.bytes).to_vec());
         }
         let sent = u8::try_from(picked.len()).unwrap_or(MAX_GET);
         out.push(Message::End { sent }.to_vec());

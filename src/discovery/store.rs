@@ -452,7 +452,7 @@ impl Store {
 
     /// The held descriptor of the gateway with onion key `key`.
     pub fn get(&self, key: &[u8; 32]) -> Option<&Entry> {
-        self.index.get(key).map(|&i| &self.entries[i])
+        self.index.get(key).and_then(|&i| self.entries.get(i))
     }
 
     /// Every held descriptor, in no particular order.
@@ -548,8 +548,8 @@ impl Store {
     pub fn expire(&mut self, now_unix: u64) -> usize {
         let mut removed = 0;
         let mut i = 0;
-        while i < self.entries.len() {
-            if now_unix >= self.entries[i].descriptor.expires {
+        while let Some(entry) = self.entries.get(i) {
+            if now_unix >= entry.descriptor.expires {
                 self.remove_at(i);
                 removed += 1;
             } else {
@@ -589,7 +589,7 @@ impl Store {
     pub fn sample(&self, rng: &mut (impl RngCore + CryptoRng), n: usize) -> Vec<&[u8]> {
         sample_indices(rng, self.entries.len(), n)
             .into_iter()
-            .map(|i| self.entries[i].bytes.as_slice())
+            .filter_map(|i| self.entries.get(i).map(|e| e.bytes.as_slice()))
             .collect()
     }
 
@@ -652,18 +652,20 @@ impl Store {
         let mut store = Store::new(limits);
         let mut report = CacheReport::default();
         let header = CACHE_MAGIC.len() + 1;
-        if bytes.len() < header + CHECKSUM_LEN
-            || bytes[..CACHE_MAGIC.len()] != CACHE_MAGIC[..]
-            || bytes[CACHE_MAGIC.len()] != CACHE_VERSION
-        {
+        let parts = bytes
+            .split_last_chunk::<CHECKSUM_LEN>()
+            .and_then(|(body, checksum)| Some((body, body.get(header..)?, checksum)));
+        let Some((body, mut rest, checksum)) = parts.filter(|(body, _, _)| {
+            body.strip_prefix(&CACHE_MAGIC[..])
+                .and_then(<[u8]>::first)
+                .is_some_and(|&v| v == CACHE_VERSION)
+        }) else {
             report.corrupt = true;
             return (store, report);
-        }
-        let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        };
         if Blake2s256::digest(body)[..] != checksum[..] {
             report.corrupt = true;
         }
-        let mut rest = &body[header..];
         while !rest.is_empty() {
             let Some((source, descriptor, after)) = read_record(rest) else {
                 report.corrupt = true;
@@ -731,6 +733,9 @@ impl Store {
 
     /// The identity, replacement and cap rules for a verified descriptor; stores it
     /// if they allow.
+    // `held` is a position from `index`, which insert and remove keep in step with
+    // `entries`.
+    #[allow(clippy::indexing_slicing)]
     fn place(
         &mut self,
         bytes: Vec<u8>,
@@ -841,7 +846,7 @@ impl Store {
         held: Option<usize>,
         answer_added: Option<usize>,
     ) -> Result<(), Rejected> {
-        let old = held.map(|i| &self.entries[i]);
+        let old = held.and_then(|i| self.entries.get(i));
         if answer_added.is_some_and(|added| added >= self.limits.per_answer) {
             return Err(Rejected::AnswerCap);
         }
