@@ -25,3 +25,54 @@ pub struct Stats {
     pub rekeys: u64,
     pub link_rekeys: u64,
 }
+
+impl Stats {
+    /// Every counter but `rx_datagrams`, summed: a datagram the node handled without
+    /// sending or reporting anything moved at least one of them (tests/forgery).
+    #[must_use]
+    pub fn outcomes(&self) -> u64 {
+        let Self {
+            rx_datagrams: _,
+            dropped_malformed,
+            dropped_unknown_type,
+            dropped_unknown_index,
+            dropped_unknown_circuit,
+            dropped_auth,
+            dropped_replay,
+            dropped_expired,
+            dropped_handshake_replay,
+            dropped_rate_limited,
+            dropped_protocol,
+            relayed_forward,
+            relayed_backward,
+            circuits_accepted,
+            circuits_refused,
+            destroys_received,
+            keepalives_answered,
+            rekeys,
+            link_rekeys,
+        } = self;
+        [
+            dropped_malformed,
+            dropped_unknown_type,
+            dropped_unknown_index,
+            dropped_unknown_circuit,
+            dropped_auth,
+            dropped_replay,
+            dropped_expired,
+            dropped_handshake_replay,
+            dropped_rate_limited,
+            dropped_protocol,
+            relayed_forward,
+            relayed_backward,
+            circuits_accepted,
+            circuits_refused,
+            destroys_received,
+            keepalives_answered,
+            rekeys,
+            link_rekeys,
+        ]
+        .into_iter()
+        .fold(0u64, |sum, &c| sum.saturating_add(c))
+    }
+}

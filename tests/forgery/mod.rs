@@ -21,7 +21,7 @@ use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
 use anonnet::node::{
     CircuitId, DownReason, Event, ForgedBackward, ForgedForward, HopSpec, Node, NodeConfig, Output,
-    Stats, Transmit, TAIL_LEN, TICK,
+    Transmit, TAIL_LEN, TICK,
 };
 use anonnet::proto::addr::CLIENT_V4;
 use anonnet::proto::framing::Reassembler;
@@ -73,27 +73,6 @@ pub struct Net {
     honest_forwarded: u64,
     /// Own circuits that went down, by node.
     down: Vec<(usize, CircuitId, DownReason)>,
-}
-
-fn sum(s: &Stats) -> u64 {
-    s.dropped_malformed
-        + s.dropped_unknown_type
-        + s.dropped_unknown_index
-        + s.dropped_unknown_circuit
-        + s.dropped_auth
-        + s.dropped_replay
-        + s.dropped_expired
-        + s.dropped_handshake_replay
-        + s.dropped_rate_limited
-        + s.dropped_protocol
-        + s.relayed_forward
-        + s.relayed_backward
-        + s.circuits_accepted
-        + s.circuits_refused
-        + s.destroys_received
-        + s.keepalives_answered
-        + s.rekeys
-        + s.link_rekeys
 }
 
 impl Net {
@@ -162,7 +141,7 @@ impl Net {
             };
             let src_addr = self.peers[src].addr;
             let p = &mut self.peers[i];
-            let before = sum(p.node.stats());
+            let before = p.node.stats().outcomes();
             let out = p
                 .node
                 .handle_datagram(self.now, &mut p.rng, Some(t.dst), src_addr, t.buf);
@@ -181,7 +160,7 @@ impl Net {
                 }
             }
             self.audit.handled += 1;
-            if !produced && sum(self.peers[i].node.stats()) == before {
+            if !produced && self.peers[i].node.stats().outcomes() == before {
                 self.audit.uncounted += 1;
                 if self.audit.first_uncounted.len() < 5 {
                     let after = self.peers[i].node.stats().clone();
