@@ -230,7 +230,7 @@ proptest! {
         for j in 0..n {
             prop_assert_eq!(&slots[..BUILD_SLOT_LEN], &msgs[j][..], "hop {} slot 0", j);
             if j + 1 < n {
-                relay_build(&mut slots[..], &kbs[j]);
+                relay_build(&mut slots, &kbs[j]);
                 prop_assert_eq!(slots.len(), BUILD_LEN);
             }
         }
@@ -353,7 +353,7 @@ fn position_hiding() {
             let mut b = client_build(&msgs, &kbs, &mut rng);
             assert_eq!(b.len(), BUILD_LEN);
             if n > 1 {
-                relay_build(&mut b[..], &kbs[0]);
+                relay_build(&mut b, &kbs[0]);
                 assert_eq!(b.len(), BUILD_LEN);
             }
             // Unused positions as seen on the wire: for n = 1, slots 1..7 sent by the

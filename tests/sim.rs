@@ -863,7 +863,7 @@ fn payloads(packet: &[u8], frag_id: u16) -> Vec<Vec<u8>> {
     (0..framing::fragment_count(packet.len()))
         .map(|i| {
             let mut out = vec![0u8; MAX_PAYLOAD];
-            let n = framing::write_fragment(packet, frag_id, i, &mut out);
+            let n = framing::write_fragment(packet, frag_id, i, &mut out).expect("a fragment");
             out.truncate(n);
             out
         })

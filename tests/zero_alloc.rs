@@ -366,7 +366,8 @@ impl Net {
                 id,
                 i,
                 &mut f[PAYLOAD_OFFSET..],
-            );
+            )
+            .expect("a fragment of a packet that needs fragmenting");
             self.seal(to, f, n);
         }
         self.pool.put(buf);

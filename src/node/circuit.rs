@@ -19,7 +19,13 @@ impl Node {
         }
     }
 
-    pub(super) fn on_built(&mut self, now: Instant, link_id: LinkId, cid: u32, slots: &mut [u8]) {
+    pub(super) fn on_built(
+        &mut self,
+        now: Instant,
+        link_id: LinkId,
+        cid: u32,
+        slots: &mut [u8; REPLY_LEN],
+    ) {
         match self.circuits.get(&(link_id, cid)).copied() {
             Some(Entry::RelayNext(id)) => {
                 let Some(r) = self.relays.get_mut(&id) else {
@@ -39,7 +45,7 @@ impl Node {
         }
     }
 
-    pub(super) fn finish_build(&mut self, now: Instant, id: CircuitId, slots: &[u8]) {
+    pub(super) fn finish_build(&mut self, now: Instant, id: CircuitId, slots: &[u8; REPLY_LEN]) {
         let Some(own) = self.own.get_mut(&id) else {
             return;
         };
@@ -115,7 +121,8 @@ impl Node {
             self.stats.dropped_malformed += 1;
             return Output::Recycle(buf);
         };
-        let origin = match onion::unwrap_backward(now, &mut own.keys, &mut head[CELL_SLOTS], body) {
+        let origin = match onion::unwrap_backward(now, &mut own.keys, wire::cell_slots(head), body)
+        {
             Ok(i) => i,
             Err(e) => {
                 self.count_reject(e);
@@ -298,8 +305,10 @@ impl Node {
         let Some((head, body)) = wire::split_cell(&mut buf) else {
             return Output::Recycle(buf);
         };
-        Body { cmd, len }.emit(body);
-        if onion::wrap_forward(&mut own.keys, target, &mut head[CELL_SLOTS], body, rng).is_none() {
+        if (Body { cmd, len }).emit(body).is_err() {
+            return Output::Recycle(buf);
+        }
+        if onion::wrap_forward(&mut own.keys, target, wire::cell_slots(head), body, rng).is_none() {
             return Output::Recycle(buf);
         }
         own.last_tx = now;

@@ -75,7 +75,7 @@ impl Node {
                     .ok_or(SendError::Exhausted)?,
             };
         }
-        let rest = &mut head[CELL_SLOTS];
+        let rest = wire::cell_slots(head);
         let after = rest.iter_mut().skip((target + 1) * SLOT_LEN);
         for (d, s) in after.zip(&cell.tail) {
             *d = *s;

@@ -374,21 +374,25 @@ impl Node {
             self.stats.dropped_protocol += 1;
             return;
         };
-        // CtrlHeader::parse checked the body's exact size for its kind.
-        let Some(body) = rest.get_mut(CTRL_INNER_HEADER..) else {
-            self.stats.dropped_malformed += 1;
-            return;
-        };
         if let Some(l) = self.links.get_mut(&link_id) {
             l.last_used = now;
         }
-        match (kind, body.first()) {
-            (CtrlKind::Build, _) => self.on_build(now, rng, link_id, cid, body),
-            (CtrlKind::Built, _) => self.on_built(now, link_id, cid, body),
-            (CtrlKind::Destroy, Some(&reason)) => {
-                self.on_destroy(link_id, cid, DestroyReason::from_byte(reason));
-            }
-            (CtrlKind::Destroy, None) => self.stats.dropped_malformed += 1,
+        // CtrlHeader::parse checked the body's exact size for its kind, so these
+        // views always match.
+        let body = rest.get_mut(CTRL_INNER_HEADER..).unwrap_or_default();
+        match kind {
+            CtrlKind::Build => match body.try_into() {
+                Ok(slots) => self.on_build(now, rng, link_id, cid, slots),
+                Err(_) => self.stats.dropped_malformed += 1,
+            },
+            CtrlKind::Built => match body.try_into() {
+                Ok(slots) => self.on_built(now, link_id, cid, slots),
+                Err(_) => self.stats.dropped_malformed += 1,
+            },
+            CtrlKind::Destroy => match body {
+                [reason] => self.on_destroy(link_id, cid, DestroyReason::from_byte(*reason)),
+                _ => self.stats.dropped_malformed += 1,
+            },
         }
     }
 

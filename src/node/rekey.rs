@@ -66,8 +66,8 @@ impl Node {
             cmd: Cmd::RekeyAck,
             len: NK_MSG2_EMPTY,
         }
-        .emit(body);
-        true
+        .emit(body)
+        .is_ok()
     }
 
     /// Client side: a REKEY_ACK from hop `origin` of own circuit `id` completes the

@@ -16,7 +16,7 @@ impl Node {
         rng: &mut (impl RngCore + CryptoRng),
         link_id: LinkId,
         cid: u32,
-        slots: &mut [u8],
+        slots: &mut [u8; BUILD_LEN],
     ) {
         let (Some(sk), Some(link)) = (self.cfg.static_key, self.links.get(&link_id)) else {
             self.stats.dropped_protocol += 1;
@@ -43,7 +43,7 @@ impl Node {
         let mut hs = crypto::noise_responder(rng, &sk);
         let mut p = [0u8; 128];
         let ok = matches!(
-            hs.read_message(slots.get(..BUILD_SLOT_LEN).unwrap_or_default(), &mut p),
+            hs.read_message(&slots[..BUILD_SLOT_LEN], &mut p),
             Ok(BUILD_PAYLOAD_LEN)
         );
         if !ok {
@@ -154,7 +154,7 @@ impl Node {
             self.stats.dropped_malformed += 1;
             return Output::Recycle(buf);
         };
-        let (ctr, tag) = onion::read_slot0(&head[CELL_SLOTS]);
+        let (ctr, tag) = onion::read_slot0(wire::cell_slots(head));
         if let Err(e) = r.keys.open(now, ctr, &tag, body) {
             self.count_reject(e);
             return Output::Recycle(buf);
@@ -168,7 +168,7 @@ impl Node {
             return Output::Recycle(buf);
         };
         let ks = r.keys.opened_by(ctr).open_keystream(ctr);
-        onion::shift_out(&mut head[CELL_SLOTS], &ks);
+        onion::shift_out(wire::cell_slots(head), &ks);
         self.stats.relayed_forward += 1;
         self.finish_cell(nl, nc, buf)
     }
@@ -232,7 +232,7 @@ impl Node {
         };
         let (ctr, _) = onion::read_slot0(&own);
         let ks = r.keys.current.seal_keystream(ctr);
-        onion::originate(&mut head[CELL_SLOTS], &ks, &own);
+        onion::originate(wire::cell_slots(head), &ks, &own);
         let (pl, pc) = r.prev;
         self.finish_cell(pl, pc, buf)
     }
@@ -254,7 +254,7 @@ impl Node {
         };
         let (ctr, _) = onion::read_slot0(&own);
         let ks = r.keys.current.seal_keystream(ctr);
-        onion::push_in(&mut head[CELL_SLOTS], &ks, &own);
+        onion::push_in(wire::cell_slots(head), &ks, &own);
         r.last_bwd = now;
         let (pl, pc) = r.prev;
         self.stats.relayed_backward += 1;
@@ -288,7 +288,8 @@ impl Node {
             cmd: Cmd::Data,
             len,
         }
-        .emit(body);
+        .emit(body)
+        .map_err(|_| SendError::ShortBuffer)?;
         match self.originate(now, id.0, buf) {
             Output::Transmit(t) => Ok(t),
             _ => Err(SendError::Exhausted),

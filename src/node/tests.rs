@@ -177,7 +177,7 @@ fn a_relay_forwards_a_cell_whose_output_sample_the_client_chose() {
     let mut clear = t.buf.clone();
     let (head, _) = wire::split_cell(&mut clear).expect("a cell");
     mask_header(&keys.send_mask, head);
-    let (ctr0, _) = onion::read_slot0(&clear[CELL_SLOTS]);
+    let (ctr0, _) = onion::read_slot0(wire::cell_slots(head));
     let ks = own.keys[0].current.seal_keystream(ctr0);
     let slot2 = CELL_SLOTS.start + 2 * wire::SLOT_LEN;
     for i in 0..16 {

@@ -111,10 +111,9 @@ pub const SAMPLE_LEN: usize = 16;
 /// wrote the cell's slot 1, so every counter value must give a mask.
 #[must_use]
 pub fn header_mask(key: &[u8; KEY_LEN], sample: &[u8; SAMPLE_LEN]) -> [u8; 64] {
-    let (counter, nonce) = sample.split_at(4);
-    let counter = u32::from_le_bytes([counter[0], counter[1], counter[2], counter[3]]);
+    let [c0, c1, c2, c3, nonce @ ..] = sample;
     let mut core = ChaChaCore::<U10>::new(key.into(), nonce.into());
-    core.set_block_pos(counter);
+    core.set_block_pos(u32::from_le_bytes([*c0, *c1, *c2, *c3]));
     let mut block = Block::<ChaChaCore<U10>>::default();
     core.write_keystream_block(&mut block);
     block.into()
@@ -205,10 +204,13 @@ pub fn split(hs: &mut snow::HandshakeState) -> ([u8; KEY_LEN], [u8; KEY_LEN]) {
     hs.dangerously_get_raw_split()
 }
 
-/// A uniform integer in `0..n` (`n > 0`), by rejection (no modulo bias).
+/// A uniform integer in `0..n`, by rejection (no modulo bias); 0 when `n` is 0, so
+/// that `slice.get(below(rng, slice.len()))` is `None` for an empty slice.
 pub fn below<R: RngCore + ?Sized>(rng: &mut R, n: usize) -> usize {
-    let n = n as u64;
-    let skip = n.wrapping_neg() % n;
+    let Some(n) = std::num::NonZeroU64::new(n as u64) else {
+        return 0;
+    };
+    let skip = n.get().wrapping_neg() % n;
     loop {
         let v = rng.next_u64();
         if v >= skip {
@@ -219,6 +221,9 @@ pub fn below<R: RngCore + ?Sized>(rng: &mut R, n: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    // Tests index and unwrap what they built themselves.
+    #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     #[test]
@@ -339,6 +344,15 @@ mod tests {
 
     /// Below the last counter the mask is the keystream a seeked stream cipher gives,
     /// so the wire format is the one every earlier version spoke.
+    #[test]
+    fn below_zero_is_zero_and_draws_nothing() {
+        let mut rng = ChaCha20Rng::from_seed([3; 32]);
+        let before = rng.clone();
+        assert_eq!(below(&mut rng, 0), 0);
+        assert_eq!(rng, before);
+        assert!((0..1000).all(|_| below(&mut rng, 3) < 3));
+    }
+
     #[test]
     fn header_mask_matches_the_stream_cipher_below_the_last_block() {
         use chacha20::cipher::StreamCipherSeek;

@@ -172,11 +172,14 @@ impl Descriptor {
         if bytes.len() > MAX_DESCRIPTOR_LEN {
             return Err(DescriptorError::TooLong(bytes.len()));
         }
-        let (descriptor, body_len, signature) = Self::decode(bytes)?;
+        let descriptor = Self::decode(bytes)?;
         descriptor.check_fields()?;
-        let signature = Signature::from_bytes(&signature);
+        let (body, signature) = bytes
+            .split_last_chunk::<SIGNATURE_LENGTH>()
+            .ok_or(DescriptorError::Truncated)?;
+        let signature = Signature::from_bytes(signature);
         VerifyingKey::from_bytes(&descriptor.identity)
-            .and_then(|key| key.verify_strict(&signed_message(&bytes[..body_len]), &signature))
+            .and_then(|key| key.verify_strict(&signed_message(body), &signature))
             .map_err(|_| DescriptorError::BadSignature)?;
         if descriptor.published > now_unix.saturating_add(MAX_CLOCK_SKEW_SECS) {
             return Err(DescriptorError::NotYetValid);
@@ -229,12 +232,10 @@ impl Descriptor {
         out
     }
 
-    /// Parses the encoding; returns the descriptor, the offset of the signature and
-    /// the signature. Checks what the decoding itself needs (lengths, version, flags, families,
+    /// Parses the encoding, which ends with the signature (verified by the caller).
+    /// Checks what the decoding itself needs (lengths, version, flags, families,
     /// ASCII); [`Descriptor::check_fields`] checks the rest.
-    fn decode(
-        bytes: &[u8],
-    ) -> Result<(Descriptor, usize, [u8; SIGNATURE_LENGTH]), DescriptorError> {
+    fn decode(bytes: &[u8]) -> Result<Descriptor, DescriptorError> {
         let mut r = Reader { rest: bytes };
         let version = r.u8()?;
         if version != DESCRIPTOR_VERSION {
@@ -273,8 +274,7 @@ impl Descriptor {
             .filter(|s| s.is_ascii())
             .ok_or(DescriptorError::BadField("policy_summary"))?
             .to_owned();
-        let body_len = bytes.len() - r.rest.len();
-        let signature = r.array()?;
+        r.array::<SIGNATURE_LENGTH>()?;
         if !r.rest.is_empty() {
             return Err(DescriptorError::TrailingBytes);
         }
@@ -288,7 +288,7 @@ impl Descriptor {
             published,
             expires,
         };
-        Ok((descriptor, body_len, signature))
+        Ok(descriptor)
     }
 
     /// The field rules shared by signing and verifying (all but the clock).
@@ -297,7 +297,7 @@ impl Descriptor {
             return Err(DescriptorError::BadField("addrs"));
         }
         for (i, addr) in self.addrs.iter().enumerate() {
-            if !usable_addr(addr) || self.addrs[..i].contains(addr) {
+            if !usable_addr(addr) || self.addrs.iter().take(i).any(|a| a == addr) {
                 return Err(DescriptorError::BadField("addrs"));
             }
         }

@@ -65,22 +65,23 @@ pub fn classify(payload: &[u8]) -> Result<Payload<'_>, PayloadError> {
     match first >> 4 {
         4 | 6 => Ok(Payload::Packet(payload)),
         _ if first == FRAGMENT => {
-            if payload.len() <= FRAGMENT_HEADER {
+            let Some((&[_, id0, id1, index, count], data)) =
+                payload.split_first_chunk::<FRAGMENT_HEADER>()
+            else {
                 return Err(PayloadError::BadFragment);
-            }
-            let id = u16::from_be_bytes([payload[1], payload[2]]);
-            let (index, count) = (payload[3], payload[4]);
-            let data = &payload[FRAGMENT_HEADER..];
+            };
             let last = usize::from(index) + 1 == usize::from(count);
-            if count < 2
+            if data.is_empty()
+                || count < 2
                 || usize::from(count) > MAX_FRAGMENTS
                 || index >= count
                 || (!last && data.len() != FRAGMENT_DATA)
+                || data.len() > FRAGMENT_DATA
             {
                 return Err(PayloadError::BadFragment);
             }
             Ok(Payload::Fragment {
-                id,
+                id: u16::from_be_bytes([id0, id1]),
                 index,
                 count,
                 data,
@@ -101,23 +102,21 @@ pub fn fragment_count(len: usize) -> usize {
 }
 
 /// Writes fragment `index` of `packet` (which needs 2 to [`MAX_FRAGMENTS`] fragments)
-/// into `out` and returns the payload length. `out` must hold [`MAX_PAYLOAD`] bytes.
-///
-/// # Panics
-/// If the packet needs no fragmenting or more than [`MAX_FRAGMENTS`] fragments, or
-/// `index` is out of range: callers check [`fragment_count`] first.
-pub fn write_fragment(packet: &[u8], id: u16, index: usize, out: &mut [u8]) -> usize {
+/// into `out` and returns the payload length: `None`, with nothing written, if the
+/// packet needs no fragmenting or more than [`MAX_FRAGMENTS`] fragments, if it has
+/// no fragment `index`, or if `out` is shorter than the fragment.
+pub fn write_fragment(packet: &[u8], id: u16, index: usize, out: &mut [u8]) -> Option<usize> {
     let count = fragment_count(packet.len());
-    assert!((2..=MAX_FRAGMENTS).contains(&count) && index < count);
-    let start = index * FRAGMENT_DATA;
-    let end = (start + FRAGMENT_DATA).min(packet.len());
-    let n = end - start;
-    out[0] = FRAGMENT;
-    out[1..3].copy_from_slice(&id.to_be_bytes());
-    out[3] = index as u8;
-    out[4] = count as u8;
-    out[FRAGMENT_HEADER..FRAGMENT_HEADER + n].copy_from_slice(&packet[start..end]);
-    FRAGMENT_HEADER + n
+    if !(2..=MAX_FRAGMENTS).contains(&count) {
+        return None;
+    }
+    let data = packet.chunks(FRAGMENT_DATA).nth(index)?;
+    let (header, body) = out.split_first_chunk_mut::<FRAGMENT_HEADER>()?;
+    body.get_mut(..data.len())?.copy_from_slice(data);
+    let [id0, id1] = id.to_be_bytes();
+    // index < count <= MAX_FRAGMENTS: both fit a byte.
+    *header = [FRAGMENT, id0, id1, index as u8, count as u8];
+    Some(FRAGMENT_HEADER + data.len())
 }
 
 /// How a packet goes into a circuit's cells.
@@ -193,8 +192,10 @@ impl Reassembler {
         })
     }
 
-    /// Adds a fragment; returns the whole packet once its last fragment is in.
-    pub fn push(
+    /// Adds a fragment that [`classify`] accepted (so `index < count <=`
+    /// [`MAX_FRAGMENTS`] and `data` fits its place); returns the whole packet once
+    /// its last fragment is in.
+    fn push(
         &mut self,
         now: Instant,
         id: u16,
@@ -202,18 +203,19 @@ impl Reassembler {
         count: u8,
         data: &[u8],
     ) -> Option<&mut [u8]> {
-        let pos = match self.slots.iter().position(|s| s.id == id && s.have != 0) {
+        let found = self.slots.iter().position(|s| s.id == id && s.have != 0);
+        let pos = match found {
             Some(p)
-                if now.saturating_duration_since(self.slots[p].started) < REASSEMBLY_TIMEOUT =>
+                if self.slots.get(p).is_some_and(|s| {
+                    now.saturating_duration_since(s.started) < REASSEMBLY_TIMEOUT
+                }) =>
             {
                 p
             }
             found => {
                 let p = found.unwrap_or_else(|| self.free_slot(now));
-                if self.slots[p].have != 0 {
-                    self.dropped += u64::from(self.slots[p].have.count_ones());
-                }
-                let s = &mut self.slots[p];
+                let s = self.slots.get_mut(p)?;
+                self.dropped += u64::from(s.have.count_ones());
                 s.id = id;
                 s.count = count;
                 s.have = 0;
@@ -222,22 +224,27 @@ impl Reassembler {
                 p
             }
         };
-        let s = &mut self.slots[pos];
-        let bit = 1u8 << index;
+        let s = self.slots.get_mut(pos)?;
+        let start = usize::from(index) * FRAGMENT_DATA;
+        let (Some(bit), Some(place)) = (
+            1u8.checked_shl(u32::from(index)),
+            s.buf.get_mut(start..start + data.len()),
+        ) else {
+            self.dropped += 1;
+            return None;
+        };
         if s.count != count || s.have & bit != 0 {
             self.dropped += 1;
             return None;
         }
-        let start = usize::from(index) * FRAGMENT_DATA;
-        s.buf[start..start + data.len()].copy_from_slice(data);
+        place.copy_from_slice(data);
         s.have |= bit;
         if index + 1 == count {
             s.len = start + data.len();
         }
         if u32::from(s.have) + 1 == 1 << count {
             s.have = 0;
-            let s = &mut self.slots[pos];
-            return Some(&mut s.buf[..s.len]);
+            return s.buf.get_mut(..s.len);
         }
         None
     }
@@ -258,13 +265,11 @@ impl Reassembler {
             });
             return self.slots.len() - 1;
         }
-        let mut oldest = 0;
-        for (i, s) in self.slots.iter().enumerate() {
-            if s.started < self.slots[oldest].started {
-                oldest = i;
-            }
-        }
-        oldest
+        self.slots
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| s.started)
+            .map_or(0, |(i, _)| i)
     }
 }
 

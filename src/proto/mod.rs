@@ -2,6 +2,10 @@
 //! protects them. Nothing here keeps state across packets beyond what a caller
 //! holds (replay windows, reassembly slots); time and randomness are parameters.
 
+// Every datagram, descriptor and cache file is parsed here: no indexing, slicing,
+// unwrap or expect on them (SECURITY.md).
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 pub mod addr;
 pub mod crypto;
 pub mod descriptor;

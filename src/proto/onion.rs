@@ -270,14 +270,14 @@ pub fn slot(ctr: u64, tag: &[u8; TAG_LEN]) -> [u8; SLOT_LEN] {
     s
 }
 
-/// Splits slot 0 of `slots` into counter and tag.
+/// Splits the first slot of `slots` (a slot or a cell's slots) into counter and tag.
 #[must_use]
-pub fn read_slot0(slots: &[u8]) -> (u64, [u8; TAG_LEN]) {
-    let mut c = [0u8; 8];
-    c.copy_from_slice(&slots[..8]);
-    let mut t = [0u8; TAG_LEN];
-    t.copy_from_slice(&slots[8..SLOT_LEN]);
-    (u64::from_be_bytes(c), t)
+pub fn read_slot0<const N: usize>(slots: &[u8; N]) -> (u64, [u8; TAG_LEN]) {
+    // N >= SLOT_LEN (checked at compile time): the default is never taken.
+    const { assert!(N >= SLOT_LEN) };
+    let slot: [u8; SLOT_LEN] = slots.first_chunk().copied().unwrap_or_default();
+    let [c0, c1, c2, c3, c4, c5, c6, c7, tag @ ..] = slot;
+    (u64::from_be_bytes([c0, c1, c2, c3, c4, c5, c6, c7]), tag)
 }
 
 /// Keystream bytes computed for a slot keystream: 4 ChaCha20 blocks, of which the
@@ -301,9 +301,15 @@ fn xor(dst: &mut [u8], src: &[u8]) {
     }
 }
 
+fn copy(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = *s;
+    }
+}
+
 /// Forward relay (and client unwrap): drop slot 0, decrypt slots 1..7 into 0..6,
 /// append keystream filler.
-pub fn shift_out(slots: &mut [u8], ks: &Slots) {
+pub fn shift_out(slots: &mut Slots, ks: &Slots) {
     slots.copy_within(SLOT_LEN..SLOTS_LEN, 0);
     xor(
         &mut slots[..SLOTS_LEN - SLOT_LEN],
@@ -314,33 +320,36 @@ pub fn shift_out(slots: &mut [u8], ks: &Slots) {
 
 /// Backward relay: encrypt slots 0..6 into 1..7 (slot 7 is filler and dropped), then
 /// write this hop's slot 0.
-pub fn push_in(slots: &mut [u8], ks: &Slots, own: &[u8; SLOT_LEN]) {
+pub fn push_in(slots: &mut Slots, ks: &Slots, own: &[u8; SLOT_LEN]) {
     slots.copy_within(0..SLOTS_LEN - SLOT_LEN, SLOT_LEN);
     xor(&mut slots[SLOT_LEN..SLOTS_LEN], &ks[..SLOTS_LEN - SLOT_LEN]);
     slots[..SLOT_LEN].copy_from_slice(own);
 }
 
 /// Backward origin: this hop's slot 0, then keystream filler.
-pub fn originate(slots: &mut [u8], ks: &Slots, own: &[u8; SLOT_LEN]) {
+pub fn originate(slots: &mut Slots, ks: &Slots, own: &[u8; SLOT_LEN]) {
     slots[..SLOT_LEN].copy_from_slice(own);
     slots[SLOT_LEN..SLOTS_LEN].copy_from_slice(&ks[..SLOTS_LEN - SLOT_LEN]);
 }
 
 /// Client: wraps `body` for hops `0..=target` (the cell is TERMINAL at `target`) and
-/// writes the 8 slots. Returns `None` if a hop's counters are exhausted.
+/// writes the 8 slots. Returns `None` if a hop's counters are exhausted or `target`
+/// is not a hop of `hops`.
 pub fn wrap_forward(
     hops: &mut [HopKeys],
     target: usize,
-    slots: &mut [u8],
+    slots: &mut Slots,
     body: &mut [u8],
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Option<()> {
-    rng.fill_bytes(&mut slots[..SLOTS_LEN]);
+    rng.fill_bytes(slots);
+    let hops = hops.get_mut(..=target)?;
     let mut own = [[0u8; SLOT_LEN]; SLOTS];
-    for j in (0..=target).rev() {
-        own[j] = hops[j].current.seal(j == target, body)?;
+    let own = own.get_mut(..hops.len())?;
+    for (j, (o, hop)) in own.iter_mut().zip(hops.iter_mut()).enumerate().rev() {
+        *o = hop.current.seal(j == target, body)?;
     }
-    lay_forward(hops, &own[..=target], target, slots);
+    lay_forward(hops, own, target, slots);
     Some(())
 }
 
@@ -348,20 +357,16 @@ pub fn wrap_forward(
 /// keystream of every hop `i` before position `last` (for the counter in `own[i]`) to
 /// the positions `i + 1..=last`, so that each hop's shift leaves the later slots as
 /// they were written.
-pub fn lay_forward(hops: &[HopKeys], own: &[[u8; SLOT_LEN]], last: usize, slots: &mut [u8]) {
-    for (j, o) in own.iter().enumerate() {
-        slots[j * SLOT_LEN..(j + 1) * SLOT_LEN].copy_from_slice(o);
+pub fn lay_forward(hops: &[HopKeys], own: &[[u8; SLOT_LEN]], last: usize, slots: &mut Slots) {
+    for (p, o) in slots.chunks_exact_mut(SLOT_LEN).zip(own) {
+        copy(p, o);
     }
-    let shifted = own.len().min(last);
-    for i in 0..shifted {
-        let (ctr, _) = read_slot0(&own[i]);
-        let ks = hops[i].current.seal_keystream(ctr);
-        for j in i + 1..=last {
-            let off = (j - i - 1) * SLOT_LEN;
-            xor(
-                &mut slots[j * SLOT_LEN..(j + 1) * SLOT_LEN],
-                &ks[off..off + SLOT_LEN],
-            );
+    for (i, (o, hop)) in own.iter().zip(hops).take(last).enumerate() {
+        let (ctr, _) = read_slot0(o);
+        let ks = hop.current.seal_keystream(ctr);
+        let later = slots.chunks_exact_mut(SLOT_LEN).take(last + 1).skip(i + 1);
+        for (p, k) in later.zip(ks.chunks_exact(SLOT_LEN)) {
+            xor(p, k);
         }
     }
 }
@@ -371,7 +376,7 @@ pub fn lay_forward(hops: &[HopKeys], own: &[[u8; SLOT_LEN]], last: usize, slots:
 pub fn unwrap_backward(
     now: Instant,
     hops: &mut [HopKeys],
-    slots: &mut [u8],
+    slots: &mut Slots,
     body: &mut [u8],
 ) -> Result<usize, Reject> {
     for (i, hop) in hops.iter_mut().enumerate() {
@@ -406,29 +411,30 @@ pub fn client_build(
 ) -> Box<[u8; BUILD_LEN]> {
     let mut out = Box::new([0u8; BUILD_LEN]);
     rng.fill_bytes(&mut out[..]);
-    for (j, m) in msgs.iter().enumerate() {
-        out[j * BUILD_SLOT_LEN..(j + 1) * BUILD_SLOT_LEN].copy_from_slice(m);
+    for (p, m) in out.chunks_exact_mut(BUILD_SLOT_LEN).zip(msgs) {
+        copy(p, m);
     }
     for (i, kb) in kbs.iter().enumerate().take(msgs.len().saturating_sub(1)) {
         let (ksf, _) = build_keystreams(kb);
-        for j in i + 1..msgs.len() {
-            let off = (j - i - 1) * BUILD_SLOT_LEN;
-            xor(
-                &mut out[j * BUILD_SLOT_LEN..(j + 1) * BUILD_SLOT_LEN],
-                &ksf[off..off + BUILD_SLOT_LEN],
-            );
+        let later = out
+            .chunks_exact_mut(BUILD_SLOT_LEN)
+            .take(msgs.len())
+            .skip(i + 1);
+        for (p, k) in later.zip(ksf.chunks_exact(BUILD_SLOT_LEN)) {
+            xor(p, k);
         }
     }
     out
 }
 
 /// Relay: turns the BUILD it received into the one for its next hop, in place.
-pub fn relay_build(slots: &mut [u8], kb: &[u8; KEY_LEN]) {
+pub fn relay_build(slots: &mut [u8; BUILD_LEN], kb: &[u8; KEY_LEN]) {
     let (ksf, _) = build_keystreams(kb);
-    let tail = BUILD_LEN - BUILD_SLOT_LEN;
+    let ksf: &[u8; BUILD_LEN] = &ksf;
+    const TAIL: usize = BUILD_LEN - BUILD_SLOT_LEN;
     slots.copy_within(BUILD_SLOT_LEN..BUILD_LEN, 0);
-    xor(&mut slots[..tail], &ksf[..tail]);
-    slots[tail..BUILD_LEN].copy_from_slice(&ksf[tail..]);
+    xor(&mut slots[..TAIL], &ksf[..TAIL]);
+    slots[TAIL..BUILD_LEN].copy_from_slice(&ksf[TAIL..]);
 }
 
 /// Terminal hop: the BUILT it originates.
@@ -442,7 +448,7 @@ pub fn terminal_built(reply: &[u8; REPLY_SLOT_LEN], kb: &[u8; KEY_LEN]) -> [u8; 
 }
 
 /// Relay: prepends its reply to the BUILT from its next hop, in place.
-pub fn relay_built(slots: &mut [u8], reply: &[u8; REPLY_SLOT_LEN], kb: &[u8; KEY_LEN]) {
+pub fn relay_built(slots: &mut [u8; REPLY_LEN], reply: &[u8; REPLY_SLOT_LEN], kb: &[u8; KEY_LEN]) {
     let (_, ksb) = build_keystreams(kb);
     slots.copy_within(0..REPLY_LEN - REPLY_SLOT_LEN, REPLY_SLOT_LEN);
     xor(&mut slots[REPLY_SLOT_LEN..REPLY_LEN], &ksb);
@@ -451,9 +457,8 @@ pub fn relay_built(slots: &mut [u8], reply: &[u8; REPLY_SLOT_LEN], kb: &[u8; KEY
 
 /// Client: the reply slot of each of `kbs.len()` hops.
 #[must_use]
-pub fn client_built(slots: &[u8], kbs: &[[u8; KEY_LEN]]) -> Vec<[u8; REPLY_SLOT_LEN]> {
-    let mut cur = [0u8; REPLY_LEN];
-    cur.copy_from_slice(&slots[..REPLY_LEN]);
+pub fn client_built(slots: &[u8; REPLY_LEN], kbs: &[[u8; KEY_LEN]]) -> Vec<[u8; REPLY_SLOT_LEN]> {
+    let mut cur = *slots;
     let mut out = Vec::with_capacity(kbs.len());
     for kb in kbs {
         let mut r = [0u8; REPLY_SLOT_LEN];
@@ -468,6 +473,9 @@ pub fn client_built(slots: &[u8], kbs: &[[u8; KEY_LEN]]) -> Vec<[u8; REPLY_SLOT_
 
 #[cfg(test)]
 mod tests {
+    // Tests index and unwrap what they built themselves.
+    #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     #[test]

@@ -84,7 +84,7 @@ impl ReplayWindow {
             return false;
         }
         let (block, bit) = Self::position(counter);
-        self.bitmap[block] & bit == 0
+        self.bitmap.get(block).is_some_and(|w| w & bit == 0)
     }
 
     /// Check `counter` and, if accepted, record it (moving the window forward if it is
@@ -103,7 +103,9 @@ impl ReplayWindow {
                 let advance = (target - current).min(BLOCKS as u64);
                 for i in 1..=advance {
                     // current + i <= target <= u64::MAX / 64: no overflow.
-                    self.bitmap[((current + i) & BLOCK_MASK) as usize] = 0;
+                    if let Some(w) = self.bitmap.get_mut(((current + i) & BLOCK_MASK) as usize) {
+                        *w = 0;
+                    }
                 }
                 self.last = Some(counter);
             }
@@ -111,7 +113,9 @@ impl ReplayWindow {
             None => self.last = Some(counter),
         }
         let (block, bit) = Self::position(counter);
-        self.bitmap[block] |= bit;
+        if let Some(w) = self.bitmap.get_mut(block) {
+            *w |= bit;
+        }
         true
     }
 

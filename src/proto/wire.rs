@@ -124,17 +124,20 @@ pub fn classify(d: &[u8]) -> Result<MsgType, WireError> {
     }
 }
 
-/// Reads a big-endian u32 at `at` from a buffer already length-checked.
-fn be32(d: &[u8], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&d[at..at + 4]);
-    u32::from_be_bytes(b)
+/// The big-endian u32 at `at`, or `Malformed` if `d` ends before it.
+fn be32(d: &[u8], at: usize) -> Result<u32, WireError> {
+    d.get(at..)
+        .and_then(<[u8]>::first_chunk)
+        .map(|b| u32::from_be_bytes(*b))
+        .ok_or(WireError::Malformed)
 }
 
-fn be64(d: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d[at..at + 8]);
-    u64::from_be_bytes(b)
+/// The big-endian u64 at `at`, or `Malformed` if `d` ends before it.
+fn be64(d: &[u8], at: usize) -> Result<u64, WireError> {
+    d.get(at..)
+        .and_then(<[u8]>::first_chunk)
+        .map(|b| u64::from_be_bytes(*b))
+        .ok_or(WireError::Malformed)
 }
 
 /// The clear header fields of a datagram: the typed view a node dispatches on.
@@ -156,17 +159,19 @@ pub enum Header {
 impl Header {
     pub fn parse(d: &[u8]) -> Result<Self, WireError> {
         Ok(match classify(d)? {
-            MsgType::LinkInit => Self::LinkInit { sender: be32(d, 1) },
+            MsgType::LinkInit => Self::LinkInit {
+                sender: be32(d, 1)?,
+            },
             MsgType::LinkResp => Self::LinkResp {
-                sender: be32(d, 1),
-                receiver: be32(d, 5),
+                sender: be32(d, 1)?,
+                receiver: be32(d, 5)?,
             },
             MsgType::LinkCtrl => Self::LinkCtrl {
-                receiver: be32(d, 1),
-                counter: be64(d, 5),
+                receiver: be32(d, 1)?,
+                counter: be64(d, 5)?,
             },
             MsgType::Cell => Self::Cell {
-                receiver: be32(d, 1),
+                receiver: be32(d, 1)?,
             },
         })
     }
@@ -177,6 +182,13 @@ impl Header {
 pub fn split_cell(buf: &mut [u8]) -> Option<(&mut [u8; CELL_HEADER_LEN], &mut [u8])> {
     let (head, body) = buf.split_at_mut_checked(CELL_HEADER_LEN)?;
     Some((head.try_into().ok()?, body))
+}
+
+/// The 8 slots of a cell header (bytes 9..201, [`CELL_SLOTS`]).
+#[must_use]
+pub fn cell_slots(head: &mut [u8; CELL_HEADER_LEN]) -> &mut [u8; SLOTS_LEN] {
+    let [_, _, _, _, _, _, _, _, _, slots @ ..] = head;
+    slots
 }
 
 /// The circuit ID of a cell whose header mask has been removed (bytes 5..9).
@@ -196,13 +208,12 @@ impl CtrlHeader {
     /// Parses the kind and circuit ID and checks that the body after them has the
     /// kind's exact size.
     pub fn parse(inner: &[u8]) -> Result<Self, WireError> {
-        let body_len = inner
-            .len()
-            .checked_sub(CTRL_INNER_HEADER)
+        let (&[kind, c0, c1, c2, c3], body) = inner
+            .split_first_chunk::<CTRL_INNER_HEADER>()
             .ok_or(WireError::Malformed)?;
         Ok(Self {
-            kind: CtrlKind::parse(inner[0], body_len)?,
-            circuit: be32(inner, 1),
+            kind: CtrlKind::parse(kind, body.len())?,
+            circuit: u32::from_be_bytes([c0, c1, c2, c3]),
         })
     }
 }
@@ -223,13 +234,11 @@ pub struct LinkInitReserved {
 impl LinkInitReserved {
     /// Reads the reserved bytes at the start of a decrypted msg1 payload.
     pub fn parse(payload: &[u8]) -> Result<Self, WireError> {
-        let r = payload
-            .get(..LINK_INIT_RESERVED)
+        let &[r0, r1, r2, r3, proof @ ..] = payload
+            .first_chunk::<LINK_INIT_RESERVED>()
             .ok_or(WireError::Malformed)?;
-        let mut proof = [0u8; LINK_REKEY_PROOF];
-        proof.copy_from_slice(&r[4..]);
         Ok(Self {
-            replaces: be32(r, 0),
+            replaces: u32::from_be_bytes([r0, r1, r2, r3]),
             proof,
         })
     }
@@ -343,7 +352,8 @@ pub struct BuildPayload {
 
 impl BuildPayload {
     pub fn parse(b: &[u8]) -> Result<Self, WireError> {
-        if b.len() != BUILD_PAYLOAD_LEN || b[0] != VERSION {
+        let b: &[u8; BUILD_PAYLOAD_LEN] = b.try_into().map_err(|_| WireError::Malformed)?;
+        if b[0] != VERSION {
             return Err(WireError::Malformed);
         }
         let service = match b[1] {
@@ -427,29 +437,36 @@ pub struct Body {
 impl Body {
     /// Parses the body header and checks that `len` fits the body.
     pub fn parse(body: &[u8]) -> Result<Self, WireError> {
-        if body.len() < BODY_HEADER {
-            return Err(WireError::Malformed);
-        }
-        let cmd = match body[0] {
+        let (&[cmd, l0, l1], rest) = body
+            .split_first_chunk::<BODY_HEADER>()
+            .ok_or(WireError::Malformed)?;
+        let cmd = match cmd {
             1 => Cmd::Data,
             2 => Cmd::Keepalive,
             3 => Cmd::Rekey,
             4 => Cmd::RekeyAck,
             _ => return Err(WireError::Malformed),
         };
-        let len = usize::from(u16::from_be_bytes([body[1], body[2]]));
-        if BODY_HEADER + len > body.len() {
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
+        if len > rest.len() {
             return Err(WireError::Malformed);
         }
         Ok(Self { cmd, len })
     }
 
-    /// Writes the header and zeroes the padding after the payload.
-    pub fn emit(&self, body: &mut [u8]) {
-        body[0] = self.cmd as u8;
-        let len = u16::try_from(self.len).unwrap_or(u16::MAX);
-        body[1..3].copy_from_slice(&len.to_be_bytes());
-        body[BODY_HEADER + self.len..].fill(0);
+    /// Writes the header and zeroes the padding after the payload; `Malformed`,
+    /// with nothing written, if `body` cannot hold the header and `len` bytes.
+    pub fn emit(&self, body: &mut [u8]) -> Result<(), WireError> {
+        let (head, rest) = body
+            .split_first_chunk_mut::<BODY_HEADER>()
+            .ok_or(WireError::Malformed)?;
+        let padding = rest.get_mut(self.len..).ok_or(WireError::Malformed)?;
+        let [l0, l1] = u16::try_from(self.len)
+            .map_err(|_| WireError::Malformed)?
+            .to_be_bytes();
+        padding.fill(0);
+        *head = [self.cmd as u8, l0, l1];
+        Ok(())
     }
 
     /// The payload within `body`.
@@ -472,6 +489,9 @@ pub fn body_size(classes: &[usize], payload: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    // Tests index and unwrap what they built themselves.
+    #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
     use proptest::prelude::*;
 
@@ -631,7 +651,8 @@ mod tests {
             cmd: Cmd::Data,
             len: 4,
         }
-        .emit(&mut b);
+        .emit(&mut b)
+        .unwrap();
         b[3..7].copy_from_slice(b"ping");
         assert_eq!(&b[..7], &[1, 0, 4, b'p', b'i', b'n', b'g']);
         assert!(b[7..].iter().all(|&x| x == 0));
@@ -642,6 +663,29 @@ mod tests {
         assert_eq!(body_size(&[128, 256], 10), 128);
         assert_eq!(body_size(&[128, 256], 200), 256);
         assert_eq!(body_size(&[128, 256], 300), MAX_BODY);
+    }
+
+    #[test]
+    fn body_emit_refuses_a_body_too_short_for_its_length() {
+        for (size, len) in [(0, 0), (2, 0), (3, 1), (32, 30), (MAX_BODY, MAX_BODY)] {
+            let mut b = vec![0xee; size];
+            let body = Body {
+                cmd: Cmd::Data,
+                len,
+            };
+            assert_eq!(body.emit(&mut b), Err(WireError::Malformed), "{size} {len}");
+            assert!(b.iter().all(|&x| x == 0xee), "nothing written");
+        }
+        let mut b = [0xee; 3];
+        assert_eq!(
+            Body {
+                cmd: Cmd::Keepalive,
+                len: 0
+            }
+            .emit(&mut b),
+            Ok(())
+        );
+        assert_eq!(b, [2, 0, 0]);
     }
 
     proptest! {
@@ -668,7 +712,7 @@ mod tests {
             let size = body_size(&[128, 256, 512, 1024], payload.len());
             let mut b = vec![0xaa; size];
             b[BODY_HEADER..BODY_HEADER + payload.len()].copy_from_slice(&payload);
-            Body { cmd: Cmd::Data, len: payload.len() }.emit(&mut b);
+            Body { cmd: Cmd::Data, len: payload.len() }.emit(&mut b).unwrap();
             let body = Body::parse(&b).expect("parse");
             prop_assert_eq!(&b[body.payload()], &payload[..]);
         }

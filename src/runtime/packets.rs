@@ -57,12 +57,15 @@ pub(crate) async fn send_packet(
             for i in 0..count {
                 let mut f = d.sockets.pool.get();
                 f.resize(PAYLOAD_OFFSET + MAX_PAYLOAD, 0);
-                let n = framing::write_fragment(
+                let Some(n) = framing::write_fragment(
                     &buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
                     id,
                     i,
                     &mut f[PAYLOAD_OFFSET..],
-                );
+                ) else {
+                    d.sockets.pool.put(f);
+                    break;
+                };
                 match seal(d, now, to, f, n) {
                     Ok(t) => d.sockets.send_recycle(t).await,
                     Err(e) => tracing::debug!("fragment dropped: {e}"),

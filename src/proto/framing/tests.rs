@@ -1,3 +1,6 @@
+// Tests index and unwrap what they built themselves.
+#![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 use super::*;
 use proptest::prelude::*;
 
@@ -5,7 +8,7 @@ fn split(packet: &[u8], id: u16) -> Vec<Vec<u8>> {
     (0..fragment_count(packet.len()))
         .map(|i| {
             let mut out = vec![0u8; MAX_PAYLOAD];
-            let n = write_fragment(packet, id, i, &mut out);
+            let n = write_fragment(packet, id, i, &mut out).unwrap();
             out.truncate(n);
             out
         })
@@ -156,6 +159,70 @@ proptest! {
     fn classify_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
         let _ = classify(&bytes);
     }
+
+    /// Fragment headers with any id, index and count and data of any length up to
+    /// two cells, as a client with valid keys can send them: the reassembler never
+    /// panics and only returns packets within [`MAX_PACKET`].
+    #[test]
+    fn reassembler_takes_any_fragment(
+        frags in proptest::collection::vec(
+            (0u16..4, any::<u8>(), 0u8..8, 0usize..2 * MAX_PAYLOAD),
+            1..64,
+        ),
+    ) {
+        let mut r = Reassembler::default();
+        let now = Instant::now();
+        for (id, index, count, len) in frags {
+            let mut p = vec![FRAGMENT, 0, id as u8, index % 8, count];
+            p.resize(FRAGMENT_HEADER + len, 0x5a);
+            if let Ok(Some(packet)) = r.complete(now, &mut p) {
+                prop_assert!(packet.len() <= MAX_PACKET);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_oversized_last_fragment_is_refused() {
+    let mut r = Reassembler::default();
+    let now = Instant::now();
+    for len in [FRAGMENT_DATA + 1, MAX_PAYLOAD, 2 * MAX_PAYLOAD] {
+        let mut p = vec![FRAGMENT, 0, 1, 3, 4];
+        p.resize(FRAGMENT_HEADER + len, 0);
+        assert_eq!(
+            r.complete(now, &mut p),
+            Err(PayloadError::BadFragment),
+            "{len}"
+        );
+    }
+}
+
+#[test]
+fn write_fragment_refuses_what_is_not_a_fragment() {
+    let mut out = [0u8; MAX_PAYLOAD];
+    let two = vec![7u8; MAX_PAYLOAD + 1];
+    assert_eq!(
+        write_fragment(&[4u8; 100], 0, 0, &mut out),
+        None,
+        "fits whole"
+    );
+    assert_eq!(
+        write_fragment(&vec![6u8; MAX_PACKET + 1], 0, 0, &mut out),
+        None
+    );
+    assert_eq!(
+        write_fragment(&two, 0, 2, &mut out),
+        None,
+        "no third fragment"
+    );
+    assert_eq!(
+        write_fragment(&two, 0, 0, &mut out[..FRAGMENT_HEADER]),
+        None
+    );
+    assert_eq!(
+        write_fragment(&two, 0, 1, &mut out),
+        Some(FRAGMENT_HEADER + two.len() - FRAGMENT_DATA)
+    );
 }
 
 #[test]
