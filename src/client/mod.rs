@@ -3,6 +3,10 @@
 //! ([`flows`]: the circuit pool and flow isolation), and what it does to the
 //! packets themselves ([`packets`]: MSS clamping, refusals).
 
+// TUN packets, descriptors and the guard state file reach this module: no indexing,
+// slicing, unwrap or expect on them (SECURITY.md).
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 pub mod flows;
 pub mod packets;
 pub mod path;

@@ -215,10 +215,10 @@ fn scan<R: RngCore + ?Sized>(
 ) -> Option<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     for k in 0..n {
-        let j = k + below(rng, n - k);
-        order.swap(k, j);
-        if pred(order[k]) {
-            return Some(order[k]);
+        order.swap(k, k + below(rng, n - k));
+        let i = *order.get(k)?;
+        if pred(i) {
+            return Some(i);
         }
     }
     None
@@ -317,24 +317,29 @@ impl<'a> Search<'a> {
 
     /// Whether candidate `i` may be the last hop.
     fn exit_ok(&self, i: usize) -> bool {
-        let c = &self.cands[i];
-        c.exit
-            && reachable(c)
-            && match (self.port, &c.exit_ports) {
-                (None, _) => true,
-                (Some(port), Some(summary)) => summary.accepts(port),
-                (Some(_), None) => false,
-            }
+        self.cands.get(i).is_some_and(|c| {
+            c.exit
+                && reachable(c)
+                && match (self.port, &c.exit_ports) {
+                    (None, _) => true,
+                    (Some(port), Some(summary)) => summary.accepts(port),
+                    (Some(_), None) => false,
+                }
+        })
     }
 
     /// Whether candidate `i` is reachable and fits with every hop in `chosen`.
     fn fits(&mut self, i: usize, chosen: &[usize]) -> bool {
         self.work += 1;
-        let c = &self.cands[i];
+        let Some(c) = self.cands.get(i) else {
+            return false;
+        };
         reachable(c)
-            && chosen
-                .iter()
-                .all(|&j| !conflict(c, &self.cands[j], self.subnets))
+            && chosen.iter().all(|&j| {
+                self.cands
+                    .get(j)
+                    .is_some_and(|d| !conflict(c, d, self.subnets))
+            })
     }
 
     /// Whether `m` more candidates (any role) can join `chosen`, trying indices from
@@ -379,11 +384,10 @@ impl<'a> Search<'a> {
             if !self.fits(i, chosen) {
                 continue;
             }
-            let nets: Vec<Net> = self.cands[i]
-                .addrs
-                .iter()
-                .map(|a| net(a, self.subnets))
-                .collect();
+            let Some(c) = self.cands.get(i) else {
+                continue;
+            };
+            let nets: Vec<Net> = c.addrs.iter().map(|a| net(a, self.subnets)).collect();
             let has4 = nets.iter().any(|n| matches!(n, Net::V4(_)));
             let has6 = nets.iter().any(|n| matches!(n, Net::V6(_)));
             for n in nets {
@@ -418,7 +422,9 @@ impl<'a> Search<'a> {
             return self.extend(&mut chosen, len - 1, 0);
         }
         for k in 0..self.guards.len() {
-            let g = self.guards[k];
+            let Some(&g) = self.guards.get(k) else {
+                break;
+            };
             if self.fits(g, &chosen) {
                 chosen.push(g);
                 let ok = self.extend(&mut chosen, len - 2, 0);
@@ -453,14 +459,16 @@ impl<'a> Search<'a> {
         let entry = if self.guarded {
             let guards = std::mem::take(&mut self.guards);
             let k = pick(rng, guards.len(), |k| {
-                self.completes(&mut chosen, guards[k], len - 2)
+                guards
+                    .get(k)
+                    .is_some_and(|&g| self.completes(&mut chosen, g, len - 2))
             });
             self.guards = guards;
-            self.guards[k?]
+            *self.guards.get(k?)?
         } else {
             let cands = self.cands;
             pick(rng, n, |i| {
-                !cands[i].exit && self.completes(&mut chosen, i, len - 2)
+                cands.get(i).is_some_and(|c| !c.exit) && self.completes(&mut chosen, i, len - 2)
             })
             .or_else(|| pick(rng, n, |i| self.completes(&mut chosen, i, len - 2)))?
         };
@@ -469,8 +477,8 @@ impl<'a> Search<'a> {
             let middle = pick(rng, n, |i| self.completes(&mut chosen, i, left))?;
             chosen.push(middle);
         }
-        chosen.swap(0, 1);
-        chosen[1..].rotate_left(1);
+        // chosen = [exit, entry, middles...] becomes [entry, middles..., exit].
+        chosen.rotate_left(1);
         Some(chosen)
     }
 
@@ -493,22 +501,26 @@ fn find_keys(candidates: &[Candidate], keys: &[[u8; 32]]) -> Vec<Option<usize>> 
     let mut missing = keys.len();
     // A bitmap of the keys' first bytes filters out almost every candidate cheaply.
     let mut firsts = [0u64; 4];
+    let bit = |first: u8| (usize::from(first >> 6), 1u64 << (first & 63));
     for k in keys {
-        firsts[usize::from(k[0] >> 6)] |= 1 << (k[0] & 63);
+        let (word, b) = bit(k[0]);
+        if let Some(w) = firsts.get_mut(word) {
+            *w |= b;
+        }
     }
-    let mut i = 0;
-    while missing > 0 && i < candidates.len() {
-        let first = candidates[i].key[0];
-        if firsts[usize::from(first >> 6)] & (1 << (first & 63)) != 0 {
-            for k in 0..keys.len() {
-                let c = &candidates[i];
-                if found[k].is_none() && keys[k] == c.key && reachable(c) {
-                    found[k] = Some(i);
+    for (i, c) in candidates.iter().enumerate() {
+        if missing == 0 {
+            break;
+        }
+        let (word, b) = bit(c.key[0]);
+        if firsts.get(word).is_some_and(|w| w & b != 0) {
+            for (f, k) in found.iter_mut().zip(keys) {
+                if f.is_none() && *k == c.key && reachable(c) {
+                    *f = Some(i);
                     missing -= 1;
                 }
             }
         }
-        i += 1;
     }
     found
 }
@@ -647,34 +659,41 @@ impl Guards {
         let keys: Vec<[u8; 32]> = self.guards.iter().map(|g| g.key.0).collect();
         let mut found = find_keys(candidates, &keys).into_iter();
         let mut kept: Vec<usize> = Vec::new();
-        self.guards.retain(|_| match found.next().flatten() {
-            Some(i)
-                if kept
-                    .iter()
-                    .all(|&k| !conflict(&candidates[k], &candidates[i], subnets)) =>
-            {
-                kept.push(i);
-                true
+        let fits = |kept: &[usize], c: &Candidate| {
+            kept.iter()
+                .all(|&k| candidates.get(k).is_some_and(|d| !conflict(d, c, subnets)))
+        };
+        self.guards.retain(|_| {
+            let next = found.next().flatten();
+            match next.and_then(|i| Some((i, candidates.get(i)?))) {
+                Some((i, c)) if fits(&kept, c) => {
+                    kept.push(i);
+                    true
+                }
+                _ => false,
             }
-            _ => false,
         });
         self.guards.truncate(self.count);
         kept.truncate(self.count);
         while kept.len() < self.count {
-            let fits = |i: usize| {
-                let c = &candidates[i];
-                reachable(c)
-                    && kept.iter().all(|&k| !conflict(&candidates[k], c, subnets))
-                    && candidates[..i]
-                        .iter()
-                        .all(|d| d.key != c.key || !reachable(d))
+            let new = |i: usize| {
+                candidates.get(i).is_some_and(|c| {
+                    reachable(c)
+                        && fits(&kept, c)
+                        && candidates
+                            .iter()
+                            .take(i)
+                            .all(|d| d.key != c.key || !reachable(d))
+                })
             };
-            let Some(i) = pick(rng, candidates.len(), fits) else {
+            let Some((i, c)) =
+                pick(rng, candidates.len(), new).and_then(|i| Some((i, candidates.get(i)?)))
+            else {
                 break;
             };
             kept.push(i);
             self.guards.push(Guard {
-                key: PublicKey(candidates[i].key),
+                key: PublicKey(c.key),
                 chosen_at: now_unix.min(MAX_SECS),
             });
         }

@@ -12,6 +12,10 @@
 //!
 //! See `examples/gateway.toml` and `examples/client.toml` for commented files.
 
+// Every value of a file a user wrote passes through here: no indexing, slicing,
+// unwrap or expect on it (SECURITY.md).
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 pub mod identity_file;
 
 use std::collections::HashSet;

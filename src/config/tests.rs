@@ -1,4 +1,5 @@
-#![allow(clippy::unwrap_used)]
+// Tests index and unwrap what they built themselves.
+#![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
 
