@@ -33,13 +33,13 @@ if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   exit 1
 fi
 cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz || exit 1
-cargo +nightly fuzz build -O -s none || exit 1
+cargo +nightly fuzz build -O -a -s none || exit 1
 
 failed=0
 for t in "${targets[@]}"; do
   log=$(mktemp)
   mkdir -p "fuzz/corpus/$t"
-  timeout $((seconds + 120)) cargo +nightly fuzz run -O -s none "$t" -- \
+  timeout $((seconds + 120)) cargo +nightly fuzz run -O -a -s none "$t" -- \
     -max_total_time="$seconds" -max_len=8192 -len_control=0 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1
   rc=$?
   runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' | tail -1)

@@ -386,10 +386,10 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DescriptorError> {
-        if self.rest.len() < n {
-            return Err(DescriptorError::Truncated);
-        }
-        let (head, rest) = self.rest.split_at(n);
+        let (head, rest) = self
+            .rest
+            .split_at_checked(n)
+            .ok_or(DescriptorError::Truncated)?;
         self.rest = rest;
         Ok(head)
     }

@@ -127,15 +127,19 @@ impl Paths {
                 let path = select_path(rng, &cands, rules, &keys, port).map_err(|e| {
                     anyhow::anyhow!("no path through the {} known gateways: {e}", cands.len())
                 })?;
-                let ports = path.last().and_then(|&i| cands[i].exit_ports.clone());
-                let specs = path
+                let hop = |i: usize| {
+                    let c = cands.get(i)?;
+                    let addr = SocketAddr::new(*c.addrs.first()?, c.port);
+                    Some((HopSpec { addr, key: c.key }, c))
+                };
+                // select_path only names reachable candidates, which have an address.
+                let hops: Vec<_> = path
                     .into_iter()
-                    .map(|i| HopSpec {
-                        addr: SocketAddr::new(cands[i].addrs[0], cands[i].port),
-                        key: cands[i].key,
-                    })
-                    .collect();
-                Ok((specs, ports))
+                    .map(hop)
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| anyhow::anyhow!("the chosen path names an unknown gateway"))?;
+                let ports = hops.last().and_then(|(_, c)| c.exit_ports.clone());
+                Ok((hops.into_iter().map(|(h, _)| h).collect(), ports))
             }
         }
     }
