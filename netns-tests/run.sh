@@ -10,7 +10,8 @@
 #   --only REGEX   run only the cases whose name matches REGEX (extended regex);
 #                  what they need (gateways, a running `anonnet up`) is started anyway
 #   --keep-logs    keep the logs directory (they are kept anyway when a case fails)
-# ANONNET_BIN=/path/to/anonnet overrides the binary (default: cargo build --release).
+# ANONNET_BIN=/path/to/anonnet and ANONNET_HOSTILE=/path/to/hostile_client override
+# the binaries (default: cargo build --release --bin anonnet --example hostile_client).
 # Addresses: 198.18.0.0/15, 2001:db8::/32 (underlay), 100.64.0.0/10, fd00::/8
 # (tunnel), 10.0.0.1 (an unreachable policy target). Nothing runs in the machine's
 # own network namespace.
@@ -32,16 +33,23 @@ cases_start anonnet-netns www '*.bin' anonnet
 if [ "$(id -u)" = 0 ] && ! an_install_missing; then abort "could not install the tools"; fi
 if [ -n "${ANONNET_BIN:-}" ]; then
   src_bin=$ANONNET_BIN
+  src_hostile=${ANONNET_HOSTILE:-$(dirname "$ANONNET_BIN")/examples/hostile_client}
 else
   export PATH="$HOME/.cargo/bin:$PATH"
-  an_say "building (cargo build --release --bin anonnet)"
-  (cd "$ROOT" && cargo build --release --quiet --bin anonnet) || abort "cargo build failed"
+  an_say "building (cargo build --release --bin anonnet --example hostile_client)"
+  (cd "$ROOT" && cargo build --release --quiet --bin anonnet --example hostile_client) || abort "cargo build failed"
   src_bin=${CARGO_TARGET_DIR:-$ROOT/target}/release/anonnet
+  src_hostile=${ANONNET_HOSTILE:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/hostile_client}
 fi
 [ -x "$src_bin" ] || abort "no anonnet binary at $src_bin"
 # A private copy: a rebuild during the run must not change the binary under the test.
 cp "$src_bin" "$AN_DIR/anonnet" || abort "cannot copy $src_bin"
 AN_BIN=$AN_DIR/anonnet
+HOSTILE=''
+if [ -x "$src_hostile" ]; then
+  cp "$src_hostile" "$AN_DIR/hostile_client" || abort "cannot copy $src_hostile"
+  HOSTILE=$AN_DIR/hostile_client
+fi
 HAS_UP=0; an_has_cmd up && HAS_UP=1
 HAS_DOWN=0; an_has_cmd down && HAS_DOWN=1
 HAS_EXIT=0; an_has_opt gateway --exit && HAS_EXIT=1
@@ -666,6 +674,77 @@ case_discovery_warm_cache() {
   ensure_down
 }
 
+# The node counters a gateway printed when it stopped ("anonnet gateway stopping:
+# Stats { name: N, ... }"): "name N" lines.
+gateway_stats() {
+  grep -o 'anonnet gateway stopping: Stats {[^}]*}' "$AN_DIR/$1.log" | tail -1 |
+    grep -oE '[a-z_]+: [0-9]+' | tr -d ':'
+}
+# The sum of a gateway's dropped_* counters.
+gateway_drops() { gateway_stats "$1" | awk '/^dropped_/ { n += $2 } END { print n + 0 }'; }
+
+# A client with valid keys (examples/hostile_client.rs, from the "internet") sends
+# crafted cells through its own circuits gw1 -> gw2 -> exit, among them cells that
+# make the entry's and the middle's output header sample all 0xFF (which used to
+# panic them), while the honest client downloads 50 MiB through the same gateways.
+case_hostile_client() {
+  local gw out sha forged drops pid m0 m1 hops=() total=0 per=()
+  [ -n "$HOSTILE" ] || fail "no hostile_client binary (cargo build --release --example hostile_client)" || return
+  # Fresh gateways and client: their counters then count this case only.
+  ensure_down
+  for gw in gw1 gw2 exit; do
+    an_running "$gw" && an_stop "$gw" TERM 10
+  done
+  need_up || return
+  for gw in gw1 gw2 exit; do
+    hops+=(--hop "$(an_v4 "$gw"):$AN_PORT $(cat "$AN_DIR/$gw.pub")")
+  done
+  an_start2 hostile inet "$AN_DIR/hostile.out" "$AN_DIR/hostile.err" "$HOSTILE" "${hops[@]}" \
+    --cells 20000 --rate 2000 --seconds 60
+  pid=$AN_LAST_PID
+  logs "$AN_DIR/hostile.out" "$AN_DIR/hostile.err"
+  an_wait_log "$AN_DIR/hostile.out" '^hostile_client: circuit up' 10 "$pid" ||
+    fail "the hostile client built no circuit" || return
+  an_in client 180 curl -sS --max-time 170 -o "$AN_DIR/dl.bin" "http://$AN_SERVER4/big.bin" 2>"$AN_DIR/curl.err" ||
+    fail "curl during the attack: $(head -c 300 "$AN_DIR/curl.err")" || return
+  sha=$(sha256sum <"$AN_DIR/dl.bin" | cut -d' ' -f1)
+  rm -f "$AN_DIR/dl.bin"
+  [ "$sha" = "$BIG_SHA" ] || fail "sha256 of the download differs: $sha, expected $BIG_SHA" || return
+  an_wait_log "$AN_DIR/hostile.out" '^hostile_client: forged' 70 "$pid" ||
+    fail "the hostile client did not finish within 70 s" || return
+  out=$(grep -m1 '^hostile_client: forged' "$AN_DIR/hostile.out")
+  forged=$(grep -oE 'forged [0-9]+' <<<"$out" | grep -oE '[0-9]+')
+  [ "${forged:-0}" -ge 10000 ] || fail "the hostile client forged only ${forged:-0} cells" || return
+  grep -qE 'mask [1-9]' <<<"$out" || fail "no all-0xFF-sample cell was sent: $out" || return
+  for gw in gw1 gw2 exit; do
+    an_running "$gw" || { logs "$AN_DIR/$gw.log"; fail "$gw died during the attack"; return 1; }
+  done
+  an_running client-up || fail "the honest client died during the attack" || return
+  # The counters, printed by each gateway as it stops.
+  for gw in gw1 gw2 exit; do
+    an_stop "$gw" TERM 10
+    [ "$AN_RC" = 0 ] || fail "$gw exited with status $AN_RC after SIGTERM" || return
+    drops=$(gateway_drops "$gw")
+    total=$((total + drops))
+    per+=("$gw $drops")
+  done
+  ensure_down
+  [ "$total" -ge $((forged / 2)) ] ||
+    fail "the gateways counted $total dropped datagrams for $forged forged cells" || return
+  # A mask cell relayed by hop k arrives at hop k + 1 with slot 0 all 0xFF, a counter
+  # above the reject limit: each one relayed must be counted there.
+  m0=$(grep -oE 'hop 0: [0-9]+' <<<"$out" | grep -oE '[0-9]+$')
+  m1=$(grep -oE 'hop 1: [0-9]+' <<<"$out" | grep -oE '[0-9]+$')
+  [ "$(gateway_drops gw2)" -ge $((m0 * 9 / 10)) ] ||
+    fail "gw1 relayed $m0 mask cells, gw2 counted only $(gateway_drops gw2) drops" || return
+  [ "$(gateway_drops exit)" -ge $((m1 * 9 / 10)) ] ||
+    fail "gw2 relayed $m1 mask cells, the exit counted only $(gateway_drops exit) drops" || return
+  note "${out#hostile_client: }"
+  note "50 MiB downloaded meanwhile, sha256 equal; gw1, gw2 and the exit kept running"
+  note "dropped datagrams counted: ${per[*]} (total $total)"
+  note "gw1: $(gateway_stats gw1 | grep -E '^(dropped_[a-z_]+|relayed_forward) [1-9]' | tr '\n' ' ')"
+}
+
 nft_anonnet_tables() { ip netns exec exit nft list tables 2>/dev/null | grep -c anonnet; }
 nft_norm() { ip netns exec exit nft list ruleset 2>&1 | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'; }
 
@@ -733,6 +812,7 @@ run_case sigterm-cleanup case_sigterm_cleanup
 run_case error-bad-gateway case_error_bad_gateway
 run_case discovery case_discovery
 run_case discovery-warm-cache case_discovery_warm_cache
+run_case hostile-client case_hostile_client
 run_case exit-cleanup case_exit_cleanup
 
 if [ ${#BASE[@]} -gt 0 ] || [ ${#TUN[@]} -gt 0 ]; then
