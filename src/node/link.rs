@@ -418,7 +418,12 @@ impl Node {
         let mut init = Vec::new();
         let mut idle = Vec::new();
         let mut expired = Vec::new();
-        for (&id, l) in &self.links {
+        for (&id, l) in &mut self.links {
+            // A link that carries circuits is in use: its idle clock starts when the
+            // last one leaves, at both ends within a tick and a DESTROY's way.
+            if l.circuits > 0 {
+                l.last_used = now;
+            }
             let keys_age = l.keys.as_ref().map(|k| since(k.born));
             if keys_age.is_some_and(|a| a >= onion::REJECT_AFTER_TIME) {
                 failed.push((id, DestroyReason::Timeout));
@@ -484,8 +489,9 @@ impl Node {
 /// How long an unused link lives. The initiator decides: it drops the link after
 /// `idle_timeout`, and the responder keeps it twice as long, so a link the initiator
 /// still takes for up is never already gone at the responder (whose BUILDs would
-/// vanish there as an unknown index). The two sides' timers start at the last message
-/// each heard, which can differ by the time one circuit took to be torn down.
+/// vanish there as an unknown index). The two sides' timers start at the later of the
+/// last control message each heard and the tick its last circuit left, which differ by
+/// a tick and the time one DESTROY takes between them.
 fn idle_after(link: &Link, idle_timeout: Duration) -> Duration {
     if link.peer_key.is_some() {
         idle_timeout

@@ -251,3 +251,43 @@ fn a_link_stays_usable_until_its_initiator_drops_it() {
     net.nodes[0].1 = Node::new(NodeConfig::default());
     net.circuit(&path);
 }
+
+/// A link whose circuit outlived twice the idle timeout stays usable at both ends when
+/// that circuit ends from the far side: the idle clock starts when the last circuit
+/// leaves, not at the last control message each end heard (for the responder, the
+/// BUILD of minutes ago, which had it drop the link at once while its initiator still
+/// sent BUILDs on it). Both orders of the two gateways, so each ticks first once.
+#[test]
+fn a_link_stays_usable_after_a_long_circuit_ends() {
+    for order in [[0, 1], [1, 0]] {
+        let (mut net, specs) = Mini::new(2);
+        let path = [specs[order[0]], specs[order[1]]];
+        let id = net.circuit(&path);
+        let idle = NodeConfig::default().idle_timeout;
+        let end = net.now + idle * 3;
+        while net.now < end {
+            net.now += Duration::from_secs(1);
+            let (_, client, rng) = &mut net.nodes[0];
+            let t = client
+                .send_data(net.now, rng, id, vec![0x45; PAYLOAD_OFFSET + 20], 20)
+                .expect("circuit up");
+            net.deliver(0, t);
+            net.tick();
+        }
+        // The client vanishes; the gateways time its circuit out.
+        let end = net.now + idle + Duration::from_secs(2);
+        while net.now < end {
+            net.now += TICK;
+            for i in 1..net.nodes.len() {
+                let (_, node, rng) = &mut net.nodes[i];
+                node.handle_timeout(net.now, rng);
+                net.flush(i);
+            }
+        }
+        for i in 1..net.nodes.len() {
+            assert_eq!(net.nodes[i].1.relayed_circuits(), 0, "gateway {i}");
+        }
+        net.nodes[0].1 = Node::new(NodeConfig::default());
+        net.circuit(&path);
+    }
+}
