@@ -20,7 +20,7 @@
 
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-AN_NS=(client gw1 gw2 exit inet)
+AN_NS=(client gw1 gw2 exit inet cont)
 AN_SERVER4=198.18.0.1
 AN_SERVER6=2001:db8:ff::1
 AN_DNS_NAME=www.anonnet.test
@@ -303,9 +303,23 @@ an_topology_up() {
     ip -n "$ns" route add default via "198.18.$i.1" || return 1
     ip -n "$ns" -6 route add default via "2001:db8:$i::1" || return 1
   done
+  # cont: a container-like host routed through the client (198.19.1.0/24,
+  # 2001:db8:c1::/64), for the kill switch's forward chain.
+  ip -n client link add v-cont type veth peer name eth0 netns cont || return 1
+  ip -n client addr add 198.19.1.1/24 dev v-cont || return 1
+  ip -n client -6 addr add 2001:db8:c1::1/64 dev v-cont nodad || return 1
+  ip -n cont addr add 198.19.1.2/24 dev eth0 || return 1
+  ip -n cont -6 addr add 2001:db8:c1::2/64 dev eth0 nodad || return 1
+  ip -n client link set v-cont up || return 1
+  ip -n cont link set eth0 up || return 1
+  ip -n cont route add default via 198.19.1.1 || return 1
+  ip -n cont -6 route add default via 2001:db8:c1::1 || return 1
+  ip netns exec client sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 >/dev/null || return 1
+  ip -n inet route add 198.19.1.0/24 via "$(an_v4 client)" || return 1
+  ip -n inet -6 route add 2001:db8:c1::/64 via "$(an_v6 client)" || return 1
   for ns in "${AN_NS[@]}"; do an_wait_dad "$ns" || return 1; done
   # Reachability, polled: every host reaches both server addresses.
-  for ns in client gw1 gw2 exit; do
+  for ns in client gw1 gw2 exit cont; do
     for ((i = 0; i < 50; i++)); do
       ip netns exec "$ns" ping -n -q -c 1 -W 1 "$AN_SERVER4" >/dev/null 2>&1 &&
         ip netns exec "$ns" ping -n -q -c 1 -W 1 "$AN_SERVER6" >/dev/null 2>&1 && break

@@ -240,7 +240,9 @@ case_topology() {
   grep -q "^$AN_SERVER4 " <<<"$out" || fail "plain DNS: '$out'" || return
   out=$(an_in client 15 getent ahostsv6 "$AN_DNS_NAME")
   grep -q "^$AN_SERVER6 " <<<"$out" || fail "plain DNS (AAAA): '$out'" || return
-  note "5 namespaces, servers answer on http :80 :443 :25, DNS and iperf3; big.bin sha256 ${BIG_SHA:0:16}…"
+  out=$(an_in cont 10 curl -sS -o /dev/null -w '%{http_code}' "http://$AN_SERVER4/" 2>&1)
+  [ "$out" = 200 ] || fail "http from cont (routed through the client): $out" || return
+  note "6 namespaces (cont is routed through the client), servers answer on http :80 :443 :25, DNS and iperf3; big.bin sha256 ${BIG_SHA:0:16}…"
 }
 
 case_baseline() {
@@ -526,13 +528,17 @@ case_kill_switch() {
   an_in client 10 curl -s --max-time 5 -o /dev/null "http://$AN_SERVER4/" && fails+=("curl http://$AN_SERVER4/ works")
   an_in client 10 curl -s --max-time 5 -o /dev/null "http://[$AN_SERVER6]/" && fails+=("curl http://[$AN_SERVER6]/ works")
   an_in client 15 getent hosts "$AN_DNS_NAME" >/dev/null && fails+=("getent hosts $AN_DNS_NAME works")
+  # cont, a host routed through the client (it reached the servers before `up`).
+  an_in cont 10 ping -n -q -c 2 -W 1 -w 4 "$AN_SERVER4" >/dev/null 2>&1 && fails+=("ping $AN_SERVER4 from cont works")
+  an_in cont 10 ping -6 -n -q -c 2 -W 1 -w 4 "$AN_SERVER6" >/dev/null 2>&1 && fails+=("ping $AN_SERVER6 from cont works")
+  an_in cont 10 curl -s --max-time 5 -o /dev/null "http://$AN_SERVER4/" && fails+=("curl http://$AN_SERVER4/ from cont works")
   sleep 0.5
   stop_capture ks
   n=$CAP_COUNT
   [ "$n" -eq 0 ] || fails+=("$n packets on the wire: $(head -3 "$AN_DIR/ks.txt" | cut -c1-120 | tr '\n' ';')")
   if ip -n client link show anon0 >/dev/null 2>&1; then out="anon0 still there"; else out="anon0 gone"; fi
   [ ${#fails[@]} -eq 0 ] || fail "after SIGKILL of the daemon: ${fails[*]}" || return
-  note "after SIGKILL ($out): ping, curl, DNS fail; 0 packets on the wire"
+  note "after SIGKILL ($out): ping, curl, DNS fail, also from cont (routed through the client); 0 packets on the wire"
 }
 
 case_down() {

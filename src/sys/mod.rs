@@ -29,6 +29,14 @@
 //!   (replaced atomically by [`client_set_gateways`]); DHCPv4 (UDP 68 to 67) and
 //!   DHCPv6 (UDP 546 to 547); ICMPv6 router and neighbour solicitations and
 //!   advertisements with hop limit 255 (link-local by construction);
+//! - chain `input` (hook input, policy **drop**) accepts what arrives on `lo` or the
+//!   TUN, replies to what the output chain let out (`ct state established,related`),
+//!   other gateways' UDP to the relay ports of a mixed-mode node, DHCP replies and the
+//!   same neighbour discovery;
+//! - chain `forward` (hook forward, policy **drop**) accepts only packets into or out
+//!   of the TUN, so hosts routed through this one (containers, VMs, a LAN behind it)
+//!   reach nothing while the tunnel is down, and nothing but the tunnel while it is
+//!   up (it is up to their router to source-NAT them to the tunnel's address);
 //! - chain `preraw` (hook prerouting, priority raw) drops packets for the tunnel's own
 //!   addresses that arrive on another interface, so hosts on the LAN cannot reach
 //!   services bound to them;
@@ -37,10 +45,11 @@
 //!   set to 1, so replies from the gateways pass a strict reverse-path filter (both as
 //!   `wg-quick` does; the sysctl's previous value is restored by [`client_down`]).
 //!
-//! Only locally generated traffic is filtered; there is no input chain. The table is
-//! not tied to the daemon's process: after the daemon dies (even by SIGKILL), the TUN and
-//! its routes vanish, traffic falls back to the main table, and the output chain drops
-//! it. Nothing leaks until [`client_down`] removes the table.
+//! The table is not tied to the daemon's process: after the daemon dies (even by
+//! SIGKILL), the TUN and its routes vanish, traffic falls back to the main table, and
+//! the output and forward chains drop it. Nothing leaks until [`client_down`] removes
+//! the table. A host that is also an exit gateway forwards its clients' traffic through
+//! its own `anonexit0`, which the forward chain drops: one host is not both.
 //!
 //! DNS: when [`ClientNet::dns`] is not empty, `/etc/resolv.conf` is saved to the state
 //! directory (unless it is a file anonnet wrote, so a restart after a crash never saves

@@ -52,6 +52,9 @@ fn gateway_elements(gateways: &[SocketAddr], v6: bool) -> Vec<String> {
         .collect()
 }
 
+/// Router and neighbour discovery, link-local by construction (hop limit 255).
+const ND_ACCEPT: &str = "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept";
+
 /// The client's kill switch (see the module documentation), replacing any previous
 /// `inet anonnet` table in the same transaction.
 pub(super) fn client_ruleset(
@@ -87,20 +90,36 @@ pub(super) fn client_ruleset(
         2,
         format!("meta mark {fwmark:#x} ip6 daddr . udp dport @{GATEWAYS6} accept"),
     );
-    if let Some((first, last)) = relay_ports {
-        let ports = if first == last {
+    let ports = relay_ports.map(|(first, last)| {
+        if first == last {
             first.to_string()
         } else {
             format!("{first}-{last}")
-        };
+        }
+    });
+    if let Some(ports) = &ports {
         t.line(2, format!("meta mark {fwmark:#x} udp sport {ports} accept"));
     }
     t.line(2, "udp sport 68 udp dport 67 accept");
     t.line(2, "udp sport 546 udp dport 547 accept");
-    t.line(
-        2,
-        "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept",
-    );
+    t.line(2, ND_ACCEPT);
+    t.line(1, "}");
+    t.line(1, "chain input {");
+    t.line(2, "type filter hook input priority filter; policy drop;");
+    t.line(2, "iifname \"lo\" accept");
+    t.line(2, format!("iifname \"{tun}\" accept"));
+    t.line(2, "ct state established,related accept");
+    if let Some(ports) = &ports {
+        t.line(2, format!("udp dport {ports} accept"));
+    }
+    t.line(2, "udp sport 67 udp dport 68 accept");
+    t.line(2, "udp sport 547 udp dport 546 accept");
+    t.line(2, ND_ACCEPT);
+    t.line(1, "}");
+    t.line(1, "chain forward {");
+    t.line(2, "type filter hook forward priority filter; policy drop;");
+    t.line(2, format!("iifname \"{tun}\" accept"));
+    t.line(2, format!("oifname \"{tun}\" accept"));
     t.line(1, "}");
     t.line(1, "chain preraw {");
     t.line(
@@ -330,6 +349,20 @@ table inet anonnet {
 \t\tudp sport 546 udp dport 547 accept
 \t\ticmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 \t}
+\tchain input {
+\t\ttype filter hook input priority filter; policy drop;
+\t\tiifname \"lo\" accept
+\t\tiifname \"anon0\" accept
+\t\tct state established,related accept
+\t\tudp sport 67 udp dport 68 accept
+\t\tudp sport 547 udp dport 546 accept
+\t\ticmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tiifname \"anon0\" accept
+\t\toifname \"anon0\" accept
+\t}
 \tchain preraw {
 \t\ttype filter hook prerouting priority raw; policy accept;
 \t\tiifname != \"anon0\" ip daddr 100.64.0.2 fib saddr type != local drop
@@ -359,6 +392,12 @@ table inet anonnet {
         assert!(
             s.find(rule) < s.find("\t\tudp sport 68 udp dport 67 accept"),
             "inside the output chain"
+        );
+        let input = &s[s.find("\tchain input {").expect("input chain")..];
+        let input = &input[..input.find("\t}\n").expect("end of the input chain")];
+        assert!(
+            input.contains("\t\tudp dport 9000-9003 accept\n"),
+            "other gateways reach the relay port: {s}"
         );
         let one = client_ruleset("anon0", 1, &[], &[], Some((9000, 9000)));
         assert!(one.contains("\t\tmeta mark 0x1 udp sport 9000 accept\n"));
