@@ -541,6 +541,40 @@ case_kill_switch() {
   note "after SIGKILL ($out): ping, curl, DNS fail, also from cont (routed through the client); 0 packets on the wire"
 }
 
+# `up` after a SIGKILL, with a config whose entry changed (gw2 -> gw1 -> exit): the
+# table left behind lets out only the old entry, gw1, so `up` must let the new entry
+# through first, without letting anything else out, and then come up.
+case_restart_new_entry() {
+  local code gw1 gw2 filter
+  need_up || return
+  an_stop client-up KILL 5
+  gw1=$(an_v4 gw1)
+  gw2=$(an_v4 gw2)
+  {
+    echo '[client]'
+    printf '\n[[client.path]]\naddr = "%s:%s"\nkey = "%s"\n' "$gw2" "$AN_PORT" "$(cat "$AN_DIR/gw2.pub")"
+    printf '\n[[client.path]]\naddr = "%s:%s"\nkey = "%s"\n' "$gw1" "$AN_PORT" "$(cat "$AN_DIR/gw1.pub")"
+    printf '\n[[client.path]]\naddr = "%s:%s"\nkey = "%s"\n' "$(an_v4 exit)" "$AN_PORT" "$(cat "$AN_DIR/exit.pub")"
+    printf '\n[tunnel]\nstate_dir = "%s"\n' "$AN_DIR/client-state"
+  } >"$AN_DIR/swapped.toml"
+  filter="not arp and not (icmp6 and ip6[40] >= 133 and ip6[40] <= 136) and not (udp and src host $C4 and (dst host $gw1 or dst host $gw2) and dst port $AN_PORT) and not (udp and dst host $C4 and (src host $gw1 or src host $gw2) and src port $AN_PORT)"
+  logs "$AN_DIR/restart.txt" "$AN_DIR/client-up.log"
+  start_capture restart "$filter" || fail "tcpdump did not start" || return
+  an_start_client "$AN_DIR/swapped.toml" 20 ||
+    { stop_capture restart; fail "'up' after a SIGKILL, with a new entry, did not come up: $(tail -1 "$AN_DIR/client-up.log")"; return 1; }
+  grep -q "entry $gw2:$AN_PORT" "$AN_DIR/client-up.log" ||
+    { stop_capture restart; fail "not through the new entry: $(grep '^anonnet up:' "$AN_DIR/client-up.log")"; return 1; }
+  code=$(ip netns exec client curl -sS -m 10 -o /dev/null -w '%{http_code}' "http://$AN_SERVER4/" 2>&1)
+  stop_capture restart
+  [ "$code" = 200 ] || fail "HTTP through the new entry: $code" || return
+  [ "$CAP_COUNT" = 0 ] ||
+    fail "$CAP_COUNT packets other than the gateways' UDP on the client's wire: $(head -3 "$AN_DIR/restart.txt" | tr '\n' ';')" || return
+  # Leave it as the kill-switch case did, for the down case.
+  an_stop client-up KILL 5
+  note "$(grep -m1 '^anonnet up:' "$AN_DIR/client-up.log" | cut -c1-120)"
+  note "HTTP 200 through it; 0 packets on the client's wire but UDP with gw1 and gw2"
+}
+
 case_down() {
   local out
   [ "$HAS_DOWN" = 1 ] || fail "the binary has no 'down' subcommand" || return
@@ -812,6 +846,7 @@ run_case traceroute case_traceroute
 run_case server-addresses case_server_addresses
 run_case leak case_leak
 run_case kill-switch case_kill_switch
+run_case restart-new-entry case_restart_new_entry
 run_case down case_down
 run_case error-anon0-exists case_error_anon0_exists
 run_case sigterm-cleanup case_sigterm_cleanup

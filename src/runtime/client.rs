@@ -128,11 +128,29 @@ impl Client {
             None => (Node::new(client_node_config(cfg)), CLIENT_BINDS.to_vec()),
         };
         let mut d = Driver::tunnel(node, &binds, Some(net.fwmark), net.mtu as usize)?;
+        let mut net = net;
+        // A kill switch left by a run that died lets out only that run's entry: let
+        // this run's first hop and bootstrap gateways out instead (the table stays,
+        // so the host stays cut off) before contacting any of them.
+        let armed = sys::kill_switch_armed()?;
+        if armed {
+            net.gateways = cfg
+                .path
+                .first()
+                .into_iter()
+                .chain(&cfg.discovery.bootstrap)
+                .map(|h| h.addr)
+                .collect();
+            sys::client_set_gateways(&net).await?;
+        }
         let own = relay.as_ref().map(|(_, _, id)| id.public().0);
         let mut paths = Paths::new(cfg, &mut d, own).await?;
         let (specs, exit_ports) = paths.next(&mut d.rng, None)?;
         let entry = specs.first().map(|h| h.addr).context("the path is empty")?;
-        let mut net = net;
+        if armed && !net.gateways.contains(&entry) {
+            net.gateways.push(entry);
+            sys::client_set_gateways(&net).await?;
+        }
         net.gateways = vec![entry];
         let mut events = Vec::new();
         let started = Instant::now();

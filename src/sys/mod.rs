@@ -429,6 +429,13 @@ pub async fn client_up(net: &ClientNet) -> Result<()> {
 }
 
 /// Replaces the set of allowed gateways with [`ClientNet::gateways`], atomically.
+/// Whether the kill switch (`inet anonnet`) is in place, e.g. left by a run that died:
+/// then it lets out only the gateways of that run until [`client_set_gateways`] or
+/// [`client_up`] replaces them.
+pub fn kill_switch_armed() -> Result<bool> {
+    nft::table_exists(nft::CLIENT_TABLE)
+}
+
 pub async fn client_set_gateways(net: &ClientNet) -> Result<()> {
     if let Some(g) = net.gateways.iter().find(|g| g.port() == 0) {
         bail!("gateway {g} has port 0: give the gateway's UDP port");
