@@ -100,6 +100,18 @@ impl Mini {
         }
     }
 
+    /// Runs only the gateways' timers (the client is gone), tick by tick, until `end`.
+    fn gateways_alone_until(&mut self, end: Instant) {
+        while self.now < end {
+            self.now += TICK;
+            for i in 1..self.nodes.len() {
+                let (_, node, rng) = &mut self.nodes[i];
+                node.handle_timeout(self.now, rng);
+                self.flush(i);
+            }
+        }
+    }
+
     /// Whether the client received `payload` on a circuit.
     fn client_got(&mut self, payload: &[u8]) -> bool {
         std::iter::from_fn(|| self.nodes[0].1.poll_event())
@@ -233,16 +245,7 @@ fn a_link_stays_usable_until_its_initiator_drops_it() {
     let path = [specs[1], specs[0]];
     net.circuit(&path);
     let cfg = NodeConfig::default();
-    let end = net.now + cfg.idle_timeout + Duration::from_secs(5);
-    while net.now < end {
-        net.now += TICK;
-        // The client is gone: only the gateways run their timers.
-        for i in 1..net.nodes.len() {
-            let (_, node, rng) = &mut net.nodes[i];
-            node.handle_timeout(net.now, rng);
-            net.flush(i);
-        }
-    }
+    net.gateways_alone_until(net.now + cfg.idle_timeout + Duration::from_secs(5));
     assert_eq!(
         net.nodes[1].1.relayed_circuits(),
         0,
@@ -275,15 +278,7 @@ fn a_link_stays_usable_after_a_long_circuit_ends() {
             net.tick();
         }
         // The client vanishes; the gateways time its circuit out.
-        let end = net.now + idle + Duration::from_secs(2);
-        while net.now < end {
-            net.now += TICK;
-            for i in 1..net.nodes.len() {
-                let (_, node, rng) = &mut net.nodes[i];
-                node.handle_timeout(net.now, rng);
-                net.flush(i);
-            }
-        }
+        net.gateways_alone_until(net.now + idle + Duration::from_secs(2));
         for i in 1..net.nodes.len() {
             assert_eq!(net.nodes[i].1.relayed_circuits(), 0, "gateway {i}");
         }
