@@ -593,6 +593,57 @@ case_down() {
   note "routes, rules, nft, links, addresses, resolv.conf as before up; plain ping and DNS work (down again: status $?)"
 }
 
+# booted CMD...: runs CMD (30 s at most) in client as on a host that just booted: in its own mount
+# namespace, with /run an empty tmpfs (as after every boot) and /var/lib the test's
+# $AN_DIR/varlib (on disk, kept across "boots"), so the default state_dir is used
+# without touching the machine's own /var/lib.
+BOOT=(unshare -m --propagation private sh -c
+  'mount -t tmpfs anonnet-boot /run && mount --bind "$1" /var/lib && shift && exec "$@"'
+  sh "$AN_DIR/varlib")
+booted() { timeout -k 2 30 ip netns exec client "${BOOT[@]}" "$@"; }
+
+# Undoes what a failed reboot-dns left: the daemon, its state, the namespace's resolver.
+reboot_cleanup() {
+  if an_running client-up; then an_stop client-up KILL 5; fi
+  booted "$AN_BIN" down >>"$AN_DIR/reboot-down.log" 2>&1
+  an_resolv client "$AN_SERVER4"
+}
+
+# A crash, then a reboot: the kernel's state is gone and /run starts empty, but files on
+# disk stay, /etc/resolv.conf among them, still naming the tunnel's resolver. With the
+# default state_dir, `anonnet down` after the reboot must put the original back.
+case_reboot_dns() {
+  local out rc prio fam
+  [ "$HAS_DOWN" = 1 ] || fail "the binary has no 'down' subcommand" || return
+  ensure_gateways || fail "gateways: $GW_REASON" || return
+  ensure_down
+  mkdir -p "$AN_DIR/varlib"
+  sed '/^\[tunnel\]/,$d' "$AN_DIR/client.toml" >"$AN_DIR/default-state.toml"
+  grep -q state_dir "$AN_DIR/default-state.toml" && { fail "could not drop state_dir from the config"; return 1; }
+  logs "$AN_DIR/reboot-up.log" "$AN_DIR/reboot-down.log"
+  an_start client-up client "$AN_DIR/reboot-up.log" "${BOOT[@]}" "$AN_BIN" up --config "$AN_DIR/default-state.toml"
+  an_wait_log "$AN_DIR/reboot-up.log" '^anonnet up:' 20 "${AN_PID[client-up]}" ||
+    { reboot_cleanup; fail "'up' with the default state_dir did not come up"; return 1; }
+  grep -q 100.64.0.53 /etc/netns/client/resolv.conf ||
+    { reboot_cleanup; fail "'up' did not point resolv.conf at the tunnel"; return 1; }
+  an_stop client-up KILL 5
+  # The reboot: what lived in the kernel goes (the TUN went with the process).
+  ip netns exec client nft delete table inet anonnet 2>/dev/null
+  for fam in -4 -6; do
+    for prio in $(ip -n client "$fam" rule | awk -F: '/suppress_prefixlength|lookup 16718/ { print $1 }'); do
+      ip -n client "$fam" rule del priority "$prio"
+    done
+  done
+  out=$(booted "$AN_BIN" down 2>&1)
+  rc=$?
+  printf '%s\n' "$out" >"$AN_DIR/reboot-down.log"
+  [ "$rc" = 0 ] || { reboot_cleanup; fail "anonnet down after the reboot exited with $rc: $(tail -1 <<<"$out")"; return 1; }
+  same_as_before client "$SNAP_CLIENT" || { reboot_cleanup; return 1; }
+  an_in client 15 getent hosts "$AN_DNS_NAME" >/dev/null || fail "plain DNS fails after down" || return
+  note "after SIGKILL and a reboot (/run empty, kernel state gone), down: $(grep -m1 resolv <<<"$out" | cut -c1-80)"
+  note "resolv.conf, routes, rules, nft as before up; plain DNS works"
+}
+
 case_error_anon0_exists() {
   local out rc t0 t1
   need_up || return
@@ -848,6 +899,7 @@ run_case leak case_leak
 run_case kill-switch case_kill_switch
 run_case restart-new-entry case_restart_new_entry
 run_case down case_down
+run_case reboot-dns case_reboot_dns
 run_case error-anon0-exists case_error_anon0_exists
 run_case sigterm-cleanup case_sigterm_cleanup
 run_case error-bad-gateway case_error_bad_gateway

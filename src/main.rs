@@ -78,7 +78,7 @@ enum Cmd {
         /// Take the state directory from this client config.
         #[arg(long, conflicts_with = "state_dir")]
         config: Option<PathBuf>,
-        /// The state directory `up` used (default /run/anonnet).
+        /// The state directory `up` used (default /var/lib/anonnet).
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },

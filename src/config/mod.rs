@@ -887,9 +887,15 @@ pub struct TunnelConfig {
     pub fwmark: u32,
     /// Routing table holding the default routes into the tunnel.
     pub table: u32,
-    /// Where `up` records what it changed, so `down` can undo it.
+    /// Where `up` records what it changed (and the original resolv.conf), so `down` can
+    /// undo it, also after a crash and a reboot; also holds the guards and gateway cache.
     pub state_dir: PathBuf,
 }
+
+/// Default state directory of the client. On disk, not in `/run` (a tmpfs): after a crash
+/// it holds the original `/etc/resolv.conf`, which must survive a reboot, and the guards
+/// and gateway cache, which are meant to outlive restarts.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/anonnet";
 
 /// Default fwmark and routing table of the client ("AN").
 pub const DEFAULT_FWMARK: u32 = 0x414e;
@@ -902,7 +908,7 @@ impl Default for TunnelConfig {
             dns: true,
             fwmark: DEFAULT_FWMARK,
             table: DEFAULT_FWMARK,
-            state_dir: PathBuf::from("/run/anonnet"),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         }
     }
 }

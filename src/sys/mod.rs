@@ -127,7 +127,7 @@ pub struct ClientNet {
     pub relay_ports: Option<(u16, u16)>,
     /// Resolver addresses inside the tunnel; empty leaves DNS alone.
     pub dns: Vec<IpAddr>,
-    /// Directory (e.g. `/run/anonnet`) holding what [`client_down`] needs.
+    /// Directory (e.g. `/var/lib/anonnet`) holding what [`client_down`] needs.
     pub state_dir: PathBuf,
 }
 
@@ -211,7 +211,7 @@ fn validate_client(net: &ClientNet) -> Result<()> {
     }
     if !net.state_dir.is_absolute() {
         bail!(
-            "state_dir {} is relative: give an absolute path such as /run/anonnet",
+            "state_dir {} is relative: give an absolute path such as /var/lib/anonnet",
             net.state_dir.display()
         );
     }
@@ -462,6 +462,14 @@ pub async fn client_down(state_dir: &Path) -> Result<Vec<String>> {
                 nft::CLIENT_TABLE
             ));
         }
+        let resolv_conf = Path::new(resolv::RESOLV_CONF);
+        if resolv::written_by_anonnet(resolv_conf)? {
+            done.push(format!(
+                "left {} as it is: anonnet wrote it, but {} holds no state and no saved copy (was another state_dir used?); put your resolver back by hand",
+                resolv_conf.display(),
+                state_dir.display()
+            ));
+        }
         return Ok(done);
     };
     check_ifname("tun in the state file", &st.tun)?;
@@ -650,7 +658,7 @@ mod tests {
             gateways: vec!["198.18.0.1:4500".parse().expect("gateway")],
             relay_ports: None,
             dns: vec!["100.64.0.53".parse().expect("dns")],
-            state_dir: "/run/anonnet".into(),
+            state_dir: "/var/lib/anonnet".into(),
         }
     }
 

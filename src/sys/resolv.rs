@@ -82,6 +82,11 @@ fn is_ours(text: &str) -> bool {
     text.starts_with(MARKER)
 }
 
+/// Whether the file at `path` is one anonnet wrote.
+pub(super) fn written_by_anonnet(path: &Path) -> Result<bool> {
+    Ok(is_ours(&read_or_empty(path)?))
+}
+
 /// Path of the saved original in the state directory `dir`.
 pub(super) fn backup_path(dir: &Path) -> PathBuf {
     dir.join(BACKUP)
@@ -210,7 +215,9 @@ nameserver 198.18.0.54
         fs::write(&resolv, SAMPLE).expect("write");
         let dns: Vec<IpAddr> = vec!["100.64.0.53".parse().expect("dns")];
 
+        assert!(!written_by_anonnet(&resolv).expect("before"));
         install(&resolv, &state, &dns).expect("install");
+        assert!(written_by_anonnet(&resolv).expect("installed"));
         let ours = fs::read_to_string(&resolv).expect("read");
         assert!(ours.starts_with(MARKER));
         assert!(ours.ends_with("\nnameserver 100.64.0.53\n"));
@@ -226,6 +233,7 @@ nameserver 198.18.0.54
         let line = restore(&resolv, &state).expect("restore");
         assert_eq!(line, Some(format!("restored {}", resolv.display())));
         assert_eq!(fs::read_to_string(&resolv).expect("read"), SAMPLE);
+        assert!(!written_by_anonnet(&resolv).expect("restored"));
         assert!(!backup_path(&state).exists());
         assert_eq!(restore(&resolv, &state).expect("restore again"), None);
     }
