@@ -465,6 +465,57 @@ case_policy_private() {
   blocked_ping -4 10.0.0.1
 }
 
+# udp_ask NS HOST PORT: sends "ping" to HOST:PORT over UDP from NS and prints the
+# answer (from any address), "TIMEOUT" or "ERR errno" (an ICMP error).
+udp_ask() {
+  an_in "$1" 15 "$(an_python)" - "$2" "$3" <<'EOF'
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+try:
+    # Unconnected: a service bound to 0.0.0.0 may answer from another address.
+    s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+    print(s.recvfrom(100)[0].decode(errors="replace"))
+except socket.timeout:
+    print("TIMEOUT")
+except OSError as e:
+    print("ERR", e.errno)
+EOF
+}
+
+# The exit host's own services stay out of reach of its clients, also on an address it
+# got after it started (its policy lists only the addresses it had then).
+case_exit_host_services() {
+  local added=198.18.99.1 port=7777 r dst ping_out='' fails=()
+  need_up || return
+  ip -n exit addr add "$added/32" dev lo || fail "cannot add $added to the exit" || return
+  an_start udp-echo exit "$AN_DIR/udp-echo.log" "$(an_python)" -c '
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 7777))
+print("listening", flush=True)
+while True:
+    data, peer = s.recvfrom(100)
+    s.sendto(b"echo from the exit host", peer)
+'
+  if an_wait_log "$AN_DIR/udp-echo.log" listening 10 "${AN_PID[udp-echo]}"; then
+    r=$(udp_ask exit "$added" "$port")
+    [ "$r" = "echo from the exit host" ] || fails+=("control: the service does not answer on the exit itself ($r)")
+    for dst in "$added" "$(an_v4 exit)"; do
+      r=$(udp_ask client "$dst" "$port")
+      case $r in TIMEOUT | ERR*) ;; *) fails+=("UDP $dst:$port through the tunnel answered: $r") ;; esac
+    done
+    ping_out=$(an_in client 10 ping -n -c 1 -W 2 "$added" 2>&1) && fails+=("ping $added through the tunnel got a reply")
+  else
+    fails+=("the UDP service did not start")
+  fi
+  an_stop udp-echo TERM 3
+  ip -n exit addr del "$added/32" dev lo
+  [ ${#fails[@]} -eq 0 ] || fail "${fails[*]}" || return
+  note "UDP service on 0.0.0.0:$port of the exit: no answer through the tunnel at $added (added after start) or $(an_v4 exit)"
+  note "ping $added: $(grep -m1 '^From ' <<<"$ping_out" || echo 'no answer')"
+}
+
 case_traceroute() {
   local out last fam dst
   need_up || return
@@ -893,6 +944,7 @@ run_case pmtu-v6 case_pmtu_v6
 run_case policy-port25 case_policy_port25
 run_case policy-exit-self case_policy_exit_self
 run_case policy-private case_policy_private
+run_case exit-host-services case_exit_host_services
 run_case traceroute case_traceroute
 run_case server-addresses case_server_addresses
 run_case leak case_leak

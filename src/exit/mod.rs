@@ -202,7 +202,13 @@ impl Exit {
         let dns = (sum.dst == IpAddr::V4(DNS_V4) || sum.dst == IpAddr::V6(DNS_V6))
             && (sum.proto == PROTO_UDP || sum.proto == PROTO_TCP)
             && sum.dst_port == Some(53);
-        if !dns && !self.cfg.policy.allows(sum.dst, sum.dst_port) {
+        // Never to another circuit's pool address, whatever the policy says: the
+        // exit does not connect its clients with each other.
+        let to_pool = match sum.dst {
+            IpAddr::V4(a) => self.cfg.pool4.contains(&a),
+            IpAddr::V6(a) => self.cfg.pool6.contains(&a),
+        };
+        if !dns && (to_pool || !self.cfg.policy.allows(sum.dst, sum.dst_port)) {
             self.stats.rejected_policy += 1;
             return match packet::icmp_prohibited(pkt, addr::exit_addr(sum.dst), answer) {
                 Ok(()) => Verdict::Answer,

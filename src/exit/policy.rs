@@ -23,6 +23,14 @@
 //! (`::ffff:10.0.0.1`) is matched as the IPv4 address it carries, so the private
 //! IPv4 rules also catch it. An IPv4 rule never matches an IPv6 destination and vice
 //! versa; `*` matches both. The first matching rule decides.
+//!
+//! IPv6 addresses that a translator or relay near the exit turns into IPv4 (NAT64's
+//! `64:ff9b::/96`, 6to4's `2002::/16`, Teredo's `2001::/32`, see [`carried_v4`]) are
+//! allowed only if both the IPv6 address and the IPv4 address it carries are: else
+//! `64:ff9b::10.0.0.1` would reach the exit's LAN through a NAT64 in its network.
+//! Forms whose IPv4 address cannot be known or that no network should route
+//! (IPv4-compatible `::/96`, local-use NAT64 `64:ff9b:1::/48`, site-local
+//! `fec0::/10`) are in [`PRIVATE_V6`].
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -46,14 +54,19 @@ pub const PRIVATE_V4: [Ipv4Net; 9] = [
 
 /// IPv6 networks that `private` stands for (besides the exit's own addresses).
 ///
-/// `::ffff:0:0/96` (IPv4-mapped) is listed for completeness, like Tor does, but never
-/// matches: a mapped destination is matched as the IPv4 address it carries, so the
-/// IPv4 entries decide for it.
-pub const PRIVATE_V6: [Ipv6Net; 6] = [
-    Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 128),
-    Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128),
+/// `::/96` holds the unspecified and loopback addresses and the IPv4-compatible
+/// addresses (deprecated by RFC 4291), `64:ff9b:1::/48` is NAT64 for local use (RFC
+/// 8215; where it carries its IPv4 address depends on the network's prefix length),
+/// `fec0::/10` the deprecated site-local addresses (RFC 3879). `::ffff:0:0/96`
+/// (IPv4-mapped) is listed for completeness, like Tor does, but never matches: a
+/// mapped destination is matched as the IPv4 address it carries, so the IPv4 entries
+/// decide for it.
+pub const PRIVATE_V6: [Ipv6Net; 7] = [
+    Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 96),
+    Ipv6Net::new_assert(Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
     Ipv6Net::new_assert(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),
     Ipv6Net::new_assert(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+    Ipv6Net::new_assert(Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),
     Ipv6Net::new_assert(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
     Ipv6Net::new_assert(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96),
 ];
@@ -484,6 +497,24 @@ fn normalise(dst: IpAddr) -> IpAddr {
     dst.to_canonical()
 }
 
+/// The IPv4 address that an IPv6 destination reaches through a translator or relay:
+/// NAT64 with the well-known prefix `64:ff9b::/96` (RFC 6052: the last 32 bits), 6to4
+/// `2002::/16` (RFC 3056: bits 16..48) and Teredo `2001::/32` (RFC 4380: the last 32
+/// bits, inverted).
+pub fn carried_v4(dst: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(dst);
+    let low = (bits & 0xffff_ffff) as u32;
+    if bits >> 32 == 0x0064_ff9b_u128 << 64 {
+        Some(Ipv4Addr::from(low))
+    } else if bits >> 112 == 0x2002 {
+        Some(Ipv4Addr::from((bits >> 80) as u32))
+    } else if bits >> 96 == 0x2001_0000 {
+        Some(Ipv4Addr::from(!low))
+    } else {
+        None
+    }
+}
+
 /// The private networks, both families.
 fn private_nets() -> impl Iterator<Item = IpNet> {
     PRIVATE_V4
@@ -546,8 +577,19 @@ impl ExitPolicy {
 
     /// Decides for a destination. `port` is `None` for protocols without ports
     /// (ICMP and others): such packets match only rules whose port part is `*`.
+    /// An IPv6 destination that carries an IPv4 address (see [`carried_v4`]) is
+    /// allowed only if that IPv4 address is too.
     pub fn allows(&self, dst: IpAddr, port: Option<u16>) -> bool {
         let dst = normalise(dst);
+        let carried = match dst {
+            IpAddr::V6(v6) => carried_v4(v6),
+            IpAddr::V4(_) => None,
+        };
+        self.decides(dst, port) && carried.is_none_or(|v4| self.decides(v4.into(), port))
+    }
+
+    /// The action of the first rule matching a normalised destination.
+    fn decides(&self, dst: IpAddr, port: Option<u16>) -> bool {
         self.rules
             .iter()
             .find(|rule| rule.matches_normalised(dst, port))

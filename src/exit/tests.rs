@@ -2,7 +2,7 @@
 #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::proto::addr::{CLIENT_V4, EXIT_V4};
+use crate::proto::addr::{CLIENT_V4, CLIENT_V6, EXIT_V4};
 use etherparse::PacketBuilder;
 
 fn exit(pool4: &str, max_flows: usize, max_pps: u32) -> Exit {
@@ -164,4 +164,44 @@ fn policy_rejects_with_icmp_but_tunnel_dns_passes() {
         }
     }
     assert_eq!(x.stats().rejected_policy, 5);
+}
+
+#[test]
+fn clients_cannot_reach_each_other_through_a_public_pool() {
+    // A pool outside every private range, so the policy alone would let it through.
+    let mut x = Exit::new(ExitSettings {
+        pool4: "198.51.100.0/24".parse().unwrap(),
+        pool6: "2001:db8:96::/64".parse().unwrap(),
+        policy: ExitPolicy::new(&["accept *:*".into()], &[]).unwrap(),
+        max_flows: 8,
+        max_pps: 100,
+    });
+    let t = Instant::now();
+    let mut a = Vec::new();
+    let mut p = udp([198, 18, 0, 1], 1000, 80);
+    assert_eq!(
+        x.from_circuit(t, CircuitId(1), &mut p, &mut a),
+        Verdict::Forward
+    );
+    let (b4, _) = x.addresses(CircuitId(1)).unwrap();
+    assert!(x.cfg.policy.allows(IpAddr::V4(b4), Some(80)));
+    let mut p = udp(b4.octets(), 1000, 80);
+    assert_eq!(
+        x.from_circuit(t, CircuitId(2), &mut p, &mut a),
+        Verdict::Answer
+    );
+    let mut v6 = Vec::new();
+    PacketBuilder::ipv6(
+        CLIENT_V6.octets(),
+        "2001:db8:96::1".parse::<Ipv6Addr>().unwrap().octets(),
+        64,
+    )
+    .udp(1000, 80)
+    .write(&mut v6, b"hello")
+    .unwrap();
+    assert_eq!(
+        x.from_circuit(t, CircuitId(2), &mut v6, &mut a),
+        Verdict::Answer
+    );
+    assert_eq!(x.stats().rejected_policy, 2);
 }

@@ -70,10 +70,16 @@
 //! installs the nftables table `inet anonnet-exit`:
 //!
 //! - chain `forward` (policy accept, so the host's other forwarding is untouched):
-//!   clamps the MSS of TCP SYNs entering or leaving the TUN to the route's MTU; accepts
-//!   everything from the TUN; towards the TUN accepts only `ct state
+//!   clamps the MSS of TCP SYNs entering or leaving the TUN to the route's MTU; drops
+//!   packets from the TUN back into it (one client to another's pool address); accepts
+//!   everything else from the TUN; towards the TUN accepts only `ct state
 //!   established,related` (replies, and ICMP errors about the circuits' own flows) and
 //!   drops the rest;
+//! - chain `input` (policy accept): of packets from the TUN to the exit host itself
+//!   (any address it owns, now or later, and its broadcast addresses: whatever the
+//!   kernel delivers locally) accepts only DNS that `dstnat` redirected to a resolver
+//!   on the host, and rejects the rest with ICMP administratively prohibited, so
+//!   clients cannot reach services of the exit host;
 //! - chain `dstnat`: TCP and UDP port 53 from the TUN to one of [`ExitNet::dns`] is
 //!   DNATed to the first [`ExitNet::dns_upstream`] address of the same family; a family
 //!   without an upstream is not served;

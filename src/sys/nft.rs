@@ -204,12 +204,25 @@ pub(super) fn exit_ruleset(r: &ExitRules<'_>) -> String {
             format!("{dir} \"{tun}\" tcp flags syn tcp option maxseg size set rt mtu"),
         );
     }
+    t.line(2, format!("iifname \"{tun}\" oifname \"{tun}\" drop"));
     t.line(2, format!("iifname \"{tun}\" accept"));
     t.line(
         2,
         format!("oifname \"{tun}\" ct state established,related accept"),
     );
     t.line(2, format!("oifname \"{tun}\" drop"));
+    t.line(1, "}");
+
+    t.line(1, "chain input {");
+    t.line(2, "type filter hook input priority filter; policy accept;");
+    t.line(
+        2,
+        format!("iifname \"{tun}\" ct status dnat meta l4proto {{ tcp, udp }} th dport 53 accept"),
+    );
+    t.line(
+        2,
+        format!("iifname \"{tun}\" reject with icmpx admin-prohibited"),
+    );
     t.line(1, "}");
 
     t.line(1, "chain dstnat {");
@@ -446,9 +459,15 @@ table inet anonnet-exit {
 \t\ttype filter hook forward priority filter; policy accept;
 \t\tiifname \"anonexit0\" tcp flags syn tcp option maxseg size set rt mtu
 \t\toifname \"anonexit0\" tcp flags syn tcp option maxseg size set rt mtu
+\t\tiifname \"anonexit0\" oifname \"anonexit0\" drop
 \t\tiifname \"anonexit0\" accept
 \t\toifname \"anonexit0\" ct state established,related accept
 \t\toifname \"anonexit0\" drop
+\t}
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname \"anonexit0\" ct status dnat meta l4proto { tcp, udp } th dport 53 accept
+\t\tiifname \"anonexit0\" reject with icmpx admin-prohibited
 \t}
 \tchain dstnat {
 \t\ttype nat hook prerouting priority dstnat; policy accept;
@@ -476,7 +495,7 @@ table inet anonnet-exit {
             upstream4: Some("198.18.0.53".parse().expect("upstream4")),
             upstream6: None,
         };
-        assert!(!exit_ruleset(&rules).contains("dnat"));
+        assert!(!exit_ruleset(&rules).contains("dnat ip"));
         rules.upstream6 = Some("2001:db8::53".parse().expect("upstream6"));
         let s = exit_ruleset(&rules);
         assert!(s.contains(

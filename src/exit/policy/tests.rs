@@ -20,6 +20,10 @@ fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
+fn ipv6(text: &str) -> Ipv6Addr {
+    text.parse().unwrap()
+}
+
 fn net(text: &str) -> Target {
     Target::Net(text.parse().unwrap())
 }
@@ -313,6 +317,52 @@ fn families_do_not_cross() {
 }
 
 #[test]
+fn ipv6_forms_carrying_ipv4_are_checked_as_ipv4() {
+    let exit = policy(&["reject 198.51.100.1:*"], &["198.18.4.2"]);
+    for dst in [
+        // NAT64 (RFC 6052) to a private, a rejected and an own address.
+        "64:ff9b::10.0.0.1",
+        "64:ff9b::198.51.100.1",
+        "64:ff9b::198.18.4.2",
+        // 6to4 (RFC 3056): 2002:AABB:CCDD:: carries AA.BB.CC.DD.
+        "2002:0a00:0001::1",
+        "2002:c633:6401:1::",
+        "2002:7f00:0001::",
+        // Teredo (RFC 4380): the client's address, inverted, in the last 32 bits.
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+        // IPv4-compatible, local-use NAT64, site-local.
+        "::10.0.0.1",
+        "::198.18.0.1",
+        "64:ff9b:1::a00:1",
+        "fec0::1",
+    ] {
+        assert!(!exit.allows(ip(dst), Some(80)), "{dst}");
+    }
+    for dst in [
+        "64:ff9b::198.18.0.1",
+        "2002:c612:0001::1",
+        "2001:0:4136:e378:8000:63bf:39ed:fffe",
+        "2001:db8::1",
+    ] {
+        assert!(exit.allows(ip(dst), Some(80)), "{dst}");
+    }
+    assert_eq!(
+        carried_v4(ipv6("64:ff9b::198.18.0.1")),
+        Some("198.18.0.1".parse().unwrap())
+    );
+    assert_eq!(
+        carried_v4(ipv6("2002:c612:0001::1")),
+        Some("198.18.0.1".parse().unwrap())
+    );
+    assert_eq!(
+        carried_v4(ipv6("2001:0:4136:e378:8000:63bf:39ed:fffe")),
+        Some("198.18.0.1".parse().unwrap())
+    );
+    assert_eq!(carried_v4(ipv6("2001:db8::c612:1")), None);
+    assert_eq!(carried_v4(ipv6("64:ff9b:1::c612:1")), None);
+}
+
+#[test]
 fn default_tail() {
     let default = policy(&[], &[]);
     for dst in ["198.18.0.1", "2001:db8::1"] {
@@ -504,6 +554,10 @@ fn arb_v6() -> impl Strategy<Value = Ipv6Addr> {
         any::<u16>().prop_map(|d| Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, d)),
         arb_v4().prop_map(|a| a.to_ipv6_mapped()),
         (0u16..3).prop_map(|d| Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, d)),
+        arb_v4().prop_map(|a| Ipv6Addr::from((0x64_ff9b_u128 << 96) | u128::from(u32::from(a)))),
+        arb_v4()
+            .prop_map(|a| Ipv6Addr::from((0x2002_u128 << 112) | (u128::from(u32::from(a)) << 80))),
+        arb_v4().prop_map(|a| Ipv6Addr::from((0x2001_0000_u128 << 96) | u128::from(!u32::from(a)))),
     ]
 }
 
@@ -591,7 +645,7 @@ fn naive_normalise(dst: IpAddr) -> IpAddr {
 }
 
 fn naive_private(dst: IpAddr, own: &[IpAddr]) -> bool {
-    let nets: [(&str, u8); 15] = [
+    let nets: [(&str, u8); 16] = [
         ("0.0.0.0", 8),
         ("10.0.0.0", 8),
         ("100.64.0.0", 10),
@@ -601,10 +655,11 @@ fn naive_private(dst: IpAddr, own: &[IpAddr]) -> bool {
         ("192.168.0.0", 16),
         ("224.0.0.0", 4),
         ("240.0.0.0", 4),
-        ("::", 128),
-        ("::1", 128),
+        ("::", 96),
+        ("64:ff9b:1::", 48),
         ("fc00::", 7),
         ("fe80::", 10),
+        ("fec0::", 10),
         ("ff00::", 8),
         ("::ffff:0:0", 96),
     ];
@@ -628,6 +683,38 @@ fn naive_matches(rule: &Rule, dst: IpAddr, port: Option<u16>, own: &[IpAddr]) ->
 /// The effective policy evaluated directly from the user's (unexpanded) rules.
 fn naive_allows(user: &[Rule], own: &[IpAddr], dst: IpAddr, port: Option<u16>) -> bool {
     let dst = naive_normalise(dst);
+    let carried = match dst {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            match s {
+                [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(Ipv4Addr::new(
+                    (s[6] >> 8) as u8,
+                    s[6] as u8,
+                    (s[7] >> 8) as u8,
+                    s[7] as u8,
+                )),
+                [0x2002, a, b, ..] => Some(Ipv4Addr::new(
+                    (a >> 8) as u8,
+                    a as u8,
+                    (b >> 8) as u8,
+                    b as u8,
+                )),
+                [0x2001, 0, ..] => Some(Ipv4Addr::new(
+                    !(s[6] >> 8) as u8,
+                    !s[6] as u8,
+                    !(s[7] >> 8) as u8,
+                    !s[7] as u8,
+                )),
+                _ => None,
+            }
+        }
+        IpAddr::V4(_) => None,
+    };
+    naive_decides(user, own, dst, port)
+        && carried.is_none_or(|v4| naive_decides(user, own, IpAddr::V4(v4), port))
+}
+
+fn naive_decides(user: &[Rule], own: &[IpAddr], dst: IpAddr, port: Option<u16>) -> bool {
     if naive_private(dst, own) {
         return false;
     }
