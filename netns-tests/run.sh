@@ -567,6 +567,69 @@ case_leak() {
   note "0 packets besides UDP with 198.18.2.2:$AN_PORT ($allowed of those sampled; ${drops:-no drop count})"
 }
 
+# pool_conntrack: the exit's tracked connections whose original source is a pool
+# address (100.96.0.0/12, fd00:96::/64: a circuit's flows before masquerading).
+pool_conntrack() {
+  ip netns exec exit "$(an_python)" -c '
+import ipaddress
+nets = [ipaddress.ip_network(n) for n in ("100.96.0.0/12", "fd00:96::/64")]
+n = 0
+for line in open("/proc/net/nf_conntrack"):
+    src = next((w[4:] for w in line.split() if w.startswith("src=")), None)
+    if src and any(ipaddress.ip_address(src) in net for net in nets):
+        n += 1
+print(n)
+'
+}
+
+# wait_pool_conntrack SECS: waits until the exit tracks no flow of a pool address;
+# prints the count left.
+wait_pool_conntrack() {
+  local n i
+  for ((i = 0; i < $1 * 10; i++)); do
+    n=$(pool_conntrack)
+    [ "$n" = 0 ] && break
+    sleep 0.1
+  done
+  echo "$n"
+}
+
+# When a circuit closes, the exit makes the kernel forget its flows before it gives
+# the address to another client (else late replies reach the new one); a starting
+# exit forgets an earlier run's.
+case_exit_conntrack() {
+  local before left t0 t1
+  need_up || return
+  an_in client 15 curl -sS -m 10 -o /dev/null "http://$AN_SERVER4/" || fail "HTTP through the tunnel fails" || return
+  an_in client 15 curl -sS -m 10 -o /dev/null "http://[$AN_SERVER6]/" || fail "HTTP over IPv6 through the tunnel fails" || return
+  an_in client 15 getent hosts "$AN_DNS_NAME" >/dev/null || fail "DNS through the tunnel fails" || return
+  before=$(pool_conntrack)
+  [ "$before" -gt 0 ] || fail "control: the exit tracks no flow of a pool address" || return
+  t0=$(an_now_ms)
+  ensure_down
+  left=$(wait_pool_conntrack 5)
+  t1=$(an_now_ms)
+  [ "$left" = 0 ] || fail "$left of $before tracked flows of pool addresses left 5 s after the client's circuits closed" || return
+  note "client down: the exit's $before tracked flows of pool addresses forgotten within $((t1 - t0)) ms"
+  # The exit stops while its circuits are open (no circuit closes at the exit), so
+  # their flows stay tracked; the next exit must forget them when it starts. The
+  # relays restart with it (in the order gw1, gw2, exit, so each announces itself to
+  # the bootstrap gw1 again), since a relay keeps its link to the exit that went
+  # away, which the new exit process does not answer.
+  need_up || return
+  an_in client 15 curl -sS -m 10 -o /dev/null "http://$AN_SERVER4/" || fail "HTTP through the tunnel fails" || return
+  an_stop exit TERM 10
+  an_stop client-up TERM 10
+  an_stop gw2 TERM 5
+  an_stop gw1 TERM 5
+  before=$(pool_conntrack)
+  [ "$before" -gt 0 ] || fail "control: no tracked flow of a pool address left after the exit stopped" || return
+  ensure_gateways || fail "the gateways did not start again: $GW_REASON" || return
+  left=$(pool_conntrack)
+  [ "$left" = 0 ] || fail "the restarted exit left $left tracked flows of an earlier run's pool addresses" || return
+  note "exit stopped with $before tracked flows of pool addresses open; started again: 0 left"
+}
+
 case_kill_switch() {
   local out n fails=()
   need_up || return
@@ -948,6 +1011,7 @@ run_case exit-host-services case_exit_host_services
 run_case traceroute case_traceroute
 run_case server-addresses case_server_addresses
 run_case leak case_leak
+run_case exit-conntrack case_exit_conntrack
 run_case kill-switch case_kill_switch
 run_case restart-new-entry case_restart_new_entry
 run_case down case_down

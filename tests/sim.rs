@@ -980,7 +980,10 @@ impl Net {
                     }
                 }
                 Ev::ExitClosed(c) => {
-                    exit.close(c);
+                    // No kernel here whose connection tracking must forget them first.
+                    if let Some(closed) = exit.close(c) {
+                        exit.release(closed);
+                    }
                     reasm.remove(&c);
                 }
                 _ => {}

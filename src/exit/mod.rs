@@ -45,6 +45,15 @@ pub enum Verdict {
     Drop,
 }
 
+/// The pool addresses of a closed circuit, held back until [`Exit::release`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "the addresses return to the pool only through Exit::release"]
+pub struct Closed {
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    index: u32,
+}
+
 /// Counters of the exit's decisions.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ExitStats {
@@ -270,11 +279,24 @@ impl Exit {
     }
 
     /// Frees a circuit's pool addresses.
-    pub fn close(&mut self, circuit: CircuitId) {
-        if let Some(c) = self.circuits.remove(&circuit) {
-            self.by_index.remove(&c.index);
-            self.free.push_back(c.index);
-        }
+    /// Forgets a closed circuit. Its pool addresses are not handed out again until
+    /// the caller passes the returned [`Closed`] to [`Exit::release`], once the
+    /// kernel's connection tracking forgot their flows: else a late reply to the old
+    /// circuit would reach the next client given the same address.
+    pub fn close(&mut self, circuit: CircuitId) -> Option<Closed> {
+        let c = self.circuits.remove(&circuit)?;
+        self.by_index.remove(&c.index);
+        Some(Closed {
+            v4: self.addr4(c.index),
+            v6: self.addr6(c.index),
+            index: c.index,
+        })
+    }
+
+    /// Makes a closed circuit's pool addresses available again (after the ones never
+    /// used, and after those released before).
+    pub fn release(&mut self, closed: Closed) {
+        self.free.push_back(closed.index);
     }
 }
 

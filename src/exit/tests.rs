@@ -45,8 +45,19 @@ fn pool_addresses_fresh_first_then_oldest_freed() {
         }
     }
     assert_eq!(x.stats().dropped_pool_exhausted, 1);
-    x.close(CircuitId(1));
-    x.close(CircuitId(0));
+    let one = x.close(CircuitId(1)).unwrap();
+    let zero = x.close(CircuitId(0)).unwrap();
+    assert_eq!(one.v4, Ipv4Addr::new(100, 96, 0, 2));
+    assert_eq!(x.close(CircuitId(0)), None);
+    // Closed but not released (the kernel may still track their flows): not reused.
+    let mut p = udp([198, 18, 0, 1], 1000, 53);
+    assert_eq!(
+        x.from_circuit(t, CircuitId(7), &mut p, &mut a),
+        Verdict::Drop
+    );
+    assert_eq!(x.stats().dropped_pool_exhausted, 2);
+    x.release(one);
+    x.release(zero);
     let mut p = udp([198, 18, 0, 1], 1000, 53);
     assert_eq!(
         x.from_circuit(t, CircuitId(7), &mut p, &mut a),

@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
 
 use crate::config::{self};
 use crate::exit::policy::ExitPolicy;
-use crate::exit::{Exit, ExitSettings, Verdict};
+use crate::exit::{Closed, Exit, ExitSettings, Verdict};
 use crate::node::{CircuitId, Event};
 use crate::proto::addr::{DNS_V4, DNS_V6, EXIT_V4, EXIT_V6};
 use crate::proto::framing::{Fragmenter, Reassembler};
@@ -103,10 +104,17 @@ impl ExitSide {
         let mut reasm: HashMap<CircuitId, Reassembler> = HashMap::new();
         let mut answer = Vec::new();
         let mut frag = Fragmenter::default();
+        let (to_forget, mut forgotten) = spawn_forgetter();
         loop {
             let open = tokio::select! {
                 open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets) => open,
                 _ = services.wake.tick() => true,
+                Some(batch) = forgotten.recv() => {
+                    for closed in batch {
+                        self.exit.release(closed);
+                    }
+                    true
+                }
                 () = signals.recv() => break,
             };
             if !open {
@@ -149,7 +157,10 @@ impl ExitSide {
                         d.sockets.pool.put(buf);
                     }
                     Event::ServiceClosed(circuit, _) => {
-                        self.exit.close(circuit);
+                        if let Some(closed) = self.exit.close(circuit) {
+                            // The forgetter lives as long as this loop.
+                            let _ = to_forget.send(closed);
+                        }
                         reasm.remove(&circuit);
                     }
                     Event::Data { buf, .. } | Event::ServiceData { buf, .. } => {
@@ -175,4 +186,32 @@ impl ExitSide {
         );
         Ok(())
     }
+}
+
+/// A task that makes the kernel forget the tracked connections of closed circuits'
+/// pool addresses, in batches of whatever closed meanwhile, and hands the addresses
+/// back for [`Exit::release`]. It ends when the sender is dropped.
+fn spawn_forgetter() -> (
+    mpsc::UnboundedSender<Closed>,
+    mpsc::UnboundedReceiver<Vec<Closed>>,
+) {
+    let (to_forget, mut closed_rx) = mpsc::unbounded_channel::<Closed>();
+    let (done_tx, forgotten) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(first) = closed_rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = closed_rx.try_recv() {
+                batch.push(more);
+            }
+            let sources: Vec<IpNet> = batch
+                .iter()
+                .flat_map(|c| [IpNet::from(IpAddr::V4(c.v4)), IpNet::from(IpAddr::V6(c.v6))])
+                .collect();
+            sys::forget_connections(&sources).await;
+            if done_tx.send(batch).is_err() {
+                break;
+            }
+        }
+    });
+    (to_forget, forgotten)
 }

@@ -86,12 +86,17 @@
 //! - chain `srcnat`: packets from `pool4`/`pool6` that leave through another interface
 //!   are masqueraded (NAT44 and NAT66).
 //!
+//! It then deletes the tracked connections of the pools (an earlier run's), and
+//! [`forget_connections`] does the same for each closed circuit's addresses before
+//! the exit reuses them.
+//!
 //! Another table's forward chain with policy drop (Docker sets one up) still drops
 //! circuit traffic; such hosts need their own accept rule for the TUN. With
 //! `net.ipv6.conf.all.forwarding = 1` the kernel ignores router advertisements on
 //! interfaces whose `accept_ra` is 1, so an exit that gets its IPv6 default route from
 //! SLAAC needs `accept_ra = 2` on its uplink.
 
+mod conntrack;
 mod host;
 mod netlink;
 mod nft;
@@ -580,6 +585,9 @@ pub async fn exit_up(net: &ExitNet) -> Result<ExitGuardState> {
         &nft::exit_ruleset(&rules),
         "exit ruleset (nftables table inet anonnet-exit)",
     )?;
+    // An earlier run's circuits held these addresses: their flows must not reach the
+    // clients that get the addresses now.
+    forget_connections(&[IpNet::V4(net.pool4.trunc()), IpNet::V6(net.pool6.trunc())]).await;
 
     let saved = ExitGuardState {
         ipv4_forward: host::read_sysctl(host::IPV4_FORWARD)?,
@@ -592,6 +600,18 @@ pub async fn exit_up(net: &ExitNet) -> Result<ExitGuardState> {
         host::write_sysctl(host::IPV6_FORWARDING, "1")?;
     }
     Ok(saved)
+}
+
+/// Deletes the kernel's tracked connections whose original source is in one of
+/// `sources` (pool addresses of closed circuits, or whole pools). A failure is logged,
+/// not returned: the exit keeps serving, at the risk the caller guards against.
+pub async fn forget_connections(sources: &[IpNet]) {
+    match conntrack::forget_sources(sources).await {
+        Ok(n) => tracing::debug!("forgot {n} tracked connections of {sources:?}"),
+        Err(e) => tracing::warn!(
+            "cannot delete tracked connections of {sources:?}: {e:#}; late replies to closed circuits may reach the clients that reuse their addresses"
+        ),
+    }
 }
 
 /// Undoes [`exit_up`]: restores the sysctls in `saved` (first, so nothing is forwarded

@@ -219,7 +219,10 @@ impl Net {
             }
             Event::ServiceClosed(circuit, _) => {
                 if node == G3 {
-                    self.exit.close(circuit);
+                    // No kernel here whose connection tracking must forget them first.
+                    if let Some(closed) = self.exit.close(circuit) {
+                        self.exit.release(closed);
+                    }
                 }
                 self.reasm.remove(&(node, circuit));
                 None
