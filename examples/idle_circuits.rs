@@ -19,8 +19,8 @@
 //! then tears the circuits down and exits 0; exits 1 with an error if not every
 //! circuit came up. Progress goes to stderr.
 //!
-//! A gateway processes at most `handshake_rate` handshakes per second (default
-//! 1,000, token bucket with one second of burst) and drops the rest, so builds are
+//! A gateway processes at most `handshake_rate` BUILDs per second (default 1,000,
+//! token bucket with one second of burst) and drops the rest, so builds are
 //! paced at `--rate` (default 800 per second) with at most `--window` in flight; a
 //! build that times out is retried. The circuits' terminal service is echo (the
 //! gateway needs `echo = true`) or, with `--service directory`, the directory

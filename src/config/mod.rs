@@ -244,7 +244,7 @@ pub struct GatewayConfig {
     pub echo: bool,
     /// A relayed circuit idle this long is torn down (1..=3600).
     pub idle_timeout_secs: u64,
-    /// Most handshakes processed per second (> 0).
+    /// Most handshakes of each kind (links, BUILDs, rekeys) processed per second (> 0).
     pub handshake_rate: u32,
     /// Most circuits held at once (> 0).
     pub max_circuits: usize,

@@ -9,9 +9,13 @@ use rand_core::{CryptoRng, RngCore};
 use super::*;
 
 impl Node {
-    pub(super) fn take_token(&mut self, now: Instant) -> bool {
+    pub(super) fn take_token(&mut self, now: Instant, budget: Budget) -> bool {
         let rate = f64::from(self.cfg.handshake_rate);
-        let b = &mut self.bucket;
+        let b = match budget {
+            Budget::Link => &mut self.budgets.link,
+            Budget::Build => &mut self.budgets.build,
+            Budget::Rekey => &mut self.budgets.rekey,
+        };
         if let Some(last) = b.last {
             b.tokens =
                 (b.tokens + now.saturating_duration_since(last).as_secs_f64() * rate).min(rate);
@@ -84,10 +88,11 @@ impl Node {
             started,
             last_sent: now,
         });
+        let mac1_key = crypto::mac1_key(&key);
         self.transmits.push_back(Transmit {
             src: link.local,
             dst: link.peer,
-            buf: wire::emit_link_init(rx, &msg),
+            buf: wire::emit_link_init(rx, &msg, |covered| crypto::mac(&mac1_key, covered)),
         });
     }
 
@@ -190,11 +195,22 @@ impl Node {
         sender: u32,
         buf: &[u8],
     ) {
-        let Some(sk) = self.cfg.static_key else {
+        let (Some(sk), Some(mac1_key)) = (self.cfg.static_key, self.mac1_key) else {
             self.stats.dropped_protocol += 1;
             return;
         };
-        if !self.take_token(now) {
+        // The MAC first: junk and senders that do not know this gateway's key cost
+        // one BLAKE2s, never a handshake token.
+        let (Some(covered), Some(mac1)) = (buf.get(LINK_INIT_MACED), buf.get(LINK_INIT_MAC1))
+        else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        if !crypto::mac_verify(&mac1_key, covered, mac1) {
+            self.stats.dropped_mac += 1;
+            return;
+        }
+        if !self.take_token(now, Budget::Link) {
             return;
         }
         let Some(msg1) = buf.get(LINK_INIT_MSG) else {

@@ -40,8 +40,9 @@ use crate::proto::wire::{
     self, Body, BuildPayload, Cmd, CtrlHeader, CtrlKind, DestroyReason, Header, LinkInitReserved,
     MsgType, Service, BODY_HEADER, BUILD_LEN, BUILD_PAYLOAD_LEN, BUILD_SLOT_LEN, CELL_HEADER_LEN,
     CELL_MASKED, CELL_SAMPLE, CELL_SLOTS, CTRL_INNER_HEADER, CTR_FLAG, LINK_CTRL_HEADER,
-    LINK_INIT_MSG, LINK_INIT_RESERVED, LINK_REKEY_PROOF, LINK_RESP_MSG, MAX_PAYLOAD, NK_MSG1_EMPTY,
-    NK_MSG2_EMPTY, PAYLOAD_OFFSET, REPLY_LEN, REPLY_PAYLOAD_LEN, REPLY_SLOT_LEN, SLOTS,
+    LINK_INIT_MAC1, LINK_INIT_MACED, LINK_INIT_MSG, LINK_INIT_RESERVED, LINK_REKEY_PROOF,
+    LINK_RESP_MSG, MAX_PAYLOAD, NK_MSG1_EMPTY, NK_MSG2_EMPTY, PAYLOAD_OFFSET, REPLY_LEN,
+    REPLY_PAYLOAD_LEN, REPLY_SLOT_LEN, SLOTS,
 };
 
 /// Interval of the node's housekeeping tick.
@@ -73,6 +74,7 @@ pub struct NodeConfig {
     pub build_timeout: Duration,
     pub keepalive: Duration,
     pub circuit_timeout: Duration,
+    /// Handshakes of each kind (LINK_INIT, BUILD slot, REKEY) processed per second.
     pub handshake_rate: u32,
     pub max_circuits: usize,
     /// Body size classes, ascending; `MAX_BODY` is always the implicit last.
@@ -327,6 +329,26 @@ struct TokenBucket {
     last: Option<Instant>,
 }
 
+/// What a handshake token is spent on: each has its own bucket of `handshake_rate`
+/// per second, so a flood of one kind (new links from anywhere, BUILDs from one
+/// client) cannot starve the others (the rekeys that keep circuits alive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Budget {
+    /// LINK_INIT, new links and link rekeys (after its MAC verified).
+    Link,
+    /// A BUILD slot addressed to this node.
+    Build,
+    /// REKEY of a circuit this node relays.
+    Rekey,
+}
+
+/// The three handshake buckets.
+struct Budgets {
+    link: TokenBucket,
+    build: TokenBucket,
+    rekey: TokenBucket,
+}
+
 /// The protocol state machine of one node.
 pub struct Node {
     cfg: NodeConfig,
@@ -347,7 +369,9 @@ pub struct Node {
     /// Ephemeral keys of accepted handshakes (a set: their times are in `seen_order`).
     seen: HashSet<[u8; 32]>,
     seen_order: VecDeque<([u8; 32], Instant)>,
-    bucket: TokenBucket,
+    budgets: Budgets,
+    /// `mac1_key` of this gateway's own static key (PROTOCOL §2, LINK_INIT).
+    mac1_key: Option<[u8; KEY_LEN]>,
     stats: Stats,
     last_tick: Option<Instant>,
     /// Buffers of keepalive answers, reused for the next keepalives (at most
@@ -379,7 +403,18 @@ fn mask_header(key: &[u8; KEY_LEN], head: &mut [u8; CELL_HEADER_LEN]) {
 impl Node {
     #[must_use]
     pub fn new(cfg: NodeConfig) -> Self {
-        let tokens = f64::from(cfg.handshake_rate);
+        let full = || TokenBucket {
+            tokens: f64::from(cfg.handshake_rate),
+            last: None,
+        };
+        let budgets = Budgets {
+            link: full(),
+            build: full(),
+            rekey: full(),
+        };
+        let mac1_key = cfg
+            .static_key
+            .map(|sk| crypto::mac1_key(&crypto::public_key(&sk)));
         Self {
             cfg,
             links: BTreeMap::new(),
@@ -393,7 +428,8 @@ impl Node {
             events: VecDeque::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
-            bucket: TokenBucket { tokens, last: None },
+            budgets,
+            mac1_key,
             stats: Stats::default(),
             last_tick: None,
             spare: Vec::new(),

@@ -2,7 +2,8 @@
 //! runs a fresh Noise NK handshake inside the circuit. The client sends REKEY to the
 //! hop, the hop answers REKEY_ACK and announces its new generation, the client
 //! rotates to it and confirms with a KEEPALIVE, after which the hop sends under the
-//! new keys too. A gateway's answers come out of the same handshake budget as builds.
+//! new keys too. A gateway's answers come out of their own handshake budget, so a
+//! flood of new links or BUILDs cannot starve the rekeys that keep circuits alive.
 
 use std::time::Instant;
 
@@ -20,7 +21,7 @@ impl Node {
         id: RelayId,
         buf: &mut [u8],
     ) -> bool {
-        if !self.take_token(now) {
+        if !self.take_token(now, Budget::Rekey) {
             return false;
         }
         let Some(sk) = self.cfg.static_key else {

@@ -27,7 +27,7 @@ impl Node {
             self.stats.dropped_protocol += 1;
             return;
         }
-        if !self.take_token(now) {
+        if !self.take_token(now, Budget::Build) {
             return;
         }
         if self.relays.len() >= self.cfg.max_circuits {

@@ -9,6 +9,9 @@ pub struct Stats {
     pub dropped_unknown_index: u64,
     pub dropped_unknown_circuit: u64,
     pub dropped_auth: u64,
+    /// LINK_INITs whose MAC did not verify (junk, or sent without the gateway's key):
+    /// dropped before they cost a handshake token.
+    pub dropped_mac: u64,
     pub dropped_replay: u64,
     pub dropped_expired: u64,
     pub dropped_handshake_replay: u64,
@@ -38,6 +41,7 @@ impl Stats {
             dropped_unknown_index,
             dropped_unknown_circuit,
             dropped_auth,
+            dropped_mac,
             dropped_replay,
             dropped_expired,
             dropped_handshake_replay,
@@ -58,6 +62,7 @@ impl Stats {
             dropped_unknown_index,
             dropped_unknown_circuit,
             dropped_auth,
+            dropped_mac,
             dropped_replay,
             dropped_expired,
             dropped_handshake_replay,

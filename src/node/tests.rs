@@ -286,3 +286,64 @@ fn a_link_stays_usable_after_a_long_circuit_ends() {
         net.circuit(&path);
     }
 }
+
+impl Mini {
+    /// Restarts gateway `i` with another handshake rate (same key).
+    fn set_handshake_rate(&mut self, i: usize, rate: u32) {
+        let cfg = NodeConfig {
+            handshake_rate: rate,
+            ..self.nodes[i].1.cfg.clone()
+        };
+        self.nodes[i].1 = Node::new(cfg);
+    }
+}
+
+/// LINK_INITs of junk (any sender can forge the first byte and the length) are
+/// dropped on their MAC before they cost a handshake token: with a budget of 20, 200 of
+/// them in the same instant leave the next client's handshake untouched.
+#[test]
+fn junk_link_inits_cost_no_handshake_token() {
+    let (mut net, specs) = Mini::new(1);
+    net.set_handshake_rate(1, 20);
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let (addr, gateway, grng) = &mut net.nodes[1];
+    for i in 0..200u16 {
+        let mut junk = vec![0u8; wire::LINK_INIT_LEN];
+        rng.fill_bytes(&mut junk);
+        junk[0] = MsgType::LinkInit.byte();
+        let spoofed = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)), 1000 + i);
+        let out = gateway.handle_datagram(net.now, grng, Some(*addr), spoofed, junk);
+        assert!(matches!(out, Output::Recycle(_)));
+        assert!(gateway.poll_transmit().is_none(), "no answer to junk");
+    }
+    assert_eq!(gateway.stats().dropped_mac, 200);
+    assert_eq!(gateway.stats().dropped_rate_limited, 0);
+    net.circuit(&specs);
+}
+
+/// A flood of BUILDs and new links at the moment a circuit rekeys does not starve the
+/// rekey: each kind of handshake has its own budget.
+#[test]
+fn a_rekey_does_not_wait_for_builds_or_links() {
+    let (mut net, specs) = Mini::new(1);
+    let id = net.circuit(&specs);
+    let due = net.now + onion::REKEY_AFTER_TIME;
+    while net.now + Duration::from_secs(1) < due {
+        net.now += Duration::from_secs(1);
+        net.tick();
+        assert!(net.nodes[0].1.is_up(id));
+    }
+    let end = due + Duration::from_millis(100);
+    net.now = end;
+    let gateway = &mut net.nodes[1].1;
+    let before = gateway.stats().rekeys;
+    while gateway.take_token(end, Budget::Build) {}
+    while gateway.take_token(end, Budget::Link) {}
+    net.tick();
+    assert_eq!(
+        net.nodes[1].1.stats().rekeys,
+        before + 1,
+        "the hop answered REKEY"
+    );
+    assert!(net.nodes[0].1.is_up(id));
+}

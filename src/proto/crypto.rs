@@ -10,8 +10,9 @@
 //!   handshake states whose ephemeral keys come from the caller's RNG, so the core stays
 //!   deterministic under a seeded RNG.
 
+use blake2::digest::consts::U16;
 use blake2::digest::{FixedOutput, KeyInit, Update};
-use blake2::Blake2sMac256;
+use blake2::{Blake2sMac, Blake2sMac256};
 use chacha20::cipher::consts::U10;
 use chacha20::cipher::{Block, KeyIvInit, StreamCipher, StreamCipherCore, StreamCipherSeekCore};
 use chacha20::ChaChaCore;
@@ -38,6 +39,40 @@ pub fn kdf(key: &[u8; KEY_LEN], label: &[u8]) -> [u8; KEY_LEN] {
         .unwrap_or_else(|_| unreachable!("32-byte keys are valid BLAKE2s keys"));
     mac.update(label);
     mac.finalize_fixed().into()
+}
+
+/// Length of a handshake MAC (PROTOCOL §2, LINK_INIT).
+pub const MAC_LEN: usize = 16;
+
+/// The key of a gateway's handshake MACs: `KDF(gateway's static public key, "anonnet
+/// mac1")`. Anyone who knows the gateway knows it; a scanner or a flood of junk does not.
+#[must_use]
+pub fn mac1_key(static_public: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    kdf(static_public, b"anonnet mac1")
+}
+
+/// `MAC(k, data) = BLAKE2s-128(key = k, message = data)`.
+#[must_use]
+pub fn mac(key: &[u8; KEY_LEN], data: &[u8]) -> [u8; MAC_LEN] {
+    let mut mac = <Blake2sMac<U16> as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("32-byte keys are valid BLAKE2s keys"));
+    mac.update(data);
+    mac.finalize_fixed().into()
+}
+
+/// Whether `tag` is `MAC(k, data)`, compared in constant time.
+#[must_use]
+pub fn mac_verify(key: &[u8; KEY_LEN], data: &[u8], tag: &[u8]) -> bool {
+    let mut mac = <Blake2sMac<U16> as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("32-byte keys are valid BLAKE2s keys"));
+    Update::update(&mut mac, data);
+    blake2::digest::Mac::verify_slice(mac, tag).is_ok()
+}
+
+/// The X25519 public key of a static private key.
+#[must_use]
+pub fn public_key(secret: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*secret)).to_bytes()
 }
 
 /// The 96-bit nonce for a 64-bit counter: four zero bytes, then the counter big-endian.
@@ -225,6 +260,24 @@ mod tests {
     #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn mac1_verifies_only_the_same_key_and_bytes() {
+        let public = public_key(&[7; KEY_LEN]);
+        let key = mac1_key(&public);
+        assert_eq!(key, kdf(&public, b"anonnet mac1"));
+        let tag = mac(&key, b"LINK_INIT bytes");
+        assert!(mac_verify(&key, b"LINK_INIT bytes", &tag));
+        assert!(!mac_verify(&key, b"LINK_INIT bytez", &tag));
+        let other = mac1_key(&public_key(&[8; KEY_LEN]));
+        assert!(!mac_verify(&other, b"LINK_INIT bytes", &tag));
+        let mut flipped = tag;
+        flipped[15] ^= 1;
+        assert!(!mac_verify(&key, b"LINK_INIT bytes", &flipped));
+        assert!(!mac_verify(&key, b"LINK_INIT bytes", &tag[..15]));
+        // BLAKE2s-128 keyed: not a prefix of the 256-bit KDF output.
+        assert_ne!(tag[..], kdf(&key, b"LINK_INIT bytes")[..MAC_LEN]);
+    }
 
     #[test]
     fn kdf_separates_labels() {

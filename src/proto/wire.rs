@@ -28,8 +28,11 @@ impl MsgType {
     }
 }
 
-pub const LINK_INIT_LEN: usize = 69;
+pub const LINK_INIT_LEN: usize = 85;
 pub const LINK_INIT_MSG: std::ops::Range<usize> = 5..69;
+/// The bytes of a LINK_INIT that its MAC covers, and the MAC.
+pub const LINK_INIT_MACED: std::ops::Range<usize> = 0..69;
+pub const LINK_INIT_MAC1: std::ops::Range<usize> = 69..85;
 pub const LINK_INIT_RESERVED: usize = 16;
 pub const LINK_RESP_LEN: usize = 57;
 pub const LINK_RESP_MSG: std::ops::Range<usize> = 9..57;
@@ -252,13 +255,19 @@ impl LinkInitReserved {
     }
 }
 
-/// Emits a LINK_INIT.
+/// Emits a LINK_INIT; `mac1` computes its MAC over the bytes before it.
 #[must_use]
-pub fn emit_link_init(sender: u32, msg1: &[u8; 64]) -> Vec<u8> {
+pub fn emit_link_init(
+    sender: u32,
+    msg1: &[u8; 64],
+    mac1: impl FnOnce(&[u8]) -> [u8; 16],
+) -> Vec<u8> {
     let mut v = Vec::with_capacity(LINK_INIT_LEN);
     v.push(MsgType::LinkInit.byte());
     v.extend_from_slice(&sender.to_be_bytes());
     v.extend_from_slice(msg1);
+    let mac = mac1(&v);
+    v.extend_from_slice(&mac);
     v
 }
 
@@ -498,14 +507,15 @@ mod tests {
     #[test]
     fn classify_vectors() {
         let mut init = vec![0x11, 0, 0, 0, 1];
-        init.extend_from_slice(&[0xab; 64]);
+        init.extend_from_slice(&[0xab; 80]);
         assert_eq!(classify(&init), Ok(MsgType::LinkInit));
         assert_eq!(Header::parse(&init), Ok(Header::LinkInit { sender: 1 }));
+        // The length before the MAC was added (69) no longer passes.
         assert_eq!(
-            classify(&init[..68]),
+            classify(&init[..69]),
             Err(WireError::Length {
                 kind: MsgType::LinkInit,
-                len: 68
+                len: 69
             })
         );
         assert_eq!(classify(&[0x21, 0, 0]), Err(WireError::Version(2)));
@@ -602,10 +612,14 @@ mod tests {
 
     #[test]
     fn emit_link_init_layout() {
-        let v = emit_link_init(0xdead_beef, &[7; 64]);
+        let v = emit_link_init(0xdead_beef, &[7; 64], |covered| {
+            assert_eq!(covered.len(), LINK_INIT_MACED.end);
+            [9; 16]
+        });
         assert_eq!(v.len(), LINK_INIT_LEN);
         assert_eq!(&v[..5], &[0x11, 0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(&v[LINK_INIT_MSG], &[7; 64]);
+        assert_eq!(&v[LINK_INIT_MAC1], &[9; 16]);
     }
 
     #[test]
