@@ -16,18 +16,12 @@ impl Node {
             Budget::Build => &mut self.budgets.build,
             Budget::Rekey => &mut self.budgets.rekey,
         };
-        if let Some(last) = b.last {
-            b.tokens =
-                (b.tokens + now.saturating_duration_since(last).as_secs_f64() * rate).min(rate);
-        }
-        b.last = Some(now);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
+        b.refill(now, rate);
+        let taken = b.take();
+        if !taken {
             self.stats.dropped_rate_limited += 1;
-            false
         }
+        taken
     }
 
     /// Records a handshake ephemeral key; false if it was seen before (a replay).
@@ -82,17 +76,31 @@ impl Node {
             None => now,
         };
         self.by_index.insert(rx, id);
+        let mac1_key = crypto::mac1_key(&key);
+        let cookie = link
+            .cookie
+            .filter(|&(_, got)| now.saturating_duration_since(got) < cookie::COOKIE_USE);
+        let buf = wire::emit_link_init(
+            rx,
+            &msg,
+            |covered| crypto::mac(&mac1_key, covered),
+            |covered| cookie.map(|(c, _)| crypto::mac(&c, covered)),
+        );
+        let mac1 = buf
+            .get(LINK_INIT_MAC1)
+            .and_then(|m| m.try_into().ok())
+            .unwrap_or_default();
         link.pending = Some(PendingInit {
             hs,
             rx,
+            mac1,
             started,
             last_sent: now,
         });
-        let mac1_key = crypto::mac1_key(&key);
         self.transmits.push_back(Transmit {
             src: link.local,
             dst: link.peer,
-            buf: wire::emit_link_init(rx, &msg, |covered| crypto::mac(&mac1_key, covered)),
+            buf,
         });
     }
 
@@ -119,6 +127,7 @@ impl Node {
                 previous: None,
                 next: None,
                 pending: None,
+                cookie: None,
                 queue: Vec::new(),
                 circuits: 0,
                 last_used: now,
@@ -210,6 +219,9 @@ impl Node {
             self.stats.dropped_mac += 1;
             return;
         }
+        if self.under_load(now) && !self.admit_under_load(now, rng, local, remote, sender, buf) {
+            return;
+        }
         if !self.take_token(now, Budget::Link) {
             return;
         }
@@ -285,6 +297,7 @@ impl Node {
                 previous: None,
                 next: None,
                 pending: None,
+                cookie: None,
                 queue: Vec::new(),
                 circuits: 0,
                 last_used: now,

@@ -16,6 +16,7 @@
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 mod circuit;
+mod cookie;
 mod forge;
 mod link;
 mod rekey;
@@ -257,6 +258,8 @@ impl LinkKeys {
 struct PendingInit {
     hs: snow::HandshakeState,
     rx: u32,
+    /// mac1 of the LINK_INIT sent: the AD of a COOKIE_REPLY to it.
+    mac1: [u8; crypto::MAC_LEN],
     started: Instant,
     last_sent: Instant,
 }
@@ -273,6 +276,8 @@ struct Link {
     /// Responder: keys from a rekey, used once the initiator sends under them.
     next: Option<LinkKeys>,
     pending: Option<PendingInit>,
+    /// Initiator: the last cookie the peer sent, and when (for mac2).
+    cookie: Option<([u8; crypto::MAC_LEN], Instant)>,
     queue: Vec<(CtrlKind, u32, Vec<u8>)>,
     circuits: usize,
     last_used: Instant,
@@ -329,6 +334,26 @@ struct TokenBucket {
     last: Option<Instant>,
 }
 
+impl TokenBucket {
+    /// Adds the tokens earned since the last refill, up to one second's worth.
+    fn refill(&mut self, now: Instant, rate: f64) {
+        if let Some(last) = self.last {
+            self.tokens =
+                (self.tokens + now.saturating_duration_since(last).as_secs_f64() * rate).min(rate);
+        }
+        self.last = Some(now);
+    }
+
+    fn take(&mut self) -> bool {
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// What a handshake token is spent on: each has its own bucket of `handshake_rate`
 /// per second, so a flood of one kind (new links from anywhere, BUILDs from one
 /// client) cannot starve the others (the rekeys that keep circuits alive).
@@ -372,6 +397,12 @@ pub struct Node {
     budgets: Budgets,
     /// `mac1_key` of this gateway's own static key (PROTOCOL §2, LINK_INIT).
     mac1_key: Option<[u8; KEY_LEN]>,
+    /// `cookie_key` of this gateway's own static key, and its cookie secrets.
+    cookie_key: Option<[u8; KEY_LEN]>,
+    cookies: cookie::CookieJar,
+    /// Under load until then (see `cookie::LOAD_HOLD`).
+    load_until: Option<Instant>,
+    sources: cookie::SourceLimits,
     stats: Stats,
     last_tick: Option<Instant>,
     /// Buffers of keepalive answers, reused for the next keepalives (at most
@@ -412,9 +443,9 @@ impl Node {
             build: full(),
             rekey: full(),
         };
-        let mac1_key = cfg
-            .static_key
-            .map(|sk| crypto::mac1_key(&crypto::public_key(&sk)));
+        let public = cfg.static_key.map(|sk| crypto::public_key(&sk));
+        let mac1_key = public.as_ref().map(crypto::mac1_key);
+        let cookie_key = public.as_ref().map(crypto::cookie_key);
         Self {
             cfg,
             links: BTreeMap::new(),
@@ -430,6 +461,10 @@ impl Node {
             seen_order: VecDeque::new(),
             budgets,
             mac1_key,
+            cookie_key,
+            cookies: cookie::CookieJar::default(),
+            load_until: None,
+            sources: cookie::SourceLimits::default(),
             stats: Stats::default(),
             last_tick: None,
             spare: Vec::new(),
@@ -537,6 +572,10 @@ impl Node {
                 Output::Recycle(buf)
             }
             Header::Cell { receiver } => self.on_cell(now, rng, receiver, buf),
+            Header::CookieReply { receiver } => {
+                self.on_cookie_reply(now, rng, receiver, &buf);
+                Output::Recycle(buf)
+            }
         }
     }
 
@@ -582,6 +621,7 @@ impl Node {
         self.tick_links(now, rng);
         self.tick_relays(now);
         self.tick_own(now, rng);
+        self.sources.collect(now);
         while let Some(&(key, t)) = self.seen_order.front() {
             if now.saturating_duration_since(t) < HANDSHAKE_REPLAY_TIME {
                 break;

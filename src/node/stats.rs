@@ -27,6 +27,10 @@ pub struct Stats {
     pub keepalives_answered: u64,
     pub rekeys: u64,
     pub link_rekeys: u64,
+    /// LINK_INITs answered with a COOKIE_REPLY (under load, without a valid mac2).
+    pub cookies_sent: u64,
+    /// COOKIE_REPLYs accepted (the handshake was sent again with mac2).
+    pub cookies_received: u64,
 }
 
 impl Stats {
@@ -55,6 +59,8 @@ impl Stats {
             keepalives_answered,
             rekeys,
             link_rekeys,
+            cookies_sent,
+            cookies_received,
         } = self;
         [
             dropped_malformed,
@@ -76,6 +82,8 @@ impl Stats {
             keepalives_answered,
             rekeys,
             link_rekeys,
+            cookies_sent,
+            cookies_received,
         ]
         .into_iter()
         .fold(0u64, |sum, &c| sum.saturating_add(c))

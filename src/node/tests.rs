@@ -347,3 +347,36 @@ fn a_rekey_does_not_wait_for_builds_or_links() {
     );
     assert!(net.nodes[0].1.is_up(id));
 }
+
+/// Handshakes with a valid mac1 (anyone who knows the gateway's public key can make
+/// one) from spoofed sources drain the LINK_INIT budget; the gateway, now under load,
+/// answers each with a cookie instead of a handshake. A client at a real address gets
+/// its cookie, sends its LINK_INIT again with mac2 at once, and comes through.
+#[test]
+fn under_load_a_client_with_a_cookie_comes_through_a_spoofed_flood() {
+    let (mut net, specs) = Mini::new(1);
+    net.set_handshake_rate(1, 20);
+    let mac1_key = crypto::mac1_key(&specs[0].key);
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let (addr, gateway, grng) = &mut net.nodes[1];
+    for i in 0..100u16 {
+        let mut msg = [0u8; 64];
+        rng.fill_bytes(&mut msg);
+        let init = wire::emit_link_init(
+            u32::from(i) + 1,
+            &msg,
+            |c| crypto::mac(&mac1_key, c),
+            |_| None,
+        );
+        let spoofed = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)), 1000 + i);
+        gateway.handle_datagram(net.now, grng, Some(*addr), spoofed, init);
+        while gateway.poll_transmit().is_some() {}
+    }
+    let s = gateway.stats().clone();
+    assert_eq!(s.dropped_mac, 0);
+    assert!(s.dropped_auth >= 10 && s.dropped_auth <= 11, "{s:?}");
+    assert_eq!(s.cookies_sent + s.dropped_auth, 100, "{s:?}");
+    net.circuit(&specs);
+    assert_eq!(net.nodes[0].1.stats().cookies_received, 1);
+    assert_eq!(net.nodes[1].1.stats().cookies_sent, s.cookies_sent + 1);
+}

@@ -16,6 +16,8 @@ use blake2::{Blake2sMac, Blake2sMac256};
 use chacha20::cipher::consts::U10;
 use chacha20::cipher::{Block, KeyIvInit, StreamCipher, StreamCipherCore, StreamCipherSeekCore};
 use chacha20::ChaChaCore;
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::XChaCha20Poly1305;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{CryptoRng, RngCore};
@@ -51,22 +53,70 @@ pub fn mac1_key(static_public: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
     kdf(static_public, b"anonnet mac1")
 }
 
-/// `MAC(k, data) = BLAKE2s-128(key = k, message = data)`.
+/// `MAC(k, data) = BLAKE2s-128(key = k, message = data)`; `k` is 1 to 32 bytes (a key
+/// or a cookie).
 #[must_use]
-pub fn mac(key: &[u8; KEY_LEN], data: &[u8]) -> [u8; MAC_LEN] {
+pub fn mac(key: &[u8], data: &[u8]) -> [u8; MAC_LEN] {
     let mut mac = <Blake2sMac<U16> as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("32-byte keys are valid BLAKE2s keys"));
+        .unwrap_or_else(|_| unreachable!("keys of 1 to 32 bytes are valid BLAKE2s keys"));
     mac.update(data);
     mac.finalize_fixed().into()
 }
 
 /// Whether `tag` is `MAC(k, data)`, compared in constant time.
 #[must_use]
-pub fn mac_verify(key: &[u8; KEY_LEN], data: &[u8], tag: &[u8]) -> bool {
+pub fn mac_verify(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
     let mut mac = <Blake2sMac<U16> as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("32-byte keys are valid BLAKE2s keys"));
+        .unwrap_or_else(|_| unreachable!("keys of 1 to 32 bytes are valid BLAKE2s keys"));
     Update::update(&mut mac, data);
     blake2::digest::Mac::verify_slice(mac, tag).is_ok()
+}
+
+/// The key that seals a gateway's cookies (PROTOCOL §8): `KDF(gateway's static public
+/// key, "anonnet cookie")`, so only a sender that knows the gateway can open them.
+#[must_use]
+pub fn cookie_key(static_public: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    kdf(static_public, b"anonnet cookie")
+}
+
+/// Length of an XChaCha20-Poly1305 nonce.
+pub const XNONCE_LEN: usize = 24;
+
+/// Seals a cookie with XChaCha20-Poly1305 (`ad`: the LINK_INIT's mac1): the ciphertext
+/// then the tag.
+#[must_use]
+pub fn seal_cookie(
+    key: &[u8; KEY_LEN],
+    nonce: &[u8; XNONCE_LEN],
+    ad: &[u8],
+    cookie: &[u8; MAC_LEN],
+) -> [u8; MAC_LEN + TAG_LEN] {
+    let aead = XChaCha20Poly1305::new(key.into());
+    let mut out = [0u8; MAC_LEN + TAG_LEN];
+    let (text, tag_out) = out.split_at_mut(MAC_LEN);
+    text.copy_from_slice(cookie);
+    let tag = aead
+        .encrypt_in_place_detached(nonce.into(), ad, text)
+        .unwrap_or_else(|_| unreachable!("16 bytes are within XChaCha20-Poly1305's limits"));
+    tag_out.copy_from_slice(&tag);
+    out
+}
+
+/// Opens a cookie sealed by [`seal_cookie`]; `None` if it does not verify.
+#[must_use]
+pub fn open_cookie(
+    key: &[u8; KEY_LEN],
+    nonce: &[u8; XNONCE_LEN],
+    ad: &[u8],
+    sealed: &[u8; MAC_LEN + TAG_LEN],
+) -> Option<[u8; MAC_LEN]> {
+    let aead = XChaCha20Poly1305::new(key.into());
+    let (text, tag) = sealed.split_at(MAC_LEN);
+    let mut cookie = [0u8; MAC_LEN];
+    cookie.copy_from_slice(text);
+    aead.decrypt_in_place_detached(nonce.into(), ad, &mut cookie, tag.into())
+        .ok()
+        .map(|()| cookie)
 }
 
 /// The X25519 public key of a static private key.
@@ -260,6 +310,25 @@ mod tests {
     #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn a_cookie_opens_only_with_its_key_nonce_and_ad() {
+        let key = cookie_key(&public_key(&[7; KEY_LEN]));
+        let nonce = [3; XNONCE_LEN];
+        let sealed = seal_cookie(&key, &nonce, b"mac1", &[5; MAC_LEN]);
+        assert_ne!(sealed[..MAC_LEN], [5; MAC_LEN]);
+        assert_eq!(
+            open_cookie(&key, &nonce, b"mac1", &sealed),
+            Some([5; MAC_LEN])
+        );
+        assert_eq!(open_cookie(&key, &nonce, b"mac2", &sealed), None);
+        assert_eq!(open_cookie(&key, &[4; XNONCE_LEN], b"mac1", &sealed), None);
+        let other = cookie_key(&public_key(&[8; KEY_LEN]));
+        assert_eq!(open_cookie(&other, &nonce, b"mac1", &sealed), None);
+        let mut flipped = sealed;
+        flipped[0] ^= 1;
+        assert_eq!(open_cookie(&key, &nonce, b"mac1", &flipped), None);
+    }
 
     #[test]
     fn mac1_verifies_only_the_same_key_and_bytes() {

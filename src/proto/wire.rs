@@ -18,6 +18,7 @@ pub enum MsgType {
     LinkResp = 2,
     LinkCtrl = 3,
     Cell = 4,
+    CookieReply = 5,
 }
 
 impl MsgType {
@@ -28,11 +29,18 @@ impl MsgType {
     }
 }
 
-pub const LINK_INIT_LEN: usize = 85;
+pub const LINK_INIT_LEN: usize = 101;
 pub const LINK_INIT_MSG: std::ops::Range<usize> = 5..69;
-/// The bytes of a LINK_INIT that its MAC covers, and the MAC.
+/// The bytes of a LINK_INIT that mac1 covers, and mac1.
 pub const LINK_INIT_MACED: std::ops::Range<usize> = 0..69;
 pub const LINK_INIT_MAC1: std::ops::Range<usize> = 69..85;
+/// The bytes that mac2 covers (mac1 among them), and mac2 (zero without a cookie).
+pub const LINK_INIT_MAC2ED: std::ops::Range<usize> = 0..85;
+pub const LINK_INIT_MAC2: std::ops::Range<usize> = 85..101;
+/// COOKIE_REPLY: type, receiver index, nonce, sealed cookie.
+pub const COOKIE_REPLY_LEN: usize = 61;
+pub const COOKIE_REPLY_NONCE: std::ops::Range<usize> = 5..29;
+pub const COOKIE_REPLY_SEALED: std::ops::Range<usize> = 29..61;
 pub const LINK_INIT_RESERVED: usize = 16;
 pub const LINK_RESP_LEN: usize = 57;
 pub const LINK_RESP_MSG: std::ops::Range<usize> = 9..57;
@@ -107,6 +115,7 @@ pub fn classify(d: &[u8]) -> Result<MsgType, WireError> {
         2 => MsgType::LinkResp,
         3 => MsgType::LinkCtrl,
         4 => MsgType::Cell,
+        5 => MsgType::CookieReply,
         t => return Err(WireError::UnknownType(t)),
     };
     let len = d.len();
@@ -119,6 +128,7 @@ pub fn classify(d: &[u8]) -> Result<MsgType, WireError> {
             matches!(body, Some(1 | BUILD_LEN | REPLY_LEN))
         }
         MsgType::Cell => (CELL_HEADER_LEN + MIN_BODY..=MAX_DATAGRAM).contains(&len),
+        MsgType::CookieReply => len == COOKIE_REPLY_LEN,
     };
     if ok {
         Ok(kind)
@@ -148,7 +158,7 @@ fn be64(d: &[u8], at: usize) -> Result<u64, WireError> {
 /// every field once, so no handler indexes the datagram for them again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Header {
-    /// LINK_INIT: `type ‖ sender (4) ‖ Noise NK msg1 (64)`.
+    /// LINK_INIT: `type ‖ sender (4) ‖ Noise NK msg1 (64) ‖ mac1 (16) ‖ mac2 (16)`.
     LinkInit { sender: u32 },
     /// LINK_RESP: `type ‖ sender (4) ‖ receiver (4) ‖ Noise NK msg2 (48)`.
     LinkResp { sender: u32, receiver: u32 },
@@ -157,6 +167,8 @@ pub enum Header {
     /// CELL: `type ‖ receiver (4) ‖ masked header ‖ slots ‖ body`; the circuit ID
     /// is masked and read with [`cell_circuit`] once the mask is removed.
     Cell { receiver: u32 },
+    /// COOKIE_REPLY: `type ‖ receiver (4) ‖ nonce (24) ‖ sealed cookie (32)`.
+    CookieReply { receiver: u32 },
 }
 
 impl Header {
@@ -174,6 +186,9 @@ impl Header {
                 counter: be64(d, 5)?,
             },
             MsgType::Cell => Self::Cell {
+                receiver: be32(d, 1)?,
+            },
+            MsgType::CookieReply => Self::CookieReply {
                 receiver: be32(d, 1)?,
             },
         })
@@ -255,12 +270,14 @@ impl LinkInitReserved {
     }
 }
 
-/// Emits a LINK_INIT; `mac1` computes its MAC over the bytes before it.
+/// Emits a LINK_INIT; `mac1` and `mac2` compute each MAC over the bytes before it
+/// (`mac2` returns `None` without a cookie: zeros).
 #[must_use]
 pub fn emit_link_init(
     sender: u32,
     msg1: &[u8; 64],
     mac1: impl FnOnce(&[u8]) -> [u8; 16],
+    mac2: impl FnOnce(&[u8]) -> Option<[u8; 16]>,
 ) -> Vec<u8> {
     let mut v = Vec::with_capacity(LINK_INIT_LEN);
     v.push(MsgType::LinkInit.byte());
@@ -268,6 +285,19 @@ pub fn emit_link_init(
     v.extend_from_slice(msg1);
     let mac = mac1(&v);
     v.extend_from_slice(&mac);
+    let mac = mac2(&v).unwrap_or_default();
+    v.extend_from_slice(&mac);
+    v
+}
+
+/// Emits a COOKIE_REPLY to the LINK_INIT of `receiver`.
+#[must_use]
+pub fn emit_cookie_reply(receiver: u32, nonce: &[u8; 24], sealed: &[u8; 32]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(COOKIE_REPLY_LEN);
+    v.push(MsgType::CookieReply.byte());
+    v.extend_from_slice(&receiver.to_be_bytes());
+    v.extend_from_slice(nonce);
+    v.extend_from_slice(sealed);
     v
 }
 
@@ -507,17 +537,19 @@ mod tests {
     #[test]
     fn classify_vectors() {
         let mut init = vec![0x11, 0, 0, 0, 1];
-        init.extend_from_slice(&[0xab; 80]);
+        init.extend_from_slice(&[0xab; 96]);
         assert_eq!(classify(&init), Ok(MsgType::LinkInit));
         assert_eq!(Header::parse(&init), Ok(Header::LinkInit { sender: 1 }));
-        // The length before the MAC was added (69) no longer passes.
-        assert_eq!(
-            classify(&init[..69]),
-            Err(WireError::Length {
-                kind: MsgType::LinkInit,
-                len: 69
-            })
-        );
+        // The lengths before the MACs were added (69, 85) no longer pass.
+        for len in [69, 85] {
+            assert_eq!(
+                classify(&init[..len]),
+                Err(WireError::Length {
+                    kind: MsgType::LinkInit,
+                    len
+                })
+            );
+        }
         assert_eq!(classify(&[0x21, 0, 0]), Err(WireError::Version(2)));
         assert_eq!(classify(&[0x1f]), Err(WireError::UnknownType(15)));
         assert_eq!(classify(&[]), Err(WireError::Empty));
@@ -612,14 +644,36 @@ mod tests {
 
     #[test]
     fn emit_link_init_layout() {
-        let v = emit_link_init(0xdead_beef, &[7; 64], |covered| {
-            assert_eq!(covered.len(), LINK_INIT_MACED.end);
-            [9; 16]
-        });
+        let v = emit_link_init(
+            0xdead_beef,
+            &[7; 64],
+            |covered| {
+                assert_eq!(covered.len(), LINK_INIT_MACED.end);
+                [9; 16]
+            },
+            |covered| {
+                assert_eq!(covered.len(), LINK_INIT_MAC2ED.end);
+                Some([8; 16])
+            },
+        );
         assert_eq!(v.len(), LINK_INIT_LEN);
         assert_eq!(&v[..5], &[0x11, 0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(&v[LINK_INIT_MSG], &[7; 64]);
         assert_eq!(&v[LINK_INIT_MAC1], &[9; 16]);
+        assert_eq!(&v[LINK_INIT_MAC2], &[8; 16]);
+        let no_cookie = emit_link_init(1, &[7; 64], |_| [9; 16], |_| None);
+        assert_eq!(&no_cookie[LINK_INIT_MAC2], &[0; 16]);
+        let c = emit_cookie_reply(0x0102_0304, &[5; 24], &[6; 32]);
+        assert_eq!(c.len(), COOKIE_REPLY_LEN);
+        assert_eq!(&c[..5], &[0x15, 1, 2, 3, 4]);
+        assert_eq!(&c[COOKIE_REPLY_NONCE], &[5; 24]);
+        assert_eq!(&c[COOKIE_REPLY_SEALED], &[6; 32]);
+        assert_eq!(
+            Header::parse(&c),
+            Ok(Header::CookieReply {
+                receiver: 0x0102_0304
+            })
+        );
     }
 
     #[test]
