@@ -80,6 +80,8 @@ pub struct NodeConfig {
     pub max_circuits: usize,
     /// Body size classes, ascending; `MAX_BODY` is always the implicit last.
     pub padding: Vec<usize>,
+    /// The host's own addresses: a BUILD may not name one as its next hop.
+    pub own_addrs: Vec<std::net::IpAddr>,
 }
 
 impl Default for NodeConfig {
@@ -96,6 +98,7 @@ impl Default for NodeConfig {
             handshake_rate: 1000,
             max_circuits: 100_000,
             padding: vec![128, 256, 512, 1024],
+            own_addrs: Vec::new(),
         }
     }
 }

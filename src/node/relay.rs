@@ -3,6 +3,7 @@
 //! backward in place, and the terminal hop hands service data (exit, directory,
 //! echo) to the driver or answers it.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use rand_core::{CryptoRng, RngCore};
@@ -57,7 +58,15 @@ impl Node {
             self.stats.dropped_protocol += 1;
             return;
         };
-        if (payload.service == Service::Exit && !self.cfg.exit)
+        let from_loopback = self
+            .links
+            .get(&link_id)
+            .is_some_and(|l| l.peer.ip().to_canonical().is_loopback());
+        let bad_next = payload
+            .next
+            .is_some_and(|(addr, _)| !next_hop_allowed(addr, &self.cfg.own_addrs, from_loopback));
+        if bad_next
+            || (payload.service == Service::Exit && !self.cfg.exit)
             || (payload.service == Service::Directory && !self.cfg.directory)
             || (payload.service == Service::Echo && !self.cfg.echo)
         {
@@ -321,4 +330,21 @@ impl Node {
             self.drop_relay(id, reason, None);
         }
     }
+}
+
+/// Whether a BUILD may extend to `next`. Never to port 0 or an address no relay
+/// lives at (unspecified, multicast, broadcast, link-local); never to this host
+/// (loopback or one of `own`: a loop through the gateway, or UDP to its local
+/// services), unless the BUILD itself came from loopback, where the whole network is
+/// on this host (tests, a local demo).
+pub(super) fn next_hop_allowed(next: SocketAddr, own: &[IpAddr], from_loopback: bool) -> bool {
+    let ip = next.ip().to_canonical();
+    let nowhere = match ip {
+        IpAddr::V4(a) => {
+            a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_link_local()
+        }
+        IpAddr::V6(a) => a.is_unspecified() || a.is_multicast() || a.is_unicast_link_local(),
+    };
+    let this_host = ip.is_loopback() || own.iter().any(|o| o.to_canonical() == ip);
+    next.port() != 0 && !nowhere && (from_loopback || !this_host)
 }

@@ -380,3 +380,74 @@ fn under_load_a_client_with_a_cookie_comes_through_a_spoofed_flood() {
     assert_eq!(net.nodes[0].1.stats().cookies_received, 1);
     assert_eq!(net.nodes[1].1.stats().cookies_sent, s.cookies_sent + 1);
 }
+
+/// A BUILD may not extend to this host (loopback, the gateway's own address: a loop
+/// through itself, or UDP to its local services) or to an address no relay lives at;
+/// the gateway refuses it with DESTROY and sends nothing there.
+#[test]
+fn a_build_to_this_host_or_nowhere_is_refused() {
+    let (mut net, specs) = Mini::new(1);
+    let own = specs[0].addr;
+    let cfg = NodeConfig {
+        own_addrs: vec![own.ip()],
+        ..net.nodes[1].1.cfg.clone()
+    };
+    net.nodes[1].1 = Node::new(cfg);
+    let bad = [
+        "127.0.0.1:9000",
+        "[::1]:9000",
+        "[::ffff:127.0.0.1]:9000",
+        "198.18.0.1:53",
+        "224.0.0.251:5353",
+        "255.255.255.255:9000",
+        "169.254.1.1:9000",
+        "[fe80::1]:9000",
+        "0.0.0.0:9000",
+    ];
+    for (i, next) in bad.iter().enumerate() {
+        let hop = HopSpec {
+            addr: next.parse().unwrap(),
+            key: specs[0].key,
+        };
+        let (_, client, rng) = &mut net.nodes[0];
+        let id = client
+            .build_circuit(net.now, rng, &[specs[0], hop], Service::Echo)
+            .expect("build");
+        net.flush(0);
+        assert!(!net.nodes[0].1.is_up(id), "{next}");
+        let g = net.nodes[1].1.stats();
+        assert_eq!(g.circuits_refused, i as u64 + 1, "{next}");
+        assert_eq!(g.circuits_accepted, 0, "{next}");
+        assert_eq!(
+            net.nodes[0].1.stats().destroys_received,
+            i as u64 + 1,
+            "{next}"
+        );
+    }
+    let t = net.nodes[1].1.stats().clone();
+    assert_eq!(
+        t.rx_datagrams,
+        1 + bad.len() as u64,
+        "LINK_INIT and the BUILDs"
+    );
+}
+
+#[test]
+fn next_hops_allowed_only_away_from_this_host() {
+    let own: Vec<IpAddr> = vec![
+        "198.18.0.1".parse().unwrap(),
+        "2001:db8::1".parse().unwrap(),
+    ];
+    let ok = |s: &str, lo| relay::next_hop_allowed(s.parse().unwrap(), &own, lo);
+    assert!(ok("198.18.0.2:9000", false));
+    assert!(ok("[2001:db8::2]:9000", false));
+    assert!(!ok("198.18.0.1:9001", false));
+    assert!(!ok("[2001:db8::1]:9000", false));
+    assert!(!ok("[::ffff:198.18.0.1]:9000", false));
+    assert!(!ok("127.0.0.1:9001", false));
+    // A network that lives on loopback (tests, a local demo) may use it.
+    assert!(ok("127.0.0.1:9001", true));
+    assert!(ok("198.18.0.1:9001", true));
+    assert!(!ok("224.0.0.1:9001", true));
+    assert!(!ok("127.0.0.1:0", true));
+}

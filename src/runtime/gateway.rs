@@ -146,6 +146,7 @@ pub(crate) fn gateway_node_config(
         idle_timeout: cfg.idle_timeout(),
         handshake_rate: cfg.handshake_rate,
         max_circuits: cfg.max_circuits,
+        own_addrs: crate::sys::own_addresses(),
         ..base
     }
 }
