@@ -130,6 +130,7 @@ impl Node {
                 cookie: None,
                 queue: Vec::new(),
                 circuits: 0,
+                relayed_in: 0,
                 last_used: now,
             },
         );
@@ -300,6 +301,7 @@ impl Node {
                 cookie: None,
                 queue: Vec::new(),
                 circuits: 0,
+                relayed_in: 0,
                 last_used: now,
             },
         );

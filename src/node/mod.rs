@@ -282,7 +282,11 @@ struct Link {
     /// Initiator: the last cookie the peer sent, and when (for mac2).
     cookie: Option<([u8; crypto::MAC_LEN], Instant)>,
     queue: Vec<(CtrlKind, u32, Vec<u8>)>,
+    /// Circuits on this link, either side.
     circuits: usize,
+    /// Relayed circuits this link brought (it is their previous hop): its share of
+    /// the circuit table.
+    relayed_in: usize,
     last_used: Instant,
 }
 

@@ -31,14 +31,10 @@ impl Node {
         if !self.take_token(now, Budget::Build) {
             return;
         }
-        if self.relays.len() >= self.cfg.max_circuits {
-            self.stats.circuits_refused += 1;
-            self.send_ctrl(
-                link_id,
-                CtrlKind::Destroy,
-                cid,
-                &[DestroyReason::Unreachable as u8],
-            );
+        // A full table refuses before the Diffie-Hellman when this link could not
+        // evict (it is among the largest); eviction waits for a verified BUILD.
+        if self.relays.len() >= self.cfg.max_circuits && !self.may_evict_for(link_id) {
+            self.refuse_full(link_id, cid);
             return;
         }
         let mut hs = crypto::noise_responder(rng, &sk);
@@ -79,6 +75,10 @@ impl Node {
             );
             return;
         }
+        if self.relays.len() >= self.cfg.max_circuits && !self.evict_for(link_id) {
+            self.refuse_full(link_id, cid);
+            return;
+        }
         let mut reply = [0u8; REPLY_SLOT_LEN];
         if hs
             .write_message(&[0u8; REPLY_PAYLOAD_LEN], &mut reply)
@@ -108,6 +108,7 @@ impl Node {
         self.circuits.insert((link_id, cid), Entry::RelayPrev(id));
         if let Some(l) = self.links.get_mut(&link_id) {
             l.circuits += 1;
+            l.relayed_in += 1;
         }
         if let Some((addr, key)) = payload.next {
             let next_link = self.link_to(now, rng, HopSpec { addr, key });
@@ -129,6 +130,55 @@ impl Node {
         }
     }
 
+    fn refuse_full(&mut self, link: LinkId, cid: u32) {
+        self.stats.circuits_refused += 1;
+        self.send_ctrl(
+            link,
+            CtrlKind::Destroy,
+            cid,
+            &[DestroyReason::Unreachable as u8],
+        );
+    }
+
+    /// The link that brought the most relayed circuits, if it holds at least two more
+    /// than `link` (so evicting one of them for `link` leaves it no smaller).
+    fn larger_link_than(&self, link: LinkId) -> Option<LinkId> {
+        let mine = self.links.get(&link).map_or(0, |l| l.relayed_in);
+        let (&hog, held) = self
+            .links
+            .iter()
+            .map(|(id, l)| (id, l.relayed_in))
+            .max_by_key(|&(_, n)| n)?;
+        (held >= mine + 2).then_some(hog)
+    }
+
+    fn may_evict_for(&self, link: LinkId) -> bool {
+        self.larger_link_than(link).is_some()
+    }
+
+    /// The circuit table is full and `link` asks for one more: frees a circuit of the
+    /// link that brought the most (as their previous hop), if that link holds at least
+    /// two more than `link`, so that no link keeps the others out; false if none is
+    /// freed (then `link` is among the largest and is refused).
+    fn evict_for(&mut self, link: LinkId) -> bool {
+        let Some(hog) = self.larger_link_than(link) else {
+            return false;
+        };
+        let victim = self
+            .circuits
+            .range((hog, 0)..=(hog, u32::MAX))
+            .find_map(|(_, e)| match e {
+                Entry::RelayPrev(id) => Some(*id),
+                _ => None,
+            });
+        let Some(victim) = victim else {
+            return false;
+        };
+        self.drop_relay(victim, DestroyReason::Unreachable, None);
+        self.stats.circuits_evicted += 1;
+        true
+    }
+
     /// Frees a relayed circuit and sends DESTROY on each side except `from`.
     pub(super) fn drop_relay(&mut self, id: RelayId, reason: DestroyReason, from: Option<LinkId>) {
         let Some(r) = self.relays.remove(&id) else {
@@ -137,6 +187,9 @@ impl Node {
         if matches!(r.service, Service::Exit | Service::Directory) && r.next.is_none() {
             self.events
                 .push_back(Event::ServiceClosed(CircuitId(id), r.service));
+        }
+        if let Some(l) = self.links.get_mut(&r.prev.0) {
+            l.relayed_in = l.relayed_in.saturating_sub(1);
         }
         for side in std::iter::once(r.prev).chain(r.next) {
             self.circuits.remove(&side);

@@ -21,6 +21,8 @@ pub struct Stats {
     pub relayed_backward: u64,
     pub circuits_accepted: u64,
     pub circuits_refused: u64,
+    /// Circuits freed when the table was full, from the link that held the most.
+    pub circuits_evicted: u64,
     /// Circuits a peer tore down with DESTROY.
     pub destroys_received: u64,
     /// KEEPALIVEs that came back on the node's own circuits.
@@ -55,6 +57,7 @@ impl Stats {
             relayed_backward,
             circuits_accepted,
             circuits_refused,
+            circuits_evicted,
             destroys_received,
             keepalives_answered,
             rekeys,
@@ -78,6 +81,7 @@ impl Stats {
             relayed_backward,
             circuits_accepted,
             circuits_refused,
+            circuits_evicted,
             destroys_received,
             keepalives_answered,
             rekeys,

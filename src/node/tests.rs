@@ -451,3 +451,40 @@ fn next_hops_allowed_only_away_from_this_host() {
     assert!(!ok("224.0.0.1:9001", true));
     assert!(!ok("127.0.0.1:0", true));
 }
+
+/// One client fills the circuit table; another client's BUILD then frees one of the
+/// first one's circuits (DESTROY) instead of being refused, while the first client,
+/// holding the most, is refused one more.
+#[test]
+fn a_full_circuit_table_makes_room_from_the_link_that_holds_the_most() {
+    let (mut net, specs) = Mini::new(1);
+    let cfg = NodeConfig {
+        max_circuits: 4,
+        ..net.nodes[1].1.cfg.clone()
+    };
+    net.nodes[1].1 = Node::new(cfg);
+    let hog: Vec<CircuitId> = (0..4).map(|_| net.circuit(&specs)).collect();
+    let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2)), 9000);
+    net.nodes.push((
+        other,
+        Node::new(NodeConfig::default()),
+        ChaCha20Rng::seed_from_u64(9),
+    ));
+    let (_, client, rng) = &mut net.nodes[2];
+    let id = client
+        .build_circuit(net.now, rng, &specs, Service::Echo)
+        .expect("build");
+    net.flush(2);
+    assert!(net.nodes[2].1.is_up(id), "the second client got a circuit");
+    let g = net.nodes[1].1.stats().clone();
+    assert_eq!((g.circuits_evicted, g.circuits_refused), (1, 0));
+    let hog_up = hog.iter().filter(|&&c| net.nodes[0].1.is_up(c)).count();
+    assert_eq!(hog_up, 3, "one of the first client's circuits was freed");
+    let (_, client, rng) = &mut net.nodes[0];
+    let more = client
+        .build_circuit(net.now, rng, &specs, Service::Echo)
+        .expect("build");
+    net.flush(0);
+    assert!(!net.nodes[0].1.is_up(more), "the largest link is refused");
+    assert_eq!(net.nodes[1].1.stats().circuits_refused, 1);
+}
