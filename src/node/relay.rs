@@ -34,7 +34,7 @@ impl Node {
         // A full table refuses before the Diffie-Hellman when this link could not
         // evict (it is among the largest); eviction waits for a verified BUILD.
         if self.relays.len() >= self.cfg.max_circuits && !self.may_evict_for(link_id) {
-            self.refuse_full(link_id, cid);
+            self.refuse(link_id, cid, DestroyReason::Unreachable);
             return;
         }
         let mut hs = crypto::noise_responder(rng, &sk);
@@ -66,17 +66,11 @@ impl Node {
             || (payload.service == Service::Directory && !self.cfg.directory)
             || (payload.service == Service::Echo && !self.cfg.echo)
         {
-            self.stats.circuits_refused += 1;
-            self.send_ctrl(
-                link_id,
-                CtrlKind::Destroy,
-                cid,
-                &[DestroyReason::Protocol as u8],
-            );
+            self.refuse(link_id, cid, DestroyReason::Protocol);
             return;
         }
         if self.relays.len() >= self.cfg.max_circuits && !self.evict_for(link_id) {
-            self.refuse_full(link_id, cid);
+            self.refuse(link_id, cid, DestroyReason::Unreachable);
             return;
         }
         let mut reply = [0u8; REPLY_SLOT_LEN];
@@ -130,14 +124,10 @@ impl Node {
         }
     }
 
-    fn refuse_full(&mut self, link: LinkId, cid: u32) {
+    /// Refuses a BUILD: DESTROY back with `reason`, counted.
+    fn refuse(&mut self, link: LinkId, cid: u32, reason: DestroyReason) {
         self.stats.circuits_refused += 1;
-        self.send_ctrl(
-            link,
-            CtrlKind::Destroy,
-            cid,
-            &[DestroyReason::Unreachable as u8],
-        );
+        self.send_ctrl(link, CtrlKind::Destroy, cid, &[reason as u8]);
     }
 
     /// The link that brought the most relayed circuits, if it holds at least two more
