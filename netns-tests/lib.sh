@@ -423,6 +423,8 @@ an_configs() {
       echo "identity = \"$AN_DIR/$gw.key\""
       echo "listen = [\"198.18.$i.2\", \"2001:db8:$i::2\"]"
       echo "listen_ports = $AN_PORT"
+      # The exit also echoes, for `anonnet circuit-test` (the handshake-flood case).
+      [ "$gw" = exit ] && echo 'echo = true'
       if [ "$gw" = exit ]; then
         echo
         echo '[exit]'

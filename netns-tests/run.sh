@@ -10,8 +10,10 @@
 #   --only REGEX   run only the cases whose name matches REGEX (extended regex);
 #                  what they need (gateways, a running `anonnet up`) is started anyway
 #   --keep-logs    keep the logs directory (they are kept anyway when a case fails)
-# ANONNET_BIN=/path/to/anonnet and ANONNET_HOSTILE=/path/to/hostile_client override
-# the binaries (default: cargo build --release --bin anonnet --example hostile_client).
+# ANONNET_BIN=/path/to/anonnet, ANONNET_HOSTILE=/path/to/hostile_client and
+# ANONNET_FLOOD=/path/to/handshake_flood override the binaries (default: cargo build
+# --release --bin anonnet --example hostile_client --example handshake_flood).
+# ANONNET_FLOOD_SECS (default 300) is how long the handshake-flood case floods.
 # Addresses: 198.18.0.0/15, 2001:db8::/32 (underlay), 100.64.0.0/10, fd00::/8
 # (tunnel), 10.0.0.1 (an unreachable policy target). Nothing runs in the machine's
 # own network namespace.
@@ -33,23 +35,27 @@ cases_start anonnet-netns www '*.bin' anonnet
 if [ "$(id -u)" = 0 ] && ! an_install_missing; then abort "could not install the tools"; fi
 if [ -n "${ANONNET_BIN:-}" ]; then
   src_bin=$ANONNET_BIN
-  src_hostile=${ANONNET_HOSTILE:-$(dirname "$ANONNET_BIN")/examples/hostile_client}
+  src_examples=$(dirname "$ANONNET_BIN")/examples
 else
   export PATH="$HOME/.cargo/bin:$PATH"
-  an_say "building (cargo build --release --bin anonnet --example hostile_client)"
-  (cd "$ROOT" && cargo build --release --quiet --bin anonnet --example hostile_client) || abort "cargo build failed"
+  an_say "building (cargo build --release --bin anonnet --example hostile_client --example handshake_flood)"
+  (cd "$ROOT" && cargo build --release --quiet --bin anonnet --example hostile_client --example handshake_flood) ||
+    abort "cargo build failed"
   src_bin=${CARGO_TARGET_DIR:-$ROOT/target}/release/anonnet
-  src_hostile=${ANONNET_HOSTILE:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/hostile_client}
+  src_examples=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples
 fi
 [ -x "$src_bin" ] || abort "no anonnet binary at $src_bin"
-# A private copy: a rebuild during the run must not change the binary under the test.
+# Private copies: a rebuild during the run must not change the binaries under the test.
 cp "$src_bin" "$AN_DIR/anonnet" || abort "cannot copy $src_bin"
 AN_BIN=$AN_DIR/anonnet
-HOSTILE=''
-if [ -x "$src_hostile" ]; then
-  cp "$src_hostile" "$AN_DIR/hostile_client" || abort "cannot copy $src_hostile"
-  HOSTILE=$AN_DIR/hostile_client
-fi
+# private_copy NAME SOURCE: prints the copy's path, or nothing if SOURCE is missing.
+private_copy() {
+  [ -x "$2" ] || return 0
+  cp "$2" "$AN_DIR/$1" && echo "$AN_DIR/$1"
+}
+HOSTILE=$(private_copy hostile_client "${ANONNET_HOSTILE:-$src_examples/hostile_client}")
+FLOOD=$(private_copy handshake_flood "${ANONNET_FLOOD:-$src_examples/handshake_flood}")
+FLOOD_SECS=${ANONNET_FLOOD_SECS:-300}
 HAS_UP=0; an_has_cmd up && HAS_UP=1
 HAS_DOWN=0; an_has_cmd down && HAS_DOWN=1
 HAS_EXIT=0; an_has_opt gateway --exit && HAS_EXIT=1
@@ -950,6 +956,96 @@ case_hostile_client() {
   note "gw1: $(gateway_stats gw1 | grep -E '^(dropped_[a-z_]+|relayed_forward) [1-9]' | tr '\n' ' ')"
 }
 
+# build_times LABEL N: N circuit builds by `anonnet circuit-test` from inet (a fresh
+# process, so a new link to gw1 each time) through gw1 -> gw2 -> exit, paced at about
+# 4 per second (a client well inside gw1's per-source limit). Sets BUILD_OK, BUILD_P50
+# and BUILD_P99 (ms); the times go to $AN_DIR/builds-LABEL.txt.
+build_times() {
+  local label=$1 n=$2 i out times=$AN_DIR/builds-$1.txt
+  BUILD_OK=0
+  : >"$times"
+  for ((i = 0; i < n; i++)); do
+    out=$(an_in inet 15 "$AN_BIN" circuit-test --config "$AN_DIR/inet-client.toml" --bytes 1000 2>&1)
+    if [[ $out =~ circuit\ up:\ 3\ hops\ in\ ([0-9.]+)\ ms ]] && grep -q '^verified' <<<"$out"; then
+      BUILD_OK=$((BUILD_OK + 1))
+      echo "${BASH_REMATCH[1]}" >>"$times"
+    else
+      echo "build $i: $out" | head -3 >>"$AN_DIR/builds-$label.err"
+    fi
+    sleep 0.25
+  done
+  BUILD_P50=$(sort -n "$times" | awk '{ v[NR] = $1 } END { i = int(NR * 0.5 + 0.999); print (NR ? v[i] : "-") }')
+  BUILD_P99=$(sort -n "$times" | awk '{ v[NR] = $1 } END { i = int(NR * 0.99 + 0.999); print (NR ? v[i] : "-") }')
+}
+
+# A flood of gw1, the entry (examples/handshake_flood.rs, from inet): 20,000 junk
+# LINK_INITs/s from spoofed sources and 2,000 valid-looking ones/s from one source that
+# answers cookie replies, for FLOOD_SECS (default 300). A legitimate client's builds
+# (new links to gw1) must succeed >= 99% with p99 build time <= 3x idle; the running
+# `anonnet up`, whose circuits and link existed before, must keep them through it
+# (no "circuit down", fetches every 10 s, its link to gw1 rekeyed meanwhile).
+case_handshake_flood() {
+  local n=100 idle_ok idle_p50 idle_p99 pid t0 fetches=0 out stats v
+  [ -n "$FLOOD" ] || fail "no handshake_flood binary (cargo build --release --example handshake_flood)" || return
+  # Fresh gateways and client: gw1's counters then count this case only.
+  ensure_down
+  for gw in gw1 gw2 exit; do
+    an_running "$gw" && an_stop "$gw" TERM 10
+  done
+  need_up || return
+  an_client_config "$AN_DIR/inet-client.toml" "$AN_DIR/inet-client-state" "198.18.2.2:$AN_PORT"
+  build_times idle $n
+  idle_ok=$BUILD_OK idle_p50=$BUILD_P50 idle_p99=$BUILD_P99
+  logs "$AN_DIR/builds-idle.err"
+  [ "$idle_ok" -ge $((n * 99 / 100)) ] || fail "only $idle_ok of $n builds succeeded without a flood" || return
+  OFF[client-up]=$(stat -c %s "$AN_DIR/client-up.log")
+  an_start2 flood inet "$AN_DIR/flood.out" "$AN_DIR/flood.err" "$FLOOD" \
+    --gateway "198.18.2.2:$AN_PORT" --pubkey "$(cat "$AN_DIR/gw1.pub")" --from "$AN_SERVER4" \
+    --seconds "$FLOOD_SECS"
+  pid=$AN_LAST_PID
+  logs "$AN_DIR/flood.out" "$AN_DIR/flood.err" "$AN_DIR/client-up.log"
+  an_wait_log "$AN_DIR/flood.out" '^handshake_flood: started' 10 "$pid" || fail "the flood did not start" || return
+  t0=$(an_now_ms)
+  # Let the gateway come under load first.
+  sleep 2
+  build_times flood $n
+  logs "$AN_DIR/builds-flood.err"
+  # The circuits that existed before: fetches through them until the flood ends.
+  while an_alive "$pid"; do
+    an_in client 15 curl -sS --max-time 10 -o /dev/null "http://$AN_SERVER4/" 2>>"$AN_DIR/curl.err" ||
+      fail "a fetch through the tunnel failed $((($(an_now_ms) - t0) / 1000)) s into the flood: $(tail -c 300 "$AN_DIR/curl.err")" || return
+    fetches=$((fetches + 1))
+    for ((v = 0; v < 100; v++)); do an_alive "$pid" && sleep 0.1; done
+  done
+  an_wait_log "$AN_DIR/flood.out" '^handshake_flood: sent' 5 || fail "the flood ended without its summary" || return
+  out=$(grep -m1 '^handshake_flood: sent' "$AN_DIR/flood.out")
+  an_running gw1 || fail "gw1 died during the flood" || return
+  since_mark client-up | grep -q 'circuit down' &&
+    { fail "the client lost a circuit during the flood: $(since_mark client-up | grep -m1 'circuit down')"; return 1; }
+  an_in client 15 curl -sS --max-time 10 -o /dev/null "http://$AN_SERVER4/" 2>>"$AN_DIR/curl.err" ||
+    fail "a fetch after the flood failed" || return
+  an_stop gw1 TERM 10
+  [ "$AN_RC" = 0 ] || fail "gw1 exited with status $AN_RC after SIGTERM" || return
+  stats=$(gateway_stats gw1)
+  ensure_down
+  note "idle: $idle_ok/$n builds, p50 $idle_p50 ms, p99 $idle_p99 ms"
+  note "flood: $BUILD_OK/$n builds, p50 $BUILD_P50 ms, p99 $BUILD_P99 ms; $fetches fetches through the circuits built before it"
+  note "${out#handshake_flood: }"
+  note "gw1: $(grep -E '^(dropped_mac|dropped_rate_limited|dropped_auth|cookies_sent|link_rekeys) ' <<<"$stats" | tr '\n' ' ')"
+  [ "$BUILD_OK" -ge $((n * 99 / 100)) ] || fail "only $BUILD_OK of $n builds succeeded during the flood" || return
+  awk -v f="$BUILD_P99" -v i="$idle_p99" 'BEGIN { exit !(f <= 3 * i) }' ||
+    fail "p99 build time during the flood $BUILD_P99 ms > 3 x idle $idle_p99 ms" || return
+  v=$(awk '$1 == "dropped_mac" { print $2 }' <<<"$stats")
+  [ "${v:-0}" -ge "$(grep -oE 'junk [0-9]+' <<<"$out" | grep -oE '[0-9]+' | awk '{ print int($1 * 0.9) }')" ] ||
+    fail "gw1 counted ${v:-0} datagrams with a bad MAC: $out" || return
+  v=$(awk '$1 == "cookies_sent" { print $2 }' <<<"$stats")
+  [ "${v:-0}" -gt 0 ] || fail "gw1 sent no cookie reply under the flood" || return
+  if [ "$FLOOD_SECS" -ge 250 ]; then
+    v=$(awk '$1 == "link_rekeys" { print $2 }' <<<"$stats")
+    [ "${v:-0}" -ge 2 ] || fail "the client's link to gw1 was rekeyed ${v:-0} times in the flood (2 expected)" || return
+  fi
+}
+
 nft_anonnet_tables() { ip netns exec exit nft list tables 2>/dev/null | grep -c anonnet; }
 nft_norm() { ip netns exec exit nft list ruleset 2>&1 | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'; }
 
@@ -1022,6 +1118,7 @@ run_case error-bad-gateway case_error_bad_gateway
 run_case discovery case_discovery
 run_case discovery-warm-cache case_discovery_warm_cache
 run_case hostile-client case_hostile_client
+run_case handshake-flood case_handshake_flood
 run_case exit-cleanup case_exit_cleanup
 
 if [ ${#BASE[@]} -gt 0 ] || [ ${#TUN[@]} -gt 0 ]; then

@@ -1,5 +1,5 @@
-//! Cookies under load (PROTOCOL §8), after WireGuard: a gateway whose LINK_INIT budget
-//! runs low answers a LINK_INIT without a valid mac2 with a COOKIE_REPLY instead of a
+//! Cookies under load (PROTOCOL §8), after WireGuard: a gateway that receives LINK_INITs
+//! faster than half its handshake rate answers a LINK_INIT without a valid mac2 with a COOKIE_REPLY instead of a
 //! handshake. The cookie is a MAC of the sender's address under a secret that changes
 //! every two minutes, so only a sender that receives at its address can prove it
 //! (mac2); spoofed floods then cost a MAC and a small reply, never a handshake. Senders
@@ -21,8 +21,11 @@ pub(super) const COOKIE_SECRET_LIFE: Duration = Duration::from_secs(120);
 /// How long an initiator uses a cookie it received: a little less than the secret's
 /// life, so a cookie is not used just as the gateway stops accepting it.
 pub(super) const COOKIE_USE: Duration = Duration::from_secs(115);
-/// A gateway is under load while its LINK_INIT bucket holds less than half its
-/// tokens, and for this long after.
+/// A gateway is under load while LINK_INITs with a valid mac1 arrive faster than half
+/// its `handshake_rate` (beyond a burst of as many), and for this long after. The
+/// arrivals are counted whether or not they are admitted, so a flood keeps the gateway
+/// under load for as long as it lasts (a measure of the bucket's level instead would
+/// end the load state while the flood goes on, since under load few take a token).
 pub(super) const LOAD_HOLD: Duration = Duration::from_secs(1);
 /// Handshakes per second (and burst) from one /32 or /64 while under load.
 pub(super) const SOURCE_RATE: f64 = 20.0;
@@ -119,11 +122,12 @@ impl SourceLimits {
 }
 
 impl Node {
-    /// Whether the gateway is under load (see [`LOAD_HOLD`]).
+    /// Counts one LINK_INIT whose mac1 verified and tells whether the gateway is under
+    /// load (see [`LOAD_HOLD`]).
     pub(super) fn under_load(&mut self, now: Instant) -> bool {
-        let rate = f64::from(self.cfg.handshake_rate);
-        self.budgets.link.refill(now, rate);
-        if self.budgets.link.tokens < rate / 2.0 {
+        let half = f64::from(self.cfg.handshake_rate) / 2.0;
+        self.arrivals.refill(now, half);
+        if !self.arrivals.take() {
             self.load_until = Some(now + LOAD_HOLD);
         }
         self.load_until.is_some_and(|t| now < t)

@@ -408,6 +408,9 @@ pub struct Node {
     cookie_key: Option<[u8; KEY_LEN]>,
     cookies: cookie::CookieJar,
     /// Under load until then (see `cookie::LOAD_HOLD`).
+    /// LINK_INITs with a valid mac1, metered at half the handshake rate (under load
+    /// when empty).
+    arrivals: TokenBucket,
     load_until: Option<Instant>,
     sources: cookie::SourceLimits,
     stats: Stats,
@@ -450,6 +453,10 @@ impl Node {
             build: full(),
             rekey: full(),
         };
+        let arrivals = TokenBucket {
+            tokens: f64::from(cfg.handshake_rate) / 2.0,
+            last: None,
+        };
         let public = cfg.static_key.map(|sk| crypto::public_key(&sk));
         let mac1_key = public.as_ref().map(crypto::mac1_key);
         let cookie_key = public.as_ref().map(crypto::cookie_key);
@@ -470,6 +477,7 @@ impl Node {
             mac1_key,
             cookie_key,
             cookies: cookie::CookieJar::default(),
+            arrivals,
             load_until: None,
             sources: cookie::SourceLimits::default(),
             stats: Stats::default(),

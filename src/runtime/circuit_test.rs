@@ -106,9 +106,9 @@ pub async fn run(path: &Path, t: Transfer) -> Result<ExitCode> {
     }
     events.clear();
     println!(
-        "circuit up: {} hops in {} ms",
+        "circuit up: {} hops in {:.1} ms",
         specs.len(),
-        start.elapsed().as_millis()
+        start.elapsed().as_secs_f64() * 1e3
     );
     let mut outstanding: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut next_seq = 0u64;
