@@ -611,7 +611,7 @@ fn rekey_on_virtual_clock() {
     let mut plan = ChaCha20Rng::seed_from_u64(4);
     let (id, path) = establish(&mut net, &mut plan, c, 3, 1).expect("build");
     let mut sent = Vec::new();
-    let mut checked_119 = false;
+    let mut checked_59 = false;
     let mut checked_121 = false;
     let mut last_count = 0;
     let mut i = 0;
@@ -622,10 +622,11 @@ fn rekey_on_virtual_clock() {
         i += 1;
         net.run_for(Duration::from_millis(500));
         let t = net.elapsed();
-        if !checked_119 && t >= Duration::from_secs(119) {
-            checked_119 = true;
+        // Each hop rekeys between REKEY_AFTER_TIME - REKEY_JITTER (60 s) and 120 s.
+        if !checked_59 && t >= Duration::from_secs(59) {
+            checked_59 = true;
             for &g in &path {
-                assert_eq!(net.nodes[g].node.stats().rekeys, 0, "rekey before 120 s");
+                assert_eq!(net.nodes[g].node.stats().rekeys, 0, "rekey before 60 s");
             }
         }
         if !checked_121 && t >= Duration::from_secs(121) {
@@ -662,6 +663,111 @@ fn rekey_on_virtual_clock() {
     for &g in &path {
         let s = net.nodes[g].node.stats();
         assert!(s.link_rekeys >= 2, "gateway link rekeys {}", s.link_rekeys);
+    }
+}
+
+/// What one relay of an idle circuit sees of it: the forward cells that reach it, per
+/// simulation step, over `secs` seconds. Returns (largest number in one step, total).
+fn relay_view(seed: u64, len: usize, k: usize, secs: u64, jitter: bool) -> (u64, u64) {
+    let mut net = Net::with_config(seed, 6, 1, |c| {
+        if !jitter {
+            c.rekey_jitter = Duration::ZERO;
+        }
+    });
+    let c = net.clients[0];
+    let mut plan = ChaCha20Rng::seed_from_u64(seed);
+    let (_, path) = establish(&mut net, &mut plan, c, len, 3).expect("build");
+    let relay = net.nodes[path[k]].addr;
+    let prev = if k == 0 {
+        net.nodes[c].addr
+    } else {
+        net.nodes[path[k - 1]].addr
+    };
+    let seen = Rc::new(RefCell::new(0u64));
+    let s = seen.clone();
+    net.tap = Some(Box::new(move |d: &mut Dgram, _: &mut ChaCha20Rng| {
+        if d.src == prev && d.dst == relay && d.buf.first() == Some(&CELL) {
+            *s.borrow_mut() += 1;
+        }
+        true
+    }));
+    let (mut burst, mut last) = (0, 0);
+    let end = net.now + Duration::from_secs(secs);
+    while net.now < end {
+        net.step();
+        let n = *seen.borrow();
+        burst = burst.max(n - last);
+        last = n;
+    }
+    (burst, last)
+}
+
+/// A position-guessing relay: it learns, from labelled circuits, which number of hops
+/// after it each value of a feature most often goes with, then guesses for others.
+/// Returns its accuracy and that of always guessing the most frequent number.
+fn guess_accuracy(train: &[(u64, usize)], test: &[(u64, usize)]) -> (f64, f64) {
+    let mode = |xs: &mut dyn Iterator<Item = usize>| {
+        let mut counts = BTreeMap::new();
+        for x in xs {
+            *counts.entry(x).or_insert(0usize) += 1;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|&(x, n)| (n, std::cmp::Reverse(x)))
+            .map(|(x, _)| x)
+    };
+    let prior = mode(&mut train.iter().map(|&(_, d)| d)).expect("training set");
+    let right = test
+        .iter()
+        .filter(|&&(f, d)| {
+            let guess = mode(&mut train.iter().filter(|t| t.0 == f).map(|t| t.1)).unwrap_or(prior);
+            guess == d
+        })
+        .count();
+    let chance = test.iter().filter(|&&(_, d)| d == prior).count();
+    (
+        right as f64 / test.len() as f64,
+        chance as f64 / test.len() as f64,
+    )
+}
+
+/// Relays of idle circuits of 2 to 5 hops watch the cells that reach them for 250 s
+/// (two rekeys of every hop) and guess how many hops follow them from the largest
+/// burst of cells in one 5 ms step. When every hop rekeys in the same tick (no jitter),
+/// that burst holds one REKEY per hop from the relay on and the guess is right every
+/// time; with each hop's rekey time drawn on its own it is no better than always
+/// guessing the most frequent answer. (Counting all cells over the 250 s still tells a
+/// relay something, since each later hop's rekeys add cells: an idle circuit needs
+/// padding, SECURITY.md.)
+#[test]
+fn rekey_bursts_do_not_reveal_the_hops_after_a_relay() {
+    for jitter in [false, true] {
+        let mut plan = ChaCha20Rng::seed_from_u64(88);
+        let mut samples = Vec::new();
+        for seed in 0..80u64 {
+            let len = 2 + (plan.next_u32() % 4) as usize;
+            let k = (plan.next_u32() as usize) % (len - 1);
+            let (burst, total) = relay_view(1000 + seed, len, k, 250, jitter);
+            samples.push((burst, total, len - 1 - k));
+        }
+        let bursts: Vec<(u64, usize)> = samples.iter().map(|&(b, _, d)| (b, d)).collect();
+        let totals: Vec<(u64, usize)> = samples.iter().map(|&(_, t, d)| (t, d)).collect();
+        let (acc, chance) = guess_accuracy(&bursts[..40], &bursts[40..]);
+        let (count_acc, _) = guess_accuracy(&totals[..40], &totals[40..]);
+        eprintln!(
+            "jitter {jitter}: position guess from bursts {acc:.2} (chance {chance:.2}), from cell counts {count_acc:.2}"
+        );
+        if jitter {
+            assert!(
+                acc <= chance + 0.1,
+                "a relay guesses the hops after it from rekey bursts {acc:.2} of the time (chance {chance:.2})"
+            );
+        } else {
+            assert!(
+                acc >= 0.9,
+                "the burst guesser works without jitter: {acc:.2}"
+            );
+        }
     }
 }
 

@@ -186,7 +186,11 @@ impl Net {
         let mut nodes = Vec::new();
         nodes.push(Sim {
             addr: SocketAddr::from(([198, 18, 1, 1], 9000)),
-            node: Node::new(NodeConfig::default()),
+            // Every hop rekeys at 120 s, so the idle window below holds no rekey.
+            node: Node::new(NodeConfig {
+                rekey_jitter: Duration::ZERO,
+                ..NodeConfig::default()
+            }),
             rng: ChaCha20Rng::seed_from_u64(master.next_u64()),
         });
         let mut specs = Vec::new();

@@ -202,6 +202,7 @@ impl Node {
                 kb,
                 hs: Some(hs),
                 rekey_sent: None,
+                rekey_after: rekey_after(rng, self.cfg.rekey_jitter),
             });
         }
         let kbs: Vec<[u8; KEY_LEN]> = hops.iter().map(|h| h.kb).collect();
@@ -341,7 +342,7 @@ impl Node {
             }
             for (j, (h, k)) in o.hops.iter().zip(&o.keys).enumerate() {
                 let due = h.rekey_sent.is_none_or(|t| since(t) >= REKEY_TIMEOUT);
-                if k.current.wants_rekey(now) && due {
+                if k.current.wants_rekey(now, h.rekey_after) && due {
                     rekey.push((id, j));
                 }
             }

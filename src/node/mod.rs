@@ -52,6 +52,11 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const LINK_RETRY: Duration = Duration::from_secs(1);
 /// A REKEY without REKEY_ACK is sent again after this long.
 pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client rekeys each hop of its circuit at `REKEY_AFTER_TIME` minus a random time
+/// below this, drawn anew per hop and key generation. Hops built together then rekey
+/// apart: when they rekeyed in the same tick, every relay saw a burst of REKEYs whose
+/// size was the number of hops after it (SECURITY.md, path length).
+pub const REKEY_JITTER: Duration = Duration::from_secs(60);
 /// Accepted handshake ephemeral keys are remembered this long.
 pub const HANDSHAKE_REPLAY_TIME: Duration = onion::REJECT_AFTER_TIME;
 /// At most this many remembered handshake ephemeral keys (bounded memory under floods).
@@ -82,6 +87,10 @@ pub struct NodeConfig {
     pub padding: Vec<usize>,
     /// The host's own addresses: a BUILD may not name one as its next hop.
     pub own_addrs: Vec<std::net::IpAddr>,
+    /// A client rekeys each hop up to this much before `REKEY_AFTER_TIME` (at most
+    /// [`REKEY_JITTER`] is meaningful; zero rekeys every hop on the same schedule, for
+    /// tests that need to know it).
+    pub rekey_jitter: Duration,
 }
 
 impl Default for NodeConfig {
@@ -99,6 +108,7 @@ impl Default for NodeConfig {
             max_circuits: 100_000,
             padding: vec![128, 256, 512, 1024],
             own_addrs: Vec::new(),
+            rekey_jitter: REKEY_JITTER,
         }
     }
 }
@@ -317,6 +327,16 @@ struct OwnHop {
     kb: [u8; KEY_LEN],
     hs: Option<snow::HandshakeState>,
     rekey_sent: Option<Instant>,
+    /// The age at which this hop's current key generation is rekeyed.
+    rekey_after: Duration,
+}
+
+/// A fresh rekey age for a hop's key generation: `REKEY_AFTER_TIME` minus a uniform
+/// random time below `jitter` (see [`REKEY_JITTER`]).
+fn rekey_after(rng: &mut impl RngCore, jitter: Duration) -> Duration {
+    let ms = usize::try_from(jitter.as_millis()).unwrap_or(usize::MAX);
+    let early = crypto::below(rng, ms) as u64;
+    onion::REKEY_AFTER_TIME.saturating_sub(Duration::from_millis(early))
 }
 
 struct Own {

@@ -1,5 +1,6 @@
-//! Circuit rekeying (PROTOCOL.md, REKEY): every 120 s each hop of an own circuit
-//! runs a fresh Noise NK handshake inside the circuit. The client sends REKEY to the
+//! Circuit rekeying (PROTOCOL.md, REKEY): every 60 to 120 s (a random time per hop
+//! and generation, [`REKEY_JITTER`]) each hop of an own circuit runs a fresh Noise NK
+//! handshake inside the circuit. The client sends REKEY to the
 //! hop, the hop answers REKEY_ACK and announces its new generation, the client
 //! rotates to it and confirms with a KEEPALIVE, after which the hop sends under the
 //! new keys too. A gateway's answers come out of their own handshake budget, so a
@@ -102,6 +103,7 @@ impl Node {
             return Output::Recycle(buf);
         }
         hop.rekey_sent = None;
+        hop.rekey_after = rekey_after(rng, self.cfg.rekey_jitter);
         let phase = !keys.current.phase;
         keys.rotate(Generation::new(
             crypto::split(&mut hs),

@@ -90,10 +90,11 @@ impl Generation {
         now.saturating_duration_since(self.born) < REJECT_AFTER_TIME
     }
 
-    /// Whether the owner should start a new generation.
+    /// Whether the owner should start a new generation: once it is `after` old (at
+    /// most [`REKEY_AFTER_TIME`]) or has sent [`REKEY_AFTER_MESSAGES`].
     #[must_use]
-    pub fn wants_rekey(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.born) >= REKEY_AFTER_TIME
+    pub fn wants_rekey(&self, now: Instant, after: Duration) -> bool {
+        now.saturating_duration_since(self.born) >= after.min(REKEY_AFTER_TIME)
             || self.send_ctr >= REKEY_AFTER_MESSAGES
     }
 
