@@ -3,11 +3,16 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use anonnet::proto::crypto;
+use anonnet::proto::identity::PublicKey;
+use anonnet::proto::wire::{self, Header, LINK_INIT_RESERVED};
 use common::{circuit_test, client_config, start_gateway, verified_bytes, Gateway};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use tempfile::TempDir;
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -161,4 +166,74 @@ fn teardown_and_stats_after_a_clean_run() {
     assert!(stats[1].get("relayed_forward") > 0, "{}", stats[1].line);
     assert!(stats[1].get("relayed_backward") > 0, "{}", stats[1].line);
     assert!(stats[0].get("relayed_forward") > 0, "{}", stats[0].line);
+}
+
+/// A LINK_INIT for the gateway with public key `key` (a real Noise NK msg1 and mac1).
+fn link_init(key: &str, sender: u32) -> Vec<u8> {
+    let key: PublicKey = key.parse().expect("public key");
+    let mut rng = ChaCha20Rng::seed_from_u64(u64::from(sender));
+    let mut hs = crypto::noise_initiator(&mut rng, &key.0);
+    let mut msg = [0u8; 64];
+    hs.write_message(&[0u8; LINK_INIT_RESERVED], &mut msg)
+        .expect("msg1");
+    let mac1_key = crypto::mac1_key(&key.0);
+    wire::emit_link_init(sender, &msg, |c| crypto::mac(&mac1_key, c), |_| None)
+}
+
+/// Whether `sock` receives a LINK_RESP to `sender` within `wait`.
+fn link_resp(sock: &UdpSocket, sender: u32, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 2048];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        let Ok(n) = sock.recv(&mut buf) else {
+            return false;
+        };
+        if matches!(Header::parse(&buf[..n]), Ok(Header::LinkResp { receiver, .. }) if receiver == sender)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// A handshake the gateway accepted before a crash (kill -9) is refused after its
+/// restart: the replay cache is kept on disk beside the identity. (Without the file
+/// the restarted gateway answered the replay with a LINK_RESP.)
+#[test]
+fn a_restarted_gateway_refuses_a_replayed_handshake() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut gw = start_gateway(dir.path(), "gw", V4, false);
+    let sock = UdpSocket::bind((V4, 0)).expect("bind");
+    sock.connect(gw.addr).expect("connect");
+    let recorded = link_init(&gw.key, 1);
+    sock.send(&recorded).expect("send");
+    assert!(
+        link_resp(&sock, 1, Duration::from_secs(5)),
+        "the gateway answers a handshake"
+    );
+    gw.proc.kill();
+    let _ = gw.proc.wait_exit(Duration::from_secs(10));
+    gw.proc = common::Proc::spawn(
+        "gw (restarted)",
+        &[
+            "gateway",
+            "--config",
+            gw.config.to_str().expect("utf-8 path"),
+        ],
+    );
+    gw.proc.wait_line(Duration::from_secs(20), |l| {
+        l.starts_with("anonnet gateway ")
+    });
+    sock.send(&recorded).expect("send");
+    let replay_answered = link_resp(&sock, 1, Duration::from_secs(1));
+    sock.send(&link_init(&gw.key, 2)).expect("send");
+    assert!(
+        link_resp(&sock, 2, Duration::from_secs(5)),
+        "the restarted gateway answers a new handshake"
+    );
+    let stats = gw.stop();
+    assert!(!replay_answered, "the replayed handshake was answered");
+    assert_eq!(stats.get("dropped_handshake_replay"), 1, "{}", stats.line);
 }

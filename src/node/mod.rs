@@ -421,6 +421,8 @@ pub struct Node {
     /// Ephemeral keys of accepted handshakes (a set: their times are in `seen_order`).
     seen: HashSet<[u8; 32]>,
     seen_order: VecDeque<([u8; 32], Instant)>,
+    /// How many handshake keys were ever remembered (preloaded ones not counted).
+    seen_total: u64,
     budgets: Budgets,
     /// `mac1_key` of this gateway's own static key (PROTOCOL §2, LINK_INIT).
     mac1_key: Option<[u8; KEY_LEN]>,
@@ -493,6 +495,7 @@ impl Node {
             events: VecDeque::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
+            seen_total: 0,
             budgets,
             mac1_key,
             cookie_key,

@@ -23,6 +23,7 @@ use crate::runtime::driver::Driver;
 use crate::runtime::gateway::gateway_node_config;
 use crate::runtime::packets::{send_packet, unwrap_payload, Toward};
 use crate::runtime::paths::{path_for, Paths};
+use crate::runtime::replay;
 use crate::runtime::services::{services_wake, GatewayServices};
 use crate::runtime::tun::{self, TunWriter};
 use crate::runtime::{client_node_config, flush_stdout, Signals, CLIENT_BINDS};
@@ -128,6 +129,9 @@ impl Client {
             None => (Node::new(client_node_config(cfg)), CLIENT_BINDS.to_vec()),
         };
         let mut d = Driver::tunnel(node, &binds, Some(net.fwmark), net.mtu as usize)?;
+        if let Some((g, _, _)) = &relay {
+            d.keep_handshakes(&replay::path_for(&g.identity))?;
+        }
         let mut net = net;
         // A kill switch left by a run that died lets out only that run's entry: let
         // this run's first hop and bootstrap gateways out instead (the table stays,

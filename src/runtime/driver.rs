@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::node::{Event, Node, Output, Transmit};
 use crate::proto::wire::{MAX_DATAGRAM, PAYLOAD_OFFSET};
+use crate::runtime::replay::ReplayFile;
 
 /// Socket buffer size asked of the kernel (it may grant less).
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -384,6 +386,8 @@ pub struct Driver {
     pub sockets: Sockets,
     pub rng: ChaCha20Rng,
     rx: mpsc::Receiver<Received>,
+    /// Where a gateway writes the handshakes it accepted ([`Driver::keep_handshakes`]).
+    replay: Option<ReplayFile>,
 }
 
 impl Driver {
@@ -403,7 +407,16 @@ impl Driver {
             sockets,
             rng: ChaCha20Rng::from_entropy(),
             rx,
+            replay: None,
         })
+    }
+
+    /// Keeps the node's handshake replay cache in the file at `path` across restarts
+    /// ([`replay`](crate::runtime::replay)): loads it now, and from then on writes
+    /// the handshakes accepted in each step at its end.
+    pub fn keep_handshakes(&mut self, path: &Path) -> Result<()> {
+        self.replay = Some(ReplayFile::open(path, &mut self.node, Instant::now())?);
+        Ok(())
     }
 
     /// Sends everything the node and the sockets have queued.
@@ -473,6 +486,9 @@ impl Driver {
         }
         if self.node.poll_timeout().is_some_and(|t| t <= now) {
             self.node.handle_timeout(now, &mut self.rng);
+        }
+        if let Some(r) = self.replay.as_mut() {
+            r.record(&self.node, now);
         }
         self.flush().await;
         while let Some(e) = self.node.poll_event() {

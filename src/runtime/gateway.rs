@@ -11,6 +11,7 @@ use crate::node::{Node, NodeConfig};
 use crate::proto::identity::Identity;
 use crate::runtime::driver::Driver;
 use crate::runtime::exit::ExitSide;
+use crate::runtime::replay;
 use crate::runtime::services::GatewayServices;
 use crate::runtime::{flush_stdout, recycle, Signals};
 
@@ -84,7 +85,9 @@ impl Gateway {
         } else {
             0
         };
-        Ok((Driver::tunnel(node, &addrs, None, mtu)?, services))
+        let mut d = Driver::tunnel(node, &addrs, None, mtu)?;
+        d.keep_handshakes(&replay::path_for(&cfg.identity))?;
+        Ok((d, services))
     }
 
     /// Relays (and exits) until SIGINT or SIGTERM.

@@ -9,7 +9,8 @@
 //! - [`discover`]: `anonnet discover`; [`circuit_test`]: `anonnet circuit-test`;
 //! - [`driver`] (UDP sockets and the node), [`tun`] (TUN device I/O), [`packets`]
 //!   (packets into and out of circuits), [`paths`] (where paths come from),
-//!   [`directory`] (the discovery driver: crawls and the directory server).
+//!   [`directory`] (the discovery driver: crawls and the directory server),
+//!   [`replay`] (a gateway's handshake replay cache on disk).
 
 pub mod circuit_test;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod exit;
 pub mod gateway;
 pub mod packets;
 pub mod paths;
+pub mod replay;
 pub mod services;
 pub mod tun;
 
