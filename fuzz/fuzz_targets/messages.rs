@@ -1,0 +1,57 @@
+//! Every parser of bytes from the network, on the fuzzer's bytes: the link header,
+//! link control, the LINK_INIT payload, BUILD and cell bodies, DATA payload framing
+//! and reassembly, discovery messages and gateway descriptors. The first byte picks
+//! the parser; none may panic (a reassembled packet also stays within its bound).
+#![no_main]
+
+use std::time::Instant;
+
+use anonnet::discovery::Message;
+use anonnet::proto::descriptor::Descriptor;
+use anonnet::proto::framing::{classify, Reassembler};
+use anonnet::proto::wire::{Body, BuildPayload, CtrlHeader, CtrlKind, Header, LinkInitReserved};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    match which % 9 {
+        0 => {
+            let _ = Header::parse(rest);
+        }
+        1 => {
+            let _ = CtrlHeader::parse(rest);
+        }
+        2 => {
+            let _ = LinkInitReserved::parse(rest);
+        }
+        3 => {
+            let _ = CtrlKind::parse(rest.first().copied().unwrap_or(0), rest.len());
+        }
+        4 => {
+            let _ = BuildPayload::parse(rest);
+        }
+        5 => {
+            let _ = Body::parse(rest);
+        }
+        6 => {
+            // Payloads of one circuit in a row: the input split at each 0xFE byte.
+            let mut r = Reassembler::default();
+            let now = Instant::now();
+            for chunk in rest.split(|&b| b == 0xFE) {
+                let _ = classify(chunk);
+                let mut buf = chunk.to_vec();
+                if let Ok(Some(p)) = r.complete(now, &mut buf) {
+                    assert!(p.len() <= anonnet::proto::framing::MAX_PACKET);
+                }
+            }
+        }
+        7 => {
+            let _ = Message::parse(rest);
+        }
+        _ => {
+            let _ = Descriptor::verify(rest, 1_800_000_000);
+        }
+    }
+});
