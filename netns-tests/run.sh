@@ -894,6 +894,17 @@ gateway_stats() {
 # The sum of a gateway's dropped_* counters.
 gateway_drops() { gateway_stats "$1" | awk '/^dropped_/ { n += $2 } END { print n + 0 }'; }
 
+# Fresh gateways and a fresh `anonnet up`: their counters then count the calling case
+# only.
+fresh_up() {
+  local gw
+  ensure_down
+  for gw in gw1 gw2 exit; do
+    an_running "$gw" && an_stop "$gw" TERM 10
+  done
+  need_up
+}
+
 # A client with valid keys (examples/hostile_client.rs, from the "internet") sends
 # crafted cells through its own circuits gw1 -> gw2 -> exit, among them cells that
 # make the entry's and the middle's output header sample all 0xFF (which used to
@@ -901,12 +912,7 @@ gateway_drops() { gateway_stats "$1" | awk '/^dropped_/ { n += $2 } END { print 
 case_hostile_client() {
   local gw out sha forged drops pid m0 m1 hops=() total=0 per=()
   [ -n "$HOSTILE" ] || fail "no hostile_client binary (cargo build --release --example hostile_client)" || return
-  # Fresh gateways and client: their counters then count this case only.
-  ensure_down
-  for gw in gw1 gw2 exit; do
-    an_running "$gw" && an_stop "$gw" TERM 10
-  done
-  need_up || return
+  fresh_up || return
   for gw in gw1 gw2 exit; do
     hops+=(--hop "$(an_v4 "$gw"):$AN_PORT $(cat "$AN_DIR/$gw.pub")")
   done
@@ -987,12 +993,7 @@ build_times() {
 case_handshake_flood() {
   local n=100 idle_ok idle_p50 idle_p99 pid t0 fetches=0 out stats v
   [ -n "$FLOOD" ] || fail "no handshake_flood binary (cargo build --release --example handshake_flood)" || return
-  # Fresh gateways and client: gw1's counters then count this case only.
-  ensure_down
-  for gw in gw1 gw2 exit; do
-    an_running "$gw" && an_stop "$gw" TERM 10
-  done
-  need_up || return
+  fresh_up || return
   an_client_config "$AN_DIR/inet-client.toml" "$AN_DIR/inet-client-state" "198.18.2.2:$AN_PORT"
   build_times idle $n
   idle_ok=$BUILD_OK idle_p50=$BUILD_P50 idle_p99=$BUILD_P99
