@@ -1,6 +1,6 @@
 //! Cookies under load (PROTOCOL §8), after WireGuard: a gateway that receives LINK_INITs
-//! faster than half its handshake rate answers a LINK_INIT without a valid mac2 with a COOKIE_REPLY instead of a
-//! handshake. The cookie is a MAC of the sender's address under a secret that changes
+//! faster than half its handshake rate answers a LINK_INIT without a valid mac2 with a
+//! COOKIE_REPLY instead of a handshake. The cookie is a MAC of the sender's address under a secret that changes
 //! every two minutes, so only a sender that receives at its address can prove it
 //! (mac2); spoofed floods then cost a MAC and a small reply, never a handshake. Senders
 //! that did prove their address are limited per /32 (IPv4) or /64 (IPv6).
