@@ -355,6 +355,9 @@ case_discover() {
   logs "$out.err"
   for h in "${GWS[@]}"; do expect_line "$h"; done >"$AN_DIR/expect-honest"
   { cat "$AN_DIR/expect-honest"; expect_line forge; } >"$AN_DIR/expect-a"
+  # Everything the client sends, as the router sees it (PROTOCOL §11: after bootstrap
+  # the crawl goes through gw1, so no other gateway may hear the client's address).
+  CAP_IF=any capture disc-from inet "udp and ($FROM_CLIENT)" || fail "tcpdump on inet did not start" || return
   # gw1 hears of the others as they start; polled (bounded) until it knows all.
   for ((i = 0; i < 10; i++)); do
     discover_json "$out" "$AN_DIR/client-state" || fail "discover failed: $(tail -2 "$out.err")" || return
@@ -362,6 +365,10 @@ case_discover() {
     all_listed "$out" "${GWS[@]}" && break
     sleep 0.5
   done
+  stop_capture disc-from
+  sent_to_others disc-from "$(v4 gw1)" "$(v6 gw1)" || return
+  grep -q "went through $(v4 gw1):$PORT \|went through \[$(v6 gw1)\]:$PORT " "$out.err" ||
+    fail "the crawl did not go through gw1: $(grep -o 'discovery done: .*' "$out.err" | tail -1)" || return
   res=$(check_listing "$out" "$AN_DIR/expect-a")
   names=$(tail -1 <<<"$res")
   note "listed: $names"
@@ -380,6 +387,22 @@ case_discover() {
   [ "${bad:-0}" -gt 0 ] && [ "${exp:-0}" -gt 0 ] && [ "${fut:-0}" -gt 0 ] ||
     fail "forgeries not rejected as such: $rej" || return
   [ -s "$AN_DIR/client-state/descriptors.cache" ] || fail "no descriptor cache was written" || return
+}
+
+# The client's addresses as a source, for captures.
+FROM_CLIENT="src host $(v4 client) or src host $(v6 client)"
+
+# sent_to_others NAME ADDR...: the capture NAME holds datagrams from the client to
+# the ADDRs (the control: it saw the crawl) and to no other address.
+sent_to_others() {
+  local name=$1 a not="" to n
+  shift
+  for a in "$@"; do not="$not and not dst host $a"; done
+  n=$(pcap_read "$name" "udp and ($FROM_CLIENT)" | grep -c .)
+  to=$(pcap_read "$name" "udp and ($FROM_CLIENT) $not" | sed -nE 's/.* > ([^ ]+)\.[0-9]+: .*/\1/p' | sort -u | tr '\n' ' ')
+  note "the client sent $n datagrams, to $* and to: ${to:-nobody else}"
+  [ "$n" -gt 0 ] || fail "the capture saw nothing from the client" || return
+  [ -z "$to" ] || fail "the client's address reached gateways other than $*: $to" || return
 }
 
 # (b) gw3 (share = false) refuses, and is still listed (it hands out its own).
@@ -514,6 +537,34 @@ case_warm_cache() {
   n=$(pcap_read warm | grep -c .)
   [ "$n" = 0 ] || fail "$n packets to the bootstrap address 198.18.1.99: $(pcap_read warm | head -2 | tr '\n' ' ')" || return
   note "up from the cache alone, HTTP 200; 0 packets to the bootstrap address 198.18.1.99"
+}
+
+# A client that has a guard crawls through it: the guard is the only gateway that
+# hears its address, the bootstrap gateway gw1 included (PROTOCOL §11).
+case_discover_via_guard() {
+  local st=$AN_DIR/guard-state out=$AN_DIR/guard-discover.json guard addr
+  logs "$out.err"
+  [ -s "$AN_DIR/client-state/guards.toml" ] || fail "no guards from the up case" || return
+  rm -rf "$st"
+  mkdir -p "$st"
+  cp "$AN_DIR/client-state/guards.toml" "$AN_DIR/client-state/descriptors.cache" "$st/" || fail "cannot copy the state" || return
+  guard=$(sed -nE 's/^key = "(.*)"/\1/p' "$st/guards.toml" | head -1)
+  addr=$(grep -F "$guard" "$AN_DIR/discover.json" >/dev/null && "$PY" -c '
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    if r["key"] == sys.argv[2]:
+        print(" ".join(r["addrs"]))' "$AN_DIR/discover.json" "$guard")
+  [ -n "$addr" ] || fail "the guard $guard is not in the listing" || return
+  [ "$addr" != "$(v4 gw1) $(v6 gw1)" ] || note "(the guard is gw1, the bootstrap gateway itself)"
+  client_config "$AN_DIR/guard.toml" "$st" "$BOOT"
+  CAP_IF=any capture guard-from inet "udp and ($FROM_CLIENT)" || fail "tcpdump on inet did not start" || return
+  an_in p2p-client 90 "$AN_BIN" discover --json --config "$AN_DIR/guard.toml" >"$out" 2>"$out.err" ||
+    fail "discover failed: $(tail -2 "$out.err")" || return
+  stop_capture guard-from
+  note "guard $(host_of "${addr%% *}"): $(grep -o 'discovery done: .*' "$out.err" | tail -1)"
+  # shellcheck disable=SC2086 # the guard's addresses, one argument each
+  sent_to_others guard-from $addr || return
+  all_listed "$out" "${GWS[@]}" || fail "the crawl through the guard lost gateways" || return
 }
 
 # Mixed mode: comes up relaying, its own traffic works, it is published and relays.
@@ -736,4 +787,8 @@ run_case mixed-published case_mixed_published
 run_case mixed-relays case_mixed_relays
 run_case mixed-kill-switch case_mixed_kill_switch
 run_case subnet-rule case_subnet_rule
+# Last: its 2-hop directory circuits through the guard may join gw4 and gw5, which
+# subnet-rule's capture must not see (directory circuits carry no traffic, and
+# their first hop is the guard, which knows the client anyway: PROTOCOL §11).
+run_case discover-via-guard case_discover_via_guard
 # cases_on_exit cleans up and prints the summary line.

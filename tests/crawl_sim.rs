@@ -2,14 +2,17 @@
 //! gateways' `Directory` services on real `Node`s, datagrams handed from node to
 //! node in memory on a virtual clock. The client knows one bootstrap gateway, which
 //! knows the other two; the crawl must learn all three descriptors, verified, over
-//! real DIRECTORY circuits, and close every circuit it opened.
+//! real DIRECTORY circuits, and close every circuit it opened. After bootstrap the
+//! crawl goes through one gateway (its via): no other gateway may ever receive a
+//! datagram from the client's address.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anonnet::discovery::{Crawl, Directory, DirectorySettings, Outbox, Source, Store, StoreLimits};
 use anonnet::node::{DownReason, Event, HopSpec, Node, NodeConfig, Output, Transmit};
+use anonnet::proto::descriptor::Descriptor;
 use anonnet::proto::identity::Identity;
 use anonnet::proto::wire::Service;
 use rand_chacha::rand_core::SeedableRng;
@@ -30,6 +33,8 @@ struct Net {
     wire: VecDeque<(SocketAddr, Transmit)>,
     base: Instant,
     now: Instant,
+    /// Every address a datagram came from, by the address it reached.
+    heard: HashMap<SocketAddr, HashSet<SocketAddr>>,
 }
 
 impl Net {
@@ -47,6 +52,7 @@ impl Net {
     /// Delivers every datagram in flight, and what those deliveries send.
     fn deliver(&mut self) {
         while let Some((src, t)) = self.wire.pop_front() {
+            self.heard.entry(t.dst).or_default().insert(src);
             let Some(to) = self.peers.iter().position(|p| p.addr == t.dst) else {
                 continue;
             };
@@ -131,8 +137,9 @@ fn gateway(n: u8, seed: u64) -> (Peer, HopSpec) {
     (peer, spec)
 }
 
-#[test]
-fn a_crawl_learns_the_network_from_one_bootstrap_gateway() {
+/// The client (peer 0) and `gateways` gateways (peers 1..), the first of which
+/// knows the others.
+fn network(gateways: u8) -> (Net, Vec<HopSpec>) {
     let base = Instant::now();
     let client = Peer {
         addr: "198.18.100.2:40000".parse().expect("addr"),
@@ -140,17 +147,20 @@ fn a_crawl_learns_the_network_from_one_bootstrap_gateway() {
         rng: ChaCha20Rng::seed_from_u64(1),
         dir: None,
     };
-    let (g0, bootstrap) = gateway(1, 2);
-    let (g1, s1) = gateway(2, 3);
-    let (g2, s2) = gateway(3, 4);
-    let keys = [bootstrap.key, s1.key, s2.key];
+    let mut peers = vec![client];
+    let mut specs = Vec::new();
+    for n in 1..=gateways {
+        let (peer, spec) = gateway(n, u64::from(n) + 1);
+        peers.push(peer);
+        specs.push(spec);
+    }
     let mut net = Net {
-        peers: vec![client, g0, g1, g2],
+        peers,
         wire: VecDeque::new(),
         base,
         now: base,
+        heard: HashMap::new(),
     };
-    // The bootstrap gateway knows the other two.
     let others: Vec<Vec<u8>> = net.peers[2..]
         .iter()
         .map(|p| {
@@ -161,51 +171,61 @@ fn a_crawl_learns_the_network_from_one_bootstrap_gateway() {
                 .to_vec()
         })
         .collect();
-    let peer = bootstrap.key;
+    let peer = specs[0].key;
     let store0 = &mut net.peers[1].dir.as_mut().expect("gateway").store;
     for d in &others {
         store0
             .insert(d, UNIX_START, Source::Peer(peer))
             .expect("descriptor taken");
     }
+    (net, specs)
+}
 
+/// Hands the client's events to `crawl` and puts what it sends on the wire.
+fn events(net: &mut Net, crawl: &mut Crawl, store: &mut Store) {
+    let (now, unix) = (net.now, net.unix());
+    let mut out = Outbox::default();
+    let c = &mut net.peers[0];
+    while let Some(e) = c.node.poll_event() {
+        let claimed = crawl.claims(&e);
+        let unclaimed = crawl.on_event(now, unix, &mut c.rng, &mut c.node, store, e, &mut out);
+        // `claims` tells a driver beforehand what `on_event` takes.
+        assert_eq!(claimed, unclaimed.is_none(), "{unclaimed:?}");
+        // What the crawl closed itself comes back as `Closed`, for the driver.
+        assert!(
+            matches!(
+                unclaimed,
+                None | Some(Event::CircuitDown(_, DownReason::Closed))
+            ),
+            "an event of no crawl circuit: {unclaimed:?}"
+        );
+    }
+    let addr = c.addr;
+    net.wire
+        .extend(out.transmits.into_iter().map(|t| (addr, t)));
+    net.collect(0);
+    net.deliver();
+    net.serve();
+    net.deliver();
+}
+
+/// Runs `crawl` to its end on a virtual clock; returns what the client learned.
+fn run(net: &mut Net, crawl: &mut Crawl) -> Store {
     let mut store = Store::new(StoreLimits::default());
-    let mut crawl = Crawl::new(10, vec![bootstrap]);
     let mut steps = 0;
     while !crawl.done(&store) {
         steps += 1;
-        assert!(steps < 500, "the crawl did not finish");
-        let (now, unix) = (net.now, net.unix());
+        assert!(steps < 2_000, "the crawl did not finish");
+        // The events of the last timeouts first, as a driver sees them.
+        events(net, crawl, &mut store);
+        let now = net.now;
         let c = &mut net.peers[0];
         crawl.advance(now, &mut c.rng, &mut c.node, &store);
         net.collect(0);
         net.deliver();
         net.serve();
         net.deliver();
-        let mut out = Outbox::default();
-        let c = &mut net.peers[0];
-        while let Some(e) = c.node.poll_event() {
-            let claimed = crawl.claims(&e);
-            let unclaimed =
-                crawl.on_event(now, unix, &mut c.rng, &mut c.node, &mut store, e, &mut out);
-            // `claims` tells a driver beforehand what `on_event` takes.
-            assert_eq!(claimed, unclaimed.is_none(), "{unclaimed:?}");
-            // What the crawl closed itself comes back as `Closed`, for the driver.
-            assert!(
-                matches!(
-                    unclaimed,
-                    None | Some(Event::CircuitDown(_, DownReason::Closed))
-                ),
-                "an event of no crawl circuit: {unclaimed:?}"
-            );
-        }
-        let addr = c.addr;
-        net.wire
-            .extend(out.transmits.into_iter().map(|t| (addr, t)));
-        net.collect(0);
-        net.deliver();
-        net.serve();
-        net.deliver();
+        events(net, crawl, &mut store);
         net.now += Duration::from_millis(10);
         let now = net.now;
         for i in 0..net.peers.len() {
@@ -215,15 +235,127 @@ fn a_crawl_learns_the_network_from_one_bootstrap_gateway() {
         }
         net.deliver();
     }
-    assert_eq!(store.len(), 3, "the client knows every gateway");
-    for k in &keys {
-        assert!(store.get(k).is_some(), "gateway {k:02x?} missing");
+    store
+}
+
+/// The gateways (by number, 1..) that heard from the client's address.
+fn heard_the_client(net: &Net) -> Vec<usize> {
+    let client = net.peers[0].addr;
+    (1..net.peers.len())
+        .filter(|&i| {
+            net.heard
+                .get(&net.peers[i].addr)
+                .is_some_and(|from| from.contains(&client))
+        })
+        .collect()
+}
+
+/// Every gateway known, every query answered, every circuit closed.
+fn learned_all(net: &Net, store: &Store, specs: &[HopSpec], crawl: &Crawl) {
+    assert_eq!(store.len(), specs.len(), "the client knows every gateway");
+    for s in specs {
+        assert!(
+            store.get(&s.key).is_some(),
+            "gateway {:02x?} missing",
+            s.key
+        );
     }
     let st = crawl.stats();
-    assert_eq!(st.answered, 3, "{st:?}");
-    assert_eq!(st.accepted, 3, "{st:?}");
+    assert_eq!(st.answered as usize, specs.len(), "{st:?}");
+    assert_eq!(st.accepted as usize, specs.len(), "{st:?}");
     // Every query circuit was closed: the gateways relay nothing any more.
     for p in &net.peers[1..] {
         assert_eq!(p.node.relayed_circuits(), 0);
     }
+}
+
+#[test]
+fn a_crawl_learns_the_network_from_one_bootstrap_gateway() {
+    let (mut net, specs) = network(3);
+    let mut crawl = Crawl::new(10, vec![specs[0]]);
+    let store = run(&mut net, &mut crawl);
+    learned_all(&net, &store, &specs, &crawl);
+    // The bootstrap gateway carried the crawl: only it saw the client's address.
+    assert_eq!(crawl.via().map(|v| v.key), Some(specs[0].key));
+    assert_eq!(heard_the_client(&net), [1]);
+    for i in 2..=3 {
+        let from = &net.heard[&net.peers[i].addr];
+        assert_eq!(
+            from,
+            &HashSet::from([net.peers[1].addr]),
+            "gateway {i} heard from others than the via"
+        );
+    }
+}
+
+#[test]
+fn a_crawl_through_a_guard_shows_the_client_to_the_guard_alone() {
+    // Gateway 4 is the client's guard; the bootstrap gateway 1 knows 2..4.
+    let (mut net, specs) = network(4);
+    let guard = specs[3];
+    let mut crawl = Crawl::through(10, guard, vec![specs[0]]);
+    let store = run(&mut net, &mut crawl);
+    learned_all(&net, &store, &specs, &crawl);
+    assert_eq!(crawl.via().map(|v| v.key), Some(guard.key));
+    assert_eq!(heard_the_client(&net), [4], "the bootstrap gateway too");
+}
+
+#[test]
+fn a_crawl_whose_guard_is_down_falls_back_to_its_bootstrap_gateway() {
+    let (mut net, specs) = network(3);
+    // Nobody answers at the guard's address.
+    let guard = HopSpec {
+        addr: "198.18.50.1:9000".parse().expect("addr"),
+        key: [7; 32],
+    };
+    let mut crawl = Crawl::through(10, guard, vec![specs[0]]);
+    let store = run(&mut net, &mut crawl);
+    learned_all(&net, &store, &specs, &crawl);
+    assert_eq!(crawl.via().map(|v| v.key), Some(specs[0].key));
+    assert_eq!(heard_the_client(&net), [1]);
+    assert_eq!(crawl.stats().unreachable + crawl.stats().timed_out, 1);
+}
+
+#[test]
+fn a_claim_on_the_via_key_elsewhere_never_hears_the_client() {
+    let (mut net, specs) = network(3);
+    // A claim on the bootstrap gateway's onion key at another address, by another
+    // identity.
+    let elsewhere: SocketAddr = "198.18.9.1:9000".parse().expect("addr");
+    let forger = Identity::generate(&mut ChaCha20Rng::seed_from_u64(99)).signing_key();
+    let claim = Descriptor {
+        identity: forger.verifying_key().to_bytes(),
+        onion_key: specs[0].key,
+        addrs: vec![elsewhere.ip()],
+        ports: (elsewhere.port(), elsewhere.port()),
+        exit: false,
+        policy_summary: String::new(),
+        published: UNIX_START,
+        expires: UNIX_START + 3_600,
+    }
+    .sign(&forger)
+    .expect("signed");
+    // Gateway 2 holds it and hands it out: the client contests the key, and asks
+    // the bootstrap gateway again.
+    net.peers[2]
+        .dir
+        .as_mut()
+        .expect("gateway")
+        .store
+        .insert(&claim, UNIX_START, Source::Peer([5; 32]))
+        .expect("claim taken");
+    let mut crawl = Crawl::new(10, vec![specs[0]]);
+    let store = run(&mut net, &mut crawl);
+    assert!(crawl.stats().queries > 3, "the contest was not asked");
+    assert_eq!(crawl.via().map(|v| v.key), Some(specs[0].key));
+    assert!(
+        !net.heard
+            .get(&elsewhere)
+            .is_some_and(|from| from.contains(&net.peers[0].addr)),
+        "the claimed address heard the client"
+    );
+    assert_eq!(heard_the_client(&net), [1]);
+    // The gateway itself settled the claim.
+    let held = store.get(&specs[0].key).expect("held");
+    assert_eq!(held.descriptor().addrs, [specs[0].addr.ip()]);
 }

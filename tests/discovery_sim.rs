@@ -22,13 +22,19 @@
 //! (its own descriptor first, then 63 of the sample: a uniform sample of what it
 //! knows, as from its full store).
 //!
-//! Scenarios: all gateways honest; 10% refusing to share; 5% liars. Liars answer
+//! Scenarios: all gateways honest; 10% refusing to share; 5% liars. Unless a
+//! scenario says otherwise, the client asks every gateway but its bootstrap one
+//! through that gateway (its via, PROTOCOL §11), so only the bootstrap gateway sees
+//! its address. Liars answer
 //! gossip with liars only, and answer the client with 64 descriptors: their own, 23
 //! of other liars, and forgeries (4 honest descriptors with a broken signature, 4
 //! expired ones, 1 claim on an honest onion key by the liar's own identity, 15 claims
 //! on honest onion keys and 16 new gateways by fresh identities). The fresh
 //! identities' addresses are in 4 /24s of the liars' ("packed"), or, in the last
-//! scenario, the claims on honest keys are spread over the liars' own /24s.
+//! scenario, the claims on honest keys are spread over the liars' own /24s. The
+//! last three scenarios measure the exposure the via removes: the client asking
+//! every gateway directly, and liars who lie only to the client, which they can
+//! tell by its address when it asks them directly and cannot through the via.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -83,11 +89,36 @@ enum Squats {
     Spread,
 }
 
+/// Whom liars lie to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lies {
+    /// Everyone: they answer gossip with liars only, and the client with forgeries.
+    Everyone,
+    /// The client alone, when they see its address: otherwise (gossip, and queries
+    /// that reach them through a via) they behave as honest gateways, so nobody else
+    /// sees them lie.
+    TheClient,
+}
+
+/// How the client reaches the gateways it asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asks {
+    /// Each gateway directly: every address tried sees the client's (the crawl
+    /// before PROTOCOL §11's via).
+    Directly,
+    /// Through the bootstrap gateway: only the bootstrap gateway sees the client's
+    /// address.
+    ThroughVia,
+}
+
 struct Scenario {
     name: &'static str,
+    seed: u64,
     refusing_per_mille: usize,
     liars_per_mille: usize,
     squats: Squats,
+    lies: Lies,
+    asks: Asks,
 }
 
 /// The network: every gateway's keys and signed descriptor.
@@ -348,6 +379,9 @@ struct Outcome {
     liars_at_end: f64,
     rejected: String,
     gateway_known_median: usize,
+    /// Addresses that saw the client's, and how many of them are liars'.
+    exposed: usize,
+    exposed_to_liars: usize,
 }
 
 const SHARES: [f64; 3] = [0.50, 0.90, 0.99];
@@ -407,6 +441,9 @@ fn run(net: &Network, scenario: &Scenario, seed: u64) -> Outcome {
         )
         .expect("bootstrap accepted");
     let mut crawler = Crawler::new(usize::MAX, PER_QUERY, TIMEOUT).with_parallel(PARALLEL);
+    // Addresses that saw the client's: the bootstrap gateway's, and through a via
+    // no other.
+    let mut exposed: HashSet<IpAddr> = HashSet::from([net.addrs[entry]]);
     let counted: Vec<usize> = (0..N).filter(|&i| roles[i] != Role::Liar).collect();
     let denominator = counted.len();
     let base = Instant::now();
@@ -417,9 +454,11 @@ fn run(net: &Network, scenario: &Scenario, seed: u64) -> Outcome {
     while round < MAX_ROUNDS && milestones[2].round.is_none() {
         round += 1;
 
-        // Gossip: every gateway but the liars asks one random peer it knows.
+        // Gossip: every gateway but the liars asks one random peer it knows; liars
+        // who lie to the client alone gossip as honest gateways do.
+        let lies_in_gossip = scenario.lies == Lies::Everyone;
         for g in 0..N {
-            if roles[g] == Role::Liar {
+            if roles[g] == Role::Liar && lies_in_gossip {
                 continue;
             }
             known[g].sample(&mut fast, 1, g as u32, &mut marks, &mut scratch);
@@ -428,8 +467,10 @@ fn run(net: &Network, scenario: &Scenario, seed: u64) -> Outcome {
             };
             match roles[peer as usize] {
                 Role::Refusing => continue,
-                Role::Liar => liar_set.sample(&mut fast, 63, peer, &mut marks, &mut scratch),
-                Role::Honest => {
+                Role::Liar if lies_in_gossip => {
+                    liar_set.sample(&mut fast, 63, peer, &mut marks, &mut scratch)
+                }
+                Role::Liar | Role::Honest => {
                     known[peer as usize].sample(&mut fast, 63, peer, &mut marks, &mut scratch)
                 }
             }
@@ -446,8 +487,11 @@ fn run(net: &Network, scenario: &Scenario, seed: u64) -> Outcome {
             crawler.on_timeout(now);
             let mut answers: Vec<([u8; 32], Vec<Vec<u8>>)> = Vec::new();
             while let Some(key) = crawler.next_query(now, &mut rng, &client) {
-                let reached = client
-                    .addresses(&key)
+                let tried = client.addresses(&key);
+                if scenario.asks == Asks::Directly {
+                    exposed.extend(tried.iter().map(|a| a.ip()));
+                }
+                let reached = tried
                     .iter()
                     .filter_map(|addr| net.owner.get(&addr.ip()).copied())
                     .find(|&g| net.keys[g] == key);
@@ -457,7 +501,13 @@ fn run(net: &Network, scenario: &Scenario, seed: u64) -> Outcome {
                     continue;
                 };
                 let mut out = Vec::new();
-                if roles[g] == Role::Liar {
+                // A liar lies to the client if it lies to everyone, or if it sees
+                // the client's address.
+                let lies = match scenario.lies {
+                    Lies::Everyone => true,
+                    Lies::TheClient => scenario.asks == Asks::Directly,
+                };
+                if roles[g] == Role::Liar && lies {
                     liar_answer(
                         net,
                         g,
@@ -564,6 +614,10 @@ fn run(net: &Network, scenario: &Scenario, seed: u64) -> Outcome {
         .collect();
     sizes.sort_unstable();
     let stats = crawler.stats();
+    let exposed_to_liars = exposed
+        .iter()
+        .filter(|a| net.owner.get(a).is_none_or(|&g| roles[g] == Role::Liar))
+        .count();
     Outcome {
         name: scenario.name,
         denominator,
@@ -580,6 +634,8 @@ fn run(net: &Network, scenario: &Scenario, seed: u64) -> Outcome {
         liars_at_end: liar_share(net, &client, &liars, learned),
         rejected,
         gateway_known_median: sizes[sizes.len() / 2],
+        exposed: exposed.len(),
+        exposed_to_liars,
     }
 }
 
@@ -694,41 +750,76 @@ fn discovery_convergence() {
     let started = Instant::now();
     let net = build_network();
     let built = started.elapsed();
+    let scenario = |name, seed, refusing_per_mille, liars_per_mille, squats, lies, asks| Scenario {
+        name,
+        seed,
+        refusing_per_mille,
+        liars_per_mille,
+        squats,
+        lies,
+        asks,
+    };
+    let (packed, spread, everyone, client) = (
+        Squats::Packed,
+        Squats::Spread,
+        Lies::Everyone,
+        Lies::TheClient,
+    );
+    let (direct, via) = (Asks::Directly, Asks::ThroughVia);
     let scenarios = [
-        Scenario {
-            name: "all honest",
-            refusing_per_mille: 0,
-            liars_per_mille: 0,
-            squats: Squats::Packed,
-        },
-        Scenario {
-            name: "10% refuse to share",
-            refusing_per_mille: 100,
-            liars_per_mille: 0,
-            squats: Squats::Packed,
-        },
-        Scenario {
-            name: "5% liars, forgeries packed in 4 /24s",
-            refusing_per_mille: 0,
-            liars_per_mille: 50,
-            squats: Squats::Packed,
-        },
-        Scenario {
-            name: "5% liars, key claims spread over their /24s",
-            refusing_per_mille: 0,
-            liars_per_mille: 50,
-            squats: Squats::Spread,
-        },
+        scenario("all honest", 100, 0, 0, packed, everyone, via),
+        scenario("10% refuse to share", 101, 100, 0, packed, everyone, via),
+        scenario(
+            "5% liars, forgeries packed in 4 /24s",
+            102,
+            0,
+            50,
+            packed,
+            everyone,
+            via,
+        ),
+        scenario(
+            "5% liars, key claims spread over their /24s",
+            103,
+            0,
+            50,
+            spread,
+            everyone,
+            via,
+        ),
+        scenario(
+            "all honest, every gateway asked directly (before the via)",
+            100,
+            0,
+            0,
+            packed,
+            everyone,
+            direct,
+        ),
+        scenario(
+            "5% liars lying to the client alone, asked directly (before the via)",
+            104,
+            0,
+            50,
+            packed,
+            client,
+            direct,
+        ),
+        scenario(
+            "5% liars lying to the client alone, asked through the via",
+            104,
+            0,
+            50,
+            packed,
+            client,
+            via,
+        ),
     ];
-    let outcomes: Vec<Outcome> = scenarios
-        .iter()
-        .enumerate()
-        .map(|(i, s)| run(&net, s, 100 + i as u64))
-        .collect();
+    let outcomes: Vec<Outcome> = scenarios.iter().map(|s| run(&net, s, s.seed)).collect();
 
     println!();
-    println!("| scenario | 50% known | 90% known | 99% known | at the end | refused, timed out | rejected by the client | fresh identities held (bound) | honest keys held by a forger | gateways' median view |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| scenario | 50% known | 90% known | 99% known | at the end | refused, timed out | rejected by the client | fresh identities held (bound) | honest keys held by a forger | gateways' median view | addresses that saw the client's (liars') |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (o, s) in outcomes.iter().zip(&scenarios) {
         let with_liars = s.liars_per_mille > 0;
         let end = Milestone {
@@ -738,7 +829,7 @@ fn discovery_convergence() {
             liars: o.liars_at_end,
         };
         println!(
-            "| {} | {} | {} | {} | {:.1}% of {}, {} | {}, {} | {} | {} ({}) | {} | {} |",
+            "| {} | {} | {} | {} | {:.1}% of {}, {} | {}, {} | {} | {} ({}) | {} | {} | {} ({}) |",
             o.name,
             cell(&o.milestones[0], with_liars),
             cell(&o.milestones[1], with_liars),
@@ -753,6 +844,8 @@ fn discovery_convergence() {
             o.sybil_bound,
             o.squats_held,
             o.gateway_known_median,
+            o.exposed,
+            o.exposed_to_liars,
         );
     }
     println!();
@@ -772,7 +865,7 @@ fn discovery_convergence() {
     assert!(outcomes[1].milestones[2]
         .round
         .is_some_and(|r| r <= HONEST_BOUND));
-    for o in &outcomes[2..] {
+    for o in &outcomes[2..4] {
         assert!(
             o.known as f64 >= 0.9 * o.denominator as f64,
             "{}: learned {} of {} honest gateways",
@@ -783,4 +876,31 @@ fn discovery_convergence() {
         assert!(o.sybils_held <= o.sybil_bound, "{}", o.name);
     }
     assert_eq!(outcomes[0].sybils_held + outcomes[0].squats_held, 0);
+
+    // Through the via only the bootstrap gateway saw the client's address; asked
+    // directly, every gateway asked did.
+    for (o, s) in outcomes.iter().zip(&scenarios) {
+        match s.asks {
+            Asks::ThroughVia => assert_eq!(o.exposed, 1, "{}", o.name),
+            Asks::Directly => assert!(o.exposed as u64 >= o.queries, "{}", o.name),
+        }
+    }
+    // Liars that lie to the client alone reach it when they see its address, and
+    // never through the via: nothing forged arrives, and its view holds liars in
+    // their share of the network.
+    let (targeted, hidden) = (&outcomes[5], &outcomes[6]);
+    assert!(
+        targeted.rejected.contains("bad signature"),
+        "{}",
+        targeted.rejected
+    );
+    assert_eq!(hidden.rejected, "duplicates only");
+    assert_eq!(hidden.squats_held + hidden.sybils_held, 0);
+    assert!(hidden.liars_at_end < 5.5, "{}", hidden.liars_at_end);
+    assert!(
+        hidden.milestones[2]
+            .round
+            .is_some_and(|r| r <= HONEST_BOUND),
+        "through the via, targeting liars cannot slow the crawl"
+    );
 }

@@ -700,6 +700,12 @@ impl Guards {
         self.guards.iter().map(|g| g.key.0).collect()
     }
 
+    /// The current guard keys as saved, oldest choice first (without the refresh
+    /// [`Guards::refresh`] does).
+    pub fn keys(&self) -> impl Iterator<Item = [u8; 32]> + '_ {
+        self.guards.iter().map(|g| g.key.0)
+    }
+
     /// The guard state as a TOML document (see [`Guards`]).
     pub fn to_toml(&self) -> String {
         let mut out = format!(

@@ -136,6 +136,9 @@ impl Client {
         // A kill switch left by a run that died lets out only that run's entry: let
         // this run's first hop and bootstrap gateways out instead (the table stays,
         // so the host stays cut off) before contacting any of them.
+        // A crawl goes only to the guard it goes through and the bootstrap gateways.
+        let own = relay.as_ref().map(|(_, _, id)| id.public().0);
+        let mut paths = Paths::load(cfg, own)?;
         let armed = sys::kill_switch_armed()?;
         if armed {
             net.gateways = cfg
@@ -144,11 +147,11 @@ impl Client {
                 .into_iter()
                 .chain(&cfg.discovery.bootstrap)
                 .map(|h| h.addr)
+                .chain(paths.crawl_guard().map(|g| g.addr))
                 .collect();
             sys::client_set_gateways(&net).await?;
         }
-        let own = relay.as_ref().map(|(_, _, id)| id.public().0);
-        let mut paths = Paths::new(cfg, &mut d, own).await?;
+        paths.discover(cfg, &mut d).await?;
         let (specs, exit_ports) = paths.next(&mut d.rng, None)?;
         let entry = specs.first().map(|h| h.addr).context("the path is empty")?;
         if armed && !net.gateways.contains(&entry) {

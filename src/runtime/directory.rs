@@ -133,17 +133,22 @@ pub async fn directory_request(
     send_outbox(d, &mut out).await;
 }
 
-/// Runs a crawl to completion or until `limit`, reporting progress; returns its
-/// counters.
+/// Runs a client's crawl (through `guard` if it has one, PROTOCOL §11) to
+/// completion or until `limit`, reporting progress; returns its counters and the
+/// gateway its queries went through.
 pub async fn crawl(
     d: &mut Driver,
     store: &mut Store,
     target: usize,
+    guard: Option<HopSpec>,
     bootstrap: Vec<HopSpec>,
     limit: Duration,
     mut progress: impl FnMut(&Store, &CrawlStats),
-) -> CrawlStats {
-    let mut c = Crawl::new(target, bootstrap);
+) -> (CrawlStats, Option<HopSpec>) {
+    let mut c = match guard {
+        Some(g) => Crawl::through(target, g, bootstrap),
+        None => Crawl::new(target, bootstrap),
+    };
     let until = Instant::now() + limit;
     let mut events = Vec::new();
     while Instant::now() < until {
@@ -164,5 +169,5 @@ pub async fn crawl(
     }
     c.abandon(&mut d.node);
     d.flush().await;
-    *c.stats()
+    (*c.stats(), c.via())
 }

@@ -10,6 +10,7 @@ use crate::discovery::REJECTION_GROUPS;
 use crate::node::Node;
 use crate::runtime::directory::{self, load_store, save_cache, unix_now, CRAWL_LIMIT};
 use crate::runtime::driver::Driver;
+use crate::runtime::paths::{guard_hop, load_guards};
 use crate::runtime::{client_node_config, hop_specs, CLIENT_BINDS};
 
 /// `anonnet discover --config FILE [--json]`: learns the network from the cache and
@@ -25,10 +26,13 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
     let cached = store.len();
     let before = *store.stats();
     let mut last = Instant::now();
-    let st = directory::crawl(
+    // Through the saved guard, as `up` crawls (PROTOCOL §11).
+    let guard = guard_hop(&load_guards(&cfg), &store);
+    let (st, via) = directory::crawl(
         &mut d,
         &mut store,
         disc.target,
+        guard,
         hop_specs(&disc.bootstrap),
         CRAWL_LIMIT,
         |s, st| {
@@ -46,12 +50,17 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
     )
     .await;
     eprintln!(
-        "\rdiscovery done: {} gateways known ({cached} from the cache); {} queries, {} answered, {} refused, {} unreachable",
+        "\rdiscovery done: {} gateways known ({cached} from the cache); {} queries, {} answered, {} refused, {} unreachable; {}",
         store.len(),
         st.queries,
         st.answered,
         st.refused,
-        st.unreachable + st.timed_out
+        st.unreachable + st.timed_out,
+        via.map_or("no gateway carried the queries".into(), |v| format!(
+            "queries after bootstrap went through {} {}",
+            v.addr,
+            crate::proto::identity::PublicKey(v.key)
+        ))
     );
     // What the store refused during this crawl, by reason (forged or stale
     // descriptors show up here).

@@ -32,13 +32,9 @@ pub(crate) enum Paths {
 }
 
 impl Paths {
-    /// The configured path, or discovery: the cache in the state directory, and a
-    /// crawl from the bootstrap gateways when the cache cannot give a path.
-    pub(crate) async fn new(
-        cfg: &ClientConfig,
-        d: &mut Driver,
-        own: Option<[u8; 32]>,
-    ) -> Result<Self> {
+    /// The configured path, or discovery from the cache and the guards saved in the
+    /// state directory (no network yet: [`Paths::discover`] crawls when needed).
+    pub(crate) fn load(cfg: &ClientConfig, own: Option<[u8; 32]>) -> Result<Self> {
         if !cfg.path.is_empty() {
             if let Some(i) = cfg.path.iter().position(|h| Some(h.key.0) == own) {
                 bail!("client.path[{i}] is this process's own gateway (client.mode = \"mixed\"): its paths must go through other gateways");
@@ -58,40 +54,60 @@ impl Paths {
                 v6: disc.subnet_v6,
             },
         };
-        let guards = std::fs::read_to_string(state_dir.join(GUARDS_FILE))
-            .ok()
-            .and_then(|t| Guards::from_toml(&t).ok())
-            .unwrap_or_else(|| Guards::new(disc.guards, disc.guard_lifetime_days * 86_400))
-            .with_subnets(rules.subnets);
-        let store = load_store(&state_dir);
-        let mut paths = Self::Discovered {
-            store: Box::new(store),
+        let guards = load_guards(cfg).with_subnets(rules.subnets);
+        Ok(Self::Discovered {
+            store: Box::new(load_store(&state_dir)),
             guards,
             rules,
-            state_dir: state_dir.clone(),
+            state_dir,
             own,
-        };
-        if paths.next(&mut d.rng, None).is_err() {
-            if let Self::Discovered { store, .. } = &mut paths {
-                eprintln!(
-                    "anonnet: discovering gateways from {} bootstrap gateway(s)",
-                    disc.bootstrap.len()
-                );
-                directory::crawl(
-                    d,
-                    store,
-                    disc.target,
-                    hop_specs(&disc.bootstrap),
-                    CRAWL_LIMIT,
-                    |_, _| {},
-                )
-                .await;
-                if let Err(e) = save_cache(&state_dir, store) {
-                    tracing::warn!("{e:#}");
-                }
+        })
+    }
+
+    /// The gateway a crawl would go through: the oldest saved guard the cache has an
+    /// address for (`None` for a configured path, or before any guard was chosen).
+    pub(crate) fn crawl_guard(&self) -> Option<HopSpec> {
+        match self {
+            Self::Fixed(_) => None,
+            Self::Discovered { store, guards, .. } => guard_hop(guards, store),
+        }
+    }
+
+    /// Crawls from the bootstrap gateways (through the saved guard, if any) when the
+    /// cache cannot give a path, and saves what it learned.
+    pub(crate) async fn discover(&mut self, cfg: &ClientConfig, d: &mut Driver) -> Result<()> {
+        if self.next(&mut d.rng, None).is_ok() {
+            return Ok(());
+        }
+        let guard = self.crawl_guard();
+        if let Self::Discovered {
+            store, state_dir, ..
+        } = self
+        {
+            let disc = &cfg.discovery;
+            eprintln!(
+                "anonnet: discovering gateways from {} bootstrap gateway(s){}",
+                disc.bootstrap.len(),
+                guard.map_or(String::new(), |g| format!(
+                    " through the guard at {}",
+                    g.addr
+                ))
+            );
+            directory::crawl(
+                d,
+                store,
+                disc.target,
+                guard,
+                hop_specs(&disc.bootstrap),
+                CRAWL_LIMIT,
+                |_, _| {},
+            )
+            .await;
+            if let Err(e) = save_cache(state_dir, store) {
+                tracing::warn!("{e:#}");
             }
         }
-        Ok(paths)
+        Ok(())
     }
 
     /// A fresh path (the fixed one, or a random one by the path rules whose exit
@@ -143,6 +159,24 @@ impl Paths {
             }
         }
     }
+}
+
+/// The guards saved in the client's state directory, or a new empty set.
+pub(crate) fn load_guards(cfg: &ClientConfig) -> Guards {
+    let disc = &cfg.discovery;
+    std::fs::read_to_string(cfg.tunnel.state_dir.join(GUARDS_FILE))
+        .ok()
+        .and_then(|t| Guards::from_toml(&t).ok())
+        .unwrap_or_else(|| Guards::new(disc.guards, disc.guard_lifetime_days * 86_400))
+}
+
+/// The oldest of `guards` that `store` has an address for, as a crawl's via
+/// (PROTOCOL §11).
+pub(crate) fn guard_hop(guards: &Guards, store: &Store) -> Option<HopSpec> {
+    guards.keys().find_map(|key| {
+        let addr = *store.addresses(&key).first()?;
+        Some(HopSpec { addr, key })
+    })
 }
 
 /// A path for `build` whose exit differs from the ones it avoids where the known
