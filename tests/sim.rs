@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anonnet::node::{CircuitId, DownReason, Event, HopSpec, Node, NodeConfig, Output, Stats};
 use anonnet::proto::identity::Identity;
-use anonnet::proto::wire::{Service, MAX_PAYLOAD};
+use anonnet::proto::wire::{DestroyReason, Service, MAX_PAYLOAD};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -44,6 +44,8 @@ struct SimNode {
     rng: ChaCha20Rng,
     spec: Option<HopSpec>,
     alive: bool,
+    /// Its settings, to start it again ([`Net::restart`]).
+    cfg: NodeConfig,
 }
 
 struct Net {
@@ -128,7 +130,7 @@ impl Net {
             net.gateways.push(net.nodes.len());
             net.push(
                 addr,
-                Node::new(cfg),
+                cfg,
                 rng,
                 Some(HopSpec {
                     addr,
@@ -141,19 +143,20 @@ impl Net {
             let mut cfg = NodeConfig::default();
             tweak(&mut cfg);
             net.clients.push(net.nodes.len());
-            net.push(client_addr(i), Node::new(cfg), rng, None);
+            net.push(client_addr(i), cfg, rng, None);
         }
         net
     }
 
-    fn push(&mut self, addr: SocketAddr, node: Node, rng: ChaCha20Rng, spec: Option<HopSpec>) {
+    fn push(&mut self, addr: SocketAddr, cfg: NodeConfig, rng: ChaCha20Rng, spec: Option<HopSpec>) {
         self.by_addr.insert(addr, self.nodes.len());
         self.nodes.push(SimNode {
             addr,
-            node,
+            node: Node::new(cfg.clone()),
             rng,
             spec,
             alive: true,
+            cfg,
         });
     }
 
@@ -371,6 +374,13 @@ impl Net {
 
     fn kill(&mut self, node: usize) {
         self.nodes[node].alive = false;
+    }
+
+    /// Starts a killed node again: same identity and address, no state.
+    fn restart(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        n.node = Node::new(n.cfg.clone());
+        n.alive = true;
     }
 }
 
@@ -819,14 +829,58 @@ fn middle_gateway_dies() {
         n.nodes[first].node.relayed_circuits() == 0 && n.down_event(c, id).is_some()
     });
     assert!(freed, "first gateway still holds the circuit");
+    // The entry's link to the dead middle sent and heard nothing back: it died
+    // LINK_DEAD_AFTER (3 s) after the client's next cell, its keepalive (idle for
+    // 2 s), and the entry destroyed the circuit towards the client at once (it used
+    // to wait for the circuit timeout: 10 s, and 33 s at the entry).
     let (t, reason) = net.down_event(c, id).expect("down");
-    assert_eq!(reason, DownReason::Silent);
+    assert_eq!(reason, DownReason::Destroyed(DestroyReason::Unreachable));
     assert!(
-        t - death <= Duration::from_secs(11),
+        t - death <= Duration::from_secs(5) + Duration::from_millis(200),
         "down after {:?}",
         t - death
     );
-    assert!(net.elapsed() - death <= Duration::from_secs(33));
+    assert!(net.elapsed() - death <= Duration::from_millis(5_200));
+    assert_eq!(net.nodes[first].node.stats().links_dead, 1);
+}
+
+#[test]
+fn a_restarted_middle_is_used_again_at_once() {
+    let mut net = Net::new(7, 4, 1);
+    let c = net.clients[0];
+    let path = [net.gateways[0], net.gateways[1], net.gateways[2]];
+    let from = net.log.len();
+    let id = net.build(c, &path);
+    net.run_until(Duration::from_secs(5), |n| n.outcome(c, id, from).is_some());
+    assert!(matches!(net.outcome(c, id, from), Some(Ev::Up(_))));
+    net.send_payload(c, id, b"before");
+    net.run_for(Duration::from_millis(200));
+    assert_eq!(net.received(c, id).len(), 1);
+    // The middle dies, and starts again 3 s later with the same identity and no
+    // state: its old links' keys are gone.
+    net.kill(path[1]);
+    net.send_payload(c, id, b"lost");
+    net.run_for(Duration::from_secs(3));
+    net.restart(path[1]);
+    let restarted = net.elapsed();
+    // The old circuit is torn down, not left to time out.
+    assert!(
+        net.run_until(Duration::from_secs(2), |n| n.down_event(c, id).is_some()),
+        "the circuit through the dead middle is still up"
+    );
+    // A new circuit over the same gateways comes up within 5 s of the restart: the
+    // entry made a new link to the middle instead of sending on the dead one.
+    let from = net.log.len();
+    let again = net.build(c, &path);
+    let up = net.run_until(Duration::from_secs(5), |n| {
+        matches!(n.outcome(c, again, from), Some(Ev::Up(_)))
+    });
+    assert!(up, "no new circuit: {:?}", net.outcome(c, again, from));
+    assert!(net.elapsed() - restarted <= Duration::from_secs(5));
+    net.send_payload(c, again, b"after");
+    net.run_for(Duration::from_millis(200));
+    assert_eq!(net.received(c, again), [b"after".to_vec()]);
+    assert_eq!(net.nodes[path[0]].node.stats().links_dead, 1);
 }
 
 /// Flips one bit of every `every`-th cell sent from `from` to `to`; the flipped

@@ -173,6 +173,9 @@ impl Node {
                 circuits: 0,
                 relayed_in: 0,
                 last_used: now,
+                activity: Activity::default(),
+                unheard: None,
+                pinged: None,
             },
         );
         self.send_link_init(now, rng, id);
@@ -207,6 +210,10 @@ impl Node {
         };
         let buf = keys.ctrl_datagram(keys.send_ctr, kind as u8, cid, body);
         keys.send_ctr += 1;
+        // A PONG wants no answer (else two idle ends would probe each other forever).
+        if kind != CtrlKind::Pong {
+            link.sent();
+        }
         self.transmits.push_back(Transmit {
             src: link.local,
             dst: link.peer,
@@ -230,6 +237,7 @@ impl Node {
         head[1..5].copy_from_slice(&keys.tx.to_be_bytes());
         head[5..9].copy_from_slice(&cid.to_be_bytes());
         mask_header(&keys.send_mask, head);
+        link.sent();
         Output::Transmit(Transmit {
             src: link.local,
             dst: link.peer,
@@ -344,6 +352,9 @@ impl Node {
                 circuits: 0,
                 relayed_in: 0,
                 last_used: now,
+                activity: Activity::default(),
+                unheard: None,
+                pinged: None,
             },
         );
         self.transmits.push_back(resp);
@@ -448,6 +459,7 @@ impl Node {
         };
         if let Some(l) = self.links.get_mut(&link_id) {
             l.last_used = now;
+            l.heard();
         }
         // CtrlHeader::parse checked the body's exact size for its kind, so these
         // views always match.
@@ -465,6 +477,11 @@ impl Node {
                 [reason] => self.on_destroy(link_id, cid, DestroyReason::from_byte(*reason)),
                 _ => self.stats.dropped_malformed += 1,
             },
+            CtrlKind::Ping => {
+                self.stats.pings_answered += 1;
+                self.send_ctrl(link_id, CtrlKind::Pong, 0, &[0]);
+            }
+            CtrlKind::Pong => self.stats.pongs_received += 1,
         }
     }
 
@@ -486,10 +503,13 @@ impl Node {
 
     pub(super) fn tick_links(&mut self, now: Instant, rng: &mut (impl RngCore + CryptoRng)) {
         let since = |t: Instant| now.saturating_duration_since(t);
+        // A failed link, what its relayed circuits' other side hears, and what its
+        // own circuits report.
         let mut failed = Vec::new();
         let mut init = Vec::new();
         let mut idle = Vec::new();
         let mut expired = Vec::new();
+        let mut ping = Vec::new();
         for (&id, l) in &mut self.links {
             // A link that carries circuits is in use: its idle clock starts when the
             // last one leaves, at both ends within a tick and a DESTROY's way.
@@ -497,11 +517,46 @@ impl Node {
                 l.last_used = now;
             }
             let keys_age = l.keys.as_ref().map(|k| since(k.born));
+            // Liveness: a link that keeps sending and hears nothing back probes,
+            // then dies. One answer sent and then silence is not a question.
+            let activity = std::mem::take(&mut l.activity);
+            if activity.heard {
+                l.unheard = None;
+                l.pinged = None;
+            }
+            if activity.sent {
+                // A send long after the last unanswered one asks anew.
+                let first = match l.unheard {
+                    Some((first, last)) if since(last) < LINK_DEAD_AFTER => first,
+                    _ => {
+                        l.pinged = None;
+                        now
+                    }
+                };
+                l.unheard = Some((first, now));
+            }
+            if let (Some((first, last)), Some(_)) = (l.unheard, &l.keys) {
+                if l.pinged.is_some() && since(first) >= LINK_DEAD_AFTER {
+                    failed.push((id, DestroyReason::Unreachable, DownReason::LinkDead));
+                    continue;
+                }
+                let asking = last.saturating_duration_since(first) >= LINK_PROBE_AFTER;
+                if (asking || l.pinged.is_some())
+                    && l.pinged.is_none_or(|p| since(p) >= LINK_PING_EVERY)
+                {
+                    l.pinged = Some(now);
+                    ping.push(id);
+                }
+            }
             if keys_age.is_some_and(|a| a >= onion::REJECT_AFTER_TIME) {
-                failed.push((id, DestroyReason::Timeout));
+                failed.push((
+                    id,
+                    DestroyReason::Timeout,
+                    DownReason::Destroyed(DestroyReason::Timeout),
+                ));
             } else if let Some(p) = &l.pending {
                 if keys_age.is_none() && since(p.started) >= self.cfg.build_timeout {
-                    failed.push((id, DestroyReason::Unreachable));
+                    failed.push((id, DestroyReason::Unreachable, DownReason::BuildTimeout));
                 } else if since(p.last_sent) >= LINK_RETRY {
                     init.push(id);
                 }
@@ -527,7 +582,13 @@ impl Node {
         for id in init {
             self.send_link_init(now, rng, id);
         }
-        for (id, reason) in failed {
+        for id in ping {
+            self.send_ctrl(id, CtrlKind::Ping, 0, &[0]);
+        }
+        for (id, reason, why) in failed {
+            if why == DownReason::LinkDead {
+                self.stats.links_dead += 1;
+            }
             let affected: Vec<Entry> = self
                 .circuits
                 .iter()
@@ -542,11 +603,6 @@ impl Node {
                     }
                     Entry::Own(c) => {
                         self.forget_own(c);
-                        let why = if reason == DestroyReason::Unreachable {
-                            DownReason::BuildTimeout
-                        } else {
-                            DownReason::Destroyed(reason)
-                        };
                         self.events.push_back(Event::CircuitDown(c, why));
                     }
                 }

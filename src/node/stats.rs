@@ -33,6 +33,12 @@ pub struct Stats {
     pub cookies_sent: u64,
     /// COOKIE_REPLYs accepted (the handshake was sent again with mac2).
     pub cookies_received: u64,
+    /// PINGs answered with a PONG.
+    pub pings_answered: u64,
+    /// PONGs received (answers to this node's PINGs).
+    pub pongs_received: u64,
+    /// Links declared dead: they sent and heard nothing back for `LINK_DEAD_AFTER`.
+    pub links_dead: u64,
 }
 
 impl Stats {
@@ -64,6 +70,9 @@ impl Stats {
             link_rekeys,
             cookies_sent,
             cookies_received,
+            pings_answered,
+            pongs_received,
+            links_dead,
         } = self;
         [
             dropped_malformed,
@@ -88,6 +97,9 @@ impl Stats {
             link_rekeys,
             cookies_sent,
             cookies_received,
+            pings_answered,
+            pongs_received,
+            links_dead,
         ]
         .into_iter()
         .fold(0u64, |sum, &c| sum.saturating_add(c))

@@ -232,6 +232,59 @@ fn a_circuit_that_only_sends_stays_up() {
     );
 }
 
+/// Link liveness (PROTOCOL §2, PING): a link that keeps sending and hears nothing
+/// back PINGs its peer. A live peer's PONGs keep a one-way stream's links up for as
+/// long as it lasts; when the middle dies, the entry's link to it dies within
+/// `LINK_DEAD_AFTER` of the first cell it could not deliver, and the entry destroys
+/// the circuit towards the client at once.
+#[test]
+fn one_way_links_stay_up_on_pongs_and_die_with_their_peer() {
+    let (mut net, specs) = Mini::new(2);
+    let id = net.circuit_to(&specs, Service::Exit);
+    let send = |net: &mut Mini| {
+        net.now += Duration::from_millis(50);
+        net.tick();
+        let (_, client, rng) = &mut net.nodes[0];
+        if let Ok(t) = client.send_payload(net.now, rng, id, &[0x45; 60]) {
+            net.deliver(0, t);
+        }
+    };
+    let end = net.now + Duration::from_secs(20);
+    while net.now < end {
+        send(&mut net);
+    }
+    let stats: Vec<Stats> = net.nodes.iter().map(|n| n.1.stats().clone()).collect();
+    assert!(net.nodes[0].1.is_up(id), "the circuit stayed up");
+    assert!(
+        stats.iter().all(|s| s.links_dead == 0),
+        "a live link died: {stats:?}"
+    );
+    // Between the client's KEEPALIVEs (every 2 s), the gateways' forward links
+    // carried the stream alone and asked.
+    assert!(stats[1].pongs_received > 0 && stats[2].pings_answered > 0);
+    // The middle dies: nothing reaches its address any more.
+    net.nodes[2].0 = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 9, 9)), 9000);
+    let death = net.now;
+    while net.nodes[0].1.is_up(id) && net.now < death + Duration::from_secs(10) {
+        send(&mut net);
+    }
+    let down = std::iter::from_fn(|| net.nodes[0].1.poll_event()).find_map(|e| match e {
+        Event::CircuitDown(c, why) if c == id => Some(why),
+        _ => None,
+    });
+    assert_eq!(
+        down,
+        Some(DownReason::Destroyed(DestroyReason::Unreachable))
+    );
+    let after = net.now - death;
+    assert!(
+        after <= LINK_DEAD_AFTER + 2 * TICK,
+        "the circuit went down {after:?} after the middle died"
+    );
+    assert_eq!(net.nodes[1].1.stats().links_dead, 1);
+    assert_eq!(net.nodes[1].1.relayed_circuits(), 0);
+}
+
 /// The link's initiator decides when an idle link ends. When the responder's idle
 /// timer ran out first (it heard last from the initiator earlier than the other way
 /// round), the initiator still took the link for up, and every BUILD it sent on it

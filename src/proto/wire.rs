@@ -318,6 +318,10 @@ pub enum CtrlKind {
     Build = 1,
     Built = 2,
     Destroy = 3,
+    /// Liveness probe of a link that sent and heard nothing back (PROTOCOL §2).
+    Ping = 4,
+    /// The answer to a PING.
+    Pong = 5,
 }
 
 impl CtrlKind {
@@ -327,6 +331,8 @@ impl CtrlKind {
             1 => Self::Build,
             2 => Self::Built,
             3 => Self::Destroy,
+            4 => Self::Ping,
+            5 => Self::Pong,
             _ => return Err(WireError::Malformed),
         };
         if body_len == k.body_len() {
@@ -341,7 +347,8 @@ impl CtrlKind {
         match self {
             Self::Build => BUILD_LEN,
             Self::Built => REPLY_LEN,
-            Self::Destroy => 1,
+            // One reserved zero byte: as long as a DESTROY on the wire.
+            Self::Destroy | Self::Ping | Self::Pong => 1,
         }
     }
 }
