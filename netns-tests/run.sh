@@ -636,6 +636,37 @@ case_exit_conntrack() {
   note "exit stopped with $before tracked flows of pool addresses open; started again: 0 left"
 }
 
+# A middle gateway killed (SIGKILL) during steady fetches and started again 3 s later
+# (issue 25): the entry's link to the dead gw2 dies within 3 s of silence (PROTOCOL §7)
+# and destroys the client's circuit, the client rebuilds over a new link to the
+# restarted gw2, and new fetches work again within 5 s of gw2's start. A fetch opens
+# a new TCP connection every 0.5 s or so (1 s timeout each), 40 in all.
+case_middle_restart() {
+  local fetches=$AN_DIR/restart-fetches.txt pid killed restarted back gap
+  need_up || return
+  logs "$AN_DIR/client-up.log" "$AN_DIR/gw1.log" "$AN_DIR/gw2.log"
+  (
+    for _ in $(seq 1 40); do
+      echo "$(an_now_ms) $(an_in client 3 curl -s -m 1 -o /dev/null -w '%{http_code}' "http://$AN_SERVER4/" 2>/dev/null)"
+      sleep 0.5
+    done
+  ) >"$fetches" &
+  pid=$!
+  sleep 2
+  an_stop gw2 KILL 5
+  killed=$(an_now_ms)
+  sleep 3
+  an_start_gateway gw2 2>>"$AN_DIR/start-gw2.err" || { wait "$pid"; fail "gw2 did not start again"; return 1; }
+  restarted=$(an_now_ms)
+  wait "$pid"
+  grep -q ' 200$' < <(awk -v t="$killed" '$1 < t' "$fetches") || fail "no fetch worked before the kill" || return
+  back=$(awk -v t="$restarted" '$1 >= t && $2 == "200" {print $1; exit}' "$fetches")
+  [ -n "$back" ] || fail "no fetch worked after gw2 started again: $(tail -3 "$fetches" | tr '\n' ' ')" || return
+  gap=$(awk -v k="$killed" '$1 >= k && $2 == "200" {print $1 - k; exit}' "$fetches")
+  note "fetches work again $((back - restarted)) ms after gw2's restart ($gap ms after its death, $((restarted - killed)) ms down); $(grep -c ' 200$' "$fetches") of 40 fetches worked"
+  [ $((back - restarted)) -le 5000 ] || fail "new fetches worked again only $((back - restarted)) ms after gw2's restart (target 5,000)" || return
+}
+
 case_kill_switch() {
   local out n fails=()
   need_up || return
@@ -1109,6 +1140,7 @@ run_case traceroute case_traceroute
 run_case server-addresses case_server_addresses
 run_case leak case_leak
 run_case exit-conntrack case_exit_conntrack
+run_case middle-restart case_middle_restart
 run_case kill-switch case_kill_switch
 run_case restart-new-entry case_restart_new_entry
 run_case down case_down

@@ -186,6 +186,28 @@ fn pool_backs_off_after_failures() {
 }
 
 #[test]
+fn circuits_lost_together_are_replaced_at_once() {
+    let t = Instant::now();
+    let mut p = CircuitPool::new(3, Duration::from_secs(600), t, A, [1; 32], None);
+    p.building(t, B, [2; 32], None);
+    p.on_up(B);
+    p.building(t, C, [3; 32], None);
+    p.on_up(C);
+    // A gateway they share dies: all three go down in the same instant.
+    let later = t + Duration::from_secs(30);
+    for c in [A, B, C] {
+        assert!(p.on_down(later, c));
+    }
+    assert!(p.all_down());
+    assert!(p.wants_build(later).is_some(), "rebuilt at once");
+    // The replacement fails: now it backs off.
+    p.building(later, CircuitId(9), [2; 32], None);
+    assert!(p.on_down(later, CircuitId(9)));
+    assert_eq!(p.wants_build(later), None);
+    assert!(p.wants_build(later + REBUILD_FIRST).is_some());
+}
+
+#[test]
 fn pool_retires_old_circuits_once_their_flows_are_done() {
     let t = Instant::now();
     let life = Duration::from_secs(600);
