@@ -771,6 +771,101 @@ case_subnet_rule() {
   note "0 packets between $SAME24_A and $SAME24_B over all paths drawn ($total in the narrow rounds)"
 }
 
+# (g) Dead gateways (issue 25). A client with one circuit (circuits = 1), whose cache
+# holds the eight gateways only (not the forger or the mixed node, which this case
+# cannot restart), fetches through a discovered path. In each run, while a paced
+# download runs, the entry, middle or exit of its circuit is killed with SIGKILL and
+# a fetch starts every 0.25 s: one must have worked within 5 s, the download
+# must end with an RST within 5 s (curl's status 56), and the client's log must blame
+# the killed gateway. The gateway starts again after the run (the next circuits avoid
+# it meanwhile). P2P_DEAD_RUNS runs per position (default 3).
+DEAD_RUNS=${P2P_DEAD_RUNS:-3}
+declare -gA DEAD_BACK=() DEAD_RESET=()
+case_dead_gateway() {
+  local st=$AN_DIR/dead-state log=$AN_DIR/dead-up.log pos run k rmem summary=''
+  logs "$log"
+  k=$(narrow_cache "$AN_DIR/client-state/descriptors.cache" "$st/descriptors.cache" "${GWS[@]}") ||
+    fail "could not cut down the cache" || return
+  [ "$k" = "${#GWS[@]}" ] || fail "the cut-down cache has $k gateways, not ${#GWS[@]}" || return
+  {
+    printf '[client]\ncircuits = 1\n'
+    printf '\n[discovery]\nbootstrap = ["198.18.1.99:%s %s"]\nsubnet_v4 = 24\nsubnet_v6 = 48\n' "$PORT" "${PUB[gw1]}"
+    printf '\n[tunnel]\nstate_dir = "%s"\n' "$st"
+  } >"$AN_DIR/dead.toml"
+  [ -s "$AN_DIR/www/big.bin" ] || head -c 32M /dev/urandom >"$AN_DIR/www/big.bin" || fail "cannot write big.bin" || return
+  stop_up client-up
+  # Small receive buffers, so that a reset reaches curl (which reads only 1 MB/s)
+  # within 0.25 s of arriving instead of after megabytes already received.
+  rmem=$(ip netns exec p2p-client sysctl -n net.ipv4.tcp_rmem | tr -s '\t ' ' ')
+  ip netns exec p2p-client sysctl -q -w net.ipv4.tcp_rmem="4096 131072 262144" || fail "cannot set tcp_rmem" || return
+  an_start dead-up p2p-client "$log" "$AN_BIN" -v up --config "$AN_DIR/dead.toml"
+  an_wait_log "$log" '^anonnet up:' 30 "${AN_PID[dead-up]}" ||
+    fail "'up' did not come up: $(tail -2 "$log" | tr '\n' ' ')" || return
+  for pos in 0 1 2; do
+    for run in $(seq 1 "$DEAD_RUNS"); do
+      dead_run "$pos" "$run" || { stop_up dead-up; ip netns exec p2p-client sysctl -q -w net.ipv4.tcp_rmem="$rmem"; return 1; }
+    done
+  done
+  stop_up dead-up
+  ip netns exec p2p-client sysctl -q -w net.ipv4.tcp_rmem="$rmem"
+  for pos in 0 1 2; do
+    summary="$summary; $(dead_name "$pos"): a new fetch done, p50 $(p50_max "${DEAD_BACK[$pos]}"); download reset, p50 $(p50_max "${DEAD_RESET[$pos]}")"
+  done
+  note "$DEAD_RUNS runs per position, ms after the SIGKILL${summary}"
+}
+
+dead_name() { case $1 in 0) echo entry ;; 1) echo middle ;; *) echo exit ;; esac; }
+# p50_max "N N N...": "P50 / max MAX ms" (p50: the lower median).
+p50_max() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{v[NR] = $1} END {printf "%d / max %d ms", v[int((NR + 1) / 2)], v[NR]}'; }
+
+# dead_run POSITION RUN: one run of case_dead_gateway.
+dead_run() {
+  local pos=$1 run=$2 log=$AN_DIR/dead-up.log dl=$AN_DIR/dead-dl.txt fetches=$AN_DIR/dead-fetches.txt line h a addr killed back i code rc ended downs blamed pids
+  line=$(grep 'circuit [0-9]* up through ' "$log" | tail -1)
+  addr=$(sed -E 's/.* up through //' <<<"$line" | awk -v p="$pos" -F' -> ' '{print $(p + 1)}')
+  a=${addr%:*}
+  a=${a#[}
+  h=$(host_of "${a%]}")
+  [[ " ${GWS[*]} " == *" $h "* ]] || fail "run $run: hop $((pos + 1)) of '$line' is not one of the gateways" || return
+  code=$(http_get client "http://$SERVER4/?dead-$pos-$run-before")
+  [ "$code" = 200 ] || fail "run $run: a fetch before the kill got $code" || return
+  (
+    an_in p2p-client 40 curl -sS -m 30 --limit-rate 1M -o /dev/null "http://$SERVER4/big.bin" 2>&1
+    echo "status $? at $(an_now_ms)"
+  ) >"$dl" &
+  pids=($!)
+  sleep 1.5
+  downs=$(grep -c ' down (' "$log")
+  an_stop "$h" KILL 5
+  killed=$(an_now_ms)
+  # A fetch every 0.25 s (each in the background, so a failing one does not delay
+  # the next), until one works or 12 s have passed.
+  : >"$fetches"
+  for i in $(seq 1 48); do
+    (
+      local t code
+      t=$(an_now_ms)
+      code=$(an_in p2p-client 3 curl -s -m 2 -o /dev/null -w '%{http_code}' "http://$SERVER4/?dead-$pos-$run-$i" 2>/dev/null)
+      echo "$t $code $(an_now_ms)" >>"$fetches"
+    ) &
+    pids+=($!)
+    sleep 0.25
+    grep -q ' 200 ' "$fetches" && break
+  done
+  wait "${pids[@]}"
+  back=$(awk -v k="$killed" '$2 == "200" {print $3 - k}' "$fetches" | sort -n | head -1)
+  read -r rc ended < <(awk '$1 == "status" {print $2, $4}' "$dl")
+  start_gateway "$h" || fail "run $run: $h did not start again" || return
+  blamed=$(tail -n +"$((downs + 1))" <(grep ' down (' "$log") | grep -F "hop $((pos + 1)) (" | grep -cF " at $addr) failed")
+  note "$(dead_name "$pos") $h killed (run $run): a new fetch done after ${back:-never} ms, download ended with status ${rc:-?} after $((${ended:-0} - killed)) ms, blamed in $blamed log line(s)"
+  [ -n "$back" ] && [ "$back" -le 5000 ] || fail "run $run: the first new fetch to work ended only ${back:-more than 12,000} ms after the kill (target 5,000)" || return
+  [ "${rc:-}" = 56 ] && [ $((ended - killed)) -le 5000 ] ||
+    fail "run $run: the download did not end with a reset within 5 s: $(tr '\n' ' ' <"$dl")" || return
+  [ "$blamed" -ge 1 ] || fail "run $run: the client's log does not blame $h: $(tail -n +"$((downs + 1))" <(grep ' down (' "$log") | tr '\n' ' ')" || return
+  DEAD_BACK[$pos]="${DEAD_BACK[$pos]:-} $back"
+  DEAD_RESET[$pos]="${DEAD_RESET[$pos]:-} $((ended - killed))"
+}
+
 # ---------------------------------------------------------------------------------
 # The run
 
@@ -791,4 +886,6 @@ run_case subnet-rule case_subnet_rule
 # subnet-rule's capture must not see (directory circuits carry no traffic, and
 # their first hop is the guard, which knows the client anyway: PROTOCOL §11).
 run_case discover-via-guard case_discover_via_guard
+# After all others: it kills and restarts gateways.
+run_case dead-gateway case_dead_gateway
 # cases_on_exit cleans up and prints the summary line.

@@ -642,9 +642,20 @@ case_exit_conntrack() {
 # restarted gw2, and new fetches work again within 5 s of gw2's start. A fetch opens
 # a new TCP connection every 0.5 s or so (1 s timeout each), 40 in all.
 case_middle_restart() {
-  local fetches=$AN_DIR/restart-fetches.txt pid killed restarted back gap
+  local fetches=$AN_DIR/restart-fetches.txt dl=$AN_DIR/restart-download.txt pid dlpid killed restarted back gap rc ended rmem
   need_up || return
-  logs "$AN_DIR/client-up.log" "$AN_DIR/gw1.log" "$AN_DIR/gw2.log"
+  logs "$AN_DIR/client-up.log" "$AN_DIR/gw1.log" "$AN_DIR/gw2.log" "$dl"
+  # A paced download that is running when gw2 dies: it must end with an RST (curl's
+  # status 56, "Connection reset by peer") within 5 s, not hang until its timeout.
+  # Small receive buffers for it, so that the reset reaches curl (which reads only
+  # 2 MB/s) within 0.25 s of arriving instead of after megabytes already received.
+  rmem=$(ip netns exec client sysctl -n net.ipv4.tcp_rmem | tr -s '\t ' ' ')
+  ip netns exec client sysctl -q -w net.ipv4.tcp_rmem="4096 131072 524288" || fail "cannot set tcp_rmem" || return
+  (
+    an_in client 70 curl -sS -m 60 --limit-rate 2M -o /dev/null "http://$AN_SERVER4/big.bin" 2>&1
+    echo "status $? at $(an_now_ms)"
+  ) >"$dl" &
+  dlpid=$!
   (
     for _ in $(seq 1 40); do
       echo "$(an_now_ms) $(an_in client 3 curl -s -m 1 -o /dev/null -w '%{http_code}' "http://$AN_SERVER4/" 2>/dev/null)"
@@ -656,14 +667,21 @@ case_middle_restart() {
   an_stop gw2 KILL 5
   killed=$(an_now_ms)
   sleep 3
-  an_start_gateway gw2 2>>"$AN_DIR/start-gw2.err" || { wait "$pid"; fail "gw2 did not start again"; return 1; }
+  an_start_gateway gw2 2>>"$AN_DIR/start-gw2.err" || { wait "$pid" "$dlpid"; ip netns exec client sysctl -q -w net.ipv4.tcp_rmem="$rmem"; fail "gw2 did not start again"; return 1; }
   restarted=$(an_now_ms)
   wait "$pid"
+  wait "$dlpid"
+  ip netns exec client sysctl -q -w net.ipv4.tcp_rmem="$rmem"
+  read -r rc ended < <(awk '$1 == "status" {print $2, $4}' "$dl")
+  [ "${rc:-}" = 56 ] && grep -q 'reset' "$dl" ||
+    fail "the download running when gw2 died did not end with a reset: $(tr '\n' ' ' <"$dl")" || return
+  [ $((ended - killed)) -le 5000 ] ||
+    fail "the download running when gw2 died was reset only $((ended - killed)) ms after (target 5,000)" || return
   grep -q ' 200$' < <(awk -v t="$killed" '$1 < t' "$fetches") || fail "no fetch worked before the kill" || return
   back=$(awk -v t="$restarted" '$1 >= t && $2 == "200" {print $1; exit}' "$fetches")
   [ -n "$back" ] || fail "no fetch worked after gw2 started again: $(tail -3 "$fetches" | tr '\n' ' ')" || return
   gap=$(awk -v k="$killed" '$1 >= k && $2 == "200" {print $1 - k; exit}' "$fetches")
-  note "fetches work again $((back - restarted)) ms after gw2's restart ($gap ms after its death, $((restarted - killed)) ms down); $(grep -c ' 200$' "$fetches") of 40 fetches worked"
+  note "fetches work again $((back - restarted)) ms after gw2's restart ($gap ms after its death, $((restarted - killed)) ms down); $(grep -c ' 200$' "$fetches") of 40 fetches worked; the running download was reset $((ended - killed)) ms after the death"
   [ $((back - restarted)) -le 5000 ] || fail "new fetches worked again only $((back - restarted)) ms after gw2's restart (target 5,000)" || return
 }
 

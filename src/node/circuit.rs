@@ -149,6 +149,20 @@ impl Node {
                 self.keep_spare(buf)
             }
             Cmd::RekeyAck if b.len == NK_MSG2_EMPTY => self.on_rekey_ack(now, rng, id, origin, buf),
+            Cmd::Truncated if b.len == 1 && origin + 1 < own.hops.len() => {
+                let reason = buf
+                    .get(PAYLOAD_OFFSET)
+                    .map_or(DestroyReason::Protocol, |r| DestroyReason::from_byte(*r));
+                self.stats.truncated += 1;
+                self.close(
+                    id,
+                    DownReason::Truncated {
+                        hop: origin,
+                        reason,
+                    },
+                );
+                Output::Recycle(buf)
+            }
             _ => {
                 self.stats.dropped_protocol += 1;
                 Output::Recycle(buf)

@@ -146,7 +146,8 @@ impl Node {
     }
 
     /// The link this node initiated to `addr`/`key`, created (and its handshake
-    /// started) if needed.
+    /// started) if needed, also in place of one whose peer has been quiet for
+    /// [`LINK_QUIET`].
     pub(super) fn link_to(
         &mut self,
         now: Instant,
@@ -154,7 +155,12 @@ impl Node {
         spec: HopSpec,
     ) -> LinkId {
         if let Some(&id) = self.out_links.get(&(spec.addr, spec.key)) {
-            return id;
+            let quiet = self.links.get(&id).is_some_and(|l| {
+                l.keys.is_some() && now.saturating_duration_since(l.last_heard) >= LINK_QUIET
+            });
+            if !quiet {
+                return id;
+            }
         }
         let id = self.fresh_id();
         self.out_links.insert((spec.addr, spec.key), id);
@@ -176,6 +182,7 @@ impl Node {
                 activity: Activity::default(),
                 unheard: None,
                 pinged: None,
+                last_heard: now,
             },
         );
         self.send_link_init(now, rng, id);
@@ -194,7 +201,10 @@ impl Node {
                 self.by_index.remove(&rx);
             }
             if let Some(key) = link.peer_key {
-                self.out_links.remove(&(link.peer, key));
+                // A quiet link replaced by a new one no longer holds the entry.
+                if self.out_links.get(&(link.peer, key)) == Some(&id) {
+                    self.out_links.remove(&(link.peer, key));
+                }
             }
         }
     }
@@ -355,6 +365,7 @@ impl Node {
                 activity: Activity::default(),
                 unheard: None,
                 pinged: None,
+                last_heard: now,
             },
         );
         self.transmits.push_back(resp);
@@ -381,6 +392,7 @@ impl Node {
         }
         let keys = LinkKeys::new(crypto::split(&mut p.hs), true, (rx, sender), now);
         link.last_used = now;
+        link.heard();
         if let Some(old) = link.keys.replace(keys) {
             if let Some(gone) = link.previous.replace(old) {
                 self.by_index.remove(&gone.rx);
@@ -523,6 +535,7 @@ impl Node {
             if activity.heard {
                 l.unheard = None;
                 l.pinged = None;
+                l.last_heard = now;
             }
             if activity.sent {
                 // A send long after the last unanswered one asks anew.
@@ -556,7 +569,7 @@ impl Node {
                 ));
             } else if let Some(p) = &l.pending {
                 if keys_age.is_none() && since(p.started) >= self.cfg.build_timeout {
-                    failed.push((id, DestroyReason::Unreachable, DownReason::BuildTimeout));
+                    failed.push((id, DestroyReason::Unreachable, DownReason::EntryUnanswered));
                 } else if since(p.last_sent) >= LINK_RETRY {
                     init.push(id);
                 }
@@ -598,9 +611,11 @@ impl Node {
             self.remove_link(id);
             for e in affected {
                 match e {
-                    Entry::RelayPrev(r) | Entry::RelayNext(r) => {
-                        self.drop_relay(r, reason, Some(id))
+                    Entry::RelayNext(r) => {
+                        self.truncate(now, r, reason);
+                        self.drop_relay(r, reason, Some(id));
                     }
+                    Entry::RelayPrev(r) => self.drop_relay(r, reason, Some(id)),
                     Entry::Own(c) => {
                         self.forget_own(c);
                         self.events.push_back(Event::CircuitDown(c, why));

@@ -63,6 +63,16 @@ pub const LINK_PING_EVERY: Duration = Duration::from_millis(250);
 /// rebuild; 8 PINGs go unanswered first (at 10% loss each way, a live link is
 /// declared dead after one probing stretch in about 600,000).
 pub const LINK_DEAD_AFTER: Duration = Duration::from_secs(3);
+/// A link this node initiated and has not heard its peer on for this long carries
+/// no new circuit: the next one to that peer makes a new link (a fresh handshake,
+/// and the BUILD waits for its answer), and the old link keeps only the circuits it
+/// has. A peer that restarted in the meantime lost the old link's keys and would
+/// drop the BUILD as an unknown index (nothing else was sent, so liveness never
+/// noticed); its new instance answers the handshake, so the circuit comes up one
+/// round trip later instead of after the build timeout. A live peer costs the same
+/// round trip. Equal to `LINK_DEAD_AFTER`: a peer silent that long may be another
+/// instance.
+pub const LINK_QUIET: Duration = LINK_DEAD_AFTER;
 /// A REKEY without REKEY_ACK is sent again after this long.
 pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client rekeys each hop of its circuit at `REKEY_AFTER_TIME` minus a random time
@@ -155,9 +165,30 @@ pub enum DownReason {
     /// The link to the first hop sent and heard nothing back for `LINK_DEAD_AFTER`:
     /// the entry died or restarted.
     LinkDead,
+    /// The entry never answered the link handshake within `build_timeout`.
+    EntryUnanswered,
     Destroyed(DestroyReason),
+    /// Hop `hop` (0 = the entry) lost its link to the next hop (TRUNCATED), for
+    /// `reason`.
+    Truncated {
+        hop: usize,
+        reason: DestroyReason,
+    },
     KeysExpired,
     Closed,
+}
+
+impl DownReason {
+    /// The hop of the path (0 = the entry) that the node blames: the entry when the
+    /// link to it died, the hop after one that reported losing its link to it.
+    #[must_use]
+    pub fn failed_hop(&self) -> Option<usize> {
+        match self {
+            Self::LinkDead | Self::EntryUnanswered => Some(0),
+            Self::Truncated { hop, .. } => hop.checked_add(1),
+            _ => None,
+        }
+    }
 }
 
 /// Something the node reports to its driver.
@@ -321,6 +352,8 @@ struct Link {
     unheard: Option<(Instant, Instant)>,
     /// The last PING of this silence.
     pinged: Option<Instant>,
+    /// The tick that last saw the peer heard.
+    last_heard: Instant,
 }
 
 /// What a link did since the last tick (the tick reads and resets it).

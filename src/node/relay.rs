@@ -320,7 +320,7 @@ impl Node {
         &mut self,
         now: Instant,
         id: CircuitId,
-        mut buf: Vec<u8>,
+        buf: Vec<u8>,
         len: usize,
     ) -> Result<Transmit, SendError> {
         if len > MAX_PAYLOAD {
@@ -333,19 +333,44 @@ impl Node {
         if !matches!(r.service, Service::Exit | Service::Directory) || r.next.is_some() {
             return Err(SendError::NoCircuit);
         }
-        let size = wire::body_size(&self.cfg.padding, len);
-        buf.resize(CELL_HEADER_LEN + size, 0);
-        let (_, body) = wire::split_cell(&mut buf).ok_or(SendError::ShortBuffer)?;
-        Body {
-            cmd: Cmd::Data,
-            len,
-        }
-        .emit(body)
-        .map_err(|_| SendError::ShortBuffer)?;
-        match self.originate(now, id.0, buf) {
+        match self.originate_body(now, id.0, Cmd::Data, len, buf) {
             Output::Transmit(t) => Ok(t),
             _ => Err(SendError::Exhausted),
         }
+    }
+
+    /// Tells the client of relayed circuit `id`, whose next hop's link died, that
+    /// this hop lost it (TRUNCATED, then DESTROY follows): so the client knows which
+    /// gateway to blame.
+    pub(super) fn truncate(&mut self, now: Instant, id: RelayId, reason: DestroyReason) {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.resize(PAYLOAD_OFFSET, 0);
+        buf.push(reason as u8);
+        self.stats.truncated += 1;
+        let out = self.originate_body(now, id, Cmd::Truncated, 1, buf);
+        self.push_output(out);
+    }
+
+    /// Writes the body header (`cmd`, `len`; the payload is at [`PAYLOAD_OFFSET`]),
+    /// pads the body to its size class, and originates the cell backward.
+    pub(super) fn originate_body(
+        &mut self,
+        now: Instant,
+        id: RelayId,
+        cmd: Cmd,
+        len: usize,
+        mut buf: Vec<u8>,
+    ) -> Output {
+        let size = wire::body_size(&self.cfg.padding, len);
+        buf.resize(CELL_HEADER_LEN + size, 0);
+        let Some((_, body)) = wire::split_cell(&mut buf) else {
+            return Output::Recycle(buf);
+        };
+        if (Body { cmd, len }).emit(body).is_err() {
+            return Output::Recycle(buf);
+        }
+        self.originate(now, id, buf)
     }
 
     pub(super) fn tick_relays(&mut self, now: Instant) {

@@ -39,6 +39,9 @@ pub struct Stats {
     pub pongs_received: u64,
     /// Links declared dead: they sent and heard nothing back for `LINK_DEAD_AFTER`.
     pub links_dead: u64,
+    /// TRUNCATEDs: sent by a relay for a circuit whose next hop's link died, or
+    /// received by a client (which then closed the circuit).
+    pub truncated: u64,
 }
 
 impl Stats {
@@ -73,6 +76,7 @@ impl Stats {
             pings_answered,
             pongs_received,
             links_dead,
+            truncated,
         } = self;
         [
             dropped_malformed,
@@ -100,6 +104,7 @@ impl Stats {
             pings_answered,
             pongs_received,
             links_dead,
+            truncated,
         ]
         .into_iter()
         .fold(0u64, |sum, &c| sum.saturating_add(c))

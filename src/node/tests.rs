@@ -272,10 +272,15 @@ fn one_way_links_stay_up_on_pongs_and_die_with_their_peer() {
         Event::CircuitDown(c, why) if c == id => Some(why),
         _ => None,
     });
+    // The entry tells the client which hop it lost (TRUNCATED) before its DESTROY.
     assert_eq!(
         down,
-        Some(DownReason::Destroyed(DestroyReason::Unreachable))
+        Some(DownReason::Truncated {
+            hop: 0,
+            reason: DestroyReason::Unreachable
+        })
     );
+    assert_eq!(down.and_then(|d| d.failed_hop()), Some(1));
     let after = net.now - death;
     assert!(
         after <= LINK_DEAD_AFTER + 2 * TICK,
@@ -283,6 +288,50 @@ fn one_way_links_stay_up_on_pongs_and_die_with_their_peer() {
     );
     assert_eq!(net.nodes[1].1.stats().links_dead, 1);
     assert_eq!(net.nodes[1].1.relayed_circuits(), 0);
+}
+
+/// A TRUNCATED is taken only from a hop that has a successor and only with its
+/// 1-byte reason; anything else from a hop holding the circuit's keys is dropped and
+/// counted, and the circuit stays up.
+#[test]
+fn only_a_hop_with_a_successor_truncates_a_circuit() {
+    let (mut net, specs) = Mini::new(2);
+    let id = net.circuit_to(&specs, Service::Exit);
+    let relay = |net: &Mini, i: usize| *net.nodes[i].1.relays.keys().next().expect("relay");
+    let originate = |net: &mut Mini, i: usize, len: usize| {
+        let r = relay(net, i);
+        let mut buf = vec![0u8; PAYLOAD_OFFSET + len.max(1)];
+        buf[PAYLOAD_OFFSET] = DestroyReason::Unreachable as u8;
+        let now = net.now;
+        let out = net.nodes[i]
+            .1
+            .originate_body(now, r, Cmd::Truncated, len, buf);
+        net.nodes[i].1.push_output(out);
+        net.flush(i);
+    };
+    let dropped = |net: &Mini| net.nodes[0].1.stats().dropped_protocol;
+    // From the exit, which has no next hop to lose.
+    originate(&mut net, 2, 1);
+    assert_eq!(dropped(&net), 1);
+    // From the entry, with no reason or a longer body.
+    originate(&mut net, 1, 0);
+    originate(&mut net, 1, 2);
+    assert_eq!(dropped(&net), 3);
+    assert!(net.nodes[0].1.is_up(id));
+    assert_eq!(net.nodes[0].1.stats().truncated, 0);
+    // The real thing closes it, blaming the exit, and tells the entry (DESTROY).
+    let r = relay(&net, 1);
+    let now = net.now;
+    net.nodes[1].1.truncate(now, r, DestroyReason::Unreachable);
+    net.flush(1);
+    assert!(!net.nodes[0].1.is_up(id));
+    let down = std::iter::from_fn(|| net.nodes[0].1.poll_event()).find_map(|e| match e {
+        Event::CircuitDown(c, why) if c == id => Some(why),
+        _ => None,
+    });
+    assert_eq!(down.and_then(|d| d.failed_hop()), Some(1));
+    assert_eq!(net.nodes[0].1.stats().truncated, 1);
+    assert_eq!(net.nodes[1].1.relayed_circuits(), 0, "freed at the entry");
 }
 
 /// The link's initiator decides when an idle link ends. When the responder's idle

@@ -471,6 +471,9 @@ pub enum Cmd {
     Keepalive = 2,
     Rekey = 3,
     RekeyAck = 4,
+    /// Backward from a relay whose link to its next hop died: 1 byte, the
+    /// [`DestroyReason`] it then sends backward.
+    Truncated = 5,
 }
 
 /// A view of a decrypted cell body: `cmd ‖ len ‖ payload ‖ padding`.
@@ -491,6 +494,7 @@ impl Body {
             2 => Cmd::Keepalive,
             3 => Cmd::Rekey,
             4 => Cmd::RekeyAck,
+            5 => Cmd::Truncated,
             _ => return Err(WireError::Malformed),
         };
         let len = usize::from(u16::from_be_bytes([l0, l1]));

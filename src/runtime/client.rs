@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tun_rs::AsyncDevice;
 
+use crate::client::conns::{Connections, Segment};
 use crate::client::flows::{CircuitPool, FlowRouter, Isolation, Route, NO_EXIT_HOLD};
 use crate::client::packets::{clamp_mss, refusal};
 use crate::config::identity_file;
@@ -18,6 +19,7 @@ use crate::exit::policy::PortSummary;
 use crate::node::{CircuitId, Event, HopSpec, Node};
 use crate::proto::addr::{CLIENT_V4, CLIENT_V6, DNS_V4, DNS_V6};
 use crate::proto::framing::{Fragmenter, Reassembler};
+use crate::proto::identity::PublicKey;
 use crate::proto::wire::{Service, PAYLOAD_OFFSET};
 use crate::runtime::driver::Driver;
 use crate::runtime::gateway::gateway_node_config;
@@ -99,9 +101,8 @@ pub struct Client {
     tun: Arc<AsyncDevice>,
     net: sys::ClientNet,
     paths: Paths,
-    /// The circuit `start` built: its id, its exit's key and the ports the exit
-    /// accepts.
-    first: (CircuitId, [u8; 32], Option<PortSummary>),
+    /// The circuit `start` built: its id, its path and the ports its exit accepts.
+    first: (CircuitId, Vec<HopSpec>, Option<PortSummary>),
     settings: PoolSettings,
     relay: Option<GatewayServices>,
 }
@@ -192,13 +193,12 @@ impl Client {
             specs.len()
         );
         flush_stdout()?;
-        let exit_key = specs.last().map(|h| h.key).unwrap_or_default();
         Ok(Self {
             d,
             tun,
             net,
             paths,
-            first: (circuit, exit_key, exit_ports),
+            first: (circuit, specs, exit_ports),
             settings: PoolSettings {
                 circuits: cfg.circuits,
                 lifetime: Duration::from_secs(cfg.circuit_lifetime_secs),
@@ -234,10 +234,15 @@ impl Client {
             settings.lifetime,
             Instant::now(),
             first.0,
-            first.1,
+            first.1.last().map(|h| h.key).unwrap_or_default(),
             first.2.take(),
         );
+        // Each circuit's path, to blame the gateway that failed under it.
+        let mut paths_of: HashMap<CircuitId, Vec<HopSpec>> = HashMap::new();
+        tracing::info!("circuit {} up through {}", first.0 .0, hops_text(&first.1));
+        paths_of.insert(first.0, std::mem::take(&mut first.1));
         let mut router = FlowRouter::new(settings.isolation);
+        let mut conns = Connections::new();
         let mut open_ids = Vec::new();
         let mut answer = Vec::new();
         loop {
@@ -271,11 +276,40 @@ impl Client {
                         }
                         d.sockets.pool.put(buf);
                     }
-                    Event::CircuitUp(c) => pool.on_up(c),
+                    Event::CircuitUp(c) => {
+                        pool.on_up(c);
+                        if let Some(path) = paths_of.get(&c) {
+                            tracing::info!("circuit {} up through {}", c.0, hops_text(path));
+                        }
+                    }
                     Event::CircuitDown(c, why) => {
                         if pool.on_down(now, c) {
                             router.forget_circuit(c);
                             reasm.remove(&c);
+                            let resets = conns.circuit_down(now, c);
+                            let path = paths_of.remove(&c).unwrap_or_default();
+                            let blamed = why.failed_hop().and_then(|i| Some((i, *path.get(i)?)));
+                            let avoided = match blamed {
+                                Some((i, hop)) => match paths.failed(now, hop.key) {
+                                    Some(t) => format!(
+                                        "; hop {} ({} at {}) failed: new paths avoid it for {} s",
+                                        i + 1,
+                                        PublicKey(hop.key),
+                                        hop.addr,
+                                        t.as_secs()
+                                    ),
+                                    None => format!("; hop {} ({}) failed", i + 1, hop.addr),
+                                },
+                                None => String::new(),
+                            };
+                            tracing::info!(
+                                "circuit {} down ({why:?}){avoided}; {} TCP connection(s) on it reset",
+                                c.0,
+                                resets.len()
+                            );
+                            for rst in resets {
+                                tun_tx.push(&rst).await;
+                            }
                             if pool.all_down() {
                                 eprintln!(
                                     "anonnet: circuit down ({why:?}); traffic is blocked until one is rebuilt"
@@ -304,6 +338,8 @@ impl Client {
                             .build_circuit(now, &mut d.rng, &specs, Service::Exit)
                             .map_err(|e| anyhow::anyhow!("cannot build a circuit: {e}"))?;
                         pool.building(now, id, exit, ports);
+                        tracing::info!("circuit {} building through {}", id.0, hops_text(&specs));
+                        paths_of.insert(id, specs);
                     }
                     Err(e) => match want.port {
                         Some(port) => {
@@ -322,13 +358,30 @@ impl Client {
             }
             for c in pool.retire(now, &mut router) {
                 reasm.remove(&c);
+                paths_of.remove(&c);
+                for rst in conns.circuit_down(now, c) {
+                    tun_tx.push(&rst).await;
+                }
                 d.node.close_circuit(c);
             }
             pool.open(now, &mut open_ids);
             for mut buf in packets.drain(..) {
                 let pkt = &buf[PAYLOAD_OFFSET..];
+                let seg = Segment::parse(pkt);
+                if let Some(seg) = &seg {
+                    if conns.refuse(now, seg, &mut answer) {
+                        if !answer.is_empty() {
+                            tun_tx.push(&answer).await;
+                        }
+                        d.sockets.pool.put(buf);
+                        continue;
+                    }
+                }
                 match router.route(now, &mut d.rng, pkt, &pool, &open_ids) {
                     Route::Via(c) => {
+                        if let Some(seg) = &seg {
+                            conns.carried(now, seg, c);
+                        }
                         let len = buf.len() - PAYLOAD_OFFSET;
                         clamp_mss(&mut buf[PAYLOAD_OFFSET..]);
                         send_packet(d, now, Toward::Forward(c), buf, len, &mut frag).await;
@@ -362,6 +415,12 @@ impl Client {
             .await
             .context("cleaning up")
     }
+}
+
+/// A path as the logs show it: each hop's address, entry first.
+fn hops_text(path: &[HopSpec]) -> String {
+    let hops: Vec<String> = path.iter().map(|h| h.addr.to_string()).collect();
+    hops.join(" -> ")
 }
 
 /// `anonnet up --config FILE`.

@@ -1,9 +1,11 @@
 //! Where a client's paths come from: its configured path, or the gateways it
 //! discovered, with sticky entry guards kept in the state directory.
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+use crate::client::avoid::{Avoid, LEVELS};
 use crate::client::flows::Build;
 use crate::client::path::{select_path, Guards, PathLength, PathRules, Subnets};
 use crate::config::ClientConfig;
@@ -28,6 +30,8 @@ pub(crate) enum Paths {
         state_dir: std::path::PathBuf,
         /// Mixed mode: this process's own gateway key, never a hop of its paths.
         own: Option<[u8; 32]>,
+        /// Gateways that just failed, left out while a path exists without them.
+        avoid: Avoid,
     },
 }
 
@@ -61,7 +65,17 @@ impl Paths {
             rules,
             state_dir,
             own,
+            avoid: Avoid::new(),
         })
+    }
+
+    /// Gateway `key` failed under a circuit: new paths leave it out for the
+    /// returned back-off (`None` for a configured path, which has no other).
+    pub(crate) fn failed(&mut self, now: Instant, key: [u8; 32]) -> Option<Duration> {
+        match self {
+            Self::Fixed(_) => None,
+            Self::Discovered { avoid, .. } => Some(avoid.failed(now, key)),
+        }
     }
 
     /// The gateway a crawl would go through: the oldest saved guard the cache has an
@@ -111,8 +125,9 @@ impl Paths {
     }
 
     /// A fresh path (the fixed one, or a random one by the path rules whose exit
-    /// accepts destination port `port`), with the ports its exit's descriptor accepts
-    /// (`None` for a configured path).
+    /// accepts destination port `port`, without the gateways being avoided if there
+    /// is one), with the ports its exit's descriptor accepts (`None` for a
+    /// configured path).
     pub(crate) fn next(
         &mut self,
         rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
@@ -126,6 +141,7 @@ impl Paths {
                 rules,
                 state_dir,
                 own,
+                avoid,
             } => {
                 let mut cands = store.candidates();
                 cands.retain(|c| Some(c.key) != *own);
@@ -140,7 +156,34 @@ impl Paths {
                         state_dir.display()
                     );
                 }
-                let path = select_path(rng, &cands, rules, &keys, port).map_err(|e| {
+                // The guards are chosen from all: a guard that just failed stays one.
+                // Gateways that just failed are left out, fewer of them when no path
+                // exists without them all (client::avoid).
+                let now = Instant::now();
+                let mut level = 0;
+                let (path, cands) = loop {
+                    let pool: Vec<_> = cands
+                        .iter()
+                        .filter(|c| !avoid.excludes(now, level, &c.key))
+                        .cloned()
+                        .collect();
+                    let guards: Vec<[u8; 32]> = keys
+                        .iter()
+                        .filter(|k| !avoid.excludes(now, level, k))
+                        .copied()
+                        .collect();
+                    let path = select_path(rng, &pool, rules, &guards, port);
+                    if path.is_ok() || level + 1 >= LEVELS {
+                        break (path, pool);
+                    }
+                    level += 1;
+                };
+                if level > 0 && path.is_ok() {
+                    tracing::info!(
+                        "no path without all the gateways that just failed: some may be used"
+                    );
+                }
+                let path = path.map_err(|e| {
                     anyhow::anyhow!("no path through the {} known gateways: {e}", cands.len())
                 })?;
                 let hop = |i: usize| {
