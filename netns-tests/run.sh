@@ -685,6 +685,39 @@ case_middle_restart() {
   [ $((back - restarted)) -le 5000 ] || fail "new fetches worked again only $((back - restarted)) ms after gw2's restart (target 5,000)" || return
 }
 
+# The exit stopped with SIGTERM and started again at once, as a service restart
+# does: it tells gw2 that it stops (CLOSE), the client rebuilds at once, and gw2
+# makes a new link to the new exit. New fetches (one every 0.25 s) must work again
+# within 5 s of the exit's start.
+case_exit_restart() {
+  local fetches=$AN_DIR/exit-restart-fetches.txt pids=() i code stopped started back
+  need_up || return
+  logs "$AN_DIR/client-up.log" "$AN_DIR/exit.log" "$AN_DIR/gw2.log"
+  code=$(an_in client 5 curl -s -m 2 -o /dev/null -w '%{http_code}' "http://$AN_SERVER4/?before-exit-restart" 2>/dev/null)
+  [ "$code" = 200 ] || fail "a fetch before the restart got $code" || return
+  an_stop exit TERM 10
+  stopped=$(an_now_ms)
+  an_start_gateway exit 2>>"$AN_DIR/start-exit.err" || fail "the exit did not start again" || return
+  started=$(an_now_ms)
+  : >"$fetches"
+  for i in $(seq 1 48); do
+    (
+      local t c
+      t=$(an_now_ms)
+      c=$(an_in client 3 curl -s -m 2 -o /dev/null -w '%{http_code}' "http://$AN_SERVER4/?exit-restart-$i" 2>/dev/null)
+      echo "$t $c $(an_now_ms)" >>"$fetches"
+    ) &
+    pids+=($!)
+    sleep 0.25
+    grep -q ' 200 ' "$fetches" && break
+  done
+  wait "${pids[@]}"
+  back=$(awk -v s="$started" '$2 == "200" {print $3 - s}' "$fetches" | sort -n | head -1)
+  [ -n "$back" ] || fail "no fetch worked within 12 s of the exit's start" || return
+  note "a new fetch done $back ms after the exit's start ($((back + started - stopped)) ms after it stopped)"
+  [ "$back" -le 5000 ] || fail "traffic flowed again only $back ms after the exit's start (target 5,000)" || return
+}
+
 case_kill_switch() {
   local out n fails=()
   need_up || return
@@ -1159,6 +1192,7 @@ run_case server-addresses case_server_addresses
 run_case leak case_leak
 run_case exit-conntrack case_exit_conntrack
 run_case middle-restart case_middle_restart
+run_case exit-restart case_exit_restart
 run_case kill-switch case_kill_switch
 run_case restart-new-entry case_restart_new_entry
 run_case down case_down

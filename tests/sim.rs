@@ -921,6 +921,50 @@ fn a_quiet_link_to_a_restarted_gateway_is_replaced_before_use() {
     assert_eq!(net.received(c, again), [b"after".to_vec()]);
 }
 
+/// A gateway that stops (SIGTERM) says so on each link (CLOSE): its neighbours end
+/// its circuits at once, the client learns which hop left, and the gateway started
+/// again is used by the next circuit, with no link state left over from before.
+#[test]
+fn a_stopping_exit_is_left_at_once_and_used_again_when_back() {
+    let mut net = Net::new(9, 4, 1);
+    let c = net.clients[0];
+    let path = [net.gateways[0], net.gateways[1], net.gateways[2]];
+    let from = net.log.len();
+    let id = net.build(c, &path);
+    net.run_until(Duration::from_secs(5), |n| n.outcome(c, id, from).is_some());
+    assert!(matches!(net.outcome(c, id, from), Some(Ev::Up(_))));
+    let stop = net.elapsed();
+    net.nodes[path[2]].node.shutdown();
+    net.drain();
+    assert!(
+        net.run_until(Duration::from_secs(1), |n| n.down_event(c, id).is_some()),
+        "the client never heard that the exit left"
+    );
+    let (t, why) = net.down_event(c, id).expect("down");
+    assert!(
+        t - stop <= Duration::from_millis(200),
+        "down after {:?}",
+        t - stop
+    );
+    assert_eq!(why.failed_hop(), Some(2), "{why:?}");
+    assert_eq!(net.nodes[path[1]].node.stats().links_closed, 1);
+    assert_eq!(net.nodes[path[1]].node.relayed_circuits(), 0);
+    net.kill(path[2]);
+    net.restart(path[2]);
+    let back = net.elapsed();
+    let from = net.log.len();
+    let again = net.build(c, &path);
+    assert!(net.run_until(Duration::from_secs(5), |n| n
+        .outcome(c, again, from)
+        .is_some()));
+    assert!(
+        matches!(net.outcome(c, again, from), Some(Ev::Up(_))),
+        "{:?}",
+        net.outcome(c, again, from)
+    );
+    assert!(net.elapsed() - back <= Duration::from_millis(500));
+}
+
 #[test]
 fn a_restarted_middle_is_used_again_at_once() {
     let mut net = Net::new(7, 4, 1);

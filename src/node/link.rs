@@ -494,6 +494,15 @@ impl Node {
                 self.send_ctrl(link_id, CtrlKind::Pong, 0, &[0]);
             }
             CtrlKind::Pong => self.stats.pongs_received += 1,
+            CtrlKind::Close => {
+                self.stats.links_closed += 1;
+                self.fail_link(
+                    now,
+                    link_id,
+                    DestroyReason::Unreachable,
+                    DownReason::EntryLeft,
+                );
+            }
         }
     }
 
@@ -602,29 +611,51 @@ impl Node {
             if why == DownReason::LinkDead {
                 self.stats.links_dead += 1;
             }
-            let affected: Vec<Entry> = self
-                .circuits
-                .iter()
-                .filter(|(k, _)| k.0 == id)
-                .map(|(_, e)| *e)
-                .collect();
-            self.remove_link(id);
-            for e in affected {
-                match e {
-                    Entry::RelayNext(r) => {
-                        self.truncate(now, r, reason);
-                        self.drop_relay(r, reason, Some(id));
-                    }
-                    Entry::RelayPrev(r) => self.drop_relay(r, reason, Some(id)),
-                    Entry::Own(c) => {
-                        self.forget_own(c);
-                        self.events.push_back(Event::CircuitDown(c, why));
-                    }
-                }
-            }
+            self.fail_link(now, id, reason, why);
         }
         for id in idle {
             self.remove_link(id);
+        }
+    }
+
+    /// Removes a link that failed (or that its peer closed) with its circuits:
+    /// relayed ones get DESTROY for `reason` on their other side (after a TRUNCATED
+    /// to their client when the link was their next hop's), own ones go down for
+    /// `why`.
+    fn fail_link(&mut self, now: Instant, id: LinkId, reason: DestroyReason, why: DownReason) {
+        let affected: Vec<Entry> = self
+            .circuits
+            .iter()
+            .filter(|(k, _)| k.0 == id)
+            .map(|(_, e)| *e)
+            .collect();
+        self.remove_link(id);
+        for e in affected {
+            match e {
+                Entry::RelayNext(r) => {
+                    self.truncate(now, r, reason);
+                    self.drop_relay(r, reason, Some(id));
+                }
+                Entry::RelayPrev(r) => self.drop_relay(r, reason, Some(id)),
+                Entry::Own(c) => {
+                    self.forget_own(c);
+                    self.events.push_back(Event::CircuitDown(c, why));
+                }
+            }
+        }
+    }
+
+    /// Tells every peer this node is stopping (CLOSE on each link that is up), so
+    /// that they end its links and circuits at once instead of finding it dead.
+    pub fn shutdown(&mut self) {
+        let up: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.keys.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in up {
+            self.send_ctrl(id, CtrlKind::Close, 0, &[0]);
         }
     }
 }

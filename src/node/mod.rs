@@ -167,6 +167,8 @@ pub enum DownReason {
     LinkDead,
     /// The entry never answered the link handshake within `build_timeout`.
     EntryUnanswered,
+    /// The entry closed the link: it is stopping.
+    EntryLeft,
     Destroyed(DestroyReason),
     /// Hop `hop` (0 = the entry) lost its link to the next hop (TRUNCATED), for
     /// `reason`.
@@ -184,7 +186,7 @@ impl DownReason {
     #[must_use]
     pub fn failed_hop(&self) -> Option<usize> {
         match self {
-            Self::LinkDead | Self::EntryUnanswered => Some(0),
+            Self::LinkDead | Self::EntryUnanswered | Self::EntryLeft => Some(0),
             Self::Truncated { hop, .. } => hop.checked_add(1),
             _ => None,
         }

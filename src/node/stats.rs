@@ -39,6 +39,8 @@ pub struct Stats {
     pub pongs_received: u64,
     /// Links declared dead: they sent and heard nothing back for `LINK_DEAD_AFTER`.
     pub links_dead: u64,
+    /// Links the peer closed (CLOSE: it is stopping).
+    pub links_closed: u64,
     /// TRUNCATEDs: sent by a relay for a circuit whose next hop's link died, or
     /// received by a client (which then closed the circuit).
     pub truncated: u64,
@@ -76,6 +78,7 @@ impl Stats {
             pings_answered,
             pongs_received,
             links_dead,
+            links_closed,
             truncated,
         } = self;
         [
@@ -104,6 +107,7 @@ impl Stats {
             pings_answered,
             pongs_received,
             links_dead,
+            links_closed,
             truncated,
         ]
         .into_iter()

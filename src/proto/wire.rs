@@ -322,6 +322,8 @@ pub enum CtrlKind {
     Ping = 4,
     /// The answer to a PING.
     Pong = 5,
+    /// The sender is stopping: the link and every circuit on it end.
+    Close = 6,
 }
 
 impl CtrlKind {
@@ -333,6 +335,7 @@ impl CtrlKind {
             3 => Self::Destroy,
             4 => Self::Ping,
             5 => Self::Pong,
+            6 => Self::Close,
             _ => return Err(WireError::Malformed),
         };
         if body_len == k.body_len() {
@@ -348,7 +351,7 @@ impl CtrlKind {
             Self::Build => BUILD_LEN,
             Self::Built => REPLY_LEN,
             // One reserved zero byte: as long as a DESTROY on the wire.
-            Self::Destroy | Self::Ping | Self::Pong => 1,
+            Self::Destroy | Self::Ping | Self::Pong | Self::Close => 1,
         }
     }
 }

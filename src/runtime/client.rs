@@ -403,6 +403,7 @@ impl Client {
         for c in ids {
             d.node.close_circuit(c);
         }
+        d.node.shutdown();
         d.flush().await;
         Ok(())
     }

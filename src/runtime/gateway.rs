@@ -90,12 +90,16 @@ impl Gateway {
         Ok((d, services))
     }
 
-    /// Relays (and exits) until SIGINT or SIGTERM.
+    /// Relays (and exits) until SIGINT or SIGTERM; then tells its peers it stops
+    /// (CLOSE on every link), so they rebuild at once.
     pub async fn run(&mut self) -> Result<()> {
-        match self.exit.as_mut() {
+        let result = match self.exit.as_mut() {
             Some(x) => x.run(&mut self.d, &mut self.services).await,
             None => relay_only(&mut self.d, &mut self.services).await,
-        }
+        };
+        self.d.node.shutdown();
+        self.d.flush().await;
+        result
     }
 
     /// Removes the exit's routes, NAT and TUN device.
