@@ -36,6 +36,28 @@ an_say() { printf '# %s\n' "$*"; }
 an_err() { printf 'error: %s\n' "$*" >&2; }
 an_now_ms() { date +%s%3N; }
 
+# an_fetch_until_ok NS URL OUT: from namespace NS, fetches URL-1, URL-2, ..., one
+# every 0.25 s (each in the background, so a failing one does not delay the next),
+# until one has worked or 48 were started (12 s); OUT gets "START CODE END" (ms) per
+# fetch. Prints when the first that worked ended (nothing if none did).
+an_fetch_until_ok() {
+  local ns=$1 url=$2 out=$3 i pids=()
+  : >"$out"
+  for i in $(seq 1 48); do
+    (
+      local t code
+      t=$(an_now_ms)
+      code=$(an_in "$ns" 3 curl -s -m 2 -o /dev/null -w '%{http_code}' "$url-$i" 2>/dev/null)
+      echo "$t $code $(an_now_ms)" >>"$out"
+    ) &
+    pids+=($!)
+    sleep 0.25
+    grep -q ' 200 ' "$out" && break
+  done
+  wait "${pids[@]}"
+  awk '$2 == "200" {print $3}' "$out" | sort -n | head -1
+}
+
 # Run a command inside a namespace, bounded: an_in NS SECONDS cmd...
 an_in() {
   local ns=$1 secs=$2

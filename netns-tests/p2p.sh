@@ -820,7 +820,7 @@ p50_max() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{v[NR] = $1} END {prin
 
 # dead_run POSITION RUN: one run of case_dead_gateway.
 dead_run() {
-  local pos=$1 run=$2 log=$AN_DIR/dead-up.log dl=$AN_DIR/dead-dl.txt fetches=$AN_DIR/dead-fetches.txt line h a addr killed back i code rc ended downs blamed pids
+  local pos=$1 run=$2 log=$AN_DIR/dead-up.log dl=$AN_DIR/dead-dl.txt fetches=$AN_DIR/dead-fetches.txt line h a addr killed back ok code rc ended downs blamed dlpid
   line=$(grep 'circuit [0-9]* up through ' "$log" | tail -1)
   addr=$(sed -E 's/.* up through //' <<<"$line" | awk -v p="$pos" -F' -> ' '{print $(p + 1)}')
   a=${addr%:*}
@@ -833,27 +833,14 @@ dead_run() {
     an_in p2p-client 40 curl -sS -m 30 --limit-rate 1M -o /dev/null "http://$SERVER4/big.bin" 2>&1
     echo "status $? at $(an_now_ms)"
   ) >"$dl" &
-  pids=($!)
+  dlpid=$!
   sleep 1.5
   downs=$(grep -c ' down (' "$log")
   an_stop "$h" KILL 5
   killed=$(an_now_ms)
-  # A fetch every 0.25 s (each in the background, so a failing one does not delay
-  # the next), until one works or 12 s have passed.
-  : >"$fetches"
-  for i in $(seq 1 48); do
-    (
-      local t code
-      t=$(an_now_ms)
-      code=$(an_in p2p-client 3 curl -s -m 2 -o /dev/null -w '%{http_code}' "http://$SERVER4/?dead-$pos-$run-$i" 2>/dev/null)
-      echo "$t $code $(an_now_ms)" >>"$fetches"
-    ) &
-    pids+=($!)
-    sleep 0.25
-    grep -q ' 200 ' "$fetches" && break
-  done
-  wait "${pids[@]}"
-  back=$(awk -v k="$killed" '$2 == "200" {print $3 - k}' "$fetches" | sort -n | head -1)
+  ok=$(an_fetch_until_ok p2p-client "http://$SERVER4/?dead-$pos-$run" "$fetches")
+  back=${ok:+$((ok - killed))}
+  wait "$dlpid"
   read -r rc ended < <(awk '$1 == "status" {print $2, $4}' "$dl")
   start_gateway "$h" || fail "run $run: $h did not start again" || return
   blamed=$(tail -n +"$((downs + 1))" <(grep ' down (' "$log") | grep -F "hop $((pos + 1)) (" | grep -cF " at $addr) failed")

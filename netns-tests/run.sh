@@ -704,27 +704,15 @@ case_exit_restart() {
 
 # exit_restart_run RUN: one restart of case_exit_restart; EXIT_BACK is its time.
 exit_restart_run() {
-  local fetches=$AN_DIR/exit-restart-fetches.txt pids=() i code stopped started back
+  local fetches=$AN_DIR/exit-restart-fetches.txt code stopped started back ok
   code=$(an_in client 5 curl -s -m 2 -o /dev/null -w '%{http_code}' "http://$AN_SERVER4/?before-exit-restart-$1" 2>/dev/null)
   [ "$code" = 200 ] || fail "run $1: a fetch before the restart got $code" || return
   an_stop exit TERM 10
   stopped=$(an_now_ms)
   an_start_gateway exit 2>>"$AN_DIR/start-exit.err" || fail "run $1: the exit did not start again" || return
   started=$(an_now_ms)
-  : >"$fetches"
-  for i in $(seq 1 48); do
-    (
-      local t c
-      t=$(an_now_ms)
-      c=$(an_in client 3 curl -s -m 2 -o /dev/null -w '%{http_code}' "http://$AN_SERVER4/?exit-restart-$1-$i" 2>/dev/null)
-      echo "$t $c $(an_now_ms)" >>"$fetches"
-    ) &
-    pids+=($!)
-    sleep 0.25
-    grep -q ' 200 ' "$fetches" && break
-  done
-  wait "${pids[@]}"
-  back=$(awk -v s="$started" '$2 == "200" {print $3 - s}' "$fetches" | sort -n | head -1)
+  ok=$(an_fetch_until_ok client "http://$AN_SERVER4/?exit-restart-$1" "$fetches")
+  back=${ok:+$((ok - started))}
   [ -n "$back" ] || fail "run $1: no fetch worked within 12 s of the exit's start" || return
   note "run $1: a new fetch done $back ms after the exit's start ($((back + started - stopped)) ms after it stopped)"
   [ "$back" -le 5000 ] || fail "run $1: traffic flowed again only $back ms after the exit's start (target 5,000)" || return

@@ -322,6 +322,18 @@ impl Net {
         id
     }
 
+    /// Builds a circuit through `path` and waits (5 s at most) until it is up.
+    fn build_up(&mut self, client: usize, path: &[usize]) -> CircuitId {
+        let from = self.log.len();
+        let id = self.build(client, path);
+        self.run_until(Duration::from_secs(5), |n| {
+            n.outcome(client, id, from).is_some()
+        });
+        let outcome = self.outcome(client, id, from);
+        assert!(matches!(outcome, Some(Ev::Up(_))), "{outcome:?}");
+        id
+    }
+
     fn send_payload(&mut self, client: usize, id: CircuitId, payload: &[u8]) {
         let now = self.now;
         let n = &mut self.nodes[client];
@@ -890,10 +902,7 @@ fn a_quiet_link_to_a_restarted_gateway_is_replaced_before_use() {
     let mut net = Net::new(8, 4, 1);
     let c = net.clients[0];
     let path = [net.gateways[0], net.gateways[1], net.gateways[2]];
-    let from = net.log.len();
-    let id = net.build(c, &path);
-    net.run_until(Duration::from_secs(5), |n| n.outcome(c, id, from).is_some());
-    assert!(matches!(net.outcome(c, id, from), Some(Ev::Up(_))));
+    let id = net.build_up(c, &path);
     net.close(c, id);
     net.run_for(Duration::from_millis(500));
     // The exit restarts at once; the middle's link to it stays quiet for 4 s.
@@ -929,10 +938,7 @@ fn a_stopping_exit_is_left_at_once_and_used_again_when_back() {
     let mut net = Net::new(9, 4, 1);
     let c = net.clients[0];
     let path = [net.gateways[0], net.gateways[1], net.gateways[2]];
-    let from = net.log.len();
-    let id = net.build(c, &path);
-    net.run_until(Duration::from_secs(5), |n| n.outcome(c, id, from).is_some());
-    assert!(matches!(net.outcome(c, id, from), Some(Ev::Up(_))));
+    let id = net.build_up(c, &path);
     let stop = net.elapsed();
     net.nodes[path[2]].node.shutdown();
     net.drain();
@@ -970,10 +976,7 @@ fn a_restarted_middle_is_used_again_at_once() {
     let mut net = Net::new(7, 4, 1);
     let c = net.clients[0];
     let path = [net.gateways[0], net.gateways[1], net.gateways[2]];
-    let from = net.log.len();
-    let id = net.build(c, &path);
-    net.run_until(Duration::from_secs(5), |n| n.outcome(c, id, from).is_some());
-    assert!(matches!(net.outcome(c, id, from), Some(Ev::Up(_))));
+    let id = net.build_up(c, &path);
     net.send_payload(c, id, b"before");
     net.run_for(Duration::from_millis(200));
     assert_eq!(net.received(c, id).len(), 1);
