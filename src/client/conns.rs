@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
-use crate::client::flows::{FLOW_IDLE, MAX_FLOWS};
+use crate::client::flows::{SweepClock, FLOW_IDLE, MAX_FLOWS};
 use crate::node::CircuitId;
 
 /// A reset connection is remembered this long, to answer its late segments (the
@@ -99,7 +99,7 @@ struct Conn {
 #[derive(Debug, Default)]
 pub struct Connections {
     conns: HashMap<Ends, Conn>,
-    last_sweep: Option<Instant>,
+    sweeps: SweepClock,
 }
 
 impl Connections {
@@ -147,8 +147,7 @@ impl Connections {
             return;
         }
         if self.conns.len() >= MAX_FLOWS {
-            self.last_sweep = None;
-            self.sweep(now);
+            self.forget_idle(now);
             if self.conns.len() >= MAX_FLOWS {
                 return;
             }
@@ -196,16 +195,16 @@ impl Connections {
         self.conns.is_empty()
     }
 
-    /// Forgets connections idle for [`FLOW_IDLE`] and resets older than
-    /// [`RESET_HOLD`], at most once a second.
+    /// [`Self::forget_idle`], at most once a second.
     fn sweep(&mut self, now: Instant) {
-        if self
-            .last_sweep
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
-        {
-            return;
+        if self.sweeps.due(now) {
+            self.forget_idle(now);
         }
-        self.last_sweep = Some(now);
+    }
+
+    /// Forgets connections idle for [`FLOW_IDLE`] and resets older than
+    /// [`RESET_HOLD`].
+    fn forget_idle(&mut self, now: Instant) {
         self.conns.retain(|_, conn| {
             let idle = now.saturating_duration_since(conn.seen);
             idle < if conn.circuit.is_some() {

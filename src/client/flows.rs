@@ -55,6 +55,24 @@ pub const FLOW_IDLE: Duration = Duration::from_secs(300);
 /// At most this many flows are remembered; beyond it the idlest are forgotten.
 pub const MAX_FLOWS: usize = 65_536;
 
+/// When a table of idle entries was last swept: the client's tables forget idle
+/// entries at most once a second, however many packets ask.
+#[derive(Debug, Default)]
+pub struct SweepClock(Option<Instant>);
+
+impl SweepClock {
+    /// Whether a sweep is due at `now` (then it counts as done).
+    pub fn due(&mut self, now: Instant) -> bool {
+        let due = self
+            .0
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        if due {
+            self.0 = Some(now);
+        }
+        due
+    }
+}
+
 /// Where a packet goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -72,7 +90,7 @@ pub enum Route {
 pub struct FlowRouter {
     isolation: Isolation,
     flows: HashMap<Flow, (CircuitId, Instant)>,
-    last_sweep: Option<Instant>,
+    sweeps: SweepClock,
 }
 
 impl FlowRouter {
@@ -81,7 +99,7 @@ impl FlowRouter {
         Self {
             isolation,
             flows: HashMap::new(),
-            last_sweep: None,
+            sweeps: SweepClock::default(),
         }
     }
 
@@ -154,13 +172,9 @@ impl FlowRouter {
 
     /// Forgets idle flows, at most once a second.
     fn sweep(&mut self, now: Instant) {
-        if self
-            .last_sweep
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
-        {
+        if !self.sweeps.due(now) {
             return;
         }
-        self.last_sweep = Some(now);
         self.flows
             .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < FLOW_IDLE);
     }
