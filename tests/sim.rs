@@ -1131,31 +1131,22 @@ fn replayed_cells_are_dropped() {
 
 use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
+use anonnet::node::{Buffers, DataPath, Toward};
 use anonnet::proto::addr::{CLIENT_V4, CLIENT_V6};
-use anonnet::proto::framing::{self, Reassembler};
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1);
 
-/// Splits an IP packet into DATA payloads as the drivers do.
-fn payloads(packet: &[u8], frag_id: u16) -> Vec<Vec<u8>> {
-    if framing::fragment_count(packet.len()) == 1 {
-        return vec![packet.to_vec()];
-    }
-    (0..framing::fragment_count(packet.len()))
-        .map(|i| {
-            let mut out = vec![0u8; MAX_PAYLOAD];
-            let n = framing::write_fragment(packet, frag_id, i, &mut out).expect("a fragment");
-            out.truncate(n);
-            out
-        })
-        .collect()
-}
+/// Fragment buffers from the heap.
+struct Heap;
 
-fn unwrap<'a>(now: Instant, p: &'a mut [u8], r: &'a mut Reassembler) -> Option<&'a mut [u8]> {
-    r.complete(now, p).expect("tunnel payload")
+impl Buffers for Heap {
+    fn get(&mut self) -> Vec<u8> {
+        vec![0; anonnet::proto::wire::MAX_DATAGRAM + 1]
+    }
+    fn put(&mut self, _: Vec<u8>) {}
 }
 
 fn echo_request(v6: bool, seq: u16, len: usize) -> Vec<u8> {
@@ -1211,13 +1202,31 @@ fn answer_echo(p: &[u8]) -> Vec<u8> {
 }
 
 impl Net {
+    /// Sends an IP packet from node `from` into a circuit through its data path.
+    fn send_packet(&mut self, from: usize, data: &mut DataPath, to: Toward, packet: &[u8]) {
+        let mut buf = vec![0u8; anonnet::proto::wire::PAYLOAD_OFFSET];
+        buf.extend_from_slice(packet);
+        let now = self.now;
+        let n = &mut self.nodes[from];
+        data.send(now, &mut n.rng, &mut n.node, to, buf, &mut Heap)
+            .expect("sent");
+        let src = n.addr;
+        while let Some(t) = data.poll_transmit() {
+            self.send(Dgram {
+                src,
+                dst: t.dst,
+                buf: t.buf,
+            });
+        }
+    }
+
     /// Runs the exit's side for node `exit_node`: every DATA that reached it goes
     /// through `exit`; forwarded pings are answered by the "internet" and sent back.
     fn serve_exit(
         &mut self,
         exit_node: usize,
         exit: &mut Exit,
-        reasm: &mut HashMap<CircuitId, Reassembler>,
+        data: &mut DataPath,
         seen: &mut usize,
         forwarded: &mut Vec<IpAddr>,
     ) {
@@ -1231,8 +1240,7 @@ impl Net {
         for e in new {
             match e {
                 Ev::ExitData(c, mut p) => {
-                    let r = reasm.entry(c).or_default();
-                    let Some(pkt) = unwrap(now, &mut p, r) else {
+                    let Some(pkt) = data.receive(now, c, &mut p).expect("tunnel payload") else {
                         continue;
                     };
                     let mut answer = Vec::new();
@@ -1246,29 +1254,14 @@ impl Net {
                         Verdict::Answer => answer,
                         Verdict::Drop => continue,
                     };
-                    for payload in payloads(&back, 9) {
-                        let n = &mut self.nodes[exit_node];
-                        let mut buf =
-                            vec![0u8; anonnet::proto::wire::PAYLOAD_OFFSET + payload.len()];
-                        buf[anonnet::proto::wire::PAYLOAD_OFFSET..].copy_from_slice(&payload);
-                        let t = n
-                            .node
-                            .send_backward(now, c, buf, payload.len())
-                            .expect("send backward");
-                        let src = n.addr;
-                        self.send(Dgram {
-                            src,
-                            dst: t.dst,
-                            buf: t.buf,
-                        });
-                    }
+                    self.send_packet(exit_node, data, Toward::Backward(c), &back);
                 }
                 Ev::ExitClosed(c) => {
                     // No kernel here whose connection tracking must forget them first.
                     if let Some(closed) = exit.close(c) {
                         exit.release(closed);
                     }
-                    reasm.remove(&c);
+                    data.forget(c);
                 }
                 _ => {}
             }
@@ -1323,16 +1316,20 @@ fn exit_data_plane_through_three_hops() {
         .icmpv4_echo_request(7, 99)
         .write(&mut private, &[0u8; 8])
         .expect("ping");
-    let mut reasm = HashMap::new();
+    let (mut client_data, mut exit_data) = (DataPath::default(), DataPath::default());
     let mut seen = 0;
     let mut forwarded = Vec::new();
-    for (i, pkt) in sent.iter().chain([&smtp, &private]).enumerate() {
-        for p in payloads(pkt, i as u16) {
-            net.send_payload(client, id, &p);
-        }
+    for pkt in sent.iter().chain([&smtp, &private]) {
+        net.send_packet(client, &mut client_data, Toward::Forward(id), pkt);
         for _ in 0..40 {
             net.step();
-            net.serve_exit(exit_node, &mut exit, &mut reasm, &mut seen, &mut forwarded);
+            net.serve_exit(
+                exit_node,
+                &mut exit,
+                &mut exit_data,
+                &mut seen,
+                &mut forwarded,
+            );
         }
     }
     // The internet saw only the circuit's pool addresses.
@@ -1348,11 +1345,13 @@ fn exit_data_plane_through_three_hops() {
             .contains(a),
     }));
 
-    let mut client_reasm = Reassembler::default();
     let now = net.now;
     let mut got = Vec::new();
     for mut p in net.received(client, id) {
-        if let Some(pkt) = unwrap(now, &mut p, &mut client_reasm) {
+        if let Some(pkt) = client_data
+            .receive(now, id, &mut p)
+            .expect("tunnel payload")
+        {
             got.push(pkt.to_vec());
         }
     }
@@ -1385,7 +1384,13 @@ fn exit_data_plane_through_three_hops() {
 
     net.close(client, id);
     net.run_for(Duration::from_secs(1));
-    net.serve_exit(exit_node, &mut exit, &mut reasm, &mut seen, &mut forwarded);
+    net.serve_exit(
+        exit_node,
+        &mut exit,
+        &mut exit_data,
+        &mut seen,
+        &mut forwarded,
+    );
     assert_eq!(exit.circuits(), 0, "teardown frees the pool addresses");
 }
 

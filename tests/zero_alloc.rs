@@ -4,7 +4,7 @@
 //! exchange IP packets in process, without sockets, the way the drivers move them:
 //! buffers come from a pool whose buffers hold a TUN packet at `PAYLOAD_OFFSET`, a
 //! "socket" copies each datagram into a fresh pool buffer and recycles the sent one,
-//! packets larger than a cell are fragmented and reassembled as in `runtime/packets.rs`, and
+//! packets go into and out of the circuit through the tunnel ends' [`DataPath`]s, and
 //! the nodes' timers run on their 100 ms tick. After a warm-up that includes a full
 //! rekey of every hop and link, the global allocator is armed (counting per thread,
 //! through the `allocation-counter` dev-dependency: the crate forbids `unsafe_code`,
@@ -13,16 +13,17 @@
 //! client. The test asserts that not one allocation happened and that every packet
 //! arrived intact in both directions.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anonnet::exit::packet;
 use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
-use anonnet::node::{CircuitId, Event, HopSpec, Node, NodeConfig, Output, Transmit, TICK};
+use anonnet::node::{
+    Buffers, CircuitId, DataPath, Event, HopSpec, Node, NodeConfig, Output, Toward, Transmit, TICK,
+};
 use anonnet::proto::addr::{CLIENT_V4, CLIENT_V6};
-use anonnet::proto::framing::{self, Reassembler, MAX_PACKET};
+use anonnet::proto::framing::MAX_PACKET;
 use anonnet::proto::identity::Identity;
 use anonnet::proto::wire::{Service, MAX_DATAGRAM, MAX_PAYLOAD, PAYLOAD_OFFSET};
 use etherparse::PacketBuilder;
@@ -68,8 +69,9 @@ impl Pool {
         bufs.resize_with(64, || Vec::with_capacity(BUF_CAPACITY));
         Self { bufs }
     }
+}
 
-    /// A receive buffer: `MAX_DATAGRAM + 1` bytes, as `Pool::get` hands out.
+impl Buffers for Pool {
     fn get(&mut self) -> Vec<u8> {
         let mut buf = self
             .bufs
@@ -90,13 +92,6 @@ struct Sim {
     addr: SocketAddr,
     node: Node,
     rng: ChaCha20Rng,
-}
-
-/// Which way a packet enters the circuit.
-#[derive(Clone, Copy)]
-enum Toward {
-    Forward(CircuitId),
-    Backward(CircuitId),
 }
 
 /// Counters of what arrived; checked after the counted phase (formatting a
@@ -127,10 +122,9 @@ struct Net {
     circuit: CircuitId,
     /// The circuit's id at the exit (its relay id there).
     exit_circuit: Option<CircuitId>,
-    client_reasm: HashMap<CircuitId, Reassembler>,
-    exit_reasm: HashMap<CircuitId, Reassembler>,
-    client_frag: u16,
-    exit_frag: u16,
+    /// The tunnel ends' data paths: the client's and the exit's.
+    client_data: DataPath,
+    exit_data: DataPath,
     /// Request and reply templates per size, the reply's destination the pool
     /// address of the circuit (known once it has sent a packet).
     requests: Vec<Vec<u8>>,
@@ -237,10 +231,8 @@ impl Net {
             exit,
             circuit,
             exit_circuit: None,
-            client_reasm: HashMap::new(),
-            exit_reasm: HashMap::new(),
-            client_frag: 0,
-            exit_frag: 0,
+            client_data: DataPath::default(),
+            exit_data: DataPath::default(),
             requests,
             replies: Vec::new(),
             seq: 0,
@@ -331,59 +323,34 @@ impl Net {
         self.tick();
     }
 
-    fn seal(&mut self, to: Toward, buf: Vec<u8>, len: usize) {
-        let (from, sent) = match to {
-            Toward::Forward(id) => {
-                let s = &mut self.nodes[CLIENT];
-                (CLIENT, s.node.send_data(self.now, &mut s.rng, id, buf, len))
-            }
-            Toward::Backward(id) => {
-                let s = &mut self.nodes[EXIT];
-                (EXIT, s.node.send_backward(self.now, id, buf, len))
-            }
+    /// The packet in `buf[PAYLOAD_OFFSET..]` into the circuit through the data path
+    /// of its end (the client's forward, the exit's backward), as the drivers send it.
+    fn send_packet(&mut self, to: Toward, buf: Vec<u8>) {
+        let (from, data) = match to {
+            Toward::Forward(_) => (CLIENT, &mut self.client_data),
+            Toward::Backward(_) => (EXIT, &mut self.exit_data),
         };
-        match sent {
-            Ok(t) => self.deliver(from, t),
-            Err(_) => self.tally.send_errors += 1,
+        let s = &mut self.nodes[from];
+        if data
+            .send(self.now, &mut s.rng, &mut s.node, to, buf, &mut self.pool)
+            .is_err()
+        {
+            self.tally.send_errors += 1;
         }
-    }
-
-    /// `daemon::send_packet`: the packet in `buf[PAYLOAD_OFFSET..][..len]` into a
-    /// circuit, split into fragments when it does not fit in one cell.
-    fn send_packet(&mut self, to: Toward, buf: Vec<u8>, len: usize) {
-        if len <= MAX_PAYLOAD {
-            self.seal(to, buf, len);
-            return;
+        while let Some(t) = match to {
+            Toward::Forward(_) => self.client_data.poll_transmit(),
+            Toward::Backward(_) => self.exit_data.poll_transmit(),
+        } {
+            self.deliver(from, t);
         }
-        let count = framing::fragment_count(len);
-        let frag = match to {
-            Toward::Forward(_) => &mut self.client_frag,
-            Toward::Backward(_) => &mut self.exit_frag,
-        };
-        let id = *frag;
-        *frag = frag.wrapping_add(1);
-        for i in 0..count {
-            let mut f = self.pool.get();
-            f.resize(PAYLOAD_OFFSET + MAX_PAYLOAD, 0);
-            let n = framing::write_fragment(
-                &buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
-                id,
-                i,
-                &mut f[PAYLOAD_OFFSET..],
-            )
-            .expect("a fragment of a packet that needs fragmenting");
-            self.seal(to, f, n);
-        }
-        self.pool.put(buf);
     }
 
     /// The client sends round trip `seq`'s request.
     fn send_request(&mut self, seq: u64) {
         self.seq = seq;
         let mut buf = tun_read(&mut self.pool, &self.requests[shape(seq)]);
-        let len = buf.len() - PAYLOAD_OFFSET;
         stamp(&mut buf[PAYLOAD_OFFSET..], seq);
-        self.send_packet(Toward::Forward(self.circuit), buf, len);
+        self.send_packet(Toward::Forward(self.circuit), buf);
     }
 
     fn on_event(&mut self, node: usize, e: Event) {
@@ -426,8 +393,7 @@ impl Net {
     fn at_exit(&mut self, circuit: CircuitId, payload: &mut [u8]) {
         let now = self.now;
         let seq = self.seq;
-        let r = self.exit_reasm.entry(circuit).or_default();
-        let Some(pkt) = r.complete(now, payload).ok().flatten() else {
+        let Some(pkt) = self.exit_data.receive(now, circuit, payload).ok().flatten() else {
             return;
         };
         let want = &self.requests[shape(seq)];
@@ -454,10 +420,9 @@ impl Net {
             return;
         }
         let mut buf = tun_read(&mut self.pool, reply);
-        let len = buf.len() - PAYLOAD_OFFSET;
         stamp(&mut buf[PAYLOAD_OFFSET..], seq);
         match self.exit.from_tun(&mut buf[PAYLOAD_OFFSET..]) {
-            Some(c) if c == circuit => self.send_packet(Toward::Backward(c), buf, len),
+            Some(c) if c == circuit => self.send_packet(Toward::Backward(c), buf),
             _ => {
                 self.tally.exit_refused += 1;
                 self.pool.put(buf);
@@ -470,8 +435,13 @@ impl Net {
     fn at_client(&mut self, payload: &mut [u8]) {
         let now = self.now;
         let seq = self.seq;
-        let r = self.client_reasm.entry(self.circuit).or_default();
-        let Some(pkt) = r.complete(now, payload).ok().flatten() else {
+        let circuit = self.circuit;
+        let Some(pkt) = self
+            .client_data
+            .receive(now, circuit, payload)
+            .ok()
+            .flatten()
+        else {
             return;
         };
         let reply = &self.replies[shape(seq)];

@@ -17,12 +17,14 @@
 
 mod circuit;
 mod cookie;
+mod datapath;
 mod forge;
 mod link;
 mod rekey;
 mod relay;
 mod stats;
 
+pub use self::datapath::{Buffers, DataPath, Dropped, Toward};
 pub use self::forge::{ForgedBackward, ForgedForward, TAIL_LEN};
 pub use self::stats::Stats;
 
@@ -230,7 +232,7 @@ pub enum Output {
     Recycle(Vec<u8>),
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
     #[error("no such circuit")]
     NoCircuit,

@@ -16,14 +16,12 @@ use crate::client::packets::{clamp_mss, refusal};
 use crate::config::identity_file;
 use crate::config::{self, ClientConfig};
 use crate::exit::policy::PortSummary;
-use crate::node::{CircuitId, Event, HopSpec, Node};
+use crate::node::{CircuitId, DataPath, Event, HopSpec, Node, Toward};
 use crate::proto::addr::{CLIENT_V4, CLIENT_V6, DNS_V4, DNS_V6};
-use crate::proto::framing::{Fragmenter, Reassembler};
 use crate::proto::identity::PublicKey;
 use crate::proto::wire::{Service, PAYLOAD_OFFSET};
-use crate::runtime::driver::Driver;
+use crate::runtime::driver::{logged, Driver};
 use crate::runtime::gateway::gateway_node_config;
-use crate::runtime::packets::{send_packet, unwrap_payload, Toward};
 use crate::runtime::paths::{path_for, Paths};
 use crate::runtime::replay;
 use crate::runtime::services::{services_wake, GatewayServices};
@@ -227,8 +225,7 @@ impl Client {
         let mut tun_tx = TunWriter::new(Arc::clone(device));
         let mut events = Vec::new();
         let mut packets = Vec::new();
-        let mut reasm: HashMap<CircuitId, Reassembler> = HashMap::new();
-        let mut frag = Fragmenter::default();
+        let mut data = DataPath::default();
         let mut pool = CircuitPool::new(
             settings.circuits,
             settings.lifetime,
@@ -269,8 +266,7 @@ impl Client {
                         mut buf,
                         range,
                     } if pool.contains(c) => {
-                        let r = reasm.entry(c).or_default();
-                        if let Some(p) = unwrap_payload(now, &mut buf[range], r) {
+                        if let Some(p) = logged(data.receive(now, c, &mut buf[range])) {
                             clamp_mss(p);
                             tun_tx.push(p).await;
                         }
@@ -285,7 +281,7 @@ impl Client {
                     Event::CircuitDown(c, why) => {
                         if pool.on_down(now, c) {
                             router.forget_circuit(c);
-                            reasm.remove(&c);
+                            data.forget(c);
                             let resets = conns.circuit_down(now, c);
                             let path = paths_of.remove(&c).unwrap_or_default();
                             let blamed = why.failed_hop().and_then(|i| Some((i, *path.get(i)?)));
@@ -357,7 +353,7 @@ impl Client {
                 services.tick(d).await?;
             }
             for c in pool.retire(now, &mut router) {
-                reasm.remove(&c);
+                data.forget(c);
                 paths_of.remove(&c);
                 for rst in conns.circuit_down(now, c) {
                     tun_tx.push(&rst).await;
@@ -382,9 +378,8 @@ impl Client {
                         if let Some(seg) = &seg {
                             conns.carried(now, seg, c);
                         }
-                        let len = buf.len() - PAYLOAD_OFFSET;
                         clamp_mss(&mut buf[PAYLOAD_OFFSET..]);
-                        send_packet(d, now, Toward::Forward(c), buf, len, &mut frag).await;
+                        d.send_packet(now, &mut data, Toward::Forward(c), buf).await;
                         continue;
                     }
                     Route::NoExit(port) if !pool.demand(now, port) => {

@@ -20,7 +20,8 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::node::{Event, Node, Output, Transmit};
+use crate::node::{Buffers, DataPath, Event, Node, Output, Toward, Transmit};
+use crate::proto::framing::PayloadError;
 use crate::proto::wire::{MAX_DATAGRAM, PAYLOAD_OFFSET};
 use crate::runtime::replay::ReplayFile;
 
@@ -80,6 +81,15 @@ impl Pool {
                 p.push(buf);
             }
         }
+    }
+}
+
+impl Buffers for Pool {
+    fn get(&mut self) -> Vec<u8> {
+        Pool::get(self)
+    }
+    fn put(&mut self, buf: Vec<u8>) {
+        Pool::put(self, buf);
     }
 }
 
@@ -380,6 +390,15 @@ impl Sockets {
     }
 }
 
+/// The packet a [`DataPath::receive`] completed, if any; a payload that is not a
+/// tunnel payload is logged and dropped.
+pub(crate) fn logged(received: Result<Option<&mut [u8]>, PayloadError>) -> Option<&mut [u8]> {
+    received.unwrap_or_else(|e| {
+        tracing::debug!("payload dropped: {e}");
+        None
+    })
+}
+
 /// The driver state shared by the gateway and client loops.
 pub struct Driver {
     pub node: Node,
@@ -425,6 +444,25 @@ impl Driver {
             self.sockets.send_recycle(t).await;
         }
         self.sockets.flush_out().await;
+    }
+
+    /// Sends the packet in `buf[PAYLOAD_OFFSET..]` into a circuit through a tunnel
+    /// end's data path, and queues its datagrams.
+    pub async fn send_packet(&mut self, now: Instant, dp: &mut DataPath, to: Toward, buf: Vec<u8>) {
+        let sent = dp.send(
+            now,
+            &mut self.rng,
+            &mut self.node,
+            to,
+            buf,
+            &mut self.sockets.pool,
+        );
+        if let Err(e) = sent {
+            tracing::debug!("packet dropped: {e}");
+        }
+        while let Some(t) = dp.poll_transmit() {
+            self.sockets.send_recycle(t).await;
+        }
     }
 
     /// Waits for datagrams or the node's next timer, processes them, sends the

@@ -1,7 +1,6 @@
 //! The exit's side of a gateway: its TUN device, routes and NAT ([`crate::sys`]),
 //! and the loop that moves packets between circuits and the TUN through the
 //! sans-IO [`Exit`].
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,12 +13,10 @@ use tun_rs::AsyncDevice;
 use crate::config::{self};
 use crate::exit::policy::ExitPolicy;
 use crate::exit::{Closed, Exit, ExitSettings, Verdict};
-use crate::node::{CircuitId, Event};
+use crate::node::{DataPath, Event, Toward};
 use crate::proto::addr::{DNS_V4, DNS_V6, EXIT_V4, EXIT_V6};
-use crate::proto::framing::{Fragmenter, Reassembler};
 use crate::proto::wire::{Service, PAYLOAD_OFFSET};
-use crate::runtime::driver::Driver;
-use crate::runtime::packets::{send_packet, unwrap_payload, Toward};
+use crate::runtime::driver::{logged, Driver};
 use crate::runtime::services::GatewayServices;
 use crate::runtime::tun::{self, TunWriter};
 use crate::runtime::Signals;
@@ -101,9 +98,8 @@ impl ExitSide {
         let mut tun_tx = TunWriter::new(Arc::clone(&self.tun));
         let mut events = Vec::new();
         let mut packets = Vec::new();
-        let mut reasm: HashMap<CircuitId, Reassembler> = HashMap::new();
+        let mut data = DataPath::default();
         let mut answer = Vec::new();
-        let mut frag = Fragmenter::default();
         let (to_forget, mut forgotten) = spawn_forgetter();
         loop {
             let open = tokio::select! {
@@ -132,24 +128,15 @@ impl ExitSide {
                         mut buf,
                         range,
                     } => {
-                        let r = reasm.entry(circuit).or_default();
-                        if let Some(p) = unwrap_payload(now, &mut buf[range], r) {
+                        if let Some(p) = logged(data.receive(now, circuit, &mut buf[range])) {
                             match self.exit.from_circuit(now, circuit, p, &mut answer) {
                                 Verdict::Forward => tun_tx.push(p).await,
                                 Verdict::Answer => {
                                     let mut out = d.sockets.pool.get();
                                     out.resize(PAYLOAD_OFFSET + answer.len(), 0);
                                     out[PAYLOAD_OFFSET..].copy_from_slice(&answer);
-                                    let len = answer.len();
-                                    send_packet(
-                                        d,
-                                        now,
-                                        Toward::Backward(circuit),
-                                        out,
-                                        len,
-                                        &mut frag,
-                                    )
-                                    .await;
+                                    let to = Toward::Backward(circuit);
+                                    d.send_packet(now, &mut data, to, out).await;
                                 }
                                 Verdict::Drop => {}
                             }
@@ -161,7 +148,7 @@ impl ExitSide {
                             // The forgetter lives as long as this loop.
                             let _ = to_forget.send(closed);
                         }
-                        reasm.remove(&circuit);
+                        data.forget(circuit);
                     }
                     Event::Data { buf, .. } | Event::ServiceData { buf, .. } => {
                         d.sockets.pool.put(buf);
@@ -171,9 +158,11 @@ impl ExitSide {
             }
             services.tick(d).await?;
             for mut buf in packets.drain(..) {
-                let len = buf.len() - PAYLOAD_OFFSET;
                 match self.exit.from_tun(&mut buf[PAYLOAD_OFFSET..]) {
-                    Some(c) => send_packet(d, now, Toward::Backward(c), buf, len, &mut frag).await,
+                    Some(c) => {
+                        d.send_packet(now, &mut data, Toward::Backward(c), buf)
+                            .await
+                    }
                     None => d.sockets.pool.put(buf),
                 }
             }

@@ -7,8 +7,8 @@
 //! - [`gateway`]: `anonnet gateway [--exit]` ([`gateway::Gateway`]), with
 //!   [`exit`] (the exit's TUN side) and [`services`] (directory and gossip);
 //! - [`discover`]: `anonnet discover`; [`circuit_test`]: `anonnet circuit-test`;
-//! - [`driver`] (UDP sockets and the node), [`tun`] (TUN device I/O), [`packets`]
-//!   (packets into and out of circuits), [`paths`] (where paths come from),
+//! - [`driver`] (UDP sockets and the node; the data path's datagrams), [`tun`] (TUN
+//!   device I/O), [`paths`] (where paths come from),
 //!   [`directory`] (the discovery driver: crawls and the directory server),
 //!   [`replay`] (a gateway's handshake replay cache on disk).
 
@@ -19,7 +19,6 @@ pub mod discover;
 pub mod driver;
 pub mod exit;
 pub mod gateway;
-pub mod packets;
 pub mod paths;
 pub mod replay;
 pub mod services;
