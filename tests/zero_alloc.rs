@@ -5,7 +5,7 @@
 //! buffers come from a pool whose buffers hold a TUN packet at `PAYLOAD_OFFSET`, a
 //! "socket" copies each datagram into a fresh pool buffer and recycles the sent one,
 //! packets go into and out of the circuit through the tunnel ends' [`DataPath`]s, and
-//! the nodes' timers run on their 100 ms tick. After a warm-up that includes a full
+//! the nodes' timers run at their deadlines, the clock jumping from one to the next. After a warm-up that includes a full
 //! rekey of every hop and link, the global allocator is armed (counting per thread,
 //! through the `allocation-counter` dev-dependency: the crate forbids `unsafe_code`,
 //! so the test cannot implement `GlobalAlloc` itself) and 10,000 round trips are
@@ -20,7 +20,7 @@ use anonnet::exit::packet;
 use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
 use anonnet::node::{
-    Buffers, CircuitId, DataPath, Event, HopSpec, Node, NodeConfig, Output, Toward, Transmit, TICK,
+    Buffers, CircuitId, DataPath, Event, HopSpec, Node, NodeConfig, Output, Toward, Transmit,
 };
 use anonnet::proto::addr::{CLIENT_V4, CLIENT_V6};
 use anonnet::proto::framing::MAX_PACKET;
@@ -312,11 +312,21 @@ impl Net {
         self.pump();
     }
 
-    /// Advances the virtual clock, ticking on the way.
+    /// Advances the virtual clock, from each node's deadline to the next, as the
+    /// drivers sleep until [`Node::poll_timeout`].
     fn advance(&mut self, by: Duration) {
         let until = self.now + by;
-        while self.now + TICK <= until {
-            self.now += TICK;
+        let mut spins = 0;
+        while let Some(t) = self
+            .nodes
+            .iter()
+            .filter_map(|s| s.node.poll_timeout())
+            .min()
+            .filter(|&t| t <= until)
+        {
+            spins = if t <= self.now { spins + 1 } else { 0 };
+            assert!(spins < 8, "a timer stays due");
+            self.now = self.now.max(t);
             self.tick();
         }
         self.now = until;
@@ -600,7 +610,7 @@ fn idle_circuit_keepalives_allocate_nothing() {
     let before = net.nodes[CLIENT].node.stats().clone();
     let tally = net.tally;
     // 40 s without data: the client sends a KEEPALIVE every 2 s, the exit answers,
-    // and every node runs its 100 ms tick. (The window ends before the keys replaced
+    // and every node runs its timers. (The window ends before the keys replaced
     // by the warm-up's rekey expire at 180 s: key lifecycle events, a rekey every
     // 120 s and the expiry after it, allocate a little and are not per packet.)
     let info = allocation_counter::measure(|| net.advance(IDLE));

@@ -428,6 +428,19 @@ impl CircuitPool {
         );
     }
 
+    /// When the pool's decisions next change with nothing happening: the back-off
+    /// of the next build ending, a circuit ageing past its lifetime (it takes no new
+    /// flows and is replaced) or past twice it (it is retired). A driver wakes then.
+    #[must_use]
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        self.circuits
+            .values()
+            .flat_map(|p| [p.created + self.lifetime, p.created + self.lifetime * 2])
+            .chain([self.next_build])
+            .filter(|&t| t > now)
+            .min()
+    }
+
     /// Circuits to close now (removed from the pool and from `router`): past twice
     /// their lifetime, or past it with no flows left while a fresh circuit is up.
     pub fn retire(&mut self, now: Instant, router: &mut FlowRouter) -> Vec<CircuitId> {

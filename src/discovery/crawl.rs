@@ -236,6 +236,13 @@ impl Crawl {
         node.close_circuit(id);
     }
 
+    /// When the crawl next has something to do with nothing happening: its earliest
+    /// open query times out. A driver wakes then and calls [`Crawl::advance`].
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.crawler.poll_timeout()
+    }
+
     /// Whether an event is about one of the crawl's circuits, so that a driver
     /// passes every other event (the data path's) on without more work.
     #[must_use]

@@ -39,6 +39,8 @@ impl Node {
                 r.last_bwd = now;
                 let (pl, pc) = r.prev;
                 self.send_ctrl(pl, CtrlKind::Built, pc, slots);
+                // Its build can no longer time out.
+                self.schedule_relay(id);
             }
             Some(Entry::Own(id)) => self.finish_build(now, id, slots),
             _ => self.stats.dropped_unknown_circuit += 1,
@@ -74,6 +76,7 @@ impl Node {
             own.last_rx = now;
             own.last_tx = now;
             self.events.push_back(Event::CircuitUp(id));
+            self.schedule_own(id);
         } else {
             self.stats.dropped_auth += 1;
             self.close(id, DownReason::BuildRejected);
@@ -82,10 +85,9 @@ impl Node {
 
     pub(super) fn forget_own(&mut self, id: CircuitId) -> Option<Own> {
         let own = self.own.remove(&id)?;
+        self.timers.set(Timer::Own(id), None);
         self.circuits.remove(&own.first);
-        if let Some(l) = self.links.get_mut(&own.first.0) {
-            l.circuits = l.circuits.saturating_sub(1);
-        }
+        self.circuit_left(own.first.0);
         Some(own)
     }
 
@@ -182,7 +184,7 @@ impl Node {
         if path.is_empty() || path.len() > SLOTS {
             return Err(BuildError::PathLength(path.len()));
         }
-        self.last_tick.get_or_insert(now);
+        self.observe(now);
         let Some(&first) = path.first() else {
             return Err(BuildError::PathLength(0));
         };
@@ -238,6 +240,7 @@ impl Node {
                 last_keepalive: now,
             },
         );
+        self.schedule_own(id);
         self.send_ctrl(link, CtrlKind::Build, cid, &slots[..]);
         Ok(id)
     }
@@ -253,6 +256,7 @@ impl Node {
         buf: Vec<u8>,
         len: usize,
     ) -> Result<Transmit, SendError> {
+        self.observe(now);
         if len > MAX_PAYLOAD {
             return Err(SendError::TooLarge(len));
         }
@@ -331,58 +335,66 @@ impl Node {
         self.finish_cell(l, c, buf)
     }
 
-    pub(super) fn tick_own(&mut self, now: Instant, rng: &mut (impl RngCore + CryptoRng)) {
-        let mut down = Vec::new();
-        let mut keepalive = std::mem::take(&mut self.due);
-        let mut rekey = Vec::new();
-        for (&id, o) in &mut self.own {
-            for k in &mut o.keys {
-                k.forget_expired(now);
-            }
-            let since = |t: Instant| now.saturating_duration_since(t);
-            if !o.is_up() {
-                if since(o.created) >= self.cfg.build_timeout {
-                    down.push((id, DownReason::BuildTimeout));
-                }
-                continue;
-            }
-            if since(o.last_rx) >= self.cfg.circuit_timeout {
-                down.push((id, DownReason::Silent));
-                continue;
-            }
-            if o.keys.iter().any(|k| !k.current.usable(now)) {
-                down.push((id, DownReason::KeysExpired));
-                continue;
-            }
-            for (j, (h, k)) in o.hops.iter().zip(&o.keys).enumerate() {
-                let due = h.rekey_sent.is_none_or(|t| since(t) >= REKEY_TIMEOUT);
-                if k.current.wants_rekey(now, h.rekey_after) && due {
-                    rekey.push((id, j));
-                }
-            }
-            // A circuit that only sends (a one-way stream) hears nothing back unless
-            // it asks: probe once per interval while nothing arrives, or it would be
-            // declared silent while it works.
-            let ka = self.cfg.keepalive;
-            let idle = since(o.last_tx) >= ka;
-            let unanswered = since(o.last_rx) >= ka && since(o.last_keepalive) >= ka;
-            if idle || unanswered {
-                o.last_keepalive = now;
-                keepalive.push(id);
-            }
+    /// Runs own circuit `id`'s timer: forgets expired keys; ends the circuit if its
+    /// build timed out, it went silent or its keys expired; starts due rekeys; sends
+    /// a KEEPALIVE when the circuit sent nothing for a keepalive interval, or sent
+    /// and heard nothing back for one (a one-way stream hears nothing unless it
+    /// asks, and would be declared silent while it works).
+    pub(super) fn check_own(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: CircuitId,
+    ) {
+        let Some(o) = self.own.get_mut(&id) else {
+            return;
+        };
+        for k in &mut o.keys {
+            k.forget_expired(now);
         }
-        for (id, reason) in down {
+        let since = |t: Instant| now.saturating_duration_since(t);
+        let down = if !o.is_up() {
+            (since(o.created) >= self.cfg.build_timeout).then_some(DownReason::BuildTimeout)
+        } else if since(o.last_rx) >= self.cfg.circuit_timeout {
+            Some(DownReason::Silent)
+        } else if o.keys.iter().any(|k| !k.current.usable(now)) {
+            Some(DownReason::KeysExpired)
+        } else {
+            None
+        };
+        if let Some(reason) = down {
             self.close(id, reason);
+            return;
         }
+        if !o.is_up() {
+            self.schedule_own(id);
+            return;
+        }
+        let rekey: Vec<(CircuitId, usize)> = o
+            .hops
+            .iter()
+            .zip(&o.keys)
+            .enumerate()
+            .filter(|(_, (h, k))| {
+                k.current.wants_rekey(now, h.rekey_after)
+                    && h.rekey_sent.is_none_or(|t| since(t) >= REKEY_TIMEOUT)
+            })
+            .map(|(j, _)| (id, j))
+            .collect();
+        let ka = self.cfg.keepalive;
+        let idle = since(o.last_tx) >= ka;
+        let unanswered = since(o.last_rx) >= ka && since(o.last_keepalive) >= ka;
+        let keepalive = idle || unanswered;
+        if keepalive {
+            o.last_keepalive = now;
+        }
+        let target = o.hops.len().saturating_sub(1);
         self.start_rekeys(now, rng, &rekey);
-        for id in keepalive.drain(..) {
-            let Some(target) = self.own.get(&id).map(|o| o.hops.len().saturating_sub(1)) else {
-                continue;
-            };
+        if keepalive {
             let buf = self.spare.pop().unwrap_or_default();
             let out = self.send_cmd(now, rng, id, target, Cmd::Keepalive, &[], buf);
             self.push_output(out);
         }
-        self.due = keepalive;
+        self.schedule_own(id);
     }
 }

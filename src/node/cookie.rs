@@ -32,6 +32,9 @@ pub(super) const SOURCE_RATE: f64 = 20.0;
 /// Most sources tracked; a table that fills up is cleared (WireGuard's table is
 /// likewise bounded and collected every second).
 pub(super) const SOURCE_CAP: usize = 1 << 16;
+/// A source's bucket is full again, and forgotten, after this long without a
+/// handshake; the sources are swept this often while there are any.
+pub(super) const SOURCE_IDLE: Duration = Duration::from_secs(1);
 
 /// The gateway's cookie secrets: the current one and the one before it.
 #[derive(Default)]
@@ -112,12 +115,16 @@ impl SourceLimits {
         b.take()
     }
 
-    /// Forgets sources whose bucket is full again (idle for a second or more).
+    /// Forgets sources whose bucket is full again (idle for [`SOURCE_IDLE`] or more).
     pub(super) fn collect(&mut self, now: Instant) {
         self.buckets.retain(|_, b| {
             b.last
-                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+                .is_some_and(|t| now.saturating_duration_since(t) < SOURCE_IDLE)
         });
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
     }
 }
 
@@ -170,6 +177,8 @@ impl Node {
             self.stats.cookies_sent += 1;
             return false;
         }
+        self.timers
+            .set_earlier(Timer::Housekeeping, now + SOURCE_IDLE);
         if !self.sources.admit(now, remote.ip()) {
             self.stats.dropped_rate_limited += 1;
             return false;

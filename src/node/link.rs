@@ -42,6 +42,8 @@ impl Node {
         self.seen.insert(key);
         self.seen_order.push_back((key, now));
         self.seen_total += 1;
+        self.timers
+            .set_earlier(Timer::Housekeeping, now + HANDSHAKE_REPLAY_TIME);
         true
     }
 
@@ -83,6 +85,7 @@ impl Node {
                     .push_back((key, now.checked_sub(age).unwrap_or(now)));
             }
         }
+        self.schedule_housekeeping(now);
     }
 
     /// Starts (or restarts) the link handshake; on a link that has keys, a rekey.
@@ -179,17 +182,18 @@ impl Node {
                 circuits: 0,
                 relayed_in: 0,
                 last_used: now,
-                activity: Activity::default(),
                 unheard: None,
                 pinged: None,
                 last_heard: now,
             },
         );
         self.send_link_init(now, rng, id);
+        self.schedule_link(id);
         id
     }
 
     pub(super) fn remove_link(&mut self, id: LinkId) {
+        self.timers.set(Timer::Link(id), None);
         if let Some(link) = self.links.remove(&id) {
             let keys = [&link.keys, &link.previous, &link.next];
             for rx in keys
@@ -211,6 +215,7 @@ impl Node {
 
     /// Sends (or queues until the link is up) a link control message.
     pub(super) fn send_ctrl(&mut self, link_id: LinkId, kind: CtrlKind, cid: u32, body: &[u8]) {
+        let now = self.now();
         let Some(link) = self.links.get_mut(&link_id) else {
             return;
         };
@@ -221,19 +226,21 @@ impl Node {
         let buf = keys.ctrl_datagram(keys.send_ctr, kind as u8, cid, body);
         keys.send_ctr += 1;
         // A PONG wants no answer (else two idle ends would probe each other forever).
-        if kind != CtrlKind::Pong {
-            link.sent();
-        }
+        let asking = kind != CtrlKind::Pong && now.is_some_and(|now| link.sent(now));
         self.transmits.push_back(Transmit {
             src: link.local,
             dst: link.peer,
             buf,
         });
+        if asking {
+            self.schedule_link(link_id);
+        }
     }
 
     /// Finishes a cell for `link_id`: header index, cid, mask. `None` if the link is
     /// not up (the cell is dropped: cells are never queued).
     pub(super) fn finish_cell(&mut self, link_id: LinkId, cid: u32, mut buf: Vec<u8>) -> Output {
+        let now = self.now();
         let Some(link) = self.links.get_mut(&link_id) else {
             return Output::Recycle(buf);
         };
@@ -247,12 +254,15 @@ impl Node {
         head[1..5].copy_from_slice(&keys.tx.to_be_bytes());
         head[5..9].copy_from_slice(&cid.to_be_bytes());
         mask_header(&keys.send_mask, head);
-        link.sent();
-        Output::Transmit(Transmit {
+        let t = Transmit {
             src: link.local,
             dst: link.peer,
             buf,
-        })
+        };
+        if now.is_some_and(|now| link.sent(now)) {
+            self.schedule_link(link_id);
+        }
+        Output::Transmit(t)
     }
 
     pub(super) fn on_link_init(
@@ -362,12 +372,12 @@ impl Node {
                 circuits: 0,
                 relayed_in: 0,
                 last_used: now,
-                activity: Activity::default(),
                 unheard: None,
                 pinged: None,
                 last_heard: now,
             },
         );
+        self.schedule_link(id);
         self.transmits.push_back(resp);
     }
 
@@ -392,7 +402,7 @@ impl Node {
         }
         let keys = LinkKeys::new(crypto::split(&mut p.hs), true, (rx, sender), now);
         link.last_used = now;
-        link.heard();
+        link.heard(now);
         if let Some(old) = link.keys.replace(keys) {
             if let Some(gone) = link.previous.replace(old) {
                 self.by_index.remove(&gone.rx);
@@ -402,6 +412,8 @@ impl Node {
         for (kind, cid, body) in std::mem::take(&mut link.queue) {
             self.send_ctrl(id, kind, cid, &body);
         }
+        // No retransmission is due any more.
+        self.schedule_link(id);
     }
 
     /// The link and receive keys for a LINK_CTRL or CELL, by receiver index. A
@@ -471,7 +483,7 @@ impl Node {
         };
         if let Some(l) = self.links.get_mut(&link_id) {
             l.last_used = now;
-            l.heard();
+            l.heard(now);
         }
         // CtrlHeader::parse checked the body's exact size for its kind, so these
         // views always match.
@@ -522,99 +534,91 @@ impl Node {
         }
     }
 
-    pub(super) fn tick_links(&mut self, now: Instant, rng: &mut (impl RngCore + CryptoRng)) {
+    /// Runs link `id`'s timer: liveness probes and death, handshake retransmission
+    /// and timeout, rekey, expiry of old keys, and the end of an idle link.
+    pub(super) fn check_link(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: LinkId,
+    ) {
         let since = |t: Instant| now.saturating_duration_since(t);
-        // A failed link, what its relayed circuits' other side hears, and what its
-        // own circuits report.
-        let mut failed = Vec::new();
-        let mut init = Vec::new();
-        let mut idle = Vec::new();
-        let mut expired = Vec::new();
-        let mut ping = Vec::new();
-        for (&id, l) in &mut self.links {
-            // A link that carries circuits is in use: its idle clock starts when the
-            // last one leaves, at both ends within a tick and a DESTROY's way.
-            if l.circuits > 0 {
-                l.last_used = now;
+        let build_timeout = self.cfg.build_timeout;
+        let idle_timeout = self.cfg.idle_timeout;
+        let Some(l) = self.links.get_mut(&id) else {
+            return;
+        };
+        let keys_age = l.keys.as_ref().map(|k| since(k.born));
+        // Liveness: a link that keeps sending and hears nothing back probes, then dies.
+        let mut ping = false;
+        if let (Some((first, _)), Some(_)) = (l.unheard, &l.keys) {
+            if l.pinged.is_some() && since(first) >= LINK_DEAD_AFTER {
+                self.stats.links_dead += 1;
+                self.fail_link(now, id, DestroyReason::Unreachable, DownReason::LinkDead);
+                return;
             }
-            let keys_age = l.keys.as_ref().map(|k| since(k.born));
-            // Liveness: a link that keeps sending and hears nothing back probes,
-            // then dies. One answer sent and then silence is not a question.
-            let activity = std::mem::take(&mut l.activity);
-            if activity.heard {
-                l.unheard = None;
-                l.pinged = None;
-                l.last_heard = now;
-            }
-            if activity.sent {
-                // A send long after the last unanswered one asks anew.
-                let first = match l.unheard {
-                    Some((first, last)) if since(last) < LINK_DEAD_AFTER => first,
-                    _ => {
-                        l.pinged = None;
-                        now
-                    }
-                };
-                l.unheard = Some((first, now));
-            }
-            if let (Some((first, last)), Some(_)) = (l.unheard, &l.keys) {
-                if l.pinged.is_some() && since(first) >= LINK_DEAD_AFTER {
-                    failed.push((id, DestroyReason::Unreachable, DownReason::LinkDead));
-                    continue;
-                }
-                let asking = last.saturating_duration_since(first) >= LINK_PROBE_AFTER;
-                if (asking || l.pinged.is_some())
-                    && l.pinged.is_none_or(|p| since(p) >= LINK_PING_EVERY)
-                {
-                    l.pinged = Some(now);
-                    ping.push(id);
-                }
-            }
-            if keys_age.is_some_and(|a| a >= onion::REJECT_AFTER_TIME) {
-                failed.push((
-                    id,
-                    DestroyReason::Timeout,
-                    DownReason::Destroyed(DestroyReason::Timeout),
-                ));
-            } else if let Some(p) = &l.pending {
-                if keys_age.is_none() && since(p.started) >= self.cfg.build_timeout {
-                    failed.push((id, DestroyReason::Unreachable, DownReason::EntryUnanswered));
-                } else if since(p.last_sent) >= LINK_RETRY {
-                    init.push(id);
-                }
-            } else if l.peer_key.is_some() && keys_age.is_some_and(|a| a >= onion::REKEY_AFTER_TIME)
+            if (l.asking() || l.pinged.is_some())
+                && l.pinged.is_none_or(|p| since(p) >= LINK_PING_EVERY)
             {
-                init.push(id);
-            } else if l.circuits == 0 && since(l.last_used) >= idle_after(l, self.cfg.idle_timeout)
-            {
-                idle.push(id);
-            }
-            if l.previous
-                .as_ref()
-                .is_some_and(|k| since(k.born) >= onion::REJECT_AFTER_TIME)
-            {
-                expired.push(id);
+                l.pinged = Some(now);
+                ping = true;
             }
         }
-        for id in expired {
-            if let Some(old) = self.links.get_mut(&id).and_then(|l| l.previous.take()) {
+        if l.previous
+            .as_ref()
+            .is_some_and(|k| since(k.born) >= onion::REJECT_AFTER_TIME)
+        {
+            if let Some(old) = l.previous.take() {
                 self.by_index.remove(&old.rx);
             }
         }
-        for id in init {
+        let Some(l) = self.links.get(&id) else {
+            return;
+        };
+        let mut init = false;
+        if keys_age.is_some_and(|a| a >= onion::REJECT_AFTER_TIME) {
+            let why = DownReason::Destroyed(DestroyReason::Timeout);
+            self.fail_link(now, id, DestroyReason::Timeout, why);
+            return;
+        } else if let Some(p) = &l.pending {
+            if keys_age.is_none() && since(p.started) >= build_timeout {
+                self.fail_link(
+                    now,
+                    id,
+                    DestroyReason::Unreachable,
+                    DownReason::EntryUnanswered,
+                );
+                return;
+            }
+            init = since(p.last_sent) >= LINK_RETRY;
+        } else if l.peer_key.is_some() && keys_age.is_some_and(|a| a >= onion::REKEY_AFTER_TIME) {
+            init = true;
+        } else if l.circuits == 0 && since(l.last_used) >= idle_after(l, idle_timeout) {
+            self.remove_link(id);
+            return;
+        }
+        if init {
             self.send_link_init(now, rng, id);
         }
-        for id in ping {
+        if ping {
             self.send_ctrl(id, CtrlKind::Ping, 0, &[0]);
         }
-        for (id, reason, why) in failed {
-            if why == DownReason::LinkDead {
-                self.stats.links_dead += 1;
+        self.schedule_link(id);
+    }
+
+    /// A circuit left link `id`: when it was the last one, the link's idle time
+    /// starts now.
+    pub(super) fn circuit_left(&mut self, id: LinkId) {
+        let now = self.now();
+        let Some(l) = self.links.get_mut(&id) else {
+            return;
+        };
+        l.circuits = l.circuits.saturating_sub(1);
+        if l.circuits == 0 {
+            if let Some(now) = now {
+                l.last_used = l.last_used.max(now);
             }
-            self.fail_link(now, id, reason, why);
-        }
-        for id in idle {
-            self.remove_link(id);
+            self.schedule_link(id);
         }
     }
 
@@ -666,7 +670,7 @@ impl Node {
 /// vanish there as an unknown index). The two sides' timers start at the later of the
 /// last control message each heard and the tick its last circuit left, which differ by
 /// a tick and the time one DESTROY takes between them.
-fn idle_after(link: &Link, idle_timeout: Duration) -> Duration {
+pub(super) fn idle_after(link: &Link, idle_timeout: Duration) -> Duration {
     if link.peer_key.is_some() {
         idle_timeout
     } else {

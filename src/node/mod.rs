@@ -3,8 +3,9 @@
 //! A [`Node`] is a gateway when it has a static key, a client when it builds circuits,
 //! and both at once in mixed mode; a relay cannot tell the difference because every
 //! link initiator is anonymous. The driver feeds it datagrams
-//! ([`Node::handle_datagram`]) and timer ticks ([`Node::handle_timeout`]), and drains
-//! [`Node::poll_transmit`] and [`Node::poll_event`]. Nothing here reads a clock, a
+//! ([`Node::handle_datagram`]), runs its timers when [`Node::poll_timeout`] says
+//! ([`Node::handle_timeout`]), and drains [`Node::poll_transmit`] and
+//! [`Node::poll_event`]. Nothing here reads a clock, a
 //! socket or a global RNG: `now` and `rng` are parameters.
 //!
 //! Data cells are relayed in the buffer they arrived in: the datagram keeps its size
@@ -23,10 +24,13 @@ mod link;
 mod rekey;
 mod relay;
 mod stats;
+mod timer;
 
 pub use self::datapath::{Buffers, DataPath, Dropped, Toward};
 pub use self::forge::{ForgedBackward, ForgedForward, TAIL_LEN};
 pub use self::stats::Stats;
+
+use self::timer::{Timer, TimerTable};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -48,8 +52,6 @@ use crate::proto::wire::{
     REPLY_PAYLOAD_LEN, REPLY_SLOT_LEN, SLOTS,
 };
 
-/// Interval of the node's housekeeping tick.
-pub const TICK: Duration = Duration::from_millis(100);
 /// LINK_INIT is sent again after this long without LINK_RESP.
 pub const LINK_RETRY: Duration = Duration::from_secs(1);
 /// A link that sent something and heard nothing back (no authenticated control
@@ -348,39 +350,94 @@ struct Link {
     /// Relayed circuits this link brought (it is their previous hop): its share of
     /// the circuit table.
     relayed_in: usize,
+    /// When the link was last heard from or its last circuit left: the start of
+    /// its idle time.
     last_used: Instant,
-    /// Liveness: what happened since the last tick.
-    activity: Activity,
-    /// The first tick that saw something sent after the peer was last heard, and
-    /// the last such tick.
+    /// Liveness: the first and the last send after the peer was last heard.
     unheard: Option<(Instant, Instant)>,
     /// The last PING of this silence.
     pinged: Option<Instant>,
-    /// The tick that last saw the peer heard.
+    /// When the peer was last heard.
     last_heard: Instant,
-}
-
-/// What a link did since the last tick (the tick reads and resets it).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Activity {
-    /// Something authenticated came from the peer.
-    heard: bool,
-    /// Something went out after the last thing heard.
-    sent: bool,
 }
 
 impl Link {
     /// The peer answered: something authenticated came from it.
-    fn heard(&mut self) {
-        self.activity = Activity {
-            heard: true,
-            sent: false,
-        };
+    fn heard(&mut self, now: Instant) {
+        self.unheard = None;
+        self.pinged = None;
+        self.last_heard = now;
     }
 
-    /// Something went out on the link.
-    fn sent(&mut self) {
-        self.activity.sent = true;
+    /// Something that wants an answer went out on the link. True when the link has
+    /// just started asking (sending for [`LINK_PROBE_AFTER`] without hearing back):
+    /// its timer must then run at once to send a PING.
+    fn sent(&mut self, now: Instant) -> bool {
+        let asked = self.asking();
+        // A send long after the last unanswered one asks anew.
+        let first = match self.unheard {
+            Some((first, last)) if now.saturating_duration_since(last) < LINK_DEAD_AFTER => first,
+            _ => {
+                self.pinged = None;
+                now
+            }
+        };
+        self.unheard = Some((first, now));
+        !asked && self.asking()
+    }
+
+    /// Whether the link has sent for [`LINK_PROBE_AFTER`] without hearing back and
+    /// has not PINGed yet. One answer sent and then silence is not a question.
+    fn asking(&self) -> bool {
+        self.pinged.is_none()
+            && self.unheard.is_some_and(|(first, last)| {
+                last.saturating_duration_since(first) >= LINK_PROBE_AFTER
+            })
+    }
+
+    /// When the link's timer next has something to do (see `Node::check_link`).
+    fn deadline(&self, cfg: &NodeConfig) -> Option<Instant> {
+        let mut at = Deadline::default();
+        if let (Some((first, last)), Some(_)) = (self.unheard, &self.keys) {
+            match self.pinged {
+                Some(p) => {
+                    at.add(first + LINK_DEAD_AFTER);
+                    at.add(p + LINK_PING_EVERY);
+                }
+                None if self.asking() => at.add(last),
+                None => {}
+            }
+        }
+        if let Some(k) = &self.keys {
+            at.add(k.born + onion::REJECT_AFTER_TIME);
+        }
+        if let Some(p) = &self.pending {
+            if self.keys.is_none() {
+                at.add(p.started + cfg.build_timeout);
+            }
+            at.add(p.last_sent + LINK_RETRY);
+        } else {
+            if let (Some(_), Some(k)) = (self.peer_key, &self.keys) {
+                at.add(k.born + onion::REKEY_AFTER_TIME);
+            }
+            if self.circuits == 0 {
+                at.add(self.last_used + link::idle_after(self, cfg.idle_timeout));
+            }
+        }
+        if let Some(k) = &self.previous {
+            at.add(k.born + onion::REJECT_AFTER_TIME);
+        }
+        at.0
+    }
+}
+
+/// The earliest of some instants.
+#[derive(Default)]
+struct Deadline(Option<Instant>);
+
+impl Deadline {
+    fn add(&mut self, at: Instant) {
+        self.0 = Some(self.0.map_or(at, |d| d.min(at)));
     }
 }
 
@@ -404,6 +461,27 @@ struct Relay {
     created: Instant,
     last_fwd: Instant,
     last_bwd: Instant,
+}
+
+impl Relay {
+    /// When the relay's timer next has something to do (see `Node::check_relay`).
+    fn deadline(&self, cfg: &NodeConfig) -> Option<Instant> {
+        let mut at = Deadline::default();
+        if self.reply.is_some() {
+            at.add(self.created + cfg.build_timeout);
+        }
+        at.add(self.last_fwd + cfg.idle_timeout);
+        if self.next.is_some() {
+            at.add(self.last_bwd + cfg.idle_timeout);
+        }
+        if self.keys.next.is_none() {
+            at.add(self.keys.current.born + onion::REJECT_AFTER_TIME);
+        }
+        if let Some(g) = &self.keys.previous {
+            at.add(g.born + onion::REJECT_AFTER_TIME);
+        }
+        at.0
+    }
 }
 
 struct OwnHop {
@@ -437,6 +515,29 @@ struct Own {
 impl Own {
     fn is_up(&self) -> bool {
         self.keys.len() == self.hops.len()
+    }
+
+    /// When the circuit's timer next has something to do (see `Node::check_own`).
+    /// The message-count rekey limit is checked whenever the timer runs, at least
+    /// once per keepalive interval.
+    fn deadline(&self, cfg: &NodeConfig) -> Option<Instant> {
+        let mut at = Deadline::default();
+        if !self.is_up() {
+            at.add(self.created + cfg.build_timeout);
+            return at.0;
+        }
+        at.add(self.last_rx + cfg.circuit_timeout);
+        for (h, k) in self.hops.iter().zip(&self.keys) {
+            at.add(k.current.born + onion::REJECT_AFTER_TIME);
+            if let Some(g) = &k.previous {
+                at.add(g.born + onion::REJECT_AFTER_TIME);
+            }
+            let rekey = k.current.born + h.rekey_after.min(onion::REKEY_AFTER_TIME);
+            at.add(h.rekey_sent.map_or(rekey, |t| rekey.max(t + REKEY_TIMEOUT)));
+        }
+        at.add(self.last_tx + cfg.keepalive);
+        at.add(self.last_rx.max(self.last_keepalive) + cfg.keepalive);
+        at.0
     }
 }
 
@@ -520,12 +621,15 @@ pub struct Node {
     load_until: Option<Instant>,
     sources: cookie::SourceLimits,
     stats: Stats,
-    last_tick: Option<Instant>,
+    /// The latest time an input carried (for what happens outside one, such as a
+    /// DESTROY sent while closing a circuit).
+    clock: Option<Instant>,
+    timers: TimerTable,
+    /// Timers due in one `handle_timeout` (kept for its capacity).
+    due: Vec<Timer>,
     /// Buffers of keepalive answers, reused for the next keepalives (at most
     /// `SPARE_BUFFERS`), so that keepalives do not allocate in steady state.
     spare: Vec<Vec<u8>>,
-    /// Circuits due a keepalive, collected by each tick (kept for its capacity).
-    due: Vec<CircuitId>,
 }
 
 fn random_nonzero(rng: &mut impl RngCore) -> u32 {
@@ -588,9 +692,10 @@ impl Node {
             load_until: None,
             sources: cookie::SourceLimits::default(),
             stats: Stats::default(),
-            last_tick: None,
-            spare: Vec::new(),
+            clock: None,
+            timers: TimerTable::default(),
             due: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -619,13 +724,52 @@ impl Node {
         self.events.pop_front()
     }
 
-    /// When [`Node::handle_timeout`] wants to run next.
+    /// When [`Node::handle_timeout`] wants to run next: the earliest deadline of a
+    /// link, a circuit or the housekeeping.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.links.is_empty() && self.own.is_empty() && self.relays.is_empty() {
-            return None;
+        self.timers.next()
+    }
+
+    /// Moves the node's clock to `now` (it never goes back).
+    fn observe(&mut self, now: Instant) {
+        self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
+    }
+
+    /// The node's clock: the latest time an input carried.
+    fn now(&self) -> Option<Instant> {
+        self.clock
+    }
+
+    /// Sets link `id`'s timer to its deadline.
+    fn schedule_link(&mut self, id: LinkId) {
+        let at = self.links.get(&id).and_then(|l| l.deadline(&self.cfg));
+        self.timers.set(Timer::Link(id), at);
+    }
+
+    /// Sets relayed circuit `id`'s timer to its deadline.
+    fn schedule_relay(&mut self, id: RelayId) {
+        let at = self.relays.get(&id).and_then(|r| r.deadline(&self.cfg));
+        self.timers.set(Timer::Relay(id), at);
+    }
+
+    /// Sets own circuit `id`'s timer to its deadline.
+    fn schedule_own(&mut self, id: CircuitId) {
+        let at = self.own.get(&id).and_then(|o| o.deadline(&self.cfg));
+        self.timers.set(Timer::Own(id), at);
+    }
+
+    /// Sets the housekeeping timer: when the oldest remembered handshake key is
+    /// forgotten, and the next sweep of the sources if there are any.
+    fn schedule_housekeeping(&mut self, now: Instant) {
+        let mut at = Deadline::default();
+        if let Some((_, t)) = self.seen_order.front() {
+            at.add(*t + HANDSHAKE_REPLAY_TIME);
         }
-        self.last_tick.map(|t| t + TICK)
+        if !self.sources.is_empty() {
+            at.add(now + cookie::SOURCE_IDLE);
+        }
+        self.timers.set(Timer::Housekeeping, at.0);
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -668,7 +812,7 @@ impl Node {
         mut buf: Vec<u8>,
     ) -> Output {
         self.stats.rx_datagrams += 1;
-        self.last_tick.get_or_insert(now);
+        self.observe(now);
         let header = match Header::parse(&buf) {
             Ok(h) => h,
             Err(wire::WireError::UnknownType(_) | wire::WireError::Version(_)) => {
@@ -723,7 +867,7 @@ impl Node {
         // the peer alive.
         if entry.is_some() {
             if let Some(l) = self.links.get_mut(&link_id) {
-                l.heard();
+                l.heard(now);
             }
         }
         match entry {
@@ -745,12 +889,30 @@ impl Node {
         }
     }
 
-    /// Runs timers: retransmissions, keepalives, rekeys and timeouts.
+    /// Runs the timers that are due: retransmissions, keepalives, rekeys and
+    /// timeouts. Each sets itself again to its next deadline.
     pub fn handle_timeout(&mut self, now: Instant, rng: &mut (impl RngCore + CryptoRng)) {
-        self.last_tick = Some(now);
-        self.tick_links(now, rng);
-        self.tick_relays(now);
-        self.tick_own(now, rng);
+        self.observe(now);
+        // The timers due now, taken first: one that a run sets again at `now` or
+        // before runs at the next call, so one call always ends.
+        let mut due = std::mem::take(&mut self.due);
+        while let Some(timer) = self.timers.pop_due(now) {
+            due.push(timer);
+        }
+        for timer in due.drain(..) {
+            match timer {
+                Timer::Link(id) => self.check_link(now, rng, id),
+                Timer::Relay(id) => self.check_relay(now, id),
+                Timer::Own(id) => self.check_own(now, rng, id),
+                Timer::Housekeeping => self.housekeeping(now),
+            }
+        }
+        self.due = due;
+    }
+
+    /// Forgets handshake keys older than [`HANDSHAKE_REPLAY_TIME`] and sources whose
+    /// handshake budget is full again.
+    fn housekeeping(&mut self, now: Instant) {
         self.sources.collect(now);
         while let Some(&(key, t)) = self.seen_order.front() {
             if now.saturating_duration_since(t) < HANDSHAKE_REPLAY_TIME {
@@ -759,6 +921,7 @@ impl Node {
             self.seen_order.pop_front();
             self.seen.remove(&key);
         }
+        self.schedule_housekeeping(now);
     }
 }
 

@@ -116,10 +116,12 @@ impl Node {
                 l.circuits += 1;
             }
             self.relays.insert(id, Box::new(relay));
+            self.schedule_relay(id);
             self.send_ctrl(next_link, CtrlKind::Build, ncid, slots);
         } else {
             let built = onion::terminal_built(&reply, &payload.kb);
             self.relays.insert(id, Box::new(relay));
+            self.schedule_relay(id);
             self.send_ctrl(link_id, CtrlKind::Built, cid, &built);
         }
     }
@@ -174,6 +176,7 @@ impl Node {
         let Some(r) = self.relays.remove(&id) else {
             return;
         };
+        self.timers.set(Timer::Relay(id), None);
         if matches!(r.service, Service::Exit | Service::Directory) && r.next.is_none() {
             self.events
                 .push_back(Event::ServiceClosed(CircuitId(id), r.service));
@@ -183,9 +186,7 @@ impl Node {
         }
         for side in std::iter::once(r.prev).chain(r.next) {
             self.circuits.remove(&side);
-            if let Some(l) = self.links.get_mut(&side.0) {
-                l.circuits = l.circuits.saturating_sub(1);
-            }
+            self.circuit_left(side.0);
             if Some(side.0) != from {
                 self.send_ctrl(side.0, CtrlKind::Destroy, side.1, &[reason as u8]);
             }
@@ -323,6 +324,7 @@ impl Node {
         buf: Vec<u8>,
         len: usize,
     ) -> Result<Transmit, SendError> {
+        self.observe(now);
         if len > MAX_PAYLOAD {
             return Err(SendError::TooLarge(len));
         }
@@ -373,29 +375,24 @@ impl Node {
         self.originate(now, id, buf)
     }
 
-    pub(super) fn tick_relays(&mut self, now: Instant) {
+    /// Runs relayed circuit `id`'s timer: forgets expired keys, and ends the
+    /// circuit if its build timed out, it went idle or its keys expired.
+    pub(super) fn check_relay(&mut self, now: Instant, id: RelayId) {
+        let Some(r) = self.relays.get_mut(&id) else {
+            return;
+        };
+        r.keys.forget_expired(now);
+        let since = |t: Instant| now.saturating_duration_since(t);
         let idle = self.cfg.idle_timeout;
-        let build = self.cfg.build_timeout;
-        let dead: Vec<(RelayId, DestroyReason)> = self
-            .relays
-            .iter_mut()
-            .filter_map(|(&id, r)| {
-                r.keys.forget_expired(now);
-                let since = |t: Instant| now.saturating_duration_since(t);
-                if r.reply.is_some() && since(r.created) >= build {
-                    Some((id, DestroyReason::Unreachable))
-                } else if since(r.last_fwd) >= idle
-                    || (r.next.is_some() && since(r.last_bwd) >= idle)
-                    || (!r.keys.current.usable(now) && r.keys.next.is_none())
-                {
-                    Some((id, DestroyReason::Timeout))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        for (id, reason) in dead {
-            self.drop_relay(id, reason, None);
+        if r.reply.is_some() && since(r.created) >= self.cfg.build_timeout {
+            self.drop_relay(id, DestroyReason::Unreachable, None);
+        } else if since(r.last_fwd) >= idle
+            || (r.next.is_some() && since(r.last_bwd) >= idle)
+            || (!r.keys.current.usable(now) && r.keys.next.is_none())
+        {
+            self.drop_relay(id, DestroyReason::Timeout, None);
+        } else {
+            self.schedule_relay(id);
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::config;
 use crate::node::{CircuitId, Event, Node};
 use crate::proto::wire::{Service, MAX_PAYLOAD};
 use crate::runtime::driver::Driver;
-use crate::runtime::{client_node_config, hop_specs, CLIENT_BINDS};
+use crate::runtime::{client_node_config, hop_specs, sleep_until, CLIENT_BINDS};
 
 /// The largest payload one cell carries.
 pub const MAX_SIZE: usize = MAX_PAYLOAD;
@@ -140,7 +140,11 @@ pub async fn run(path: &Path, t: Transfer) -> Result<ExitCode> {
             let tx = d.node.send_payload(now, &mut d.rng, id, &p)?;
             d.sockets.send_recycle(tx).await;
         }
-        d.step(&mut events).await;
+        let resend = outstanding.values().min().map(|&at| at + RESEND_AFTER);
+        tokio::select! {
+            () = d.step(&mut events) => {}
+            () = sleep_until(resend) => {}
+        }
         for e in events.drain(..) {
             match e {
                 Event::Data {

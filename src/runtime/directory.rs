@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use crate::discovery::{CacheReport, Crawl, CrawlStats, Directory, Outbox, Store, StoreLimits};
 use crate::node::{CircuitId, Event, HopSpec};
 use crate::runtime::driver::Driver;
+use crate::runtime::sleep_until;
 
 /// Name of the descriptor cache in a state directory.
 pub const CACHE_FILE: &str = "descriptors.cache";
@@ -158,7 +159,8 @@ pub async fn crawl(
         }
         tokio::select! {
             () = d.step(&mut events) => {}
-            () = tokio::time::sleep_until(until.into()) => {}
+            () = sleep_until(c.poll_timeout()) => {}
+            () = sleep_until(Some(until)) => {}
         }
         for e in events.drain(..) {
             if let Some(Event::Data { buf, .. }) = crawl_event(d, &mut c, store, e).await {

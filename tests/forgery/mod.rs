@@ -21,7 +21,7 @@ use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
 use anonnet::node::{
     CircuitId, DownReason, Event, ForgedBackward, ForgedForward, HopSpec, Node, NodeConfig, Output,
-    Transmit, TAIL_LEN, TICK,
+    Transmit, TAIL_LEN,
 };
 use anonnet::proto::addr::CLIENT_V4;
 use anonnet::proto::framing::Reassembler;
@@ -420,13 +420,23 @@ impl Session {
         self.circuits.iter().all(Option::is_some)
     }
 
-    /// Lets `time` pass, running every node's timers each tick as the drivers do; the
-    /// honest circuit must stay up.
+    /// Lets `time` pass, running the nodes' timers at their deadlines as the drivers
+    /// do; the honest circuit must stay up.
     fn pass(&mut self, time: Duration) {
         let net = &mut self.net;
         let end = net.now + time;
+        let mut spins = 0;
         while net.now < end {
-            net.now = end.min(net.now + TICK);
+            let next = net.peers.iter().filter_map(|p| p.node.poll_timeout()).min();
+            // A run may set another timer at once (a PING a keepalive asked for), but
+            // a timer that stays due is a driver spinning.
+            spins = if next.is_some_and(|t| t <= net.now) {
+                spins + 1
+            } else {
+                0
+            };
+            assert!(spins < 8, "a timer stays due at {:?}", net.now - self.start);
+            net.now = next.map_or(end, |t| t.clamp(net.now, end));
             net.tick();
         }
         assert!(

@@ -366,3 +366,20 @@ fn choose_redraws_avoided_exits_a_bounded_number_of_times() {
     let failed: Result<[u8; 32], &str> = build.choose(|| Err("no path"), exit);
     assert_eq!(failed, Err("no path"));
 }
+
+/// The pool's next decision without an event: a failed build's back-off ending,
+/// then its circuit ageing past its lifetime and past twice it.
+#[test]
+fn the_pool_says_when_it_next_decides() {
+    let t = Instant::now();
+    let life = Duration::from_secs(600);
+    let mut p = CircuitPool::new(2, life, t, A, [1; 32], None);
+    assert_eq!(p.poll_timeout(t), Some(t + life));
+    p.building(t, B, [2; 32], None);
+    assert!(p.on_down(t, B));
+    assert_eq!(p.poll_timeout(t), Some(t + REBUILD_FIRST));
+    assert!(p.wants_build(t + REBUILD_FIRST).is_some());
+    assert_eq!(p.poll_timeout(t + REBUILD_FIRST), Some(t + life));
+    assert_eq!(p.poll_timeout(t + life), Some(t + life * 2));
+    assert_eq!(p.poll_timeout(t + life * 2), None);
+}
