@@ -10,9 +10,9 @@
 //! - `sys` (what touches the kernel) lies below `runtime` and never names it or `node`;
 //! - `main.rs` is the CLI: it calls `runtime` commands and never drives the protocol.
 //!
-//! Every `.rs` file under a folder is read, except sibling `tests.rs` files and the
-//! inline `#[cfg(test)]` module at the bottom of a file; comments and string literals
-//! are not code. Built by cargo, or alone: `rustc --edition 2021 --test tests/layers.rs`.
+//! Every `.rs` file under a folder is read, except sibling `tests.rs` files (and the
+//! `tests/` folders of their submodules) and the inline `#[cfg(test)]` module at the
+//! bottom of a file; comments and string literals are not code. Built by cargo, or alone: `rustc --edition 2021 --test tests/layers.rs`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -261,11 +261,16 @@ fn src_dir() -> PathBuf {
     src
 }
 
-/// Every `.rs` file of a scope except `tests.rs`, as (path relative to `src/`, text).
+/// Every `.rs` file of a scope except test modules (`tests.rs` and the `tests/` folder
+/// of its submodules beside it), as (path relative to `src/`, text).
 fn sources(scope: &str) -> Vec<(String, String)> {
     let src = src_dir();
     let (mut todo, mut files) = (vec![src.join(scope)], Vec::new());
     while let Some(path) = todo.pop() {
+        let test_module = path.ends_with("tests") && path.with_extension("rs").is_file();
+        if path.is_dir() && test_module {
+            continue;
+        }
         if path.is_dir() {
             let entries = fs::read_dir(&path).expect("read a source folder");
             todo.extend(entries.map(|e| e.expect("read a folder entry").path()));

@@ -1,11 +1,79 @@
 //! The node's own circuits (client side): building through a path, onion-wrapping
 //! data for every hop, unwrapping what comes back, keepalives and teardown.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand_core::{CryptoRng, RngCore};
 
-use super::*;
+use crate::proto::crypto::{self, KEY_LEN};
+use crate::proto::onion::{self, Generation, HopKeys, Side};
+use crate::proto::wire::{
+    self, Body, BuildPayload, Cell, Cmd, CtrlKind, DestroyReason, Service, BUILD_SLOT_LEN,
+    MAX_PAYLOAD, NK_MSG2_EMPTY, PAYLOAD_OFFSET, REPLY_LEN, REPLY_PAYLOAD_LEN, SLOTS,
+};
+
+use super::frame_body;
+use super::{
+    BuildError, CircuitId, Deadline, DownReason, Entry, Event, HopSpec, LinkId, Node, NodeConfig,
+    Output, SendError, Timer, Transmit, REKEY_TIMEOUT, SPARE_BUFFERS,
+};
+
+pub(super) struct OwnHop {
+    pub(super) spec: HopSpec,
+    pub(super) kb: [u8; KEY_LEN],
+    pub(super) hs: Option<snow::HandshakeState>,
+    pub(super) rekey_sent: Option<Instant>,
+    /// The age at which this hop's current key generation is rekeyed.
+    pub(super) rekey_after: Duration,
+}
+
+/// A fresh rekey age for a hop's key generation: `REKEY_AFTER_TIME` minus a uniform
+/// random time below `jitter` (see [`REKEY_JITTER`]).
+pub(super) fn rekey_after(rng: &mut impl RngCore, jitter: Duration) -> Duration {
+    let ms = usize::try_from(jitter.as_millis()).unwrap_or(usize::MAX);
+    let early = crypto::below(rng, ms) as u64;
+    onion::REKEY_AFTER_TIME.saturating_sub(Duration::from_millis(early))
+}
+
+pub(super) struct Own {
+    pub(super) first: (LinkId, u32),
+    pub(super) hops: Vec<OwnHop>,
+    pub(super) keys: Vec<HopKeys>,
+    pub(super) created: Instant,
+    pub(super) last_rx: Instant,
+    pub(super) last_tx: Instant,
+    /// When the last KEEPALIVE went out.
+    pub(super) last_keepalive: Instant,
+}
+
+impl Own {
+    pub(super) fn is_up(&self) -> bool {
+        self.keys.len() == self.hops.len()
+    }
+
+    /// When the circuit's timer next has something to do (see `Node::check_own`).
+    /// The message-count rekey limit is checked whenever the timer runs, at least
+    /// once per keepalive interval.
+    pub(super) fn deadline(&self, cfg: &NodeConfig) -> Option<Instant> {
+        let mut at = Deadline::default();
+        if !self.is_up() {
+            at.add(self.created + cfg.build_timeout);
+            return at.0;
+        }
+        at.add(self.last_rx + cfg.circuit_timeout);
+        for (h, k) in self.hops.iter().zip(&self.keys) {
+            at.add(k.current.born + onion::REJECT_AFTER_TIME);
+            if let Some(g) = &k.previous {
+                at.add(g.born + onion::REJECT_AFTER_TIME);
+            }
+            let rekey = k.current.born + h.rekey_after.min(onion::REKEY_AFTER_TIME);
+            at.add(h.rekey_sent.map_or(rekey, |t| rekey.max(t + REKEY_TIMEOUT)));
+        }
+        at.add(self.last_tx + cfg.keepalive);
+        at.add(self.last_rx.max(self.last_keepalive) + cfg.keepalive);
+        at.0
+    }
+}
 
 impl Node {
     /// Keeps a received buffer for a later keepalive if there is room (and it holds
@@ -119,12 +187,12 @@ impl Node {
             self.stats.dropped_protocol += 1;
             return Output::Recycle(buf);
         }
-        let Some((head, body)) = wire::split_cell(&mut buf) else {
+        let Some(mut cell) = Cell::new_checked(&mut buf) else {
             self.stats.dropped_malformed += 1;
             return Output::Recycle(buf);
         };
-        let origin = match onion::unwrap_backward(now, &mut own.keys, wire::cell_slots(head), body)
-        {
+        let (slots, body) = cell.slots_and_body();
+        let origin = match onion::unwrap_backward(now, &mut own.keys, slots, body) {
             Ok(i) => i,
             Err(e) => {
                 self.count_reject(e);
@@ -132,17 +200,17 @@ impl Node {
             }
         };
         own.last_rx = now;
-        let Ok(b) = Body::parse(body) else {
+        let Ok(b) = Body::parse(cell.body()) else {
             self.stats.dropped_protocol += 1;
             return Output::Recycle(buf);
         };
+        let first = cell.payload(1).and_then(<[u8]>::first).copied();
         match b.cmd {
             Cmd::Data if origin + 1 == own.hops.len() => {
-                let range = CELL_HEADER_LEN + BODY_HEADER..CELL_HEADER_LEN + BODY_HEADER + b.len;
                 self.events.push_back(Event::Data {
                     circuit: id,
                     buf,
-                    range,
+                    range: wire::payload_range(b.len),
                 });
                 Output::Consumed
             }
@@ -152,9 +220,7 @@ impl Node {
             }
             Cmd::RekeyAck if b.len == NK_MSG2_EMPTY => self.on_rekey_ack(now, rng, id, origin, buf),
             Cmd::Truncated if b.len == 1 && origin + 1 < own.hops.len() => {
-                let reason = buf
-                    .get(PAYLOAD_OFFSET)
-                    .map_or(DestroyReason::Protocol, |r| DestroyReason::from_byte(*r));
+                let reason = first.map_or(DestroyReason::Protocol, DestroyReason::from_byte);
                 self.stats.truncated += 1;
                 self.close(
                     id,
@@ -316,18 +382,17 @@ impl Node {
         len: usize,
         mut buf: Vec<u8>,
     ) -> Output {
-        let size = wire::body_size(&self.cfg.padding, len);
-        buf.resize(CELL_HEADER_LEN + size, 0);
+        if !frame_body(&mut buf, &self.cfg.padding, cmd, len) {
+            return Output::Recycle(buf);
+        }
         let Some(own) = self.own.get_mut(&id) else {
             return Output::Recycle(buf);
         };
-        let Some((head, body)) = wire::split_cell(&mut buf) else {
+        let Some(mut cell) = Cell::new_checked(&mut buf) else {
             return Output::Recycle(buf);
         };
-        if (Body { cmd, len }).emit(body).is_err() {
-            return Output::Recycle(buf);
-        }
-        if onion::wrap_forward(&mut own.keys, target, wire::cell_slots(head), body, rng).is_none() {
+        let (slots, body) = cell.slots_and_body();
+        if onion::wrap_forward(&mut own.keys, target, slots, body, rng).is_none() {
             return Output::Recycle(buf);
         }
         own.last_tx = now;

@@ -5,16 +5,19 @@
 //! (mac2); spoofed floods then cost a MAC and a small reply, never a handshake. Senders
 //! that did prove their address are limited per /32 (IPv4) or /64 (IPv6).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand_core::{CryptoRng, RngCore};
 
-use super::*;
-use crate::proto::crypto::{MAC_LEN, XNONCE_LEN};
+use crate::proto::crypto::{self, KEY_LEN, MAC_LEN, TAG_LEN, XNONCE_LEN};
 use crate::proto::wire::{
-    COOKIE_REPLY_NONCE, COOKIE_REPLY_SEALED, LINK_INIT_MAC1, LINK_INIT_MAC2, LINK_INIT_MAC2ED,
+    self, COOKIE_REPLY_NONCE, COOKIE_REPLY_SEALED, LINK_INIT_MAC1, LINK_INIT_MAC2, LINK_INIT_MAC2ED,
 };
+
+use super::budget::TokenBucket;
+use super::{Node, Timer, Transmit};
 
 /// How long a cookie secret is used (WireGuard's value).
 pub(super) const COOKIE_SECRET_LIFE: Duration = Duration::from_secs(120);

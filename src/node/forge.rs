@@ -9,8 +9,10 @@
 //! gives an attacker nothing; it lets the suite test the code behind authentication
 //! with the real keys instead of a copy of the sealing code.
 
-use super::*;
-use crate::proto::wire::{SLOTS_LEN, SLOT_LEN};
+use crate::proto::onion;
+use crate::proto::wire::{Cell, CELL_HEADER_LEN, SLOTS, SLOTS_LEN, SLOT_LEN};
+
+use super::{CircuitId, Node, Output, SendError, Transmit};
 
 /// Slots after a hop's own: the 7 a forged cell carries past the hop it addresses.
 pub const TAIL_LEN: usize = SLOTS_LEN - SLOT_LEN;
@@ -63,7 +65,8 @@ impl Node {
         let target = cell.target.min(own.keys.len().saturating_sub(1));
         let mut buf = vec![0u8; CELL_HEADER_LEN];
         buf.extend_from_slice(cell.body);
-        let (head, body) = wire::split_cell(&mut buf).ok_or(SendError::ShortBuffer)?;
+        let mut view = Cell::new_checked(&mut buf).ok_or(SendError::ShortBuffer)?;
+        let (rest, body) = view.slots_and_body();
         let mut slots = [[0u8; SLOT_LEN]; SLOTS];
         let hops = own.keys.iter_mut().zip(&mut slots).zip(cell.counters);
         for (j, ((keys, slot), counter)) in hops.enumerate().take(target + 1).rev() {
@@ -75,7 +78,6 @@ impl Node {
                     .ok_or(SendError::Exhausted)?,
             };
         }
-        let rest = wire::cell_slots(head);
         let after = rest.iter_mut().skip((target + 1) * SLOT_LEN);
         for (d, s) in after.zip(&cell.tail) {
             *d = *s;
@@ -116,7 +118,8 @@ impl Node {
     }
 
     /// The circuits this gateway relays or serves, as [`Node::forge_backward`] names
-    /// them (a served circuit has the ID of its [`Event::ServiceData`]).
+    /// them (a served circuit has the ID of its
+    /// [`Event::ServiceData`](super::Event::ServiceData)).
     pub fn relayed(&self) -> impl Iterator<Item = CircuitId> + '_ {
         self.relays.keys().map(|&id| CircuitId(id))
     }
@@ -131,7 +134,8 @@ impl Node {
         let r = self.relays.get_mut(&id.0).ok_or(SendError::NoCircuit)?;
         let mut buf = vec![0u8; CELL_HEADER_LEN];
         buf.extend_from_slice(cell.body);
-        let (head, body) = wire::split_cell(&mut buf).ok_or(SendError::ShortBuffer)?;
+        let mut view = Cell::new_checked(&mut buf).ok_or(SendError::ShortBuffer)?;
+        let (slots, body) = view.slots_and_body();
         let own = match cell.counter {
             Some(ctr) => r.keys.current.seal_at(ctr, body),
             None => r
@@ -140,10 +144,7 @@ impl Node {
                 .seal(true, body)
                 .ok_or(SendError::Exhausted)?,
         };
-        for (d, s) in head[CELL_SLOTS]
-            .iter_mut()
-            .zip(own.iter().chain(&cell.tail))
-        {
+        for (d, s) in slots.iter_mut().zip(own.iter().chain(&cell.tail)) {
             *d = *s;
         }
         let (link, cid) = r.prev;

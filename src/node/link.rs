@@ -2,92 +2,202 @@
 //! (LINK_INIT / LINK_RESP, rekeyed in place) and the handshake budget, and the
 //! LINK_CTRL messages (BUILD, BUILT, DESTROY) that ride on them.
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use rand_core::{CryptoRng, RngCore};
 
-use super::*;
+use crate::proto::crypto::{self, kdf, AeadKey, KEY_LEN, TAG_LEN};
+use crate::proto::onion;
+use crate::proto::replay::ReplayWindow;
+use crate::proto::wire::{
+    self, Cell, CtrlHeader, CtrlKind, DestroyReason, LinkInitReserved, MsgType, CTRL_INNER_HEADER,
+    LINK_CTRL_HEADER, LINK_INIT_MAC1, LINK_INIT_MACED, LINK_INIT_MSG, LINK_INIT_RESERVED,
+    LINK_REKEY_PROOF, LINK_RESP_MSG, NK_MSG2_EMPTY,
+};
+
+use super::cookie;
+use super::mask_header;
+use super::{
+    Budget, Deadline, DownReason, Entry, Event, HopSpec, LinkId, Node, NodeConfig, Output, Timer,
+    Transmit, LINK_DEAD_AFTER, LINK_PING_EVERY, LINK_PROBE_AFTER, LINK_QUIET, LINK_RETRY,
+};
+
+/// Keys of an established link session.
+pub(super) struct LinkKeys {
+    /// Our receiver index for these keys.
+    pub(super) rx: u32,
+    /// The peer's receiver index for these keys.
+    pub(super) tx: u32,
+    /// Proves a later rekey handshake comes from the same initiator.
+    pub(super) rekey: [u8; KEY_LEN],
+    pub(super) born: Instant,
+    pub(super) send_ctrl: AeadKey,
+    pub(super) recv_ctrl: AeadKey,
+    pub(super) send_mask: [u8; KEY_LEN],
+    pub(super) recv_mask: [u8; KEY_LEN],
+    pub(super) send_ctr: u64,
+    pub(super) window: ReplayWindow,
+}
+
+impl LinkKeys {
+    pub(super) fn new(
+        split: ([u8; KEY_LEN], [u8; KEY_LEN]),
+        initiator: bool,
+        (rx, tx): (u32, u32),
+        born: Instant,
+    ) -> Self {
+        let (i2r, r2i) = split;
+        let (s, r) = if initiator { (i2r, r2i) } else { (r2i, i2r) };
+        Self {
+            rx,
+            tx,
+            rekey: kdf(&i2r, b"anonnet link rekey"),
+            born,
+            send_ctrl: AeadKey::new(&kdf(&s, b"anonnet link ctrl")),
+            recv_ctrl: AeadKey::new(&kdf(&r, b"anonnet link ctrl")),
+            send_mask: kdf(&s, b"anonnet link mask"),
+            recv_mask: kdf(&r, b"anonnet link mask"),
+            send_ctr: 0,
+            window: ReplayWindow::new(onion::REJECT_AFTER_MESSAGES),
+        }
+    }
+
+    /// A LINK_CTRL datagram (PROTOCOL §2) sealed under these keys with counter `ctr`.
+    pub(super) fn ctrl_datagram(&self, ctr: u64, kind: u8, cid: u32, body: &[u8]) -> Vec<u8> {
+        let mut buf =
+            Vec::with_capacity(LINK_CTRL_HEADER + CTRL_INNER_HEADER + body.len() + TAG_LEN);
+        buf.push(MsgType::LinkCtrl.byte());
+        buf.extend_from_slice(&self.tx.to_be_bytes());
+        buf.extend_from_slice(&ctr.to_be_bytes());
+        buf.push(kind);
+        buf.extend_from_slice(&cid.to_be_bytes());
+        buf.extend_from_slice(body);
+        let (head, rest) = buf.split_at_mut(LINK_CTRL_HEADER);
+        let tag = self.send_ctrl.seal(ctr, head, rest);
+        buf.extend_from_slice(&tag);
+        buf
+    }
+
+    /// The proof a rekeying initiator puts in its LINK_INIT for new index `rx`.
+    pub(super) fn proof(&self, rx: u32) -> [u8; LINK_REKEY_PROOF] {
+        let mut p = [0u8; LINK_REKEY_PROOF];
+        p.copy_from_slice(&kdf(&self.rekey, &rx.to_be_bytes())[..LINK_REKEY_PROOF]);
+        p
+    }
+}
+
+pub(super) struct PendingInit {
+    pub(super) hs: snow::HandshakeState,
+    pub(super) rx: u32,
+    /// mac1 of the LINK_INIT sent: the AD of a COOKIE_REPLY to it.
+    pub(super) mac1: [u8; crypto::MAC_LEN],
+    pub(super) started: Instant,
+    pub(super) last_sent: Instant,
+}
+
+pub(super) struct Link {
+    pub(super) peer: SocketAddr,
+    pub(super) local: Option<SocketAddr>,
+    /// The peer's static key if this node initiated the link.
+    pub(super) peer_key: Option<[u8; KEY_LEN]>,
+    /// Keys in use.
+    pub(super) keys: Option<LinkKeys>,
+    /// Keys replaced by a rekey, still accepted until they expire.
+    pub(super) previous: Option<LinkKeys>,
+    /// Responder: keys from a rekey, used once the initiator sends under them.
+    pub(super) next: Option<LinkKeys>,
+    pub(super) pending: Option<PendingInit>,
+    /// Initiator: the last cookie the peer sent, and when (for mac2).
+    pub(super) cookie: Option<([u8; crypto::MAC_LEN], Instant)>,
+    pub(super) queue: Vec<(CtrlKind, u32, Vec<u8>)>,
+    /// Circuits on this link, either side.
+    pub(super) circuits: usize,
+    /// Relayed circuits this link brought (it is their previous hop): its share of
+    /// the circuit table.
+    pub(super) relayed_in: usize,
+    /// When the link was last heard from or its last circuit left: the start of
+    /// its idle time.
+    pub(super) last_used: Instant,
+    /// Liveness: the first and the last send after the peer was last heard.
+    pub(super) unheard: Option<(Instant, Instant)>,
+    /// The last PING of this silence.
+    pub(super) pinged: Option<Instant>,
+    /// When the peer was last heard.
+    pub(super) last_heard: Instant,
+}
+
+impl Link {
+    /// The peer answered: something authenticated came from it.
+    pub(super) fn heard(&mut self, now: Instant) {
+        self.unheard = None;
+        self.pinged = None;
+        self.last_heard = now;
+    }
+
+    /// Something that wants an answer went out on the link. True when the link has
+    /// just started asking (sending for [`LINK_PROBE_AFTER`] without hearing back):
+    /// its timer must then run at once to send a PING.
+    pub(super) fn sent(&mut self, now: Instant) -> bool {
+        let asked = self.asking();
+        // A send long after the last unanswered one asks anew.
+        let first = match self.unheard {
+            Some((first, last)) if now.saturating_duration_since(last) < LINK_DEAD_AFTER => first,
+            _ => {
+                self.pinged = None;
+                now
+            }
+        };
+        self.unheard = Some((first, now));
+        !asked && self.asking()
+    }
+
+    /// Whether the link has sent for [`LINK_PROBE_AFTER`] without hearing back and
+    /// has not PINGed yet. One answer sent and then silence is not a question.
+    pub(super) fn asking(&self) -> bool {
+        self.pinged.is_none()
+            && self.unheard.is_some_and(|(first, last)| {
+                last.saturating_duration_since(first) >= LINK_PROBE_AFTER
+            })
+    }
+
+    /// When the link's timer next has something to do (see `Node::check_link`).
+    pub(super) fn deadline(&self, cfg: &NodeConfig) -> Option<Instant> {
+        let mut at = Deadline::default();
+        if let (Some((first, last)), Some(_)) = (self.unheard, &self.keys) {
+            match self.pinged {
+                Some(p) => {
+                    at.add(first + LINK_DEAD_AFTER);
+                    at.add(p + LINK_PING_EVERY);
+                }
+                None if self.asking() => at.add(last),
+                None => {}
+            }
+        }
+        if let Some(k) = &self.keys {
+            at.add(k.born + onion::REJECT_AFTER_TIME);
+        }
+        if let Some(p) = &self.pending {
+            if self.keys.is_none() {
+                at.add(p.started + cfg.build_timeout);
+            }
+            at.add(p.last_sent + LINK_RETRY);
+        } else {
+            if let (Some(_), Some(k)) = (self.peer_key, &self.keys) {
+                at.add(k.born + onion::REKEY_AFTER_TIME);
+            }
+            if self.circuits == 0 {
+                at.add(self.last_used + idle_after(self, cfg.idle_timeout));
+            }
+        }
+        if let Some(k) = &self.previous {
+            at.add(k.born + onion::REJECT_AFTER_TIME);
+        }
+        at.0
+    }
+}
 
 impl Node {
-    pub(super) fn take_token(&mut self, now: Instant, budget: Budget) -> bool {
-        let rate = f64::from(self.cfg.handshake_rate);
-        let b = match budget {
-            Budget::Link => &mut self.budgets.link,
-            Budget::Build => &mut self.budgets.build,
-            Budget::Rekey => &mut self.budgets.rekey,
-        };
-        b.refill(now, rate);
-        let taken = b.take();
-        if !taken {
-            self.stats.dropped_rate_limited += 1;
-        }
-        taken
-    }
-
-    /// Records a handshake ephemeral key; false if it was seen before (a replay).
-    pub(crate) fn remember_handshake(&mut self, now: Instant, e: &[u8]) -> bool {
-        let Some(&key) = e.first_chunk::<32>() else {
-            self.stats.dropped_malformed += 1;
-            return false;
-        };
-        if self.seen.contains(&key) {
-            self.stats.dropped_handshake_replay += 1;
-            return false;
-        }
-        if self.seen_order.len() >= HANDSHAKE_REPLAY_CAP {
-            if let Some((old, _)) = self.seen_order.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-        self.seen.insert(key);
-        self.seen_order.push_back((key, now));
-        self.seen_total += 1;
-        self.timers
-            .set_earlier(Timer::Housekeeping, now + HANDSHAKE_REPLAY_TIME);
-        true
-    }
-
-    /// How many handshakes this node has remembered so far (a position for
-    /// [`Node::remembered_since`]).
-    #[must_use]
-    pub fn handshakes_remembered(&self) -> u64 {
-        self.seen_total
-    }
-
-    /// The handshake keys remembered after the first `since` of
-    /// [`Node::handshakes_remembered`] that are still remembered, oldest first: what a
-    /// driver writes down so that a restarted node still refuses their replays.
-    pub fn remembered_since(&self, since: u64) -> impl Iterator<Item = &[u8; 32]> {
-        let new = usize::try_from(self.seen_total.saturating_sub(since)).unwrap_or(usize::MAX);
-        let skip = self.seen_order.len().saturating_sub(new);
-        self.seen_order.iter().skip(skip).map(|(k, _)| k)
-    }
-
-    /// Every remembered handshake key with its age at `now`, oldest first.
-    pub fn remembered(&self, now: Instant) -> impl Iterator<Item = (&[u8; 32], Duration)> {
-        self.seen_order
-            .iter()
-            .map(move |(k, t)| (k, now.saturating_duration_since(*t)))
-    }
-
-    /// Remembers handshake keys a previous run of this node accepted, each `age` old
-    /// at `now` (those older than [`HANDSHAKE_REPLAY_TIME`] are skipped): their
-    /// replays are dropped as if this node had never stopped. Call it before the
-    /// node handles anything.
-    pub fn preload_handshakes(&mut self, now: Instant, entries: &mut [([u8; 32], Duration)]) {
-        entries.sort_by_key(|e| std::cmp::Reverse(e.1));
-        for &(key, age) in entries.iter() {
-            if age >= HANDSHAKE_REPLAY_TIME || self.seen_order.len() >= HANDSHAKE_REPLAY_CAP {
-                continue;
-            }
-            if self.seen.insert(key) {
-                self.seen_order
-                    .push_back((key, now.checked_sub(age).unwrap_or(now)));
-            }
-        }
-        self.schedule_housekeeping(now);
-    }
-
     /// Starts (or restarts) the link handshake; on a link that has keys, a rekey.
     pub(super) fn send_link_init(
         &mut self,
@@ -247,13 +357,11 @@ impl Node {
         let Some(keys) = link.keys.as_ref() else {
             return Output::Recycle(buf);
         };
-        let Some((head, _)) = wire::split_cell(&mut buf) else {
+        let Some(mut cell) = Cell::new_checked(&mut buf) else {
             return Output::Recycle(buf);
         };
-        head[0] = MsgType::Cell.byte();
-        head[1..5].copy_from_slice(&keys.tx.to_be_bytes());
-        head[5..9].copy_from_slice(&cid.to_be_bytes());
-        mask_header(&keys.send_mask, head);
+        cell.set_address(keys.tx, cid);
+        mask_header(&keys.send_mask, &mut cell);
         let t = Transmit {
             src: link.local,
             dst: link.peer,

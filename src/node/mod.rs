@@ -16,10 +16,12 @@
 // circuit of the node: no indexing, slicing, unwrap or expect (SECURITY.md).
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
+mod budget;
 mod circuit;
 mod cookie;
 mod datapath;
 mod forge;
+mod handshake_cache;
 mod link;
 mod rekey;
 mod relay;
@@ -30,7 +32,11 @@ pub use self::datapath::{Buffers, DataPath, Dropped, Toward};
 pub use self::forge::{ForgedBackward, ForgedForward, TAIL_LEN};
 pub use self::stats::Stats;
 
-use self::timer::{Timer, TimerTable};
+use self::budget::{Budget, Budgets, TokenBucket};
+use self::circuit::{rekey_after, Own};
+use self::link::Link;
+use self::relay::Relay;
+use self::timer::{Deadline, Timer, TimerTable};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -40,16 +46,10 @@ use std::time::{Duration, Instant};
 use rand_core::{CryptoRng, RngCore};
 use thiserror::Error;
 
-use crate::proto::crypto::{self, kdf, AeadKey, KEY_LEN, TAG_LEN};
-use crate::proto::onion::{self, Generation, HopKeys, Reject, Side};
-use crate::proto::replay::ReplayWindow;
+use crate::proto::crypto::{self, KEY_LEN};
+use crate::proto::onion::{self, Reject};
 use crate::proto::wire::{
-    self, Body, BuildPayload, Cmd, CtrlHeader, CtrlKind, DestroyReason, Header, LinkInitReserved,
-    MsgType, Service, BODY_HEADER, BUILD_LEN, BUILD_PAYLOAD_LEN, BUILD_SLOT_LEN, CELL_HEADER_LEN,
-    CELL_MASKED, CELL_SAMPLE, CELL_SLOTS, CTRL_INNER_HEADER, CTR_FLAG, LINK_CTRL_HEADER,
-    LINK_INIT_MAC1, LINK_INIT_MACED, LINK_INIT_MSG, LINK_INIT_RESERVED, LINK_REKEY_PROOF,
-    LINK_RESP_MSG, MAX_PAYLOAD, NK_MSG1_EMPTY, NK_MSG2_EMPTY, PAYLOAD_OFFSET, REPLY_LEN,
-    REPLY_PAYLOAD_LEN, REPLY_SLOT_LEN, SLOTS,
+    self, Body, Cell, Cmd, DestroyReason, Header, Service, CELL_HEADER_LEN, MAX_PAYLOAD,
 };
 
 /// LINK_INIT is sent again after this long without LINK_RESP.
@@ -257,190 +257,6 @@ pub enum BuildError {
 type LinkId = u64;
 type RelayId = u64;
 
-/// Keys of an established link session.
-struct LinkKeys {
-    /// Our receiver index for these keys.
-    rx: u32,
-    /// The peer's receiver index for these keys.
-    tx: u32,
-    /// Proves a later rekey handshake comes from the same initiator.
-    rekey: [u8; KEY_LEN],
-    born: Instant,
-    send_ctrl: AeadKey,
-    recv_ctrl: AeadKey,
-    send_mask: [u8; KEY_LEN],
-    recv_mask: [u8; KEY_LEN],
-    send_ctr: u64,
-    window: ReplayWindow,
-}
-
-impl LinkKeys {
-    fn new(
-        split: ([u8; KEY_LEN], [u8; KEY_LEN]),
-        initiator: bool,
-        (rx, tx): (u32, u32),
-        born: Instant,
-    ) -> Self {
-        let (i2r, r2i) = split;
-        let (s, r) = if initiator { (i2r, r2i) } else { (r2i, i2r) };
-        Self {
-            rx,
-            tx,
-            rekey: kdf(&i2r, b"anonnet link rekey"),
-            born,
-            send_ctrl: AeadKey::new(&kdf(&s, b"anonnet link ctrl")),
-            recv_ctrl: AeadKey::new(&kdf(&r, b"anonnet link ctrl")),
-            send_mask: kdf(&s, b"anonnet link mask"),
-            recv_mask: kdf(&r, b"anonnet link mask"),
-            send_ctr: 0,
-            window: ReplayWindow::new(onion::REJECT_AFTER_MESSAGES),
-        }
-    }
-
-    /// A LINK_CTRL datagram (PROTOCOL §2) sealed under these keys with counter `ctr`.
-    fn ctrl_datagram(&self, ctr: u64, kind: u8, cid: u32, body: &[u8]) -> Vec<u8> {
-        let mut buf =
-            Vec::with_capacity(LINK_CTRL_HEADER + CTRL_INNER_HEADER + body.len() + TAG_LEN);
-        buf.push(MsgType::LinkCtrl.byte());
-        buf.extend_from_slice(&self.tx.to_be_bytes());
-        buf.extend_from_slice(&ctr.to_be_bytes());
-        buf.push(kind);
-        buf.extend_from_slice(&cid.to_be_bytes());
-        buf.extend_from_slice(body);
-        let (head, rest) = buf.split_at_mut(LINK_CTRL_HEADER);
-        let tag = self.send_ctrl.seal(ctr, head, rest);
-        buf.extend_from_slice(&tag);
-        buf
-    }
-
-    /// The proof a rekeying initiator puts in its LINK_INIT for new index `rx`.
-    fn proof(&self, rx: u32) -> [u8; LINK_REKEY_PROOF] {
-        let mut p = [0u8; LINK_REKEY_PROOF];
-        p.copy_from_slice(&kdf(&self.rekey, &rx.to_be_bytes())[..LINK_REKEY_PROOF]);
-        p
-    }
-}
-
-struct PendingInit {
-    hs: snow::HandshakeState,
-    rx: u32,
-    /// mac1 of the LINK_INIT sent: the AD of a COOKIE_REPLY to it.
-    mac1: [u8; crypto::MAC_LEN],
-    started: Instant,
-    last_sent: Instant,
-}
-
-struct Link {
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
-    /// The peer's static key if this node initiated the link.
-    peer_key: Option<[u8; KEY_LEN]>,
-    /// Keys in use.
-    keys: Option<LinkKeys>,
-    /// Keys replaced by a rekey, still accepted until they expire.
-    previous: Option<LinkKeys>,
-    /// Responder: keys from a rekey, used once the initiator sends under them.
-    next: Option<LinkKeys>,
-    pending: Option<PendingInit>,
-    /// Initiator: the last cookie the peer sent, and when (for mac2).
-    cookie: Option<([u8; crypto::MAC_LEN], Instant)>,
-    queue: Vec<(CtrlKind, u32, Vec<u8>)>,
-    /// Circuits on this link, either side.
-    circuits: usize,
-    /// Relayed circuits this link brought (it is their previous hop): its share of
-    /// the circuit table.
-    relayed_in: usize,
-    /// When the link was last heard from or its last circuit left: the start of
-    /// its idle time.
-    last_used: Instant,
-    /// Liveness: the first and the last send after the peer was last heard.
-    unheard: Option<(Instant, Instant)>,
-    /// The last PING of this silence.
-    pinged: Option<Instant>,
-    /// When the peer was last heard.
-    last_heard: Instant,
-}
-
-impl Link {
-    /// The peer answered: something authenticated came from it.
-    fn heard(&mut self, now: Instant) {
-        self.unheard = None;
-        self.pinged = None;
-        self.last_heard = now;
-    }
-
-    /// Something that wants an answer went out on the link. True when the link has
-    /// just started asking (sending for [`LINK_PROBE_AFTER`] without hearing back):
-    /// its timer must then run at once to send a PING.
-    fn sent(&mut self, now: Instant) -> bool {
-        let asked = self.asking();
-        // A send long after the last unanswered one asks anew.
-        let first = match self.unheard {
-            Some((first, last)) if now.saturating_duration_since(last) < LINK_DEAD_AFTER => first,
-            _ => {
-                self.pinged = None;
-                now
-            }
-        };
-        self.unheard = Some((first, now));
-        !asked && self.asking()
-    }
-
-    /// Whether the link has sent for [`LINK_PROBE_AFTER`] without hearing back and
-    /// has not PINGed yet. One answer sent and then silence is not a question.
-    fn asking(&self) -> bool {
-        self.pinged.is_none()
-            && self.unheard.is_some_and(|(first, last)| {
-                last.saturating_duration_since(first) >= LINK_PROBE_AFTER
-            })
-    }
-
-    /// When the link's timer next has something to do (see `Node::check_link`).
-    fn deadline(&self, cfg: &NodeConfig) -> Option<Instant> {
-        let mut at = Deadline::default();
-        if let (Some((first, last)), Some(_)) = (self.unheard, &self.keys) {
-            match self.pinged {
-                Some(p) => {
-                    at.add(first + LINK_DEAD_AFTER);
-                    at.add(p + LINK_PING_EVERY);
-                }
-                None if self.asking() => at.add(last),
-                None => {}
-            }
-        }
-        if let Some(k) = &self.keys {
-            at.add(k.born + onion::REJECT_AFTER_TIME);
-        }
-        if let Some(p) = &self.pending {
-            if self.keys.is_none() {
-                at.add(p.started + cfg.build_timeout);
-            }
-            at.add(p.last_sent + LINK_RETRY);
-        } else {
-            if let (Some(_), Some(k)) = (self.peer_key, &self.keys) {
-                at.add(k.born + onion::REKEY_AFTER_TIME);
-            }
-            if self.circuits == 0 {
-                at.add(self.last_used + link::idle_after(self, cfg.idle_timeout));
-            }
-        }
-        if let Some(k) = &self.previous {
-            at.add(k.born + onion::REJECT_AFTER_TIME);
-        }
-        at.0
-    }
-}
-
-/// The earliest of some instants.
-#[derive(Default)]
-struct Deadline(Option<Instant>);
-
-impl Deadline {
-    fn add(&mut self, at: Instant) {
-        self.0 = Some(self.0.map_or(at, |d| d.min(at)));
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Entry {
     /// The previous-hop side of a relayed circuit (cells arriving here go forward).
@@ -448,142 +264,6 @@ enum Entry {
     /// The next-hop side of a relayed circuit (cells arriving here go backward).
     RelayNext(RelayId),
     Own(CircuitId),
-}
-
-struct Relay {
-    prev: (LinkId, u32),
-    next: Option<(LinkId, u32)>,
-    service: Service,
-    keys: HopKeys,
-    kb: [u8; KEY_LEN],
-    /// This hop's BUILT reply slot, held until the next hop's BUILT arrives.
-    reply: Option<[u8; REPLY_SLOT_LEN]>,
-    created: Instant,
-    last_fwd: Instant,
-    last_bwd: Instant,
-}
-
-impl Relay {
-    /// When the relay's timer next has something to do (see `Node::check_relay`).
-    fn deadline(&self, cfg: &NodeConfig) -> Option<Instant> {
-        let mut at = Deadline::default();
-        if self.reply.is_some() {
-            at.add(self.created + cfg.build_timeout);
-        }
-        at.add(self.last_fwd + cfg.idle_timeout);
-        if self.next.is_some() {
-            at.add(self.last_bwd + cfg.idle_timeout);
-        }
-        if self.keys.next.is_none() {
-            at.add(self.keys.current.born + onion::REJECT_AFTER_TIME);
-        }
-        if let Some(g) = &self.keys.previous {
-            at.add(g.born + onion::REJECT_AFTER_TIME);
-        }
-        at.0
-    }
-}
-
-struct OwnHop {
-    spec: HopSpec,
-    kb: [u8; KEY_LEN],
-    hs: Option<snow::HandshakeState>,
-    rekey_sent: Option<Instant>,
-    /// The age at which this hop's current key generation is rekeyed.
-    rekey_after: Duration,
-}
-
-/// A fresh rekey age for a hop's key generation: `REKEY_AFTER_TIME` minus a uniform
-/// random time below `jitter` (see [`REKEY_JITTER`]).
-fn rekey_after(rng: &mut impl RngCore, jitter: Duration) -> Duration {
-    let ms = usize::try_from(jitter.as_millis()).unwrap_or(usize::MAX);
-    let early = crypto::below(rng, ms) as u64;
-    onion::REKEY_AFTER_TIME.saturating_sub(Duration::from_millis(early))
-}
-
-struct Own {
-    first: (LinkId, u32),
-    hops: Vec<OwnHop>,
-    keys: Vec<HopKeys>,
-    created: Instant,
-    last_rx: Instant,
-    last_tx: Instant,
-    /// When the last KEEPALIVE went out.
-    last_keepalive: Instant,
-}
-
-impl Own {
-    fn is_up(&self) -> bool {
-        self.keys.len() == self.hops.len()
-    }
-
-    /// When the circuit's timer next has something to do (see `Node::check_own`).
-    /// The message-count rekey limit is checked whenever the timer runs, at least
-    /// once per keepalive interval.
-    fn deadline(&self, cfg: &NodeConfig) -> Option<Instant> {
-        let mut at = Deadline::default();
-        if !self.is_up() {
-            at.add(self.created + cfg.build_timeout);
-            return at.0;
-        }
-        at.add(self.last_rx + cfg.circuit_timeout);
-        for (h, k) in self.hops.iter().zip(&self.keys) {
-            at.add(k.current.born + onion::REJECT_AFTER_TIME);
-            if let Some(g) = &k.previous {
-                at.add(g.born + onion::REJECT_AFTER_TIME);
-            }
-            let rekey = k.current.born + h.rekey_after.min(onion::REKEY_AFTER_TIME);
-            at.add(h.rekey_sent.map_or(rekey, |t| rekey.max(t + REKEY_TIMEOUT)));
-        }
-        at.add(self.last_tx + cfg.keepalive);
-        at.add(self.last_rx.max(self.last_keepalive) + cfg.keepalive);
-        at.0
-    }
-}
-
-struct TokenBucket {
-    tokens: f64,
-    last: Option<Instant>,
-}
-
-impl TokenBucket {
-    /// Adds the tokens earned since the last refill, up to one second's worth.
-    fn refill(&mut self, now: Instant, rate: f64) {
-        if let Some(last) = self.last {
-            self.tokens =
-                (self.tokens + now.saturating_duration_since(last).as_secs_f64() * rate).min(rate);
-        }
-        self.last = Some(now);
-    }
-
-    fn take(&mut self) -> bool {
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// What a handshake token is spent on: each has its own bucket of `handshake_rate`
-/// per second, so a flood of one kind (new links from anywhere, BUILDs from one
-/// client) cannot starve the others (the rekeys that keep circuits alive).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Budget {
-    /// LINK_INIT, new links and link rekeys (after its MAC verified).
-    Link,
-    /// A BUILD slot addressed to this node.
-    Build,
-    /// REKEY of a circuit this node relays.
-    Rekey,
-}
-
-/// The three handshake buckets.
-struct Budgets {
-    link: TokenBucket,
-    build: TokenBucket,
-    rekey: TokenBucket,
 }
 
 /// The protocol state machine of one node.
@@ -641,12 +321,18 @@ fn random_nonzero(rng: &mut impl RngCore) -> u32 {
     }
 }
 
+/// Lays out a cell body in `buf` for a payload of `len` bytes already at
+/// `PAYLOAD_OFFSET`: writes the body header (`cmd`, `len`) and pads the body to its
+/// size class. False if the payload does not fit a cell.
+fn frame_body(buf: &mut Vec<u8>, padding: &[usize], cmd: Cmd, len: usize) -> bool {
+    buf.resize(CELL_HEADER_LEN + wire::body_size(padding, len), 0);
+    Cell::new_checked(buf).is_some_and(|mut c| (Body { cmd, len }).emit(c.body_mut()).is_ok())
+}
+
 /// XORs the masked bytes of a CELL with the mask of its sample (PROTOCOL §2, CELL).
-fn mask_header(key: &[u8; KEY_LEN], head: &mut [u8; CELL_HEADER_LEN]) {
-    let mut sample = [0u8; crypto::SAMPLE_LEN];
-    sample.copy_from_slice(&head[CELL_SAMPLE]);
-    let mask = crypto::header_mask(key, &sample);
-    for (b, m) in head[CELL_MASKED].iter_mut().zip(mask) {
+fn mask_header(key: &[u8; KEY_LEN], cell: &mut Cell<'_>) {
+    let mask = crypto::header_mask(key, &cell.sample());
+    for (b, m) in cell.masked_mut().iter_mut().zip(mask) {
         *b ^= m;
     }
 }
@@ -856,12 +542,12 @@ impl Node {
             return Output::Recycle(buf);
         };
         let mask = keys.recv_mask;
-        let Some((head, _)) = wire::split_cell(&mut buf) else {
+        let Some(mut cell) = Cell::new_checked(&mut buf) else {
             self.stats.dropped_malformed += 1;
             return Output::Recycle(buf);
         };
-        mask_header(&mask, head);
-        let cid = wire::cell_circuit(head);
+        mask_header(&mask, &mut cell);
+        let cid = cell.circuit();
         let entry = self.circuits.get(&(link_id, cid)).copied();
         // A cell of a known circuit (its masked header needs the link's keys) shows
         // the peer alive.

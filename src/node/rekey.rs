@@ -10,7 +10,12 @@ use std::time::Instant;
 
 use rand_core::{CryptoRng, RngCore};
 
-use super::*;
+use crate::proto::crypto;
+use crate::proto::onion::{Generation, Side};
+use crate::proto::wire::{Body, Cell, Cmd, NK_MSG1_EMPTY, NK_MSG2_EMPTY};
+
+use super::rekey_after;
+use super::{Budget, CircuitId, Node, Output, RelayId};
 
 impl Node {
     /// Gateway side: answers a REKEY on relayed circuit `id` in `buf` (the body
@@ -28,7 +33,11 @@ impl Node {
         let Some(sk) = self.cfg.static_key else {
             return false;
         };
-        let Some(msg) = buf.get(PAYLOAD_OFFSET..PAYLOAD_OFFSET + NK_MSG1_EMPTY) else {
+        let Some(mut cell) = Cell::new_checked(buf) else {
+            self.stats.dropped_malformed += 1;
+            return false;
+        };
+        let Some(msg) = cell.payload(NK_MSG1_EMPTY) else {
             self.stats.dropped_malformed += 1;
             return false;
         };
@@ -57,18 +66,15 @@ impl Node {
         ));
         self.stats.rekeys += 1;
         // The REKEY's body held NK msg1, as long as the reply.
-        let Some(dst) = buf.get_mut(PAYLOAD_OFFSET..PAYLOAD_OFFSET + NK_MSG2_EMPTY) else {
+        let Some(dst) = cell.payload_mut(NK_MSG2_EMPTY) else {
             return false;
         };
         dst.copy_from_slice(&reply);
-        let Some(body) = buf.get_mut(CELL_HEADER_LEN..) else {
-            return false;
-        };
         Body {
             cmd: Cmd::RekeyAck,
             len: NK_MSG2_EMPTY,
         }
-        .emit(body)
+        .emit(cell.body_mut())
         .is_ok()
     }
 
@@ -80,16 +86,16 @@ impl Node {
         rng: &mut (impl RngCore + CryptoRng),
         id: CircuitId,
         origin: usize,
-        buf: Vec<u8>,
+        mut buf: Vec<u8>,
     ) -> Output {
         let Some(own) = self.own.get_mut(&id) else {
             return Output::Recycle(buf);
         };
-        let (Some(hop), Some(keys), Some(msg)) = (
-            own.hops.get_mut(origin),
-            own.keys.get_mut(origin),
-            buf.get(PAYLOAD_OFFSET..PAYLOAD_OFFSET + NK_MSG2_EMPTY),
-        ) else {
+        let msg = Cell::new_checked(&mut buf)
+            .and_then(|c| <[u8; NK_MSG2_EMPTY]>::try_from(c.payload(NK_MSG2_EMPTY)?).ok());
+        let (Some(hop), Some(keys), Some(msg)) =
+            (own.hops.get_mut(origin), own.keys.get_mut(origin), msg)
+        else {
             self.stats.dropped_malformed += 1;
             return Output::Recycle(buf);
         };
@@ -98,7 +104,7 @@ impl Node {
             return Output::Recycle(buf);
         };
         let mut p = [0u8; 64];
-        if hs.read_message(msg, &mut p).is_err() {
+        if hs.read_message(&msg, &mut p).is_err() {
             self.stats.dropped_auth += 1;
             return Output::Recycle(buf);
         }

@@ -3,12 +3,58 @@
 //! backward in place, and the terminal hop hands service data (exit, directory,
 //! echo) to the driver or answers it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use rand_core::{CryptoRng, RngCore};
 
-use super::*;
+use crate::proto::crypto::{self, KEY_LEN};
+use crate::proto::onion::{self, Generation, HopKeys, Side};
+use crate::proto::wire::{
+    self, Body, BuildPayload, Cell, Cmd, CtrlKind, DestroyReason, Service, BUILD_LEN,
+    BUILD_PAYLOAD_LEN, BUILD_SLOT_LEN, CTR_FLAG, MAX_PAYLOAD, NK_MSG1_EMPTY, PAYLOAD_OFFSET,
+    REPLY_PAYLOAD_LEN, REPLY_SLOT_LEN,
+};
+
+use super::frame_body;
+use super::{
+    Budget, CircuitId, Deadline, Entry, Event, HopSpec, LinkId, Node, NodeConfig, Output, RelayId,
+    SendError, Timer, Transmit,
+};
+
+pub(super) struct Relay {
+    pub(super) prev: (LinkId, u32),
+    pub(super) next: Option<(LinkId, u32)>,
+    pub(super) service: Service,
+    pub(super) keys: HopKeys,
+    pub(super) kb: [u8; KEY_LEN],
+    /// This hop's BUILT reply slot, held until the next hop's BUILT arrives.
+    pub(super) reply: Option<[u8; REPLY_SLOT_LEN]>,
+    pub(super) created: Instant,
+    pub(super) last_fwd: Instant,
+    pub(super) last_bwd: Instant,
+}
+
+impl Relay {
+    /// When the relay's timer next has something to do (see `Node::check_relay`).
+    pub(super) fn deadline(&self, cfg: &NodeConfig) -> Option<Instant> {
+        let mut at = Deadline::default();
+        if self.reply.is_some() {
+            at.add(self.created + cfg.build_timeout);
+        }
+        at.add(self.last_fwd + cfg.idle_timeout);
+        if self.next.is_some() {
+            at.add(self.last_bwd + cfg.idle_timeout);
+        }
+        if self.keys.next.is_none() {
+            at.add(self.keys.current.born + onion::REJECT_AFTER_TIME);
+        }
+        if let Some(g) = &self.keys.previous {
+            at.add(g.born + onion::REJECT_AFTER_TIME);
+        }
+        at.0
+    }
+}
 
 impl Node {
     pub(super) fn on_build(
@@ -203,11 +249,12 @@ impl Node {
         let Some(r) = self.relays.get_mut(&id) else {
             return Output::Recycle(buf);
         };
-        let Some((head, body)) = wire::split_cell(&mut buf) else {
+        let Some(mut cell) = Cell::new_checked(&mut buf) else {
             self.stats.dropped_malformed += 1;
             return Output::Recycle(buf);
         };
-        let (ctr, tag) = onion::read_slot0(wire::cell_slots(head));
+        let (slots, body) = cell.slots_and_body();
+        let (ctr, tag) = onion::read_slot0(slots);
         if let Err(e) = r.keys.open(now, ctr, &tag, body) {
             self.count_reject(e);
             return Output::Recycle(buf);
@@ -221,7 +268,7 @@ impl Node {
             return Output::Recycle(buf);
         };
         let ks = r.keys.opened_by(ctr).open_keystream(ctr);
-        onion::shift_out(wire::cell_slots(head), &ks);
+        onion::shift_out(cell.slots_mut(), &ks);
         self.stats.relayed_forward += 1;
         self.finish_cell(nl, nc, buf)
     }
@@ -234,7 +281,7 @@ impl Node {
         id: RelayId,
         mut buf: Vec<u8>,
     ) -> Output {
-        let Some(Ok(body)) = buf.get(CELL_HEADER_LEN..).map(Body::parse) else {
+        let Some(Ok(body)) = Cell::new_checked(&mut buf).map(|c| Body::parse(c.body())) else {
             self.stats.dropped_protocol += 1;
             return Output::Recycle(buf);
         };
@@ -245,12 +292,11 @@ impl Node {
             Cmd::Keepalive => {}
             Cmd::Data if r.service == Service::Echo => {}
             Cmd::Data if matches!(r.service, Service::Exit | Service::Directory) => {
-                let start = CELL_HEADER_LEN + BODY_HEADER;
                 self.events.push_back(Event::ServiceData {
                     circuit: CircuitId(id),
                     service: r.service,
                     buf,
-                    range: start..start + body.len,
+                    range: wire::payload_range(body.len),
                 });
                 return Output::Consumed;
             }
@@ -277,15 +323,15 @@ impl Node {
             self.stats.dropped_expired += 1;
             return Output::Recycle(buf);
         }
-        let Some((head, body)) = wire::split_cell(&mut buf) else {
+        let Some(mut cell) = Cell::new_checked(&mut buf) else {
             return Output::Recycle(buf);
         };
-        let Some(own) = r.keys.current.seal(true, body) else {
+        let Some(own) = r.keys.current.seal(true, cell.body_mut()) else {
             return Output::Recycle(buf);
         };
         let (ctr, _) = onion::read_slot0(&own);
         let ks = r.keys.current.seal_keystream(ctr);
-        onion::originate(wire::cell_slots(head), &ks, &own);
+        onion::originate(cell.slots_mut(), &ks, &own);
         let (pl, pc) = r.prev;
         self.finish_cell(pl, pc, buf)
     }
@@ -298,16 +344,16 @@ impl Node {
             self.stats.dropped_expired += 1;
             return Output::Recycle(buf);
         }
-        let Some((head, body)) = wire::split_cell(&mut buf) else {
+        let Some(mut cell) = Cell::new_checked(&mut buf) else {
             self.stats.dropped_malformed += 1;
             return Output::Recycle(buf);
         };
-        let Some(own) = r.keys.current.seal(false, body) else {
+        let Some(own) = r.keys.current.seal(false, cell.body_mut()) else {
             return Output::Recycle(buf);
         };
         let (ctr, _) = onion::read_slot0(&own);
         let ks = r.keys.current.seal_keystream(ctr);
-        onion::push_in(wire::cell_slots(head), &ks, &own);
+        onion::push_in(cell.slots_mut(), &ks, &own);
         r.last_bwd = now;
         let (pl, pc) = r.prev;
         self.stats.relayed_backward += 1;
@@ -354,8 +400,7 @@ impl Node {
         self.push_output(out);
     }
 
-    /// Writes the body header (`cmd`, `len`; the payload is at [`PAYLOAD_OFFSET`]),
-    /// pads the body to its size class, and originates the cell backward.
+    /// Frames the body ([`frame_body`]) and originates the cell backward.
     pub(super) fn originate_body(
         &mut self,
         now: Instant,
@@ -364,12 +409,7 @@ impl Node {
         len: usize,
         mut buf: Vec<u8>,
     ) -> Output {
-        let size = wire::body_size(&self.cfg.padding, len);
-        buf.resize(CELL_HEADER_LEN + size, 0);
-        let Some((_, body)) = wire::split_cell(&mut buf) else {
-            return Output::Recycle(buf);
-        };
-        if (Body { cmd, len }).emit(body).is_err() {
+        if !frame_body(&mut buf, &self.cfg.padding, cmd, len) {
             return Output::Recycle(buf);
         }
         self.originate(now, id, buf)

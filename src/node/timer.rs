@@ -81,3 +81,13 @@ impl TimerTable {
         self.at.get(&timer).copied()
     }
 }
+
+/// The earliest of some instants.
+#[derive(Default)]
+pub(super) struct Deadline(pub(super) Option<Instant>);
+
+impl Deadline {
+    pub(super) fn add(&mut self, at: Instant) {
+        self.0 = Some(self.0.map_or(at, |d| d.min(at)));
+    }
+}

@@ -165,7 +165,7 @@ pub enum Header {
     /// LINK_CTRL: `type ‖ receiver (4) ‖ counter (8) ‖ sealed inner message ‖ tag`.
     LinkCtrl { receiver: u32, counter: u64 },
     /// CELL: `type ‖ receiver (4) ‖ masked header ‖ slots ‖ body`; the circuit ID
-    /// is masked and read with [`cell_circuit`] once the mask is removed.
+    /// is masked and read with [`Cell::circuit`] once the mask is removed.
     Cell { receiver: u32 },
     /// COOKIE_REPLY: `type ‖ receiver (4) ‖ nonce (24) ‖ sealed cookie (32)`.
     CookieReply { receiver: u32 },
@@ -195,24 +195,96 @@ impl Header {
     }
 }
 
-/// A CELL's fixed-size header (bytes 0..201, which constant ranges index without a
-/// panic) and its body; `None` if `buf` is shorter than a header.
-pub fn split_cell(buf: &mut [u8]) -> Option<(&mut [u8; CELL_HEADER_LEN], &mut [u8])> {
-    let (head, body) = buf.split_at_mut_checked(CELL_HEADER_LEN)?;
-    Some((head.try_into().ok()?, body))
+/// A CELL datagram (PROTOCOL §2, CELL), smoltcp style: [`Cell::new_checked`] splits
+/// off the fixed-size header once, so every accessor reads or writes fixed offsets
+/// of an array and none can be out of range. A node opens it in place, layer by
+/// layer, and sends the same buffer on.
+///
+/// ```text
+/// 0      1              5             9             33            201
+/// | type | receiver (4) | circuit (4) | slot 0 (24) | slots 1..8   | body ...
+///                       '------ masked ------------'  '- sample: first 16 bytes of slot 1
+/// ```
+#[derive(Debug)]
+pub struct Cell<'a> {
+    head: &'a mut [u8; CELL_HEADER_LEN],
+    body: &'a mut [u8],
 }
 
-/// The 8 slots of a cell header (bytes 9..201, [`CELL_SLOTS`]).
-#[must_use]
-pub fn cell_slots(head: &mut [u8; CELL_HEADER_LEN]) -> &mut [u8; SLOTS_LEN] {
-    let [_, _, _, _, _, _, _, _, _, slots @ ..] = head;
-    slots
+impl<'a> Cell<'a> {
+    /// The cell in `buf`; `None` if it is shorter than a cell header.
+    pub fn new_checked(buf: &'a mut [u8]) -> Option<Self> {
+        let (head, body) = buf.split_first_chunk_mut::<CELL_HEADER_LEN>()?;
+        Some(Self { head, body })
+    }
+
+    /// The circuit ID (bytes 5..9), once the header mask is removed.
+    #[must_use]
+    pub fn circuit(&self) -> u32 {
+        u32::from_be_bytes([self.head[5], self.head[6], self.head[7], self.head[8]])
+    }
+
+    /// Writes the clear fields of an outgoing cell: type, the receiver's index on
+    /// the link, and the circuit ID (before the mask goes on).
+    pub fn set_address(&mut self, receiver: u32, circuit: u32) {
+        let [t, r0, r1, r2, r3, c0, c1, c2, c3, ..] = &mut *self.head;
+        *t = MsgType::Cell.byte();
+        [*r0, *r1, *r2, *r3] = receiver.to_be_bytes();
+        [*c0, *c1, *c2, *c3] = circuit.to_be_bytes();
+    }
+
+    /// The sample the header mask is derived from ([`CELL_SAMPLE`]).
+    #[must_use]
+    pub fn sample(&self) -> [u8; CELL_SAMPLE.end - CELL_SAMPLE.start] {
+        let mut sample = [0; CELL_SAMPLE.end - CELL_SAMPLE.start];
+        sample.copy_from_slice(&self.head[CELL_SAMPLE]);
+        sample
+    }
+
+    /// The bytes the header mask covers ([`CELL_MASKED`]: circuit ID and slot 0).
+    pub fn masked_mut(&mut self) -> &mut [u8] {
+        &mut self.head[CELL_MASKED]
+    }
+
+    /// The 8 slots of the header ([`CELL_SLOTS`]).
+    pub fn slots_mut(&mut self) -> &mut [u8; SLOTS_LEN] {
+        let [_, _, _, _, _, _, _, _, _, slots @ ..] = &mut *self.head;
+        slots
+    }
+
+    /// The slots and the body at once: what one onion layer works on.
+    pub fn slots_and_body(&mut self) -> (&mut [u8; SLOTS_LEN], &mut [u8]) {
+        let [_, _, _, _, _, _, _, _, _, slots @ ..] = &mut *self.head;
+        (slots, &mut *self.body)
+    }
+
+    /// The body: the body header ([`BODY_HEADER`]), the payload, the padding.
+    #[must_use]
+    pub fn body(&self) -> &[u8] {
+        &*self.body
+    }
+
+    pub fn body_mut(&mut self) -> &mut [u8] {
+        &mut *self.body
+    }
+
+    /// The first `len` payload bytes (after the body header), if the body has them.
+    #[must_use]
+    pub fn payload(&self, len: usize) -> Option<&[u8]> {
+        self.body.get(BODY_HEADER..BODY_HEADER.checked_add(len)?)
+    }
+
+    /// As [`Cell::payload`], to write.
+    pub fn payload_mut(&mut self, len: usize) -> Option<&mut [u8]> {
+        self.body
+            .get_mut(BODY_HEADER..BODY_HEADER.checked_add(len)?)
+    }
 }
 
-/// The circuit ID of a cell whose header mask has been removed (bytes 5..9).
+/// Where a payload of `len` bytes lies in a cell datagram's buffer.
 #[must_use]
-pub fn cell_circuit(head: &[u8; CELL_HEADER_LEN]) -> u32 {
-    u32::from_be_bytes([head[5], head[6], head[7], head[8]])
+pub fn payload_range(len: usize) -> std::ops::Range<usize> {
+    PAYLOAD_OFFSET..PAYLOAD_OFFSET + len
 }
 
 /// The inner header of an opened LINK_CTRL: `kind ‖ circuit (4) ‖ body`.
@@ -541,262 +613,4 @@ pub fn body_size(classes: &[usize], payload: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    // Tests index and unwrap what they built themselves.
-    #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
-
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn classify_vectors() {
-        let mut init = vec![0x11, 0, 0, 0, 1];
-        init.extend_from_slice(&[0xab; 96]);
-        assert_eq!(classify(&init), Ok(MsgType::LinkInit));
-        assert_eq!(Header::parse(&init), Ok(Header::LinkInit { sender: 1 }));
-        // The lengths before the MACs were added (69, 85) no longer pass.
-        for len in [69, 85] {
-            assert_eq!(
-                classify(&init[..len]),
-                Err(WireError::Length {
-                    kind: MsgType::LinkInit,
-                    len
-                })
-            );
-        }
-        assert_eq!(classify(&[0x21, 0, 0]), Err(WireError::Version(2)));
-        assert_eq!(classify(&[0x1f]), Err(WireError::UnknownType(15)));
-        assert_eq!(classify(&[]), Err(WireError::Empty));
-        let resp = emit_link_resp(0x0102_0304, 0x0506_0708, &[0xcd; 48]);
-        assert_eq!(&resp[..9], &[0x12, 1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(classify(&resp), Ok(MsgType::LinkResp));
-        assert_eq!(classify(&[0x13; 13 + 5 + 1 + 16]), Ok(MsgType::LinkCtrl));
-        assert_eq!(classify(&vec![0x13; 1186]), Ok(MsgType::LinkCtrl));
-        assert!(classify(&vec![0x13; 1187]).is_err());
-        assert_eq!(classify(&vec![0x14; 1452]), Ok(MsgType::Cell));
-        assert!(classify(&vec![0x14; 1453]).is_err());
-        assert!(classify(&vec![0x14; 232]).is_err());
-        assert_eq!(classify(&vec![0x14; 233]), Ok(MsgType::Cell));
-    }
-
-    #[test]
-    fn header_vectors() {
-        let resp = emit_link_resp(0x0102_0304, 0x0506_0708, &[0xcd; 48]);
-        assert_eq!(
-            Header::parse(&resp),
-            Ok(Header::LinkResp {
-                sender: 0x0102_0304,
-                receiver: 0x0506_0708
-            })
-        );
-        let mut ctrl = vec![0x13, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 1, 2];
-        ctrl.extend_from_slice(&[0; 5 + 1 + 16]);
-        assert_eq!(
-            Header::parse(&ctrl),
-            Ok(Header::LinkCtrl {
-                receiver: 9,
-                counter: 0x0102
-            })
-        );
-        let mut cell = vec![0x14, 0xff, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
-        cell.resize(233, 0);
-        assert_eq!(
-            Header::parse(&cell),
-            Ok(Header::Cell {
-                receiver: 0xff00_0001
-            })
-        );
-        let (head, _) = split_cell(&mut cell).expect("a whole header");
-        assert_eq!(cell_circuit(head), 0xdead_beef);
-        assert_eq!(
-            Header::parse(&cell[..232]),
-            Err(WireError::Length {
-                kind: MsgType::Cell,
-                len: 232
-            })
-        );
-    }
-
-    #[test]
-    fn ctrl_header_vectors() {
-        let mut destroy = vec![3, 0, 0, 0, 7, 2];
-        assert_eq!(
-            CtrlHeader::parse(&destroy),
-            Ok(CtrlHeader {
-                kind: CtrlKind::Destroy,
-                circuit: 7
-            })
-        );
-        destroy.push(0);
-        assert_eq!(CtrlHeader::parse(&destroy), Err(WireError::Malformed));
-        assert_eq!(CtrlHeader::parse(&[3, 0, 0]), Err(WireError::Malformed));
-        assert_eq!(
-            CtrlHeader::parse(&[9, 0, 0, 0, 7, 2]),
-            Err(WireError::Malformed)
-        );
-    }
-
-    #[test]
-    fn link_init_reserved_vectors() {
-        let r = LinkInitReserved {
-            replaces: 0x0a0b_0c0d,
-            proof: [7; LINK_REKEY_PROOF],
-        };
-        let b = r.emit();
-        assert_eq!(&b[..4], &[0x0a, 0x0b, 0x0c, 0x0d]);
-        assert_eq!(&b[4..], &[7; LINK_REKEY_PROOF]);
-        let mut payload = b.to_vec();
-        payload.extend_from_slice(&[0xee; 8]);
-        assert_eq!(LinkInitReserved::parse(&payload), Ok(r));
-        assert_eq!(
-            LinkInitReserved::parse(&b[..LINK_INIT_RESERVED - 1]),
-            Err(WireError::Malformed)
-        );
-        let fresh = LinkInitReserved::parse(&[0; LINK_INIT_RESERVED]);
-        assert_eq!(fresh.map(|r| r.replaces), Ok(0));
-    }
-
-    #[test]
-    fn emit_link_init_layout() {
-        let v = emit_link_init(
-            0xdead_beef,
-            &[7; 64],
-            |covered| {
-                assert_eq!(covered.len(), LINK_INIT_MACED.end);
-                [9; 16]
-            },
-            |covered| {
-                assert_eq!(covered.len(), LINK_INIT_MAC2ED.end);
-                Some([8; 16])
-            },
-        );
-        assert_eq!(v.len(), LINK_INIT_LEN);
-        assert_eq!(&v[..5], &[0x11, 0xde, 0xad, 0xbe, 0xef]);
-        assert_eq!(&v[LINK_INIT_MSG], &[7; 64]);
-        assert_eq!(&v[LINK_INIT_MAC1], &[9; 16]);
-        assert_eq!(&v[LINK_INIT_MAC2], &[8; 16]);
-        let no_cookie = emit_link_init(1, &[7; 64], |_| [9; 16], |_| None);
-        assert_eq!(&no_cookie[LINK_INIT_MAC2], &[0; 16]);
-        let c = emit_cookie_reply(0x0102_0304, &[5; 24], &[6; 32]);
-        assert_eq!(c.len(), COOKIE_REPLY_LEN);
-        assert_eq!(&c[..5], &[0x15, 1, 2, 3, 4]);
-        assert_eq!(&c[COOKIE_REPLY_NONCE], &[5; 24]);
-        assert_eq!(&c[COOKIE_REPLY_SEALED], &[6; 32]);
-        assert_eq!(
-            Header::parse(&c),
-            Ok(Header::CookieReply {
-                receiver: 0x0102_0304
-            })
-        );
-    }
-
-    #[test]
-    fn build_payload_vector() {
-        let p = BuildPayload {
-            service: Service::Relay,
-            kb: [0x11; 32],
-            next: Some(("198.18.0.2:9001".parse().expect("addr"), [0x22; 32])),
-        };
-        let b = p.emit();
-        assert_eq!(&b[..2], &[1, 0]);
-        assert_eq!(&b[34..39], &[4, 198, 18, 0, 2]);
-        assert_eq!(&b[51..53], &[0x23, 0x29]);
-        assert_eq!(&b[53..85], &[0x22; 32]);
-        assert_eq!(&b[85..], &[0; 11]);
-        assert_eq!(BuildPayload::parse(&b), Ok(p));
-        let v6 = BuildPayload {
-            service: Service::Relay,
-            kb: [1; 32],
-            next: Some(("[2001:db8::1]:443".parse().expect("addr"), [3; 32])),
-        };
-        assert_eq!(BuildPayload::parse(&v6.emit()), Ok(v6));
-        let term = BuildPayload {
-            service: Service::Echo,
-            kb: [5; 32],
-            next: None,
-        };
-        let b = term.emit();
-        assert_eq!(b[34], 0);
-        assert_eq!(BuildPayload::parse(&b), Ok(term));
-        let mut bad = b;
-        bad[1] = 0;
-        assert!(BuildPayload::parse(&bad).is_err(), "relay without next hop");
-        let mut bad = b;
-        bad[1] = 9;
-        assert!(BuildPayload::parse(&bad).is_err());
-    }
-
-    #[test]
-    fn body_vector() {
-        let mut b = [0xffu8; 32];
-        Body {
-            cmd: Cmd::Data,
-            len: 4,
-        }
-        .emit(&mut b)
-        .unwrap();
-        b[3..7].copy_from_slice(b"ping");
-        assert_eq!(&b[..7], &[1, 0, 4, b'p', b'i', b'n', b'g']);
-        assert!(b[7..].iter().all(|&x| x == 0));
-        let body = Body::parse(&b).expect("body");
-        assert_eq!(&b[body.payload()], b"ping");
-        assert!(Body::parse(&[1, 0, 30, 0]).is_err(), "length beyond body");
-        assert!(Body::parse(&[9, 0, 0]).is_err(), "unknown command");
-        assert_eq!(body_size(&[128, 256], 10), 128);
-        assert_eq!(body_size(&[128, 256], 200), 256);
-        assert_eq!(body_size(&[128, 256], 300), MAX_BODY);
-    }
-
-    #[test]
-    fn body_emit_refuses_a_body_too_short_for_its_length() {
-        for (size, len) in [(0, 0), (2, 0), (3, 1), (32, 30), (MAX_BODY, MAX_BODY)] {
-            let mut b = vec![0xee; size];
-            let body = Body {
-                cmd: Cmd::Data,
-                len,
-            };
-            assert_eq!(body.emit(&mut b), Err(WireError::Malformed), "{size} {len}");
-            assert!(b.iter().all(|&x| x == 0xee), "nothing written");
-        }
-        let mut b = [0xee; 3];
-        assert_eq!(
-            Body {
-                cmd: Cmd::Keepalive,
-                len: 0
-            }
-            .emit(&mut b),
-            Ok(())
-        );
-        assert_eq!(b, [2, 0, 0]);
-    }
-
-    proptest! {
-        #[test]
-        fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1600)) {
-            let _ = classify(&data);
-            let _ = Body::parse(&data);
-            let _ = BuildPayload::parse(&data);
-            if data.len() >= 2 {
-                let _ = CtrlKind::parse(data[0], data.len());
-            }
-        }
-
-        #[test]
-        fn build_payload_round_trip(kb in any::<[u8; 32]>(), key in any::<[u8; 32]>(),
-                                    ip in any::<[u8; 16]>(), port in 1u16.., v4 in any::<bool>()) {
-            let ip = if v4 { IpAddr::from([ip[0], ip[1], ip[2], ip[3]]) } else { IpAddr::from(ip) };
-            let p = BuildPayload { service: Service::Relay, kb, next: Some((SocketAddr::new(ip, port), key)) };
-            prop_assert_eq!(BuildPayload::parse(&p.emit()), Ok(p));
-        }
-
-        #[test]
-        fn body_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..MAX_PAYLOAD)) {
-            let size = body_size(&[128, 256, 512, 1024], payload.len());
-            let mut b = vec![0xaa; size];
-            b[BODY_HEADER..BODY_HEADER + payload.len()].copy_from_slice(&payload);
-            Body { cmd: Cmd::Data, len: payload.len() }.emit(&mut b).unwrap();
-            let body = Body::parse(&b).expect("parse");
-            prop_assert_eq!(&b[body.payload()], &payload[..]);
-        }
-    }
-}
+mod tests;
