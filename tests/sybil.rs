@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anonnet::client::path::{select_path, Guards, PathLength, PathRules, Subnets};
 use anonnet::discovery::Candidate;
-use anonnet::exit::policy::PortSummary;
+use anonnet::proto::ports::PortSummary;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 

@@ -7,8 +7,9 @@
 use anonnet::client::path::Guards;
 use anonnet::config::{parse_client, parse_gateway};
 use anonnet::discovery::{Store, StoreLimits};
-use anonnet::exit::policy::{PortSummary, Rule};
+use anonnet::exit::policy::Rule;
 use anonnet::proto::identity::{Identity, PublicKey};
+use anonnet::proto::ports::PortSummary;
 use anonnet::runtime::replay;
 use libfuzzer_sys::fuzz_target;
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use rand_core::{CryptoRng, RngCore};
 
 use crate::exit::packet::{self, FlowKey};
-use crate::exit::policy::PortSummary;
 use crate::node::CircuitId;
+use crate::proto::ports::PortSummary;
 
 /// How flows are told apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

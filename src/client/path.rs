@@ -7,7 +7,7 @@
 //! - no two hops share an IPv4 /16 or an IPv6 /32, comparing every address of one
 //!   with every address of the other (an IPv4-mapped IPv6 address counts as the IPv4
 //!   address it carries), so one operator in one network cannot hold two positions;
-//! - the last hop is an exit whose [`PortSummary`](crate::exit::policy::PortSummary) accepts the destination port;
+//! - the last hop is an exit whose [`PortSummary`](crate::proto::ports::PortSummary) accepts the destination port;
 //! - the first hop is one of the client's guards ([`Guards`]) when it has any.
 //!
 //! Within these rules every position is filled uniformly at random: the exit first,

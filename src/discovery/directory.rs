@@ -14,7 +14,7 @@ use super::outbox::Outbox;
 use super::server::{Server, Session};
 use super::store::{Rejected, Source, Store, StoreLimits};
 use crate::node::{CircuitId, Node};
-use crate::proto::descriptor::{Descriptor, DescriptorError, MAX_SUMMARY_LEN};
+use crate::proto::descriptor::{Descriptor, DescriptorError};
 use crate::proto::identity::Identity;
 use crate::proto::wire::PAYLOAD_OFFSET;
 
@@ -76,7 +76,7 @@ impl Directory {
             lifetime,
         } = settings;
         let signing = identity.signing_key();
-        let summary = exit_summary.map(|s| truncate_summary(&s));
+        let summary = exit_summary;
         let template = (!addrs.is_empty()).then(|| Descriptor {
             identity: signing.verifying_key().to_bytes(),
             onion_key: identity.public().0,
@@ -172,14 +172,4 @@ impl Directory {
     pub fn closed(&mut self, circuit: CircuitId) {
         self.sessions.remove(&circuit);
     }
-}
-
-/// Cuts a policy summary at a comma so it fits a descriptor. The summary only guides
-/// clients' choice of exit; the exit enforces its full policy either way.
-fn truncate_summary(s: &str) -> String {
-    if s.len() <= MAX_SUMMARY_LEN {
-        return s.to_string();
-    }
-    let cut = s[..MAX_SUMMARY_LEN].rfind(',').unwrap_or(0);
-    s[..cut].to_string()
 }

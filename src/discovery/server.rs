@@ -6,7 +6,7 @@ use rand_core::{CryptoRng, RngCore};
 
 use super::message::{Message, MAX_GET};
 use super::store::{sample_indices, Source, Store};
-use crate::exit::limits::TokenBucket;
+use crate::proto::bucket::TokenBucket;
 
 /// [`Message::Get`]s a [`Server`] answers on one circuit; later ones are refused.
 pub const GETS_PER_CIRCUIT: u8 = 1;

@@ -9,9 +9,9 @@ use rand_core::{CryptoRng, RngCore};
 use thiserror::Error;
 
 use super::message::MAX_GET;
-use crate::exit::policy::PortSummary;
 use crate::proto::crypto::below;
 use crate::proto::descriptor::{Descriptor, DescriptorError, MAX_DESCRIPTOR_LEN};
+use crate::proto::ports::PortSummary;
 
 /// Start of a cache file.
 const CACHE_MAGIC: &[u8; 8] = b"ANONDIR\0";

@@ -1,64 +1,13 @@
-//! Per-circuit limits at the exit: a packet-rate token bucket and a table of live
-//! flows with a cap on how many a circuit may hold at once.
+//! Per-circuit limits at the exit: a table of live flows with a cap on how many a
+//! circuit may hold at once (the packet rate is metered by a
+//! [`TokenBucket`](crate::proto::bucket::TokenBucket)).
 //!
-//! Both are sans-IO: the caller passes the current time as an [`Instant`]. Time that
-//! appears to run backwards is treated as no time passing.
+//! Sans-IO: the caller passes the current time as an [`Instant`]. Time that appears
+//! to run backwards is treated as no time passing.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
-
-/// Nanotokens per token: the bucket counts in billionths of a token so that refill
-/// over any number of nanoseconds is exact (`rate` tokens per second is `rate`
-/// nanotokens per nanosecond).
-const NANO: u64 = 1_000_000_000;
-
-/// Token bucket: `rate` tokens per second, at most `burst` stored; starts full.
-///
-/// Refill is exact integer arithmetic, so fractions of a token carry over between
-/// calls and no rate is lost to rounding. With `rate` 0 the bucket never refills;
-/// with `burst` 0 it never grants a token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenBucket {
-    rate: u32,
-    /// Capacity in nanotokens (`burst * NANO`, at most about 4.3e18).
-    capacity: u64,
-    /// Stored nanotokens, at most `capacity`.
-    stored: u64,
-    /// Time up to which refill has been credited.
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket of `burst` tokens refilling at `rate` tokens per second.
-    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
-        let capacity = u64::from(burst) * NANO;
-        TokenBucket {
-            rate,
-            capacity,
-            stored: capacity,
-            last: now,
-        }
-    }
-
-    /// Credits the refill since the last call and takes one token if there is one.
-    /// Returns whether a token was taken.
-    pub fn take(&mut self, now: Instant) -> bool {
-        if now > self.last {
-            let elapsed = now.duration_since(self.last).as_nanos();
-            let refill = elapsed.saturating_mul(u128::from(self.rate));
-            let room = self.capacity - self.stored;
-            self.stored += u64::try_from(refill).map_or(room, |refill| refill.min(room));
-            self.last = now;
-        }
-        if self.stored >= NANO {
-            self.stored -= NANO;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// One live flow in the [`FlowTable`]'s recency list.
 #[derive(Debug, Clone)]

@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use self::limits::{FlowTable, TokenBucket};
+use self::limits::FlowTable;
 use self::packet::{FlowKey, PROTO_TCP, PROTO_UDP};
 use self::policy::ExitPolicy;
 use crate::node::CircuitId;
 use crate::proto::addr::{self, DNS_V4, DNS_V6};
+use crate::proto::bucket::TokenBucket;
 
 /// A flow with no packet from the client for this long no longer counts against the
 /// circuit's flow limit.

@@ -39,6 +39,8 @@ use std::str::FromStr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
+use crate::proto::ports::MAX_SUMMARY_LEN;
+
 /// IPv4 networks that `private` stands for (besides the exit's own addresses).
 pub const PRIVATE_V4: [Ipv4Net; 9] = [
     Ipv4Net::new_assert(Ipv4Addr::new(0, 0, 0, 0), 8),
@@ -74,10 +76,6 @@ pub const PRIVATE_V6: [Ipv6Net; 7] = [
 /// The default tail after the user's rules: these ports are rejected to every
 /// address (SMTP, NNTP, NetBIOS, SMB), then everything else is accepted.
 const DEFAULT_REJECTED_PORTS: [(u16, u16); 4] = [(25, 25), (119, 119), (135, 139), (445, 445)];
-
-/// Longest port list that [`ExitPolicy::summary`] emits, counting the `accept ` or
-/// `reject ` prefix (Tor's `MAX_EXITPOLICY_SUMMARY_LEN`).
-pub const MAX_SUMMARY_LEN: usize = 1000;
 
 /// A port counts as accepted in the summary only while the IPv4 address space
 /// rejected for it by earlier non-private rules is at most this many addresses (a
@@ -733,118 +731,6 @@ fn push_range(
         list.push_str(&start.to_string());
     } else {
         list.push_str(&format!("{start}-{end}"));
-    }
-}
-
-/// A port summary that does not parse.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("bad port summary: {0}")]
-pub struct SummaryError(pub String);
-
-/// A parsed exit-policy summary (Tor style, as in descriptors) (`accept 80,443,1000-2000` or `reject 25,119,135-139,445`):
-/// which ports an exit accepts to ordinary public addresses, as produced by
-/// [`crate::exit::policy::ExitPolicy::summary`].
-///
-/// Parsing is strict: `accept` or `reject`, one space, then comma-separated ports
-/// (`1..=65535`, no leading zeros) or ranges `A-B` with `A <= B`, in ascending order
-/// with a gap between consecutive entries (adjacent ranges are written as one), at most
-/// [`MAX_SUMMARY_LEN`] bytes in all. Accepting every port is `accept 1-65535`,
-/// rejecting every port `reject 1-65535`. [`fmt::Display`] writes the same form back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortSummary {
-    /// Whether `ranges` lists the accepted ports (else the rejected ones).
-    accept: bool,
-    /// Inclusive port ranges, ascending, non-empty, with gaps between them.
-    ranges: Vec<(u16, u16)>,
-}
-
-impl PortSummary {
-    /// Whether the exit accepts `port`. Port 0 is never accepted.
-    pub fn accepts(&self, port: u16) -> bool {
-        if port == 0 {
-            return false;
-        }
-        let listed = self
-            .ranges
-            .binary_search_by(|&(start, end)| {
-                if end < port {
-                    std::cmp::Ordering::Less
-                } else if start > port {
-                    std::cmp::Ordering::Greater
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            })
-            .is_ok();
-        listed == self.accept
-    }
-}
-
-impl FromStr for PortSummary {
-    type Err = SummaryError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() > MAX_SUMMARY_LEN {
-            return Err(SummaryError(format!("longer than {MAX_SUMMARY_LEN} bytes")));
-        }
-        let bad = |problem: &str| SummaryError(format!("{s:?}: {problem}"));
-        let (action, list) = s
-            .split_once(' ')
-            .ok_or_else(|| bad("expected `accept` or `reject`, a space and a port list"))?;
-        let accept = match action {
-            "accept" => true,
-            "reject" => false,
-            _ => return Err(bad("expected `accept` or `reject`")),
-        };
-        let mut ranges: Vec<(u16, u16)> = Vec::new();
-        for item in list.split(',') {
-            let (start, end) = match item.split_once('-') {
-                Some((start, end)) => (parse_port(start), parse_port(end)),
-                None => (parse_port(item), parse_port(item)),
-            };
-            let (Some(start), Some(end)) = (start, end) else {
-                return Err(bad(&format!(
-                    "{item:?} is not a port 1-65535 or a range A-B"
-                )));
-            };
-            if start > end {
-                return Err(bad(&format!("{item:?} is an empty range")));
-            }
-            if let Some(&(_, prev_end)) = ranges.last() {
-                if u32::from(start) <= u32::from(prev_end) + 1 {
-                    return Err(bad(&format!(
-                        "{item:?} overlaps, touches or precedes the entry before it"
-                    )));
-                }
-            }
-            ranges.push((start, end));
-        }
-        Ok(PortSummary { accept, ranges })
-    }
-}
-
-/// A port number `1..=65535` written as plain decimal digits without leading zeros.
-fn parse_port(s: &str) -> Option<u16> {
-    if s.is_empty() || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-impl fmt::Display for PortSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.accept { "accept " } else { "reject " })?;
-        for (i, &(start, end)) in self.ranges.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            if start == end {
-                write!(f, "{start}")?;
-            } else {
-                write!(f, "{start}-{end}")?;
-            }
-        }
-        Ok(())
     }
 }
 

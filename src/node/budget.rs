@@ -3,32 +3,9 @@
 
 use std::time::Instant;
 
+use crate::proto::bucket::TokenBucket;
+
 use super::Node;
-
-pub(super) struct TokenBucket {
-    pub(super) tokens: f64,
-    pub(super) last: Option<Instant>,
-}
-
-impl TokenBucket {
-    /// Adds the tokens earned since the last refill, up to one second's worth.
-    pub(super) fn refill(&mut self, now: Instant, rate: f64) {
-        if let Some(last) = self.last {
-            self.tokens =
-                (self.tokens + now.saturating_duration_since(last).as_secs_f64() * rate).min(rate);
-        }
-        self.last = Some(now);
-    }
-
-    pub(super) fn take(&mut self) -> bool {
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// What a handshake token is spent on: each has its own bucket of `handshake_rate`
 /// per second, so a flood of one kind (new links from anywhere, BUILDs from one
@@ -43,23 +20,27 @@ pub(super) enum Budget {
     Rekey,
 }
 
-/// The three handshake buckets.
+/// The three handshake buckets, each full when first used.
+#[derive(Default)]
 pub(super) struct Budgets {
-    pub(super) link: TokenBucket,
-    pub(super) build: TokenBucket,
-    pub(super) rekey: TokenBucket,
+    link: Option<TokenBucket>,
+    build: Option<TokenBucket>,
+    rekey: Option<TokenBucket>,
 }
 
 impl Node {
+    /// Takes a token of `budget` (`handshake_rate` per second, as many at once);
+    /// false, counted, when there is none.
     pub(super) fn take_token(&mut self, now: Instant, budget: Budget) -> bool {
-        let rate = f64::from(self.cfg.handshake_rate);
+        let rate = self.cfg.handshake_rate;
         let b = match budget {
             Budget::Link => &mut self.budgets.link,
             Budget::Build => &mut self.budgets.build,
             Budget::Rekey => &mut self.budgets.rekey,
         };
-        b.refill(now, rate);
-        let taken = b.take();
+        let taken = b
+            .get_or_insert_with(|| TokenBucket::new(rate, rate, now))
+            .take(now);
         if !taken {
             self.stats.dropped_rate_limited += 1;
         }

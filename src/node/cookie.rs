@@ -16,8 +16,8 @@ use crate::proto::wire::{
     self, COOKIE_REPLY_NONCE, COOKIE_REPLY_SEALED, LINK_INIT_MAC1, LINK_INIT_MAC2, LINK_INIT_MAC2ED,
 };
 
-use super::budget::TokenBucket;
 use super::{Node, Timer, Transmit};
+use crate::proto::bucket::TokenBucket;
 
 /// How long a cookie secret is used (WireGuard's value).
 pub(super) const COOKIE_SECRET_LIFE: Duration = Duration::from_secs(120);
@@ -31,7 +31,7 @@ pub(super) const COOKIE_USE: Duration = Duration::from_secs(115);
 /// end the load state while the flood goes on, since under load few take a token).
 pub(super) const LOAD_HOLD: Duration = Duration::from_secs(1);
 /// Handshakes per second (and burst) from one /32 or /64 while under load.
-pub(super) const SOURCE_RATE: f64 = 20.0;
+pub(super) const SOURCE_RATE: u32 = 20;
 /// Most sources tracked; a table that fills up is cleared (WireGuard's table is
 /// likewise bounded and collected every second).
 pub(super) const SOURCE_CAP: usize = 1 << 16;
@@ -110,20 +110,16 @@ impl SourceLimits {
         if self.buckets.len() >= SOURCE_CAP && !self.buckets.contains_key(&key) {
             self.buckets.clear();
         }
-        let b = self.buckets.entry(key).or_insert(TokenBucket {
-            tokens: SOURCE_RATE,
-            last: None,
-        });
-        b.refill(now, SOURCE_RATE);
-        b.take()
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(SOURCE_RATE, SOURCE_RATE, now))
+            .take(now)
     }
 
     /// Forgets sources whose bucket is full again (idle for [`SOURCE_IDLE`] or more).
     pub(super) fn collect(&mut self, now: Instant) {
-        self.buckets.retain(|_, b| {
-            b.last
-                .is_some_and(|t| now.saturating_duration_since(t) < SOURCE_IDLE)
-        });
+        self.buckets
+            .retain(|_, b| now.saturating_duration_since(b.last_used()) < SOURCE_IDLE);
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -135,9 +131,11 @@ impl Node {
     /// Counts one LINK_INIT whose mac1 verified and tells whether the gateway is under
     /// load (see [`LOAD_HOLD`]).
     pub(super) fn under_load(&mut self, now: Instant) -> bool {
-        let half = f64::from(self.cfg.handshake_rate) / 2.0;
-        self.arrivals.refill(now, half);
-        if !self.arrivals.take() {
+        let half = self.cfg.handshake_rate / 2;
+        let arrivals = self
+            .arrivals
+            .get_or_insert_with(|| TokenBucket::new(half, half, now));
+        if !arrivals.take(now) {
             self.load_until = Some(now + LOAD_HOLD);
         }
         self.load_until.is_some_and(|t| now < t)

@@ -32,7 +32,7 @@ pub use self::datapath::{Buffers, DataPath, Dropped, Toward};
 pub use self::forge::{ForgedBackward, ForgedForward, TAIL_LEN};
 pub use self::stats::Stats;
 
-use self::budget::{Budget, Budgets, TokenBucket};
+use self::budget::{Budget, Budgets};
 use self::circuit::{rekey_after, Own};
 use self::link::Link;
 use self::relay::Relay;
@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 use rand_core::{CryptoRng, RngCore};
 use thiserror::Error;
 
+use crate::proto::bucket::TokenBucket;
 use crate::proto::crypto::{self, KEY_LEN};
 use crate::proto::onion::{self, Reject};
 use crate::proto::wire::{
@@ -297,7 +298,7 @@ pub struct Node {
     /// Under load until then (see `cookie::LOAD_HOLD`).
     /// LINK_INITs with a valid mac1, metered at half the handshake rate (under load
     /// when empty).
-    arrivals: TokenBucket,
+    arrivals: Option<TokenBucket>,
     load_until: Option<Instant>,
     sources: cookie::SourceLimits,
     stats: Stats,
@@ -340,19 +341,6 @@ fn mask_header(key: &[u8; KEY_LEN], cell: &mut Cell<'_>) {
 impl Node {
     #[must_use]
     pub fn new(cfg: NodeConfig) -> Self {
-        let full = || TokenBucket {
-            tokens: f64::from(cfg.handshake_rate),
-            last: None,
-        };
-        let budgets = Budgets {
-            link: full(),
-            build: full(),
-            rekey: full(),
-        };
-        let arrivals = TokenBucket {
-            tokens: f64::from(cfg.handshake_rate) / 2.0,
-            last: None,
-        };
         let public = cfg.static_key.map(|sk| crypto::public_key(&sk));
         let mac1_key = public.as_ref().map(crypto::mac1_key);
         let cookie_key = public.as_ref().map(crypto::cookie_key);
@@ -370,11 +358,11 @@ impl Node {
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             seen_total: 0,
-            budgets,
+            budgets: Budgets::default(),
             mac1_key,
             cookie_key,
             cookies: cookie::CookieJar::default(),
-            arrivals,
+            arrivals: None,
             load_until: None,
             sources: cookie::SourceLimits::default(),
             stats: Stats::default(),

@@ -54,6 +54,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey, SIGNATURE_LENGTH};
 use thiserror::Error;
 
+use crate::proto::ports::{PortSummary, MAX_SUMMARY_LEN};
+
 /// The encoding version this module reads and writes.
 pub const DESCRIPTOR_VERSION: u8 = 1;
 /// Largest encoded descriptor: one fits a cell payload with room for framing.
@@ -64,8 +66,6 @@ pub const MAX_ADDRS: usize = 4;
 pub const MAX_LIFETIME_SECS: u64 = 24 * 3600;
 /// `published` may be at most this far ahead of the verifier's clock.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
-/// Longest exit policy summary.
-pub const MAX_SUMMARY_LEN: usize = 512;
 /// Most ports in `ports` (`last - first + 1`).
 pub const MAX_PORTS: u32 = 1024;
 
@@ -306,7 +306,7 @@ impl Descriptor {
             return Err(DescriptorError::BadField("ports"));
         }
         let summary_ok = if self.exit {
-            self.policy_summary.len() <= MAX_SUMMARY_LEN && valid_summary(&self.policy_summary)
+            self.policy_summary.parse::<PortSummary>().is_ok()
         } else {
             self.policy_summary.is_empty()
         };
@@ -344,39 +344,6 @@ fn usable_addr(addr: &IpAddr) -> bool {
                 || a.to_ipv4_mapped().is_some())
         }
     }
-}
-
-/// Whether `s` is a summary in the form `ExitPolicy::summary` writes: `accept ` or
-/// `reject `, then comma-separated ports (`P`) and ranges (`P-Q`, `P < Q`) in
-/// 1..=65535, decimal without leading zeros, ascending, neither overlapping nor
-/// adjacent.
-fn valid_summary(s: &str) -> bool {
-    let Some(list) = s
-        .strip_prefix("accept ")
-        .or_else(|| s.strip_prefix("reject "))
-    else {
-        return false;
-    };
-    let mut lowest = 1u32;
-    for entry in list.split(',') {
-        let range = match entry.split_once('-') {
-            Some((lo, hi)) => port(lo).zip(port(hi)).filter(|(lo, hi)| lo < hi),
-            None => port(entry).map(|p| (p, p)),
-        };
-        match range {
-            Some((lo, hi)) if lo >= lowest => lowest = hi + 2,
-            _ => return false,
-        }
-    }
-    true
-}
-
-/// A port written in decimal without leading zeros, 1..=65535.
-fn port(s: &str) -> Option<u32> {
-    if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok().filter(|p| (1..=65535).contains(p))
 }
 
 /// Reads a descriptor front to back; every read is bounds-checked.

@@ -7,10 +7,12 @@
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod addr;
+pub mod bucket;
 pub mod crypto;
 pub mod descriptor;
 pub mod framing;
 pub mod identity;
 pub mod onion;
+pub mod ports;
 pub mod replay;
 pub mod wire;

@@ -15,10 +15,10 @@ use crate::client::flows::{CircuitPool, FlowRouter, Isolation, Route, NO_EXIT_HO
 use crate::client::packets::{clamp_mss, refusal};
 use crate::config::identity_file;
 use crate::config::{self, ClientConfig};
-use crate::exit::policy::PortSummary;
 use crate::node::{CircuitId, DataPath, Event, HopSpec, Node, Toward};
 use crate::proto::addr::{CLIENT_V4, CLIENT_V6, DNS_V4, DNS_V6};
 use crate::proto::identity::PublicKey;
+use crate::proto::ports::PortSummary;
 use crate::proto::wire::{Service, PAYLOAD_OFFSET};
 use crate::runtime::driver::{logged, Driver};
 use crate::runtime::gateway::gateway_node_config;
