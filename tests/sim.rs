@@ -1168,7 +1168,7 @@ fn echo_request(v6: bool, seq: u16, len: usize) -> Vec<u8> {
 /// The "internet": answers echo requests from `src` (which must be a pool address).
 fn answer_echo(p: &[u8]) -> Vec<u8> {
     let s = SlicedPacket::from_ip(p).expect("forwarded packet parses");
-    let sum = anonnet::exit::packet::summarize(p).expect("summary");
+    let sum = anonnet::proto::ip::summarize(p).expect("summary");
     let (src, dst) = (sum.src, sum.dst);
     let mut out = Vec::new();
     match s.transport {
@@ -1246,7 +1246,7 @@ impl Net {
                     let mut answer = Vec::new();
                     let back = match exit.from_circuit(now, c, pkt, &mut answer) {
                         Verdict::Forward => {
-                            forwarded.push(anonnet::exit::packet::summarize(pkt).expect("sum").src);
+                            forwarded.push(anonnet::proto::ip::summarize(pkt).expect("sum").src);
                             let mut reply = answer_echo(pkt);
                             assert_eq!(exit.from_tun(&mut reply), Some(c), "reply maps back");
                             reply
@@ -1357,8 +1357,8 @@ fn exit_data_plane_through_three_hops() {
     }
     assert_eq!(got.len(), 6, "4 echo replies and 2 rejections");
     for (req, reply) in sent.iter().zip(&got) {
-        let s = anonnet::exit::packet::summarize(reply).expect("reply parses");
-        let q = anonnet::exit::packet::summarize(req).expect("request parses");
+        let s = anonnet::proto::ip::summarize(reply).expect("reply parses");
+        let q = anonnet::proto::ip::summarize(req).expect("request parses");
         assert_eq!((s.src, s.dst), (q.dst, q.src), "addresses swapped back");
         assert_eq!(reply.len(), req.len());
         // Same echo body: everything after the ICMP header.

@@ -16,7 +16,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anonnet::exit::packet;
+use anonnet::exit::nat;
 use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
 use anonnet::node::{
@@ -25,6 +25,7 @@ use anonnet::node::{
 use anonnet::proto::addr::{CLIENT_V4, CLIENT_V6};
 use anonnet::proto::framing::MAX_PACKET;
 use anonnet::proto::identity::Identity;
+use anonnet::proto::ip;
 use anonnet::proto::wire::{Service, MAX_DATAGRAM, MAX_PAYLOAD, PAYLOAD_OFFSET};
 use etherparse::PacketBuilder;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -423,9 +424,7 @@ impl Net {
             // Before the reply templates exist (the pool address is not known yet).
             return;
         };
-        if packet::summarize(pkt).map(|s| s.src).ok()
-            != packet::summarize(reply).map(|s| s.dst).ok()
-        {
+        if ip::summarize(pkt).map(|s| s.src).ok() != ip::summarize(reply).map(|s| s.dst).ok() {
             self.tally.exit_refused += 1;
             return;
         }
@@ -463,7 +462,7 @@ impl Net {
         } else {
             IpAddr::V6(CLIENT_V6)
         };
-        if packet::set_dst(&mut self.scratch, client).is_ok() && pkt == &self.scratch[..] {
+        if nat::set_dst(&mut self.scratch, client).is_ok() && pkt == &self.scratch[..] {
             self.tally.backward_ok += 1;
         } else {
             self.tally.corrupt += 1;

@@ -10,10 +10,11 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anonnet::client::packets as client_packets;
-use anonnet::exit::packet;
+use anonnet::exit::nat;
 use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
 use anonnet::node::CircuitId;
+use anonnet::proto::ip;
 use libfuzzer_sys::fuzz_target;
 
 /// One exit for the whole run, so that its flow and circuit tables fill up as in a
@@ -62,20 +63,17 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         2 => {
-            let _ = packet::summarize(&pkt);
-            let _ = packet::set_src(&mut pkt, IpAddr::V4(Ipv4Addr::new(100, 96, 0, 1)));
-            let _ = packet::set_dst(&mut pkt, "fd00:96::1".parse().expect("addr"));
+            let _ = ip::summarize(&pkt);
+            let _ = nat::set_src(&mut pkt, IpAddr::V4(Ipv4Addr::new(100, 96, 0, 1)));
+            let _ = nat::set_dst(&mut pkt, "fd00:96::1".parse().expect("addr"));
         }
         3 => {
-            let _ = packet::clamp_mss(&mut pkt, 1000);
+            let _ = ip::clamp_mss(&mut pkt, 1000);
             assert_eq!(pkt.len(), rest.len());
         }
         4 => {
-            let _ = packet::icmp_prohibited(
-                &pkt,
-                IpAddr::V4(Ipv4Addr::new(198, 18, 4, 2)),
-                &mut answer,
-            );
+            let _ =
+                ip::icmp_prohibited(&pkt, IpAddr::V4(Ipv4Addr::new(198, 18, 4, 2)), &mut answer);
         }
         _ => {
             client_packets::clamp_mss(&mut pkt);

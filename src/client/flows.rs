@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use rand_core::{CryptoRng, RngCore};
 
-use crate::exit::packet::{self, FlowKey};
 use crate::node::CircuitId;
+use crate::proto::ip::{self, FlowKey};
 use crate::proto::ports::PortSummary;
 
 /// How flows are told apart.
@@ -116,7 +116,7 @@ impl FlowRouter {
         open: &[CircuitId],
     ) -> Route {
         self.sweep(now);
-        let summary = packet::summarize(pkt).ok();
+        let summary = ip::summarize(pkt).ok();
         let port = summary.and_then(|s| s.dst_port);
         let fits = |c: CircuitId| port.is_none_or(|p| pool.accepts(c, p));
         let flow = match (summary, self.isolation) {

@@ -2,8 +2,8 @@
 //! it lowers the TCP MSS so that a segment fits in one cell, and refuses a packet
 //! that no known exit would carry the way an exit refusing it would.
 
-use crate::exit::packet;
 use crate::proto::addr;
+use crate::proto::ip;
 use crate::proto::wire::MAX_PAYLOAD;
 
 /// TCP MSS that keeps a segment in one cell: the cell payload less the IPv4 (20)
@@ -18,15 +18,15 @@ pub fn clamp_mss(pkt: &mut [u8]) {
     } else {
         MSS_V4
     };
-    packet::clamp_mss(pkt, mss);
+    ip::clamp_mss(pkt, mss);
 }
 
 /// Writes into `answer` the ICMP "administratively prohibited" for `pkt`, from the
 /// exit's tunnel address, and says whether there is one to send (none for packets
 /// that are never answered, such as ICMP errors).
 pub fn refusal(pkt: &[u8], answer: &mut Vec<u8>) -> bool {
-    let Ok(s) = packet::summarize(pkt) else {
+    let Ok(s) = ip::summarize(pkt) else {
         return false;
     };
-    packet::icmp_prohibited(pkt, addr::exit_addr(s.dst), answer).is_ok()
+    ip::icmp_prohibited(pkt, addr::exit_addr(s.dst), answer).is_ok()
 }

@@ -14,7 +14,7 @@
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod limits;
-pub mod packet;
+pub mod nat;
 pub mod policy;
 
 use std::collections::{HashMap, VecDeque};
@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use self::limits::FlowTable;
-use self::packet::{FlowKey, PROTO_TCP, PROTO_UDP};
 use self::policy::ExitPolicy;
 use crate::node::CircuitId;
 use crate::proto::addr::{self, DNS_V4, DNS_V6};
 use crate::proto::bucket::TokenBucket;
+use crate::proto::ip::{self, FlowKey, PROTO_TCP, PROTO_UDP};
 
 /// A flow with no packet from the client for this long no longer counts against the
 /// circuit's flow limit.
@@ -171,7 +171,7 @@ impl Exit {
         pkt: &mut [u8],
         answer: &mut Vec<u8>,
     ) -> Verdict {
-        let Ok(sum) = packet::summarize(pkt) else {
+        let Ok(sum) = ip::summarize(pkt) else {
             self.stats.dropped_malformed += 1;
             return Verdict::Drop;
         };
@@ -220,7 +220,7 @@ impl Exit {
         };
         if !dns && (to_pool || !self.cfg.policy.allows(sum.dst, sum.dst_port)) {
             self.stats.rejected_policy += 1;
-            return match packet::icmp_prohibited(pkt, addr::exit_addr(sum.dst), answer) {
+            return match ip::icmp_prohibited(pkt, addr::exit_addr(sum.dst), answer) {
                 Ok(()) => Verdict::Answer,
                 Err(_) => Verdict::Drop,
             };
@@ -240,7 +240,7 @@ impl Exit {
                 IpAddr::V6(self.addr6(index))
             }
         };
-        if packet::set_src(pkt, pool).is_err() {
+        if nat::set_src(pkt, pool).is_err() {
             self.stats.dropped_malformed += 1;
             return Verdict::Drop;
         }
@@ -251,7 +251,7 @@ impl Exit {
     /// A packet read from the TUN device: returns the circuit it belongs to, with
     /// the destination rewritten to the client's address, or `None` to drop it.
     pub fn from_tun(&mut self, pkt: &mut [u8]) -> Option<CircuitId> {
-        let Ok(sum) = packet::summarize(pkt) else {
+        let Ok(sum) = ip::summarize(pkt) else {
             self.stats.dropped_malformed += 1;
             return None;
         };
@@ -271,7 +271,7 @@ impl Exit {
             self.stats.dropped_no_circuit += 1;
             return None;
         };
-        if packet::set_dst(pkt, client).is_err() {
+        if nat::set_dst(pkt, client).is_err() {
             self.stats.dropped_malformed += 1;
             return None;
         }

@@ -25,7 +25,7 @@ fn udp(dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn src(p: &[u8]) -> IpAddr {
-    packet::summarize(p).unwrap().src
+    ip::summarize(p).unwrap().src
 }
 
 #[test]
@@ -86,10 +86,7 @@ fn replies_map_back_and_strangers_drop() {
         .write(&mut reply, b"hi")
         .unwrap();
     assert_eq!(x.from_tun(&mut reply), Some(CircuitId(5)));
-    assert_eq!(
-        packet::summarize(&reply).unwrap().dst,
-        IpAddr::V4(CLIENT_V4)
-    );
+    assert_eq!(ip::summarize(&reply).unwrap().dst, IpAddr::V4(CLIENT_V4));
     let mut stray = Vec::new();
     PacketBuilder::ipv4([198, 18, 0, 1], [100, 96, 0, 9], 64)
         .udp(80, 1000)
@@ -169,7 +166,7 @@ fn policy_rejects_with_icmp_but_tunnel_dns_passes() {
             "{dst:?}:{port}"
         );
         if want == Verdict::Answer {
-            let s = packet::summarize(&a).unwrap();
+            let s = ip::summarize(&a).unwrap();
             assert_eq!((s.src, s.dst), (IpAddr::V4(EXIT_V4), IpAddr::V4(CLIENT_V4)));
             assert!(s.icmp_error);
         }

@@ -2,11 +2,13 @@
 #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use crate::proto::ip::*;
 use etherparse::{
     icmpv4, icmpv6, Icmpv4Type, Icmpv6Type, IpHeaders, Ipv4HeaderSlice, NetSlice, PacketBuilder,
     PacketBuilderStep, SlicedPacket, TcpOptionElement, TcpSlice, TransportSlice,
 };
 use proptest::prelude::*;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 const CLIENT4: [u8; 4] = [10, 77, 0, 2];
 const POOL4: [u8; 4] = [100, 64, 3, 9];
