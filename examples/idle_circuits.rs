@@ -85,13 +85,12 @@ const TEARDOWN_BATCH: usize = 256;
 /// Sleep of a step while the node has nothing to wait for.
 const IDLE_SLEEP: Duration = Duration::from_millis(10);
 
-/// One driver step. A step waits for a datagram or the node's next timer (at most
-/// a 100 ms tick away while the node has a link or a circuit); a node with neither
-/// has no timer, so then it only sleeps. (Cancelling a step instead, with a
-/// timeout, could drop a datagram it was handling.)
-async fn step(d: &mut Driver, events: &mut Vec<Event>) {
-    if d.node.poll_timeout().is_some() {
-        d.step(events).await;
+/// One driver step. A step waits for a datagram, the node's next deadline or
+/// `wake` (the next paced build); with none of them it only sleeps. (Cancelling a
+/// step instead, with a timeout, could drop a datagram it was handling.)
+async fn step(d: &mut Driver, events: &mut Vec<Event>, wake: Option<Instant>) {
+    if d.node.poll_timeout().is_some() || wake.is_some() {
+        d.step_until(events, wake).await;
     } else {
         tokio::time::sleep(IDLE_SLEEP).await;
     }
@@ -204,7 +203,10 @@ async fn run(args: &Args) -> Result<()> {
             building += 1;
         }
         d.flush().await;
-        step(&mut d, &mut events).await;
+        // The next build's token, if one is waited for.
+        let more = building < args.window && up + building < args.circuits;
+        let next = more.then(|| now + Duration::from_secs_f64((1.0 - tokens).max(0.0) / args.rate));
+        step(&mut d, &mut events, next).await;
         for e in events.drain(..) {
             match e {
                 Event::CircuitUp(c) => {
@@ -250,7 +252,7 @@ async fn run(args: &Args) -> Result<()> {
     // Hold: the node sends keepalives; the gateway's circuits stay idle otherwise.
     let hold_until = Instant::now() + Duration::from_secs_f64(args.hold_secs);
     while Instant::now() < hold_until {
-        step(&mut d, &mut events).await;
+        step(&mut d, &mut events, Some(hold_until)).await;
         for e in events.drain(..) {
             match e {
                 Event::CircuitDown(c, why) => {

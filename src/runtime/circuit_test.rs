@@ -15,7 +15,7 @@ use crate::config;
 use crate::node::{CircuitId, Event, Node};
 use crate::proto::wire::{Service, MAX_PAYLOAD};
 use crate::runtime::driver::Driver;
-use crate::runtime::{client_node_config, hop_specs, sleep_until, CLIENT_BINDS};
+use crate::runtime::{client_node_config, hop_specs, CLIENT_BINDS};
 
 /// The largest payload one cell carries.
 pub const MAX_SIZE: usize = MAX_PAYLOAD;
@@ -141,10 +141,7 @@ pub async fn run(path: &Path, t: Transfer) -> Result<ExitCode> {
             d.sockets.send_recycle(tx).await;
         }
         let resend = outstanding.values().min().map(|&at| at + RESEND_AFTER);
-        tokio::select! {
-            () = d.step(&mut events) => {}
-            () = sleep_until(resend) => {}
-        }
+        d.step_until(&mut events, resend).await;
         for e in events.drain(..) {
             match e {
                 Event::Data {

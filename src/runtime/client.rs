@@ -26,7 +26,7 @@ use crate::runtime::paths::{path_for, Paths};
 use crate::runtime::replay;
 use crate::runtime::services::{services_wake, GatewayServices};
 use crate::runtime::tun::{self, TunWriter};
-use crate::runtime::{client_node_config, flush_stdout, sleep_until, Signals, CLIENT_BINDS};
+use crate::runtime::{client_node_config, flush_stdout, Signals, CLIENT_BINDS};
 use crate::sys;
 
 pub(crate) fn client_net(cfg: &ClientConfig) -> sys::ClientNet {
@@ -243,11 +243,10 @@ impl Client {
         let mut open_ids = Vec::new();
         let mut answer = Vec::new();
         loop {
-            // The node's deadlines wake the driver; the pool's wake this loop.
+            // The driver wakes for the node's deadlines and for the pool's.
             let wake = pool.poll_timeout(Instant::now());
             let open = tokio::select! {
-                open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets) => open,
-                () = sleep_until(wake) => true,
+                open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets, wake) => open,
                 () = services_wake(relay.as_mut()) => true,
                 () = signals.recv() => break,
             };

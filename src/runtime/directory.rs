@@ -12,7 +12,6 @@ use anyhow::{Context, Result};
 use crate::discovery::{CacheReport, Crawl, CrawlStats, Directory, Outbox, Store, StoreLimits};
 use crate::node::{CircuitId, Event, HopSpec};
 use crate::runtime::driver::Driver;
-use crate::runtime::sleep_until;
 
 /// Name of the descriptor cache in a state directory.
 pub const CACHE_FILE: &str = "descriptors.cache";
@@ -157,11 +156,8 @@ pub async fn crawl(
         if c.done(store) {
             break;
         }
-        tokio::select! {
-            () = d.step(&mut events) => {}
-            () = sleep_until(c.poll_timeout()) => {}
-            () = sleep_until(Some(until)) => {}
-        }
+        let wake = c.poll_timeout().map_or(until, |t| t.min(until));
+        d.step_until(&mut events, Some(wake)).await;
         for e in events.drain(..) {
             if let Some(Event::Data { buf, .. }) = crawl_event(d, &mut c, store, e).await {
                 d.sockets.pool.put(buf);

@@ -468,20 +468,35 @@ impl Driver {
     /// Waits for datagrams or the node's next timer, processes them, sends the
     /// results, and returns the events that arose.
     pub async fn step(&mut self, events: &mut Vec<Event>) {
-        self.step_with::<()>(events, None, &mut Vec::new()).await;
+        self.step_with::<()>(events, None, &mut Vec::new(), None)
+            .await;
+    }
+
+    /// As [`Driver::step`], also returning at `wake` (a deadline of the caller's own:
+    /// a build to pace, a query to time out), so the caller never has to cancel a
+    /// step to keep its own time.
+    pub async fn step_until(&mut self, events: &mut Vec<Event>, wake: Option<Instant>) {
+        self.step_with::<()>(events, None, &mut Vec::new(), wake)
+            .await;
     }
 
     /// As [`Driver::step`], also waking for items on `extra` (e.g. packets read
     /// from a TUN device), which are appended to `got` for the caller to process;
-    /// at most `BATCH` per call. Returns false once `extra` is closed.
+    /// at most `BATCH` per call, and returning at `wake` too (see
+    /// [`Driver::step_until`]). Returns false once `extra` is closed.
     pub async fn step_with<T>(
         &mut self,
         events: &mut Vec<Event>,
         mut extra: Option<&mut mpsc::Receiver<T>>,
         got: &mut Vec<T>,
+        wake: Option<Instant>,
     ) -> bool {
         self.sockets.flush_out().await;
-        let deadline = self.node.poll_timeout().map(tokio::time::Instant::from_std);
+        let deadline = match (self.node.poll_timeout(), wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(tokio::time::Instant::from_std);
         let mut open = true;
         let first = tokio::select! {
             r = self.rx.recv() => r,

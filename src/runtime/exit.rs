@@ -103,7 +103,7 @@ impl ExitSide {
         let (to_forget, mut forgotten) = spawn_forgetter();
         loop {
             let open = tokio::select! {
-                open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets) => open,
+                open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets, None) => open,
                 _ = services.wake.tick() => true,
                 Some(batch) = forgotten.recv() => {
                     for closed in batch {

@@ -34,14 +34,6 @@ use crate::config::{self, ClientConfig};
 use crate::node::{Event, HopSpec, NodeConfig};
 use crate::runtime::driver::Driver;
 
-/// Sleeps until `at`, or forever when there is no deadline.
-pub(crate) async fn sleep_until(at: Option<std::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 pub(crate) fn flush_stdout() -> Result<()> {
     std::io::stdout().flush().context("cannot write to stdout")
 }
