@@ -24,7 +24,7 @@ pub const PER_QUERY: u8 = 64;
 const DRAWS: usize = 32;
 
 /// What a [`Crawler`] did, by outcome.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CrawlStats {
     /// Queries started.
     pub queries: u64,

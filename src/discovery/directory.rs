@@ -108,6 +108,13 @@ impl Directory {
         Ok(())
     }
 
+    /// When (unix seconds) [`Directory::tick`] re-signs next; `None` when the
+    /// gateway publishes no descriptor.
+    #[must_use]
+    pub fn resign_at(&self) -> Option<u64> {
+        (self.resign_at != u64::MAX).then_some(self.resign_at)
+    }
+
     fn resign(&mut self, now: u64) -> Result<(), DirectoryError> {
         let Some(mut desc) = self.template.clone() else {
             self.resign_at = u64::MAX;

@@ -8,7 +8,8 @@
 //! with [`Message::Refused`]. The [`Crawler`] decides whom to ask and feeds the answers
 //! into the requester's store. Clients crawl until they know enough gateways; gateways
 //! gossip with the same code, asking a few random peers each round
-//! ([`Crawler::gossip`]).
+//! ([`Crawler::gossip`]); [`GatewayDiscovery`] runs a gateway's directory and its
+//! gossip rounds on the clock its driver passes in.
 //!
 //! # Poisoning
 //!
@@ -37,6 +38,7 @@
 mod crawl;
 mod crawler;
 mod directory;
+mod gateway;
 mod message;
 mod outbox;
 mod server;
@@ -48,6 +50,7 @@ pub use self::crawler::{
     QUERY_TIMEOUT,
 };
 pub use self::directory::{Directory, DirectoryError, DirectorySettings};
+pub use self::gateway::{published_addrs, GatewayDiscovery};
 pub use self::message::{Message, MessageError, MAX_GET, MAX_MESSAGE_LEN};
 pub use self::outbox::Outbox;
 pub use self::server::{RefuseReason, Reply, Server, ServerStats, Session, GETS_PER_CIRCUIT};

@@ -37,7 +37,7 @@ pub enum Reply {
 }
 
 /// What a [`Server`] did, by outcome.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ServerStats {
     /// Gets answered with descriptors.
     pub answered: u64,

@@ -147,7 +147,7 @@ pub const REJECTION_GROUPS: [&str; 6] = [
 
 /// What a [`Store`] did, by outcome. Every rejection is counted once, under one
 /// reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StoreStats {
     /// Descriptors of new gateways.
     pub added: u64,

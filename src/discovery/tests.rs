@@ -1453,3 +1453,5 @@ fn cached() -> Vec<u8> {
     static CACHE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     CACHE.get_or_init(|| mixed_store().encode_cache()).clone()
 }
+
+mod gateway;

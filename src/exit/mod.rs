@@ -56,7 +56,7 @@ pub struct Closed {
 }
 
 /// Counters of the exit's decisions.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ExitStats {
     pub forwarded: u64,
     pub returned: u64,

@@ -56,6 +56,11 @@ fn pool_addresses_fresh_first_then_oldest_freed() {
         Verdict::Drop
     );
     assert_eq!(x.stats().dropped_pool_exhausted, 2);
+    let json = serde_json::to_value(x.stats()).unwrap();
+    assert_eq!(
+        json["dropped_pool_exhausted"], 2,
+        "as a status report shows it"
+    );
     x.release(one);
     x.release(zero);
     let mut p = udp([198, 18, 0, 1], 1000, 53);

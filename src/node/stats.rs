@@ -1,7 +1,7 @@
 //! What a node counts: datagrams, cells, drops by reason, rekeys.
 
 /// Counters of everything the node dropped or did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     pub rx_datagrams: u64,
     pub dropped_malformed: u64,

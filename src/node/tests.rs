@@ -171,6 +171,9 @@ fn a_client_masks_a_cell_whose_sample_is_all_ones() {
     let before = net.nodes[1].1.stats().rx_datagrams;
     net.deliver(0, t);
     assert_eq!(net.nodes[1].1.stats().rx_datagrams, before + 1);
+    // The counters serialize as a status report shows them.
+    let json = serde_json::to_value(net.nodes[1].1.stats()).unwrap();
+    assert_eq!(json["rx_datagrams"], before + 1);
     let echoed = net.client_got(b"ping");
     assert!(echoed, "the gateway unmasked the cell and echoed it");
 }

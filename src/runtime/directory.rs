@@ -1,5 +1,5 @@
 //! The discovery driver: the descriptor cache on disk, the clock for
-//! [`crate::discovery`]'s [`Crawl`] and [`Directory`], and the sending of what they
+//! [`crate::discovery`]'s [`Crawl`] and [`GatewayDiscovery`], and the sending of what they
 //! put in their [`Outbox`]. No protocol logic: whom to ask, what to publish and how
 //! to answer are the core's.
 
@@ -9,8 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::discovery::{CacheReport, Crawl, CrawlStats, Directory, Outbox, Store, StoreLimits};
-use crate::node::{CircuitId, Event, HopSpec};
+use crate::discovery::{
+    CacheReport, Crawl, CrawlStats, GatewayDiscovery, Outbox, Store, StoreLimits,
+};
+use crate::node::{Event, HopSpec};
 use crate::runtime::driver::Driver;
 
 /// Name of the descriptor cache in a state directory.
@@ -111,26 +113,39 @@ pub async fn crawl_advance(d: &mut Driver, crawl: &mut Crawl, store: &Store) {
     d.flush().await;
 }
 
-/// Hands a DIRECTORY request to the directory service and sends its answers.
-pub async fn directory_request(
+/// Hands an event to a gateway's discovery and sends what it answers; hands back
+/// the events that are not discovery's.
+pub(crate) async fn discovery_event(
     d: &mut Driver,
-    dir: &mut Directory,
-    circuit: CircuitId,
-    request: &[u8],
-) {
+    g: &mut GatewayDiscovery,
+    now: Instant,
+    e: Event,
+) -> Option<Event> {
     let mut out = Outbox::default();
     let pool = &d.sockets.pool;
-    dir.on_request(
-        Instant::now(),
+    let e = g.on_event(
+        now,
         unix_now(),
         &mut d.rng,
         &mut d.node,
-        circuit,
-        request,
+        e,
         || pool.get(),
         &mut out,
     );
     send_outbox(d, &mut out).await;
+    e
+}
+
+/// Lets a gateway's discovery do what is due (re-signing, gossip) and sends the
+/// handshakes of the circuits it opened.
+pub(crate) async fn discovery_poll(
+    d: &mut Driver,
+    g: &mut GatewayDiscovery,
+    now: Instant,
+) -> Result<()> {
+    g.poll(now, unix_now(), &mut d.rng, &mut d.node)?;
+    d.flush().await;
+    Ok(())
 }
 
 /// Runs a client's crawl (through `guard` if it has one, PROTOCOL §11) to

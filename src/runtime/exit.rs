@@ -1,35 +1,39 @@
 //! The exit's side of a gateway: its TUN device, routes and NAT ([`crate::sys`]),
-//! and the loop that moves packets between circuits and the TUN through the
-//! sans-IO [`Exit`].
+//! and how the daemon's loop ([`crate::runtime::daemon`]) moves packets between
+//! circuits and the TUN through the sans-IO [`Exit`].
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
 
 use crate::config::{self};
 use crate::exit::policy::ExitPolicy;
-use crate::exit::{Closed, Exit, ExitSettings, Verdict};
+use crate::exit::{Closed, Exit, ExitSettings, ExitStats, Verdict};
 use crate::node::{DataPath, Event, Toward};
 use crate::proto::addr::{DNS_V4, DNS_V6, EXIT_V4, EXIT_V6};
 use crate::proto::wire::{Service, PAYLOAD_OFFSET};
-use crate::runtime::driver::{logged, Driver};
-use crate::runtime::services::GatewayServices;
-use crate::runtime::tun::{self, TunWriter};
-use crate::runtime::Signals;
+use crate::runtime::driver::{logged, Driver, Pool};
+use crate::runtime::tun::{self, TunReader, TunWriter};
 use crate::sys;
 
-/// The exit's TUN device, kernel set-up and packet logic.
+/// The exit's side of a gateway daemon: its TUN device, kernel set-up and packet
+/// logic, and the task that makes the kernel forget closed circuits' connections.
 pub(crate) struct ExitSide {
     pub(crate) policy_summary: String,
     tun: Arc<AsyncDevice>,
+    tun_tx: TunWriter,
     net: sys::ExitNet,
     saved: sys::ExitGuardState,
     exit: Exit,
     mtu: usize,
+    /// An ICMP error or DNS answer the exit sends back itself.
+    answer: Vec<u8>,
+    to_forget: mpsc::UnboundedSender<Closed>,
+    forgotten: mpsc::UnboundedReceiver<Vec<Closed>>,
 }
 
 impl ExitSide {
@@ -72,108 +76,116 @@ impl ExitSide {
             max_flows: cfg.max_flows,
             max_pps: cfg.max_pps,
         });
+        let (to_forget, forgotten) = spawn_forgetter();
         Ok(Self {
             policy_summary,
+            tun_tx: TunWriter::new(Arc::clone(&tun)),
             tun,
             net,
             saved,
             exit,
             mtu: cfg.mtu as usize,
+            answer: Vec::new(),
+            to_forget,
+            forgotten,
         })
     }
 
-    pub(crate) async fn stop(self) {
-        if let Err(e) = sys::exit_down(&self.net, &self.saved).await {
-            eprintln!("anonnet: error: cleaning up the exit: {e:#}");
+    /// Removes the exit's routes, NAT and TUN device.
+    pub(crate) async fn stop(self) -> Result<()> {
+        drop(self.tun_tx);
+        drop(self.tun);
+        sys::exit_down(&self.net, &self.saved)
+            .await
+            .context("cleaning up the exit")
+    }
+
+    pub(crate) fn spawn_reader(&self, pool: Pool) -> TunReader {
+        tun::spawn_reader(Arc::clone(&self.tun), pool, self.mtu)
+    }
+
+    pub(crate) fn tun_name(&self) -> &str {
+        &self.net.tun
+    }
+
+    pub(crate) fn stats(&self) -> &ExitStats {
+        self.exit.stats()
+    }
+
+    /// The next batch of pool addresses whose connections the kernel forgot.
+    pub(crate) async fn forgotten(&mut self) -> Option<Vec<Closed>> {
+        self.forgotten.recv().await
+    }
+
+    /// Hands forgotten pool addresses back to the exit for reuse.
+    pub(crate) fn release(&mut self, batch: Vec<Closed>) {
+        for closed in batch {
+            self.exit.release(closed);
         }
     }
 
-    pub(crate) async fn run(
+    /// An exit circuit's packet (reassembled, checked and sent to the TUN device or
+    /// answered), or its closing.
+    pub(crate) async fn on_event(
         &mut self,
         d: &mut Driver,
-        services: &mut GatewayServices,
-    ) -> Result<()> {
-        let mut signals = Signals::new()?;
-        let mut tun_rx = tun::spawn_reader(Arc::clone(&self.tun), d.sockets.pool.clone(), self.mtu);
-        let mut tun_tx = TunWriter::new(Arc::clone(&self.tun));
-        let mut events = Vec::new();
-        let mut packets = Vec::new();
-        let mut data = DataPath::default();
-        let mut answer = Vec::new();
-        let (to_forget, mut forgotten) = spawn_forgetter();
-        loop {
-            let open = tokio::select! {
-                open = d.step_with(&mut events, Some(&mut tun_rx.rx), &mut packets, None) => open,
-                _ = services.wake.tick() => true,
-                Some(batch) = forgotten.recv() => {
-                    for closed in batch {
-                        self.exit.release(closed);
-                    }
-                    true
-                }
-                () = signals.recv() => break,
-            };
-            if !open {
-                bail!("the TUN device {} failed", self.net.tun);
-            }
-            let now = Instant::now();
-            for e in events.drain(..) {
-                let Some(e) = services.on_event(d, e).await else {
-                    continue;
-                };
-                match e {
-                    Event::ServiceData {
-                        circuit,
-                        service: Service::Exit,
-                        mut buf,
-                        range,
-                    } => {
-                        if let Some(p) = logged(data.receive(now, circuit, &mut buf[range])) {
-                            match self.exit.from_circuit(now, circuit, p, &mut answer) {
-                                Verdict::Forward => tun_tx.push(p).await,
-                                Verdict::Answer => {
-                                    let mut out = d.sockets.pool.get();
-                                    out.resize(PAYLOAD_OFFSET + answer.len(), 0);
-                                    out[PAYLOAD_OFFSET..].copy_from_slice(&answer);
-                                    let to = Toward::Backward(circuit);
-                                    d.send_packet(now, &mut data, to, out).await;
-                                }
-                                Verdict::Drop => {}
-                            }
+        data: &mut DataPath,
+        now: Instant,
+        e: Event,
+    ) {
+        match e {
+            Event::ServiceData {
+                circuit,
+                service: Service::Exit,
+                mut buf,
+                range,
+            } => {
+                if let Some(p) = logged(data.receive(now, circuit, &mut buf[range])) {
+                    match self.exit.from_circuit(now, circuit, p, &mut self.answer) {
+                        Verdict::Forward => self.tun_tx.push(p).await,
+                        Verdict::Answer => {
+                            let mut out = d.sockets.pool.get();
+                            out.resize(PAYLOAD_OFFSET + self.answer.len(), 0);
+                            out[PAYLOAD_OFFSET..].copy_from_slice(&self.answer);
+                            d.send_packet(now, data, Toward::Backward(circuit), out)
+                                .await;
                         }
-                        d.sockets.pool.put(buf);
+                        Verdict::Drop => {}
                     }
-                    Event::ServiceClosed(circuit, _) => {
-                        if let Some(closed) = self.exit.close(circuit) {
-                            // The forgetter lives as long as this loop.
-                            let _ = to_forget.send(closed);
-                        }
-                        data.forget(circuit);
-                    }
-                    Event::Data { buf, .. } | Event::ServiceData { buf, .. } => {
-                        d.sockets.pool.put(buf);
-                    }
-                    Event::CircuitUp(_) | Event::CircuitDown(..) => {}
                 }
+                d.sockets.pool.put(buf);
             }
-            services.tick(d).await?;
-            for mut buf in packets.drain(..) {
-                match self.exit.from_tun(&mut buf[PAYLOAD_OFFSET..]) {
-                    Some(c) => {
-                        d.send_packet(now, &mut data, Toward::Backward(c), buf)
-                            .await
-                    }
-                    None => d.sockets.pool.put(buf),
+            Event::ServiceClosed(circuit, _) => {
+                if let Some(closed) = self.exit.close(circuit) {
+                    // The forgetter lives as long as this side.
+                    let _ = self.to_forget.send(closed);
                 }
+                data.forget(circuit);
             }
-            tun_tx.flush().await;
+            Event::Data { buf, .. } | Event::ServiceData { buf, .. } => {
+                d.sockets.pool.put(buf);
+            }
+            Event::CircuitUp(_) | Event::CircuitDown(..) => {}
         }
-        eprintln!(
-            "anonnet gateway stopping: {:?} {:?}",
-            d.node.stats(),
-            self.exit.stats()
-        );
-        Ok(())
+    }
+
+    /// A packet from the internet: back into the circuit its pool address belongs
+    /// to, or dropped.
+    pub(crate) async fn on_tun_packet(
+        &mut self,
+        d: &mut Driver,
+        data: &mut DataPath,
+        now: Instant,
+        mut buf: Vec<u8>,
+    ) {
+        match self.exit.from_tun(&mut buf[PAYLOAD_OFFSET..]) {
+            Some(c) => d.send_packet(now, data, Toward::Backward(c), buf).await,
+            None => d.sockets.pool.put(buf),
+        }
+    }
+
+    pub(crate) async fn flush_tun(&mut self) {
+        self.tun_tx.flush().await;
     }
 }
 

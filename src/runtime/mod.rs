@@ -3,17 +3,18 @@
 //! here makes a protocol decision: that is the core's (`node`, `exit`, `client`,
 //! `discovery`, `proto`); the kernel set-up is [`crate::sys`]'s.
 //!
-//! - [`client`]: `anonnet up` / `down`, the client's data plane ([`client::Client`]);
-//! - [`gateway`]: `anonnet gateway [--exit]` ([`gateway::Gateway`]), with
-//!   [`exit`] (the exit's TUN side) and [`services`] (directory and gossip);
+//! - [`daemon`]: the one event loop of `up` and `gateway`, over optional parts;
+//! - [`client`]: `anonnet up` / `down`, and the client's data plane;
+//! - [`gateway`]: `anonnet gateway [--exit]`, with [`exit`] (the exit's TUN side);
 //! - [`discover`]: `anonnet discover`; [`circuit_test`]: `anonnet circuit-test`;
 //! - [`driver`] (UDP sockets and the node; the data path's datagrams), [`tun`] (TUN
 //!   device I/O), [`paths`] (where paths come from),
-//!   [`directory`] (the discovery driver: crawls and the directory server),
+//!   [`directory`] (the discovery driver: crawls, the directory service, gossip),
 //!   [`replay`] (a gateway's handshake replay cache on disk).
 
 pub mod circuit_test;
 pub mod client;
+pub mod daemon;
 pub mod directory;
 pub mod discover;
 pub mod driver;
@@ -21,7 +22,6 @@ pub mod exit;
 pub mod gateway;
 pub mod paths;
 pub mod replay;
-pub mod services;
 pub mod tun;
 
 use std::io::Write;

@@ -1,0 +1,215 @@
+//! One event loop for every long-running command (`anonnet up`, `anonnet gateway`):
+//! the [`Driver`] (sockets and node) and the tunnel end's [`DataPath`] in the
+//! middle, and the optional parts around them, each a field with its state:
+//!
+//! - the client's data plane (`ClientPlane`: TUN device, circuit pool, flow
+//!   router), for `up`;
+//! - the exit's side (`ExitSide`: TUN device, NAT, policy), for `gateway --exit`;
+//! - a gateway's discovery ([`GatewayDiscovery`]: directory service and gossip),
+//!   for `gateway` and a client that relays (mixed mode).
+//!
+//! The loop waits in one place for datagrams, TUN packets, the node's and the
+//! parts' deadlines, the exit's released addresses and signals; a control socket
+//! becomes one more arm there. Each event goes to discovery first, then to the
+//! data plane that owns the circuit.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::discovery::GatewayDiscovery;
+use crate::exit::Closed;
+use crate::node::{DataPath, Event};
+use crate::runtime::client::ClientPlane;
+use crate::runtime::directory::{discovery_event, discovery_poll, unix_now};
+use crate::runtime::driver::Driver;
+use crate::runtime::exit::ExitSide;
+use crate::runtime::tun::TunReader;
+use crate::runtime::{recycle, Signals};
+
+/// A running daemon: the driver and its optional parts (see the module's doc).
+pub(crate) struct Daemon {
+    pub(crate) d: Driver,
+    data: DataPath,
+    /// Packets read from the TUN device of the client or the exit.
+    tun_rx: Option<TunReader>,
+    client: Option<ClientPlane>,
+    exit: Option<ExitSide>,
+    discovery: Option<GatewayDiscovery>,
+}
+
+impl Daemon {
+    /// A daemon of `d` and the given parts; the TUN reader starts here, on the
+    /// client's or the exit's device (a daemon has at most one of them).
+    pub(crate) fn new(
+        d: Driver,
+        client: Option<ClientPlane>,
+        exit: Option<ExitSide>,
+        discovery: Option<GatewayDiscovery>,
+    ) -> Self {
+        let pool = d.sockets.pool.clone();
+        let tun_rx = match (&client, &exit) {
+            (Some(c), _) => Some(c.spawn_reader(pool)),
+            (None, Some(x)) => Some(x.spawn_reader(pool)),
+            (None, None) => None,
+        };
+        Self {
+            d,
+            data: DataPath::default(),
+            tun_rx,
+            client,
+            exit,
+            discovery,
+        }
+    }
+
+    /// Runs until SIGINT or SIGTERM (or until the TUN device fails); then closes
+    /// the client's circuits and tells every peer this node stops (CLOSE on every
+    /// link), so they rebuild at once.
+    pub(crate) async fn run(&mut self) -> Result<()> {
+        let mut signals = Signals::new()?;
+        let mut events = Vec::new();
+        let mut packets = Vec::new();
+        let result = loop {
+            let Self {
+                d,
+                tun_rx,
+                exit,
+                client,
+                discovery,
+                ..
+            } = self;
+            let now = Instant::now();
+            let wake = [
+                client.as_ref().and_then(|c| c.poll_timeout(now)),
+                discovery
+                    .as_ref()
+                    .and_then(|g| g.poll_timeout(now, unix_now())),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let tun = tun_rx.as_mut().map(|r| &mut r.rx);
+            let open = tokio::select! {
+                open = d.step_with(&mut events, tun, &mut packets, wake) => open,
+                Some(batch) = released(exit.as_mut()) => {
+                    if let Some(x) = exit.as_mut() {
+                        x.release(batch);
+                    }
+                    true
+                }
+                () = signals.recv() => break Ok(()),
+            };
+            if !open {
+                break Err(self.tun_failed());
+            }
+            let now = Instant::now();
+            for e in events.drain(..) {
+                self.on_event(now, e).await;
+            }
+            if let Err(e) = self.poll(now).await {
+                break Err(e);
+            }
+            for buf in packets.drain(..) {
+                self.on_tun_packet(now, buf).await;
+            }
+            if let Some(c) = self.client.as_mut() {
+                c.flush_tun().await;
+            }
+            if let Some(x) = self.exit.as_mut() {
+                x.flush_tun().await;
+            }
+            self.d.flush().await;
+        };
+        if let Some(c) = self.client.as_mut() {
+            c.close(&mut self.d);
+        }
+        self.d.node.shutdown();
+        self.d.flush().await;
+        if self.client.is_none() {
+            match &self.exit {
+                Some(x) => eprintln!(
+                    "anonnet gateway stopping: {:?} {:?}",
+                    self.d.node.stats(),
+                    x.stats()
+                ),
+                None => eprintln!("anonnet gateway stopping: {:?}", self.d.node.stats()),
+            }
+        }
+        result
+    }
+
+    fn tun_failed(&self) -> anyhow::Error {
+        let name = match (&self.client, &self.exit) {
+            (Some(c), _) => c.tun_name(),
+            (None, Some(x)) => x.tun_name(),
+            (None, None) => "",
+        };
+        anyhow::anyhow!("the TUN device {name} failed")
+    }
+
+    /// Hands an event to discovery, then to the data plane of its circuit; an event
+    /// nobody claims has its buffer returned.
+    async fn on_event(&mut self, now: Instant, e: Event) {
+        let d = &mut self.d;
+        let e = match self.discovery.as_mut() {
+            Some(g) => match discovery_event(d, g, now, e).await {
+                Some(e) => e,
+                None => return,
+            },
+            None => e,
+        };
+        if let Some(c) = self.client.as_mut() {
+            c.on_event(d, &mut self.data, now, e).await;
+        } else if let Some(x) = self.exit.as_mut() {
+            x.on_event(d, &mut self.data, now, e).await;
+        } else {
+            recycle(d, e);
+        }
+    }
+
+    /// What the parts have due after the events: the client's pool (builds,
+    /// retirements), discovery's re-signing and gossip.
+    async fn poll(&mut self, now: Instant) -> Result<()> {
+        if let Some(c) = self.client.as_mut() {
+            c.maintain(&mut self.d, &mut self.data, now).await?;
+        }
+        if let Some(g) = self.discovery.as_mut() {
+            discovery_poll(&mut self.d, g, now).await?;
+        }
+        Ok(())
+    }
+
+    /// A packet read from the TUN device, to the data plane that owns the device.
+    async fn on_tun_packet(&mut self, now: Instant, buf: Vec<u8>) {
+        if let Some(c) = self.client.as_mut() {
+            c.on_tun_packet(&mut self.d, &mut self.data, now, buf).await;
+        } else if let Some(x) = self.exit.as_mut() {
+            x.on_tun_packet(&mut self.d, &mut self.data, now, buf).await;
+        } else {
+            self.d.sockets.pool.put(buf);
+        }
+    }
+
+    /// Stops the TUN reader and removes the kernel state the parts set up; returns
+    /// what the client's clean-up removed.
+    pub(crate) async fn stop(self) -> Result<Vec<String>> {
+        drop(self.tun_rx);
+        if let Some(x) = self.exit {
+            x.stop().await?;
+        }
+        match self.client {
+            Some(c) => c.stop().await,
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The exit's next batch of released pool addresses; never resolves without an
+/// exit.
+async fn released(exit: Option<&mut ExitSide>) -> Option<Vec<Closed>> {
+    match exit {
+        Some(x) => x.forgotten().await,
+        None => std::future::pending().await,
+    }
+}
