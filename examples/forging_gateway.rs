@@ -41,7 +41,7 @@ use anonnet::node::{Event, HopSpec, Node, NodeConfig};
 use anonnet::proto::descriptor::Descriptor;
 use anonnet::proto::identity::{Identity, PublicKey};
 use anonnet::proto::wire::{Service, PAYLOAD_OFFSET};
-use anonnet::runtime::directory::{crawl_advance, crawl_event, unix_now};
+use anonnet::runtime::discovery::{crawl_advance, crawl_event, unix_now};
 use anonnet::runtime::driver::Driver;
 
 struct Args {

@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod discovery;
 pub mod exit;
+pub mod files;
 pub mod node;
 pub mod proto;
 pub mod runtime;

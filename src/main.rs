@@ -9,7 +9,7 @@ use rand_core::OsRng;
 
 use anonnet::config::{self, identity_file};
 use anonnet::proto::identity::Identity;
-use anonnet::runtime::{self, circuit_test};
+use anonnet::runtime::{self, circuit_test_cmd as circuit_test};
 
 /// anonnet: a multi-hop anonymizing VPN. Packets are wrapped in one layer of Noise
 /// encryption per gateway and sent over UDP through a chain of 1 to 8 gateways.
@@ -148,7 +148,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Up { config } => tokio_runtime()?.block_on(runtime::client::up(&config)),
         Cmd::Discover { config, json } => {
-            tokio_runtime()?.block_on(runtime::discover::discover_cmd(&config, json))
+            tokio_runtime()?.block_on(runtime::discover_cmd::discover_cmd(&config, json))
         }
         Cmd::Down { config, state_dir } => {
             let dir = match (config, state_dir) {

@@ -9,7 +9,9 @@
 //!   randomness are inputs;
 //! - `config` (TOML into the core's settings) never names `runtime`, `sys` or an OS crate;
 //! - `sys` (what touches the kernel) lies below `runtime` and never names it or `node`;
-//! - `main.rs` is the CLI: it calls `runtime` commands and never drives the protocol.
+//! - `main.rs` is the CLI: it calls `runtime` commands and never drives the protocol;
+//! - `files.rs` (atomic file writes, for `config`, `sys` and `runtime`) names no
+//!   other module of the crate.
 //!
 //! Every `.rs` file under a folder is read, except sibling `tests.rs` files (and the
 //! `tests/` folders of their submodules) and the inline `#[cfg(test)]` module at the
@@ -50,7 +52,7 @@ const CORE_MUST_NOT: &[&str] = &[
     // name resolution is I/O
     "to_socket_addrs", "lookup_host",
     // files, environment, process and threads belong to config and runtime
-    "std::fs", "std::env", "std::process", "std::os", "std::thread",
+    "crate::files", "tempfile::", "std::fs", "std::env", "std::process", "std::os", "std::thread",
 ];
 
 #[rustfmt::skip]
@@ -75,6 +77,7 @@ const RULES: &[Rule] = &[
     Rule { scope: "config",    may_name: None, must_not_name: CONFIG_MUST_NOT },
     Rule { scope: "sys",       may_name: None, must_not_name: &["crate::runtime", "crate::node"] },
     Rule { scope: "main.rs",   may_name: None, must_not_name: MAIN_MUST_NOT },
+    Rule { scope: "files.rs",  may_name: None, must_not_name: &["crate::"] },
 ];
 
 /// The `crate::<folder>` names a core floor may not use: the core folders above it.
@@ -385,6 +388,11 @@ fn main_is_cli_only() {
     check(&["main.rs"], must_not);
 }
 
+#[test]
+fn files_is_a_leaf() {
+    check(&["files.rs"], must_not);
+}
+
 /// The checker itself, on in-memory sources: the offending lines of `src` at `rel`.
 fn flagged(rel: &str, src: &str) -> Vec<String> {
     let scope = rel.split('/').next().unwrap_or(rel);
@@ -409,6 +417,8 @@ const CASES: &[(&str, &str, usize)] = &[
     ("config/mod.rs", "use crate::sys::netlink;", 1),
     ("sys/nft.rs", "use crate::runtime::daemon;", 1),
     ("main.rs", "use anonnet::{config, node::Node};", 1),
+    ("proto/x.rs", "crate::files::write_atomic(p, b);", 1),
+    ("files.rs", "use crate::proto::wire;", 1),
     // the floor order
     ("node/mod.rs", "use crate::client::flows;", 1),
     ("node/mod.rs", "use crate::proto::wire::MAX_PAYLOAD;", 0),

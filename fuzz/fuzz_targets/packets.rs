@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anonnet::client::packets as client_packets;
+use anonnet::client::host_packets as client_packets;
 use anonnet::exit::nat;
 use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};

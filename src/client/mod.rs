@@ -3,7 +3,7 @@
 //! failed) and which circuit carries each flow
 //! ([`flows`]: the circuit pool and flow isolation), which TCP connections each
 //! circuit carries, to reset them when it dies ([`conns`]), and what it does to the
-//! packets themselves ([`packets`]: MSS clamping, refusals).
+//! packets themselves ([`host_packets`]: MSS clamping, refusals).
 
 // TUN packets, descriptors and the guard state file reach this module: no indexing,
 // slicing, unwrap or expect on them (SECURITY.md).
@@ -12,5 +12,5 @@
 pub mod avoid;
 pub mod conns;
 pub mod flows;
-pub mod packets;
+pub mod host_packets;
 pub mod path;

@@ -36,29 +36,7 @@ pub fn write(id: &Identity, path: &Path, force: bool) -> Result<(), IdentityErro
         };
     }
 
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().ok_or_else(|| IdentityError::Write {
-        path: path.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-
-    let result = create_private(&tmp)
-        .and_then(|file| write_and_sync(file, &text))
-        .and_then(|()| fs::rename(&tmp, path))
-        // Make the rename itself durable.
-        .and_then(|()| File::open(dir)?.sync_all());
-    if let Err(source) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(write_error(path, source));
-    }
-    Ok(())
+    crate::files::write_atomic(path, text.as_bytes()).map_err(|source| write_error(path, source))
 }
 
 /// Reads an identity file written by [`write()`].

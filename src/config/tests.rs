@@ -1,6 +1,10 @@
 // Tests index and unwrap what they built themselves.
 #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use super::*;
 
 const GATEWAY_EXAMPLE: &str = include_str!("../../examples/gateway.toml");
@@ -112,7 +116,7 @@ fn exit_section() {
     );
     assert_eq!(
         err("tun = \"a very long name\""),
-        "exit.tun: \"a very long name\" is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)"
+        "exit.tun: \"a very long name\" is not a usable interface name: use 1 to 15 letters, digits, '-', '_' or '.'"
     );
     assert_eq!(
         err("mtu = 1000"),

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use rand_core::{CryptoRng, RngCore};
 
-use super::crawler::{CrawlStats, Crawler, Progress, PER_QUERY, QUERY_TIMEOUT};
+use super::crawl_plan::{CrawlStats, Crawler, Progress, PER_QUERY, QUERY_TIMEOUT};
 use super::message::Message;
 use super::outbox::Outbox;
 use super::store::Store;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rand_core::{CryptoRng, RngCore};
 
 use super::crawl::Crawl;
-use super::crawler::GOSSIP_INTERVAL;
+use super::crawl_plan::GOSSIP_INTERVAL;
 use super::directory::{Directory, DirectoryError, DirectorySettings};
 use super::outbox::Outbox;
 use crate::node::{Event, HopSpec, Node};

@@ -36,7 +36,7 @@
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 mod crawl;
-mod crawler;
+mod crawl_plan;
 mod directory;
 mod gateway;
 mod message;
@@ -45,7 +45,7 @@ mod server;
 mod store;
 
 pub use self::crawl::Crawl;
-pub use self::crawler::{
+pub use self::crawl_plan::{
     CrawlStats, Crawler, Progress, DEFAULT_PARALLEL, GOSSIP_INTERVAL, GOSSIP_PEERS, PER_QUERY,
     QUERY_TIMEOUT,
 };

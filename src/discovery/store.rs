@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use blake2::{Blake2s256, Digest};
 use rand_core::{CryptoRng, RngCore};
 use thiserror::Error;
 
@@ -13,16 +12,11 @@ use crate::proto::crypto::below;
 use crate::proto::descriptor::{Descriptor, DescriptorError, MAX_DESCRIPTOR_LEN};
 use crate::proto::ports::PortSummary;
 
-/// Start of a cache file.
-const CACHE_MAGIC: &[u8; 8] = b"ANONDIR\0";
-/// Cache file format version.
-const CACHE_VERSION: u8 = 1;
-/// Length of the BLAKE2s-256 checksum that ends a cache file.
-pub(super) const CHECKSUM_LEN: usize = 32;
-/// Cache record source tags.
-const TAG_OWN: u8 = 0;
-const TAG_BOOTSTRAP: u8 = 1;
-const TAG_PEER: u8 = 2;
+mod cache;
+mod stats;
+
+pub use self::cache::{CacheReport, CHECKSUM_LEN};
+pub use self::stats::{StoreStats, REJECTION_GROUPS};
 
 /// What path selection knows of a gateway (built from a verified descriptor by
 /// [`Store::candidates`]).
@@ -135,116 +129,6 @@ pub enum Rejected {
     PrefixCap,
 }
 
-/// The names of [`StoreStats::rejected_by_reason`]'s groups, in order.
-pub const REJECTION_GROUPS: [&str; 6] = [
-    "bad signature",
-    "expired",
-    "not yet valid",
-    "malformed",
-    "over a limit or held by another identity",
-    "duplicate or stale",
-];
-
-/// What a [`Store`] did, by outcome. Every rejection is counted once, under one
-/// reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct StoreStats {
-    /// Descriptors of new gateways.
-    pub added: u64,
-    /// Newer versions replacing held ones.
-    pub replaced: u64,
-    /// Self-served descriptors replacing another identity's claim.
-    pub reclaimed: u64,
-    /// Descriptors removed by [`Store::expire`].
-    pub expired: u64,
-    /// Rejected: longer than the size cap.
-    pub too_long: u64,
-    /// Rejected: malformed (layout or field rules).
-    pub malformed: u64,
-    /// Rejected: the signature does not verify.
-    pub bad_signature: u64,
-    /// Rejected: published too far in the future.
-    pub not_yet_valid: u64,
-    /// Rejected: already expired on arrival.
-    pub arrived_expired: u64,
-    /// Claims kept as contenders.
-    pub contenders: u64,
-    /// Contests settled by the gateway's own descriptor.
-    pub settled: u64,
-    /// Rejected: already held.
-    pub duplicate: u64,
-    /// Rejected: not newer than the held version.
-    pub stale: u64,
-    /// Rejected: another identity holds the onion key and it already has a
-    /// contender.
-    pub other_identity: u64,
-    /// Rejected: the identity holds another onion key.
-    pub identity_in_use: u64,
-    /// Rejected: store full.
-    pub total_cap: u64,
-    /// Rejected: per-answer cap.
-    pub answer_cap: u64,
-    /// Rejected: per-source cap.
-    pub source_cap: u64,
-    /// Rejected: per-network cap.
-    pub prefix_cap: u64,
-}
-
-impl StoreStats {
-    /// All rejections.
-    pub fn rejected(&self) -> u64 {
-        self.rejected_by_reason().iter().sum()
-    }
-
-    /// The rejections in the groups a crawl reports ([`REJECTION_GROUPS`]).
-    #[must_use]
-    pub fn rejected_by_reason(&self) -> [u64; 6] {
-        [
-            self.bad_signature,
-            self.arrived_expired,
-            self.not_yet_valid,
-            self.malformed + self.too_long,
-            self.total_cap
-                + self.answer_cap
-                + self.source_cap
-                + self.prefix_cap
-                + self.identity_in_use
-                + self.other_identity,
-            self.duplicate + self.stale,
-        ]
-    }
-
-    fn count(&mut self, result: &Result<Inserted, Rejected>) {
-        let counter = match result {
-            Ok(Inserted::New) => &mut self.added,
-            Ok(Inserted::Replaced) => &mut self.replaced,
-            Ok(Inserted::Reclaimed) => &mut self.reclaimed,
-            Ok(Inserted::Contender) => &mut self.contenders,
-            Err(Rejected::Invalid(error)) => match error {
-                DescriptorError::TooLong(_) => &mut self.too_long,
-                DescriptorError::BadSignature => &mut self.bad_signature,
-                DescriptorError::NotYetValid => &mut self.not_yet_valid,
-                DescriptorError::Expired => &mut self.arrived_expired,
-                DescriptorError::Truncated
-                | DescriptorError::Version(_)
-                | DescriptorError::BadField(_)
-                | DescriptorError::IdentityMismatch
-                | DescriptorError::LifetimeTooLong
-                | DescriptorError::TrailingBytes => &mut self.malformed,
-            },
-            Err(Rejected::Duplicate) => &mut self.duplicate,
-            Err(Rejected::Stale) => &mut self.stale,
-            Err(Rejected::OtherIdentity) => &mut self.other_identity,
-            Err(Rejected::IdentityInUse) => &mut self.identity_in_use,
-            Err(Rejected::TotalCap) => &mut self.total_cap,
-            Err(Rejected::AnswerCap) => &mut self.answer_cap,
-            Err(Rejected::SourceCap) => &mut self.source_cap,
-            Err(Rejected::PrefixCap) => &mut self.prefix_cap,
-        };
-        *counter += 1;
-    }
-}
-
 /// A verified descriptor held by a [`Store`]. Entries exist only after
 /// verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,18 +217,6 @@ fn authoritative(source: Source, key: &[u8; 32]) -> bool {
         Source::Bootstrap => false,
         Source::Peer(peer) => peer == *key,
     }
-}
-
-/// What [`Store::decode_cache`] read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheReport {
-    /// Descriptors loaded into the store.
-    pub loaded: usize,
-    /// Records read whose descriptor was invalid, expired or over a cap.
-    pub dropped: usize,
-    /// The file is not a whole, intact cache: wrong header, checksum mismatch or a
-    /// record that does not parse (reading stopped there).
-    pub corrupt: bool,
 }
 
 /// The descriptors a node knows, one per onion key ([`Descriptor::key`]).
@@ -617,69 +489,6 @@ impl Store {
             .collect()
     }
 
-    /// The cache file form: the magic `ANONDIR\0`, version 1, one record per held
-    /// descriptor (`source` 0 own, 1 bootstrap or 2 peer followed by the peer's
-    /// 32-byte onion key; a 2-byte length; the descriptor), and a BLAKE2s-256 of
-    /// everything before it. Contenders are not kept.
-    pub fn encode_cache(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(CACHE_MAGIC.len() + 1 + CHECKSUM_LEN + self.entries.len() * 260);
-        out.extend_from_slice(CACHE_MAGIC);
-        out.push(CACHE_VERSION);
-        for entry in &self.entries {
-            match entry.source {
-                Source::Own => out.push(TAG_OWN),
-                Source::Bootstrap => out.push(TAG_BOOTSTRAP),
-                Source::Peer(peer) => {
-                    out.push(TAG_PEER);
-                    out.extend_from_slice(&peer);
-                }
-            }
-            let len = u16::try_from(entry.bytes.len()).unwrap_or(u16::MAX);
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(&entry.bytes);
-        }
-        let checksum = Blake2s256::digest(&out);
-        out.extend_from_slice(&checksum);
-        out
-    }
-
-    /// Reads a cache file into a new store with `limits`, re-verifying every
-    /// descriptor against `now_unix` and applying the limits. Never fails: invalid,
-    /// expired or over-cap descriptors are dropped and counted; a damaged file yields
-    /// the records read before the damage and `corrupt`.
-    pub fn decode_cache(bytes: &[u8], now_unix: u64, limits: StoreLimits) -> (Store, CacheReport) {
-        let mut store = Store::new(limits);
-        let mut report = CacheReport::default();
-        let header = CACHE_MAGIC.len() + 1;
-        let parts = bytes
-            .split_last_chunk::<CHECKSUM_LEN>()
-            .and_then(|(body, checksum)| Some((body, body.get(header..)?, checksum)));
-        let Some((body, mut rest, checksum)) = parts.filter(|(body, _, _)| {
-            body.strip_prefix(&CACHE_MAGIC[..])
-                .and_then(<[u8]>::first)
-                .is_some_and(|&v| v == CACHE_VERSION)
-        }) else {
-            report.corrupt = true;
-            return (store, report);
-        };
-        if Blake2s256::digest(body)[..] != checksum[..] {
-            report.corrupt = true;
-        }
-        while !rest.is_empty() {
-            let Some((source, descriptor, after)) = read_record(rest) else {
-                report.corrupt = true;
-                break;
-            };
-            rest = after;
-            match store.insert(descriptor, now_unix, source) {
-                Ok(_) => report.loaded += 1,
-                Err(_) => report.dropped += 1,
-            }
-        }
-        (store, report)
-    }
-
     /// The checks of [`Store::insert`] without the counting; `verified` is the
     /// decoding of `bytes` when an earlier verification made it.
     fn admit(
@@ -880,32 +689,6 @@ impl Store {
         }
         self.counters.account(&entry, false);
     }
-}
-
-/// One cache record: its source, its descriptor bytes and what follows.
-fn read_record(bytes: &[u8]) -> Option<(Source, &[u8], &[u8])> {
-    let (&tag, rest) = bytes.split_first()?;
-    let (source, rest) = match tag {
-        TAG_OWN => (Source::Own, rest),
-        TAG_BOOTSTRAP => (Source::Bootstrap, rest),
-        TAG_PEER => {
-            let (peer, rest) = split(rest, 32)?;
-            (Source::Peer(peer.try_into().ok()?), rest)
-        }
-        _ => return None,
-    };
-    let (len, rest) = split(rest, 2)?;
-    let len = usize::from(u16::from_be_bytes(len.try_into().ok()?));
-    if len > MAX_DESCRIPTOR_LEN {
-        return None;
-    }
-    let (descriptor, rest) = split(rest, len)?;
-    Some((source, descriptor, rest))
-}
-
-/// `bytes` split after `n` bytes, if it has that many.
-fn split(bytes: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
-    (bytes.len() >= n).then(|| bytes.split_at(n))
 }
 
 /// `min(k, n)` distinct indices of `0..n`, uniformly at random, in random order.

@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod descriptor;
 pub mod framing;
 pub mod identity;
+pub mod iface;
 pub mod ip;
 pub mod onion;
 pub mod ports;

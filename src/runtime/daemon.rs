@@ -21,7 +21,7 @@ use crate::discovery::GatewayDiscovery;
 use crate::exit::Closed;
 use crate::node::{DataPath, Event};
 use crate::runtime::client::ClientPlane;
-use crate::runtime::directory::{discovery_event, discovery_poll, unix_now};
+use crate::runtime::discovery::{discovery_event, discovery_poll, unix_now};
 use crate::runtime::driver::Driver;
 use crate::runtime::exit::ExitSide;
 use crate::runtime::tun::TunReader;

@@ -16,7 +16,8 @@ use crate::exit::{Closed, Exit, ExitSettings, ExitStats, Verdict};
 use crate::node::{DataPath, Event, Toward};
 use crate::proto::addr::{DNS_V4, DNS_V6, EXIT_V4, EXIT_V6};
 use crate::proto::wire::{Service, PAYLOAD_OFFSET};
-use crate::runtime::driver::{logged, Driver, Pool};
+use crate::runtime::driver::{logged, Driver};
+use crate::runtime::pool::Pool;
 use crate::runtime::tun::{self, TunReader, TunWriter};
 use crate::sys;
 

@@ -12,7 +12,7 @@ use crate::discovery::{published_addrs, DirectorySettings, GatewayDiscovery};
 use crate::node::{Node, NodeConfig};
 use crate::proto::identity::Identity;
 use crate::runtime::daemon::Daemon;
-use crate::runtime::directory::unix_now;
+use crate::runtime::discovery::unix_now;
 use crate::runtime::driver::Driver;
 use crate::runtime::exit::ExitSide;
 use crate::runtime::{flush_stdout, hop_specs, replay};

@@ -6,22 +6,25 @@
 //! - [`daemon`]: the one event loop of `up` and `gateway`, over optional parts;
 //! - [`client`]: `anonnet up` / `down`, and the client's data plane;
 //! - [`gateway`]: `anonnet gateway [--exit]`, with [`exit`] (the exit's TUN side);
-//! - [`discover`]: `anonnet discover`; [`circuit_test`]: `anonnet circuit-test`;
-//! - [`driver`] (UDP sockets and the node; the data path's datagrams), [`tun`] (TUN
-//!   device I/O), [`paths`] (where paths come from),
-//!   [`directory`] (the discovery driver: crawls, the directory service, gossip),
+//! - [`discover_cmd`]: `anonnet discover`; [`circuit_test_cmd`]: `anonnet circuit-test`;
+//! - [`driver`] (the node between the sockets; the data path's datagrams), with
+//!   [`sockets`] (UDP through quinn-udp) and [`pool`] (the shared buffers); [`tun`]
+//!   (TUN device I/O), [`paths`] (where paths come from),
+//!   [`discovery`] (the discovery driver: crawls, the directory service, gossip),
 //!   [`replay`] (a gateway's handshake replay cache on disk).
 
-pub mod circuit_test;
+pub mod circuit_test_cmd;
 pub mod client;
 pub mod daemon;
-pub mod directory;
-pub mod discover;
+pub mod discover_cmd;
+pub mod discovery;
 pub mod driver;
 pub mod exit;
 pub mod gateway;
 pub mod paths;
+pub mod pool;
 pub mod replay;
+pub mod sockets;
 pub mod tun;
 
 use std::io::Write;

@@ -10,9 +10,10 @@ use crate::client::flows::Build;
 use crate::client::path::{select_path, Guards, PathLength, PathRules, Subnets};
 use crate::config::ClientConfig;
 use crate::discovery::Store;
+use crate::files::write_atomic;
 use crate::node::HopSpec;
 use crate::proto::ports::PortSummary;
-use crate::runtime::directory::{self, load_store, save_cache, unix_now, CRAWL_LIMIT};
+use crate::runtime::discovery::{self, load_store, save_cache, unix_now, CRAWL_LIMIT};
 use crate::runtime::driver::Driver;
 use crate::runtime::hop_specs;
 
@@ -107,7 +108,7 @@ impl Paths {
                     g.addr
                 ))
             );
-            directory::crawl(
+            discovery::crawl(
                 d,
                 store,
                 disc.target,
@@ -146,10 +147,9 @@ impl Paths {
                 let mut cands = store.candidates();
                 cands.retain(|c| Some(c.key) != *own);
                 let keys = guards.refresh(rng, &cands, unix_now());
-                let tmp = state_dir.join(format!("{GUARDS_FILE}.tmp"));
-                let saved = std::fs::create_dir_all(&*state_dir)
-                    .and_then(|()| std::fs::write(&tmp, guards.to_toml()))
-                    .and_then(|()| std::fs::rename(&tmp, state_dir.join(GUARDS_FILE)));
+                let saved = std::fs::create_dir_all(&*state_dir).and_then(|()| {
+                    write_atomic(&state_dir.join(GUARDS_FILE), guards.to_toml().as_bytes())
+                });
                 if let Err(e) = saved {
                     tracing::warn!(
                         "cannot save the entry guards in {}: {e}",

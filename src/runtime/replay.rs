@@ -12,12 +12,12 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
+use crate::files::write_atomic;
 use crate::node::Node;
 
 /// Bytes per record.
@@ -132,8 +132,6 @@ impl ReplayFile {
 /// Writes every key `node` remembers to a new file renamed over `path`; returns it
 /// opened for appending.
 fn rewrite(path: &Path, node: &Node, now: Instant, wall: u64) -> Result<File> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".new");
     let ctx = || format!("cannot write the handshake replay file {}", path.display());
     let buf: Vec<u8> = node
         .remembered(now)
@@ -144,15 +142,7 @@ fn rewrite(path: &Path, node: &Node, now: Instant, wall: u64) -> Result<File> {
             )
         })
         .collect();
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(ctx)?;
-    f.write_all(&buf).with_context(ctx)?;
-    fs::rename(&tmp, path).with_context(ctx)?;
+    write_atomic(path, &buf).with_context(ctx)?;
     OpenOptions::new().append(true).open(path).with_context(ctx)
 }
 

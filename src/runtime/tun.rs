@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::proto::wire::PAYLOAD_OFFSET;
-use crate::runtime::driver::Pool;
+use crate::runtime::pool::Pool;
 
 /// Packets queued between the TUN reader and the core.
 const TUN_QUEUE: usize = 1024;
@@ -26,7 +26,7 @@ const SUPER_PACKET: usize = 65_535;
 /// is reported and ignored).
 #[must_use]
 pub fn offload_from_env() -> bool {
-    crate::runtime::driver::env_switch("ANONNET_TUN_OFFLOAD", true)
+    crate::runtime::sockets::env_switch("ANONNET_TUN_OFFLOAD", true)
 }
 
 /// Creates the TUN device `name`, down, with offloads if `offload` and the kernel

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::files::write_atomic;
+
 /// The system resolver configuration.
 pub(super) const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// systemd-resolved's list of its upstream servers (`/etc/resolv.conf` then often
@@ -124,16 +126,13 @@ pub(super) fn install(resolv: &Path, dir: &Path, dns: &[IpAddr]) -> Result<()> {
     let current = read_or_empty(resolv)?;
     if !is_ours(&current) {
         let backup = backup_path(dir);
-        let tmp = dir.join(format!("{BACKUP}.tmp"));
-        fs::write(&tmp, &current)
-            .and_then(|()| fs::rename(&tmp, &backup))
-            .with_context(|| {
-                format!(
-                    "cannot save {} to {}: choose a writable state_dir",
-                    resolv.display(),
-                    backup.display()
-                )
-            })?;
+        write_atomic(&backup, current.as_bytes()).with_context(|| {
+            format!(
+                "cannot save {} to {}: choose a writable state_dir",
+                resolv.display(),
+                backup.display()
+            )
+        })?;
     }
     write_in_place(resolv, &render(dns))
 }

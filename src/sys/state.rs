@@ -7,6 +7,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+use crate::files::write_atomic;
 use serde::{Deserialize, Serialize};
 
 /// Name of the state file inside the state directory.
@@ -74,19 +76,16 @@ pub(super) fn load(dir: &Path) -> Result<Option<ClientState>> {
     })
 }
 
-/// Writes the state to `dir` (atomically: a temporary file renamed over the old one).
+/// Writes the state to `dir` atomically ([`write_atomic`]).
 pub(super) fn save(dir: &Path, state: &ClientState) -> Result<()> {
     create_dir(dir)?;
     let file = path(dir);
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    fs::write(&tmp, render(state)?)
-        .and_then(|()| fs::rename(&tmp, &file))
-        .with_context(|| {
-            format!(
-                "cannot write state file {}: choose a writable state_dir",
-                file.display()
-            )
-        })
+    write_atomic(&file, render(state)?.as_bytes()).with_context(|| {
+        format!(
+            "cannot write state file {}: choose a writable state_dir",
+            file.display()
+        )
+    })
 }
 
 /// Deletes the state file; `false` if there was none.

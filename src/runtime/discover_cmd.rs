@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use crate::config::{self};
 use crate::discovery::REJECTION_GROUPS;
 use crate::node::Node;
-use crate::runtime::directory::{self, load_store, save_cache, unix_now, CRAWL_LIMIT};
+use crate::runtime::discovery::{self, load_store, save_cache, unix_now, CRAWL_LIMIT};
 use crate::runtime::driver::Driver;
 use crate::runtime::paths::{guard_hop, load_guards};
 use crate::runtime::{client_node_config, hop_specs, CLIENT_BINDS};
@@ -28,7 +28,7 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
     let mut last = Instant::now();
     // Through the saved guard, as `up` crawls (PROTOCOL §11).
     let guard = guard_hop(&load_guards(&cfg), &store);
-    let (st, via) = directory::crawl(
+    let (st, via) = discovery::crawl(
         &mut d,
         &mut store,
         disc.target,

@@ -3,8 +3,7 @@
 //! put in their [`Outbox`]. No protocol logic: whom to ask, what to publish and how
 //! to answer are the core's.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -12,6 +11,7 @@ use anyhow::{Context, Result};
 use crate::discovery::{
     CacheReport, Crawl, CrawlStats, GatewayDiscovery, Outbox, Store, StoreLimits,
 };
+use crate::files::write_atomic;
 use crate::node::{Event, HopSpec};
 use crate::runtime::driver::Driver;
 
@@ -39,18 +39,13 @@ pub fn load_cache(dir: &Path) -> (Store, Option<CacheReport>) {
     }
 }
 
-/// Writes the descriptor cache atomically (a temporary file renamed over the old).
+/// Writes the descriptor cache atomically ([`write_atomic`]).
 pub fn save_cache(dir: &Path, store: &Store) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
     let path = dir.join(CACHE_FILE);
-    let tmp: PathBuf = dir.join(format!("{CACHE_FILE}.tmp"));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(&store.encode_cache())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))
+    write_atomic(&path, &store.encode_cache())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// How long a client crawls for gateways at most before giving up.
