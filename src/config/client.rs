@@ -11,7 +11,7 @@ use crate::proto::identity::PublicKey;
 use crate::proto::iface;
 use crate::proto::wire::MAX_HOPS;
 
-use super::discovery::{parse_discovery, DiscoveryConfig, RawDiscovery};
+use super::discovery::{parse_discovery, DiscoveryConfig, HopConfig, RawDiscovery};
 use super::gateway::{
     check_ifname, check_mtu, gateway_section, ExitConfig, GatewayConfig, RawGateway, DEFAULT_MTU,
 };
@@ -19,13 +19,6 @@ use super::{
     bounded, check_int, check_secs, in_file, read, relative_to, ConfigError, MAX_PADDING_CLASS,
     MIN_PADDING_CLASS,
 };
-
-/// One gateway of a client's path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct HopConfig {
-    pub addr: SocketAddr,
-    pub key: PublicKey,
-}
 
 /// The `[client]` section.
 #[derive(Clone, Debug, PartialEq)]

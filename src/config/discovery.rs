@@ -7,9 +7,15 @@ use serde::Deserialize;
 use crate::proto::identity::PublicKey;
 use crate::proto::wire::MAX_HOPS;
 
-use super::client::HopConfig;
 use super::ports::{PortRange, RawPorts};
 use super::{bounded, ConfigError};
+
+/// One gateway: a bootstrap gateway, or a hop of a client's fixed path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HopConfig {
+    pub addr: SocketAddr,
+    pub key: PublicKey,
+}
 
 /// The `[discovery]` section, in gateway and client configs alike. Gateways use
 /// `share`, `publish`, `descriptor_lifetime_secs`, `rate` and `bootstrap` (peers to

@@ -20,7 +20,7 @@ use anyhow::Result;
 use crate::discovery::GatewayDiscovery;
 use crate::exit::Closed;
 use crate::node::{DataPath, Event};
-use crate::runtime::client::ClientPlane;
+use crate::runtime::client_plane::ClientPlane;
 use crate::runtime::discovery::{discovery_event, discovery_poll, unix_now};
 use crate::runtime::driver::Driver;
 use crate::runtime::exit::ExitSide;

@@ -4,10 +4,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::node::Buffers;
 use crate::proto::wire::MAX_DATAGRAM;
-use crate::runtime::sockets::CHANNEL_DEPTH;
 
 /// Buffers kept for reuse; beyond this many, returned buffers are freed.
-const POOL_CAP: usize = CHANNEL_DEPTH;
+pub(crate) const POOL_CAP: usize = 4096;
 
 /// Datagram buffers shared by the receive tasks and the core, so that steady-state
 /// traffic allocates nothing: a buffer goes socket -> node (relayed in place) ->

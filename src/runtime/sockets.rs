@@ -16,12 +16,13 @@ use tokio::sync::mpsc;
 
 use crate::node::Transmit;
 use crate::proto::wire::MAX_DATAGRAM;
-use crate::runtime::pool::Pool;
+use crate::runtime::pool::{Pool, POOL_CAP};
 
 /// Socket buffer size asked of the kernel (it may grant less).
 const SOCKET_BUFFER: usize = 4 << 20;
-/// Received datagrams queued between the receive tasks and the core.
-pub(crate) const CHANNEL_DEPTH: usize = 4096;
+/// Received datagrams queued between the receive tasks and the core: as many as
+/// the pool keeps, so that a full channel's buffers all find their way back to it.
+const CHANNEL_DEPTH: usize = POOL_CAP;
 
 /// A datagram as received: socket index, source, bytes.
 pub type Received = (usize, SocketAddr, Vec<u8>);
