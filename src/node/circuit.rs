@@ -9,7 +9,7 @@ use crate::proto::crypto::{self, KEY_LEN};
 use crate::proto::onion::{self, Generation, HopKeys, Side};
 use crate::proto::wire::{
     self, Body, BuildPayload, Cell, Cmd, CtrlKind, DestroyReason, Service, BUILD_SLOT_LEN,
-    MAX_PAYLOAD, NK_MSG2_EMPTY, PAYLOAD_OFFSET, REPLY_LEN, REPLY_PAYLOAD_LEN, SLOTS,
+    MAX_PAYLOAD, NK_MSG2_EMPTY, PADDING_ECHO, PAYLOAD_OFFSET, REPLY_LEN, REPLY_PAYLOAD_LEN, SLOTS,
 };
 
 use super::frame_body;
@@ -218,6 +218,11 @@ impl Node {
                 self.stats.keepalives_answered += 1;
                 self.keep_spare(buf)
             }
+            Cmd::Padding if b.len >= 1 && first == Some(0) => {
+                self.stats.padding_received += 1;
+                self.stats.padding_bytes_received += buf.len() as u64;
+                self.keep_spare(buf)
+            }
             Cmd::RekeyAck if b.len == NK_MSG2_EMPTY => self.on_rekey_ack(now, rng, id, origin, buf),
             Cmd::Truncated if b.len == 1 && origin + 1 < own.hops.len() => {
                 let reason = first.map_or(DestroyReason::Protocol, DestroyReason::from_byte);
@@ -352,6 +357,50 @@ impl Node {
         let mut buf = vec![0u8; PAYLOAD_OFFSET];
         buf.extend_from_slice(payload);
         self.send_data(now, rng, id, buf, payload.len())
+    }
+
+    /// Sends PADDING to hop `hop` of own circuit `id` (0: the entry): `buf` is
+    /// reused, the payload is `len` bytes (at least 1: the flags), so the cell has the
+    /// size of DATA of `len` bytes. With `echo`, the hop answers with one PADDING of
+    /// the same size. Every hop before `hop` relays it like DATA.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_padding(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: CircuitId,
+        hop: usize,
+        len: usize,
+        echo: bool,
+        mut buf: Vec<u8>,
+    ) -> Result<Transmit, SendError> {
+        self.observe(now);
+        if len > MAX_PAYLOAD {
+            return Err(SendError::TooLarge(len));
+        }
+        let len = len.max(1);
+        let own = self.own.get(&id).ok_or(SendError::NoCircuit)?;
+        if !own.is_up() {
+            return Err(SendError::NotUp);
+        }
+        if hop >= own.hops.len() {
+            return Err(SendError::NoSuchHop(hop));
+        }
+        buf.clear();
+        buf.resize(PAYLOAD_OFFSET + len, 0);
+        if echo {
+            if let Some(flags) = buf.get_mut(PAYLOAD_OFFSET) {
+                *flags = PADDING_ECHO;
+            }
+        }
+        match self.send_body(now, rng, id, hop, Cmd::Padding, len, buf) {
+            Output::Transmit(t) => {
+                self.stats.padding_sent += 1;
+                self.stats.padding_bytes_sent += t.buf.len() as u64;
+                Ok(t)
+            }
+            _ => Err(SendError::Exhausted),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -247,6 +247,8 @@ pub enum SendError {
     ShortBuffer,
     #[error("circuit keys exhausted")]
     Exhausted,
+    #[error("the circuit has no hop {0}")]
+    NoSuchHop(usize),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use crate::proto::crypto::{self, KEY_LEN};
 use crate::proto::onion::{self, Generation, HopKeys, Side};
 use crate::proto::wire::{
     self, Body, BuildPayload, Cell, Cmd, CtrlKind, DestroyReason, Service, BUILD_LEN,
-    BUILD_PAYLOAD_LEN, BUILD_SLOT_LEN, CTR_FLAG, MAX_PAYLOAD, NK_MSG1_EMPTY, PAYLOAD_OFFSET,
-    REPLY_PAYLOAD_LEN, REPLY_SLOT_LEN,
+    BUILD_PAYLOAD_LEN, BUILD_SLOT_LEN, CTR_FLAG, MAX_PAYLOAD, NK_MSG1_EMPTY, PADDING_ECHO,
+    PAYLOAD_OFFSET, REPLY_PAYLOAD_LEN, REPLY_SLOT_LEN,
 };
 
 use super::frame_body;
@@ -305,6 +305,7 @@ impl Node {
                     return Output::Recycle(buf);
                 }
             }
+            Cmd::Padding => return self.on_padding(now, id, body.len, buf),
             _ => {
                 self.stats.dropped_protocol += 1;
                 return Output::Recycle(buf);
@@ -312,6 +313,36 @@ impl Node {
         }
         // Answer in the same buffer: KEEPALIVE and echoed DATA go back unchanged.
         self.originate(now, id, buf)
+    }
+
+    /// A PADDING addressed to this hop: dropped, or with [`PADDING_ECHO`] answered
+    /// with one PADDING of the same payload length (in the same buffer). A flags byte
+    /// with any other bit set is a protocol error.
+    fn on_padding(&mut self, now: Instant, id: RelayId, len: usize, mut buf: Vec<u8>) -> Output {
+        let mut cell = Cell::new_checked(&mut buf);
+        let flags = cell.as_mut().and_then(|c| c.payload_mut(len)?.first_mut());
+        let echo = match flags {
+            Some(f) if *f == 0 => false,
+            Some(f) if *f == PADDING_ECHO => {
+                *f = 0;
+                true
+            }
+            _ => {
+                self.stats.dropped_protocol += 1;
+                return Output::Recycle(buf);
+            }
+        };
+        self.stats.padding_received += 1;
+        self.stats.padding_bytes_received += buf.len() as u64;
+        if !echo {
+            return Output::Recycle(buf);
+        }
+        let out = self.originate(now, id, buf);
+        if let Output::Transmit(t) = &out {
+            self.stats.padding_sent += 1;
+            self.stats.padding_bytes_sent += t.buf.len() as u64;
+        }
+        out
     }
 
     /// Seals `buf`'s body as a backward cell originating at this hop and sends it.

@@ -44,6 +44,14 @@ pub struct Stats {
     /// TRUNCATEDs: sent by a relay for a circuit whose next hop's link died, or
     /// received by a client (which then closed the circuit).
     pub truncated: u64,
+    /// PADDING cells this node sent (a client's, or a hop's echo), and their bytes
+    /// on the wire.
+    pub padding_sent: u64,
+    pub padding_bytes_sent: u64,
+    /// PADDING cells addressed to this node (a hop's, or a client's from a hop),
+    /// and their bytes on the wire.
+    pub padding_received: u64,
+    pub padding_bytes_received: u64,
 }
 
 impl Stats {
@@ -80,6 +88,10 @@ impl Stats {
             links_dead,
             links_closed,
             truncated,
+            padding_sent,
+            padding_bytes_sent: _,
+            padding_received,
+            padding_bytes_received: _,
         } = self;
         [
             dropped_malformed,
@@ -109,6 +121,8 @@ impl Stats {
             links_dead,
             links_closed,
             truncated,
+            padding_sent,
+            padding_received,
         ]
         .into_iter()
         .fold(0u64, |sum, &c| sum.saturating_add(c))

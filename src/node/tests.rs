@@ -612,3 +612,4 @@ fn a_full_circuit_table_makes_room_from_the_link_that_holds_the_most() {
 
 mod data_path;
 mod deadlines;
+mod padding;

@@ -549,7 +549,14 @@ pub enum Cmd {
     /// Backward from a relay whose link to its next hop died: 1 byte, the
     /// [`DestroyReason`] it then sends backward.
     Truncated = 5,
+    /// Padding (PROTOCOL §5): `flags(1) ‖ filler`, dropped by the hop it is addressed
+    /// to (or by the client, backward). Flag [`PADDING_ECHO`] asks that hop to answer
+    /// with one PADDING of the same payload length; no other flag is defined.
+    Padding = 6,
 }
+
+/// The PADDING flag that asks the hop for one PADDING back.
+pub const PADDING_ECHO: u8 = 1;
 
 /// A view of a decrypted cell body: `cmd ‖ len ‖ payload ‖ padding`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -570,6 +577,7 @@ impl Body {
             3 => Cmd::Rekey,
             4 => Cmd::RekeyAck,
             5 => Cmd::Truncated,
+            6 => Cmd::Padding,
             _ => return Err(WireError::Malformed),
         };
         let len = usize::from(u16::from_be_bytes([l0, l1]));

@@ -200,6 +200,14 @@ fn body_vector() {
     assert_eq!(&b[body.payload()], b"ping");
     assert!(Body::parse(&[1, 0, 30, 0]).is_err(), "length beyond body");
     assert!(Body::parse(&[9, 0, 0]).is_err(), "unknown command");
+    assert!(Body::parse(&[7, 0, 0]).is_err(), "unknown command");
+    assert_eq!(
+        Body::parse(&[6, 0, 1, PADDING_ECHO]),
+        Ok(Body {
+            cmd: Cmd::Padding,
+            len: 1
+        })
+    );
     assert_eq!(body_size(&[128, 256], 10), 128);
     assert_eq!(body_size(&[128, 256], 200), 256);
     assert_eq!(body_size(&[128, 256], 300), MAX_BODY);

@@ -1,0 +1,166 @@
+// Tests index and unwrap what they built themselves.
+#![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
+//! PADDING cells: addressed to any hop of a circuit, relayed like DATA before it,
+//! echoed on request, and counted apart from everything else.
+
+use super::*;
+use crate::proto::wire::PADDING_ECHO;
+
+/// What each node has received so far.
+fn received(net: &Mini) -> Vec<u64> {
+    net.nodes.iter().map(|n| n.1.stats().rx_datagrams).collect()
+}
+
+/// A PADDING to each hop of a 3-hop circuit reaches that hop, and only it: the
+/// hops before relay it (its cell has the size of DATA with as long a payload), it
+/// is dropped and counted there, no event arises anywhere, and the hops after it
+/// receive nothing.
+#[test]
+fn padding_reaches_the_hop_it_is_addressed_to_and_is_relayed_like_data() {
+    let (mut net, specs) = Mini::new(3);
+    let id = net.circuit(&specs);
+    let now = net.now;
+    let data = {
+        let (_, client, rng) = &mut net.nodes[0];
+        client.send_payload(now, rng, id, &[7; 300]).unwrap()
+    };
+    let (data_len, entry) = (data.buf.len(), data.dst);
+    net.deliver(0, data);
+    assert!(net.client_got(&[7; 300]), "the echo service answers DATA");
+    for hop in 0..3 {
+        let before = received(&net);
+        let relayed: Vec<u64> = net
+            .nodes
+            .iter()
+            .map(|n| n.1.stats().relayed_forward)
+            .collect();
+        let (_, client, rng) = &mut net.nodes[0];
+        let t = client
+            .send_padding(now, rng, id, hop, 300, false, Vec::new())
+            .unwrap();
+        assert_eq!(t.buf.len(), data_len, "as long as DATA of 300 bytes");
+        assert_eq!(t.dst, entry);
+        let size = t.buf.len() as u64;
+        net.deliver(0, t);
+        let after = received(&net);
+        for (i, node) in net.nodes.iter_mut().enumerate().skip(1) {
+            let h = i - 1;
+            let s = node.1.stats();
+            let got = u64::from(h <= hop);
+            assert_eq!(
+                after[i] - before[i],
+                got,
+                "hop {h} of a PADDING to hop {hop}"
+            );
+            let relays = u64::from(h < hop);
+            assert_eq!(s.relayed_forward - relayed[i], relays, "hop {h} relays it");
+            assert_eq!(s.padding_received, u64::from(h == hop));
+            if h == hop {
+                assert_eq!(s.padding_bytes_received, size);
+            }
+            assert_eq!(s.padding_sent, 0);
+            assert!(node.1.poll_event().is_none(), "no service sees padding");
+        }
+        assert_eq!(after[0], before[0], "nothing comes back");
+        for node in &mut net.nodes[1..] {
+            node.1.stats.padding_received = 0;
+            node.1.stats.padding_bytes_received = 0;
+        }
+    }
+    let s = net.nodes[0].1.stats();
+    assert_eq!(s.padding_sent, 3);
+    assert_eq!(s.padding_bytes_sent, 3 * data_len as u64);
+    assert!(net.nodes.iter().all(|n| n.1.stats().dropped_protocol == 0));
+}
+
+/// With the echo flag, the hop answers with one PADDING of the same size, which the
+/// client drops and counts; nothing reaches the TUN side (no event).
+#[test]
+fn an_echoed_padding_comes_back_as_long_and_is_dropped_by_the_client() {
+    let (mut net, specs) = Mini::new(3);
+    let id = net.circuit(&specs);
+    let now = net.now;
+    while net.nodes[0].1.poll_event().is_some() {}
+    let before = received(&net);
+    let (_, client, rng) = &mut net.nodes[0];
+    let t = client
+        .send_padding(now, rng, id, 1, 40, true, Vec::new())
+        .unwrap();
+    let size = t.buf.len() as u64;
+    net.deliver(0, t);
+    let middle = net.nodes[2].1.stats();
+    assert_eq!((middle.padding_received, middle.padding_sent), (1, 1));
+    assert_eq!(middle.padding_bytes_sent, size, "the echo is as long");
+    assert_eq!(net.nodes[1].1.stats().relayed_backward, 1);
+    assert_eq!(received(&net)[3], before[3], "the exit never sees it");
+    let client = net.nodes[0].1.stats();
+    assert_eq!(
+        (client.padding_received, client.padding_bytes_received),
+        (1, size)
+    );
+    assert_eq!(client.dropped_protocol, 0);
+    assert!(net.nodes[0].1.poll_event().is_none());
+    assert!(net.nodes[0].1.is_up(id));
+}
+
+/// A PADDING whose flags are unknown, or that has no flags byte, is a protocol
+/// error at the hop; a hop's PADDING that asks the client for an echo is one at
+/// the client. Nothing is answered, the circuit stays up.
+#[test]
+fn padding_with_unknown_or_missing_flags_is_dropped_and_counted() {
+    let (mut net, specs) = Mini::new(2);
+    let id = net.circuit(&specs);
+    let now = net.now;
+    for payload in [&[2u8][..], &[0x81, 0], &[]] {
+        let (_, client, rng) = &mut net.nodes[0];
+        let out = client.send_cmd(now, rng, id, 1, Cmd::Padding, payload, Vec::new());
+        let Output::Transmit(t) = out else {
+            panic!("sent")
+        };
+        net.deliver(0, t);
+    }
+    let exit = net.nodes[2].1.stats();
+    assert_eq!(
+        (
+            exit.dropped_protocol,
+            exit.padding_received,
+            exit.padding_sent
+        ),
+        (3, 0, 0)
+    );
+    // A hop that sends PADDING with the echo flag backward.
+    let r = *net.nodes[1].1.relays.keys().next().unwrap();
+    let mut buf = vec![0u8; PAYLOAD_OFFSET + 1];
+    buf[PAYLOAD_OFFSET] = PADDING_ECHO;
+    let out = net.nodes[1].1.originate_body(now, r, Cmd::Padding, 1, buf);
+    net.nodes[1].1.push_output(out);
+    net.flush(1);
+    let client = net.nodes[0].1.stats();
+    assert_eq!((client.dropped_protocol, client.padding_received), (1, 0));
+    assert!(net.nodes[0].1.is_up(id));
+}
+
+/// The client's API refuses a hop its circuit does not have and a payload larger
+/// than a cell's.
+#[test]
+fn padding_to_a_hop_the_circuit_lacks_is_refused() {
+    let (mut net, specs) = Mini::new(2);
+    let id = net.circuit(&specs);
+    let now = net.now;
+    let (_, client, rng) = &mut net.nodes[0];
+    let err = |r: Result<Transmit, SendError>| r.err();
+    assert_eq!(
+        err(client.send_padding(now, rng, id, 2, 10, false, Vec::new())),
+        Some(SendError::NoSuchHop(2))
+    );
+    assert_eq!(
+        err(client.send_padding(now, rng, id, 0, MAX_PAYLOAD + 1, false, Vec::new())),
+        Some(SendError::TooLarge(MAX_PAYLOAD + 1))
+    );
+    assert_eq!(
+        err(client.send_padding(now, rng, CircuitId(999), 0, 10, false, Vec::new())),
+        Some(SendError::NoCircuit)
+    );
+    assert_eq!(client.stats().padding_sent, 0);
+}
