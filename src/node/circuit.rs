@@ -328,21 +328,28 @@ impl Node {
         len: usize,
     ) -> Result<Transmit, SendError> {
         self.observe(now);
-        if len > MAX_PAYLOAD {
-            return Err(SendError::TooLarge(len));
-        }
+        let hops = self.sendable(id, len)?;
         if buf.len() < PAYLOAD_OFFSET + len {
             return Err(SendError::ShortBuffer);
+        }
+        let target = hops.saturating_sub(1);
+        match self.send_body(now, rng, id, target, Cmd::Data, len, buf) {
+            Output::Transmit(t) => Ok(t),
+            _ => Err(SendError::Exhausted),
+        }
+    }
+
+    /// The number of hops of own circuit `id`, if a payload of `len` bytes may be sent
+    /// on it now.
+    fn sendable(&self, id: CircuitId, len: usize) -> Result<usize, SendError> {
+        if len > MAX_PAYLOAD {
+            return Err(SendError::TooLarge(len));
         }
         let own = self.own.get(&id).ok_or(SendError::NoCircuit)?;
         if !own.is_up() {
             return Err(SendError::NotUp);
         }
-        let target = own.hops.len().saturating_sub(1);
-        match self.send_body(now, rng, id, target, Cmd::Data, len, buf) {
-            Output::Transmit(t) => Ok(t),
-            _ => Err(SendError::Exhausted),
-        }
+        Ok(own.hops.len())
     }
 
     /// Copies `payload` into a fresh buffer and sends it (convenience for tests and
@@ -375,17 +382,10 @@ impl Node {
         mut buf: Vec<u8>,
     ) -> Result<Transmit, SendError> {
         self.observe(now);
-        if len > MAX_PAYLOAD {
-            return Err(SendError::TooLarge(len));
-        }
-        let len = len.max(1);
-        let own = self.own.get(&id).ok_or(SendError::NoCircuit)?;
-        if !own.is_up() {
-            return Err(SendError::NotUp);
-        }
-        if hop >= own.hops.len() {
+        if hop >= self.sendable(id, len)? {
             return Err(SendError::NoSuchHop(hop));
         }
+        let len = len.max(1);
         buf.clear();
         buf.resize(PAYLOAD_OFFSET + len, 0);
         if echo {
