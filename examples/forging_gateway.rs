@@ -283,7 +283,7 @@ async fn main() -> Result<()> {
                             let mut b = d.sockets.pool.get();
                             b.resize(PAYLOAD_OFFSET + p.len(), 0);
                             b[PAYLOAD_OFFSET..].copy_from_slice(&p);
-                            if let Ok(t) = d.node.send_backward(now, circuit, b, p.len()) {
+                            if let Ok(Some(t)) = d.node.send_backward(now, circuit, b, p.len()) {
                                 d.sockets.send_recycle(t).await;
                             }
                         }

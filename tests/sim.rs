@@ -337,16 +337,19 @@ impl Net {
     fn send_payload(&mut self, client: usize, id: CircuitId, payload: &[u8]) {
         let now = self.now;
         let n = &mut self.nodes[client];
-        let t = n
+        let sent = n
             .node
             .send_payload(now, &mut n.rng, id, payload)
             .expect("send");
-        let src = n.addr;
-        self.send(Dgram {
-            src,
-            dst: t.dst,
-            buf: t.buf,
-        });
+        // A paced link's cell waits in the node for its slot.
+        if let Some(t) = sent {
+            let src = n.addr;
+            self.send(Dgram {
+                src,
+                dst: t.dst,
+                buf: t.buf,
+            });
+        }
     }
 
     fn close(&mut self, client: usize, id: CircuitId) {
@@ -1444,4 +1447,106 @@ fn mixed_node_traffic_looks_like_relayed_traffic() {
         "datagram sizes on the g1 → g2 link: own circuit vs relayed"
     );
     assert!(net.nodes[g1].node.is_up(own));
+}
+
+/// What an observer of the client's link to its entry records in one run: per
+/// 5 ms step, the direction (true: towards the entry), the type byte and the
+/// length of each datagram.
+type LinkTrace = Vec<(usize, bool, u8, usize)>;
+
+/// A client (links paced at `pace` cells/s, or not) with a 3-hop circuit to the
+/// echo service for 4 s: idle, or with bursts of echo traffic of random sizes, one
+/// of them larger than the pace queue. Returns the trace of the client's link,
+/// the payloads echoed intact and the sends a full pace queue refused.
+fn paced_link_run(pace: Option<u32>, traffic: bool) -> (LinkTrace, usize, usize) {
+    let mut net = Net::with_config(31, 3, 1, |c| c.pace = pace);
+    let c = net.clients[0];
+    let (client, entry) = (net.nodes[c].addr, net.nodes[net.gateways[0]].addr);
+    let seen: Rc<RefCell<Vec<(bool, u8, usize)>>> = Rc::default();
+    let record = Rc::clone(&seen);
+    net.tap = Some(Box::new(move |d, _| {
+        if (d.src, d.dst) == (client, entry) || (d.src, d.dst) == (entry, client) {
+            record
+                .borrow_mut()
+                .push((d.src == client, d.buf[0], d.buf.len()));
+        }
+        true
+    }));
+    let path = net.gateways.clone();
+    let id = net.build(c, &path);
+    let mut trace = LinkTrace::new();
+    let mut plan = ChaCha20Rng::seed_from_u64(32);
+    let (mut sent, mut refused) = (Vec::new(), 0);
+    for step in 0..800 {
+        let burst = match step {
+            200 | 300 | 450 => 6,
+            600 => 3 * anonnet::node::PACE_QUEUE,
+            _ => 0,
+        };
+        if traffic && net.nodes[c].node.is_up(id) {
+            for i in 0..burst {
+                let p = gen_payload(&mut plan, i + 2);
+                let now = net.now;
+                let n = &mut net.nodes[c];
+                match n.node.send_payload(now, &mut n.rng, id, &p) {
+                    Ok(Some(t)) => {
+                        let src = n.addr;
+                        net.send(Dgram {
+                            src,
+                            dst: t.dst,
+                            buf: t.buf,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(anonnet::node::SendError::Paced) => {
+                        refused += 1;
+                        continue;
+                    }
+                    Err(e) => panic!("send: {e}"),
+                }
+                sent.push(p);
+            }
+        }
+        net.step();
+        trace.extend(seen.borrow_mut().drain(..).map(|(d, t, l)| (step, d, t, l)));
+    }
+    let got = net.received(c, id);
+    let echoed = check_echoes(&sent, &got, "paced");
+    (trace, echoed, refused)
+}
+
+/// Constant mode (PipeNet): once the client's link to its entry is up, it carries
+/// one datagram per slot in each direction whether or not the client sends, every
+/// cell on it has one size, and real cells replace padding: the observer's trace of
+/// a busy client (with a burst the queue must drop) equals that of an idle one, to
+/// the step, direction, type and length of every datagram. Without pacing the two
+/// traces differ.
+#[test]
+fn a_paced_link_looks_the_same_busy_or_idle() {
+    let rate = 200; // one slot per 5 ms step
+    let (idle, _, _) = paced_link_run(Some(rate), false);
+    let (busy, echoed, refused) = paced_link_run(Some(rate), true);
+    assert!(echoed >= 18 + anonnet::node::PACE_QUEUE, "{echoed} echoed");
+    assert!(refused > 0, "the burst larger than the queue was refused");
+    assert_eq!(idle.len(), busy.len(), "datagrams on the link");
+    assert_eq!(idle, busy, "the link's trace depends on the traffic");
+    for (step, _, ty, len) in &busy {
+        if *ty == CELL {
+            assert_eq!(*len, anonnet::proto::wire::MAX_DATAGRAM, "step {step}");
+        }
+    }
+    // From 1 s on: exactly one datagram per slot each way.
+    for step in 200..800 {
+        for dir in [true, false] {
+            let n = busy
+                .iter()
+                .filter(|(s, d, _, _)| *s == step && *d == dir)
+                .count();
+            assert_eq!(n, 1, "step {step}, towards the entry: {dir}");
+        }
+    }
+    let (off_idle, _, _) = paced_link_run(None, false);
+    let (off_busy, off_echoed, _) = paced_link_run(None, true);
+    assert_ne!(off_idle, off_busy, "unpaced, traffic shows");
+    assert!(off_echoed > echoed, "unpaced, nothing is dropped");
 }

@@ -288,7 +288,7 @@ impl Crawl {
                 let request = self.crawler.request();
                 for payload in self.announce.iter().chain(std::iter::once(&request)) {
                     match node.send_payload(now, rng, id, payload) {
-                        Ok(t) => out.transmits.push(t),
+                        Ok(t) => out.transmits.extend(t),
                         Err(_) => {
                             self.fail(node, id);
                             break;

@@ -169,7 +169,7 @@ impl Directory {
             buf.resize(PAYLOAD_OFFSET, 0);
             buf.extend_from_slice(&payload);
             match node.send_backward(now, circuit, buf, payload.len()) {
-                Ok(t) => out.transmits.push(t),
+                Ok(t) => out.transmits.extend(t),
                 Err(e) => tracing::debug!("directory answer dropped: {e}"),
             }
         }

@@ -260,6 +260,7 @@ impl Node {
             return Err(BuildError::PathLength(0));
         };
         let link = self.link_to(now, rng, first);
+        self.pace_entry_link(now, link);
         let cid = self.new_cid(link, rng);
         let mut hops = Vec::with_capacity(path.len());
         let mut msgs = Vec::with_capacity(path.len());
@@ -276,6 +277,7 @@ impl Node {
                 service: svc,
                 kb,
                 next,
+                full: self.cfg.pace.is_some(),
             }
             .emit();
             let mut hs = crypto::noise_initiator(rng, &spec.key);
@@ -318,7 +320,8 @@ impl Node {
 
     /// Sends DATA on a circuit. `buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len]` holds the
     /// payload (so a caller can read a packet straight into place); the buffer is
-    /// resized to the cell and returned in the [`Transmit`].
+    /// resized to the cell and returned in the [`Transmit`], or `None` when the
+    /// circuit's link is paced and the cell waits for its slot ([`Node::poll_transmit`]).
     pub fn send_data(
         &mut self,
         now: Instant,
@@ -326,17 +329,14 @@ impl Node {
         id: CircuitId,
         buf: Vec<u8>,
         len: usize,
-    ) -> Result<Transmit, SendError> {
+    ) -> Result<Option<Transmit>, SendError> {
         self.observe(now);
         let hops = self.sendable(id, len)?;
         if buf.len() < PAYLOAD_OFFSET + len {
             return Err(SendError::ShortBuffer);
         }
         let target = hops.saturating_sub(1);
-        match self.send_body(now, rng, id, target, Cmd::Data, len, buf) {
-            Output::Transmit(t) => Ok(t),
-            _ => Err(SendError::Exhausted),
-        }
+        sent(self.send_body(now, rng, id, target, Cmd::Data, len, buf))
     }
 
     /// The number of hops of own circuit `id`, if a payload of `len` bytes may be sent
@@ -349,6 +349,9 @@ impl Node {
         if !own.is_up() {
             return Err(SendError::NotUp);
         }
+        if !self.link_has_room(own.first.0) {
+            return Err(SendError::Paced);
+        }
         Ok(own.hops.len())
     }
 
@@ -360,7 +363,7 @@ impl Node {
         rng: &mut (impl RngCore + CryptoRng),
         id: CircuitId,
         payload: &[u8],
-    ) -> Result<Transmit, SendError> {
+    ) -> Result<Option<Transmit>, SendError> {
         let mut buf = vec![0u8; PAYLOAD_OFFSET];
         buf.extend_from_slice(payload);
         self.send_data(now, rng, id, buf, payload.len())
@@ -380,7 +383,7 @@ impl Node {
         len: usize,
         echo: bool,
         mut buf: Vec<u8>,
-    ) -> Result<Transmit, SendError> {
+    ) -> Result<Option<Transmit>, SendError> {
         self.observe(now);
         if hop >= self.sendable(id, len)? {
             return Err(SendError::NoSuchHop(hop));
@@ -393,13 +396,20 @@ impl Node {
                 *flags = PADDING_ECHO;
             }
         }
-        match self.send_body(now, rng, id, hop, Cmd::Padding, len, buf) {
-            Output::Transmit(t) => {
-                self.stats.padding_sent += 1;
-                self.stats.padding_bytes_sent += t.buf.len() as u64;
-                Ok(t)
-            }
-            _ => Err(SendError::Exhausted),
+        let size = wire::CELL_HEADER_LEN + wire::body_size(self.classes(), len);
+        let t = sent(self.send_body(now, rng, id, hop, Cmd::Padding, len, buf))?;
+        self.stats.padding_sent += 1;
+        self.stats.padding_bytes_sent += size as u64;
+        Ok(t)
+    }
+
+    /// The body size classes of own circuits: the configured ones, or only
+    /// `MAX_BODY` when links are paced (one cell size on a constant-rate link).
+    fn classes(&self) -> &[usize] {
+        if self.cfg.pace.is_some() {
+            &[]
+        } else {
+            &self.cfg.padding
         }
     }
 
@@ -431,7 +441,7 @@ impl Node {
         len: usize,
         mut buf: Vec<u8>,
     ) -> Output {
-        if !frame_body(&mut buf, &self.cfg.padding, cmd, len) {
+        if !frame_body(&mut buf, self.classes(), cmd, len) {
             return Output::Recycle(buf);
         }
         let Some(own) = self.own.get_mut(&id) else {
@@ -510,5 +520,15 @@ impl Node {
             self.push_output(out);
         }
         self.schedule_own(id);
+    }
+}
+
+/// What a public send returns for a cell `send_body` or `originate_body` made: sent
+/// now, queued on a paced link, or not sealed (the keys are used up).
+pub(super) fn sent(out: Output) -> Result<Option<Transmit>, SendError> {
+    match out {
+        Output::Transmit(t) => Ok(Some(t)),
+        Output::Consumed => Ok(None),
+        Output::Recycle(_) => Err(SendError::Exhausted),
     }
 }

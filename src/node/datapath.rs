@@ -4,7 +4,8 @@
 //! A client puts packets into its own circuits ([`Toward::Forward`]); an exit puts
 //! them back into the circuits it terminates ([`Toward::Backward`]). [`DataPath::send`]
 //! seals each cell through the [`Node`] and queues the datagrams, which the driver
-//! takes with [`DataPath::poll_transmit`]; [`DataPath::receive`] turns the payloads of
+//! takes with [`DataPath::poll_transmit`] (a paced link's cells wait in the node
+//! for their slots and come out of [`Node::poll_transmit`]); [`DataPath::receive`] turns the payloads of
 //! a circuit's DATA cells back into packets. Fragment buffers come from the driver's
 //! [`Buffers`], so steady-state traffic allocates nothing.
 
@@ -72,7 +73,7 @@ impl DataPath {
         };
         match self.frag.split(len) {
             Split::Whole => {
-                self.queue.push_back(seal(now, rng, node, to, buf, len)?);
+                self.queue.extend(seal(now, rng, node, to, buf, len)?);
                 Ok(())
             }
             Split::TooLarge => {
@@ -91,7 +92,7 @@ impl DataPath {
                         bufs.put(f);
                         return Err(Dropped::TooLarge(len));
                     };
-                    self.queue.push_back(seal(now, rng, node, to, f, n)?);
+                    self.queue.extend(seal(now, rng, node, to, f, n)?);
                     Ok(())
                 });
                 bufs.put(buf);
@@ -133,7 +134,7 @@ fn seal(
     to: Toward,
     buf: Vec<u8>,
     len: usize,
-) -> Result<Transmit, SendError> {
+) -> Result<Option<Transmit>, SendError> {
     match to {
         Toward::Forward(id) => node.send_data(now, rng, id, buf, len),
         Toward::Backward(id) => node.send_backward(now, id, buf, len),

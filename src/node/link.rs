@@ -18,6 +18,7 @@ use crate::proto::wire::{
 
 use super::cookie;
 use super::mask_header;
+use super::pacer::Pacer;
 use super::{
     Budget, Deadline, DownReason, Entry, Event, HopSpec, LinkId, Node, NodeConfig, Output, Timer,
     Transmit, LINK_DEAD_AFTER, LINK_PING_EVERY, LINK_PROBE_AFTER, LINK_QUIET, LINK_RETRY,
@@ -125,6 +126,8 @@ pub(super) struct Link {
     pub(super) pinged: Option<Instant>,
     /// When the peer was last heard.
     pub(super) last_heard: Instant,
+    /// The link's constant-rate schedule, when it is paced.
+    pub(super) pace: Option<Pacer>,
 }
 
 impl Link {
@@ -251,11 +254,7 @@ impl Node {
             started,
             last_sent: now,
         });
-        self.transmits.push_back(Transmit {
-            src: link.local,
-            dst: link.peer,
-            buf,
-        });
+        self.emit(id, buf);
     }
 
     /// The link this node initiated to `addr`/`key`, created (and its handshake
@@ -295,6 +294,7 @@ impl Node {
                 unheard: None,
                 pinged: None,
                 last_heard: now,
+                pace: None,
             },
         );
         self.send_link_init(now, rng, id);
@@ -304,6 +304,7 @@ impl Node {
 
     pub(super) fn remove_link(&mut self, id: LinkId) {
         self.timers.set(Timer::Link(id), None);
+        self.timers.set(Timer::Pace(id), None);
         if let Some(link) = self.links.remove(&id) {
             let keys = [&link.keys, &link.previous, &link.next];
             for rx in keys
@@ -335,20 +336,19 @@ impl Node {
         };
         let buf = keys.ctrl_datagram(keys.send_ctr, kind as u8, cid, body);
         keys.send_ctr += 1;
-        // A PONG wants no answer (else two idle ends would probe each other forever).
-        let asking = kind != CtrlKind::Pong && now.is_some_and(|now| link.sent(now));
-        self.transmits.push_back(Transmit {
-            src: link.local,
-            dst: link.peer,
-            buf,
-        });
+        // Neither a PONG nor a PACE wants an answer (else two idle ends would probe
+        // each other forever).
+        let asking = !matches!(kind, CtrlKind::Pong | CtrlKind::Pace)
+            && now.is_some_and(|now| link.sent(now));
+        self.emit(link_id, buf);
         if asking {
             self.schedule_link(link_id);
         }
     }
 
-    /// Finishes a cell for `link_id`: header index, cid, mask. `None` if the link is
-    /// not up (the cell is dropped: cells are never queued).
+    /// Finishes a cell for `link_id`: header index, cid, mask. A paced link queues
+    /// it for a slot ([`Output::Consumed`]); it is dropped when the link is not up
+    /// (cells never wait for a handshake) or its pace queue is full.
     pub(super) fn finish_cell(&mut self, link_id: LinkId, cid: u32, mut buf: Vec<u8>) -> Output {
         let now = self.now();
         let Some(link) = self.links.get_mut(&link_id) else {
@@ -362,15 +362,17 @@ impl Node {
         };
         cell.set_address(keys.tx, cid);
         mask_header(&keys.send_mask, &mut cell);
-        let t = Transmit {
-            src: link.local,
-            dst: link.peer,
-            buf,
-        };
+        let (src, dst, paced) = (link.local, link.peer, link.pace.is_some());
         if now.is_some_and(|now| link.sent(now)) {
             self.schedule_link(link_id);
         }
-        Output::Transmit(t)
+        if paced {
+            return match self.pace_cell(link_id, buf) {
+                Ok(()) => Output::Consumed,
+                Err(buf) => Output::Recycle(buf),
+            };
+        }
+        Output::Transmit(Transmit { src, dst, buf })
     }
 
     pub(super) fn on_link_init(
@@ -459,7 +461,11 @@ impl Node {
                 }
                 self.by_index.insert(rx, id);
                 self.stats.link_rekeys += 1;
-                self.transmits.push_back(resp);
+                if link.pace.is_some() {
+                    self.emit(id, resp.buf);
+                } else {
+                    self.transmits.push_back(resp);
+                }
             }
             return;
         }
@@ -483,6 +489,7 @@ impl Node {
                 unheard: None,
                 pinged: None,
                 last_heard: now,
+                pace: None,
             },
         );
         self.schedule_link(id);
@@ -614,6 +621,10 @@ impl Node {
                 self.send_ctrl(link_id, CtrlKind::Pong, 0, &[0]);
             }
             CtrlKind::Pong => self.stats.pongs_received += 1,
+            CtrlKind::Pace => match body {
+                [a, b, c, d] => self.on_pace(now, link_id, u32::from_be_bytes([*a, *b, *c, *d])),
+                _ => self.stats.dropped_malformed += 1,
+            },
             CtrlKind::Close => {
                 self.stats.links_closed += 1;
                 self.fail_link(

@@ -23,6 +23,7 @@ mod datapath;
 mod forge;
 mod handshake_cache;
 mod link;
+mod pacer;
 mod rekey;
 mod relay;
 mod stats;
@@ -30,6 +31,7 @@ mod timer;
 
 pub use self::datapath::{Buffers, DataPath, Dropped, Toward};
 pub use self::forge::{ForgedBackward, ForgedForward, TAIL_LEN};
+pub use self::pacer::{PACE_LIMIT, PACE_QUEUE};
 pub use self::stats::Stats;
 
 use self::budget::{Budget, Budgets};
@@ -119,6 +121,13 @@ pub struct NodeConfig {
     /// [`REKEY_JITTER`] is meaningful; zero rekeys every hop on the same schedule, for
     /// tests that need to know it).
     pub rekey_jitter: Duration,
+    /// Constant-rate links (PipeNet mode): the link to the entry of each own
+    /// circuit carries this many cells per second in both directions, and own
+    /// circuits use full-size cells only. `None`: links are not paced.
+    pub pace: Option<u32>,
+    /// The highest rate this gateway paces a link at when its peer asks (PACE);
+    /// 0 refuses.
+    pub pace_limit: u32,
 }
 
 impl Default for NodeConfig {
@@ -137,6 +146,8 @@ impl Default for NodeConfig {
             padding: vec![128, 256, 512, 1024],
             own_addrs: Vec::new(),
             rekey_jitter: REKEY_JITTER,
+            pace: None,
+            pace_limit: PACE_LIMIT,
         }
     }
 }
@@ -249,6 +260,8 @@ pub enum SendError {
     Exhausted,
     #[error("the circuit has no hop {0}")]
     NoSuchHop(usize),
+    #[error("the circuit's paced link has a full queue")]
+    Paced,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -538,6 +551,13 @@ impl Node {
         };
         mask_header(&mask, &mut cell);
         let cid = cell.circuit();
+        // Circuit 0 is link padding of a paced link (unauthenticated: it shows
+        // nothing about the peer).
+        if cid == 0 {
+            self.stats.padding_received += 1;
+            self.stats.padding_bytes_received += buf.len() as u64;
+            return Output::Recycle(buf);
+        }
         let entry = self.circuits.get(&(link_id, cid)).copied();
         // A cell of a known circuit (its masked header needs the link's keys) shows
         // the peer alive.
@@ -581,6 +601,7 @@ impl Node {
                 Timer::Relay(id) => self.check_relay(now, id),
                 Timer::Own(id) => self.check_own(now, rng, id),
                 Timer::Housekeeping => self.housekeeping(now),
+                Timer::Pace(id) => self.pace_tick(now, rng, id),
             }
         }
         self.due = due;

@@ -16,6 +16,7 @@ use crate::proto::wire::{
     PAYLOAD_OFFSET, REPLY_PAYLOAD_LEN, REPLY_SLOT_LEN,
 };
 
+use super::circuit::sent;
 use super::frame_body;
 use super::{
     Budget, CircuitId, Deadline, Entry, Event, HopSpec, LinkId, Node, NodeConfig, Output, RelayId,
@@ -28,6 +29,9 @@ pub(super) struct Relay {
     pub(super) service: Service,
     pub(super) keys: HopKeys,
     pub(super) kb: [u8; KEY_LEN],
+    /// Backward cells this hop originates are full-size (the client paces its
+    /// links: BUILD flag FULL).
+    pub(super) full: bool,
     /// This hop's BUILT reply slot, held until the next hop's BUILT arrives.
     pub(super) reply: Option<[u8; REPLY_SLOT_LEN]>,
     pub(super) created: Instant,
@@ -139,6 +143,7 @@ impl Node {
             service: payload.service,
             keys,
             kb: payload.kb,
+            full: payload.full,
             reply: None,
             created: now,
             last_fwd: now,
@@ -400,7 +405,7 @@ impl Node {
         id: CircuitId,
         buf: Vec<u8>,
         len: usize,
-    ) -> Result<Transmit, SendError> {
+    ) -> Result<Option<Transmit>, SendError> {
         self.observe(now);
         if len > MAX_PAYLOAD {
             return Err(SendError::TooLarge(len));
@@ -412,10 +417,10 @@ impl Node {
         if !matches!(r.service, Service::Exit | Service::Directory) || r.next.is_some() {
             return Err(SendError::NoCircuit);
         }
-        match self.originate_body(now, id.0, Cmd::Data, len, buf) {
-            Output::Transmit(t) => Ok(t),
-            _ => Err(SendError::Exhausted),
+        if !self.link_has_room(r.prev.0) {
+            return Err(SendError::Paced);
         }
+        sent(self.originate_body(now, id.0, Cmd::Data, len, buf))
     }
 
     /// Tells the client of relayed circuit `id`, whose next hop's link died, that
@@ -440,7 +445,9 @@ impl Node {
         len: usize,
         mut buf: Vec<u8>,
     ) -> Output {
-        if !frame_body(&mut buf, &self.cfg.padding, cmd, len) {
+        let full = self.relays.get(&id).is_some_and(|r| r.full);
+        let classes = if full { &[][..] } else { &self.cfg.padding };
+        if !frame_body(&mut buf, classes, cmd, len) {
             return Output::Recycle(buf);
         }
         self.originate(now, id, buf)

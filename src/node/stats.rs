@@ -44,14 +44,20 @@ pub struct Stats {
     /// TRUNCATEDs: sent by a relay for a circuit whose next hop's link died, or
     /// received by a client (which then closed the circuit).
     pub truncated: u64,
-    /// PADDING cells this node sent (a client's, or a hop's echo), and their bytes
-    /// on the wire.
+    /// PADDING cells this node sent (a client's, or a hop's echo) and link padding
+    /// cells of its paced links, and their bytes on the wire.
     pub padding_sent: u64,
     pub padding_bytes_sent: u64,
-    /// PADDING cells addressed to this node (a hop's, or a client's from a hop),
-    /// and their bytes on the wire.
+    /// PADDING cells addressed to this node (a hop's, or a client's from a hop)
+    /// and link padding cells, and their bytes on the wire.
     pub padding_received: u64,
     pub padding_bytes_received: u64,
+    /// PACEs honoured: a peer's link is paced at the rate it asked for, capped.
+    pub paces_received: u64,
+    /// PACEs refused (this gateway's `pace_limit` is 0).
+    pub pace_refused: u64,
+    /// Datagrams dropped because a paced link's queue was full.
+    pub pace_dropped: u64,
 }
 
 impl Stats {
@@ -92,6 +98,9 @@ impl Stats {
             padding_bytes_sent: _,
             padding_received,
             padding_bytes_received: _,
+            paces_received,
+            pace_refused,
+            pace_dropped,
         } = self;
         [
             dropped_malformed,
@@ -123,6 +132,9 @@ impl Stats {
             truncated,
             padding_sent,
             padding_received,
+            paces_received,
+            pace_refused,
+            pace_dropped,
         ]
         .into_iter()
         .fold(0u64, |sum, &c| sum.saturating_add(c))

@@ -166,7 +166,8 @@ fn a_client_masks_a_cell_whose_sample_is_all_ones() {
     let t = net.nodes[0]
         .1
         .send_payload(net.now, &mut AllOnes, id, b"ping")
-        .expect("send");
+        .expect("send")
+        .expect("not paced");
     assert_eq!(&t.buf[CELL_SAMPLE], &[0xFF; 16]);
     let before = net.nodes[1].1.stats().rx_datagrams;
     net.deliver(0, t);
@@ -188,7 +189,8 @@ fn a_relay_forwards_a_cell_whose_output_sample_the_client_chose() {
     let (_, client, rng) = &mut net.nodes[0];
     let mut t = client
         .send_payload(net.now, rng, id, b"ping")
-        .expect("send");
+        .expect("send")
+        .expect("not paced");
     let own = &client.own[&id];
     let keys = client.links[&own.first.0].keys.as_ref().expect("link up");
     let mut clear = t.buf.clone();
@@ -226,7 +228,8 @@ fn a_circuit_that_only_sends_stays_up() {
         assert!(client.is_up(id), "circuit up after {:?}", end - net.now);
         let t = client
             .send_payload(net.now, rng, id, &[0x45; 60])
-            .expect("send");
+            .expect("send")
+            .expect("not paced");
         net.deliver(0, t);
     }
     let answered = net.nodes[0].1.stats().keepalives_answered;
@@ -250,7 +253,7 @@ fn one_way_links_stay_up_on_pongs_and_die_with_their_peer() {
         net.now += Duration::from_millis(50);
         net.tick();
         let (_, client, rng) = &mut net.nodes[0];
-        if let Ok(t) = client.send_payload(net.now, rng, id, &[0x45; 60]) {
+        if let Ok(Some(t)) = client.send_payload(net.now, rng, id, &[0x45; 60]) {
             net.deliver(0, t);
         }
     };
@@ -380,7 +383,8 @@ fn a_link_stays_usable_after_a_long_circuit_ends() {
             let (_, client, rng) = &mut net.nodes[0];
             let t = client
                 .send_data(net.now, rng, id, vec![0x45; PAYLOAD_OFFSET + 20], 20)
-                .expect("circuit up");
+                .expect("circuit up")
+                .expect("not paced");
             net.deliver(0, t);
             net.tick();
         }
@@ -612,4 +616,5 @@ fn a_full_circuit_table_makes_room_from_the_link_that_holds_the_most() {
 
 mod data_path;
 mod deadlines;
+mod pacing;
 mod padding;

@@ -25,6 +25,8 @@ pub(super) enum Timer {
     Own(CircuitId),
     /// Forgetting old handshake keys and idle per-source budgets.
     Housekeeping,
+    /// The next slot of a paced link.
+    Pace(u64),
 }
 
 /// Timers by deadline (ties in `Timer` order: links, relays, own circuits).

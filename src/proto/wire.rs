@@ -125,7 +125,7 @@ pub fn classify(d: &[u8]) -> Result<MsgType, WireError> {
         MsgType::LinkCtrl => {
             let body = len
                 .checked_sub(LINK_CTRL_HEADER + CTRL_INNER_HEADER + crate::proto::crypto::TAG_LEN);
-            matches!(body, Some(1 | BUILD_LEN | REPLY_LEN))
+            matches!(body, Some(1 | PACE_LEN | BUILD_LEN | REPLY_LEN))
         }
         MsgType::Cell => (CELL_HEADER_LEN + MIN_BODY..=MAX_DATAGRAM).contains(&len),
         MsgType::CookieReply => len == COOKIE_REPLY_LEN,
@@ -396,6 +396,9 @@ pub enum CtrlKind {
     Pong = 5,
     /// The sender is stopping: the link and every circuit on it end.
     Close = 6,
+    /// The sender asks for a constant-rate link: `rate(4)` cells per second, 0 to
+    /// stop (PROTOCOL §2, pacing).
+    Pace = 7,
 }
 
 impl CtrlKind {
@@ -408,6 +411,7 @@ impl CtrlKind {
             4 => Self::Ping,
             5 => Self::Pong,
             6 => Self::Close,
+            7 => Self::Pace,
             _ => return Err(WireError::Malformed),
         };
         if body_len == k.body_len() {
@@ -424,6 +428,7 @@ impl CtrlKind {
             Self::Built => REPLY_LEN,
             // One reserved zero byte: as long as a DESTROY on the wire.
             Self::Destroy | Self::Ping | Self::Pong | Self::Close => 1,
+            Self::Pace => PACE_LEN,
         }
     }
 }
@@ -469,7 +474,16 @@ pub struct BuildPayload {
     pub kb: [u8; 32],
     /// Next hop's address and static key; `None` for the terminal hop.
     pub next: Option<(SocketAddr, [u8; 32])>,
+    /// Every backward cell this hop originates has a body of `MAX_BODY` bytes
+    /// ([`BUILD_FLAG_FULL`]), so that a constant-rate link carries one cell size.
+    pub full: bool,
 }
+
+/// The body of a PACE: the rate in cells per second.
+pub const PACE_LEN: usize = 4;
+
+/// The BUILD payload flag (byte 85) asking the hop for full-size backward cells.
+pub const BUILD_FLAG_FULL: u8 = 1;
 
 impl BuildPayload {
     pub fn parse(b: &[u8]) -> Result<Self, WireError> {
@@ -512,7 +526,17 @@ impl BuildPayload {
         if (service == Service::Relay) != next.is_some() {
             return Err(WireError::Malformed);
         }
-        Ok(Self { service, kb, next })
+        let full = match b[85] {
+            0 => false,
+            BUILD_FLAG_FULL => true,
+            _ => return Err(WireError::Malformed),
+        };
+        Ok(Self {
+            service,
+            kb,
+            next,
+            full,
+        })
     }
 
     #[must_use]
@@ -534,6 +558,9 @@ impl BuildPayload {
             }
             b[51..53].copy_from_slice(&addr.port().to_be_bytes());
             b[53..85].copy_from_slice(key);
+        }
+        if self.full {
+            b[85] = BUILD_FLAG_FULL;
         }
         b
     }

@@ -130,15 +130,18 @@ pub async fn run(path: &Path, t: Transfer) -> Result<ExitCode> {
             let tx = d
                 .node
                 .send_payload(now, &mut d.rng, id, &payload(seq, &t))?;
-            d.sockets.send_recycle(tx).await;
+            if let Some(tx) = tx {
+                d.sockets.send_recycle(tx).await;
+            }
         }
         while outstanding.len() < t.window && sent_bytes < t.bytes {
             let p = payload(next_seq, &t);
             sent_bytes += p.len() as u64;
             outstanding.insert(next_seq, now);
             next_seq += 1;
-            let tx = d.node.send_payload(now, &mut d.rng, id, &p)?;
-            d.sockets.send_recycle(tx).await;
+            if let Some(tx) = d.node.send_payload(now, &mut d.rng, id, &p)? {
+                d.sockets.send_recycle(tx).await;
+            }
         }
         let resend = outstanding.values().min().map(|&at| at + RESEND_AFTER);
         d.step_until(&mut events, resend).await;

@@ -204,6 +204,7 @@ impl Net {
                             .node
                             .send_backward(self.now, circuit, out, len)
                             .ok()
+                            .flatten()
                     }
                     Verdict::Drop => None,
                 }
@@ -533,7 +534,8 @@ impl Session {
                 let t = p
                     .node
                     .send_payload(self.net.now, &mut p.rng, self.honest, &pkt)
-                    .expect("honest send");
+                    .expect("honest send")
+                    .expect("not paced");
                 self.counts.honest_sent += 1;
                 self.net.deliver(HONEST, t);
             }

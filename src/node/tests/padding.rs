@@ -23,7 +23,10 @@ fn padding_reaches_the_hop_it_is_addressed_to_and_is_relayed_like_data() {
     let now = net.now;
     let data = {
         let (_, client, rng) = &mut net.nodes[0];
-        client.send_payload(now, rng, id, &[7; 300]).unwrap()
+        client
+            .send_payload(now, rng, id, &[7; 300])
+            .unwrap()
+            .unwrap()
     };
     let (data_len, entry) = (data.buf.len(), data.dst);
     net.deliver(0, data);
@@ -38,6 +41,7 @@ fn padding_reaches_the_hop_it_is_addressed_to_and_is_relayed_like_data() {
         let (_, client, rng) = &mut net.nodes[0];
         let t = client
             .send_padding(now, rng, id, hop, 300, false, Vec::new())
+            .unwrap()
             .unwrap();
         assert_eq!(t.buf.len(), data_len, "as long as DATA of 300 bytes");
         assert_eq!(t.dst, entry);
@@ -86,6 +90,7 @@ fn an_echoed_padding_comes_back_as_long_and_is_dropped_by_the_client() {
     let (_, client, rng) = &mut net.nodes[0];
     let t = client
         .send_padding(now, rng, id, 1, 40, true, Vec::new())
+        .unwrap()
         .unwrap();
     let size = t.buf.len() as u64;
     net.deliver(0, t);
@@ -149,7 +154,7 @@ fn padding_to_a_hop_the_circuit_lacks_is_refused() {
     let id = net.circuit(&specs);
     let now = net.now;
     let (_, client, rng) = &mut net.nodes[0];
-    let err = |r: Result<Transmit, SendError>| r.err();
+    let err = |r: Result<Option<Transmit>, SendError>| r.err();
     assert_eq!(
         err(client.send_padding(now, rng, id, 2, 10, false, Vec::new())),
         Some(SendError::NoSuchHop(2))

@@ -27,6 +27,8 @@ fn classify_vectors() {
     assert_eq!(&resp[..9], &[0x12, 1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(classify(&resp), Ok(MsgType::LinkResp));
     assert_eq!(classify(&[0x13; 13 + 5 + 1 + 16]), Ok(MsgType::LinkCtrl));
+    assert_eq!(classify(&[0x13; 13 + 5 + 4 + 16]), Ok(MsgType::LinkCtrl));
+    assert!(classify(&[0x13; 13 + 5 + 3 + 16]).is_err());
     assert_eq!(classify(&vec![0x13; 1186]), Ok(MsgType::LinkCtrl));
     assert!(classify(&vec![0x13; 1187]).is_err());
     assert_eq!(classify(&vec![0x14; 1452]), Ok(MsgType::Cell));
@@ -92,6 +94,18 @@ fn ctrl_header_vectors() {
         CtrlHeader::parse(&[9, 0, 0, 0, 7, 2]),
         Err(WireError::Malformed)
     );
+    // PACE: cid 0 and a 4-byte rate, nothing else.
+    assert_eq!(
+        CtrlHeader::parse(&[7, 0, 0, 0, 0, 0, 0, 0x01, 0xf4]),
+        Ok(CtrlHeader {
+            kind: CtrlKind::Pace,
+            circuit: 0
+        })
+    );
+    assert_eq!(
+        CtrlHeader::parse(&[7, 0, 0, 0, 0, 0, 1, 0xf4]),
+        Err(WireError::Malformed)
+    );
 }
 
 #[test]
@@ -154,6 +168,7 @@ fn build_payload_vector() {
         service: Service::Relay,
         kb: [0x11; 32],
         next: Some(("198.18.0.2:9001".parse().expect("addr"), [0x22; 32])),
+        full: false,
     };
     let b = p.emit();
     assert_eq!(&b[..2], &[1, 0]);
@@ -166,16 +181,25 @@ fn build_payload_vector() {
         service: Service::Relay,
         kb: [1; 32],
         next: Some(("[2001:db8::1]:443".parse().expect("addr"), [3; 32])),
+        full: true,
     };
     assert_eq!(BuildPayload::parse(&v6.emit()), Ok(v6));
     let term = BuildPayload {
         service: Service::Echo,
         kb: [5; 32],
         next: None,
+        full: true,
     };
     let b = term.emit();
     assert_eq!(b[34], 0);
+    assert_eq!(b[85], BUILD_FLAG_FULL);
     assert_eq!(BuildPayload::parse(&b), Ok(term));
+    let mut unknown_flag = b;
+    unknown_flag[85] = 2;
+    assert_eq!(
+        BuildPayload::parse(&unknown_flag),
+        Err(WireError::Malformed)
+    );
     let mut bad = b;
     bad[1] = 0;
     assert!(BuildPayload::parse(&bad).is_err(), "relay without next hop");
@@ -249,9 +273,10 @@ proptest! {
 
     #[test]
     fn build_payload_round_trip(kb in any::<[u8; 32]>(), key in any::<[u8; 32]>(),
-                                ip in any::<[u8; 16]>(), port in 1u16.., v4 in any::<bool>()) {
+                                ip in any::<[u8; 16]>(), port in 1u16.., v4 in any::<bool>(),
+                                full in any::<bool>()) {
         let ip = if v4 { IpAddr::from([ip[0], ip[1], ip[2], ip[3]]) } else { IpAddr::from(ip) };
-        let p = BuildPayload { service: Service::Relay, kb, next: Some((SocketAddr::new(ip, port), key)) };
+        let p = BuildPayload { service: Service::Relay, kb, next: Some((SocketAddr::new(ip, port), key)), full };
         prop_assert_eq!(BuildPayload::parse(&p.emit()), Ok(p));
     }
 
