@@ -237,3 +237,39 @@ fn a_restarted_gateway_refuses_a_replayed_handshake() {
     assert!(!replay_answered, "the replayed handshake was answered");
     assert_eq!(stats.get("dropped_handshake_replay"), 1, "{}", stats.line);
 }
+
+/// `padding_mode = "constant"` end to end with the real binary: the entry honours the
+/// client's PACE (capped at its `max_constant_rate`) and pads the link, the client's
+/// data gets through whole, and `circuit-test` reports how much padding it sent.
+#[test]
+fn constant_padding_mode_carries_a_circuit() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut gws = three_gateways(&dir, V4);
+    let cfg = client_config(dir.path(), "client", &path_of(&gws), 2.0, 10.0);
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let text = text.replacen(
+        "[client]\n",
+        "[client]\npadding_mode = \"constant\"\nconstant_rate = 2000\n",
+        1,
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let mut ct = circuit_test(
+        &cfg,
+        &["--bytes", "300000", "--window", "16", "--hold", "1"],
+    );
+    let line = ct.wait_line(Duration::from_secs(60), |l| l.starts_with("verified "));
+    println!("{line}");
+    assert!(verified_bytes(&line) >= 300_000, "{line}");
+    let (st, err) = ct.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "circuit-test: {err}");
+    let entry = gws[0].stop();
+    println!("gw1: {}", entry.line);
+    assert_eq!(entry.get("paces_received"), 1, "{}", entry.line);
+    // The entry paced the link for at least the second of --hold, at its default
+    // limit of 1,000 cells/s, and the client's cells all arrived full-size.
+    assert!(entry.get("padding_sent") >= 500, "{}", entry.line);
+    assert!(entry.get("padding_received") >= 500, "{}", entry.line);
+    let middle = gws[1].stop();
+    assert_eq!(middle.get("paces_received"), 0, "{}", middle.line);
+    assert_eq!(middle.get("padding_sent"), 0, "{}", middle.line);
+}

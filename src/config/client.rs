@@ -16,8 +16,8 @@ use super::gateway::{
     check_ifname, check_mtu, gateway_section, ExitConfig, GatewayConfig, RawGateway, DEFAULT_MTU,
 };
 use super::{
-    bounded, check_int, check_secs, in_file, read, relative_to, ConfigError, MAX_PADDING_CLASS,
-    MIN_PADDING_CLASS,
+    bounded, check_int, check_secs, in_file, read, relative_to, ConfigError, MAX_CONSTANT_RATE,
+    MAX_PADDING_CLASS, MIN_PADDING_CLASS,
 };
 
 /// The `[client]` section.
@@ -32,6 +32,8 @@ pub struct ClientConfig {
     /// Body size classes in bytes, strictly ascending, each in
     /// `MIN_PADDING_CLASS..=MAX_PADDING_CLASS`. See [`ClientConfig::padding_classes`].
     pub padding: Vec<u16>,
+    /// Padding in time (`padding_mode`, `constant_rate`).
+    pub padding_mode: PaddingMode,
     /// 1..=8 hops in order; the first is the entry gateway, the last the exit.
     pub path: Vec<HopConfig>,
     /// The `[tunnel]` section (used by `anonnet up`).
@@ -49,6 +51,34 @@ pub struct ClientConfig {
     /// `mode = "client"` (the default).
     pub relay: Option<GatewayConfig>,
 }
+
+/// How a client hides when and how much it sends (`client.padding_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PaddingMode {
+    /// No padding in time: cells go out when there is something to send.
+    #[default]
+    Off,
+    /// PipeNet: the link to each entry carries `rate` full-size cells per second
+    /// in both directions whatever the traffic (`client.constant_rate`).
+    Constant { rate: u32 },
+}
+
+impl PaddingMode {
+    /// The rate the node paces entry links at, if any.
+    #[must_use]
+    pub fn pace(self) -> Option<u32> {
+        match self {
+            Self::Off => None,
+            Self::Constant { rate } => Some(rate),
+        }
+    }
+}
+
+/// Default `client.constant_rate`: 200 full-size cells per second each way, 2 Mbit/s
+/// of payload for 2.3 Mbit/s on the wire.
+pub const DEFAULT_CONSTANT_RATE: u32 = 200;
+/// Lowest `client.constant_rate` (cells per second): below it a page takes minutes.
+pub const MIN_CONSTANT_RATE: u32 = 10;
 
 /// The `[tunnel]` section of a client config: the `anon0` device and routing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,6 +245,14 @@ impl ClientConfig {
             MAX_TIMEOUT,
         )?;
 
+        if let PaddingMode::Constant { rate } = self.padding_mode {
+            check_int(
+                "client.constant_rate",
+                u64::from(rate),
+                u64::from(MIN_CONSTANT_RATE),
+                u64::from(MAX_CONSTANT_RATE),
+            )?;
+        }
         for (i, &class) in self.padding.iter().enumerate() {
             let key = format!("client.padding[{i}]");
             if !(MIN_PADDING_CLASS..=MAX_PADDING_CLASS).contains(&class) {
@@ -298,6 +336,8 @@ struct RawClient {
     build_timeout_secs: f64,
     #[serde(default = "default_padding")]
     padding: Vec<i64>,
+    padding_mode: Option<String>,
+    constant_rate: Option<i64>,
     #[serde(default)]
     path: Vec<RawHop>,
     circuits: Option<i64>,
@@ -357,6 +397,7 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
         }
     };
 
+    let padding_mode = parse_padding_mode(raw.padding_mode.as_deref(), raw.constant_rate)?;
     let mut padding = Vec::with_capacity(raw.padding.len());
     for (i, &class) in raw.padding.iter().enumerate() {
         let key = format!("client.padding[{i}]");
@@ -391,6 +432,7 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
         circuit_timeout_secs: raw.circuit_timeout_secs,
         build_timeout_secs: raw.build_timeout_secs,
         padding,
+        padding_mode,
         path,
         tunnel,
         discovery,
@@ -414,6 +456,38 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
     };
     config.validate()?;
     Ok(config)
+}
+
+/// `client.padding_mode` and `client.constant_rate`, which only the constant mode
+/// takes.
+fn parse_padding_mode(mode: Option<&str>, rate: Option<i64>) -> Result<PaddingMode, ConfigError> {
+    match mode {
+        None | Some("off") => match rate {
+            None => Ok(PaddingMode::Off),
+            Some(_) => Err(ConfigError::invalid(
+                "client.constant_rate",
+                "is used only with client.padding_mode = \"constant\"",
+            )),
+        },
+        Some("constant") => {
+            let rate = rate
+                .map(|r| {
+                    bounded(
+                        "client.constant_rate",
+                        r,
+                        i64::from(MIN_CONSTANT_RATE),
+                        i64::from(MAX_CONSTANT_RATE),
+                    )
+                })
+                .transpose()?
+                .unwrap_or(DEFAULT_CONSTANT_RATE);
+            Ok(PaddingMode::Constant { rate })
+        }
+        Some(other) => Err(ConfigError::invalid(
+            "client.padding_mode",
+            format!("{other:?} is not a padding mode (\"off\" or \"constant\")"),
+        )),
+    }
 }
 
 /// Read and parse a client config file. Errors are prefixed with the path.

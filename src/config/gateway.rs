@@ -8,11 +8,12 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
+use crate::node::PACE_LIMIT;
 use crate::proto::iface;
 
 use super::discovery::{parse_discovery, DiscoveryConfig, RawDiscovery};
 use super::ports::{PortRange, RawPorts};
-use super::{bounded, check_int, in_file, read, relative_to, ConfigError};
+use super::{bounded, check_int, in_file, read, relative_to, ConfigError, MAX_CONSTANT_RATE};
 
 /// The `[gateway]` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +31,9 @@ pub struct GatewayConfig {
     pub handshake_rate: u32,
     /// Most circuits held at once (> 0).
     pub max_circuits: usize,
+    /// The highest rate, in cells per second, at which this gateway paces a
+    /// client's link when the client asks (constant padding mode); 0 refuses.
+    pub max_constant_rate: u32,
     /// The `[exit]` section (used when the gateway runs with `--exit`).
     pub exit: ExitConfig,
     /// The `[discovery]` section.
@@ -171,6 +175,12 @@ impl GatewayConfig {
             .map_err(|e| ConfigError::invalid("gateway.listen_ports", e.0))?;
         check_int("gateway.idle_timeout_secs", self.idle_timeout_secs, 1, 3600)?;
         check_int(
+            "gateway.max_constant_rate",
+            u64::from(self.max_constant_rate),
+            0,
+            u64::from(MAX_CONSTANT_RATE),
+        )?;
+        check_int(
             "gateway.handshake_rate",
             u64::from(self.handshake_rate),
             1,
@@ -305,6 +315,7 @@ pub(super) struct RawGateway {
     handshake_rate: i64,
     #[serde(default = "default_max_circuits")]
     max_circuits: i64,
+    max_constant_rate: Option<i64>,
 }
 
 fn default_listen() -> Vec<String> {
@@ -379,6 +390,18 @@ pub(super) fn gateway_section(
             1,
             i64::from(u32::MAX),
         )?,
+        max_constant_rate: raw
+            .max_constant_rate
+            .map(|r| {
+                bounded(
+                    "gateway.max_constant_rate",
+                    r,
+                    0,
+                    i64::from(MAX_CONSTANT_RATE),
+                )
+            })
+            .transpose()?
+            .unwrap_or(PACE_LIMIT),
         exit,
         discovery,
     };

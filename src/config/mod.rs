@@ -37,6 +37,10 @@ use thiserror::Error;
 pub const MAX_PADDING_CLASS: u16 = 1251;
 /// Smallest configurable padding class in bytes.
 pub const MIN_PADDING_CLASS: u16 = 32;
+/// Highest constant padding rate, in cells per second, a client asks for or a
+/// gateway grants (`client.constant_rate`, `gateway.max_constant_rate`): 10,000
+/// full-size cells are 116 Mbit/s each way.
+pub const MAX_CONSTANT_RATE: u32 = 10_000;
 
 /// An error in a configuration file. Each names one problem.
 #[derive(Debug, Error)]

@@ -68,6 +68,7 @@ fn client_example_parses() {
     assert_eq!(c.build_timeout(), Duration::from_secs(5));
     assert_eq!(c.padding, [128, 256, 512, 1024]);
     assert_eq!(c.padding_classes(), [128, 256, 512, 1024, 1251]);
+    assert_eq!(c.padding_mode, PaddingMode::Off);
 }
 
 #[test]
@@ -83,6 +84,7 @@ fn gateway_defaults() {
             idle_timeout_secs: 30,
             handshake_rate: 1000,
             max_circuits: 100_000,
+            max_constant_rate: 1000,
             exit: ExitConfig::default(),
             discovery: DiscoveryConfig::default(),
         }
@@ -569,5 +571,41 @@ fn mixed_mode_needs_and_takes_a_gateway_section() {
     assert_eq!(
         load_client(&path).unwrap().relay.unwrap().identity,
         dir.path().join("gw.key")
+    );
+}
+
+#[test]
+fn padding_modes() {
+    let mode = |extra: &str| parse_client(&cl(extra, 1)).unwrap().padding_mode;
+    assert_eq!(mode(""), PaddingMode::Off);
+    assert_eq!(mode("padding_mode = \"off\""), PaddingMode::Off);
+    assert_eq!(
+        mode("padding_mode = \"constant\""),
+        PaddingMode::Constant { rate: 200 }
+    );
+    assert_eq!(
+        mode("padding_mode = \"constant\"\nconstant_rate = 1000"),
+        PaddingMode::Constant { rate: 1000 }
+    );
+    assert_eq!(PaddingMode::Constant { rate: 50 }.pace(), Some(50));
+    assert_eq!(PaddingMode::Off.pace(), None);
+    assert_eq!(
+        client_err(&cl("padding_mode = \"pipenet\"", 1)),
+        "client.padding_mode: \"pipenet\" is not a padding mode (\"off\" or \"constant\")"
+    );
+    assert_eq!(
+        client_err(&cl("padding_mode = \"constant\"\nconstant_rate = 5", 1)),
+        "client.constant_rate: must be between 10 and 10000, got 5"
+    );
+    assert_eq!(
+        client_err(&cl("constant_rate = 100", 1)),
+        "client.constant_rate: is used only with client.padding_mode = \"constant\""
+    );
+    let gw_rate = |extra: &str| parse_gateway(&gw(extra)).unwrap().max_constant_rate;
+    assert_eq!(gw_rate("max_constant_rate = 0"), 0);
+    assert_eq!(gw_rate("max_constant_rate = 10000"), 10_000);
+    assert_eq!(
+        gateway_err(&gw("max_constant_rate = 10001")),
+        "gateway.max_constant_rate: must be between 0 and 10000, got 10001"
     );
 }

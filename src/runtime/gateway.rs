@@ -132,6 +132,7 @@ pub(crate) fn gateway_node_config(
         idle_timeout: cfg.idle_timeout(),
         handshake_rate: cfg.handshake_rate,
         max_circuits: cfg.max_circuits,
+        pace_limit: cfg.max_constant_rate,
         own_addrs: crate::sys::own_addresses(),
         ..base
     }

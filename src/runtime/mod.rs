@@ -85,6 +85,7 @@ pub fn client_node_config(cfg: &ClientConfig) -> NodeConfig {
         circuit_timeout: cfg.circuit_timeout(),
         build_timeout: cfg.build_timeout(),
         padding: cfg.padding_classes().into_iter().map(usize::from).collect(),
+        pace: cfg.padding_mode.pace(),
         ..NodeConfig::default()
     }
 }
