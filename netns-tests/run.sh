@@ -573,6 +573,130 @@ case_leak() {
   note "0 packets besides UDP with 198.18.2.2:$AN_PORT ($allowed of those sampled; ${drops:-no drop count})"
 }
 
+# pcap_capture NAME NS IFACE FILTER: tcpdump in NS on IFACE into $AN_DIR/NAME.pcap.
+pcap_capture() {
+  an_start2 "pcap-$1" "$2" /dev/null "$AN_DIR/$1.pcap.err" \
+    tcpdump -i "$3" -n --immediate-mode -U -s 96 -w "$AN_DIR/$1.pcap" "$4"
+  an_wait_log "$AN_DIR/$1.pcap.err" 'listening on' 10 "$AN_LAST_PID"
+}
+
+# pings NS COUNT: COUNT pings 0.1 s apart to the server; prints "p50 p99" in ms.
+pings() {
+  an_in "$1" 30 ping -n -c "$2" -i 0.1 -W 2 "$AN_SERVER4" 2>/dev/null |
+    sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' | sort -n |
+    awk '{ v[NR] = $1 } END { if (NR == 0) { print "- -"; exit }
+      printf "%s %s\n", v[int((NR - 1) * 0.5) + 1], v[int((NR - 1) * 0.99) + 1] }'
+}
+
+# fetch_1m NS: fetches 1m.bin; prints the seconds it took, or nothing.
+fetch_1m() {
+  an_in "$1" 60 curl -sS --max-time 50 -o /dev/null -w '%{time_total}' \
+    "http://$AN_SERVER4/1m.bin" 2>/dev/null
+}
+
+# Constant mode (PipeNet, padding_mode = "constant"): on the client's wire the link to
+# gw1 carries the same number of full-size datagrams per 100 ms each way while the
+# client is idle and while it fetches 1 MB, which the exit's internet side shows
+# plainly. Also the price: ping and a 1 MB fetch in the default mode and in constant
+# mode at 500 cells/s.
+case_constant_rate() {
+  local rate=500 off_ping off_fetch ping fetch t_idle t_busy t_end out
+  need_up || return
+  head -c 1048576 /dev/urandom >"$AN_DIR/www/1m.bin"
+  off_ping=$(pings client 50)
+  off_fetch=$(fetch_1m client)
+  [ -n "$off_fetch" ] || fail "the 1 MB fetch failed in the default mode" || return
+  ensure_down
+  sed "s/^\[client\]\$/[client]\npadding_mode = \"constant\"\nconstant_rate = $rate/" \
+    "$AN_DIR/client.toml" >"$AN_DIR/client-constant.toml"
+  if ! an_start_client "$AN_DIR/client-constant.toml" 20; then
+    logs "$AN_DIR/client-up.log"
+    fail "'anonnet up' in constant mode did not come up"
+    return 1
+  fi
+  logs "$AN_DIR/client-up.log"
+  pcap_capture constant-client client eth0 "udp and host 198.18.2.2 and port $AN_PORT" ||
+    fail "tcpdump on the client did not start" || return
+  pcap_capture constant-exit exit eth0 "host $AN_SERVER4" ||
+    fail "tcpdump on the exit did not start" || return
+  # Let the other circuits of the pool come up, then watch 3 s of an idle client.
+  sleep 3
+  t_idle=$(an_now_ms)
+  sleep 3
+  t_busy=$(an_now_ms)
+  ping=$(pings client 30)
+  fetch=$(fetch_1m client)
+  t_end=$(an_now_ms)
+  sleep 0.5
+  an_stop pcap-constant-client INT 5
+  an_stop pcap-constant-exit INT 5
+  ensure_down
+  [ -n "$fetch" ] || fail "the 1 MB fetch failed in constant mode" || return
+  tcpdump -n -tt -r "$AN_DIR/constant-client.pcap" >"$AN_DIR/constant-client.txt" 2>/dev/null
+  tcpdump -n -tt -r "$AN_DIR/constant-exit.pcap" >"$AN_DIR/constant-exit.txt" 2>/dev/null
+  out=$("$(an_python)" - "$t_idle" "$t_busy" "$t_end" "$rate" "$AN_DIR/constant-client.txt" \
+    "$AN_DIR/constant-exit.txt" <<'PY'
+import re, sys
+t_idle, t_busy, t_end = (int(x) / 1000 for x in sys.argv[1:4])
+rate = int(sys.argv[4])
+client_lines = open(sys.argv[5]).read().splitlines()
+exit_lines = open(sys.argv[6]).read().splitlines()
+line = re.compile(r"^(\d+\.\d+) IP (\S+) > (\S+): UDP, length (\d+)")
+bins = {}
+sizes = {}
+for l in client_lines:
+    m = line.match(l)
+    if not m:
+        continue
+    t, src, dst, n = float(m[1]), m[2], m[3], int(m[4])
+    up = dst.startswith("198.18.2.2.")
+    sizes[(up, n)] = sizes.get((up, n), 0) + 1
+    if t_idle <= t < t_end:
+        b = int((t - t_idle) * 10)
+        bins[(up, b)] = bins.get((up, b), 0) + 1
+idle_bins = int((t_busy - t_idle) * 10)
+busy_bins = int((t_end - t_busy) * 10)
+def stats(up, lo, hi):
+    c = [bins.get((up, b), 0) for b in range(lo, hi)]
+    return sum(c) / len(c), min(c), max(c)
+def exit_bytes(lo, hi):
+    n = 0
+    for l in exit_lines:
+        m = re.match(r"^(\d+\.\d+) .*length (\d+)", l)
+        if m and lo <= float(m[1]) < hi:
+            n += int(m[2])
+    return n
+total = sum(sizes.values())
+full = sum(v for (up, n), v in sizes.items() if n == 1452)
+res = []
+ok = True
+for up, name in ((True, "to gw1"), (False, "from gw1")):
+    i, imin, imax = stats(up, 0, idle_bins)
+    b, bmin, bmax = stats(up, idle_bins, idle_bins + busy_bins)
+    res.append(f"{name}: idle {i:.1f} ({imin}-{imax}), busy {b:.1f} ({bmin}-{bmax}) per 100 ms")
+    # The same mean idle and busy, the configured rate, and no window more than 3
+    # datagrams (6%) off it (a slot on a window's edge moves with timer jitter).
+    if abs(b - i) > 0.03 * i or abs(i - rate / 10) > 0.1 * rate / 10:
+        ok = False
+    if min(imin, bmin) < rate / 10 - 3 or max(imax, bmax) > rate / 10 + 3:
+        ok = False
+others = sorted(f"{n}x{v}" for (up, n), v in sizes.items() if n != 1452)
+print("OK" if ok and full >= 0.99 * total else "BAD",
+      f"{full}/{total} datagrams of 1452 bytes (others: {' '.join(others) or 'none'});",
+      "; ".join(res) + ";",
+      f"exit's internet side: {exit_bytes(t_idle, t_busy)} bytes idle,",
+      f"{exit_bytes(t_busy, t_end)} bytes busy")
+PY
+  )
+  note "default mode: ping p50/p99 ${off_ping/ / / } ms, 1 MB in ${off_fetch} s"
+  note "constant mode, $rate cells/s: ping p50/p99 ${ping/ / / } ms, 1 MB in ${fetch} s"
+  note "client's link: ${out#* }"
+  case $out in
+    OK*) ;;
+    *) fail "the client's link shows the traffic: ${out#* }"; return 1 ;;
+  esac
+}
+
 # pool_conntrack: the exit's tracked connections whose original source is a pool
 # address (100.96.0.0/12, fd00:96::/64: a circuit's flows before masquerading).
 pool_conntrack() {
@@ -1191,6 +1315,7 @@ run_case exit-host-services case_exit_host_services
 run_case traceroute case_traceroute
 run_case server-addresses case_server_addresses
 run_case leak case_leak
+run_case constant-rate case_constant_rate
 run_case exit-conntrack case_exit_conntrack
 run_case middle-restart case_middle_restart
 run_case exit-restart case_exit_restart

@@ -155,9 +155,9 @@ fn action(rng: &mut ChaCha20Rng, session: &Session) -> Action {
             tail: tail(rng),
         },
         85..=89 => {
-            let kind = pick(rng, &[1, 2, 3, 0, 4, 0xFF]);
+            let kind = pick(rng, &[1, 2, 3, 0, 4, 7, 0xFF]);
             let any = rng.next_u32() as usize % 1300;
-            let len = pick(rng, &[0, 1, 1152, 512, any]);
+            let len = pick(rng, &[0, 1, 4, 1152, 512, any]);
             Action::Ctrl {
                 circuit,
                 kind,

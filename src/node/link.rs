@@ -768,8 +768,9 @@ impl Node {
         }
     }
 
-    /// Tells every peer this node is stopping (CLOSE on each link that is up), so
-    /// that they end its links and circuits at once instead of finding it dead.
+    /// Tells every peer this node is stopping (CLOSE on each link that is up, after
+    /// what a paced link still had waiting), so that they end its links and
+    /// circuits at once instead of finding it dead.
     pub fn shutdown(&mut self) {
         let up: Vec<LinkId> = self
             .links
@@ -778,6 +779,9 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for id in up {
+            // A paced link ends here: what waits for a slot, and the CLOSE, go out
+            // now (a daemon that stops does not wait for the next slots).
+            self.stop_pacing(id);
             self.send_ctrl(id, CtrlKind::Close, 0, &[0]);
         }
     }

@@ -32,6 +32,8 @@ pub const PACE_QUEUE: usize = 32;
 /// up to this many datagrams in all: a burst of cells cannot make a BUILD or a
 /// DESTROY drop, and a peer's flood of PINGs cannot grow the queue without bound.
 const PACE_QUEUE_CTRL: usize = 2 * PACE_QUEUE;
+/// Slots a late side sends at once to catch up (PROTOCOL §2, pacing).
+const PACE_CATCH_UP: u32 = 4;
 /// The highest rate a gateway paces a link at by default (cells per second, both
 /// directions of a link): 1,000 full-size cells are 11.6 Mbit/s.
 pub const PACE_LIMIT: u32 = 1000;
@@ -58,12 +60,14 @@ impl Pacer {
         self.queue.len() < PACE_QUEUE
     }
 
-    /// Moves to the slot after `self.next`. A driver late by a whole interval or
-    /// more loses the slots it missed instead of sending them in a burst.
+    /// Moves to the slot after `self.next`. A driver late by up to
+    /// [`PACE_CATCH_UP`] slots sends the ones it missed at once (the next timer is
+    /// already due), so the count per window stays the rate; one later than that
+    /// loses the older slots rather than sending a longer burst.
     fn advance(&mut self, now: Instant) {
         self.next += self.interval;
-        if self.next <= now {
-            self.next = now + self.interval;
+        if let Some(oldest) = now.checked_sub(self.interval * PACE_CATCH_UP) {
+            self.next = self.next.max(oldest);
         }
     }
 }
@@ -106,15 +110,20 @@ impl Node {
                 link.pace = Pacer::new(rate, now);
                 self.timers.set(Timer::Pace(id), Some(now));
             }
-            (_, None) => {
-                if let Some(p) = link.pace.take() {
-                    let (src, dst) = (link.local, link.peer);
-                    self.transmits
-                        .extend(p.queue.into_iter().map(|buf| Transmit { src, dst, buf }));
-                }
-                self.timers.set(Timer::Pace(id), None);
+            (_, None) => self.stop_pacing(id),
+        }
+    }
+
+    /// Stops pacing link `id`: what waits for a slot is sent at once.
+    pub(super) fn stop_pacing(&mut self, id: LinkId) {
+        if let Some(link) = self.links.get_mut(&id) {
+            if let Some(p) = link.pace.take() {
+                let (src, dst) = (link.local, link.peer);
+                self.transmits
+                    .extend(p.queue.into_iter().map(|buf| Transmit { src, dst, buf }));
             }
         }
+        self.timers.set(Timer::Pace(id), None);
     }
 
     /// The client side: paces the link to a circuit's entry at the configured
@@ -173,6 +182,7 @@ impl Node {
         match self.links.get_mut(&id).and_then(|l| l.pace.as_mut()) {
             Some(p) if p.queue.len() < cap => {
                 p.queue.push_back(buf);
+                self.stats.pace_queued += 1;
                 Ok(())
             }
             _ => {
@@ -224,5 +234,33 @@ impl Node {
             });
         }
         self.timers.set(Timer::Pace(id), Some(next));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A late side catches up at most `PACE_CATCH_UP` missed slots; beyond that the
+    /// older ones are lost.
+    #[test]
+    fn a_late_side_catches_up_a_few_slots_only() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Pacer::new(1000, t0).unwrap();
+        // Woken 3 ms late: the slots at 1, 2 and 3 ms are still due.
+        p.advance(t0 + ms(3));
+        assert_eq!(p.next, t0 + ms(1));
+        // Woken 20 ms late: only the last 4 slots are still due.
+        let mut p = Pacer::new(1000, t0).unwrap();
+        p.advance(t0 + ms(20));
+        assert_eq!(p.next, t0 + ms(16));
+        // On time: the next slot.
+        let mut p = Pacer::new(1000, t0).unwrap();
+        p.advance(t0);
+        assert_eq!(p.next, t0 + ms(1));
+        assert!(Pacer::new(0, t0).is_none());
     }
 }

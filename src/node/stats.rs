@@ -56,6 +56,8 @@ pub struct Stats {
     pub paces_received: u64,
     /// PACEs refused (this gateway's `pace_limit` is 0).
     pub pace_refused: u64,
+    /// Datagrams that waited in a paced link's queue for a slot.
+    pub pace_queued: u64,
     /// Datagrams dropped because a paced link's queue was full.
     pub pace_dropped: u64,
 }
@@ -100,6 +102,7 @@ impl Stats {
             padding_bytes_received: _,
             paces_received,
             pace_refused,
+            pace_queued,
             pace_dropped,
         } = self;
         [
@@ -134,6 +137,7 @@ impl Stats {
             padding_received,
             paces_received,
             pace_refused,
+            pace_queued,
             pace_dropped,
         ]
         .into_iter()
