@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-use crate::node::PACE_LIMIT;
+use crate::node::{PACE_BUDGET, PACE_LIMIT};
 use crate::proto::iface;
 
 use super::discovery::{parse_discovery, DiscoveryConfig, RawDiscovery};
@@ -34,6 +34,9 @@ pub struct GatewayConfig {
     /// The highest rate, in cells per second, at which this gateway paces a
     /// client's link when the client asks (constant padding mode); 0 refuses.
     pub max_constant_rate: u32,
+    /// The most cells per second this gateway paces all its clients' links at
+    /// together; a client asking for more than is left gets what is left.
+    pub constant_budget: u32,
     /// The `[exit]` section (used when the gateway runs with `--exit`).
     pub exit: ExitConfig,
     /// The `[discovery]` section.
@@ -79,6 +82,10 @@ impl Default for ExitConfig {
 
 /// Default MTU of the tunnel devices: IPv6's minimum, so that both families work.
 pub const DEFAULT_MTU: u32 = 1280;
+
+/// Highest `gateway.constant_budget`: a million full-size cells per second are
+/// 11.6 Gbit/s each way.
+pub const MAX_CONSTANT_BUDGET: u32 = 1_000_000;
 
 /// Checks an interface name ([`iface::check_name`]).
 pub(super) fn check_ifname(key: &str, name: &str) -> Result<(), ConfigError> {
@@ -179,6 +186,12 @@ impl GatewayConfig {
             u64::from(self.max_constant_rate),
             0,
             u64::from(MAX_CONSTANT_RATE),
+        )?;
+        check_int(
+            "gateway.constant_budget",
+            u64::from(self.constant_budget),
+            0,
+            u64::from(MAX_CONSTANT_BUDGET),
         )?;
         check_int(
             "gateway.handshake_rate",
@@ -316,6 +329,7 @@ pub(super) struct RawGateway {
     #[serde(default = "default_max_circuits")]
     max_circuits: i64,
     max_constant_rate: Option<i64>,
+    constant_budget: Option<i64>,
 }
 
 fn default_listen() -> Vec<String> {
@@ -402,6 +416,18 @@ pub(super) fn gateway_section(
             })
             .transpose()?
             .unwrap_or(PACE_LIMIT),
+        constant_budget: raw
+            .constant_budget
+            .map(|r| {
+                bounded(
+                    "gateway.constant_budget",
+                    r,
+                    0,
+                    i64::from(MAX_CONSTANT_BUDGET),
+                )
+            })
+            .transpose()?
+            .unwrap_or(PACE_BUDGET),
         exit,
         discovery,
     };

@@ -85,6 +85,7 @@ fn gateway_defaults() {
             handshake_rate: 1000,
             max_circuits: 100_000,
             max_constant_rate: 1000,
+            constant_budget: 20_000,
             exit: ExitConfig::default(),
             discovery: DiscoveryConfig::default(),
         }
@@ -607,5 +608,12 @@ fn padding_modes() {
     assert_eq!(
         gateway_err(&gw("max_constant_rate = 10001")),
         "gateway.max_constant_rate: must be between 0 and 10000, got 10001"
+    );
+    let budget = |extra: &str| parse_gateway(&gw(extra)).unwrap().constant_budget;
+    assert_eq!(budget("constant_budget = 0"), 0);
+    assert_eq!(budget("constant_budget = 500000"), 500_000);
+    assert_eq!(
+        gateway_err(&gw("constant_budget = -1")),
+        "gateway.constant_budget: must be between 0 and 1000000, got -1"
     );
 }

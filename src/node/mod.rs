@@ -31,7 +31,7 @@ mod timer;
 
 pub use self::datapath::{Buffers, DataPath, Dropped, Toward};
 pub use self::forge::{ForgedBackward, ForgedForward, TAIL_LEN};
-pub use self::pacer::{PACE_LIMIT, PACE_QUEUE};
+pub use self::pacer::{PACE_BUDGET, PACE_LIMIT, PACE_QUEUE};
 pub use self::stats::Stats;
 
 use self::budget::{Budget, Budgets};
@@ -128,6 +128,10 @@ pub struct NodeConfig {
     /// The highest rate this gateway paces a link at when its peer asks (PACE);
     /// 0 refuses.
     pub pace_limit: u32,
+    /// The most cells per second this gateway paces all its peers' links at
+    /// together: a PACE gets at most what the other paced links leave (none left:
+    /// refused).
+    pub pace_budget: u32,
 }
 
 impl Default for NodeConfig {
@@ -148,6 +152,7 @@ impl Default for NodeConfig {
             rekey_jitter: REKEY_JITTER,
             pace: None,
             pace_limit: PACE_LIMIT,
+            pace_budget: PACE_BUDGET,
         }
     }
 }

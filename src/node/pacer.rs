@@ -37,9 +37,14 @@ const PACE_CATCH_UP: u32 = 4;
 /// The highest rate a gateway paces a link at by default (cells per second, both
 /// directions of a link): 1,000 full-size cells are 11.6 Mbit/s.
 pub const PACE_LIMIT: u32 = 1000;
+/// The most cells per second a gateway paces all its clients' links at together by
+/// default: 20,000 full-size cells are 232 Mbit/s each way, 20 clients at the limit.
+pub const PACE_BUDGET: u32 = 20_000;
 
 /// The schedule and the waiting datagrams of one paced link.
 pub(super) struct Pacer {
+    /// Cells per second.
+    rate: u32,
     interval: Duration,
     /// The next slot.
     next: Instant,
@@ -49,6 +54,7 @@ pub(super) struct Pacer {
 impl Pacer {
     fn new(rate: u32, now: Instant) -> Option<Self> {
         Some(Self {
+            rate,
             interval: interval(rate)?,
             next: now,
             queue: VecDeque::with_capacity(PACE_QUEUE),
@@ -105,7 +111,10 @@ impl Node {
             return;
         };
         match (link.pace.as_mut(), interval(rate)) {
-            (Some(p), Some(i)) => p.interval = i,
+            (Some(p), Some(i)) => {
+                p.rate = rate;
+                p.interval = i;
+            }
             (None, Some(_)) => {
                 link.pace = Pacer::new(rate, now);
                 self.timers.set(Timer::Pace(id), Some(now));
@@ -138,13 +147,21 @@ impl Node {
     }
 
     /// A PACE from the peer of link `id`: only the initiator of a link (the
-    /// client) asks; the rate is capped at this node's `pace_limit`.
+    /// client) asks; the rate is capped at this node's `pace_limit` and at what its
+    /// `pace_budget` leaves after the other links it paces for their peers.
     pub(super) fn on_pace(&mut self, now: Instant, id: LinkId, rate: u32) {
         if self.links.get(&id).is_none_or(|l| l.peer_key.is_some()) {
             self.stats.dropped_protocol += 1;
             return;
         }
-        let granted = rate.min(self.cfg.pace_limit);
+        let granted_to_others: u32 = self
+            .links
+            .iter()
+            .filter(|(other, l)| **other != id && l.peer_key.is_none())
+            .filter_map(|(_, l)| l.pace.as_ref())
+            .fold(0, |sum, p| sum.saturating_add(p.rate));
+        let left = self.cfg.pace_budget.saturating_sub(granted_to_others);
+        let granted = rate.min(self.cfg.pace_limit).min(left);
         if rate > 0 && granted == 0 {
             self.stats.pace_refused += 1;
             return;

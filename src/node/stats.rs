@@ -54,7 +54,8 @@ pub struct Stats {
     pub padding_bytes_received: u64,
     /// PACEs honoured: a peer's link is paced at the rate it asked for, capped.
     pub paces_received: u64,
-    /// PACEs refused (this gateway's `pace_limit` is 0).
+    /// PACEs refused (this gateway's `pace_limit` is 0, or its `pace_budget` is
+    /// taken by other links).
     pub pace_refused: u64,
     /// Datagrams that waited in a paced link's queue for a slot.
     pub pace_queued: u64,

@@ -133,6 +133,7 @@ pub(crate) fn gateway_node_config(
         handshake_rate: cfg.handshake_rate,
         max_circuits: cfg.max_circuits,
         pace_limit: cfg.max_constant_rate,
+        pace_budget: cfg.constant_budget,
         own_addrs: crate::sys::own_addresses(),
         ..base
     }

@@ -11,13 +11,18 @@ use crate::proto::wire::{CtrlKind, MAX_DATAGRAM};
 /// Builds a circuit from the client (node 0) through `path` and runs every node's
 /// timers in 1 ms steps until it is up.
 fn paced_circuit(net: &mut Mini, path: &[HopSpec], service: Service) -> CircuitId {
-    let (_, client, rng) = &mut net.nodes[0];
-    let id = client
+    circuit_of(net, 0, path, service)
+}
+
+/// The same from node `client`.
+fn circuit_of(net: &mut Mini, client: usize, path: &[HopSpec], service: Service) -> CircuitId {
+    let (_, node, rng) = &mut net.nodes[client];
+    let id = node
         .build_circuit(net.now, rng, path, service)
         .expect("build");
-    net.flush(0);
+    net.flush(client);
     for _ in 0..1000 {
-        if net.nodes[0].1.is_up(id) {
+        if net.nodes[client].1.is_up(id) {
             return id;
         }
         net.now += Duration::from_millis(1);
@@ -153,4 +158,37 @@ fn shutdown_sends_what_a_paced_link_holds_at_once() {
     assert_eq!(entry.padding_received, before.padding_received);
     assert_eq!(entry.links_closed, 1, "the entry got the CLOSE");
     assert_eq!(net.nodes[1].1.relayed_circuits(), 0);
+}
+
+/// A gateway paces all its clients' links together at most at its budget: with a
+/// limit of 1,000 and a budget of 2,500 cells/s, four clients that each ask for
+/// 1,000 get 1,000, 1,000, 500 and a refusal, and the entry sends 2,500 padding
+/// cells a second in all.
+#[test]
+fn a_gateway_paces_its_clients_within_its_budget() {
+    let (mut net, specs) = Mini::new(1);
+    net.nodes[1].1.cfg.pace_budget = 2500;
+    net.nodes[0].1.cfg.pace = Some(1000);
+    for i in 1..4u8 {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1 + i)), 9000);
+        let cfg = NodeConfig {
+            pace: Some(1000),
+            ..NodeConfig::default()
+        };
+        let rng = ChaCha20Rng::seed_from_u64(u64::from(i));
+        net.nodes.push((addr, Node::new(cfg), rng));
+    }
+    for client in [0, 2, 3, 4] {
+        circuit_of(&mut net, client, &specs, Service::Echo);
+    }
+    let entry = net.nodes[1].1.stats().clone();
+    assert_eq!((entry.paces_received, entry.pace_refused), (3, 1));
+    run_one_second(&mut net, Duration::from_micros(250));
+    let sent = net.nodes[1].1.stats().padding_sent - entry.padding_sent;
+    assert!((2490..=2510).contains(&sent), "{sent} padding cells/s");
+    let got: Vec<u64> = [0, 2, 3, 4]
+        .iter()
+        .map(|&c| net.nodes[c].1.stats().padding_received)
+        .collect();
+    assert_eq!(got[3], 0, "the refused client's link is not paced: {got:?}");
 }
