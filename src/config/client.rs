@@ -16,7 +16,7 @@ use super::gateway::{
     check_ifname, check_mtu, gateway_section, ExitConfig, GatewayConfig, RawGateway, DEFAULT_MTU,
 };
 use super::{
-    bounded, check_int, check_secs, in_file, read, relative_to, ConfigError, MAX_CONSTANT_RATE,
+    bounded_or, check_int, check_secs, in_file, read, relative_to, ConfigError, MAX_CONSTANT_RATE,
     MAX_PADDING_CLASS, MIN_PADDING_CLASS,
 };
 
@@ -162,25 +162,17 @@ struct RawTunnel {
 
 fn parse_tunnel(raw: RawTunnel) -> Result<TunnelConfig, ConfigError> {
     let d = TunnelConfig::default();
-    let u32_key = |key: &str, v: Option<i64>, default: u32| -> Result<u32, ConfigError> {
-        v.map(|x| bounded(key, x, 1, i64::from(u32::MAX)))
-            .transpose()
-            .map(|x| x.unwrap_or(default))
+    let u32_key = |key: &str, v: Option<i64>, default: u32| {
+        bounded_or(key, v, (1, i64::from(u32::MAX)), default)
     };
     let config = TunnelConfig {
         name: raw.name.unwrap_or(d.name),
-        mtu: raw
-            .mtu
-            .map(|m| {
-                bounded(
-                    "tunnel.mtu",
-                    m,
-                    i64::from(iface::MIN_MTU),
-                    i64::from(iface::MAX_MTU),
-                )
-            })
-            .transpose()?
-            .unwrap_or(d.mtu),
+        mtu: bounded_or(
+            "tunnel.mtu",
+            raw.mtu,
+            (i64::from(iface::MIN_MTU), i64::from(iface::MAX_MTU)),
+            d.mtu,
+        )?,
         dns: raw.dns.unwrap_or(d.dns),
         fwmark: u32_key("tunnel.fwmark", raw.fwmark, d.fwmark)?,
         table: u32_key("tunnel.table", raw.table, d.table)?,
@@ -436,22 +428,19 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
         path,
         tunnel,
         discovery,
-        circuits: raw
-            .circuits
-            .map(|n| bounded("client.circuits", n, 1, 16))
-            .transpose()?
-            .unwrap_or(3),
+        circuits: bounded_or("client.circuits", raw.circuits, (1, 16), 3)?,
         isolation: match &raw.isolation {
             None => crate::client::flows::Isolation::PerDestination,
             Some(s) => s
                 .parse()
                 .map_err(|e: String| ConfigError::invalid("client.isolation", e))?,
         },
-        circuit_lifetime_secs: raw
-            .circuit_lifetime_secs
-            .map(|n| bounded("client.circuit_lifetime_secs", n, 60, 86_400))
-            .transpose()?
-            .unwrap_or(600),
+        circuit_lifetime_secs: bounded_or(
+            "client.circuit_lifetime_secs",
+            raw.circuit_lifetime_secs,
+            (60, 86_400),
+            600,
+        )?,
         relay,
     };
     config.validate()?;
@@ -470,17 +459,12 @@ fn parse_padding_mode(mode: Option<&str>, rate: Option<i64>) -> Result<PaddingMo
             )),
         },
         Some("constant") => {
-            let rate = rate
-                .map(|r| {
-                    bounded(
-                        "client.constant_rate",
-                        r,
-                        i64::from(MIN_CONSTANT_RATE),
-                        i64::from(MAX_CONSTANT_RATE),
-                    )
-                })
-                .transpose()?
-                .unwrap_or(DEFAULT_CONSTANT_RATE);
+            let rate = bounded_or(
+                "client.constant_rate",
+                rate,
+                (i64::from(MIN_CONSTANT_RATE), i64::from(MAX_CONSTANT_RATE)),
+                DEFAULT_CONSTANT_RATE,
+            )?;
             Ok(PaddingMode::Constant { rate })
         }
         Some(other) => Err(ConfigError::invalid(

@@ -13,7 +13,9 @@ use crate::proto::iface;
 
 use super::discovery::{parse_discovery, DiscoveryConfig, RawDiscovery};
 use super::ports::{PortRange, RawPorts};
-use super::{bounded, check_int, in_file, read, relative_to, ConfigError, MAX_CONSTANT_RATE};
+use super::{
+    bounded, bounded_or, check_int, in_file, read, relative_to, ConfigError, MAX_CONSTANT_RATE,
+};
 
 /// The `[gateway]` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -282,32 +284,18 @@ fn parse_exit(raw: RawExit) -> Result<ExitConfig, ConfigError> {
     }
     let config = ExitConfig {
         tun: raw.tun.unwrap_or(d.tun),
-        mtu: raw
-            .mtu
-            .map(|m| {
-                bounded(
-                    "exit.mtu",
-                    m,
-                    i64::from(iface::MIN_MTU),
-                    i64::from(iface::MAX_MTU),
-                )
-            })
-            .transpose()?
-            .unwrap_or(d.mtu),
+        mtu: bounded_or(
+            "exit.mtu",
+            raw.mtu,
+            (i64::from(iface::MIN_MTU), i64::from(iface::MAX_MTU)),
+            d.mtu,
+        )?,
         pool4,
         pool6,
         dns_upstream,
         policy: raw.policy,
-        max_flows: raw
-            .max_flows
-            .map(|m| bounded("exit.max_flows", m, 1, 1 << 20))
-            .transpose()?
-            .unwrap_or(d.max_flows),
-        max_pps: raw
-            .max_pps
-            .map(|m| bounded("exit.max_pps", m, 1, 10_000_000))
-            .transpose()?
-            .unwrap_or(d.max_pps),
+        max_flows: bounded_or("exit.max_flows", raw.max_flows, (1, 1 << 20), d.max_flows)?,
+        max_pps: bounded_or("exit.max_pps", raw.max_pps, (1, 10_000_000), d.max_pps)?,
     };
     config.validate()?;
     Ok(config)
@@ -404,30 +392,18 @@ pub(super) fn gateway_section(
             1,
             i64::from(u32::MAX),
         )?,
-        max_constant_rate: raw
-            .max_constant_rate
-            .map(|r| {
-                bounded(
-                    "gateway.max_constant_rate",
-                    r,
-                    0,
-                    i64::from(MAX_CONSTANT_RATE),
-                )
-            })
-            .transpose()?
-            .unwrap_or(PACE_LIMIT),
-        constant_budget: raw
-            .constant_budget
-            .map(|r| {
-                bounded(
-                    "gateway.constant_budget",
-                    r,
-                    0,
-                    i64::from(MAX_CONSTANT_BUDGET),
-                )
-            })
-            .transpose()?
-            .unwrap_or(PACE_BUDGET),
+        max_constant_rate: bounded_or(
+            "gateway.max_constant_rate",
+            raw.max_constant_rate,
+            (0, i64::from(MAX_CONSTANT_RATE)),
+            PACE_LIMIT,
+        )?,
+        constant_budget: bounded_or(
+            "gateway.constant_budget",
+            raw.constant_budget,
+            (0, i64::from(MAX_CONSTANT_BUDGET)),
+            PACE_BUDGET,
+        )?,
         exit,
         discovery,
     };

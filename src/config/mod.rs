@@ -97,6 +97,16 @@ fn bounded<T: TryFrom<i64>>(key: &str, value: i64, min: i64, max: i64) -> Result
     T::try_from(value).map_err(|_| bounds_error(key, value, min, max))
 }
 
+/// An optional key: `default` when absent, else checked as by [`bounded`].
+fn bounded_or<T: TryFrom<i64>>(
+    key: &str,
+    value: Option<i64>,
+    (min, max): (i64, i64),
+    default: T,
+) -> Result<T, ConfigError> {
+    value.map_or(Ok(default), |v| bounded(key, v, min, max))
+}
+
 fn check_int(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if value < min || value > max {
         return Err(bounds_error(key, value, min, max));
