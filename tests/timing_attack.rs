@@ -11,9 +11,9 @@
 //! series, and matches each client to its best-scoring exit flow. It reports top-1
 //! accuracy (ties split evenly: a guess among k equal best scores counts 1/k;
 //! chance is 1/N) and the true-positive rate at 1% false positives (the threshold
-//! passes at most 1% of the N(N - 1) wrong pairs), with and without constant-rate
-//! links, and what the padding costs: bytes on each kind of link, round trips,
-//! requests lost to a full pace queue.
+//! passes at most 1% of the N(N - 1) wrong pairs), unpadded, with constant-rate
+//! links and with adaptive padding, and what the padding costs: bytes on each kind
+//! of link, round trips, requests lost to a full pace queue.
 
 mod simnet;
 
@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use anonnet::node::{Adaptive, MachineSpec, FRONT_DEFAULT};
 use anonnet::proto::wire::{Service, MAX_PAYLOAD, PAYLOAD_OFFSET};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -185,11 +186,13 @@ struct Report {
     pace_dropped: u64,
 }
 
-/// One run with every client's link paced at `pace` cells/s (or not).
-fn run(pace: Option<u32>) -> Report {
+/// One run with every client's link paced at `pace` cells/s (or not), and their
+/// circuits padded by `adaptive` (or not).
+fn run(pace: Option<u32>, adaptive: Option<Adaptive>) -> Report {
     let mut net = Net::with_config(13, GATEWAYS, FLOWS, |c| {
         c.exit = true;
         c.pace = pace;
+        c.adaptive = adaptive.clone();
     });
     let mut plan = ChaCha20Rng::seed_from_u64(1313);
     let flows = flows(&mut plan);
@@ -342,13 +345,22 @@ fn run(pace: Option<u32>) -> Report {
     }
 }
 
-/// The attack's table for `off` and `constant` (docs/SECURITY.md, timing analysis),
-/// and the targets of issue 13: unpadded, the attack matches most flows; at a
-/// constant rate it does no better than 2x chance on the client's link.
+/// The attack's table for `off`, `constant` and `adaptive` (docs/SECURITY.md,
+/// timing analysis): unpadded, the attack matches most flows; at a constant rate
+/// it does no better than 2x chance on the client's link. The adaptive machines
+/// (netflow and FRONT) cost a bounded share of bytes and no time, and do not stop
+/// this attack: SECURITY.md says so, and this test fails when it stops being true.
 #[test]
-fn flow_correlation_attack_off_vs_constant() {
-    let off = run(None);
-    let constant = run(Some(RATE));
+fn flow_correlation_attack_off_constant_adaptive() {
+    let off = run(None, None);
+    let constant = run(Some(RATE), None);
+    let adaptive = run(
+        None,
+        Some(Adaptive {
+            machines: vec![MachineSpec::Netflow, FRONT_DEFAULT],
+            max_fraction: 1.0,
+        }),
+    );
     let pct = |x: f64| x * 100.0;
     let overhead = |a: f64, b: f64| (a / b - 1.0) * 100.0;
     println!(
@@ -357,7 +369,11 @@ fn flow_correlation_attack_off_vs_constant() {
          round trip p50 / p99 | requests answered | cells dropped by pace queues |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (name, r) in [("off", &off), ("constant 100 cells/s", &constant)] {
+    for (name, r) in [
+        ("off", &off),
+        ("constant 100 cells/s", &constant),
+        ("adaptive (netflow, front)", &adaptive),
+    ] {
         println!(
             "| {name} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:+.0}% | {:+.0}% | {} / {} ms | {}/{} | {} |",
             pct(r.client_link.0),
@@ -389,6 +405,17 @@ fn flow_correlation_attack_off_vs_constant() {
     assert_eq!(
         constant.pace_dropped, 0,
         "the rate is above every flow's peak"
+    );
+    let cost = overhead(adaptive.client_link_bytes, off.client_link_bytes);
+    assert!((10.0..=60.0).contains(&cost), "adaptive: {cost:+.0}% bytes");
+    assert_eq!(
+        adaptive.rtt_p99, off.rtt_p99,
+        "adaptive padding delays nothing"
+    );
+    assert!(
+        adaptive.client_link.0 >= 0.8,
+        "adaptive mode now resists the attack (top-1 {}): update docs/SECURITY.md",
+        adaptive.client_link.0
     );
     assert!(
         constant.answered * 100 >= constant.requests * 99,

@@ -13,6 +13,7 @@ use crate::proto::wire::{
 };
 
 use super::frame_body;
+use super::padding::{self, Padder};
 use super::{
     BuildError, CircuitId, Deadline, DownReason, Entry, Event, HopSpec, LinkId, Node, NodeConfig,
     Output, SendError, Timer, Transmit, REKEY_TIMEOUT, SPARE_BUFFERS,
@@ -44,6 +45,8 @@ pub(super) struct Own {
     pub(super) last_tx: Instant,
     /// When the last KEEPALIVE went out.
     pub(super) last_keepalive: Instant,
+    /// The circuit's adaptive padding, if it pads.
+    pub(super) padder: Option<Box<Padder>>,
 }
 
 impl Own {
@@ -154,6 +157,7 @@ impl Node {
     pub(super) fn forget_own(&mut self, id: CircuitId) -> Option<Own> {
         let own = self.own.remove(&id)?;
         self.timers.set(Timer::Own(id), None);
+        self.timers.set(Timer::Padding(id), None);
         self.circuits.remove(&own.first);
         self.circuit_left(own.first.0);
         Some(own)
@@ -204,9 +208,18 @@ impl Node {
             self.stats.dropped_protocol += 1;
             return Output::Recycle(buf);
         };
+        let hops = own.hops.len();
+        if let Some(p) = own.padder.as_mut() {
+            let events = if b.cmd == Cmd::Padding {
+                &padding::PADDING_RECEIVED
+            } else {
+                &padding::RECEIVED
+            };
+            self.timers.set(Timer::Padding(id), p.on(now, events));
+        }
         let first = cell.payload(1).and_then(<[u8]>::first).copied();
         match b.cmd {
-            Cmd::Data if origin + 1 == own.hops.len() => {
+            Cmd::Data if origin + 1 == hops => {
                 self.events.push_back(Event::Data {
                     circuit: id,
                     buf,
@@ -224,7 +237,7 @@ impl Node {
                 self.keep_spare(buf)
             }
             Cmd::RekeyAck if b.len == NK_MSG2_EMPTY => self.on_rekey_ack(now, rng, id, origin, buf),
-            Cmd::Truncated if b.len == 1 && origin + 1 < own.hops.len() => {
+            Cmd::Truncated if b.len == 1 && origin + 1 < hops => {
                 let reason = first.map_or(DestroyReason::Protocol, DestroyReason::from_byte);
                 self.stats.truncated += 1;
                 self.close(
@@ -311,6 +324,12 @@ impl Node {
                 last_rx: now,
                 last_tx: now,
                 last_keepalive: now,
+                padder: self
+                    .cfg
+                    .adaptive
+                    .as_ref()
+                    .and_then(|a| Padder::new(a, now, rng))
+                    .map(Box::new),
             },
         );
         self.schedule_own(id);
@@ -455,6 +474,14 @@ impl Node {
             return Output::Recycle(buf);
         }
         own.last_tx = now;
+        if let Some(p) = own.padder.as_mut() {
+            // A padding's own events come from the padding timer, which knows
+            // the machine that sent it.
+            if cmd != Cmd::Padding {
+                self.timers
+                    .set(Timer::Padding(id), p.on(now, &padding::SENT));
+            }
+        }
         let (l, c) = own.first;
         self.finish_cell(l, c, buf)
     }

@@ -24,6 +24,7 @@ mod forge;
 mod handshake_cache;
 mod link;
 mod pacer;
+mod padding;
 mod rekey;
 mod relay;
 mod stats;
@@ -37,6 +38,7 @@ pub use self::stats::Stats;
 use self::budget::{Budget, Budgets};
 use self::circuit::{rekey_after, Own};
 use self::link::Link;
+pub use self::padding::{Adaptive, MachineError, MachineSpec, FRONT_DEFAULT};
 use self::relay::Relay;
 use self::timer::{Deadline, Timer, TimerTable};
 
@@ -132,6 +134,9 @@ pub struct NodeConfig {
     /// together: a PACE gets at most what the other paced links leave (none left:
     /// refused).
     pub pace_budget: u32,
+    /// Adaptive padding: the `maybenot` machines each own circuit runs. `None`: no
+    /// adaptive padding.
+    pub adaptive: Option<Adaptive>,
 }
 
 impl Default for NodeConfig {
@@ -153,6 +158,7 @@ impl Default for NodeConfig {
             pace: None,
             pace_limit: PACE_LIMIT,
             pace_budget: PACE_BUDGET,
+            adaptive: None,
         }
     }
 }
@@ -607,6 +613,7 @@ impl Node {
                 Timer::Own(id) => self.check_own(now, rng, id),
                 Timer::Housekeeping => self.housekeeping(now),
                 Timer::Pace(id) => self.pace_tick(now, rng, id),
+                Timer::Padding(id) => self.pad_tick(now, rng, id),
             }
         }
         self.due = due;

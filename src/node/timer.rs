@@ -27,6 +27,8 @@ pub(super) enum Timer {
     Housekeeping,
     /// The next slot of a paced link.
     Pace(u64),
+    /// The next padding or machine timer of an own circuit's adaptive padding.
+    Padding(CircuitId),
 }
 
 /// Timers by deadline (ties in `Timer` order: links, relays, own circuits).

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
 use anonnet::node::{
-    CircuitId, DownReason, Event, ForgedBackward, ForgedForward, HopSpec, Node, NodeConfig, Output,
-    Transmit, TAIL_LEN,
+    Adaptive, CircuitId, DownReason, Event, ForgedBackward, ForgedForward, HopSpec, MachineSpec,
+    Node, NodeConfig, Output, Transmit, FRONT_DEFAULT, TAIL_LEN,
 };
 use anonnet::proto::addr::CLIENT_V4;
 use anonnet::proto::framing::Reassembler;
@@ -81,9 +81,18 @@ impl Net {
         let mut peers = Vec::new();
         let mut specs = Vec::new();
         for i in 0..2u8 {
+            // Both clients pad (the shipped machines), so forged cells reach the
+            // padding machines too.
+            let cfg = NodeConfig {
+                adaptive: Some(Adaptive {
+                    machines: vec![MachineSpec::Netflow, FRONT_DEFAULT],
+                    max_fraction: 1.0,
+                }),
+                ..NodeConfig::default()
+            };
             peers.push(Peer {
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 1, i + 1)), 9000),
-                node: Node::new(NodeConfig::default()),
+                node: Node::new(cfg),
                 rng: ChaCha20Rng::seed_from_u64(master.next_u64()),
             });
         }

@@ -169,3 +169,76 @@ fn padding_to_a_hop_the_circuit_lacks_is_refused() {
     );
     assert_eq!(client.stats().padding_sent, 0);
 }
+
+/// Runs every node's timers in 10 ms steps for `secs` seconds; the time from the
+/// first step in which the client sent padding to the last (`None`: it sent none).
+fn run_padding(net: &mut Mini, secs: u64) -> Option<Duration> {
+    let end = net.now + Duration::from_secs(secs);
+    let mut padded = None;
+    while net.now < end {
+        let before = net.nodes[0].1.stats().padding_sent;
+        net.now += Duration::from_millis(10);
+        net.tick();
+        if net.nodes[0].1.stats().padding_sent > before {
+            let (first, _) = padded.unwrap_or((net.now, net.now));
+            padded = Some((first, net.now));
+        }
+    }
+    padded.map(|(first, last)| last - first)
+}
+
+/// Adaptive padding: a circuit running FRONT starts padding at its first cell,
+/// spreads it over the machine's window, addresses every padding to its last hop
+/// (the relays before it see only cells) and gets each one echoed; closing the
+/// circuit stops it.
+#[test]
+fn an_adaptive_circuit_pads_to_its_last_hop_and_back() {
+    let (mut net, specs) = Mini::new(3);
+    net.nodes[0].1.cfg.adaptive = Some(Adaptive {
+        machines: vec![MachineSpec::Front {
+            budget: 40,
+            window_min: 0.5,
+            window_max: 1.0,
+            states: 2,
+        }],
+        max_fraction: 1.0,
+    });
+    let id = net.circuit(&specs);
+    assert_eq!(
+        run_padding(&mut net, 1),
+        None,
+        "nothing before the first cell"
+    );
+    let now = net.now;
+    let data = {
+        let (_, client, rng) = &mut net.nodes[0];
+        client
+            .send_payload(now, rng, id, &[7; 100])
+            .unwrap()
+            .unwrap()
+    };
+    net.deliver(0, data);
+    let span = run_padding(&mut net, 10).expect("padding");
+    let sent = net.nodes[0].1.stats().padding_sent;
+    assert!((2..40).contains(&sent), "{sent} paddings");
+    assert!(
+        span >= Duration::from_millis(200),
+        "{sent} paddings within {span:?}: not spread over the window"
+    );
+    let exit = net.nodes[3].1.stats();
+    assert_eq!(
+        exit.padding_received, sent,
+        "every padding reaches the exit"
+    );
+    assert_eq!(exit.padding_sent, sent, "and is echoed");
+    assert_eq!(net.nodes[0].1.stats().padding_received, sent);
+    for relay in &net.nodes[1..3] {
+        assert_eq!(relay.1.stats().padding_received, 0);
+        assert_eq!(relay.1.stats().padding_sent, 0);
+    }
+    net.nodes[0].1.close_circuit(id);
+    net.flush(0);
+    let before = net.nodes[0].1.stats().padding_sent;
+    assert_eq!(run_padding(&mut net, 10), None);
+    assert_eq!(net.nodes[0].1.stats().padding_sent, before);
+}
