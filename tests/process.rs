@@ -238,30 +238,39 @@ fn a_restarted_gateway_refuses_a_replayed_handshake() {
     assert_eq!(stats.get("dropped_handshake_replay"), 1, "{}", stats.line);
 }
 
+/// Runs `circuit-test` through three fresh gateways with `client` added to the
+/// client's `[client]` section, holding the circuit `hold` seconds after sending
+/// `bytes`; checks that they all came back, and hands back the gateways to stop.
+fn padded_circuit_test(dir: &TempDir, client: &str, bytes: usize, hold: u32) -> Vec<Gateway> {
+    let gws = three_gateways(dir, V4);
+    let cfg = client_config(dir.path(), "client", &path_of(&gws), 2.0, 10.0);
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let text = text.replacen("[client]\n", &format!("[client]\n{client}\n"), 1);
+    std::fs::write(&cfg, text).expect("config");
+    let (bytes, hold) = (bytes.to_string(), hold.to_string());
+    let mut ct = circuit_test(
+        &cfg,
+        &["--bytes", &bytes, "--window", "16", "--hold", &hold],
+    );
+    let line = ct.wait_line(Duration::from_secs(60), |l| l.starts_with("verified "));
+    println!("{line}");
+    assert!(
+        verified_bytes(&line) >= bytes.parse().expect("bytes"),
+        "{line}"
+    );
+    let (st, err) = ct.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "circuit-test: {err}");
+    gws
+}
+
 /// `padding_mode = "constant"` end to end with the real binary: the entry honours the
 /// client's PACE (capped at its `max_constant_rate`) and pads the link, the client's
 /// data gets through whole, and `circuit-test` reports how much padding it sent.
 #[test]
 fn constant_padding_mode_carries_a_circuit() {
     let dir = TempDir::new().expect("tempdir");
-    let mut gws = three_gateways(&dir, V4);
-    let cfg = client_config(dir.path(), "client", &path_of(&gws), 2.0, 10.0);
-    let text = std::fs::read_to_string(&cfg).expect("config");
-    let text = text.replacen(
-        "[client]\n",
-        "[client]\npadding_mode = \"constant\"\nconstant_rate = 2000\n",
-        1,
-    );
-    std::fs::write(&cfg, text).expect("config");
-    let mut ct = circuit_test(
-        &cfg,
-        &["--bytes", "300000", "--window", "16", "--hold", "1"],
-    );
-    let line = ct.wait_line(Duration::from_secs(60), |l| l.starts_with("verified "));
-    println!("{line}");
-    assert!(verified_bytes(&line) >= 300_000, "{line}");
-    let (st, err) = ct.wait_exit(Duration::from_secs(10));
-    assert_eq!(st.code(), Some(0), "circuit-test: {err}");
+    let client = "padding_mode = \"constant\"\nconstant_rate = 2000";
+    let mut gws = padded_circuit_test(&dir, client, 300_000, 1);
     let entry = gws[0].stop();
     println!("gw1: {}", entry.line);
     assert_eq!(entry.get("paces_received"), 1, "{}", entry.line);
@@ -272,4 +281,24 @@ fn constant_padding_mode_carries_a_circuit() {
     let middle = gws[1].stop();
     assert_eq!(middle.get("paces_received"), 0, "{}", middle.line);
     assert_eq!(middle.get("padding_sent"), 0, "{}", middle.line);
+}
+
+/// `padding_mode = "adaptive"` end to end with the real binary: the client's FRONT
+/// machine pads to the last hop of its circuit, which echoes every padding, the hops
+/// before it see only cells, and the data gets through whole.
+#[test]
+fn adaptive_padding_mode_pads_to_the_last_hop() {
+    let dir = TempDir::new().expect("tempdir");
+    let client = "padding_mode = \"adaptive\"\npadding_machines = [\"front 40 0.1 0.3 2\"]";
+    let mut gws = padded_circuit_test(&dir, client, 100_000, 3);
+    let last = gws[2].stop();
+    println!("gw3: {}", last.line);
+    let padded = last.get("padding_received");
+    assert!(padded >= 1, "{}", last.line);
+    assert_eq!(last.get("padding_sent"), padded, "every padding echoed");
+    for gw in &mut gws[..2] {
+        let relay = gw.stop();
+        assert_eq!(relay.get("padding_received"), 0, "{}", relay.line);
+        assert_eq!(relay.get("padding_sent"), 0, "{}", relay.line);
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::node::{Adaptive, MachineError, MachineSpec, FRONT_DEFAULT};
 use crate::proto::identity::PublicKey;
 use crate::proto::iface;
 use crate::proto::wire::MAX_HOPS;
@@ -53,11 +54,14 @@ pub struct ClientConfig {
 }
 
 /// How a client hides when and how much it sends (`client.padding_mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub enum PaddingMode {
     /// No padding in time: cells go out when there is something to send.
     #[default]
     Off,
+    /// Each circuit runs these `maybenot` padding machines
+    /// (`client.padding_machines`; PROTOCOL §5, adaptive padding).
+    Adaptive { machines: Vec<MachineSpec> },
     /// PipeNet: the link to each entry carries `rate` full-size cells per second
     /// in both directions whatever the traffic (`client.constant_rate`).
     Constant { rate: u32 },
@@ -66,13 +70,31 @@ pub enum PaddingMode {
 impl PaddingMode {
     /// The rate the node paces entry links at, if any.
     #[must_use]
-    pub fn pace(self) -> Option<u32> {
+    pub fn pace(&self) -> Option<u32> {
         match self {
-            Self::Off => None,
-            Self::Constant { rate } => Some(rate),
+            Self::Constant { rate } => Some(*rate),
+            Self::Off | Self::Adaptive { .. } => None,
+        }
+    }
+
+    /// The node's adaptive padding, if any. The machines carry their own padding
+    /// allowance, so the framework adds no cap of its own.
+    #[must_use]
+    pub fn adaptive(&self) -> Option<Adaptive> {
+        match self {
+            Self::Adaptive { machines } => Some(Adaptive {
+                machines: machines.clone(),
+                max_fraction: 1.0,
+            }),
+            Self::Off | Self::Constant { .. } => None,
         }
     }
 }
+
+/// Default `client.padding_machines`.
+pub const DEFAULT_PADDING_MACHINES: [MachineSpec; 2] = [MachineSpec::Netflow, FRONT_DEFAULT];
+/// Most `client.padding_machines`.
+pub const MAX_PADDING_MACHINES: usize = 8;
 
 /// Default `client.constant_rate`: 200 full-size cells per second each way, 2 Mbit/s
 /// of payload for 2.3 Mbit/s on the wire.
@@ -330,6 +352,7 @@ struct RawClient {
     padding: Vec<i64>,
     padding_mode: Option<String>,
     constant_rate: Option<i64>,
+    padding_machines: Option<Vec<String>>,
     #[serde(default)]
     path: Vec<RawHop>,
     circuits: Option<i64>,
@@ -389,7 +412,11 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
         }
     };
 
-    let padding_mode = parse_padding_mode(raw.padding_mode.as_deref(), raw.constant_rate)?;
+    let padding_mode = parse_padding_mode(
+        raw.padding_mode.as_deref(),
+        raw.constant_rate,
+        raw.padding_machines.as_deref(),
+    )?;
     let mut padding = Vec::with_capacity(raw.padding.len());
     for (i, &class) in raw.padding.iter().enumerate() {
         let key = format!("client.padding[{i}]");
@@ -447,18 +474,32 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
     Ok(config)
 }
 
-/// `client.padding_mode` and `client.constant_rate`, which only the constant mode
-/// takes.
-fn parse_padding_mode(mode: Option<&str>, rate: Option<i64>) -> Result<PaddingMode, ConfigError> {
+/// `client.padding_mode`, with `client.constant_rate`, which only the constant mode
+/// takes, and `client.padding_machines`, which only the adaptive mode takes.
+fn parse_padding_mode(
+    mode: Option<&str>,
+    rate: Option<i64>,
+    machines: Option<&[String]>,
+) -> Result<PaddingMode, ConfigError> {
+    let only = |key: &str, mode: &str| {
+        ConfigError::invalid(
+            key,
+            format!("is used only with client.padding_mode = {mode:?}"),
+        )
+    };
+    let mode = mode.unwrap_or("off");
+    if rate.is_some() && mode != "constant" {
+        return Err(only("client.constant_rate", "constant"));
+    }
+    if machines.is_some() && mode != "adaptive" {
+        return Err(only("client.padding_machines", "adaptive"));
+    }
     match mode {
-        None | Some("off") => match rate {
-            None => Ok(PaddingMode::Off),
-            Some(_) => Err(ConfigError::invalid(
-                "client.constant_rate",
-                "is used only with client.padding_mode = \"constant\"",
-            )),
-        },
-        Some("constant") => {
+        "off" => Ok(PaddingMode::Off),
+        "adaptive" => Ok(PaddingMode::Adaptive {
+            machines: machines.map_or(Ok(DEFAULT_PADDING_MACHINES.to_vec()), parse_machines)?,
+        }),
+        "constant" => {
             let rate = bounded_or(
                 "client.constant_rate",
                 rate,
@@ -467,11 +508,33 @@ fn parse_padding_mode(mode: Option<&str>, rate: Option<i64>) -> Result<PaddingMo
             )?;
             Ok(PaddingMode::Constant { rate })
         }
-        Some(other) => Err(ConfigError::invalid(
+        other => Err(ConfigError::invalid(
             "client.padding_mode",
-            format!("{other:?} is not a padding mode (\"off\" or \"constant\")"),
+            format!("{other:?} is not a padding mode (\"off\", \"adaptive\" or \"constant\")"),
         )),
     }
+}
+
+/// `client.padding_machines`: 1 to [`MAX_PADDING_MACHINES`] machine names.
+fn parse_machines(names: &[String]) -> Result<Vec<MachineSpec>, ConfigError> {
+    if names.is_empty() || names.len() > MAX_PADDING_MACHINES {
+        return Err(ConfigError::invalid(
+            "client.padding_machines",
+            format!(
+                "needs 1 to {MAX_PADDING_MACHINES} machines, got {}",
+                names.len()
+            ),
+        ));
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            name.parse().map_err(|e: MachineError| {
+                ConfigError::invalid(format!("client.padding_machines[{i}]"), e.to_string())
+            })
+        })
+        .collect()
 }
 
 /// Read and parse a client config file. Errors are prefixed with the path.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
+use crate::node::{MachineSpec, FRONT_DEFAULT};
 
 const GATEWAY_EXAMPLE: &str = include_str!("../../examples/gateway.toml");
 const CLIENT_EXAMPLE: &str = include_str!("../../examples/client.toml");
@@ -592,7 +593,61 @@ fn padding_modes() {
     assert_eq!(PaddingMode::Off.pace(), None);
     assert_eq!(
         client_err(&cl("padding_mode = \"pipenet\"", 1)),
-        "client.padding_mode: \"pipenet\" is not a padding mode (\"off\" or \"constant\")"
+        "client.padding_mode: \"pipenet\" is not a padding mode (\"off\", \"adaptive\" or \"constant\")"
+    );
+    let adaptive = mode("padding_mode = \"adaptive\"");
+    assert_eq!(
+        adaptive,
+        PaddingMode::Adaptive {
+            machines: vec![MachineSpec::Netflow, FRONT_DEFAULT]
+        }
+    );
+    assert_eq!(adaptive.pace(), None);
+    assert_eq!(
+        adaptive.adaptive().map(|a| a.machines.len()),
+        Some(2),
+        "the node runs them"
+    );
+    assert_eq!(PaddingMode::Off.adaptive(), None);
+    assert_eq!(
+        mode("padding_mode = \"adaptive\"\npadding_machines = [\"front 40 0.5 3 2\"]"),
+        PaddingMode::Adaptive {
+            machines: vec![MachineSpec::Front {
+                budget: 40,
+                window_min: 0.5,
+                window_max: 3.0,
+                states: 2
+            }]
+        }
+    );
+    assert_eq!(
+        client_err(&cl(
+            "padding_mode = \"adaptive\"\npadding_machines = [\"netflow\", \"tamaraw\"]",
+            1
+        )),
+        "client.padding_machines[1]: unknown padding machine \"tamaraw\" (known: netflow, \
+         front [budget window_min window_max states])"
+    );
+    assert_eq!(
+        client_err(&cl(
+            "padding_mode = \"adaptive\"\npadding_machines = [\"front 1 1 14 4\"]",
+            1
+        )),
+        "client.padding_machines[0]: front takes 4 numbers or none: budget (2..=100000), \
+         window_min and window_max (seconds, 0.1 <= window_min < window_max <= 600) and \
+         states (1..=16), not \"front 1 1 14 4\""
+    );
+    assert_eq!(
+        client_err(&cl("padding_mode = \"adaptive\"\npadding_machines = []", 1)),
+        "client.padding_machines: needs 1 to 8 machines, got 0"
+    );
+    assert_eq!(
+        client_err(&cl("padding_machines = [\"netflow\"]", 1)),
+        "client.padding_machines: is used only with client.padding_mode = \"adaptive\""
+    );
+    assert_eq!(
+        client_err(&cl("padding_mode = \"adaptive\"\nconstant_rate = 100", 1)),
+        "client.constant_rate: is used only with client.padding_mode = \"constant\""
     );
     assert_eq!(
         client_err(&cl("padding_mode = \"constant\"\nconstant_rate = 5", 1)),

@@ -86,6 +86,7 @@ pub fn client_node_config(cfg: &ClientConfig) -> NodeConfig {
         build_timeout: cfg.build_timeout(),
         padding: cfg.padding_classes().into_iter().map(usize::from).collect(),
         pace: cfg.padding_mode.pace(),
+        adaptive: cfg.padding_mode.adaptive(),
         ..NodeConfig::default()
     }
 }
