@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-use crate::node::{PACE_BUDGET, PACE_LIMIT};
+use crate::node::{PACE_BUDGET, PACE_LIMIT, PADDING_RATE, PADDING_SHARE};
 use crate::proto::iface;
 
 use super::discovery::{parse_discovery, DiscoveryConfig, RawDiscovery};
@@ -39,6 +39,11 @@ pub struct GatewayConfig {
     /// The most cells per second this gateway paces all its clients' links at
     /// together; a client asking for more than is left gets what is left.
     pub constant_budget: u32,
+    /// The most bytes per second of PADDING this gateway echoes to clients'
+    /// adaptive padding, all circuits together; 0 echoes none.
+    pub padding_rate: u32,
+    /// The most PADDING it echoes, in percent of the datagrams it receives.
+    pub padding_share: u8,
     /// The `[exit]` section (used when the gateway runs with `--exit`).
     pub exit: ExitConfig,
     /// The `[discovery]` section.
@@ -88,6 +93,9 @@ pub const DEFAULT_MTU: u32 = 1280;
 /// Highest `gateway.constant_budget`: a million full-size cells per second are
 /// 11.6 Gbit/s each way.
 pub const MAX_CONSTANT_BUDGET: u32 = 1_000_000;
+
+/// Highest `gateway.padding_rate`: 1 GB/s.
+pub const MAX_PADDING_RATE: u32 = 1_000_000_000;
 
 /// Checks an interface name ([`iface::check_name`]).
 pub(super) fn check_ifname(key: &str, name: &str) -> Result<(), ConfigError> {
@@ -194,6 +202,18 @@ impl GatewayConfig {
             u64::from(self.constant_budget),
             0,
             u64::from(MAX_CONSTANT_BUDGET),
+        )?;
+        check_int(
+            "gateway.padding_rate",
+            u64::from(self.padding_rate),
+            0,
+            u64::from(MAX_PADDING_RATE),
+        )?;
+        check_int(
+            "gateway.padding_share",
+            u64::from(self.padding_share),
+            0,
+            100,
         )?;
         check_int(
             "gateway.handshake_rate",
@@ -318,6 +338,8 @@ pub(super) struct RawGateway {
     max_circuits: i64,
     max_constant_rate: Option<i64>,
     constant_budget: Option<i64>,
+    padding_rate: Option<i64>,
+    padding_share: Option<i64>,
 }
 
 fn default_listen() -> Vec<String> {
@@ -403,6 +425,18 @@ pub(super) fn gateway_section(
             raw.constant_budget,
             (0, i64::from(MAX_CONSTANT_BUDGET)),
             PACE_BUDGET,
+        )?,
+        padding_rate: bounded_or(
+            "gateway.padding_rate",
+            raw.padding_rate,
+            (0, i64::from(MAX_PADDING_RATE)),
+            PADDING_RATE,
+        )?,
+        padding_share: bounded_or(
+            "gateway.padding_share",
+            raw.padding_share,
+            (0, 100),
+            PADDING_SHARE,
         )?,
         exit,
         discovery,

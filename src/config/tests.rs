@@ -87,6 +87,8 @@ fn gateway_defaults() {
             max_circuits: 100_000,
             max_constant_rate: 1000,
             constant_budget: 20_000,
+            padding_rate: 1_250_000,
+            padding_share: 50,
             exit: ExitConfig::default(),
             discovery: DiscoveryConfig::default(),
         }
@@ -670,5 +672,18 @@ fn padding_modes() {
     assert_eq!(
         gateway_err(&gw("constant_budget = -1")),
         "gateway.constant_budget: must be between 0 and 1000000, got -1"
+    );
+    let echo = |extra: &str| {
+        let g = parse_gateway(&gw(extra)).unwrap();
+        (g.padding_rate, g.padding_share)
+    };
+    assert_eq!(echo("padding_rate = 0\npadding_share = 100"), (0, 100));
+    assert_eq!(
+        gateway_err(&gw("padding_share = 101")),
+        "gateway.padding_share: must be between 0 and 100, got 101"
+    );
+    assert_eq!(
+        gateway_err(&gw("padding_rate = 1000000001")),
+        "gateway.padding_rate: must be between 0 and 1000000000, got 1000000001"
     );
 }

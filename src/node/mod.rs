@@ -33,6 +33,7 @@ mod timer;
 pub use self::datapath::{Buffers, DataPath, Dropped, Toward};
 pub use self::forge::{ForgedBackward, ForgedForward, TAIL_LEN};
 pub use self::pacer::{PACE_BUDGET, PACE_LIMIT, PACE_QUEUE};
+pub use self::relay::{PADDING_RATE, PADDING_SHARE};
 pub use self::stats::Stats;
 
 use self::budget::{Budget, Budgets};
@@ -137,6 +138,12 @@ pub struct NodeConfig {
     /// Adaptive padding: the `maybenot` machines each own circuit runs. `None`: no
     /// adaptive padding.
     pub adaptive: Option<Adaptive>,
+    /// The most bytes per second of PADDING this gateway echoes, all circuits
+    /// together (a second's worth may go at once); 0 echoes nothing.
+    pub padding_rate: u32,
+    /// The most PADDING this gateway echoes, in percent of the datagrams it
+    /// received.
+    pub padding_share: u8,
 }
 
 impl Default for NodeConfig {
@@ -159,6 +166,8 @@ impl Default for NodeConfig {
             pace_limit: PACE_LIMIT,
             pace_budget: PACE_BUDGET,
             adaptive: None,
+            padding_rate: PADDING_RATE,
+            padding_share: PADDING_SHARE,
         }
     }
 }
@@ -321,6 +330,9 @@ pub struct Node {
     /// `cookie_key` of this gateway's own static key, and its cookie secrets.
     cookie_key: Option<[u8; KEY_LEN]>,
     cookies: cookie::CookieJar,
+    /// The bytes of PADDING this gateway may still echo (`padding_rate`), made at
+    /// the first echo request.
+    echo_bucket: Option<TokenBucket>,
     /// Under load until then (see `cookie::LOAD_HOLD`).
     /// LINK_INITs with a valid mac1, metered at half the handshake rate (under load
     /// when empty).
@@ -389,6 +401,7 @@ impl Node {
             cookie_key,
             cookies: cookie::CookieJar::default(),
             arrivals: None,
+            echo_bucket: None,
             load_until: None,
             sources: cookie::SourceLimits::default(),
             stats: Stats::default(),

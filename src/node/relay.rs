@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use rand_core::{CryptoRng, RngCore};
 
+use crate::proto::bucket::TokenBucket;
 use crate::proto::crypto::{self, KEY_LEN};
 use crate::proto::onion::{self, Generation, HopKeys, Side};
 use crate::proto::wire::{
@@ -22,6 +23,13 @@ use super::{
     Budget, CircuitId, Deadline, Entry, Event, HopSpec, LinkId, Node, NodeConfig, Output, RelayId,
     SendError, Timer, Transmit,
 };
+
+/// Default `padding_rate`: 1,250,000 bytes per second (10 Mbit/s) of echoed
+/// PADDING, all circuits together; a second's worth may go at once.
+pub const PADDING_RATE: u32 = 1_250_000;
+/// Default `padding_share`: echoes are at most half of the datagrams the gateway
+/// received, so they never dominate its traffic.
+pub const PADDING_SHARE: u8 = 50;
 
 pub(super) struct Relay {
     pub(super) prev: (LinkId, u32),
@@ -342,12 +350,33 @@ impl Node {
         if !echo {
             return Output::Recycle(buf);
         }
+        if !self.echo_allowed(now, buf.len()) {
+            self.stats.padding_refused += 1;
+            return Output::Recycle(buf);
+        }
         let out = self.originate(now, id, buf);
         if let Output::Transmit(t) = &out {
             self.stats.padding_sent += 1;
+            self.stats.padding_echoed += 1;
             self.stats.padding_bytes_sent += t.buf.len() as u64;
         }
         out
+    }
+
+    /// Whether this gateway's padding budget has room for one more echo of `bytes`
+    /// (its `padding_share` of what it received, then its `padding_rate`), taken
+    /// if so. The echo is as long as the request.
+    fn echo_allowed(&mut self, now: Instant, bytes: usize) -> bool {
+        let share = u64::from(self.cfg.padding_share);
+        let echoed = self.stats.padding_echoed.saturating_add(1);
+        if echoed.saturating_mul(100) > share.saturating_mul(self.stats.rx_datagrams) {
+            return false;
+        }
+        let rate = self.cfg.padding_rate;
+        let bucket = self
+            .echo_bucket
+            .get_or_insert_with(|| TokenBucket::new(rate, rate, now));
+        bucket.take_n(now, u32::try_from(bytes).unwrap_or(u32::MAX))
     }
 
     /// Seals `buf`'s body as a backward cell originating at this hop and sends it.

@@ -61,6 +61,11 @@ pub struct Stats {
     pub pace_queued: u64,
     /// Datagrams dropped because a paced link's queue was full.
     pub pace_dropped: u64,
+    /// PADDINGs this gateway echoed (also in `padding_sent`).
+    pub padding_echoed: u64,
+    /// Echo requests left unanswered: the echo would have gone over this gateway's
+    /// `padding_rate` or `padding_share` (the request still counts as received).
+    pub padding_refused: u64,
 }
 
 impl Stats {
@@ -105,6 +110,8 @@ impl Stats {
             pace_refused,
             pace_queued,
             pace_dropped,
+            padding_echoed: _,
+            padding_refused,
         } = self;
         [
             dropped_malformed,
@@ -140,6 +147,7 @@ impl Stats {
             pace_refused,
             pace_queued,
             pace_dropped,
+            padding_refused,
         ]
         .into_iter()
         .fold(0u64, |sum, &c| sum.saturating_add(c))

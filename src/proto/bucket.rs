@@ -50,6 +50,11 @@ impl TokenBucket {
     /// Credits the refill since the last call and takes one token if there is one.
     /// Returns whether a token was taken.
     pub fn take(&mut self, now: Instant) -> bool {
+        self.take_n(now, 1)
+    }
+
+    /// The same for `n` tokens at once: all of them or none.
+    pub fn take_n(&mut self, now: Instant, n: u32) -> bool {
         if now > self.last {
             let elapsed = now.duration_since(self.last).as_nanos();
             let refill = elapsed.saturating_mul(u128::from(self.rate));
@@ -57,8 +62,9 @@ impl TokenBucket {
             self.stored += u64::try_from(refill).map_or(room, |refill| refill.min(room));
             self.last = now;
         }
-        if self.stored >= NANO {
-            self.stored -= NANO;
+        let want = u64::from(n) * NANO;
+        if self.stored >= want {
+            self.stored -= want;
             true
         } else {
             false

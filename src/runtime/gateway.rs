@@ -134,6 +134,8 @@ pub(crate) fn gateway_node_config(
         max_circuits: cfg.max_circuits,
         pace_limit: cfg.max_constant_rate,
         pace_budget: cfg.constant_budget,
+        padding_rate: cfg.padding_rate,
+        padding_share: cfg.padding_share,
         own_addrs: crate::sys::own_addresses(),
         ..base
     }

@@ -5,7 +5,7 @@
 //! echoed on request, and counted apart from everything else.
 
 use super::*;
-use crate::proto::wire::PADDING_ECHO;
+use crate::proto::wire::{MAX_DATAGRAM, MAX_PAYLOAD, PADDING_ECHO};
 
 /// What each node has received so far.
 fn received(net: &Mini) -> Vec<u64> {
@@ -203,6 +203,8 @@ fn an_adaptive_circuit_pads_to_its_last_hop_and_back() {
         }],
         max_fraction: 1.0,
     });
+    // Padding is all this exit carries: let it echo every one.
+    net.nodes[3].1.cfg.padding_share = 100;
     let id = net.circuit(&specs);
     assert_eq!(
         run_padding(&mut net, 1),
@@ -241,4 +243,77 @@ fn an_adaptive_circuit_pads_to_its_last_hop_and_back() {
     let before = net.nodes[0].1.stats().padding_sent;
     assert_eq!(run_padding(&mut net, 10), None);
     assert_eq!(net.nodes[0].1.stats().padding_sent, before);
+}
+
+/// Sends `n` full-size PADDINGs with ECHO to the last hop of circuit `id`, one per
+/// `every`, delivering each and what it causes.
+fn echo_requests(net: &mut Mini, id: CircuitId, n: usize, every: Duration) {
+    for _ in 0..n {
+        net.now += every;
+        let now = net.now;
+        let (_, client, rng) = &mut net.nodes[0];
+        let t = client
+            .send_padding(now, rng, id, 0, MAX_PAYLOAD, true, Vec::new())
+            .unwrap()
+            .unwrap();
+        net.deliver(0, t);
+    }
+}
+
+/// A gateway's padding budget: whatever a client asks, the echoes it sends stay
+/// within `padding_rate` bytes per second (a second's worth at once) and within
+/// `padding_share` percent of the datagrams it received; every request beyond is
+/// counted, and it echoes up to the budget.
+#[test]
+fn a_gateway_never_echoes_beyond_its_padding_budget() {
+    let (mut net, specs) = Mini::new(1);
+    let cell = MAX_DATAGRAM as u64;
+    // Ten full-size cells per second, any share.
+    net.nodes[1].1.cfg.padding_rate = 10 * MAX_DATAGRAM as u32;
+    net.nodes[1].1.cfg.padding_share = 100;
+    let id = net.circuit(&specs);
+    // 1,000 requests a second for 3 s.
+    echo_requests(&mut net, id, 3000, Duration::from_millis(1));
+    let s = net.nodes[1].1.stats();
+    assert_eq!(s.padding_received, 3000);
+    assert!(
+        s.padding_bytes_sent <= 4 * 10 * cell,
+        "{} bytes echoed in 3 s",
+        s.padding_bytes_sent
+    );
+    assert!(
+        s.padding_echoed >= 39,
+        "{} echoed: up to the budget",
+        s.padding_echoed
+    );
+    assert_eq!(s.padding_echoed + s.padding_refused, 3000);
+    assert_eq!(net.nodes[0].1.stats().padding_received, s.padding_echoed);
+
+    // A tenth of what it received, at any rate.
+    let (mut net, specs) = Mini::new(1);
+    net.nodes[1].1.cfg.padding_share = 10;
+    let id = net.circuit(&specs);
+    echo_requests(&mut net, id, 500, Duration::from_millis(1));
+    let s = net.nodes[1].1.stats();
+    assert!(
+        s.padding_echoed * 10 <= s.rx_datagrams,
+        "{} echoed of {} received",
+        s.padding_echoed,
+        s.rx_datagrams
+    );
+    assert!(
+        s.padding_echoed >= 45,
+        "{} echoed: up to the share",
+        s.padding_echoed
+    );
+    assert_eq!(s.padding_echoed + s.padding_refused, 500);
+
+    // Rate 0 echoes nothing.
+    let (mut net, specs) = Mini::new(1);
+    net.nodes[1].1.cfg.padding_rate = 0;
+    let id = net.circuit(&specs);
+    echo_requests(&mut net, id, 10, Duration::from_millis(100));
+    let s = net.nodes[1].1.stats();
+    assert_eq!((s.padding_echoed, s.padding_refused), (0, 10));
+    assert!(net.nodes[0].1.is_up(id));
 }

@@ -33,6 +33,23 @@ fn bucket_starts_full_and_refills_at_rate() {
 }
 
 #[test]
+fn take_n_takes_all_or_none() {
+    let t0 = Instant::now();
+    let mut bucket = TokenBucket::new(1000, 1500, t0);
+    assert!(bucket.take_n(t0, 1452));
+    assert!(!bucket.take_n(t0, 49), "48 left");
+    assert!(bucket.take_n(t0, 48));
+    assert!(!bucket.take(t0));
+    // 1,452 tokens take 1.452 s to come back.
+    assert!(!bucket.take_n(t0 + ms(1451), 1452));
+    assert!(bucket.take_n(t0 + ms(1452), 1452));
+    assert!(
+        !bucket.take_n(t0 + ms(10_000), 1501),
+        "more than the burst never"
+    );
+}
+
+#[test]
 fn bucket_caps_at_burst() {
     let t0 = Instant::now();
     let mut bucket = TokenBucket::new(10, 5, t0);
