@@ -39,6 +39,7 @@ use anonnet::discovery::{Crawl, Directory, DirectorySettings};
 use anonnet::discovery::{Message, Source};
 use anonnet::node::{Event, HopSpec, Node, NodeConfig};
 use anonnet::proto::descriptor::Descriptor;
+use anonnet::proto::descriptor::PaddingBudget;
 use anonnet::proto::identity::{Identity, PublicKey};
 use anonnet::proto::wire::{Service, PAYLOAD_OFFSET};
 use anonnet::runtime::discovery::{crawl_advance, crawl_event, unix_now};
@@ -225,6 +226,10 @@ async fn main() -> Result<()> {
             share: true,
             rate: 100,
             lifetime: 10_800,
+            padding: PaddingBudget {
+                rate: 1_250_000,
+                share: 50,
+            },
         },
         unix_now(),
     )?;

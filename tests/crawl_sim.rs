@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anonnet::discovery::{Crawl, Directory, DirectorySettings, Outbox, Source, Store, StoreLimits};
 use anonnet::node::{DownReason, Event, HopSpec, Node, NodeConfig, Output, Transmit};
 use anonnet::proto::descriptor::Descriptor;
+use anonnet::proto::descriptor::PaddingBudget;
 use anonnet::proto::identity::Identity;
 use anonnet::proto::wire::Service;
 use rand_chacha::rand_core::SeedableRng;
@@ -124,6 +125,10 @@ fn gateway(n: u8, seed: u64) -> (Peer, HopSpec) {
             share: true,
             rate: 100,
             lifetime: 3_600,
+            padding: PaddingBudget {
+                rate: 1_250_000,
+                share: 50,
+            },
         },
         UNIX_START,
     )
@@ -332,6 +337,10 @@ fn a_claim_on_the_via_key_elsewhere_never_hears_the_client() {
         policy_summary: String::new(),
         published: UNIX_START,
         expires: UNIX_START + 3_600,
+        padding: PaddingBudget {
+            rate: 1_250_000,
+            share: 50,
+        },
     }
     .sign(&forger)
     .expect("signed");

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use anonnet::discovery::{Crawler, Message, Progress, Server, Session, Source, Store, StoreLimits};
 use anonnet::proto::descriptor::Descriptor;
+use anonnet::proto::descriptor::PaddingBudget;
 use anonnet::proto::identity::Identity;
 use ed25519_dalek::SigningKey;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -167,6 +168,10 @@ fn build_network() -> Network {
             },
             published: T0 - 600,
             expires: T0 + 6 * 3600,
+            padding: PaddingBudget {
+                rate: 1_250_000,
+                share: 50,
+            },
         };
         let bytes = descriptor.sign(&signer).expect("valid descriptor");
         all.insert(&bytes, T0, Source::Bootstrap)
@@ -329,6 +334,10 @@ impl Forger {
             policy_summary: String::new(),
             published,
             expires,
+            padding: PaddingBudget {
+                rate: 1_250_000,
+                share: 50,
+            },
         }
         .sign(signer)
         .expect("valid forgery")

@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anonnet::client::path::{select_path, Guards, PathLength, PathRules, Subnets};
 use anonnet::discovery::Candidate;
+use anonnet::proto::descriptor::PaddingBudget;
 use anonnet::proto::ports::PortSummary;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -98,6 +99,10 @@ fn view(hostile: usize, adversary: Adversary) -> View {
             port: 51820,
             exit,
             exit_ports: exit.then(|| summary.clone()),
+            padding: PaddingBudget {
+                rate: 1_250_000,
+                share: 50,
+            },
         });
         flags.push(bad);
     };

@@ -14,7 +14,7 @@ use super::outbox::Outbox;
 use super::server::{Server, Session};
 use super::store::{Rejected, Source, Store, StoreLimits};
 use crate::node::{CircuitId, Node};
-use crate::proto::descriptor::{Descriptor, DescriptorError};
+use crate::proto::descriptor::{Descriptor, DescriptorError, PaddingBudget};
 use crate::proto::identity::Identity;
 use crate::proto::wire::PAYLOAD_OFFSET;
 
@@ -44,6 +44,8 @@ pub struct DirectorySettings {
     pub rate: u32,
     /// Seconds a signed descriptor is valid.
     pub lifetime: u64,
+    /// The padding budget it states (its `padding_rate` and `padding_share`).
+    pub padding: PaddingBudget,
 }
 
 /// A gateway's own descriptor and the directory service it runs.
@@ -74,6 +76,7 @@ impl Directory {
             share,
             rate,
             lifetime,
+            padding,
         } = settings;
         let signing = identity.signing_key();
         let summary = exit_summary;
@@ -86,6 +89,7 @@ impl Directory {
             policy_summary: summary.unwrap_or_default(),
             published: 0,
             expires: 0,
+            padding,
         });
         let mut dir = Self {
             store: Store::new(StoreLimits::default()),

@@ -21,10 +21,10 @@ const _: () = assert!(MAX_MESSAGE_LEN <= crate::proto::wire::MAX_PAYLOAD);
 ///
 /// ```text
 /// Get      01 max         2 bytes, max 1..=64
-/// Desc     02 descriptor  159..=1025 bytes: a descriptor of 158..=1024 bytes
+/// Desc     02 descriptor  164..=1025 bytes: a descriptor of 163..=1024 bytes
 /// End      03 sent        2 bytes, sent 0..=64
 /// Refused  04             1 byte
-/// Publish  05 descriptor  159..=1025 bytes
+/// Publish  05 descriptor  164..=1025 bytes
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message<'a> {

@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use super::message::MAX_GET;
 use crate::proto::crypto::below;
-use crate::proto::descriptor::{Descriptor, DescriptorError, MAX_DESCRIPTOR_LEN};
+use crate::proto::descriptor::{Descriptor, DescriptorError, PaddingBudget, MAX_DESCRIPTOR_LEN};
 use crate::proto::ports::PortSummary;
 
 mod cache;
@@ -36,6 +36,21 @@ pub struct Candidate {
     /// Ports the exit accepts to ordinary public addresses. An exit without a summary
     /// is used only when the destination port is unknown.
     pub exit_ports: Option<PortSummary>,
+    /// The padding budget its descriptor states.
+    pub padding: PaddingBudget,
+}
+
+impl Candidate {
+    /// The padding share, in percent of a circuit's cells, that this gateway allows
+    /// a circuit through it: its `share`, or 0 when it echoes nothing.
+    #[must_use]
+    pub fn padding_share(&self) -> u8 {
+        if self.padding.rate == 0 {
+            0
+        } else {
+            self.padding.share
+        }
+    }
 }
 
 /// Where a stored descriptor came from.
@@ -484,6 +499,7 @@ impl Store {
                     port: d.ports.0,
                     exit: exit_ports.is_some(),
                     exit_ports,
+                    padding: d.padding,
                 }
             })
             .collect()

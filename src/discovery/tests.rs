@@ -12,6 +12,7 @@ use super::message::*;
 use super::server::*;
 use super::store::*;
 use super::*;
+use crate::proto::descriptor::PaddingBudget;
 use crate::proto::descriptor::{Descriptor, DescriptorError, MIN_DESCRIPTOR_LEN};
 use crate::proto::identity::Identity;
 use proptest::prelude::*;
@@ -53,6 +54,10 @@ fn claim(signer: u32, onion_key: [u8; 32], addrs: &[&str], published: u64) -> Ve
         policy_summary: String::new(),
         published,
         expires: published + 3600,
+        padding: PaddingBudget {
+            rate: 1_250_000,
+            share: 50,
+        },
     }
     .sign(&key)
     .unwrap()

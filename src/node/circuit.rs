@@ -478,6 +478,7 @@ impl Node {
             // A padding's own events come from the padding timer, which knows
             // the machine that sent it.
             if cmd != Cmd::Padding {
+                p.normal += 1;
                 self.timers
                     .set(Timer::Padding(id), p.on(now, &padding::SENT));
             }

@@ -146,6 +146,12 @@ pub(super) struct Padder {
     pad_at: Vec<Option<Instant>>,
     /// When each machine's internal timer ends.
     timer_at: Vec<Option<Instant>>,
+    /// The most padding, in percent of the cells the circuit sends, its gateways
+    /// allow ([`Node::limit_padding`]); 100 until they say.
+    share: u8,
+    /// Cells other than PADDING the circuit sent, and paddings.
+    pub(super) normal: u64,
+    padded: u64,
     /// Follow-up events of the actions of one round and of the round before (kept
     /// for their capacity).
     these: Vec<TriggerEvent>,
@@ -170,6 +176,9 @@ impl Padder {
             framework,
             pad_at: vec![None; n],
             timer_at: vec![None; n],
+            share: 100,
+            normal: 0,
+            padded: 0,
             these: Vec::new(),
             next: Vec::new(),
         })
@@ -236,6 +245,17 @@ impl Padder {
         self.deadline()
     }
 
+    /// Whether one more padding stays within the share: counts it if so.
+    fn may_pad(&mut self) -> bool {
+        let padded = self.padded.saturating_add(1);
+        let all = padded.saturating_add(self.normal);
+        if padded.saturating_mul(100) > u64::from(self.share).saturating_mul(all) {
+            return false;
+        }
+        self.padded = padded;
+        true
+    }
+
     /// The earliest deadline of any machine.
     fn deadline(&self) -> Option<Instant> {
         self.pad_at
@@ -285,6 +305,16 @@ pub(super) const PADDING_RECEIVED: [TriggerEvent; 2] =
     [TriggerEvent::TunnelRecv, TriggerEvent::PaddingRecv];
 
 impl Node {
+    /// Keeps own circuit `id`'s padding within `share` percent of the cells it
+    /// sends: the least share its gateways' descriptors allow (PROTOCOL §10). A
+    /// padding beyond it is not sent (`padding_capped`), though its machine goes on
+    /// as if it were.
+    pub fn limit_padding(&mut self, id: CircuitId, share: u8) {
+        if let Some(p) = self.own.get_mut(&id).and_then(|o| o.padder.as_mut()) {
+            p.share = share.min(100);
+        }
+    }
+
     /// Feeds `events` to own circuit `id`'s machines, if it pads, and sets its
     /// padding timer.
     pub(super) fn pad_event(&mut self, now: Instant, id: CircuitId, events: &[TriggerEvent]) {
@@ -296,7 +326,9 @@ impl Node {
     }
 
     /// Own circuit `id`'s padding timer: sends the paddings that are due, each one
-    /// full-size PADDING to the last hop with an echo, and ends due machine timers.
+    /// full-size PADDING to the last hop with an echo, unless it would go over the
+    /// circuit's share (the machine is told it went, all the same), and ends due
+    /// machine timers.
     pub(super) fn pad_tick(
         &mut self,
         now: Instant,
@@ -312,18 +344,25 @@ impl Node {
             p.take_due(now, &mut due);
         }
         for machine in due {
-            let buf = self.spare.pop().unwrap_or_default();
-            if let Ok(t) = self.send_padding(now, rng, id, last, MAX_PAYLOAD, true, buf) {
+            let allowed = self
+                .own
+                .get_mut(&id)
+                .and_then(|o| o.padder.as_mut())
+                .is_some_and(|p| p.may_pad());
+            if allowed {
+                let buf = self.spare.pop().unwrap_or_default();
+                let Ok(t) = self.send_padding(now, rng, id, last, MAX_PAYLOAD, true, buf) else {
+                    continue;
+                };
                 self.transmits.extend(t);
-                self.pad_event(
-                    now,
-                    id,
-                    &[
-                        TriggerEvent::PaddingSent { machine },
-                        TriggerEvent::TunnelSent,
-                    ],
-                );
+            } else {
+                self.stats.padding_capped += 1;
             }
+            let sent = [
+                TriggerEvent::PaddingSent { machine },
+                TriggerEvent::TunnelSent,
+            ];
+            self.pad_event(now, id, &sent);
         }
         self.pad_event(now, id, &[]);
     }

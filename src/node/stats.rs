@@ -66,6 +66,9 @@ pub struct Stats {
     /// Echo requests left unanswered: the echo would have gone over this gateway's
     /// `padding_rate` or `padding_share` (the request still counts as received).
     pub padding_refused: u64,
+    /// Paddings this client's machines scheduled but did not send: they would have
+    /// gone over the share its circuit's gateways allow.
+    pub padding_capped: u64,
 }
 
 impl Stats {
@@ -112,6 +115,7 @@ impl Stats {
             pace_dropped,
             padding_echoed: _,
             padding_refused,
+            padding_capped: _,
         } = self;
         [
             dropped_malformed,

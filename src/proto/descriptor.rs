@@ -13,7 +13,7 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0     1  version (1)
+//!      0     1  version (2)
 //!      1     1  flags: bit 0 exit, the other bits 0
 //!      2    32  identity: Ed25519 verifying key
 //!     34    32  onion_key: X25519 public key
@@ -21,18 +21,20 @@
 //!     74     8  expires: unix seconds
 //!     82     2  port_first
 //!     84     2  port_last
-//!     86     1  n_addrs (1 to 4)
-//!     87     …  n_addrs times: family (4 or 6), then 4 or 16 address bytes
+//!     86     4  padding_rate: bytes/s of PADDING it echoes, all circuits together
+//!     90     1  padding_share: percent of what it receives it echoes at most (0 to 100)
+//!     91     1  n_addrs (1 to 4)
+//!     92     …  n_addrs times: family (4 or 6), then 4 or 16 address bytes
 //!      …     2  summary_len (0 to 512)
 //!      …     …  summary: ASCII
 //!      …    64  signature
 //! ```
 //!
-//! The signature is Ed25519 by `identity` over `"anonnet descriptor v1"` followed by
+//! The signature is Ed25519 by `identity` over `"anonnet descriptor v2"` followed by
 //! every byte before the signature; the prefix is signed, not sent. Verification uses
 //! the strict Ed25519 rules (canonical `s`, no small-order keys or `R`).
 //!
-//! A descriptor is 158 to 733 bytes. Decoding rejects more than
+//! A descriptor is 163 to 738 bytes. Decoding rejects more than
 //! [`MAX_DESCRIPTOR_LEN`] bytes before looking at them, reads every length against
 //! its bound before the bytes it counts, and accepts one encoding of each descriptor
 //! only: known version, no unknown flag bits, no trailing bytes, no IPv4-mapped IPv6
@@ -57,7 +59,7 @@ use thiserror::Error;
 use crate::proto::ports::{PortSummary, MAX_SUMMARY_LEN};
 
 /// The encoding version this module reads and writes.
-pub const DESCRIPTOR_VERSION: u8 = 1;
+pub const DESCRIPTOR_VERSION: u8 = 2;
 /// Largest encoded descriptor: one fits a cell payload with room for framing.
 pub const MAX_DESCRIPTOR_LEN: usize = 1024;
 /// Most addresses a descriptor lists.
@@ -72,9 +74,9 @@ pub const MAX_PORTS: u32 = 1024;
 /// Flag bit: the gateway offers the exit service.
 const FLAG_EXIT: u8 = 0x01;
 /// Prepended to the encoding to form the signed message.
-const SIGNING_PREFIX: &[u8] = b"anonnet descriptor v1";
+const SIGNING_PREFIX: &[u8] = b"anonnet descriptor v2";
 /// Bytes before the first address.
-const FIXED_LEN: usize = 87;
+const FIXED_LEN: usize = 92;
 /// Shortest descriptor: one IPv4 address and no summary.
 pub const MIN_DESCRIPTOR_LEN: usize = FIXED_LEN + 1 + 4 + 2 + SIGNATURE_LENGTH;
 /// Longest descriptor the field limits allow.
@@ -108,6 +110,19 @@ pub struct Descriptor {
     /// Unix seconds from which it is no longer valid: after `published`, at most
     /// [`MAX_LIFETIME_SECS`] later.
     pub expires: u64,
+    /// How much padding the gateway echoes (its padding budget).
+    pub padding: PaddingBudget,
+}
+
+/// A gateway's padding budget, as its descriptor states it: clients in adaptive
+/// padding mode keep their padding through it within `share`, and send none
+/// through a gateway with `rate` 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaddingBudget {
+    /// Bytes per second of PADDING it echoes, all circuits together.
+    pub rate: u32,
+    /// The most it echoes, in percent of the datagrams it receives (0 to 100).
+    pub share: u8,
 }
 
 /// Why a descriptor cannot be signed or was rejected. Messages name the problem,
@@ -149,7 +164,7 @@ pub enum DescriptorError {
 impl Descriptor {
     /// Signs and encodes: the binary layout of the module documentation followed by a
     /// 64-byte Ed25519 signature over everything before it (with the domain-separation
-    /// prefix `"anonnet descriptor v1"` prepended to the signed message, not to the
+    /// prefix `"anonnet descriptor v2"` prepended to the signed message, not to the
     /// encoding).
     ///
     /// Checks the field rules first (not the times against a clock); `identity` must
@@ -213,6 +228,8 @@ impl Descriptor {
         out.extend_from_slice(&self.expires.to_be_bytes());
         out.extend_from_slice(&self.ports.0.to_be_bytes());
         out.extend_from_slice(&self.ports.1.to_be_bytes());
+        out.extend_from_slice(&self.padding.rate.to_be_bytes());
+        out.push(self.padding.share);
         out.push(u8::try_from(self.addrs.len()).unwrap_or(u8::MAX));
         for addr in &self.addrs {
             match addr {
@@ -253,6 +270,10 @@ impl Descriptor {
             u16::from_be_bytes(r.array()?),
             u16::from_be_bytes(r.array()?),
         );
+        let padding = PaddingBudget {
+            rate: u32::from_be_bytes(r.array()?),
+            share: r.u8()?,
+        };
         let n_addrs = usize::from(r.u8()?);
         if n_addrs == 0 || n_addrs > MAX_ADDRS {
             return Err(DescriptorError::BadField("addrs"));
@@ -287,6 +308,7 @@ impl Descriptor {
             policy_summary,
             published,
             expires,
+            padding,
         };
         Ok(descriptor)
     }
@@ -304,6 +326,9 @@ impl Descriptor {
         let (first, last) = self.ports;
         if first == 0 || first > last || u32::from(last - first) >= MAX_PORTS {
             return Err(DescriptorError::BadField("ports"));
+        }
+        if self.padding.share > 100 {
+            return Err(DescriptorError::BadField("padding_share"));
         }
         let summary_ok = if self.exit {
             self.policy_summary.parse::<PortSummary>().is_ok()

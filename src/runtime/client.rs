@@ -18,7 +18,7 @@ use crate::runtime::client_plane::ClientPlane;
 use crate::runtime::daemon::Daemon;
 use crate::runtime::driver::Driver;
 use crate::runtime::gateway::{gateway_discovery, gateway_node_config};
-use crate::runtime::paths::Paths;
+use crate::runtime::paths::{Chosen, Paths};
 use crate::runtime::replay;
 use crate::runtime::tun;
 use crate::runtime::{client_node_config, flush_stdout, CLIENT_BINDS};
@@ -121,7 +121,11 @@ pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
         sys::client_set_gateways(&net).await?;
     }
     paths.discover(cfg, &mut d).await?;
-    let (specs, exit_ports) = paths.next(&mut d.rng, None)?;
+    let Chosen {
+        specs,
+        exit_ports,
+        padding_share,
+    } = paths.next(&mut d.rng, None)?;
     let entry = specs.first().map(|h| h.addr).context("the path is empty")?;
     if armed && !net.gateways.contains(&entry) {
         net.gateways.push(entry);
@@ -131,7 +135,12 @@ pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
     let mut events = Vec::new();
     let started = Instant::now();
     let circuit = match build(&mut d, &specs, &mut events).await {
-        Ok(c) => c,
+        Ok(c) => {
+            if let Some(share) = padding_share {
+                d.node.limit_padding(c, share);
+            }
+            c
+        }
         Err(why) => bail!(
             "no reachable gateway: the circuit through {} hops (entry {entry}) did not come up within {:.0} s ({why}); check the gateways' addresses, keys and that they run",
             specs.len(),

@@ -16,7 +16,7 @@ use crate::node::{CircuitId, DataPath, DownReason, Event, HopSpec, Toward};
 use crate::proto::identity::PublicKey;
 use crate::proto::wire::{Service, PAYLOAD_OFFSET};
 use crate::runtime::driver::{logged, Driver};
-use crate::runtime::paths::{path_for, Paths};
+use crate::runtime::paths::{path_for, Chosen, Paths};
 use crate::runtime::pool::Pool;
 use crate::runtime::tun::{self, TunReader, TunWriter};
 use crate::sys;
@@ -163,7 +163,11 @@ impl ClientPlane {
     ) -> Result<()> {
         if let Some(want) = self.pool.wants_build(now) {
             match path_for(&mut self.paths, &mut d.rng, &want) {
-                Ok((specs, ports)) => {
+                Ok(Chosen {
+                    specs,
+                    exit_ports: ports,
+                    padding_share,
+                }) => {
                     if let Some(entry) = specs.first().map(|h| h.addr) {
                         if !self.net.gateways.contains(&entry) {
                             self.net.gateways.push(entry);
@@ -175,6 +179,9 @@ impl ClientPlane {
                         .node
                         .build_circuit(now, &mut d.rng, &specs, Service::Exit)
                         .map_err(|e| anyhow::anyhow!("cannot build a circuit: {e}"))?;
+                    if let Some(share) = padding_share {
+                        d.node.limit_padding(id, share);
+                    }
                     self.pool.building(now, id, exit, ports);
                     tracing::info!("circuit {} building through {}", id.0, hops_text(&specs));
                     self.paths_of.insert(id, specs);

@@ -10,6 +10,7 @@ use crate::config::identity_file;
 use crate::config::{self};
 use crate::discovery::{published_addrs, DirectorySettings, GatewayDiscovery};
 use crate::node::{Node, NodeConfig};
+use crate::proto::descriptor::PaddingBudget;
 use crate::proto::identity::Identity;
 use crate::runtime::daemon::Daemon;
 use crate::runtime::discovery::unix_now;
@@ -96,6 +97,10 @@ pub(crate) fn gateway_discovery(
         share: disc.share,
         rate: disc.rate,
         lifetime: disc.descriptor_lifetime_secs,
+        padding: PaddingBudget {
+            rate: cfg.padding_rate,
+            share: cfg.padding_share,
+        },
     };
     let bootstrap = hop_specs(&disc.bootstrap);
     Ok(GatewayDiscovery::new(

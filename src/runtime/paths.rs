@@ -127,15 +127,18 @@ impl Paths {
 
     /// A fresh path (the fixed one, or a random one by the path rules whose exit
     /// accepts destination port `port`, without the gateways being avoided if there
-    /// is one), with the ports its exit's descriptor accepts (`None` for a
-    /// configured path).
+    /// is one).
     pub(crate) fn next(
         &mut self,
         rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
         port: Option<u16>,
-    ) -> Result<(Vec<HopSpec>, Option<PortSummary>)> {
+    ) -> Result<Chosen> {
         match self {
-            Self::Fixed(specs) => Ok((specs.clone(), None)),
+            Self::Fixed(specs) => Ok(Chosen {
+                specs: specs.clone(),
+                exit_ports: None,
+                padding_share: None,
+            }),
             Self::Discovered {
                 store,
                 guards,
@@ -197,8 +200,11 @@ impl Paths {
                     .map(hop)
                     .collect::<Option<_>>()
                     .ok_or_else(|| anyhow::anyhow!("the chosen path names an unknown gateway"))?;
-                let ports = hops.last().and_then(|(_, c)| c.exit_ports.clone());
-                Ok((hops.into_iter().map(|(h, _)| h).collect(), ports))
+                Ok(Chosen {
+                    exit_ports: hops.last().and_then(|(_, c)| c.exit_ports.clone()),
+                    padding_share: hops.iter().map(|(_, c)| c.padding_share()).min(),
+                    specs: hops.into_iter().map(|(h, _)| h).collect(),
+                })
             }
         }
     }
@@ -228,9 +234,20 @@ pub(crate) fn path_for(
     paths: &mut Paths,
     rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
     build: &Build,
-) -> Result<(Vec<HopSpec>, Option<PortSummary>)> {
+) -> Result<Chosen> {
     build.choose(
         || paths.next(rng, build.port),
-        |(specs, _)| specs.last().map(|h| h.key),
+        |c| c.specs.last().map(|h| h.key),
     )
+}
+
+/// A path [`Paths::next`] chose.
+pub(crate) struct Chosen {
+    pub(crate) specs: Vec<HopSpec>,
+    /// The ports its exit's descriptor accepts (`None` for a configured path).
+    pub(crate) exit_ports: Option<PortSummary>,
+    /// The least padding share its gateways' descriptors allow
+    /// ([`crate::discovery::Candidate::padding_share`]; `None` for a configured
+    /// path, whose gateways state none).
+    pub(crate) padding_share: Option<u8>,
 }

@@ -2,6 +2,7 @@
 #![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use crate::proto::descriptor::PaddingBudget;
 use crate::proto::ports::PortSummary;
 use proptest::prelude::*;
 use rand_chacha::rand_core::SeedableRng;
@@ -35,6 +36,10 @@ fn gw(n: usize, addr: IpAddr, exit: bool) -> Candidate {
         port: 51820,
         exit,
         exit_ports: exit.then(|| summary("accept 1-65535")),
+        padding: PaddingBudget {
+            rate: 1_250_000,
+            share: 50,
+        },
     }
 }
 
@@ -168,6 +173,10 @@ fn arb_candidate() -> impl Strategy<Value = Candidate> {
             port: if reachable { 443 } else { 0 },
             exit,
             exit_ports: s.map(summary),
+            padding: PaddingBudget {
+                rate: 1_250_000,
+                share: 50,
+            },
         })
 }
 
@@ -362,6 +371,10 @@ fn search_budget() {
                 port: 443,
                 exit: true,
                 exit_ports: None,
+                padding: PaddingBudget {
+                    rate: 1_250_000,
+                    share: 50,
+                },
             });
         }
     }

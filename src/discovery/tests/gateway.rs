@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::node::{Event, HopSpec, Node, NodeConfig, Transmit};
+use crate::proto::descriptor::PaddingBudget;
 use crate::proto::wire::Service;
 
 fn ip(s: &str) -> IpAddr {
@@ -31,6 +32,10 @@ fn discovery(lifetime: u64, bootstrap: Vec<HopSpec>, t0: Instant) -> GatewayDisc
         share: true,
         rate: 10,
         lifetime,
+        padding: PaddingBudget {
+            rate: 40_000,
+            share: 7,
+        },
     };
     GatewayDiscovery::new(identity(1), settings, bootstrap, t0, NOW).unwrap()
 }
@@ -165,5 +170,13 @@ fn the_descriptor_is_resigned_at_half_its_lifetime() {
         .unwrap();
     let again = Descriptor::verify(g.directory().own().unwrap(), NOW + 1800).unwrap();
     assert_eq!(again.published, NOW + 1800);
+    assert_eq!(
+        again.padding,
+        PaddingBudget {
+            rate: 40_000,
+            share: 7
+        },
+        "it states its padding budget"
+    );
     assert_eq!(g.directory().resign_at(), Some(NOW + 3600));
 }

@@ -1,6 +1,7 @@
 //! The store: what it admits, the caps against poisoning, sampling, candidates and the cache file.
 
 use super::*;
+use crate::proto::descriptor::PaddingBudget;
 
 #[test]
 fn insert_get_and_duplicate() {
@@ -61,10 +62,10 @@ fn invalid_descriptors_are_counted_by_reason() {
         Err(Rejected::Invalid(DescriptorError::Truncated))
     );
     let mut version = d.clone();
-    version[0] = 2;
+    version[0] = 1;
     assert_eq!(
         reject(&mut store, &version, NOW),
-        Err(Rejected::Invalid(DescriptorError::Version(2)))
+        Err(Rejected::Invalid(DescriptorError::Version(1)))
     );
     let two = at(5, &[&addr(5), "2001:db8::5"], NOW);
     assert_eq!(
@@ -587,6 +588,10 @@ fn candidates_from_descriptors() {
         policy_summary: "accept 80,443".into(),
         published: NOW,
         expires: NOW + 3600,
+        padding: PaddingBudget {
+            rate: 1_250_000,
+            share: 30,
+        },
     };
     let mut store = Store::default();
     store
@@ -612,6 +617,13 @@ fn candidates_from_descriptors() {
     assert!(c.exit);
     let ports = c.exit_ports.as_ref().unwrap();
     assert!(ports.accepts(443) && !ports.accepts(22));
+    assert_eq!(c.padding, exit.padding);
+    assert_eq!(c.padding_share(), 30);
+    let silent = Candidate {
+        padding: PaddingBudget { rate: 0, share: 30 },
+        ..c.clone()
+    };
+    assert_eq!(silent.padding_share(), 0, "it echoes nothing");
     assert!(!candidates[1].exit && candidates[1].exit_ports.is_none());
     assert_eq!(candidates[1].port, 51820);
     assert!(!candidates[2].exit && candidates[2].exit_ports.is_none());

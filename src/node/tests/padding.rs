@@ -187,25 +187,31 @@ fn run_padding(net: &mut Mini, secs: u64) -> Option<Duration> {
     padded.map(|(first, last)| last - first)
 }
 
-/// Adaptive padding: a circuit running FRONT starts padding at its first cell,
-/// spreads it over the machine's window, addresses every padding to its last hop
-/// (the relays before it see only cells) and gets each one echoed; closing the
-/// circuit stops it.
-#[test]
-fn an_adaptive_circuit_pads_to_its_last_hop_and_back() {
+/// A 3-hop circuit of a client running FRONT with `budget` over a 0.5 to 1 s
+/// window; padding is all its exit carries, so the exit may echo every one.
+fn front_circuit(budget: u32) -> (Mini, CircuitId) {
     let (mut net, specs) = Mini::new(3);
     net.nodes[0].1.cfg.adaptive = Some(Adaptive {
         machines: vec![MachineSpec::Front {
-            budget: 40,
+            budget,
             window_min: 0.5,
             window_max: 1.0,
             states: 2,
         }],
         max_fraction: 1.0,
     });
-    // Padding is all this exit carries: let it echo every one.
     net.nodes[3].1.cfg.padding_share = 100;
     let id = net.circuit(&specs);
+    (net, id)
+}
+
+/// Adaptive padding: a circuit running FRONT starts padding at its first cell,
+/// spreads it over the machine's window, addresses every padding to its last hop
+/// (the relays before it see only cells) and gets each one echoed; closing the
+/// circuit stops it.
+#[test]
+fn an_adaptive_circuit_pads_to_its_last_hop_and_back() {
+    let (mut net, id) = front_circuit(40);
     assert_eq!(
         run_padding(&mut net, 1),
         None,
@@ -316,4 +322,34 @@ fn a_gateway_never_echoes_beyond_its_padding_budget() {
     let s = net.nodes[1].1.stats();
     assert_eq!((s.padding_echoed, s.padding_refused), (0, 10));
     assert!(net.nodes[0].1.is_up(id));
+}
+
+/// A client keeps its padding within the share its circuit's gateways allow
+/// (`limit_padding`): a padding beyond it is not sent, and counted.
+#[test]
+fn a_client_pads_within_the_share_its_gateways_allow() {
+    let (mut net, id) = front_circuit(400);
+    net.nodes[0].1.limit_padding(id, 20);
+    for _ in 0..20 {
+        net.now += Duration::from_millis(10);
+        let now = net.now;
+        let (_, client, rng) = &mut net.nodes[0];
+        let t = client
+            .send_payload(now, rng, id, &[7; 100])
+            .unwrap()
+            .unwrap();
+        net.deliver(0, t);
+    }
+    run_padding(&mut net, 10);
+    let s = net.nodes[0].1.stats();
+    let normal = net.nodes[0].1.own[&id].padder.as_ref().unwrap().normal;
+    assert!(normal >= 20, "{normal} cells");
+    assert!(s.padding_sent >= 1, "it pads up to the share");
+    assert!(
+        s.padding_sent * 100 <= 20 * (s.padding_sent + normal),
+        "{} paddings beside {normal} cells",
+        s.padding_sent
+    );
+    assert!(s.padding_capped >= 1, "FRONT wanted more");
+    assert_eq!(net.nodes[3].1.stats().padding_received, s.padding_sent);
 }

@@ -29,6 +29,10 @@ fn sample() -> Descriptor {
         policy_summary: "reject 25,119,135-139,445".into(),
         published: NOW,
         expires: NOW + 3 * 3600,
+        padding: PaddingBudget {
+            rate: 1_250_000,
+            share: 50,
+        },
     }
 }
 
@@ -78,8 +82,8 @@ fn assert_accepted(d: &Descriptor) {
 fn fixed_vector() {
     // Computed independently (BLAKE2s, X25519 and Ed25519 of another library).
     let bytes = sample().sign(&key()).unwrap();
-    assert_eq!(bytes.len(), 200);
-    assert_eq!(&bytes[..2], &[1, 1]);
+    assert_eq!(bytes.len(), 205);
+    assert_eq!(&bytes[..2], &[2, 1]);
     assert_eq!(
         bytes[2..34],
         hex("0a955bb6c59feaa6f3d6ad6a0785c64762ee6766de8c9db75231cd6e9f69a41b")
@@ -89,24 +93,26 @@ fn fixed_vector() {
         hex("13be4feaeaf204c7fd3358fc9c00721881d174278128227ec674f37f7fe97b6d")
     );
     assert_eq!(
-        bytes[66..111],
+        bytes[66..116],
         hex(concat!(
             "000000006553f100",                   // published
             "0000000065541b30",                   // expires
             "ca6c",                               // port_first
             "ca6f",                               // port_last
+            "001312d0",                           // padding_rate
+            "32",                                 // padding_share
             "02",                                 // n_addrs
             "04c6336407",                         // 198.51.100.7
             "0620010db8000000000000000000000007", // 2001:db8::7
             "0019",                               // summary_len
         ))
     );
-    assert_eq!(&bytes[111..136], b"reject 25,119,135-139,445");
+    assert_eq!(&bytes[116..141], b"reject 25,119,135-139,445");
     assert_eq!(
-        bytes[136..],
+        bytes[141..],
         hex(concat!(
-            "83841b228e5d8050b8c34830e93b5348fb06f1037b178a47c3211326306db8a4",
-            "ff9fde32e48c18b53a16a02743e8318529306a5ce1f7be75ad9dd1b269433c05",
+            "9e69631ea0e452a0b6c5fac48e16c425d5eef889129abfe9c61b67945aaf580e",
+            "cb65b1ec7e1d376fd277d4564f670436c98dd2a44d6c706efe39b9f53b0b8c08",
         ))
     );
     assert_eq!(Descriptor::verify(&bytes, NOW).unwrap(), sample());
@@ -211,7 +217,7 @@ fn trailing_and_too_long() {
 #[test]
 fn version_and_flags() {
     let body = sample().encode_body();
-    for version in [0, 2, 0x11, 0xff] {
+    for version in [0, 1, 3, 0xff] {
         let mut b = body.clone();
         b[0] = version;
         assert_eq!(
@@ -250,7 +256,7 @@ fn addr_count() {
     assert_accepted(&four);
     // A count beyond the limit is rejected before the addresses are read.
     let mut b = sample().encode_body();
-    b[86] = 200;
+    b[91] = 200;
     assert_eq!(
         Descriptor::verify(&resign(b), NOW),
         Err(DescriptorError::BadField("addrs"))
@@ -290,7 +296,7 @@ fn unusable_addrs() {
         });
     }
     let mut b = sample().encode_body();
-    b[87] = 5;
+    b[92] = 5;
     assert_eq!(
         Descriptor::verify(&resign(b), NOW),
         Err(DescriptorError::BadField("family"))
@@ -316,6 +322,23 @@ fn port_range() {
     for good in [(1, 1), (1000, 2023), (65535, 65535), (64512, 65535)] {
         assert_accepted(&Descriptor {
             ports: good,
+            ..sample()
+        });
+    }
+}
+
+#[test]
+fn padding_budget() {
+    for share in [101, 200, 255] {
+        let d = Descriptor {
+            padding: PaddingBudget { rate: 1, share },
+            ..sample()
+        };
+        assert_rejected(&d, DescriptorError::BadField("padding_share"));
+    }
+    for (rate, share) in [(0, 0), (0, 100), (u32::MAX, 100), (1, 1)] {
+        assert_accepted(&Descriptor {
+            padding: PaddingBudget { rate, share },
             ..sample()
         });
     }
@@ -532,9 +555,11 @@ fn descriptor() -> impl Strategy<Value = (Descriptor, SigningKey)> {
         )),
         0..u64::MAX - MAX_LIFETIME_SECS,
         1..=MAX_LIFETIME_SECS,
+        any::<u32>(),
+        0..=100u8,
     )
         .prop_map(
-            |(secret, onion_key, addrs, first, span, exit, published, lifetime)| {
+            |(secret, onion_key, addrs, first, span, exit, published, lifetime, rate, share)| {
                 let key = Identity::from_secret(secret).signing_key();
                 let d = Descriptor {
                     identity: key.verifying_key().to_bytes(),
@@ -547,6 +572,7 @@ fn descriptor() -> impl Strategy<Value = (Descriptor, SigningKey)> {
                         .unwrap_or_default(),
                     published,
                     expires: published + lifetime,
+                    padding: PaddingBudget { rate, share },
                 };
                 (d, key)
             },
