@@ -10,6 +10,8 @@
 #   --runs N       runs of every topology (default 3, --quick 1); the tables give the
 #                  median and min–max, ratios are taken pair by pair within a run
 #   --only LIST    a subset of: plain, wireguard-go, boringtun, anonnet
+#   --padding MODE the anonnet client's padding_mode: off (default), adaptive or
+#                  constant (at its default rate); recorded in meta.json
 #   --out DIR      where results and logs go (default /tmp/anonnet-bench/DATE)
 #   --no-build     use the release binaries already built (fails if missing)
 #   -h, --help     this text
@@ -31,7 +33,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ME=scripts/bench.sh
 REPORT="$REPO/scripts/bench_report.py"
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 
 RUNS=3
 RUNS_SET=0
@@ -39,6 +41,7 @@ QUICK=0
 ONLY=plain,wireguard-go,boringtun,anonnet
 OUT=''
 BUILD=1
+PADDING=off
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; shift ;;
@@ -48,12 +51,18 @@ while [ $# -gt 0 ]; do
     --only=*) ONLY=${1#--only=}; shift ;;
     --out) OUT=${2:-}; shift 2 || { echo "--out needs a directory" >&2; exit 2; } ;;
     --out=*) OUT=${1#--out=}; shift ;;
+    --padding) PADDING=${2:-}; shift 2 || { echo "--padding needs a mode" >&2; exit 2; } ;;
+    --padding=*) PADDING=${1#--padding=}; shift ;;
     --no-build) BUILD=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "$ME: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ $RUNS =~ ^[1-9][0-9]?$ ]] || { echo "$ME: --runs: a number from 1 to 99" >&2; exit 2; }
+case $PADDING in
+  off | adaptive | constant) ;;
+  *) echo "$ME: --padding: unknown mode '$PADDING' (off, adaptive, constant)" >&2; exit 2 ;;
+esac
 [ "$QUICK" = 1 ] && [ "$RUNS_SET" = 0 ] && RUNS=1
 declare -A WANT=()
 IFS=, read -r -a _only <<<"$ONLY"
@@ -425,6 +434,7 @@ bn_an_up() {
   cfg=$AN_DIR/an-$hops-client.toml
   {
     echo '[client]'
+    [ "$PADDING" = off ] || echo "padding_mode = \"$PADDING\""
     for ((k = 1; k <= hops; k++)); do
       printf '\n[[client.path]]\naddr = "198.18.1%s.2:%s"\nkey = "%s"\n' "$k" "$AN_GW_PORT" \
         "$(cat "$AN_DIR/keys/r$k.pub")"
@@ -742,7 +752,7 @@ git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && git_rev="$git_rev+dirty"
 BN_MODE=$([ "$QUICK" = 1 ] && echo quick || echo full) BN_RUNS=$RUNS BN_ONLY=$ONLY \
   BN_DURATION=$(elapsed) BN_COMMIT=$git_rev BN_T_TCP=$T_TCP BN_T_UDP=$T_UDP BN_UDP_LEN=$UDP_LEN \
-  BN_PING_N=$PING_N BN_LOAD_PING_N=$LOAD_PING_N BN_CIRCUITS="${CIRCUITS[*]}" \
+  BN_PING_N=$PING_N BN_LOAD_PING_N=$LOAD_PING_N BN_CIRCUITS="${CIRCUITS[*]}" BN_PADDING=$PADDING \
   BN_WGGO=$(wireguard-go --version 2>/dev/null | head -n 1) \
   BN_BT=$("${BORINGTUN:-boringtun-cli}" --version 2>/dev/null | head -n 1) \
   BN_IPERF=$(iperf3 --version 2>/dev/null | head -n 1) \
@@ -777,6 +787,7 @@ meta = {
         "ping_loaded": int(e["BN_LOAD_PING_N"]), "ping_interval_ms": 10,
         "wireguard_mtu": 1420, "boringtun_threads": 2, "anonnet_exit_max_pps": 10000000,
         "idle_circuits": [int(x) for x in e["BN_CIRCUITS"].split()],
+        "anonnet_padding_mode": e["BN_PADDING"],
     },
 }
 with open(sys.argv[1], "w") as f:
