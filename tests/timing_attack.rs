@@ -358,7 +358,6 @@ fn flow_correlation_attack_off_constant_adaptive() {
         None,
         Some(Adaptive {
             machines: vec![MachineSpec::Netflow, FRONT_DEFAULT],
-            max_fraction: 1.0,
         }),
     );
     let pct = |x: f64| x * 100.0;

@@ -77,14 +77,12 @@ impl PaddingMode {
         }
     }
 
-    /// The node's adaptive padding, if any. The machines carry their own padding
-    /// allowance, so the framework adds no cap of its own.
+    /// The node's adaptive padding, if any.
     #[must_use]
     pub fn adaptive(&self) -> Option<Adaptive> {
         match self {
             Self::Adaptive { machines } => Some(Adaptive {
                 machines: machines.clone(),
-                max_fraction: 1.0,
             }),
             Self::Off | Self::Constant { .. } => None,
         }

@@ -28,10 +28,6 @@ const ROUNDS: usize = 4;
 pub struct Adaptive {
     /// Each circuit runs these machines, instantiated with its own randomness.
     pub machines: Vec<MachineSpec>,
-    /// The most padding per circuit as a fraction of the cells it sends (padding
-    /// and data), once a machine's own allowance is spent (`maybenot`'s
-    /// `max_padding_frac`).
-    pub max_fraction: f64,
 }
 
 /// A padding machine a client may run (docs/SECURITY.md, timing analysis), from
@@ -171,7 +167,9 @@ impl Padder {
             .flat_map(|m| m.machines(&mut rng))
             .collect();
         let n = machines.len();
-        let framework = Framework::new(machines, cfg.max_fraction, 0.0, now, rng).ok()?;
+        // No framework-wide cap: the shipped machines carry their own allowance, and
+        // the circuit's share ([`Node::limit_padding`]) caps what is sent.
+        let framework = Framework::new(machines, 1.0, 0.0, now, rng).ok()?;
         Some(Self {
             framework,
             pad_at: vec![None; n],

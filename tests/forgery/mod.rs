@@ -86,7 +86,6 @@ impl Net {
             let cfg = NodeConfig {
                 adaptive: Some(Adaptive {
                     machines: vec![MachineSpec::Netflow, FRONT_DEFAULT],
-                    max_fraction: 1.0,
                 }),
                 ..NodeConfig::default()
             };

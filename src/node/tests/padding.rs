@@ -198,7 +198,6 @@ fn front_circuit(budget: u32) -> (Mini, CircuitId) {
             window_max: 1.0,
             states: 2,
         }],
-        max_fraction: 1.0,
     });
     net.nodes[3].1.cfg.padding_share = 100;
     let id = net.circuit(&specs);
