@@ -697,6 +697,167 @@ PY
   esac
 }
 
+# The flow-correlation attack (docs/SECURITY.md, timing analysis) on real captures:
+# CORR_N clients, each in its own namespace with `anonnet up` on the testbed's path
+# (gw1, gw2, exit: all share the gateways) and one UDP flow of its own on/off pattern
+# and sizes (netns-tests/correlate.py) to a responder on the server. tcpdump records
+# each client's link to gw1 and the exit's internet side; the attack matches every
+# client to the exit-side flow that correlates best. Run with padding off, adaptive
+# and constant: off must be matched, constant must not, and each row's cost is noted.
+CORR_N=8
+CORR_SECS=30
+CORR_PORT=46001
+CORR_RATE=100
+corr_ns() { echo "corr$1"; }
+
+# corr_topology: namespaces corr1..CORR_N on inet, 198.18.(40+i).2 and
+# 2001:db8:(40+i)::2, each with its own resolv.conf.
+corr_topology() {
+  local i ns n
+  for ((i = 1; i <= CORR_N; i++)); do
+    ns=$(corr_ns "$i")
+    n=$((40 + i))
+    [ ! -e "/run/netns/$ns" ] || { an_err "namespace $ns exists already"; return 1; }
+    an_ns_add "$ns" || return 1
+    an_resolv "$ns" "$AN_SERVER4" || return 1
+    ip -n inet link add "v-$ns" type veth peer name eth0 netns "$ns" || return 1
+    ip -n inet addr add "198.18.$n.1/24" dev "v-$ns" || return 1
+    ip -n inet -6 addr add "2001:db8:$n::1/64" dev "v-$ns" nodad || return 1
+    ip -n "$ns" addr add "198.18.$n.2/24" dev eth0 || return 1
+    ip -n "$ns" -6 addr add "2001:db8:$n::2/64" dev eth0 nodad || return 1
+    ip -n inet link set "v-$ns" up || return 1
+    ip -n "$ns" link set eth0 up || return 1
+    ip -n "$ns" route add default via "198.18.$n.1" || return 1
+    ip -n "$ns" -6 route add default via "2001:db8:$n::1" || return 1
+    an_wait_dad "$ns" || return 1
+  done
+}
+
+# corr_cleanup: stops what runs in corr1..CORR_N and deletes them.
+corr_cleanup() {
+  local i ns name
+  for ((i = 1; i <= CORR_N; i++)); do
+    for name in "flow$i" "cap-corr$i" "corr$i-up"; do an_running "$name" && an_stop "$name" TERM 10; done
+  done
+  an_running cap-corr-exit && an_stop cap-corr-exit INT 5
+  an_running corr-serve && an_stop corr-serve TERM 5
+  for ((i = 1; i <= CORR_N; i++)); do
+    ns=$(corr_ns "$i")
+    [ -e "/run/netns/$ns" ] && ip netns del "$ns"
+    [ -d "/etc/netns/$ns" ] && rm -rf -- "/etc/netns/${ns:?}"
+  done
+  return 0
+}
+
+# corr_run MODE EXTRA_TOML: one round; CORR_OUT gets the attack's line, CORR_FLOWS
+# "sent answered p50 p99" of every flow (one per line).
+corr_run() {
+  local mode=$1 extra=$2 i ns start py pids=() left
+  py=$(an_python)
+  for ((i = 1; i <= CORR_N; i++)); do
+    ns=$(corr_ns "$i")
+    an_client_config "$AN_DIR/$ns-$mode.toml" "$AN_DIR/$ns-state" "198.18.2.2:$AN_PORT"
+    [ -z "$extra" ] || sed -i "s/^\[client\]\$/[client]\n${extra//$'\n'/\\n}/" "$AN_DIR/$ns-$mode.toml"
+    an_start "$ns-up" "$ns" "$AN_DIR/$ns-up-$mode.log" "$AN_BIN" up --config "$AN_DIR/$ns-$mode.toml"
+  done
+  for ((i = 1; i <= CORR_N; i++)); do
+    ns=$(corr_ns "$i")
+    an_wait_log "$AN_DIR/$ns-up-$mode.log" '^anonnet up:' 20 "${AN_PID[$ns-up]}" || {
+      logs "$AN_DIR/$ns-up-$mode.log"
+      fail "$mode: 'anonnet up' in $ns did not come up"
+      return 1
+    }
+  done
+  for ((i = 1; i <= CORR_N; i++)); do
+    ns=$(corr_ns "$i")
+    an_start2 "cap-$ns" "$ns" /dev/null "$AN_DIR/$ns-$mode.pcap.err" tcpdump -i eth0 -n \
+      --immediate-mode -U -s 96 -w "$AN_DIR/$ns-$mode.pcap" "udp and host 198.18.2.2 and port $AN_PORT"
+    an_wait_log "$AN_DIR/$ns-$mode.pcap.err" 'listening on' 10 "$AN_LAST_PID" ||
+      fail "$mode: tcpdump in $ns did not start" || return
+  done
+  an_start2 cap-corr-exit exit /dev/null "$AN_DIR/corr-exit-$mode.pcap.err" tcpdump -i eth0 -n \
+    --immediate-mode -U -s 96 -w "$AN_DIR/corr-exit-$mode.pcap" \
+    "udp and host $AN_SERVER4 and portrange $CORR_PORT-$((CORR_PORT + CORR_N - 1))"
+  an_wait_log "$AN_DIR/corr-exit-$mode.pcap.err" 'listening on' 10 "$AN_LAST_PID" ||
+    fail "$mode: tcpdump on the exit did not start" || return
+  # Every flow starts at the same moment, after the clients' pools are up.
+  start=$(($(date +%s) + 4))
+  echo "$start" >"$AN_DIR/corr-start-$mode"
+  for ((i = 1; i <= CORR_N; i++)); do
+    ns=$(corr_ns "$i")
+    an_start "flow$i" "$ns" "$AN_DIR/flow$i-$mode.out" "$py" "$HERE/correlate.py" flow \
+      "$AN_SERVER4" $((CORR_PORT + i - 1)) "$i" "$start" "$CORR_SECS"
+    pids+=("$AN_LAST_PID")
+  done
+  # The flows end by themselves one second after the window.
+  for ((left = (CORR_SECS + 20) * 10; left > 0; left--)); do
+    for i in "${pids[@]}"; do an_alive "$i" && break; done
+    an_alive "$i" || break
+    sleep 0.1
+  done
+  [ "$left" -gt 0 ] || fail "$mode: the flows did not end within $((CORR_SECS + 20)) s" || return
+  for ((i = 1; i <= CORR_N; i++)); do
+    ns=$(corr_ns "$i")
+    an_stop "flow$i" TERM 1
+    an_stop "cap-$ns" INT 5
+    an_stop "$ns-up" TERM 10
+    tcpdump -n -q -tt -r "$AN_DIR/$ns-$mode.pcap" >"$AN_DIR/$ns-$mode.txt" 2>/dev/null
+  done
+  an_stop cap-corr-exit INT 5
+  tcpdump -n -q -tt -r "$AN_DIR/corr-exit-$mode.pcap" >"$AN_DIR/corr-exit-$mode.txt" 2>/dev/null
+  CORR_FLOWS=$(cat "$AN_DIR"/flow*-"$mode".out)
+  CORR_OUT=$("$py" "$HERE/correlate.py" attack "$start" "$CORR_SECS" \
+    $(for ((i = 1; i <= CORR_N; i++)); do echo "$AN_DIR/$(corr_ns "$i")-$mode.txt"; done) \
+    -- "$AN_DIR/corr-exit-$mode.txt" "$CORR_PORT")
+  [ -n "$CORR_OUT" ] || fail "$mode: the attack printed nothing" || return
+}
+
+# corr_note MODE OFF_BYTES: one row of the table from CORR_OUT and CORR_FLOWS.
+corr_note() {
+  local top1 tpr true wrong bytes rtt
+  read -r top1 tpr true wrong bytes <<<"$CORR_OUT"
+  rtt=$(awk 'NF == 1' <<<"$CORR_FLOWS" | sort -n |
+    awk '{ v[NR] = $1 } END { printf "%s / %s", v[int((NR - 1) * 0.5) + 1], v[int((NR - 1) * 0.99) + 1] }')
+  note "$(printf '%-9s top-1 %5.1f%%, TPR at 1%% FPR %5.1f%%, score true %.2f / wrong %.2f; client links %+.0f%% bytes; round trip p50 / p99 %s ms; %s requests answered' \
+    "$1:" "$(awk -v x="$top1" 'BEGIN { print x * 100 }')" "$(awk -v x="$tpr" 'BEGIN { print x * 100 }')" \
+    "$true" "$wrong" "$(awk -v a="$bytes" -v b="$2" 'BEGIN { print (a / b - 1) * 100 }')" "$rtt" \
+    "$(awk 'NF == 2 { s += $1; a += $2 } END { printf "%d/%d", a, s }' <<<"$CORR_FLOWS")")"
+}
+
+case_flow_correlation() {
+  local off adaptive constant off_bytes sent answered top1 true
+  ensure_gateways || fail "gateways: $GW_REASON" || return
+  corr_topology || { corr_cleanup; fail "could not add the clients' namespaces"; return 1; }
+  an_start corr-serve inet "$AN_DIR/corr-serve.log" "$(an_python)" -u "$HERE/correlate.py" serve \
+    "$AN_SERVER4" "$CORR_PORT" "$CORR_N"
+  an_wait_log "$AN_DIR/corr-serve.log" '^serving' 10 "$AN_LAST_PID" ||
+    { corr_cleanup; fail "the UDP responder did not start"; return 1; }
+  corr_run off '' || { corr_cleanup; return 1; }
+  off=$CORR_OUT
+  off_bytes=$(awk '{ print $5 }' <<<"$off")
+  read -r sent answered < <(awk 'NF == 2 { s += $1; a += $2 } END { print s, a }' <<<"$CORR_FLOWS")
+  corr_note off "$off_bytes"
+  corr_run adaptive 'padding_mode = "adaptive"' || { corr_cleanup; return 1; }
+  adaptive=$CORR_OUT
+  corr_note adaptive "$off_bytes"
+  corr_run constant "padding_mode = \"constant\"
+constant_rate = $CORR_RATE" || { corr_cleanup; return 1; }
+  constant=$CORR_OUT
+  corr_note constant "$off_bytes"
+  corr_cleanup
+  note "chance: top-1 $(awk -v n="$CORR_N" 'BEGIN { printf "%.1f", 100 / n }')%, N = $CORR_N flows over $CORR_SECS s; constant at $CORR_RATE cells/s"
+  [ "$sent" -ge 500 ] || fail "off: only $sent requests were sent" || return
+  [ $((answered * 100)) -ge $((sent * 95)) ] || fail "off: only $answered of $sent requests were answered" || return
+  awk -v x="${off%% *}" 'BEGIN { exit !(x >= 0.75) }' || fail "off: the attack matched only ${off%% *} of the flows; the experiment shows nothing" || return
+  # Constant links carry nothing to correlate: the true pairs score like noise (off:
+  # about 1.8 of 2), and the matches are chance's (P(top-1 > 0.5) < 0.001 by chance).
+  read -r top1 _ true _ <<<"$constant"
+  awk -v x="$top1" -v t="$true" 'BEGIN { exit !(x <= 0.5 && t <= 0.3) }' ||
+    fail "constant: the attack matched $top1 of the flows, true pairs score $true" || return
+  awk -v a="$(awk '{ print $5 }' <<<"$adaptive")" -v b="$off_bytes" 'BEGIN { exit !(a > b * 1.05) }' ||
+    fail "adaptive: the client links carried no padding" || return
+}
+
 # pool_conntrack: the exit's tracked connections whose original source is a pool
 # address (100.96.0.0/12, fd00:96::/64: a circuit's flows before masquerading).
 pool_conntrack() {
@@ -1316,6 +1477,7 @@ run_case traceroute case_traceroute
 run_case server-addresses case_server_addresses
 run_case leak case_leak
 run_case constant-rate case_constant_rate
+run_case flow-correlation case_flow_correlation
 run_case exit-conntrack case_exit_conntrack
 run_case middle-restart case_middle_restart
 run_case exit-restart case_exit_restart
