@@ -10,7 +10,7 @@
 #   --runs N       runs of every topology (default 3, --quick 1); the tables give the
 #                  median and min–max, ratios are taken pair by pair within a run
 #   --only LIST    a subset of: plain, wireguard-go, boringtun, anonnet
-#   --padding MODE the anonnet client's padding_mode: off (default), adaptive or
+#   --padding MODE the anonnet client's padding_mode: adaptive (default), off or
 #                  constant (at its default rate); recorded in meta.json
 #   --out DIR      where results and logs go (default /tmp/anonnet-bench/DATE)
 #   --no-build     use the release binaries already built (fails if missing)
@@ -41,7 +41,7 @@ QUICK=0
 ONLY=plain,wireguard-go,boringtun,anonnet
 OUT=''
 BUILD=1
-PADDING=off
+PADDING=adaptive
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; shift ;;
@@ -434,7 +434,7 @@ bn_an_up() {
   cfg=$AN_DIR/an-$hops-client.toml
   {
     echo '[client]'
-    [ "$PADDING" = off ] || echo "padding_mode = \"$PADDING\""
+    echo "padding_mode = \"$PADDING\""
     for ((k = 1; k <= hops; k++)); do
       printf '\n[[client.path]]\naddr = "198.18.1%s.2:%s"\nkey = "%s"\n' "$k" "$AN_GW_PORT" \
         "$(cat "$AN_DIR/keys/r$k.pub")"

@@ -54,13 +54,13 @@ pub struct ClientConfig {
 }
 
 /// How a client hides when and how much it sends (`client.padding_mode`).
-#[derive(Clone, Debug, PartialEq, Default)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum PaddingMode {
     /// No padding in time: cells go out when there is something to send.
-    #[default]
     Off,
     /// Each circuit runs these `maybenot` padding machines
-    /// (`client.padding_machines`; PROTOCOL §5, adaptive padding).
+    /// (`client.padding_machines`; PROTOCOL §5, adaptive padding). The default mode,
+    /// with [`DEFAULT_PADDING_MACHINES`].
     Adaptive { machines: Vec<MachineSpec> },
     /// PipeNet: the link to each entry carries `rate` full-size cells per second
     /// in both directions whatever the traffic (`client.constant_rate`).
@@ -485,7 +485,7 @@ fn parse_padding_mode(
             format!("is used only with client.padding_mode = {mode:?}"),
         )
     };
-    let mode = mode.unwrap_or("off");
+    let mode = mode.unwrap_or("adaptive");
     if rate.is_some() && mode != "constant" {
         return Err(only("client.constant_rate", "constant"));
     }

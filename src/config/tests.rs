@@ -69,7 +69,12 @@ fn client_example_parses() {
     assert_eq!(c.build_timeout(), Duration::from_secs(5));
     assert_eq!(c.padding, [128, 256, 512, 1024]);
     assert_eq!(c.padding_classes(), [128, 256, 512, 1024, 1251]);
-    assert_eq!(c.padding_mode, PaddingMode::Off);
+    assert_eq!(
+        c.padding_mode,
+        PaddingMode::Adaptive {
+            machines: DEFAULT_PADDING_MACHINES.to_vec()
+        }
+    );
 }
 
 #[test]
@@ -581,7 +586,7 @@ fn mixed_mode_needs_and_takes_a_gateway_section() {
 #[test]
 fn padding_modes() {
     let mode = |extra: &str| parse_client(&cl(extra, 1)).unwrap().padding_mode;
-    assert_eq!(mode(""), PaddingMode::Off);
+    assert_eq!(mode(""), mode("padding_mode = \"adaptive\""));
     assert_eq!(mode("padding_mode = \"off\""), PaddingMode::Off);
     assert_eq!(
         mode("padding_mode = \"constant\""),
@@ -644,7 +649,16 @@ fn padding_modes() {
         "client.padding_machines: needs 1 to 8 machines, got 0"
     );
     assert_eq!(
-        client_err(&cl("padding_machines = [\"netflow\"]", 1)),
+        mode("padding_machines = [\"netflow\"]"),
+        PaddingMode::Adaptive {
+            machines: vec![MachineSpec::Netflow]
+        }
+    );
+    assert_eq!(
+        client_err(&cl(
+            "padding_mode = \"off\"\npadding_machines = [\"netflow\"]",
+            1
+        )),
         "client.padding_machines: is used only with client.padding_mode = \"adaptive\""
     );
     assert_eq!(
