@@ -16,5 +16,6 @@ pub mod iface;
 pub mod ip;
 pub mod onion;
 pub mod ports;
+pub mod reorder;
 pub mod replay;
 pub mod wire;
