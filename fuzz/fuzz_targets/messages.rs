@@ -1,14 +1,18 @@
 //! Every parser of bytes from the network, on the fuzzer's bytes: the link header,
 //! link control, the LINK_INIT payload, BUILD and cell bodies, DATA payload framing
-//! and reassembly, discovery messages and gateway descriptors. The first byte picks
-//! the parser; none may panic (a reassembled packet also stays within its bound).
+//! and reassembly, discovery messages, gateway descriptors, virtual circuits' JOIN,
+//! JOINED and VDATA payloads and their reorder buffer. The first byte picks the
+//! parser; none may panic (a reassembled packet, and the reorder buffer, also stay
+//! within their bounds).
 #![no_main]
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anonnet::discovery::Message;
 use anonnet::proto::descriptor::Descriptor;
 use anonnet::proto::framing::{classify, Reassembler};
+use anonnet::proto::reorder::{Reorder, REORDER_BYTES};
+use anonnet::proto::vc::{split_vdata, Join, Joined};
 use anonnet::proto::wire::{Body, BuildPayload, CtrlHeader, CtrlKind, Header, LinkInitReserved};
 use libfuzzer_sys::fuzz_target;
 
@@ -16,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    match which % 9 {
+    match which % 11 {
         0 => {
             let _ = Header::parse(rest);
         }
@@ -49,6 +53,25 @@ fuzz_target!(|data: &[u8]| {
         }
         7 => {
             let _ = Message::parse(rest);
+        }
+        8 => {
+            let _ = Join::parse(rest);
+            let _ = Joined::parse(rest);
+        }
+        9 => {
+            // VDATA payloads of one virtual circuit in a row, split at each 0xFE
+            // byte; the byte after a chunk's sequence number advances the clock.
+            let mut r = Reorder::default();
+            let (mut now, mut out) = (Instant::now(), Vec::new());
+            for chunk in rest.split(|&b| b == 0xFE) {
+                let Ok((seq, payload)) = split_vdata(chunk) else {
+                    continue;
+                };
+                now += Duration::from_millis(u64::from(payload[0]));
+                let _ = r.push(now, seq, payload.to_vec(), &mut out);
+                r.poll(now, &mut out);
+                assert!(r.held_bytes() <= REORDER_BYTES);
+            }
         }
         _ => {
             let _ = Descriptor::verify(rest, 1_800_000_000);

@@ -18,4 +18,5 @@ pub mod onion;
 pub mod ports;
 pub mod reorder;
 pub mod replay;
+pub mod vc;
 pub mod wire;
