@@ -295,6 +295,21 @@ an_ns_add() {
     net.ipv6.conf.default.accept_ra=0 "$@" >/dev/null
 }
 
+# an_attach NS N: a veth from inet (v-NS) to NS (eth0) with 198.18.N.0/24 and
+# 2001:db8:N::/64, inet .1 and NS .2, and NS's default routes via inet.
+an_attach() {
+  local ns=$1 i=$2
+  ip -n inet link add "v-$ns" type veth peer name eth0 netns "$ns" || return 1
+  ip -n inet addr add "198.18.$i.1/24" dev "v-$ns" || return 1
+  ip -n inet -6 addr add "2001:db8:$i::1/64" dev "v-$ns" nodad || return 1
+  ip -n "$ns" addr add "198.18.$i.2/24" dev eth0 || return 1
+  ip -n "$ns" -6 addr add "2001:db8:$i::2/64" dev eth0 nodad || return 1
+  ip -n inet link set "v-$ns" up || return 1
+  ip -n "$ns" link set eth0 up || return 1
+  ip -n "$ns" route add default via "198.18.$i.1" || return 1
+  ip -n "$ns" -6 route add default via "2001:db8:$i::1" || return 1
+}
+
 an_topology_up() {
   local ns i
   for ns in "${AN_NS[@]}"; do
@@ -314,16 +329,7 @@ an_topology_up() {
   done
   ip -n inet -6 addr add "$AN_SERVER6/128" dev lo nodad || return 1
   for ns in client gw1 gw2 exit; do
-    i=${AN_IDX[$ns]}
-    ip -n inet link add "v-$ns" type veth peer name eth0 netns "$ns" || return 1
-    ip -n inet addr add "198.18.$i.1/24" dev "v-$ns" || return 1
-    ip -n inet -6 addr add "2001:db8:$i::1/64" dev "v-$ns" nodad || return 1
-    ip -n "$ns" addr add "198.18.$i.2/24" dev eth0 || return 1
-    ip -n "$ns" -6 addr add "2001:db8:$i::2/64" dev eth0 nodad || return 1
-    ip -n inet link set "v-$ns" up || return 1
-    ip -n "$ns" link set eth0 up || return 1
-    ip -n "$ns" route add default via "198.18.$i.1" || return 1
-    ip -n "$ns" -6 route add default via "2001:db8:$i::1" || return 1
+    an_attach "$ns" "${AN_IDX[$ns]}" || return 1
   done
   # cont: a container-like host routed through the client (198.19.1.0/24,
   # 2001:db8:c1::/64), for the kill switch's forward chain.

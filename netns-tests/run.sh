@@ -714,22 +714,13 @@ corr_ns() { echo "corr$1"; }
 # corr_topology: namespaces corr1..CORR_N on inet, 198.18.(40+i).2 and
 # 2001:db8:(40+i)::2, each with its own resolv.conf.
 corr_topology() {
-  local i ns n
+  local i ns
   for ((i = 1; i <= CORR_N; i++)); do
     ns=$(corr_ns "$i")
-    n=$((40 + i))
     [ ! -e "/run/netns/$ns" ] || { an_err "namespace $ns exists already"; return 1; }
     an_ns_add "$ns" || return 1
     an_resolv "$ns" "$AN_SERVER4" || return 1
-    ip -n inet link add "v-$ns" type veth peer name eth0 netns "$ns" || return 1
-    ip -n inet addr add "198.18.$n.1/24" dev "v-$ns" || return 1
-    ip -n inet -6 addr add "2001:db8:$n::1/64" dev "v-$ns" nodad || return 1
-    ip -n "$ns" addr add "198.18.$n.2/24" dev eth0 || return 1
-    ip -n "$ns" -6 addr add "2001:db8:$n::2/64" dev eth0 nodad || return 1
-    ip -n inet link set "v-$ns" up || return 1
-    ip -n "$ns" link set eth0 up || return 1
-    ip -n "$ns" route add default via "198.18.$n.1" || return 1
-    ip -n "$ns" -6 route add default via "2001:db8:$n::1" || return 1
+    an_attach "$ns" $((40 + i)) || return 1
     an_wait_dad "$ns" || return 1
   done
 }
