@@ -278,6 +278,7 @@ async fn main() -> Result<()> {
                 Event::ServiceData {
                     circuit,
                     service: Service::Directory,
+                    cmd: _,
                     buf,
                     range,
                 } => {

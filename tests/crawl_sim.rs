@@ -79,6 +79,7 @@ impl Net {
                     Event::ServiceData {
                         circuit,
                         service: Service::Directory,
+                        cmd: _,
                         buf,
                         range,
                     } => dir.on_request(

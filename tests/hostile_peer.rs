@@ -12,6 +12,7 @@ mod forgery;
 use anonnet::node::TAIL_LEN;
 use anonnet::proto::crypto::noise_initiator;
 use anonnet::proto::framing::{FRAGMENT, FRAGMENT_DATA};
+use anonnet::proto::vc::{JOIN_LEN, SEQ_LEN, VC_ID_LEN};
 use anonnet::proto::wire::{Cmd, BODY_HEADER, CTR_FLAG, CTR_PHASE, MAX_BODY, NK_MSG1_EMPTY, SLOTS};
 use forgery::{udp, Action, Session, EXIT_OWN, HOSTILE_PATHS, SERVER};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -74,11 +75,50 @@ fn body(rng: &mut ChaCha20Rng, gateway_key: &[u8; 32]) -> Vec<u8> {
     }
     let cmd = pick(
         rng,
-        &[Cmd::Data as u8, Cmd::Data as u8, 2, 3, 4, 0, 5, 0xFF],
+        &[
+            Cmd::Data as u8,
+            Cmd::Data as u8,
+            2,
+            3,
+            4,
+            0,
+            5,
+            0xFF,
+            Cmd::Join as u8,
+            Cmd::Join as u8,
+            Cmd::Joined as u8,
+            Cmd::VData as u8,
+            Cmd::VData as u8,
+            Cmd::VData as u8,
+            Cmd::VData as u8,
+        ],
     );
     let room = size - BODY_HEADER;
     let inner = match cmd {
         1 => payload(rng, room),
+        7 => {
+            // JOINs of a few virtual circuits (so legs collide and fill them), with
+            // any leg count; or junk.
+            let mut j = vec![pick(rng, &[1u8, 2, 3]); VC_ID_LEN];
+            j.push(pick(rng, &[0, 1, 2, 4, 5, 255]));
+            j.truncate(pick(rng, &[JOIN_LEN, JOIN_LEN, JOIN_LEN - 1, 0]));
+            j.truncate(room);
+            j
+        }
+        9 => {
+            // A sequence number near the start, past the window or anywhere, then a
+            // payload.
+            let seq = match rng.next_u32() % 4 {
+                0 => rng.next_u32(),
+                1 => rng.next_u32() % 300,
+                2 => u32::MAX - rng.next_u32() % 4,
+                _ => 256 + rng.next_u32() % 4,
+            };
+            let mut v = seq.to_be_bytes().to_vec();
+            v.extend(payload(rng, room.saturating_sub(SEQ_LEN)));
+            v.truncate(pick(rng, &[room, room, 3, 0]).min(room));
+            v
+        }
         3 if chance(rng, 50) => {
             // A valid NK msg1 to the hop: a real rekey the client's node never asked for.
             let mut hs = noise_initiator(rng, gateway_key);
@@ -190,4 +230,12 @@ fn valid_keys_and_hostile_cells_crash_nothing_and_every_drop_is_counted() {
     }
     session.report();
     session.finish();
+    // The cells reached the exit's virtual circuits: legs joined and refused,
+    // VDATA off a leg and into a reorder buffer.
+    let vc = session.net.exit.stats().vc;
+    assert!(
+        vc.joined > 0 && vc.refused > 0 && vc.misrouted > 0,
+        "{vc:?}"
+    );
+    assert!(vc.reorder.lost + vc.reorder.delivered > 0, "{vc:?}");
 }

@@ -760,7 +760,7 @@ fn replayed_cells_are_dropped() {
 // ---- the exit's data plane ----------------------------------------------------------
 
 use anonnet::exit::policy::ExitPolicy;
-use anonnet::exit::{Exit, ExitSettings, Verdict};
+use anonnet::exit::{Exit, ExitSettings, Owner, Verdict};
 use anonnet::node::{Buffers, DataPath, Toward};
 use anonnet::proto::addr::{CLIENT_V4, CLIENT_V6};
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice};
@@ -861,12 +861,7 @@ impl Net {
         forwarded: &mut Vec<IpAddr>,
     ) {
         let now = self.now;
-        let new: Vec<Ev> = self.log[*seen..]
-            .iter()
-            .filter(|(_, n, _)| *n == exit_node)
-            .map(|(_, _, e)| e.clone())
-            .collect();
-        *seen = self.log.len();
+        let new = self.events_since(exit_node, seen);
         for e in new {
             match e {
                 Ev::ExitData(c, mut p) => {
@@ -878,7 +873,11 @@ impl Net {
                         Verdict::Forward => {
                             forwarded.push(anonnet::proto::ip::summarize(pkt).expect("sum").src);
                             let mut reply = answer_echo(pkt);
-                            assert_eq!(exit.from_tun(&mut reply), Some(c), "reply maps back");
+                            assert_eq!(
+                                exit.from_tun(&mut reply),
+                                Some(Owner::Circuit(c)),
+                                "reply maps back"
+                            );
                             reply
                         }
                         Verdict::Answer => answer,
@@ -888,7 +887,7 @@ impl Net {
                 }
                 Ev::ExitClosed(c) => {
                     // No kernel here whose connection tracking must forget them first.
-                    if let Some(closed) = exit.close(c) {
+                    if let Some(closed) = exit.close(now, c) {
                         exit.release(closed);
                     }
                     data.forget(c);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anonnet::exit::nat;
 use anonnet::exit::policy::ExitPolicy;
-use anonnet::exit::{Exit, ExitSettings, Verdict};
+use anonnet::exit::{Exit, ExitSettings, Owner, Verdict};
 use anonnet::node::{
     Buffers, CircuitId, DataPath, Event, HopSpec, Node, NodeConfig, Output, Toward, Transmit,
 };
@@ -26,7 +26,7 @@ use anonnet::proto::addr::{CLIENT_V4, CLIENT_V6};
 use anonnet::proto::framing::MAX_PACKET;
 use anonnet::proto::identity::Identity;
 use anonnet::proto::ip;
-use anonnet::proto::wire::{Service, MAX_DATAGRAM, MAX_PAYLOAD, PAYLOAD_OFFSET};
+use anonnet::proto::wire::{Cmd, Service, MAX_DATAGRAM, MAX_PAYLOAD, PAYLOAD_OFFSET};
 use etherparse::PacketBuilder;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -371,6 +371,7 @@ impl Net {
                 Event::ServiceData {
                     circuit,
                     service: Service::Exit,
+                    cmd: Cmd::Data,
                     mut buf,
                     range,
                 },
@@ -383,6 +384,7 @@ impl Net {
                 CLIENT,
                 Event::Data {
                     circuit,
+                    cmd: Cmd::Data,
                     mut buf,
                     range,
                 },
@@ -431,7 +433,7 @@ impl Net {
         let mut buf = tun_read(&mut self.pool, reply);
         stamp(&mut buf[PAYLOAD_OFFSET..], seq);
         match self.exit.from_tun(&mut buf[PAYLOAD_OFFSET..]) {
-            Some(c) if c == circuit => self.send_packet(Toward::Backward(c), buf),
+            Some(Owner::Circuit(c)) if c == circuit => self.send_packet(Toward::Backward(c), buf),
             _ => {
                 self.tally.exit_refused += 1;
                 self.pool.put(buf);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anonnet::discovery::Message;
 use anonnet::proto::descriptor::Descriptor;
-use anonnet::proto::framing::{classify, Reassembler};
+use anonnet::proto::framing::{Carrier, Reassembler};
 use anonnet::proto::reorder::{Reorder, REORDER_BYTES};
 use anonnet::proto::vc::{split_vdata, Join, Joined};
 use anonnet::proto::wire::{Body, BuildPayload, CtrlHeader, CtrlKind, Header, LinkInitReserved};
@@ -40,14 +40,19 @@ fuzz_target!(|data: &[u8]| {
             let _ = Body::parse(rest);
         }
         6 => {
-            // Payloads of one circuit in a row: the input split at each 0xFE byte.
-            let mut r = Reassembler::default();
+            // Payloads of one circuit in a row: the input split at each 0xFE byte;
+            // DATA or VDATA payloads as the first byte is even or odd.
+            let carrier = match rest.first().map(|b| b % 2) {
+                Some(1) => Carrier::VData,
+                _ => Carrier::Data,
+            };
+            let mut r = Reassembler::new(carrier);
             let now = Instant::now();
             for chunk in rest.split(|&b| b == 0xFE) {
-                let _ = classify(chunk);
+                let _ = carrier.classify(chunk);
                 let mut buf = chunk.to_vec();
                 if let Ok(Some(p)) = r.complete(now, &mut buf) {
-                    assert!(p.len() <= anonnet::proto::framing::MAX_PACKET);
+                    assert!(p.len() <= carrier.max_packet());
                 }
             }
         }
@@ -67,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
                 let Ok((seq, payload)) = split_vdata(chunk) else {
                     continue;
                 };
-                now += Duration::from_millis(u64::from(payload[0]));
+                now += Duration::from_millis(u64::from(payload.first().copied().unwrap_or(0)));
                 let _ = r.push(now, seq, payload.to_vec(), &mut out);
                 r.poll(now, &mut out);
                 assert!(r.held_bytes() <= REORDER_BYTES);

@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
                     Verdict::Drop => {}
                 }
                 if which & 0x80 != 0 {
-                    if let Some(closed) = exit.close(circuit) {
+                    if let Some(closed) = exit.close(Instant::now(), circuit) {
                         exit.release(closed);
                     }
                 }

@@ -23,7 +23,7 @@ use super::message::Message;
 use super::outbox::Outbox;
 use super::store::Store;
 use crate::node::{CircuitId, Event, HopSpec, Node};
-use crate::proto::wire::Service;
+use crate::proto::wire::{Cmd, Service};
 
 /// Whom a crawl's queries go through.
 #[derive(Debug, Clone, Copy)]
@@ -303,6 +303,7 @@ impl Crawl {
             }
             Event::Data {
                 circuit,
+                cmd: Cmd::Data,
                 buf,
                 range,
             } if self.open.contains_key(&circuit) => {

@@ -15,7 +15,7 @@ use super::outbox::Outbox;
 use crate::node::{Event, HopSpec, Node};
 use crate::proto::descriptor::{publishable, MAX_ADDRS};
 use crate::proto::identity::Identity;
-use crate::proto::wire::Service;
+use crate::proto::wire::{Cmd, Service};
 
 /// The addresses a gateway's descriptor publishes: `publish` when the operator
 /// named some, else the specific addresses it listens on, else the host's own
@@ -109,6 +109,7 @@ impl GatewayDiscovery {
             Event::ServiceData {
                 circuit,
                 service: Service::Directory,
+                cmd: Cmd::Data,
                 buf,
                 range,
             } => {

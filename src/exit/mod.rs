@@ -8,6 +8,10 @@
 //! addressed to a pool address, which names the circuit; the destination is
 //! rewritten back to the client's address (and, in ICMP errors, the quoted packet's
 //! source too, so that PMTU discovery and traceroute work at the client).
+//!
+//! The circuits that joined a virtual circuit ([`vc`], PROTOCOL §12) share its one
+//! pool address instead: an address belongs to an [`Owner`], a plain circuit or a
+//! virtual circuit.
 
 // Packets from any client's circuit reach this module: no indexing, slicing, unwrap
 // or expect on them (SECURITY.md).
@@ -16,6 +20,7 @@
 pub mod limits;
 pub mod nat;
 pub mod policy;
+pub mod vc;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -25,10 +30,12 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use self::limits::FlowTable;
 use self::policy::ExitPolicy;
+use self::vc::{Accepted, Due, JoinError, Vcs};
 use crate::node::CircuitId;
 use crate::proto::addr::{self, DNS_V4, DNS_V6};
 use crate::proto::bucket::TokenBucket;
 use crate::proto::ip::{self, FlowKey, PROTO_TCP, PROTO_UDP};
+use crate::proto::vc::VcId;
 
 /// A flow with no packet from the client for this long no longer counts against the
 /// circuit's flow limit.
@@ -44,6 +51,31 @@ pub enum Verdict {
     Answer,
     /// Dropped (counted in [`ExitStats`]).
     Drop,
+}
+
+/// What a pool address belongs to: the circuit it came out of, or the virtual
+/// circuit that circuit is a leg of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Circuit(CircuitId),
+    Vc(VcId),
+}
+
+impl From<CircuitId> for Owner {
+    fn from(c: CircuitId) -> Self {
+        Self::Circuit(c)
+    }
+}
+
+/// What came due at [`Exit::handle_timeout`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum ExitDue {
+    /// Packets of a virtual circuit released from its reorder buffer, in order, for
+    /// [`Exit::from_circuit`].
+    Packets(Owner, Vec<Vec<u8>>),
+    /// A virtual circuit without legs expired: its addresses, for [`Exit::release`]
+    /// once the kernel forgot their connections (`None` if it never sent a packet).
+    Closed(Option<Closed>),
 }
 
 /// The pool addresses of a closed circuit, held back until [`Exit::release`].
@@ -66,6 +98,8 @@ pub struct ExitStats {
     pub dropped_flows: u64,
     pub dropped_pool_exhausted: u64,
     pub dropped_no_circuit: u64,
+    /// Virtual circuits.
+    pub vc: vc::VcStats,
 }
 
 /// Settings of the exit logic.
@@ -90,8 +124,9 @@ struct CircuitState {
 /// The exit's table of circuits and their pool addresses.
 pub struct Exit {
     cfg: ExitSettings,
-    circuits: HashMap<CircuitId, CircuitState>,
-    by_index: HashMap<u32, CircuitId>,
+    circuits: HashMap<Owner, CircuitState>,
+    by_index: HashMap<u32, Owner>,
+    vcs: Vcs,
     free: VecDeque<u32>,
     next_index: u32,
     capacity: u32,
@@ -112,6 +147,7 @@ impl Exit {
             cfg,
             circuits: HashMap::new(),
             by_index: HashMap::new(),
+            vcs: Vcs::default(),
             free: VecDeque::new(),
             next_index: 1,
             capacity,
@@ -120,22 +156,88 @@ impl Exit {
     }
 
     #[must_use]
-    pub fn stats(&self) -> &ExitStats {
-        &self.stats
+    pub fn stats(&self) -> ExitStats {
+        ExitStats {
+            vc: self.vcs.stats(),
+            ..self.stats.clone()
+        }
     }
 
-    /// Circuits holding a pool address.
+    /// Circuits and virtual circuits holding a pool address.
     #[must_use]
     pub fn circuits(&self) -> usize {
         self.circuits.len()
     }
 
-    /// The pool addresses of a circuit, once it has sent a packet.
+    /// The virtual circuits.
     #[must_use]
-    pub fn addresses(&self, circuit: CircuitId) -> Option<(Ipv4Addr, Ipv6Addr)> {
+    pub fn vcs(&self) -> &Vcs {
+        &self.vcs
+    }
+
+    /// The pool addresses of a circuit or virtual circuit, once it has sent a packet.
+    #[must_use]
+    pub fn addresses(&self, owner: impl Into<Owner>) -> Option<(Ipv4Addr, Ipv6Addr)> {
         self.circuits
-            .get(&circuit)
+            .get(&owner.into())
             .map(|c| (self.addr4(c.index), self.addr6(c.index)))
+    }
+
+    /// A JOIN payload on `circuit`: the number of legs its virtual circuit now has
+    /// (for JOINED) and the leg it replaced (to be destroyed), or why it was refused
+    /// (the circuit is then to be destroyed).
+    pub fn join(
+        &mut self,
+        now: Instant,
+        circuit: CircuitId,
+        payload: &[u8],
+    ) -> Result<Accepted, JoinError> {
+        let carried = self.circuits.contains_key(&Owner::Circuit(circuit));
+        self.vcs.join(now, circuit, payload, carried)
+    }
+
+    /// Forward packet number `seq` of the virtual circuit `circuit` is a leg of, in
+    /// `buf` (laid out as the caller's packets are): the packets it lets out of the
+    /// reorder buffer, in order, are appended to `out` for [`Exit::from_circuit`]
+    /// with the returned owner. Off a leg or dropped, the buffer comes back.
+    pub fn from_leg(
+        &mut self,
+        now: Instant,
+        circuit: CircuitId,
+        seq: u32,
+        buf: Vec<u8>,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<Owner, Vec<u8>> {
+        self.vcs.forward(now, circuit, seq, buf, out).map(Owner::Vc)
+    }
+
+    /// Where a backward packet of `owner` goes: its circuit, or the chosen leg of its
+    /// virtual circuit with the packet's number. `None`: a virtual circuit without
+    /// legs.
+    pub fn route_back(&mut self, owner: Owner) -> Option<(CircuitId, Option<u32>)> {
+        match owner {
+            Owner::Circuit(c) => Some((c, None)),
+            Owner::Vc(id) => self.vcs.backward(&id).map(|(c, s)| (c, Some(s))),
+        }
+    }
+
+    /// Counts a VDATA on a circuit that is not a leg.
+    pub fn misrouted(&mut self) {
+        self.vcs.misrouted();
+    }
+
+    /// When [`Exit::handle_timeout`] has something to do.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.vcs.poll_timeout()
+    }
+
+    /// The next thing that came due by `now`; call until `None`.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<ExitDue> {
+        Some(match self.vcs.handle_timeout(now)? {
+            Due::Packets(id, p) => ExitDue::Packets(Owner::Vc(id), p),
+            Due::Expired(id) => ExitDue::Closed(self.close_owner(Owner::Vc(id))),
+        })
     }
 
     fn addr4(&self, index: u32) -> Ipv4Addr {
@@ -162,15 +264,23 @@ impl Exit {
             .filter(|&i| i >= 1 && i <= self.capacity)
     }
 
-    /// A packet from `circuit`'s client, in `pkt` (rewritten in place). On
+    /// A packet from `owner`'s client, in `pkt` (rewritten in place): from a
+    /// circuit's DATA, or let out of a virtual circuit's reorder buffer. On
     /// [`Verdict::Answer`] the ICMP rejection is in `answer`.
     pub fn from_circuit(
         &mut self,
         now: Instant,
-        circuit: CircuitId,
+        owner: impl Into<Owner>,
         pkt: &mut [u8],
         answer: &mut Vec<u8>,
     ) -> Verdict {
+        let circuit = owner.into();
+        if let Owner::Circuit(c) = circuit {
+            if self.vcs.vc_of(c).is_some() {
+                self.vcs.misrouted();
+                return Verdict::Drop;
+            }
+        }
         let Ok(sum) = ip::summarize(pkt) else {
             self.stats.dropped_malformed += 1;
             return Verdict::Drop;
@@ -248,9 +358,10 @@ impl Exit {
         Verdict::Forward
     }
 
-    /// A packet read from the TUN device: returns the circuit it belongs to, with
-    /// the destination rewritten to the client's address, or `None` to drop it.
-    pub fn from_tun(&mut self, pkt: &mut [u8]) -> Option<CircuitId> {
+    /// A packet read from the TUN device: returns the circuit or virtual circuit it
+    /// belongs to ([`Exit::route_back`] says where it goes), with the destination
+    /// rewritten to the client's address, or `None` to drop it.
+    pub fn from_tun(&mut self, pkt: &mut [u8]) -> Option<Owner> {
         let Ok(sum) = ip::summarize(pkt) else {
             self.stats.dropped_malformed += 1;
             return None;
@@ -279,13 +390,21 @@ impl Exit {
         Some(id)
     }
 
-    /// Frees a circuit's pool addresses.
     /// Forgets a closed circuit. Its pool addresses are not handed out again until
     /// the caller passes the returned [`Closed`] to [`Exit::release`], once the
     /// kernel's connection tracking forgot their flows: else a late reply to the old
-    /// circuit would reach the next client given the same address.
-    pub fn close(&mut self, circuit: CircuitId) -> Option<Closed> {
-        let c = self.circuits.remove(&circuit)?;
+    /// circuit would reach the next client given the same address. A leg of a
+    /// virtual circuit leaves it instead; the virtual circuit keeps its address
+    /// ([`ExitDue::Closed`] hands it over when it expires).
+    pub fn close(&mut self, now: Instant, circuit: CircuitId) -> Option<Closed> {
+        if self.vcs.leg_closed(now, circuit).is_some() {
+            return None;
+        }
+        self.close_owner(Owner::Circuit(circuit))
+    }
+
+    fn close_owner(&mut self, owner: Owner) -> Option<Closed> {
+        let c = self.circuits.remove(&owner)?;
         self.by_index.remove(&c.index);
         Some(Closed {
             v4: self.addr4(c.index),

@@ -45,10 +45,10 @@ fn pool_addresses_fresh_first_then_oldest_freed() {
         }
     }
     assert_eq!(x.stats().dropped_pool_exhausted, 1);
-    let one = x.close(CircuitId(1)).unwrap();
-    let zero = x.close(CircuitId(0)).unwrap();
+    let one = x.close(t, CircuitId(1)).unwrap();
+    let zero = x.close(t, CircuitId(0)).unwrap();
     assert_eq!(one.v4, Ipv4Addr::new(100, 96, 0, 2));
-    assert_eq!(x.close(CircuitId(0)), None);
+    assert_eq!(x.close(t, CircuitId(0)), None);
     // Closed but not released (the kernel may still track their flows): not reused.
     let mut p = udp([198, 18, 0, 1], 1000, 53);
     assert_eq!(
@@ -90,7 +90,7 @@ fn replies_map_back_and_strangers_drop() {
         .udp(80, 1000)
         .write(&mut reply, b"hi")
         .unwrap();
-    assert_eq!(x.from_tun(&mut reply), Some(CircuitId(5)));
+    assert_eq!(x.from_tun(&mut reply), Some(Owner::Circuit(CircuitId(5))));
     assert_eq!(ip::summarize(&reply).unwrap().dst, IpAddr::V4(CLIENT_V4));
     let mut stray = Vec::new();
     PacketBuilder::ipv4([198, 18, 0, 1], [100, 96, 0, 9], 64)

@@ -219,9 +219,10 @@ impl Node {
         }
         let first = cell.payload(1).and_then(<[u8]>::first).copied();
         match b.cmd {
-            Cmd::Data if origin + 1 == hops => {
+            Cmd::Data | Cmd::Joined | Cmd::VData if origin + 1 == hops => {
                 self.events.push_back(Event::Data {
                     circuit: id,
+                    cmd: b.cmd,
                     buf,
                     range: wire::payload_range(b.len),
                 });
@@ -349,13 +350,31 @@ impl Node {
         buf: Vec<u8>,
         len: usize,
     ) -> Result<Option<Transmit>, SendError> {
+        self.send_cell(now, rng, id, Cmd::Data, buf, len)
+    }
+
+    /// Sends a cell of command `cmd` (DATA, JOIN or VDATA: what a client puts into
+    /// its circuit for the last hop) on own circuit `id`, laid out as for
+    /// [`Node::send_data`].
+    pub fn send_cell(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: CircuitId,
+        cmd: Cmd,
+        buf: Vec<u8>,
+        len: usize,
+    ) -> Result<Option<Transmit>, SendError> {
+        if !matches!(cmd, Cmd::Data | Cmd::Join | Cmd::VData) {
+            return Err(SendError::Command(cmd));
+        }
         self.observe(now);
         let hops = self.sendable(id, len)?;
         if buf.len() < PAYLOAD_OFFSET + len {
             return Err(SendError::ShortBuffer);
         }
         let target = hops.saturating_sub(1);
-        sent(self.send_body(now, rng, id, target, Cmd::Data, len, buf))
+        sent(self.send_body(now, rng, id, target, cmd, len, buf))
     }
 
     /// The number of hops of own circuit `id`, if a payload of `len` bytes may be sent

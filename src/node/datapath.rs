@@ -8,6 +8,10 @@
 //! for their slots and come out of [`Node::poll_transmit`]); [`DataPath::receive`] turns the payloads of
 //! a circuit's DATA cells back into packets. Fragment buffers come from the driver's
 //! [`Buffers`], so steady-state traffic allocates nothing.
+//!
+//! On the legs of a virtual circuit (PROTOCOL §12) packets travel in VDATA cells
+//! instead, each payload after the packet's sequence number ([`DataPath::send_seq`],
+//! [`DataPath::receive_seq`]); ordering them is the virtual circuit's business.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -16,8 +20,9 @@ use rand_core::{CryptoRng, RngCore};
 use thiserror::Error;
 
 use crate::node::{CircuitId, Node, SendError, Transmit};
-use crate::proto::framing::{self, Fragmenter, PayloadError, Reassembler, Split};
-use crate::proto::wire::{MAX_PAYLOAD, PAYLOAD_OFFSET};
+use crate::proto::framing::{Carrier, Fragmenter, PayloadError, Reassembler, Split};
+use crate::proto::vc::{self, SEQ_LEN};
+use crate::proto::wire::{Cmd, MAX_PAYLOAD, PAYLOAD_OFFSET};
 
 /// Where a tunnel end gets the buffers of fragments and returns the buffers of
 /// packets it has sent in fragments or dropped.
@@ -40,7 +45,7 @@ pub enum Toward {
 /// Why a packet was not sent (whole or in part).
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
-    #[error("packet of {0} bytes is larger than {max}", max = framing::MAX_PACKET)]
+    #[error("packet of {0} bytes is larger than a circuit carries")]
     TooLarge(usize),
     #[error(transparent)]
     Send(#[from] SendError),
@@ -67,13 +72,52 @@ impl DataPath {
         buf: Vec<u8>,
         bufs: &mut impl Buffers,
     ) -> Result<(), Dropped> {
+        self.send_as(now, rng, node, to, None, buf, bufs)
+    }
+
+    /// [`DataPath::send`] in VDATA cells: packet number `seq` of a virtual circuit,
+    /// on its leg `to`. Every fragment carries the number.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_seq(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        node: &mut Node,
+        to: Toward,
+        seq: u32,
+        buf: Vec<u8>,
+        bufs: &mut impl Buffers,
+    ) -> Result<(), Dropped> {
+        self.send_as(now, rng, node, to, Some(seq), buf, bufs)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_as(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        node: &mut Node,
+        to: Toward,
+        seq: Option<u32>,
+        mut buf: Vec<u8>,
+        bufs: &mut impl Buffers,
+    ) -> Result<(), Dropped> {
         let Some(len) = buf.len().checked_sub(PAYLOAD_OFFSET) else {
             bufs.put(buf);
             return Err(SendError::ShortBuffer.into());
         };
-        match self.frag.split(len) {
+        let (carrier, cmd, head) = match seq {
+            None => (Carrier::Data, Cmd::Data, 0),
+            Some(_) => (Carrier::VData, Cmd::VData, SEQ_LEN),
+        };
+        let number = seq.unwrap_or_default().to_be_bytes();
+        match self.frag.split(len, carrier) {
             Split::Whole => {
-                self.queue.extend(seal(now, rng, node, to, buf, len)?);
+                if seq.is_some() {
+                    buf.splice(PAYLOAD_OFFSET..PAYLOAD_OFFSET, number);
+                }
+                self.queue
+                    .extend(seal(now, rng, node, to, cmd, buf, head + len)?);
                 Ok(())
             }
             Split::TooLarge => {
@@ -85,14 +129,23 @@ impl DataPath {
                     let packet = buf.get(PAYLOAD_OFFSET..).unwrap_or_default();
                     let mut f = bufs.get();
                     f.resize(PAYLOAD_OFFSET + MAX_PAYLOAD, 0);
-                    let written = f
-                        .get_mut(PAYLOAD_OFFSET..)
-                        .and_then(|out| framing::write_fragment(packet, id, i, out));
+                    let written = f.get_mut(PAYLOAD_OFFSET..).and_then(|out| {
+                        let frag = match seq {
+                            Some(_) => {
+                                let (n, rest) = out.split_first_chunk_mut::<SEQ_LEN>()?;
+                                *n = number;
+                                rest
+                            }
+                            None => out,
+                        };
+                        carrier.write_fragment(packet, id, i, frag)
+                    });
                     let Some(n) = written else {
                         bufs.put(f);
                         return Err(Dropped::TooLarge(len));
                     };
-                    self.queue.extend(seal(now, rng, node, to, f, n)?);
+                    self.queue
+                        .extend(seal(now, rng, node, to, cmd, f, head + n)?);
                     Ok(())
                 });
                 bufs.put(buf);
@@ -115,10 +168,39 @@ impl DataPath {
         circuit: CircuitId,
         payload: &'a mut [u8],
     ) -> Result<Option<&'a mut [u8]>, PayloadError> {
-        self.reasm
-            .entry(circuit)
-            .or_default()
+        self.reassembler(circuit, Carrier::Data)
             .complete(now, payload)
+    }
+
+    /// [`DataPath::receive`] for a VDATA payload: the packet it completes with its
+    /// sequence number.
+    pub fn receive_seq<'a>(
+        &'a mut self,
+        now: Instant,
+        circuit: CircuitId,
+        payload: &'a mut [u8],
+    ) -> Result<Option<(u32, &'a mut [u8])>, PayloadError> {
+        let seq = vc::split_vdata(payload)
+            .map_err(|_| PayloadError::NoSequence)?
+            .0;
+        let rest = payload.get_mut(SEQ_LEN..).unwrap_or_default();
+        let packet = self
+            .reassembler(circuit, Carrier::VData)
+            .complete(now, rest)?;
+        Ok(packet.map(|p| (seq, p)))
+    }
+
+    /// The circuit's reassembler, for payloads of `carrier` (a circuit carries one
+    /// kind: what is pending of the other is dropped).
+    fn reassembler(&mut self, circuit: CircuitId, carrier: Carrier) -> &mut Reassembler {
+        let r = self
+            .reasm
+            .entry(circuit)
+            .or_insert_with(|| Reassembler::new(carrier));
+        if r.carrier() != carrier {
+            *r = Reassembler::new(carrier);
+        }
+        r
     }
 
     /// Drops what is being reassembled for a circuit that ended.
@@ -132,11 +214,12 @@ fn seal(
     rng: &mut (impl RngCore + CryptoRng),
     node: &mut Node,
     to: Toward,
+    cmd: Cmd,
     buf: Vec<u8>,
     len: usize,
 ) -> Result<Option<Transmit>, SendError> {
     match to {
-        Toward::Forward(id) => node.send_data(now, rng, id, buf, len),
-        Toward::Backward(id) => node.send_backward(now, id, buf, len),
+        Toward::Forward(id) => node.send_cell(now, rng, id, cmd, buf, len),
+        Toward::Backward(id) => node.send_backward_cell(now, id, cmd, buf, len),
     }
 }

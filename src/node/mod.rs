@@ -234,18 +234,22 @@ impl DownReason {
 pub enum Event {
     CircuitUp(CircuitId),
     CircuitDown(CircuitId, DownReason),
-    /// DATA arrived on a circuit: the payload is `buf[range]`.
+    /// DATA (or JOINED or VDATA, PROTOCOL §12) arrived from the last hop of an own
+    /// circuit: the payload is `buf[range]`.
     Data {
         circuit: CircuitId,
+        cmd: Cmd,
         buf: Vec<u8>,
         range: Range<usize>,
     },
     /// DATA arrived at this gateway as the terminal hop of a circuit for `service`
-    /// (exit or directory): the payload is `buf[range]`. Answers go back with
-    /// [`Node::send_backward`].
+    /// (exit or directory; or JOIN or VDATA for the exit): the payload is
+    /// `buf[range]`. Answers go back with [`Node::send_backward`] (or
+    /// [`Node::send_backward_cell`]).
     ServiceData {
         circuit: CircuitId,
         service: Service,
+        cmd: Cmd,
         buf: Vec<u8>,
         range: Range<usize>,
     },
@@ -282,6 +286,8 @@ pub enum SendError {
     NoSuchHop(usize),
     #[error("the circuit's paced link has a full queue")]
     Paced,
+    #[error("{0:?} is not a command the caller sends with a payload")]
+    Command(Cmd),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

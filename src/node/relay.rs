@@ -304,10 +304,14 @@ impl Node {
         match body.cmd {
             Cmd::Keepalive => {}
             Cmd::Data if r.service == Service::Echo => {}
-            Cmd::Data if matches!(r.service, Service::Exit | Service::Directory) => {
+            Cmd::Data | Cmd::Join | Cmd::VData
+                if r.service == Service::Exit
+                    || (r.service == Service::Directory && body.cmd == Cmd::Data) =>
+            {
                 self.events.push_back(Event::ServiceData {
                     circuit: CircuitId(id),
                     service: r.service,
+                    cmd: body.cmd,
                     buf,
                     range: wire::payload_range(body.len),
                 });
@@ -435,6 +439,22 @@ impl Node {
         buf: Vec<u8>,
         len: usize,
     ) -> Result<Option<Transmit>, SendError> {
+        self.send_backward_cell(now, id, Cmd::Data, buf, len)
+    }
+
+    /// Sends a cell of command `cmd` backward, as [`Node::send_backward`]: DATA, or
+    /// JOINED or VDATA on an exit circuit.
+    pub fn send_backward_cell(
+        &mut self,
+        now: Instant,
+        id: CircuitId,
+        cmd: Cmd,
+        buf: Vec<u8>,
+        len: usize,
+    ) -> Result<Option<Transmit>, SendError> {
+        if !matches!(cmd, Cmd::Data | Cmd::Joined | Cmd::VData) {
+            return Err(SendError::Command(cmd));
+        }
         self.observe(now);
         if len > MAX_PAYLOAD {
             return Err(SendError::TooLarge(len));
@@ -443,13 +463,29 @@ impl Node {
             return Err(SendError::ShortBuffer);
         }
         let r = self.relays.get(&id.0).ok_or(SendError::NoCircuit)?;
-        if !matches!(r.service, Service::Exit | Service::Directory) || r.next.is_some() {
+        let serves =
+            r.service == Service::Exit || (r.service == Service::Directory && cmd == Cmd::Data);
+        if !serves || r.next.is_some() {
             return Err(SendError::NoCircuit);
         }
         if !self.link_has_room(r.prev.0) {
             return Err(SendError::Paced);
         }
-        sent(self.originate_body(now, id.0, Cmd::Data, len, buf))
+        sent(self.originate_body(now, id.0, cmd, len, buf))
+    }
+
+    /// Ends a circuit this gateway terminates for a service, whose client broke the
+    /// service's protocol (a refused JOIN): DESTROY backward (reason protocol) and
+    /// [`Event::ServiceClosed`]. Counted in `dropped_protocol`.
+    pub fn destroy_service(&mut self, id: CircuitId) {
+        let serves = self
+            .relays
+            .get(&id.0)
+            .is_some_and(|r| r.next.is_none() && r.service != Service::Relay);
+        if serves {
+            self.stats.dropped_protocol += 1;
+            self.drop_relay(id.0, DestroyReason::Protocol, None);
+        }
     }
 
     /// Tells the client of relayed circuit `id`, whose next hop's link died, that

@@ -22,8 +22,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-use crate::proto::framing;
+use crate::proto::framing::{self, Carrier, PayloadError};
 use crate::proto::identity::Identity;
+use crate::proto::vc;
 use crate::proto::wire::{MsgType, CELL_SAMPLE, CELL_SLOTS, PAYLOAD_OFFSET};
 
 /// Nodes that hand each other every datagram at once, on one fixed clock.
@@ -51,6 +52,7 @@ impl Mini {
                 static_key: Some(*id.secret()),
                 echo: true,
                 exit: true,
+                directory: true,
                 ..NodeConfig::default()
             };
             nodes.push((

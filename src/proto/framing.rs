@@ -1,6 +1,7 @@
-//! Tunnel payloads: how IP packets ride in the DATA cells of an exit circuit.
+//! Tunnel payloads: how IP packets ride in the DATA cells of an exit circuit (or
+//! the VDATA cells of a virtual circuit's legs, after their sequence number).
 //!
-//! A DATA payload of an exit circuit is either a whole IP packet (its first nibble
+//! A tunnel payload is either a whole IP packet (its first nibble
 //! is the IP version, 4 or 6) or a fragment of one (first byte [`FRAGMENT`]). A cell
 //! carries at most [`MAX_PAYLOAD`] bytes, less than the 1280 bytes IPv6 requires of a
 //! link, so larger packets are split into up to [`MAX_FRAGMENTS`] fragments:
@@ -10,8 +11,10 @@
 //! | 0x10 | id (2) | index | count | data ...
 //! ```
 //!
-//! Every fragment but the last carries exactly [`FRAGMENT_DATA`] bytes, so a
-//! fragment's offset is `index * FRAGMENT_DATA`. The receiver keeps
+//! Every fragment but the last fills its cell: it carries exactly
+//! [`Carrier::stride`] bytes ([`FRAGMENT_DATA`] in DATA cells, 4 fewer in the VDATA
+//! cells of a virtual circuit, whose payload starts with a sequence number), so a
+//! fragment's offset is `index * stride`. The receiver keeps
 //! [`REASSEMBLY_SLOTS`] packets in progress per circuit; a newer id takes the oldest
 //! slot, and a slot older than [`REASSEMBLY_TIMEOUT`] is abandoned.
 
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::proto::vc::MAX_VDATA;
 use crate::proto::wire::MAX_PAYLOAD;
 
 /// First byte of a fragment payload (version nibble 1, never an IP version).
@@ -29,7 +33,8 @@ pub const FRAGMENT_HEADER: usize = 5;
 pub const FRAGMENT_DATA: usize = MAX_PAYLOAD - FRAGMENT_HEADER;
 /// Fragments per packet at most.
 pub const MAX_FRAGMENTS: usize = 4;
-/// The largest packet a circuit carries (4,972 bytes): the upper bound of the MTU.
+/// The largest packet a circuit carries in DATA cells (4,972 bytes): the upper
+/// bound of the MTU.
 pub const MAX_PACKET: usize = MAX_FRAGMENTS * FRAGMENT_DATA;
 /// Packets being reassembled at once per circuit and direction.
 pub const REASSEMBLY_SLOTS: usize = 4;
@@ -45,6 +50,8 @@ pub enum PayloadError {
     UnknownType(u8),
     #[error("malformed fragment header")]
     BadFragment,
+    #[error("VDATA payload shorter than its sequence number")]
+    NoSequence,
 }
 
 /// What a DATA payload holds.
@@ -59,64 +66,107 @@ pub enum Payload<'a> {
     },
 }
 
-/// Classifies a DATA payload.
-pub fn classify(payload: &[u8]) -> Result<Payload<'_>, PayloadError> {
-    let first = *payload.first().ok_or(PayloadError::Empty)?;
-    match first >> 4 {
-        4 | 6 => Ok(Payload::Packet(payload)),
-        _ if first == FRAGMENT => {
-            let Some((&[_, id0, id1, index, count], data)) =
-                payload.split_first_chunk::<FRAGMENT_HEADER>()
-            else {
-                return Err(PayloadError::BadFragment);
-            };
-            let last = usize::from(index) + 1 == usize::from(count);
-            if data.is_empty()
-                || count < 2
-                || usize::from(count) > MAX_FRAGMENTS
-                || index >= count
-                || (!last && data.len() != FRAGMENT_DATA)
-                || data.len() > FRAGMENT_DATA
-            {
-                return Err(PayloadError::BadFragment);
-            }
-            Ok(Payload::Fragment {
-                id: u16::from_be_bytes([id0, id1]),
-                index,
-                count,
-                data,
-            })
+/// The cells a circuit's tunnel payloads ride in, which set the room for a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Carrier {
+    /// DATA: the whole cell payload ([`MAX_PAYLOAD`]).
+    #[default]
+    Data,
+    /// VDATA of a virtual circuit: the cell payload less its sequence number
+    /// ([`MAX_VDATA`]).
+    VData,
+}
+
+impl Carrier {
+    /// The most bytes of one tunnel payload.
+    #[must_use]
+    pub const fn capacity(self) -> usize {
+        match self {
+            Self::Data => MAX_PAYLOAD,
+            Self::VData => MAX_VDATA,
         }
-        _ => Err(PayloadError::UnknownType(first)),
     }
-}
 
-/// How many fragments a packet of `len` bytes needs (1 = it fits in one cell whole).
-#[must_use]
-pub fn fragment_count(len: usize) -> usize {
-    if len <= MAX_PAYLOAD {
-        1
-    } else {
-        len.div_ceil(FRAGMENT_DATA)
+    /// Data bytes in every fragment but the last.
+    #[must_use]
+    pub const fn stride(self) -> usize {
+        self.capacity() - FRAGMENT_HEADER
     }
-}
 
-/// Writes fragment `index` of `packet` (which needs 2 to [`MAX_FRAGMENTS`] fragments)
-/// into `out` and returns the payload length: `None`, with nothing written, if the
-/// packet needs no fragmenting or more than [`MAX_FRAGMENTS`] fragments, if it has
-/// no fragment `index`, or if `out` is shorter than the fragment.
-pub fn write_fragment(packet: &[u8], id: u16, index: usize, out: &mut [u8]) -> Option<usize> {
-    let count = fragment_count(packet.len());
-    if !(2..=MAX_FRAGMENTS).contains(&count) {
-        return None;
+    /// The largest packet carried: [`MAX_FRAGMENTS`] full fragments.
+    #[must_use]
+    pub const fn max_packet(self) -> usize {
+        MAX_FRAGMENTS * self.stride()
     }
-    let data = packet.chunks(FRAGMENT_DATA).nth(index)?;
-    let (header, body) = out.split_first_chunk_mut::<FRAGMENT_HEADER>()?;
-    body.get_mut(..data.len())?.copy_from_slice(data);
-    let [id0, id1] = id.to_be_bytes();
-    // index < count <= MAX_FRAGMENTS: both fit a byte.
-    *header = [FRAGMENT, id0, id1, index as u8, count as u8];
-    Some(FRAGMENT_HEADER + data.len())
+
+    /// Classifies a tunnel payload.
+    pub fn classify(self, payload: &[u8]) -> Result<Payload<'_>, PayloadError> {
+        let first = *payload.first().ok_or(PayloadError::Empty)?;
+        match first >> 4 {
+            4 | 6 => Ok(Payload::Packet(payload)),
+            _ if first == FRAGMENT => {
+                let Some((&[_, id0, id1, index, count], data)) =
+                    payload.split_first_chunk::<FRAGMENT_HEADER>()
+                else {
+                    return Err(PayloadError::BadFragment);
+                };
+                let last = usize::from(index) + 1 == usize::from(count);
+                let stride = self.stride();
+                if data.is_empty()
+                    || count < 2
+                    || usize::from(count) > MAX_FRAGMENTS
+                    || index >= count
+                    || (!last && data.len() != stride)
+                    || data.len() > stride
+                {
+                    return Err(PayloadError::BadFragment);
+                }
+                Ok(Payload::Fragment {
+                    id: u16::from_be_bytes([id0, id1]),
+                    index,
+                    count,
+                    data,
+                })
+            }
+            _ => Err(PayloadError::UnknownType(first)),
+        }
+    }
+
+    /// How many fragments a packet of `len` bytes needs (1 = it fits in one cell
+    /// whole).
+    #[must_use]
+    pub fn fragment_count(self, len: usize) -> usize {
+        if len <= self.capacity() {
+            1
+        } else {
+            len.div_ceil(self.stride())
+        }
+    }
+
+    /// Writes fragment `index` of `packet` (which needs 2 to [`MAX_FRAGMENTS`]
+    /// fragments) into `out` and returns the payload length: `None`, with nothing
+    /// written, if the packet needs no fragmenting or more than [`MAX_FRAGMENTS`]
+    /// fragments, if it has no fragment `index`, or if `out` is shorter than the
+    /// fragment.
+    pub fn write_fragment(
+        self,
+        packet: &[u8],
+        id: u16,
+        index: usize,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let count = self.fragment_count(packet.len());
+        if !(2..=MAX_FRAGMENTS).contains(&count) {
+            return None;
+        }
+        let data = packet.chunks(self.stride()).nth(index)?;
+        let (header, body) = out.split_first_chunk_mut::<FRAGMENT_HEADER>()?;
+        body.get_mut(..data.len())?.copy_from_slice(data);
+        let [id0, id1] = id.to_be_bytes();
+        // index < count <= MAX_FRAGMENTS: both fit a byte.
+        *header = [FRAGMENT, id0, id1, index as u8, count as u8];
+        Some(FRAGMENT_HEADER + data.len())
+    }
 }
 
 /// How a packet goes into a circuit's cells.
@@ -124,9 +174,9 @@ pub fn write_fragment(packet: &[u8], id: u16, index: usize, out: &mut [u8]) -> O
 pub enum Split {
     /// Whole, in one cell.
     Whole,
-    /// As `count` fragments that share `id`, each written by [`write_fragment`].
+    /// As `count` fragments that share `id`, each written by [`Carrier::write_fragment`].
     Fragments { id: u16, count: usize },
-    /// Larger than [`MAX_PACKET`]: not carried.
+    /// Larger than [`Carrier::max_packet`]: not carried.
     TooLarge,
 }
 
@@ -139,9 +189,10 @@ pub struct Fragmenter {
 }
 
 impl Fragmenter {
-    /// How a packet of `len` bytes is sent; a fragmented packet takes the next id.
-    pub fn split(&mut self, len: usize) -> Split {
-        match fragment_count(len) {
+    /// How a packet of `len` bytes is sent in `carrier`'s cells; a fragmented packet
+    /// takes the next id.
+    pub fn split(&mut self, len: usize, carrier: Carrier) -> Split {
+        match carrier.fragment_count(len) {
             1 => Split::Whole,
             count if count > MAX_FRAGMENTS => Split::TooLarge,
             count => {
@@ -167,12 +218,28 @@ struct Slot {
 /// [`REASSEMBLY_SLOTS`] buffers of [`MAX_PACKET`] bytes, allocated once.
 #[derive(Debug, Default)]
 pub struct Reassembler {
+    carrier: Carrier,
     slots: Vec<Slot>,
     /// Fragments dropped: duplicates, inconsistent counts, abandoned packets.
     pub dropped: u64,
 }
 
 impl Reassembler {
+    /// A reassembler of the tunnel payloads of `carrier`'s cells.
+    #[must_use]
+    pub fn new(carrier: Carrier) -> Self {
+        Self {
+            carrier,
+            ..Self::default()
+        }
+    }
+
+    /// The cells whose payloads it takes.
+    #[must_use]
+    pub fn carrier(&self) -> Carrier {
+        self.carrier
+    }
+
     /// The packet a DATA payload completes: the payload itself when it is a whole
     /// packet, the reassembled packet when it is the last missing fragment, else
     /// `None`. A payload that is neither is an error.
@@ -181,7 +248,7 @@ impl Reassembler {
         now: Instant,
         payload: &'a mut [u8],
     ) -> Result<Option<&'a mut [u8]>, PayloadError> {
-        Ok(match classify(payload)? {
+        Ok(match self.carrier.classify(payload)? {
             Payload::Packet(_) => Some(payload),
             Payload::Fragment {
                 id,
@@ -192,7 +259,7 @@ impl Reassembler {
         })
     }
 
-    /// Adds a fragment that [`classify`] accepted (so `index < count <=`
+    /// Adds a fragment that [`Carrier::classify`] accepted (so `index < count <=`
     /// [`MAX_FRAGMENTS`] and `data` fits its place); returns the whole packet once
     /// its last fragment is in.
     fn push(
@@ -225,7 +292,7 @@ impl Reassembler {
             }
         };
         let s = self.slots.get_mut(pos)?;
-        let start = usize::from(index) * FRAGMENT_DATA;
+        let start = usize::from(index) * self.carrier.stride();
         let (Some(bit), Some(place)) = (
             1u8.checked_shl(u32::from(index)),
             s.buf.get_mut(start..start + data.len()),

@@ -37,7 +37,7 @@ pub enum Rejected {
 }
 
 /// What a reorder buffer has done, for the stats.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReorderStats {
     /// Packets delivered, in order.
     pub delivered: u64,
@@ -52,6 +52,18 @@ pub struct ReorderStats {
     pub duplicate: u64,
     /// Packets dropped as [`Rejected::OutOfWindow`].
     pub out_of_window: u64,
+}
+
+impl ReorderStats {
+    /// Adds another buffer's counts to these.
+    pub fn add(&mut self, o: &Self) {
+        self.delivered += o.delivered;
+        self.reordered += o.reordered;
+        self.lost += o.lost;
+        self.late += o.late;
+        self.duplicate += o.duplicate;
+        self.out_of_window += o.out_of_window;
+    }
 }
 
 #[derive(Debug)]
@@ -84,6 +96,20 @@ impl Reorder {
         buf: Vec<u8>,
         out: &mut Vec<Vec<u8>>,
     ) -> Result<(), (Rejected, Vec<u8>)> {
+        self.push_within(now, seq, buf, REORDER_BYTES, out)
+    }
+
+    /// [`Reorder::push`], holding at most `limit` bytes (and never more than
+    /// [`REORDER_BYTES`]): for an owner that shares a budget among its buffers.
+    pub fn push_within(
+        &mut self,
+        now: Instant,
+        seq: u32,
+        buf: Vec<u8>,
+        limit: usize,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<(), (Rejected, Vec<u8>)> {
+        let limit = limit.min(REORDER_BYTES);
         let mut ahead = match self.place(seq) {
             Ok(a) => a,
             Err(why) => return Err((why, buf)),
@@ -97,7 +123,7 @@ impl Reorder {
             return Err((Rejected::Duplicate, buf));
         }
         // Room first: give up gaps until the packet fits the byte bound.
-        while !self.held.is_empty() && self.bytes + buf.len() > REORDER_BYTES {
+        while !self.held.is_empty() && self.bytes + buf.len() > limit {
             self.skip_gap(out);
             ahead = match self.place(seq) {
                 Ok(a) => a,
@@ -136,6 +162,16 @@ impl Reorder {
         while self.deadline().is_some_and(|d| d <= now) {
             self.skip_gap(out);
         }
+    }
+
+    /// Drops everything held and gives up the numbers it spans (counted as lost):
+    /// for a buffer whose packets have nowhere to go.
+    pub fn clear(&mut self) {
+        let span = u32::try_from(self.held.len()).unwrap_or(REORDER_WINDOW);
+        self.stats.lost += u64::from(span);
+        self.next = self.next.wrapping_add(span);
+        self.held.clear();
+        self.bytes = 0;
     }
 
     /// Bytes of packets held.

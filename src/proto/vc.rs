@@ -23,7 +23,7 @@ pub const MAX_VDATA: usize = MAX_PAYLOAD - SEQ_LEN;
 
 /// A virtual circuit's identifier: 16 random bytes the client chose, and the only
 /// credential of a leg that joins it. `Debug` shows none of it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VcId(pub [u8; VC_ID_LEN]);
 
 impl fmt::Debug for VcId {

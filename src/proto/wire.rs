@@ -580,6 +580,13 @@ pub enum Cmd {
     /// to (or by the client, backward). Flag [`PADDING_ECHO`] asks that hop to answer
     /// with one PADDING of the same payload length; no other flag is defined.
     Padding = 6,
+    /// Forward to the exit: joins this circuit to a virtual circuit as one of its
+    /// legs (PROTOCOL §12, [`crate::proto::vc::Join`]).
+    Join = 7,
+    /// Backward from the exit: the JOIN was accepted ([`crate::proto::vc::Joined`]).
+    Joined = 8,
+    /// A sequenced tunnel payload on a joined leg, either way: `seq(4) ‖ payload`.
+    VData = 9,
 }
 
 /// The PADDING flag that asks the hop for one PADDING back.
@@ -605,6 +612,9 @@ impl Body {
             4 => Cmd::RekeyAck,
             5 => Cmd::Truncated,
             6 => Cmd::Padding,
+            7 => Cmd::Join,
+            8 => Cmd::Joined,
+            9 => Cmd::VData,
             _ => return Err(WireError::Malformed),
         };
         let len = usize::from(u16::from_be_bytes([l0, l1]));

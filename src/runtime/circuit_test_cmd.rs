@@ -13,7 +13,7 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::config;
 use crate::node::{CircuitId, Event, Node};
-use crate::proto::wire::{Service, MAX_PAYLOAD};
+use crate::proto::wire::{Cmd, Service, MAX_PAYLOAD};
 use crate::runtime::driver::Driver;
 use crate::runtime::{client_node_config, hop_specs, CLIENT_BINDS};
 
@@ -149,6 +149,7 @@ pub async fn run(path: &Path, t: Transfer) -> Result<ExitCode> {
             match e {
                 Event::Data {
                     circuit,
+                    cmd: Cmd::Data,
                     buf,
                     range,
                 } if circuit == id => {

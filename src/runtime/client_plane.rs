@@ -14,7 +14,7 @@ use crate::client::flows::{CircuitPool, FlowRouter, Isolation, Route, NO_EXIT_HO
 use crate::client::host_packets::{clamp_mss, refusal};
 use crate::node::{CircuitId, DataPath, DownReason, Event, HopSpec, Toward};
 use crate::proto::identity::PublicKey;
-use crate::proto::wire::{Service, PAYLOAD_OFFSET};
+use crate::proto::wire::{Cmd, Service, PAYLOAD_OFFSET};
 use crate::runtime::driver::{logged, Driver};
 use crate::runtime::paths::{path_for, Chosen, Paths};
 use crate::runtime::pool::Pool;
@@ -91,6 +91,7 @@ impl ClientPlane {
         match e {
             Event::Data {
                 circuit: c,
+                cmd: Cmd::Data,
                 mut buf,
                 range,
             } if self.pool.contains(c) => {

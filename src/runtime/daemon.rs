@@ -82,6 +82,7 @@ impl Daemon {
             let now = Instant::now();
             let wake = [
                 client.as_ref().and_then(|c| c.poll_timeout(now)),
+                exit.as_ref().and_then(ExitSide::poll_timeout),
                 discovery
                     .as_ref()
                     .and_then(|g| g.poll_timeout(now, unix_now())),
@@ -169,10 +170,14 @@ impl Daemon {
     }
 
     /// What the parts have due after the events: the client's pool (builds,
-    /// retirements), discovery's re-signing and gossip.
+    /// retirements), the exit's virtual circuits (reorder timeouts, expiry),
+    /// discovery's re-signing and gossip.
     async fn poll(&mut self, now: Instant) -> Result<()> {
         if let Some(c) = self.client.as_mut() {
             c.maintain(&mut self.d, &mut self.data, now).await?;
+        }
+        if let Some(x) = self.exit.as_mut() {
+            x.poll(&mut self.d, &mut self.data, now).await;
         }
         if let Some(g) = self.discovery.as_mut() {
             discovery_poll(&mut self.d, g, now).await?;

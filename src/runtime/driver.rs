@@ -81,14 +81,24 @@ impl Driver {
     /// Sends the packet in `buf[PAYLOAD_OFFSET..]` into a circuit through a tunnel
     /// end's data path, and queues its datagrams.
     pub async fn send_packet(&mut self, now: Instant, dp: &mut DataPath, to: Toward, buf: Vec<u8>) {
-        let sent = dp.send(
-            now,
-            &mut self.rng,
-            &mut self.node,
-            to,
-            buf,
-            &mut self.sockets.pool,
-        );
+        self.send_numbered(now, dp, to, None, buf).await;
+    }
+
+    /// [`Driver::send_packet`], as packet number `seq` of a virtual circuit when
+    /// there is one (VDATA, [`DataPath::send_seq`]).
+    pub async fn send_numbered(
+        &mut self,
+        now: Instant,
+        dp: &mut DataPath,
+        to: Toward,
+        seq: Option<u32>,
+        buf: Vec<u8>,
+    ) {
+        let (rng, node, pool) = (&mut self.rng, &mut self.node, &mut self.sockets.pool);
+        let sent = match seq {
+            None => dp.send(now, rng, node, to, buf, pool),
+            Some(n) => dp.send_seq(now, rng, node, to, n, buf, pool),
+        };
         if let Err(e) = sent {
             tracing::debug!("packet dropped: {e}");
         }

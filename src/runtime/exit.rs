@@ -12,10 +12,12 @@ use tun_rs::AsyncDevice;
 
 use crate::config::{self};
 use crate::exit::policy::ExitPolicy;
-use crate::exit::{Closed, Exit, ExitSettings, ExitStats, Verdict};
-use crate::node::{DataPath, Event, Toward};
+use crate::exit::vc::Accepted;
+use crate::exit::{Closed, Exit, ExitDue, ExitSettings, ExitStats, Owner, Verdict};
+use crate::node::{CircuitId, DataPath, Event, Toward};
 use crate::proto::addr::{DNS_V4, DNS_V6, EXIT_V4, EXIT_V6};
-use crate::proto::wire::{Service, PAYLOAD_OFFSET};
+use crate::proto::vc::{Joined, JOINED_LEN};
+use crate::proto::wire::{Cmd, Service, PAYLOAD_OFFSET};
 use crate::runtime::driver::{logged, Driver};
 use crate::runtime::pool::Pool;
 use crate::runtime::tun::{self, TunReader, TunWriter};
@@ -33,6 +35,8 @@ pub(crate) struct ExitSide {
     mtu: usize,
     /// An ICMP error or DNS answer the exit sends back itself.
     answer: Vec<u8>,
+    /// Packets a virtual circuit's reorder buffer let out (kept for its capacity).
+    ready: Vec<Vec<u8>>,
     to_forget: mpsc::UnboundedSender<Closed>,
     forgotten: mpsc::UnboundedReceiver<Vec<Closed>>,
 }
@@ -87,6 +91,7 @@ impl ExitSide {
             exit,
             mtu: cfg.mtu as usize,
             answer: Vec::new(),
+            ready: Vec::new(),
             to_forget,
             forgotten,
         })
@@ -109,7 +114,7 @@ impl ExitSide {
         &self.net.tun
     }
 
-    pub(crate) fn stats(&self) -> &ExitStats {
+    pub(crate) fn stats(&self) -> ExitStats {
         self.exit.stats()
     }
 
@@ -125,8 +130,8 @@ impl ExitSide {
         }
     }
 
-    /// An exit circuit's packet (reassembled, checked and sent to the TUN device or
-    /// answered), or its closing.
+    /// An exit circuit's cell (a packet reassembled, ordered, checked and sent to
+    /// the TUN device or answered; a JOIN answered), or its closing.
     pub(crate) async fn on_event(
         &mut self,
         d: &mut Driver,
@@ -138,26 +143,32 @@ impl ExitSide {
             Event::ServiceData {
                 circuit,
                 service: Service::Exit,
+                cmd,
                 mut buf,
                 range,
             } => {
-                if let Some(p) = logged(data.receive(now, circuit, &mut buf[range])) {
-                    match self.exit.from_circuit(now, circuit, p, &mut self.answer) {
-                        Verdict::Forward => self.tun_tx.push(p).await,
-                        Verdict::Answer => {
-                            let mut out = d.sockets.pool.get();
-                            out.resize(PAYLOAD_OFFSET + self.answer.len(), 0);
-                            out[PAYLOAD_OFFSET..].copy_from_slice(&self.answer);
-                            d.send_packet(now, data, Toward::Backward(circuit), out)
-                                .await;
+                match cmd {
+                    Cmd::Data => {
+                        if let Some(p) = logged(data.receive(now, circuit, &mut buf[range])) {
+                            let verdict = self.exit.from_circuit(now, circuit, p, &mut self.answer);
+                            match verdict {
+                                Verdict::Forward => self.tun_tx.push(p).await,
+                                Verdict::Answer => {
+                                    self.answer_back(d, data, now, Owner::Circuit(circuit))
+                                        .await;
+                                }
+                                Verdict::Drop => {}
+                            }
                         }
-                        Verdict::Drop => {}
                     }
+                    Cmd::Join => self.on_join(d, now, circuit, &buf[range]).await,
+                    Cmd::VData => self.on_vdata(d, data, now, circuit, &mut buf[range]).await,
+                    _ => {}
                 }
                 d.sockets.pool.put(buf);
             }
             Event::ServiceClosed(circuit, _) => {
-                if let Some(closed) = self.exit.close(circuit) {
+                if let Some(closed) = self.exit.close(now, circuit) {
                     // The forgetter lives as long as this side.
                     let _ = self.to_forget.send(closed);
                 }
@@ -170,8 +181,154 @@ impl ExitSide {
         }
     }
 
-    /// A packet from the internet: back into the circuit its pool address belongs
-    /// to, or dropped.
+    /// A JOIN: answered with JOINED, or the circuit is destroyed.
+    async fn on_join(&mut self, d: &mut Driver, now: Instant, circuit: CircuitId, payload: &[u8]) {
+        match self.exit.join(now, circuit, payload) {
+            Ok(Accepted { legs, replaced }) => {
+                tracing::debug!(
+                    "circuit {} joined a virtual circuit ({legs} legs)",
+                    circuit.0
+                );
+                if let Some(old) = replaced {
+                    tracing::debug!("circuit {} replaced as a leg: destroyed", old.0);
+                    d.node.destroy_service(old);
+                }
+                let mut out = d.sockets.pool.get();
+                out.clear();
+                out.resize(PAYLOAD_OFFSET, 0);
+                out.extend_from_slice(&Joined { legs }.emit());
+                match d
+                    .node
+                    .send_backward_cell(now, circuit, Cmd::Joined, out, JOINED_LEN)
+                {
+                    Ok(Some(t)) => d.sockets.send_recycle(t).await,
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!("JOINED not sent: {e}"),
+                }
+            }
+            Err(e) => {
+                tracing::debug!("circuit {}: JOIN refused: {e}", circuit.0);
+                d.node.destroy_service(circuit);
+            }
+        }
+    }
+
+    /// A VDATA payload of a leg: its packet, once whole, through the virtual
+    /// circuit's reorder buffer; what that lets out goes on to the TUN device.
+    async fn on_vdata(
+        &mut self,
+        d: &mut Driver,
+        data: &mut DataPath,
+        now: Instant,
+        circuit: CircuitId,
+        payload: &mut [u8],
+    ) {
+        if self.exit.vcs().vc_of(circuit).is_none() {
+            self.exit.misrouted();
+            return;
+        }
+        let received = data.receive_seq(now, circuit, payload).unwrap_or_else(|e| {
+            tracing::debug!("payload dropped: {e}");
+            None
+        });
+        let Some((seq, p)) = received else {
+            return;
+        };
+        let mut owned = d.sockets.pool.get();
+        owned.clear();
+        owned.resize(PAYLOAD_OFFSET, 0);
+        owned.extend_from_slice(p);
+        let mut ready = std::mem::take(&mut self.ready);
+        match self.exit.from_leg(now, circuit, seq, owned, &mut ready) {
+            Ok(owner) => {
+                for p in ready.drain(..) {
+                    self.forward(d, data, now, owner, p).await;
+                }
+            }
+            Err(buf) => d.sockets.pool.put(buf),
+        }
+        self.ready = ready;
+    }
+
+    /// A packet of `owner` in `buf[PAYLOAD_OFFSET..]`, let out of a reorder buffer:
+    /// checked and sent to the TUN device or answered.
+    async fn forward(
+        &mut self,
+        d: &mut Driver,
+        data: &mut DataPath,
+        now: Instant,
+        owner: Owner,
+        mut buf: Vec<u8>,
+    ) {
+        let pkt = &mut buf[PAYLOAD_OFFSET..];
+        match self.exit.from_circuit(now, owner, pkt, &mut self.answer) {
+            Verdict::Forward => self.tun_tx.push(pkt).await,
+            Verdict::Answer => self.answer_back(d, data, now, owner).await,
+            Verdict::Drop => {}
+        }
+        d.sockets.pool.put(buf);
+    }
+
+    /// Sends the exit's own answer (in `self.answer`) back to `owner`'s client.
+    async fn answer_back(
+        &mut self,
+        d: &mut Driver,
+        data: &mut DataPath,
+        now: Instant,
+        owner: Owner,
+    ) {
+        let mut out = d.sockets.pool.get();
+        out.clear();
+        out.resize(PAYLOAD_OFFSET, 0);
+        out.extend_from_slice(&self.answer);
+        self.send_back(d, data, now, owner, out).await;
+    }
+
+    /// Sends the packet in `buf[PAYLOAD_OFFSET..]` back to `owner`'s client: on its
+    /// circuit, or numbered on the chosen leg of its virtual circuit.
+    async fn send_back(
+        &mut self,
+        d: &mut Driver,
+        data: &mut DataPath,
+        now: Instant,
+        owner: Owner,
+        buf: Vec<u8>,
+    ) {
+        match self.exit.route_back(owner) {
+            Some((c, seq)) => {
+                d.send_numbered(now, data, Toward::Backward(c), seq, buf)
+                    .await
+            }
+            None => d.sockets.pool.put(buf),
+        }
+    }
+
+    /// When [`ExitSide::poll`] has something to do.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.exit.poll_timeout()
+    }
+
+    /// What came due: packets a reorder buffer stopped waiting for a gap for, virtual
+    /// circuits that expired without legs.
+    pub(crate) async fn poll(&mut self, d: &mut Driver, data: &mut DataPath, now: Instant) {
+        while let Some(due) = self.exit.handle_timeout(now) {
+            match due {
+                ExitDue::Packets(owner, packets) => {
+                    for p in packets {
+                        self.forward(d, data, now, owner, p).await;
+                    }
+                }
+                ExitDue::Closed(closed) => {
+                    if let Some(closed) = closed {
+                        let _ = self.to_forget.send(closed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A packet from the internet: back into the circuit or virtual circuit its pool
+    /// address belongs to, or dropped.
     pub(crate) async fn on_tun_packet(
         &mut self,
         d: &mut Driver,
@@ -180,7 +337,7 @@ impl ExitSide {
         mut buf: Vec<u8>,
     ) {
         match self.exit.from_tun(&mut buf[PAYLOAD_OFFSET..]) {
-            Some(c) => d.send_packet(now, data, Toward::Backward(c), buf).await,
+            Some(owner) => self.send_back(d, data, now, owner, buf).await,
             None => d.sockets.pool.put(buf),
         }
     }

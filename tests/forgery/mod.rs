@@ -18,15 +18,17 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anonnet::exit::policy::ExitPolicy;
-use anonnet::exit::{Exit, ExitSettings, Verdict};
+use anonnet::exit::vc::{Accepted, VC_REORDER_BYTES};
+use anonnet::exit::{Exit, ExitDue, ExitSettings, Owner, Verdict};
 use anonnet::node::{
     Adaptive, CircuitId, DownReason, Event, ForgedBackward, ForgedForward, HopSpec, MachineSpec,
     Node, NodeConfig, Output, Transmit, FRONT_DEFAULT, TAIL_LEN,
 };
 use anonnet::proto::addr::CLIENT_V4;
-use anonnet::proto::framing::Reassembler;
+use anonnet::proto::framing::{Carrier, Reassembler};
 use anonnet::proto::identity::Identity;
-use anonnet::proto::wire::{Service, PAYLOAD_OFFSET, SLOTS};
+use anonnet::proto::vc::{split_vdata, Joined, JOINED_LEN, SEQ_LEN};
+use anonnet::proto::wire::{Cmd, Service, PAYLOAD_OFFSET, SLOTS};
 use etherparse::PacketBuilder;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -61,7 +63,7 @@ pub struct Net {
     now: Instant,
     peers: Vec<Peer>,
     specs: Vec<HopSpec>,
-    exit: Exit,
+    pub exit: Exit,
     reasm: HashMap<(usize, CircuitId), Reassembler>,
     answer: Vec<u8>,
     audit: Audit,
@@ -187,6 +189,7 @@ impl Net {
             Event::ServiceData {
                 circuit,
                 service: Service::Exit,
+                cmd: Cmd::Data,
                 mut buf,
                 range,
             } => {
@@ -194,33 +197,75 @@ impl Net {
                 let Ok(Some(pkt)) = r.complete(self.now, &mut buf[range]) else {
                     return None;
                 };
-                match self
+                let verdict = self
                     .exit
-                    .from_circuit(self.now, circuit, pkt, &mut self.answer)
-                {
-                    Verdict::Forward => {
-                        if self.honest_at_exit.contains(&circuit) {
-                            self.honest_forwarded += 1;
-                        }
-                        None
+                    .from_circuit(self.now, circuit, pkt, &mut self.answer);
+                self.exit_verdict(node, Owner::Circuit(circuit), verdict)
+            }
+            Event::ServiceData {
+                circuit,
+                service: Service::Exit,
+                cmd: Cmd::Join,
+                buf,
+                range,
+            } => match self.exit.join(self.now, circuit, &buf[range]) {
+                Ok(Accepted { legs, replaced }) => {
+                    if let Some(old) = replaced {
+                        self.peers[node].node.destroy_service(old);
                     }
-                    Verdict::Answer => {
-                        let mut out = vec![0u8; PAYLOAD_OFFSET + self.answer.len()];
-                        out[PAYLOAD_OFFSET..].copy_from_slice(&self.answer);
-                        let len = self.answer.len();
-                        self.peers[node]
-                            .node
-                            .send_backward(self.now, circuit, out, len)
-                            .ok()
-                            .flatten()
-                    }
-                    Verdict::Drop => None,
+                    let mut out = vec![0u8; PAYLOAD_OFFSET];
+                    out.extend_from_slice(&Joined { legs }.emit());
+                    self.peers[node]
+                        .node
+                        .send_backward_cell(self.now, circuit, Cmd::Joined, out, JOINED_LEN)
+                        .ok()
+                        .flatten()
                 }
+                Err(_) => {
+                    self.peers[node].node.destroy_service(circuit);
+                    None
+                }
+            },
+            Event::ServiceData {
+                circuit,
+                service: Service::Exit,
+                cmd: Cmd::VData,
+                mut buf,
+                range,
+            } => {
+                let payload = &mut buf[range];
+                let (seq, rest) = match split_vdata(payload) {
+                    Ok((seq, _)) => (seq, &mut payload[SEQ_LEN..]),
+                    Err(_) => return None,
+                };
+                let r = self
+                    .reasm
+                    .entry((node, circuit))
+                    .or_insert_with(|| Reassembler::new(Carrier::VData));
+                let Ok(Some(pkt)) = r.complete(self.now, rest) else {
+                    return None;
+                };
+                let mut ready = Vec::new();
+                let Ok(owner) =
+                    self.exit
+                        .from_leg(self.now, circuit, seq, pkt.to_vec(), &mut ready)
+                else {
+                    return None;
+                };
+                let mut answer = None;
+                for mut p in ready {
+                    let verdict = self
+                        .exit
+                        .from_circuit(self.now, owner, &mut p, &mut self.answer);
+                    answer = answer.or(self.exit_verdict(node, owner, verdict));
+                }
+                answer
             }
             Event::Data {
                 circuit,
                 mut buf,
                 range,
+                ..
             } => {
                 let r = self.reasm.entry((node, circuit)).or_default();
                 let _ = r.complete(self.now, &mut buf[range]);
@@ -229,7 +274,7 @@ impl Net {
             Event::ServiceClosed(circuit, _) => {
                 if node == G3 {
                     // No kernel here whose connection tracking must forget them first.
-                    if let Some(closed) = self.exit.close(circuit) {
+                    if let Some(closed) = self.exit.close(self.now, circuit) {
                         self.exit.release(closed);
                     }
                 }
@@ -241,6 +286,36 @@ impl Net {
                 None
             }
             Event::ServiceData { .. } | Event::CircuitUp(_) => None,
+        }
+    }
+
+    /// What the exit does with its verdict on a packet of `owner`: counts an honest
+    /// packet that left, or answers a refused one.
+    fn exit_verdict(&mut self, node: usize, owner: Owner, verdict: Verdict) -> Option<Transmit> {
+        match verdict {
+            Verdict::Forward => {
+                if matches!(owner, Owner::Circuit(c) if self.honest_at_exit.contains(&c)) {
+                    self.honest_forwarded += 1;
+                }
+                None
+            }
+            Verdict::Answer => {
+                let mut out = vec![0u8; PAYLOAD_OFFSET + self.answer.len()];
+                out[PAYLOAD_OFFSET..].copy_from_slice(&self.answer);
+                let len = self.answer.len();
+                let (leg, seq) = self.exit.route_back(owner)?;
+                let node = &mut self.peers[node].node;
+                match seq {
+                    None => node.send_backward(self.now, leg, out, len),
+                    Some(n) => {
+                        out.splice(PAYLOAD_OFFSET..PAYLOAD_OFFSET, n.to_be_bytes());
+                        node.send_backward_cell(self.now, leg, Cmd::VData, out, len + SEQ_LEN)
+                    }
+                }
+                .ok()
+                .flatten()
+            }
+            Verdict::Drop => None,
         }
     }
 
@@ -289,6 +364,25 @@ impl Net {
             while let Some(e) = self.peers[i].node.poll_event() {
                 if let Some(t) = self.on_event(i, e) {
                     self.deliver(i, t);
+                }
+            }
+        }
+        while let Some(due) = self.exit.handle_timeout(self.now) {
+            match due {
+                ExitDue::Packets(owner, packets) => {
+                    for mut p in packets {
+                        let verdict =
+                            self.exit
+                                .from_circuit(self.now, owner, &mut p, &mut self.answer);
+                        if let Some(t) = self.exit_verdict(G3, owner, verdict) {
+                            self.deliver(G3, t);
+                        }
+                    }
+                }
+                ExitDue::Closed(closed) => {
+                    if let Some(closed) = closed {
+                        self.exit.release(closed);
+                    }
                 }
             }
         }
@@ -571,6 +665,9 @@ impl Session {
             "exit holds {} circuits",
             net.exit.circuits()
         );
+        let vcs = net.exit.vcs();
+        assert!(vcs.held_bytes() <= VC_REORDER_BYTES);
+        assert!(vcs.len() <= 16, "exit holds {} virtual circuits", vcs.len());
     }
 
     /// A report of the session on stderr.

@@ -16,7 +16,7 @@ use anonnet::node::{
     CircuitId, DownReason, Event, HopSpec, Node, NodeConfig, Output, Stats, Transmit,
 };
 use anonnet::proto::identity::Identity;
-use anonnet::proto::wire::Service;
+use anonnet::proto::wire::{Cmd, Service};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -29,6 +29,8 @@ pub enum Ev {
     Down(CircuitId, DownReason),
     Data(CircuitId, Vec<u8>),
     ExitData(CircuitId, Vec<u8>),
+    /// A JOIN, JOINED or VDATA payload: at the exit (forward) or the client.
+    Vc(CircuitId, Cmd, Vec<u8>),
     ExitClosed(CircuitId),
 }
 
@@ -276,15 +278,30 @@ impl Net {
                     Event::CircuitDown(c, r) => Ev::Down(c, r),
                     Event::Data {
                         circuit,
+                        cmd: Cmd::Data,
                         buf,
                         range,
                     } => Ev::Data(circuit, buf[range].to_vec()),
                     Event::ServiceData {
                         circuit,
+                        cmd: Cmd::Data,
                         buf,
                         range,
                         ..
                     } => Ev::ExitData(circuit, buf[range].to_vec()),
+                    Event::Data {
+                        circuit,
+                        cmd,
+                        buf,
+                        range,
+                    }
+                    | Event::ServiceData {
+                        circuit,
+                        cmd,
+                        buf,
+                        range,
+                        ..
+                    } => Ev::Vc(circuit, cmd, buf[range].to_vec()),
                     Event::ServiceClosed(c, _) => Ev::ExitClosed(c),
                 };
                 let t = self.elapsed();
@@ -352,8 +369,13 @@ impl Net {
 
     /// Builds a circuit through `path` and waits (5 s at most) until it is up.
     pub fn build_up(&mut self, client: usize, path: &[usize]) -> CircuitId {
+        self.build_up_to(client, path, Service::Echo)
+    }
+
+    /// [`Net::build_up`] to `service`.
+    pub fn build_up_to(&mut self, client: usize, path: &[usize], service: Service) -> CircuitId {
         let from = self.log.len();
-        let id = self.build(client, path);
+        let id = self.build_to(client, path, service);
         self.run_until(Duration::from_secs(5), |n| {
             n.outcome(client, id, from).is_some()
         });
@@ -401,6 +423,18 @@ impl Net {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Node `node`'s events logged since `*seen` (a log index), which moves to the
+    /// end of the log.
+    pub fn events_since(&self, node: usize, seen: &mut usize) -> Vec<Ev> {
+        let new = self.log[*seen..]
+            .iter()
+            .filter(|(_, n, _)| *n == node)
+            .map(|(_, _, e)| e.clone())
+            .collect();
+        *seen = self.log.len();
+        new
     }
 
     pub fn stats(&self) -> Vec<Stats> {

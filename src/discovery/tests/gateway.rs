@@ -114,6 +114,7 @@ fn gossip_runs_every_interval_on_the_clock_it_is_given() {
     let e = Event::ServiceData {
         circuit: crate::node::CircuitId(77),
         service: Service::Directory,
+        cmd: crate::proto::wire::Cmd::Data,
         buf: publish,
         range: 0..len,
     };

@@ -5,10 +5,12 @@ use super::*;
 use proptest::prelude::*;
 
 fn split(packet: &[u8], id: u16) -> Vec<Vec<u8>> {
-    (0..fragment_count(packet.len()))
+    (0..Carrier::Data.fragment_count(packet.len()))
         .map(|i| {
             let mut out = vec![0u8; MAX_PAYLOAD];
-            let n = write_fragment(packet, id, i, &mut out).unwrap();
+            let n = Carrier::Data
+                .write_fragment(packet, id, i, &mut out)
+                .unwrap();
             out.truncate(n);
             out
         })
@@ -16,7 +18,7 @@ fn split(packet: &[u8], id: u16) -> Vec<Vec<u8>> {
 }
 
 fn push(r: &mut Reassembler, now: Instant, frag: &[u8]) -> Option<Vec<u8>> {
-    match classify(frag).expect("valid fragment") {
+    match Carrier::Data.classify(frag).expect("valid fragment") {
         Payload::Fragment {
             id,
             index,
@@ -40,28 +42,40 @@ fn header_layout() {
 
 #[test]
 fn classify_rejects_bad_payloads() {
-    assert_eq!(classify(&[]), Err(PayloadError::Empty));
-    assert_eq!(classify(&[0x20, 0]), Err(PayloadError::UnknownType(0x20)));
-    assert_eq!(classify(&[0x10, 0, 0, 0]), Err(PayloadError::BadFragment));
+    assert_eq!(Carrier::Data.classify(&[]), Err(PayloadError::Empty));
+    assert_eq!(
+        Carrier::Data.classify(&[0x20, 0]),
+        Err(PayloadError::UnknownType(0x20))
+    );
+    assert_eq!(
+        Carrier::Data.classify(&[0x10, 0, 0, 0]),
+        Err(PayloadError::BadFragment)
+    );
     // count 1, index beyond count, too many fragments, short non-last fragment.
     assert_eq!(
-        classify(&[0x10, 0, 1, 0, 1, 9]),
+        Carrier::Data.classify(&[0x10, 0, 1, 0, 1, 9]),
         Err(PayloadError::BadFragment)
     );
     assert_eq!(
-        classify(&[0x10, 0, 1, 2, 2, 9]),
+        Carrier::Data.classify(&[0x10, 0, 1, 2, 2, 9]),
         Err(PayloadError::BadFragment)
     );
     assert_eq!(
-        classify(&[0x10, 0, 1, 0, 5, 9]),
+        Carrier::Data.classify(&[0x10, 0, 1, 0, 5, 9]),
         Err(PayloadError::BadFragment)
     );
     assert_eq!(
-        classify(&[0x10, 0, 1, 0, 2, 9]),
+        Carrier::Data.classify(&[0x10, 0, 1, 0, 2, 9]),
         Err(PayloadError::BadFragment)
     );
-    assert_eq!(classify(&[0x45, 0]), Ok(Payload::Packet(&[0x45, 0])));
-    assert_eq!(classify(&[0x60]), Ok(Payload::Packet(&[0x60])));
+    assert_eq!(
+        Carrier::Data.classify(&[0x45, 0]),
+        Ok(Payload::Packet(&[0x45, 0]))
+    );
+    assert_eq!(
+        Carrier::Data.classify(&[0x60]),
+        Ok(Payload::Packet(&[0x60]))
+    );
 }
 
 #[test]
@@ -157,7 +171,7 @@ proptest! {
 
     #[test]
     fn classify_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-        let _ = classify(&bytes);
+        let _ = Carrier::Data.classify(&bytes);
     }
 
     /// Fragment headers with any id, index and count and data of any length up to
@@ -202,25 +216,25 @@ fn write_fragment_refuses_what_is_not_a_fragment() {
     let mut out = [0u8; MAX_PAYLOAD];
     let two = vec![7u8; MAX_PAYLOAD + 1];
     assert_eq!(
-        write_fragment(&[4u8; 100], 0, 0, &mut out),
+        Carrier::Data.write_fragment(&[4u8; 100], 0, 0, &mut out),
         None,
         "fits whole"
     );
     assert_eq!(
-        write_fragment(&vec![6u8; MAX_PACKET + 1], 0, 0, &mut out),
+        Carrier::Data.write_fragment(&vec![6u8; MAX_PACKET + 1], 0, 0, &mut out),
         None
     );
     assert_eq!(
-        write_fragment(&two, 0, 2, &mut out),
+        Carrier::Data.write_fragment(&two, 0, 2, &mut out),
         None,
         "no third fragment"
     );
     assert_eq!(
-        write_fragment(&two, 0, 0, &mut out[..FRAGMENT_HEADER]),
+        Carrier::Data.write_fragment(&two, 0, 0, &mut out[..FRAGMENT_HEADER]),
         None
     );
     assert_eq!(
-        write_fragment(&two, 0, 1, &mut out),
+        Carrier::Data.write_fragment(&two, 0, 1, &mut out),
         Some(FRAGMENT_HEADER + two.len() - FRAGMENT_DATA)
     );
 }
@@ -228,30 +242,61 @@ fn write_fragment_refuses_what_is_not_a_fragment() {
 #[test]
 fn fragmenter_numbers_only_fragmented_packets() {
     let mut f = Fragmenter::default();
-    assert_eq!(f.split(MAX_PAYLOAD), Split::Whole);
+    assert_eq!(f.split(MAX_PAYLOAD, Carrier::Data), Split::Whole);
     assert_eq!(
-        f.split(MAX_PAYLOAD + 1),
+        f.split(MAX_PAYLOAD + 1, Carrier::Data),
         Split::Fragments { id: 0, count: 2 }
     );
-    assert_eq!(f.split(1), Split::Whole);
+    assert_eq!(f.split(1, Carrier::Data), Split::Whole);
     assert_eq!(
-        f.split(MAX_PACKET),
+        f.split(MAX_PACKET, Carrier::Data),
         Split::Fragments {
             id: 1,
             count: MAX_FRAGMENTS
         }
     );
-    assert_eq!(f.split(MAX_PACKET + 1), Split::TooLarge);
+    assert_eq!(f.split(MAX_PACKET + 1, Carrier::Data), Split::TooLarge);
     let mut wrap = Fragmenter { next_id: u16::MAX };
     assert_eq!(
-        wrap.split(MAX_PAYLOAD + 1),
+        wrap.split(MAX_PAYLOAD + 1, Carrier::Data),
         Split::Fragments {
             id: u16::MAX,
             count: 2
         }
     );
     assert_eq!(
-        wrap.split(MAX_PAYLOAD + 1),
+        wrap.split(MAX_PAYLOAD + 1, Carrier::Data),
         Split::Fragments { id: 0, count: 2 }
+    );
+}
+
+/// VDATA fragments leave room for the sequence number: each fills `MAX_VDATA`, the
+/// receiver places them at the VDATA stride, and a DATA-sized fragment is refused.
+#[test]
+fn vdata_fragments_fill_the_vdata_payload() {
+    let carrier = Carrier::VData;
+    assert_eq!(carrier.stride(), 1239);
+    assert_eq!(carrier.fragment_count(MAX_VDATA), 1);
+    assert_eq!(carrier.fragment_count(MAX_VDATA + 1), 2);
+    let packet: Vec<u8> = (0..carrier.max_packet()).map(|i| (i % 253) as u8).collect();
+    let mut r = Reassembler::new(carrier);
+    let now = Instant::now();
+    let mut whole = None;
+    for i in 0..MAX_FRAGMENTS {
+        let mut out = vec![0u8; MAX_PAYLOAD];
+        let n = carrier.write_fragment(&packet, 9, i, &mut out).unwrap();
+        assert_eq!(n, MAX_VDATA);
+        whole = r.complete(now, &mut out[..n]).unwrap().map(|p| p.to_vec());
+    }
+    assert_eq!(whole.as_deref(), Some(&packet[..]));
+    let mut f = Fragmenter::default();
+    assert_eq!(f.split(carrier.max_packet() + 1, carrier), Split::TooLarge);
+    let mut data_sized = vec![0u8; MAX_PAYLOAD];
+    let n = Carrier::Data
+        .write_fragment(&packet[..2000], 1, 0, &mut data_sized)
+        .unwrap();
+    assert_eq!(
+        r.complete(now, &mut data_sized[..n]),
+        Err(PayloadError::BadFragment)
     );
 }

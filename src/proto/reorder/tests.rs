@@ -120,6 +120,28 @@ fn the_byte_bound_gives_up_gaps_instead_of_growing() {
     assert_eq!(r.stats.lost, 1);
 }
 
+/// A shared budget below `REORDER_BYTES` bounds the buffer the same way, and
+/// `clear` drops everything held, giving up the numbers it spans.
+#[test]
+fn a_smaller_limit_and_flush() {
+    let (mut r, t, mut out) = (Reorder::default(), Instant::now(), Vec::new());
+    for s in [1, 2, 4] {
+        r.push_within(t, s, pkt(s, 1000), 2500, &mut out).unwrap();
+    }
+    // 4 did not fit beside 1 and 2: gap 0 was given up, 1 and 2 went out.
+    assert_eq!(seqs(&out), [1, 2]);
+    assert_eq!(r.held_bytes(), 1000);
+    out.clear();
+    r.push(t, 6, pkt(6, 1000), &mut out).unwrap();
+    r.clear();
+    assert!(out.is_empty());
+    assert_eq!((r.held_bytes(), r.held_span(), r.stats.lost), (0, 0, 1 + 4));
+    // Numbers 3..=6 were given up: 7 is next.
+    assert_eq!(push(&mut r, t, 6, &mut out), Err(Rejected::Late));
+    push(&mut r, t, 7, &mut out).unwrap();
+    assert_eq!(seqs(&out), [7]);
+}
+
 #[test]
 fn numbers_wrap_around() {
     let (t, mut out) = (Instant::now(), Vec::new());

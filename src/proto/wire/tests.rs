@@ -223,8 +223,11 @@ fn body_vector() {
     let body = Body::parse(&b).expect("body");
     assert_eq!(&b[body.payload()], b"ping");
     assert!(Body::parse(&[1, 0, 30, 0]).is_err(), "length beyond body");
-    assert!(Body::parse(&[9, 0, 0]).is_err(), "unknown command");
-    assert!(Body::parse(&[7, 0, 0]).is_err(), "unknown command");
+    assert!(Body::parse(&[0, 0, 0]).is_err(), "unknown command");
+    assert!(Body::parse(&[10, 0, 0]).is_err(), "unknown command");
+    for (byte, cmd) in [(7, Cmd::Join), (8, Cmd::Joined), (9, Cmd::VData)] {
+        assert_eq!(Body::parse(&[byte, 0, 0]), Ok(Body { cmd, len: 0 }));
+    }
     assert_eq!(
         Body::parse(&[6, 0, 1, PADDING_ECHO]),
         Ok(Body {
