@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use anonnet::client::virtual_circuit::{LegEnd, LegState, VirtualCircuit};
 use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitDue, ExitSettings, Owner, Verdict};
 use anonnet::node::{Buffers, CircuitId, DataPath, Toward};
@@ -19,6 +20,7 @@ use anonnet::proto::reorder::{Reorder, REORDER_TIMEOUT};
 use anonnet::proto::vc::{Join, Joined, VcId, JOINED_LEN, VC_ID_LEN};
 use anonnet::proto::wire::{Cmd, Service, MAX_DATAGRAM, PAYLOAD_OFFSET};
 use etherparse::PacketBuilder;
+use rand_chacha::rand_core::SeedableRng;
 use simnet::{Ev, Net};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -48,6 +50,29 @@ fn udp(src: Ipv4Addr, dst: Ipv4Addr, n: u32, len: usize) -> Vec<u8> {
     out
 }
 
+/// Sends `packet` as number `seq` from node `from` through its data path (a packet
+/// the node refuses, a paced link's, say, is lost like on a network).
+fn send_numbered(
+    net: &mut Net,
+    from: usize,
+    data: &mut DataPath,
+    to: Toward,
+    seq: u32,
+    packet: &[u8],
+) {
+    let mut buf = vec![0u8; PAYLOAD_OFFSET];
+    buf.extend_from_slice(packet);
+    let (now, n) = (net.now, &mut net.nodes[from]);
+    if data
+        .send_seq(now, &mut n.rng, &mut n.node, to, seq, buf, &mut Heap)
+        .is_ok()
+    {
+        while let Some(t) = data.poll_transmit() {
+            net.transmit(from, Some(t));
+        }
+    }
+}
+
 fn number(p: &[u8]) -> u32 {
     u32::from_be_bytes(p[28..32].try_into().expect("4 bytes"))
 }
@@ -66,6 +91,24 @@ struct ExitSide {
 }
 
 impl ExitSide {
+    fn new(net: &Net, node: usize) -> Self {
+        let exit_ip = net.nodes[node].addr.ip();
+        Self {
+            node,
+            exit: Exit::new(ExitSettings {
+                pool4: "100.96.0.0/12".parse().expect("pool4"),
+                pool6: "fd00:96::/64".parse().expect("pool6"),
+                policy: ExitPolicy::new(&[], &[exit_ip]).expect("policy"),
+                max_flows: 64,
+                max_pps: 100_000,
+            }),
+            data: DataPath::default(),
+            seen: 0,
+            left: Vec::new(),
+            replaced: Vec::new(),
+        }
+    }
+
     fn serve(&mut self, net: &mut Net) {
         let now = net.now;
         let new = net.events_since(self.node, &mut self.seen);
@@ -128,23 +171,15 @@ impl ExitSide {
             let mut reply = udp(SERVER, pool, n, p.len());
             assert_eq!(self.exit.from_tun(&mut reply), Some(owner));
             let (leg, seq) = self.exit.route_back(owner).expect("a leg to reply on");
-            let mut buf = vec![0u8; PAYLOAD_OFFSET];
-            buf.extend_from_slice(&reply);
-            let node = &mut net.nodes[self.node];
-            let sent = self.data.send_seq(
-                now,
-                &mut node.rng,
-                &mut node.node,
+            let seq = seq.expect("numbered");
+            send_numbered(
+                net,
+                self.node,
+                &mut self.data,
                 Toward::Backward(leg),
-                seq.expect("numbered"),
-                buf,
-                &mut Heap,
+                seq,
+                &reply,
             );
-            if sent.is_ok() {
-                while let Some(t) = self.data.poll_transmit() {
-                    net.transmit(self.node, Some(t));
-                }
-            }
         }
     }
 }
@@ -183,25 +218,15 @@ impl ClientSide {
 
     fn send(&mut self, net: &mut Net, leg: CircuitId, len: usize) {
         let p = udp(CLIENT_V4, SERVER, self.seq, len);
-        let mut buf = vec![0u8; PAYLOAD_OFFSET];
-        buf.extend_from_slice(&p);
-        let now = net.now;
-        let n = &mut net.nodes[self.node];
-        let sent = self.data.send_seq(
-            now,
-            &mut n.rng,
-            &mut n.node,
+        send_numbered(
+            net,
+            self.node,
+            &mut self.data,
             Toward::Forward(leg),
             self.seq,
-            buf,
-            &mut Heap,
+            &p,
         );
         self.seq += 1;
-        if sent.is_ok() {
-            while let Some(t) = self.data.poll_transmit() {
-                net.transmit(self.node, Some(t));
-            }
-        }
     }
 
     fn receive(&mut self, net: &mut Net) {
@@ -247,21 +272,7 @@ fn a_virtual_circuit_keeps_its_address_and_order_when_a_leg_dies() {
     let (client, exit_node) = (net.clients[0], g[4]);
     let leg_a = net.build_up_to(client, &[g[0], g[1], exit_node], Service::Exit);
     let leg_b = net.build_up_to(client, &[g[2], g[3], exit_node], Service::Exit);
-    let exit_ip = net.nodes[exit_node].addr.ip();
-    let mut x = ExitSide {
-        node: exit_node,
-        exit: Exit::new(ExitSettings {
-            pool4: "100.96.0.0/12".parse().expect("pool4"),
-            pool6: "fd00:96::/64".parse().expect("pool6"),
-            policy: ExitPolicy::new(&[], &[exit_ip]).expect("policy"),
-            max_flows: 64,
-            max_pps: 100_000,
-        }),
-        data: DataPath::default(),
-        seen: 0,
-        left: Vec::new(),
-        replaced: Vec::new(),
-    };
+    let mut x = ExitSide::new(&net, exit_node);
     let mut c = ClientSide {
         node: client,
         vc: VcId([0x42; VC_ID_LEN]),
@@ -414,4 +425,267 @@ fn leg_b_at_exit(x: &ExitSide, net: &Net, exit_node: usize) -> CircuitId {
         })
         .find(|c| x.exit.vcs().vc_of(*c).is_some())
         .expect("a live leg")
+}
+
+/// A probe (a KEEPALIVE with its send time) measures a circuit's round trip: 3 hops
+/// of 10 ms each way take 60 ms, seen at 5 ms steps; it also refreshes when the
+/// circuit last heard anything.
+#[test]
+fn a_probe_measures_the_round_trip_of_a_leg() {
+    let mut net = Net::new(43, 3, 1);
+    let client = net.clients[0];
+    let path = net.gateways.clone();
+    let id = net.build_up(client, &path);
+    assert_eq!(
+        net.nodes[client].node.rtt(id),
+        None,
+        "no KEEPALIVE answered yet"
+    );
+    let mut rtts = Vec::new();
+    for _ in 0..5 {
+        net.run_for(Duration::from_millis(200));
+        let (now, n) = (net.now, &mut net.nodes[client]);
+        let t = n.node.probe(now, &mut n.rng, id).expect("probe");
+        net.transmit(client, t);
+        let sent = net.now;
+        net.run_until(Duration::from_secs(1), |n| {
+            n.nodes[client].node.last_heard(id) > Some(sent)
+        });
+        rtts.push(net.nodes[client].node.rtt(id).expect("measured"));
+    }
+    assert!(
+        rtts.iter()
+            .all(|r| (Duration::from_millis(60)..=Duration::from_millis(90)).contains(r)),
+        "{rtts:?}"
+    );
+}
+
+/// The client's side run by the real [`VirtualCircuit`]: its legs' events, its
+/// timers, its packets through the data path.
+struct VcClient {
+    node: usize,
+    vc: VirtualCircuit,
+    data: DataPath,
+    seen: usize,
+    /// Legs the VC found dead, with when.
+    dead: Vec<(Duration, CircuitId, LegEnd)>,
+    /// (time, number) of each reply let out in order.
+    got: Vec<(Duration, u32)>,
+    /// The leg each packet took, by number.
+    took: Vec<CircuitId>,
+}
+
+impl VcClient {
+    fn step(&mut self, net: &mut Net) {
+        let now = net.now;
+        let mut out = Vec::new();
+        for e in net.events_since(self.node, &mut self.seen) {
+            match e {
+                Ev::Up(c) if self.vc.has_leg(c) => {
+                    let n = &mut net.nodes[self.node];
+                    let t = self
+                        .vc
+                        .on_up(now, &mut n.node, &mut n.rng, c)
+                        .expect("join");
+                    net.transmit(self.node, t);
+                }
+                Ev::Down(c, _) => {
+                    self.vc.on_down(c);
+                }
+                Ev::Vc(c, Cmd::Joined, p) => assert!(self.vc.on_joined(c, &p)),
+                Ev::Vc(c, Cmd::VData, mut p) => {
+                    if let Some((seq, pkt)) = self.data.receive_seq(now, c, &mut p).expect("vdata")
+                    {
+                        let _ = self.vc.receive(now, c, seq, pkt.to_vec(), &mut out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let due = self
+            .vc
+            .poll_timeout(&net.nodes[self.node].node)
+            .is_some_and(|t| t <= now);
+        if due {
+            let mut sent = Vec::new();
+            let n = &mut net.nodes[self.node];
+            let dead = self
+                .vc
+                .handle_timeout(now, &mut n.node, &mut n.rng, &mut out, &mut sent);
+            for t in sent {
+                net.transmit(self.node, Some(t));
+            }
+            let t = net.elapsed();
+            self.dead
+                .extend(dead.into_iter().map(|(c, why)| (t, c, why)));
+            net.drain();
+        }
+        let t = net.elapsed();
+        self.got.extend(out.iter().map(|p| (t, number(p))));
+    }
+
+    fn send(&mut self, net: &mut Net, len: usize) {
+        let now = net.now;
+        let Some((leg, seq)) = self.vc.route(now, &net.nodes[self.node].node, len) else {
+            return;
+        };
+        assert_eq!(seq as usize, self.took.len());
+        self.took.push(leg);
+        let p = udp(CLIENT_V4, SERVER, seq, len);
+        send_numbered(
+            net,
+            self.node,
+            &mut self.data,
+            Toward::Forward(leg),
+            seq,
+            &p,
+        );
+    }
+}
+
+/// The client's [`VirtualCircuit`] on two legs, one slower: interactive packets take
+/// the faster, a bulk transfer spreads over both; the faster leg's middle dies
+/// during the transfer; the VC finds it dead within a second and moves its traffic
+/// to the other; a replacement leg avoiding the survivor's gateways joins within
+/// 5 s of the death; the exit delivers in order from one address throughout.
+#[test]
+fn a_client_vc_spreads_bulk_and_leaves_a_dead_leg_within_a_second() {
+    let mut net = Net::with_config(47, 7, 1, |c| c.exit = c.static_key.is_some());
+    let g = net.gateways.clone();
+    // Leg B's entry adds 5 ms each way: B is slower but within SLOW_FACTOR of A.
+    let b_entry = net.nodes[g[2]].addr;
+    net.slow.insert(b_entry, Duration::from_millis(5));
+    let (client, exit_node) = (net.clients[0], g[4]);
+    let key = |n: &Net, i: usize| n.spec(i).key;
+    let mut x = ExitSide::new(&net, exit_node);
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+    let mut c = VcClient {
+        node: client,
+        vc: VirtualCircuit::new(&mut rng, 2, key(&net, exit_node)),
+        data: DataPath::default(),
+        seen: net.log.len(),
+        dead: Vec::new(),
+        got: Vec::new(),
+        took: Vec::new(),
+    };
+    for path in [[g[0], g[1], exit_node], [g[2], g[3], exit_node]] {
+        let id = net.build_to(client, &path, Service::Exit);
+        c.vc.add_leg(id, path.iter().map(|&i| key(&net, i)).collect());
+    }
+    let (leg_a, leg_b) = (c.vc.legs()[0].circuit, c.vc.legs()[1].circuit);
+    assert!(!c.vc.wants_leg());
+    let step = |net: &mut Net, x: &mut ExitSide, c: &mut VcClient| {
+        net.step();
+        x.serve(net);
+        c.step(net);
+    };
+    while !c.vc.legs().iter().all(|l| l.state == LegState::Live) {
+        step(&mut net, &mut x, &mut c);
+        assert!(net.elapsed() < Duration::from_secs(10), "legs joined");
+    }
+    // Interactive: a small packet every 50 ms for 2 s, each on the faster leg once
+    // the probes measured both (the first 500 ms).
+    for i in 0..40 {
+        c.send(&mut net, 100);
+        for _ in 0..10 {
+            step(&mut net, &mut x, &mut c);
+        }
+        let _ = i;
+    }
+    let rtt = |net: &Net, l| net.nodes[client].node.rtt(l);
+    assert!(
+        rtt(&net, leg_a) < rtt(&net, leg_b),
+        "{:?} {:?}",
+        rtt(&net, leg_a),
+        rtt(&net, leg_b)
+    );
+    assert!(
+        c.took[10..].iter().all(|&l| l == leg_a),
+        "interactive on the fastest: {:?} a {leg_a:?}",
+        &c.took
+    );
+    // Bulk: 1,000 bytes every 5 ms for 6 s; A's middle dies after 2 s.
+    let bulk_from = c.took.len();
+    let start = net.elapsed();
+    let kill_at = start + Duration::from_secs(2);
+    let mut killed_seq = None;
+    let mut leg_c = None;
+    while net.elapsed() < start + Duration::from_secs(6) {
+        if net.elapsed() >= kill_at && killed_seq.is_none() {
+            net.kill(g[1]);
+            killed_seq = Some(c.took.len());
+        }
+        if c.vc.wants_leg() && leg_c.is_none() {
+            let avoid = c.vc.avoid();
+            assert_eq!(
+                avoid,
+                [key(&net, g[2]), key(&net, g[3])],
+                "the survivor's gateways"
+            );
+            let path = [g[5], g[6], exit_node];
+            let id = net.build_to(client, &path, Service::Exit);
+            c.vc.add_leg(id, path.iter().map(|&i| key(&net, i)).collect());
+            leg_c = Some((id, net.elapsed()));
+        }
+        c.send(&mut net, 1000);
+        step(&mut net, &mut x, &mut c);
+    }
+    for _ in 0..100 {
+        step(&mut net, &mut x, &mut c);
+    }
+    let killed_seq = killed_seq.expect("killed");
+    let before_kill = &c.took[bulk_from..killed_seq];
+    let on_a = before_kill.iter().filter(|&&l| l == leg_a).count();
+    let share = on_a as f64 / before_kill.len() as f64;
+    assert!(
+        (0.4..0.75).contains(&share),
+        "A carried {share:.2} of the bulk"
+    );
+    // Found dead within a second; the survivor took everything from then on.
+    let &(found, dead_leg, why) = c.dead.first().expect("A found dead");
+    assert_eq!((dead_leg, why), (leg_a, LegEnd::Silent));
+    let detect = found - kill_at;
+    assert!(
+        detect <= Duration::from_secs(1),
+        "found dead after {detect:?}"
+    );
+    let (leg_c, asked) = leg_c.expect("a replacement was asked for");
+    assert!(asked - kill_at <= Duration::from_secs(1));
+    let joined_c =
+        c.vc.legs()
+            .iter()
+            .any(|l| l.circuit == leg_c && l.state == LegState::Live);
+    assert!(joined_c, "the replacement joined");
+    // The exit: one address, in order, and no stall longer than a second.
+    let addrs: std::collections::BTreeSet<IpAddr> = x.left.iter().map(|l| l.2).collect();
+    assert_eq!(addrs.len(), 1);
+    let numbers: Vec<u32> = x.left.iter().map(|l| l.1).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "in order, once");
+    let end = net.elapsed();
+    let stall = longest_gap(
+        x.left.iter().map(|l| l.0),
+        start,
+        end - Duration::from_millis(500),
+    );
+    assert!(stall <= Duration::from_secs(1), "stalled {stall:?}");
+    let got: Vec<u32> = c.got.iter().map(|g| g.1).collect();
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "replies in order, once"
+    );
+    assert!(
+        got.len() * 10 >= numbers.len() * 9,
+        "{} replies of {}",
+        got.len(),
+        numbers.len()
+    );
+    let s = c.vc.stats();
+    assert_eq!((s.joined, s.legs_dead), (3, 1));
+    eprintln!(
+        "A's bulk share {share:.2}, found dead after {detect:?}, longest stall {stall:?}, \
+         {} sent, {} left the exit, {} replies, {s:?}",
+        c.took.len(),
+        numbers.len(),
+        got.len()
+    );
 }

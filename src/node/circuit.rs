@@ -45,6 +45,9 @@ pub(super) struct Own {
     pub(super) last_tx: Instant,
     /// When the last KEEPALIVE went out.
     pub(super) last_keepalive: Instant,
+    /// The smoothed round trip to the last hop, from the answers to KEEPALIVEs
+    /// (which carry their send time).
+    pub(super) srtt: Option<Duration>,
     /// The circuit's adaptive padding, if it pads.
     pub(super) padder: Option<Box<Padder>>,
 }
@@ -209,6 +212,14 @@ impl Node {
             return Output::Recycle(buf);
         };
         let hops = own.hops.len();
+        if b.cmd == Cmd::Keepalive && origin + 1 == hops {
+            let stamp = cell
+                .payload(b.len)
+                .and_then(|p| <[u8; STAMP_LEN]>::try_from(p).ok());
+            if let Some(sample) = stamp.and_then(|s| round_trip(now, own.created, s)) {
+                own.srtt = Some(own.srtt.map_or(sample, |s| (s * 7 + sample) / 8));
+            }
+        }
         if let Some(p) = own.padder.as_mut() {
             let events = if b.cmd == Cmd::Padding {
                 &padding::PADDING_RECEIVED
@@ -325,6 +336,7 @@ impl Node {
                 last_rx: now,
                 last_tx: now,
                 last_keepalive: now,
+                srtt: None,
                 padder: self
                     .cfg
                     .adaptive
@@ -560,14 +572,69 @@ impl Node {
             o.last_keepalive = now;
         }
         let target = o.hops.len().saturating_sub(1);
+        let sent_at = stamp(now, o.created);
         self.start_rekeys(now, rng, &rekey);
         if keepalive {
             let buf = self.spare.pop().unwrap_or_default();
-            let out = self.send_cmd(now, rng, id, target, Cmd::Keepalive, &[], buf);
+            let out = self.send_cmd(now, rng, id, target, Cmd::Keepalive, &sent_at, buf);
             self.push_output(out);
         }
         self.schedule_own(id);
     }
+
+    /// Sends a KEEPALIVE to the last hop of own circuit `id` now: its answer
+    /// refreshes [`Node::last_heard`] and [`Node::rtt`] (a virtual circuit probes its
+    /// legs so).
+    pub fn probe(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+        id: CircuitId,
+    ) -> Result<Option<Transmit>, SendError> {
+        self.observe(now);
+        let hops = self.sendable(id, STAMP_LEN)?;
+        let Some(o) = self.own.get_mut(&id) else {
+            return Err(SendError::NoCircuit);
+        };
+        o.last_keepalive = now;
+        let sent_at = stamp(now, o.created);
+        let buf = self.spare.pop().unwrap_or_default();
+        let target = hops.saturating_sub(1);
+        sent(self.send_cmd(now, rng, id, target, Cmd::Keepalive, &sent_at, buf))
+    }
+
+    /// The smoothed round trip of own circuit `id` to its last hop, once a KEEPALIVE
+    /// was answered.
+    #[must_use]
+    pub fn rtt(&self, id: CircuitId) -> Option<Duration> {
+        self.own.get(&id)?.srtt
+    }
+
+    /// When own circuit `id` last received a cell.
+    #[must_use]
+    pub fn last_heard(&self, id: CircuitId) -> Option<Instant> {
+        self.own.get(&id).map(|o| o.last_rx)
+    }
+}
+
+/// Bytes of a KEEPALIVE's payload: its send time, in microseconds since the circuit
+/// was created (PROTOCOL §5); the last hop's answer repeats it.
+pub(super) const STAMP_LEN: usize = 8;
+
+fn stamp(now: Instant, created: Instant) -> [u8; STAMP_LEN] {
+    let us = now.saturating_duration_since(created).as_micros();
+    u64::try_from(us).unwrap_or(u64::MAX).to_be_bytes()
+}
+
+/// The round trip a KEEPALIVE answer's stamp gives; `None` for a stamp from the
+/// future or out of range (a hostile exit can write any).
+pub(super) fn round_trip(
+    now: Instant,
+    created: Instant,
+    stamp: [u8; STAMP_LEN],
+) -> Option<Duration> {
+    let sent = created.checked_add(Duration::from_micros(u64::from_be_bytes(stamp)))?;
+    now.checked_duration_since(sent)
 }
 
 /// What a public send returns for a cell `send_body` or `originate_body` made: sent

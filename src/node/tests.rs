@@ -620,3 +620,18 @@ mod data_path;
 mod deadlines;
 mod pacing;
 mod padding;
+
+/// A KEEPALIVE answer's stamp is the client's own send time, but a hostile exit can
+/// write any: one from the future or beyond the clock's range gives no round trip.
+#[test]
+fn a_keepalive_stamp_from_the_future_gives_no_round_trip() {
+    let created = Instant::now();
+    let now = created + Duration::from_millis(500);
+    let stamp = |us: u64| us.to_be_bytes();
+    assert_eq!(
+        circuit::round_trip(now, created, stamp(440_000)),
+        Some(Duration::from_millis(60))
+    );
+    assert_eq!(circuit::round_trip(now, created, stamp(500_001)), None);
+    assert_eq!(circuit::round_trip(now, created, stamp(u64::MAX)), None);
+}

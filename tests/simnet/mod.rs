@@ -67,6 +67,8 @@ pub struct Net {
     pub latency: Duration,
     pub jitter: Duration,
     pub tap: Option<Tap>,
+    /// Extra delay of every datagram to or from an address (a slow gateway).
+    pub slow: HashMap<SocketAddr, Duration>,
     pub log: Vec<(Duration, usize, Ev)>,
     pub gateways: Vec<usize>,
     pub clients: Vec<usize>,
@@ -119,6 +121,7 @@ impl Net {
             latency: Duration::from_millis(10),
             jitter: Duration::ZERO,
             tap: None,
+            slow: HashMap::new(),
             log: Vec::new(),
             gateways: Vec::new(),
             clients: Vec::new(),
@@ -207,11 +210,15 @@ impl Net {
         if self.pct(self.loss_pct) {
             return;
         }
+        let slow = [d.src, d.dst]
+            .iter()
+            .filter_map(|a| self.slow.get(a))
+            .sum::<Duration>();
         if self.pct(self.dup_pct) {
-            let at = self.now + self.delay();
+            let at = self.now + self.delay() + slow;
             self.enqueue(at, d.clone());
         }
-        let at = self.now + self.delay();
+        let at = self.now + self.delay() + slow;
         self.enqueue(at, d);
     }
 
