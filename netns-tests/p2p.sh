@@ -788,7 +788,7 @@ case_dead_gateway() {
     fail "could not cut down the cache" || return
   [ "$k" = "${#GWS[@]}" ] || fail "the cut-down cache has $k gateways, not ${#GWS[@]}" || return
   {
-    printf '[client]\ncircuits = 1\n'
+    printf '[client]\ncircuits = 1\nlegs = 1\n'
     printf '\n[discovery]\nbootstrap = ["198.18.1.99:%s %s"]\nsubnet_v4 = 24\nsubnet_v6 = 48\n' "$PORT" "${PUB[gw1]}"
     printf '\n[tunnel]\nstate_dir = "%s"\n' "$st"
   } >"$AN_DIR/dead.toml"
@@ -853,6 +853,128 @@ dead_run() {
   DEAD_RESET[$pos]="${DEAD_RESET[$pos]:-} $((ended - killed))"
 }
 
+# (k) Virtual circuits (issue 14, PROTOCOL §12): a client with 2 legs per circuit
+# downloads 200 MB while one leg loses a gateway: its middle killed (SIGKILL), its
+# entry killed, or every packet at its middle dropped (nftables in the middle's
+# namespace, the process alive). The download must complete with the file's sha256.
+# The longest time without bytes and when a replacement leg joined are reported
+# (the issue's targets, 1 s and 5 s, are not met yet). The same with legs = 1 is
+# measured for comparison, and must lose the download (else the fault missed the
+# circuit). P2P_VC_RUNS runs per fault (default 1).
+VC_RUNS=${P2P_VC_RUNS:-1}
+VC_FILE_MB=200
+declare -gA VC_NOTE=()
+
+case_vc_lose_leg() {
+  local fault k run
+  [ -s "$AN_DIR/www/vc.bin" ] || head -c "${VC_FILE_MB}M" /dev/urandom >"$AN_DIR/www/vc.bin" || fail "cannot write vc.bin" || return
+  VC_SHA=$(sha256sum "$AN_DIR/www/vc.bin" | cut -d' ' -f1)
+  stop_up client-up
+  for fault in middle entry drop; do
+    for k in 2 1; do
+      for run in $(seq 1 "$VC_RUNS"); do
+        vc_run "$fault" "$k" "$run" || return 1
+      done
+    done
+  done
+  note "2 legs: ${VC_NOTE[2]}"
+  note "1 leg: ${VC_NOTE[1]}"
+}
+
+# vc_get URL OUT RATE_MB: downloads URL in the client's namespace at most RATE_MB
+# MB/s (60 s at most), writing "T_MS BYTES" per read and at the end "done BYTES
+# SHA256" or "error T_MS REASON" to OUT.
+vc_get() {
+  an_in p2p-client 60 "$PY" - "$1" "$2" "$3" <<'EOF'
+import hashlib, sys, time, urllib.request
+url, out, rate = sys.argv[1], sys.argv[2], float(sys.argv[3]) * 1e6
+f = open(out, "w", buffering=1)
+h, n = hashlib.sha256(), 0
+start = time.time()
+try:
+    r = urllib.request.urlopen(url, timeout=20)
+    while True:
+        b = r.read(65536)
+        if not b:
+            break
+        h.update(b)
+        n += len(b)
+        now = time.time()
+        f.write("%d %d\n" % (now * 1000, n))
+        ahead = n / rate - (now - start)
+        if ahead > 0:
+            time.sleep(ahead)
+    f.write("done %d %s\n" % (n, h.hexdigest()))
+except Exception as e:
+    f.write("error %d %s\n" % (time.time() * 1000, repr(e).replace("\n", " ")))
+EOF
+}
+
+# vc_run FAULT LEGS RUN: one run of case_vc_lose_leg.
+vc_run() {
+  local fault=$1 k=$2 run=$3 st=$AN_DIR/vc-state log=$AN_DIR/vc-up.log dl=$AN_DIR/vc-dl.txt
+  local n line addr a h pid killed result what bytes sha gap ended rep
+  logs "$log" "$dl"
+  rm -rf "$st"
+  n=$(narrow_cache "$AN_DIR/client-state/descriptors.cache" "$st/descriptors.cache" "${GWS[@]}") ||
+    fail "could not cut down the cache" || return
+  [ "$n" = "${#GWS[@]}" ] || fail "the cut-down cache has $n gateways, not ${#GWS[@]}" || return
+  {
+    printf '[client]\ncircuits = 1\nlegs = %s\n' "$k"
+    printf '\n[discovery]\nbootstrap = ["198.18.1.99:%s %s"]\nsubnet_v4 = 24\nsubnet_v6 = 48\n' "$PORT" "${PUB[gw1]}"
+    printf '\n[tunnel]\nstate_dir = "%s"\n' "$st"
+  } >"$AN_DIR/vc.toml"
+  an_start vc-up p2p-client "$log" "$AN_BIN" -v up --config "$AN_DIR/vc.toml"
+  an_wait_log "$log" '^anonnet up:' 30 "${AN_PID[vc-up]}" ||
+    fail "$fault/$k: 'up' did not come up: $(tail -2 "$log" | tr '\n' ' ')" || return
+  if [ "$k" = 2 ]; then
+    an_wait_log "$log" 'joined \(2 live\)' 15 "${AN_PID[vc-up]}" ||
+      { stop_up vc-up; fail "$fault: the second leg did not join: $(grep -E 'leg|path' "$log" | tail -3 | tr '\n' ' ')"; return 1; }
+  fi
+  # The leg to break: the first circuit's path (the first leg).
+  line=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -m1 'circuit [0-9]* up through ')
+  case $fault in
+    entry) addr=$(sed -E 's/.* up through //' <<<"$line" | awk -F' -> ' '{print $1}') ;;
+    *) addr=$(sed -E 's/.* up through //' <<<"$line" | awk -F' -> ' '{print $2}') ;;
+  esac
+  a=${addr%:*}
+  h=$(host_of "${a#[}")
+  [[ " ${GWS[*]} " == *" $h "* ]] || { stop_up vc-up; fail "$fault/$k: '$line' names no gateway at that hop"; return 1; }
+  vc_get "http://$SERVER4/vc.bin" "$dl" 40 &
+  pid=$!
+  sleep 1.5
+  killed=$(an_now_ms)
+  case $fault in
+    drop)
+      ip netns exec "$(ns "$h")" nft -f - <<<"table inet vcdrop { chain i { type filter hook input priority -10; udp dport $PORT drop; }; chain o { type filter hook output priority -10; udp sport $PORT drop; }; }" ||
+        { kill "$pid"; stop_up vc-up; fail "cannot add the drop rule in $h"; return 1; } ;;
+    *) an_stop "$h" KILL 5 ;;
+  esac
+  wait "$pid"
+  case $fault in
+    drop) ip netns exec "$(ns "$h")" nft delete table inet vcdrop ;;
+    *) start_gateway "$h" || { stop_up vc-up; fail "$fault/$k: $h did not start again"; return 1; } ;;
+  esac
+  result=$(grep -E '^(done|error) ' "$dl")
+  read -r what bytes sha <<<"$result"
+  # The longest time without bytes from 1 s before the fault to the end.
+  gap=$(awk -v t="$killed" '$1 ~ /^[0-9]+$/ { if (p && $1 >= t - 1000 && $1 - p > g) g = $1 - p; p = $1 } END { print g + 0 }' "$dl")
+  ended=$(awk '$1 ~ /^[0-9]+$/ { e = $1; b = $2 } END { printf "%.0f %d\n", e, b }' "$dl")
+  rep=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E 'leg [0-9]+ joined' | awk '{print $1}' | while read -r ts; do
+    t=$(date -d "$ts" +%s%3N 2>/dev/null) && [ "$t" -gt "$killed" ] && { echo $((t - killed)); break; }
+  done)
+  stop_up vc-up
+  if [ "$k" = 2 ]; then
+    [ "$what" = done ] && [ "$sha" = "$VC_SHA" ] ||
+      fail "$fault: the download over 2 legs did not complete intact: $result" || return
+    VC_NOTE[2]="${VC_NOTE[2]:-}$fault $h: complete, sha256 equal, longest gap $gap ms, a replacement leg joined after ${rep:-more than the download} ms; "
+  else
+    [ "$what" != done ] || [ "$sha" != "$VC_SHA" ] ||
+      fail "$fault: the download over 1 leg survived the fault: the fault missed the circuit" || return
+    VC_NOTE[1]="${VC_NOTE[1]:-}$fault $h: lost (${ended#* } of $((VC_FILE_MB * 1048576)) bytes, last $((${ended% *} - killed)) ms after the fault); "
+  fi
+}
+
 # ---------------------------------------------------------------------------------
 # The run
 
@@ -873,6 +995,7 @@ run_case subnet-rule case_subnet_rule
 # subnet-rule's capture must not see (directory circuits carry no traffic, and
 # their first hop is the guard, which knows the client anyway: PROTOCOL §11).
 run_case discover-via-guard case_discover_via_guard
-# After all others: it kills and restarts gateways.
+# After all others: they kill and restart gateways.
 run_case dead-gateway case_dead_gateway
+run_case vc-lose-leg case_vc_lose_leg
 # cases_on_exit cleans up and prints the summary line.

@@ -616,12 +616,8 @@ fn a_client_vc_spreads_bulk_and_leaves_a_dead_leg_within_a_second() {
             killed_seq = Some(c.took.len());
         }
         if c.vc.wants_leg() && leg_c.is_none() {
-            let avoid = c.vc.avoid();
-            assert_eq!(
-                avoid,
-                [key(&net, g[2]), key(&net, g[3])],
-                "the survivor's gateways"
-            );
+            let want = [key(&net, g[2]), key(&net, g[3])];
+            assert_eq!(c.vc.avoid(), want, "the survivor's gateways");
             let path = [g[5], g[6], exit_node];
             let id = net.build_to(client, &path, Service::Exit);
             c.vc.add_leg(id, path.iter().map(|&i| key(&net, i)).collect());

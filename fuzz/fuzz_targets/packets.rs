@@ -14,6 +14,7 @@ use anonnet::exit::nat;
 use anonnet::exit::policy::ExitPolicy;
 use anonnet::exit::{Exit, ExitSettings, Verdict};
 use anonnet::node::CircuitId;
+use anonnet::proto::framing::Carrier;
 use anonnet::proto::ip;
 use libfuzzer_sys::fuzz_target;
 
@@ -76,7 +77,12 @@ fuzz_target!(|data: &[u8]| {
                 ip::icmp_prohibited(&pkt, IpAddr::V4(Ipv4Addr::new(198, 18, 4, 2)), &mut answer);
         }
         _ => {
-            client_packets::clamp_mss(&mut pkt);
+            let carrier = if which & 0x80 == 0 {
+                Carrier::Data
+            } else {
+                Carrier::VData
+            };
+            client_packets::clamp_mss(&mut pkt, carrier);
             let _ = client_packets::refusal(&pkt, &mut answer);
         }
     }

@@ -249,8 +249,34 @@ pub fn select_path(
     guards: &[[u8; 32]],
     dst_port: Option<u16>,
 ) -> Result<Vec<usize>, PathError> {
+    select(rng, candidates, rules, guards, dst_port, None)
+}
+
+/// A path for a new leg of a virtual circuit (PROTOCOL §12): as [`select_path`],
+/// ending at the exit whose key is `exit` (an error if it is not among the
+/// candidates as a reachable exit). The caller leaves the other legs' gateways out of
+/// `candidates` and `guards`, so that the legs share only the exit.
+pub fn select_leg(
+    rng: &mut (impl RngCore + CryptoRng),
+    candidates: &[Candidate],
+    rules: &PathRules,
+    guards: &[[u8; 32]],
+    exit: [u8; 32],
+) -> Result<Vec<usize>, PathError> {
+    select(rng, candidates, rules, guards, None, Some(exit))
+}
+
+fn select(
+    rng: &mut (impl RngCore + CryptoRng),
+    candidates: &[Candidate],
+    rules: &PathRules,
+    guards: &[[u8; 32]],
+    dst_port: Option<u16>,
+    exit: Option<[u8; 32]>,
+) -> Result<Vec<usize>, PathError> {
     let (lo, hi) = rules.length.bounds().ok_or(PathError::BadLength)?;
     let mut search = Search::new(candidates, guards, dst_port, rules.subnets);
+    search.exit = exit;
     if !guards.is_empty() && search.guards.is_empty() {
         return Err(PathError::NoGuard);
     }
@@ -282,6 +308,8 @@ pub fn select_path(
 struct Search<'a> {
     cands: &'a [Candidate],
     port: Option<u16>,
+    /// The key the exit must have, if one is fixed.
+    exit: Option<[u8; 32]>,
     /// Whether the client has guards (then the entry must be one).
     guarded: bool,
     /// Indices of reachable candidates whose key is a guard.
@@ -304,6 +332,7 @@ impl<'a> Search<'a> {
         Search {
             cands,
             port,
+            exit: None,
             guarded: !guards.is_empty(),
             guards: guard_idx,
             work: 0,
@@ -319,6 +348,7 @@ impl<'a> Search<'a> {
     fn exit_ok(&self, i: usize) -> bool {
         self.cands.get(i).is_some_and(|c| {
             c.exit
+                && self.exit.is_none_or(|k| k == c.key)
                 && reachable(c)
                 && match (self.port, &c.exit_ports) {
                     (None, _) => true,

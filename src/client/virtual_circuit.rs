@@ -183,8 +183,16 @@ impl VirtualCircuit {
         self.legs.len() < usize::from(self.want)
     }
 
+    /// Whether a new leg should be built now: one is wanted, none is being built,
+    /// and the VC is up (a VC still joining its first leg waits for it).
+    #[must_use]
+    pub fn builds_leg(&self) -> bool {
+        self.wants_leg() && self.is_up() && !self.legs.iter().any(|l| l.state == LegState::Building)
+    }
+
     /// The gateways a new leg's path must avoid: every gateway of the other legs
-    /// but the shared exit.
+    /// but the shared exit. (The gateways of a leg that died are the caller's to
+    /// avoid for a while, as any failed gateway.)
     #[must_use]
     pub fn avoid(&self) -> Vec<[u8; 32]> {
         self.legs
@@ -192,6 +200,12 @@ impl VirtualCircuit {
             .flat_map(|l| l.hops.iter().copied())
             .filter(|k| *k != self.exit)
             .collect()
+    }
+
+    fn remove_leg(&mut self, circuit: CircuitId) -> bool {
+        let before = self.legs.len();
+        self.legs.retain(|l| l.circuit != circuit);
+        self.legs.len() < before
     }
 
     /// A leg's circuit is being built through `hops` (keys, entry first).
@@ -250,9 +264,7 @@ impl VirtualCircuit {
     /// A leg's circuit went down (or failed to build): it leaves the VC. Returns
     /// whether it was a leg.
     pub fn on_down(&mut self, circuit: CircuitId) -> bool {
-        let before = self.legs.len();
-        self.legs.retain(|l| l.circuit != circuit);
-        let was = self.legs.len() < before;
+        let was = self.remove_leg(circuit);
         if was {
             self.legs_down += 1;
         }
@@ -341,12 +353,16 @@ impl VirtualCircuit {
             .map_err(|(why, b)| (Some(why), b))
     }
 
-    /// When [`VirtualCircuit::handle_timeout`] has something to do: a reorder
-    /// timeout, a JOIN timing out, and while busy the next probe or liveness check.
+    /// When the VC has something to do: a leg that came up and awaits its JOIN
+    /// ([`VirtualCircuit::on_up`]), and for [`VirtualCircuit::handle_timeout`] a
+    /// reorder timeout, a JOIN timing out, and while busy the next probe or liveness
+    /// check.
     #[must_use]
     pub fn poll_timeout(&self, node: &Node) -> Option<Instant> {
         let busy = self.last_send.and_then(|t| t.checked_add(BUSY_FOR));
         let legs = self.legs.iter().filter_map(|l| match l.state {
+            // Up: its JOIN is due (the caller sends it).
+            LegState::Building if node.is_up(l.circuit) => node.last_heard(l.circuit),
             LegState::Building => None,
             LegState::Joining(at) => at.checked_add(JOIN_TIMEOUT),
             LegState::Live => {
@@ -410,7 +426,7 @@ impl VirtualCircuit {
             }
         }
         for (c, _) in &dead {
-            self.legs.retain(|l| l.circuit != *c);
+            self.remove_leg(*c);
             self.legs_dead += 1;
             node.close_circuit(*c);
         }

@@ -43,6 +43,10 @@ pub struct ClientConfig {
     pub discovery: DiscoveryConfig,
     /// Circuits kept ready at once (flows are spread over them).
     pub circuits: usize,
+    /// Routes of each circuit, 1 to 4 (PROTOCOL §12): above 1, each circuit of the
+    /// pool is a virtual circuit of this many legs to one exit. Default 2 with
+    /// discovery, 1 with a fixed path (one route).
+    pub legs: u8,
     /// How flows are assigned to circuits.
     pub isolation: crate::client::flows::Isolation,
     /// A circuit takes no new flows after this many seconds and is replaced.
@@ -354,6 +358,7 @@ struct RawClient {
     #[serde(default)]
     path: Vec<RawHop>,
     circuits: Option<i64>,
+    legs: Option<i64>,
     isolation: Option<String>,
     circuit_lifetime_secs: Option<i64>,
     mode: Option<String>,
@@ -444,6 +449,7 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
         path.push(HopConfig { addr, key });
     }
 
+    let discovered = path.is_empty();
     let config = ClientConfig {
         keepalive_secs: raw.keepalive_secs,
         circuit_timeout_secs: raw.circuit_timeout_secs,
@@ -454,6 +460,23 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
         tunnel,
         discovery,
         circuits: bounded_or("client.circuits", raw.circuits, (1, 16), 3)?,
+        legs: match (raw.legs, discovered) {
+            (Some(n), false) if n > 1 => {
+                return Err(ConfigError::invalid(
+                    "client.legs",
+                    format!(
+                        "{n} legs need discovery: a fixed client.path is one route \
+                         (remove client.path, or set legs = 1)"
+                    ),
+                ))
+            }
+            (n, _) => bounded_or(
+                "client.legs",
+                n,
+                (1, i64::from(crate::proto::vc::MAX_LEGS)),
+                if discovered { 2 } else { 1 },
+            )?,
+        },
         isolation: match &raw.isolation {
             None => crate::client::flows::Isolation::PerDestination,
             Some(s) => s

@@ -153,7 +153,32 @@ fn discovery_section() {
     assert_eq!(c.discovery.bootstrap[0].key, key);
     assert_eq!((c.discovery.hops, c.discovery.subnet_v4), ((2, 4), 24));
     assert_eq!(c.circuits, 3);
+    assert_eq!(c.legs, 2, "two routes per circuit with discovery");
     assert_eq!(c.isolation, crate::client::flows::Isolation::PerDestination);
+    let with = |legs: &str| {
+        parse_client(&format!(
+            "[client]
+legs = {legs}
+[discovery]
+bootstrap = [\"198.18.2.2:9000 {key}\"]\n"
+        ))
+    };
+    assert_eq!(with("4").unwrap().legs, 4);
+    assert_eq!(with("1").unwrap().legs, 1);
+    assert_eq!(
+        with("5").unwrap_err().to_string(),
+        "client.legs: must be between 1 and 4, got 5"
+    );
+    assert_eq!(
+        parse_client(&cl("", 3)).unwrap().legs,
+        1,
+        "a fixed path is one route"
+    );
+    assert_eq!(parse_client(&cl("legs = 1", 3)).unwrap().legs, 1);
+    assert_eq!(
+        client_err(&cl("legs = 2", 3)),
+        "client.legs: 2 legs need discovery: a fixed client.path is one route (remove client.path, or set legs = 1)"
+    );
     assert_eq!(
         client_err(&cl("isolation = \"per-site\"", 1)),
         "client.isolation: \"per-site\" is not an isolation policy (per-destination, per-connection or single)"

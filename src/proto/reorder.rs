@@ -6,9 +6,12 @@
 //! at most [`REORDER_WINDOW`] numbers and [`REORDER_BYTES`] bytes of packets. When a
 //! packet has waited its time, or a new one would not fit, the buffer gives up on the
 //! missing numbers before the oldest one it holds (they count as lost; TCP resends
-//! them) and delivers what follows in order. Numbers already delivered or given up,
-//! numbers beyond the window and duplicates are dropped and counted. So memory is
-//! bounded whatever a peer sends, and no packet is held back longer than the timeout.
+//! them) and delivers what follows in order; a number beyond the window moves the
+//! window up to it, giving up the numbers it leaves behind (a leg that died leaves
+//! gaps that a fast transfer on the others passes within the window, not after the
+//! timeout). Numbers already delivered or given up and duplicates are dropped and
+//! counted. So memory is bounded whatever a peer sends, and no packet is held back
+//! longer than the timeout.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -32,8 +35,6 @@ pub enum Rejected {
     Late,
     /// Its number is held already.
     Duplicate,
-    /// Its number is [`REORDER_WINDOW`] or more past the next expected one.
-    OutOfWindow,
 }
 
 /// What a reorder buffer has done, for the stats.
@@ -50,7 +51,7 @@ pub struct ReorderStats {
     pub late: u64,
     /// Packets dropped as [`Rejected::Duplicate`].
     pub duplicate: u64,
-    /// Packets dropped as [`Rejected::OutOfWindow`].
+    /// Packets [`REORDER_WINDOW`] or more ahead, which moved the window.
     pub out_of_window: u64,
 }
 
@@ -110,7 +111,7 @@ impl Reorder {
         out: &mut Vec<Vec<u8>>,
     ) -> Result<(), (Rejected, Vec<u8>)> {
         let limit = limit.min(REORDER_BYTES);
-        let mut ahead = match self.place(seq) {
+        let mut ahead = match self.place(seq, out) {
             Ok(a) => a,
             Err(why) => return Err((why, buf)),
         };
@@ -125,7 +126,7 @@ impl Reorder {
         // Room first: give up gaps until the packet fits the byte bound.
         while !self.held.is_empty() && self.bytes + buf.len() > limit {
             self.skip_gap(out);
-            ahead = match self.place(seq) {
+            ahead = match self.place(seq, out) {
                 Ok(a) => a,
                 Err(why) => return Err((why, buf)),
             };
@@ -186,18 +187,46 @@ impl Reorder {
         self.held.len()
     }
 
-    /// How far past the next expected number `seq` is, or why it cannot be held.
-    fn place(&mut self, seq: u32) -> Result<usize, Rejected> {
-        let ahead = seq.wrapping_sub(self.next);
+    /// How far past the next expected number `seq` is, or why it cannot be held. A
+    /// number [`REORDER_WINDOW`] or more ahead moves the window up to it: the
+    /// numbers left behind are given up, the packets among them let out in order.
+    fn place(&mut self, seq: u32, out: &mut Vec<Vec<u8>>) -> Result<usize, Rejected> {
+        let mut ahead = seq.wrapping_sub(self.next);
         if ahead >= 1 << 31 {
             self.stats.late += 1;
             return Err(Rejected::Late);
         }
         if ahead >= REORDER_WINDOW {
             self.stats.out_of_window += 1;
-            return Err(Rejected::OutOfWindow);
+            self.advance(ahead - (REORDER_WINDOW - 1), out);
+            ahead = seq.wrapping_sub(self.next);
         }
-        usize::try_from(ahead).map_err(|_| Rejected::OutOfWindow)
+        usize::try_from(ahead).map_err(|_| Rejected::Late)
+    }
+
+    /// Moves the next expected number `n` on: held packets on the way go out,
+    /// missing numbers are given up; then what follows in order goes out too.
+    fn advance(&mut self, n: u32, out: &mut Vec<Vec<u8>>) {
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = self.held.pop_front() else {
+                break;
+            };
+            match front {
+                Some(h) => {
+                    self.bytes = self.bytes.saturating_sub(h.buf.len());
+                    self.stats.delivered += 1;
+                    self.stats.reordered += 1;
+                    out.push(h.buf);
+                }
+                None => self.stats.lost += 1,
+            }
+            self.next = self.next.wrapping_add(1);
+            left -= 1;
+        }
+        self.stats.lost += u64::from(left);
+        self.next = self.next.wrapping_add(left);
+        self.release(out);
     }
 
     /// Delivers the next expected packet and whatever it unblocks.

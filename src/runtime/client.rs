@@ -178,7 +178,16 @@ pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
         specs.last().map(|h| h.key).unwrap_or_default(),
         exit_ports,
     );
-    let client = ClientPlane::new(tun, net, paths, pool, cfg.isolation, (circuit, specs));
+    let client = ClientPlane::new(
+        tun,
+        net,
+        paths,
+        pool,
+        cfg.isolation,
+        cfg.legs,
+        &mut d.rng,
+        (circuit, specs),
+    );
     Ok(Daemon::new(
         d,
         Some(client),

@@ -1,10 +1,16 @@
 //! The client's data plane, one part of the daemon (`runtime::daemon`): packets
 //! between the TUN device and circuits, the pool of circuits kept filled, and the
 //! kill switch's allowed entries.
+//!
+//! With `client.legs` above 1 each circuit of the pool is a virtual circuit
+//! ([`VirtualCircuit`], PROTOCOL §12): the pool, the flow router and the connection
+//! tracker know it by the id of its first leg (its handle); its legs are built,
+//! joined, probed and replaced here, and its packets go numbered on the leg it
+//! chooses.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tun_rs::AsyncDevice;
@@ -12,7 +18,9 @@ use tun_rs::AsyncDevice;
 use crate::client::conns::{Connections, Segment};
 use crate::client::flows::{CircuitPool, FlowRouter, Isolation, Route, NO_EXIT_HOLD};
 use crate::client::host_packets::{clamp_mss, refusal};
-use crate::node::{CircuitId, DataPath, DownReason, Event, HopSpec, Toward};
+use crate::client::virtual_circuit::{LegState, VirtualCircuit};
+use crate::node::{CircuitId, DataPath, DownReason, Event, HopSpec, Node, Toward};
+use crate::proto::framing::Carrier;
 use crate::proto::identity::PublicKey;
 use crate::proto::wire::{Cmd, Service, PAYLOAD_OFFSET};
 use crate::runtime::driver::{logged, Driver};
@@ -39,19 +47,45 @@ pub(crate) struct ClientPlane {
     open_ids: Vec<CircuitId>,
     /// A reset or ICMP error the client answers itself.
     answer: Vec<u8>,
+    /// Legs of each circuit: 1 is a plain circuit, more a virtual circuit.
+    legs: u8,
+    /// The virtual circuits, by handle (the id of their first leg).
+    vcs: HashMap<CircuitId, VirtualCircuit>,
+    /// The handle of each leg's virtual circuit.
+    leg_of: HashMap<CircuitId, CircuitId>,
+    /// When a virtual circuit may next try to build a leg, after a failure.
+    leg_retry: HashMap<CircuitId, Instant>,
+    /// Packets a reorder buffer let out (kept for its capacity).
+    ready: Vec<Vec<u8>>,
 }
 
+/// A virtual circuit that found no path for a new leg tries again after this long.
+const LEG_RETRY: Duration = Duration::from_secs(5);
+
 impl ClientPlane {
-    /// The plane of a client whose first circuit (with its path) is up in `pool`.
+    /// The plane of a client whose first circuit (with its path) is up in `pool`;
+    /// with `legs` above 1 that circuit becomes the first leg of a virtual circuit.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         tun: Arc<AsyncDevice>,
         net: sys::ClientNet,
         paths: Paths,
         pool: CircuitPool,
         isolation: Isolation,
+        legs: u8,
+        rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
         (circuit, path): (CircuitId, Vec<HopSpec>),
     ) -> Self {
         tracing::info!("circuit {} up through {}", circuit.0, hops_text(&path));
+        let mut vcs = HashMap::new();
+        let mut leg_of = HashMap::new();
+        if legs > 1 {
+            let exit = path.last().map(|h| h.key).unwrap_or_default();
+            let mut vc = VirtualCircuit::new(rng, legs, exit);
+            vc.add_leg(circuit, path.iter().map(|h| h.key).collect());
+            vcs.insert(circuit, vc);
+            leg_of.insert(circuit, circuit);
+        }
         Self {
             tun_tx: TunWriter::new(Arc::clone(&tun)),
             tun,
@@ -63,6 +97,20 @@ impl ClientPlane {
             paths_of: HashMap::from([(circuit, path)]),
             open_ids: Vec::new(),
             answer: Vec::new(),
+            legs,
+            vcs,
+            leg_of,
+            leg_retry: HashMap::new(),
+            ready: Vec::new(),
+        }
+    }
+
+    /// The cells the circuits carry packets in.
+    fn carrier(&self) -> Carrier {
+        if self.legs > 1 {
+            Carrier::VData
+        } else {
+            Carrier::Data
         }
     }
 
@@ -74,9 +122,16 @@ impl ClientPlane {
         &self.net.tun
     }
 
-    /// When the pool next wants a turn (a build to pace, a circuit to retire).
-    pub(crate) fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        self.pool.poll_timeout(now)
+    /// When the pool next wants a turn (a build to pace, a circuit to retire), or a
+    /// virtual circuit (a reorder timeout, a probe, a leg to check or rebuild).
+    pub(crate) fn poll_timeout(&self, now: Instant, node: &Node) -> Option<Instant> {
+        let vcs = self.vcs.iter().filter_map(|(h, vc)| {
+            let rebuild = vc
+                .builds_leg()
+                .then(|| self.leg_retry.get(h).copied().unwrap_or(now));
+            vc.poll_timeout(node).into_iter().chain(rebuild).min()
+        });
+        self.pool.poll_timeout(now).into_iter().chain(vcs).min()
     }
 
     /// A packet from one of the pool's circuits (to the TUN device), or a circuit
@@ -94,20 +149,45 @@ impl ClientPlane {
                 cmd: Cmd::Data,
                 mut buf,
                 range,
-            } if self.pool.contains(c) => {
+            } if self.pool.contains(c) && !self.leg_of.contains_key(&c) => {
                 if let Some(p) = logged(data.receive(now, c, &mut buf[range])) {
-                    clamp_mss(p);
+                    clamp_mss(p, Carrier::Data);
                     self.tun_tx.push(p).await;
                 }
                 d.sockets.pool.put(buf);
             }
+            Event::Data {
+                circuit: c,
+                cmd: Cmd::Joined,
+                buf,
+                range,
+            } if self.leg_of.contains_key(&c) => {
+                self.on_joined(c, &buf[range]);
+                d.sockets.pool.put(buf);
+            }
+            Event::Data {
+                circuit: c,
+                cmd: Cmd::VData,
+                mut buf,
+                range,
+            } if self.leg_of.contains_key(&c) => {
+                self.on_vdata(d, data, now, c, &mut buf[range]).await;
+                d.sockets.pool.put(buf);
+            }
             Event::CircuitUp(c) => {
-                self.pool.on_up(c);
+                if !self.leg_of.contains_key(&c) {
+                    self.pool.on_up(c);
+                }
                 if let Some(path) = self.paths_of.get(&c) {
                     tracing::info!("circuit {} up through {}", c.0, hops_text(path));
                 }
             }
-            Event::CircuitDown(c, why) => self.circuit_down(data, now, c, why).await,
+            Event::CircuitDown(c, why) => match self.leg_of.remove(&c) {
+                Some(h) => self.leg_down(data, now, h, c, why).await,
+                // The first leg of a virtual circuit, which the VC closed itself.
+                None if self.vcs.contains_key(&c) => {}
+                None => self.circuit_down(data, now, c, why).await,
+            },
             Event::Data { buf, .. } | Event::ServiceData { buf, .. } => d.sockets.pool.put(buf),
             Event::ServiceClosed(..) => {}
         }
@@ -126,21 +206,7 @@ impl ClientPlane {
         self.router.forget_circuit(c);
         data.forget(c);
         let resets = self.conns.circuit_down(now, c);
-        let path = self.paths_of.remove(&c).unwrap_or_default();
-        let blamed = why.failed_hop().and_then(|i| Some((i, *path.get(i)?)));
-        let avoided = match blamed {
-            Some((i, hop)) => match self.paths.failed(now, hop.key) {
-                Some(t) => format!(
-                    "; hop {} ({} at {}) failed: new paths avoid it for {} s",
-                    i + 1,
-                    PublicKey(hop.key),
-                    hop.addr,
-                    t.as_secs()
-                ),
-                None => format!("; hop {} ({}) failed", i + 1, hop.addr),
-            },
-            None => String::new(),
-        };
+        let avoided = self.blame(now, c, why);
         tracing::info!(
             "circuit {} down ({why:?}){avoided}; {} TCP connection(s) on it reset",
             c.0,
@@ -152,6 +218,243 @@ impl ClientPlane {
         if self.pool.all_down() {
             eprintln!("anonnet: circuit down ({why:?}); traffic is blocked until one is rebuilt");
         }
+    }
+
+    /// Forgets circuit `c`'s path, and says which hop failed under it (new paths
+    /// avoid it for a while), for the log.
+    fn blame(&mut self, now: Instant, c: CircuitId, why: DownReason) -> String {
+        let path = self.paths_of.remove(&c).unwrap_or_default();
+        let blamed = why.failed_hop().and_then(|i| Some((i, *path.get(i)?)));
+        match blamed {
+            Some((i, hop)) => match self.paths.failed(now, hop.key) {
+                Some(t) => format!(
+                    "; hop {} ({} at {}) failed: new paths avoid it for {} s",
+                    i + 1,
+                    PublicKey(hop.key),
+                    hop.addr,
+                    t.as_secs()
+                ),
+                None => format!("; hop {} ({}) failed", i + 1, hop.addr),
+            },
+            None => String::new(),
+        }
+    }
+
+    /// A JOINED on leg `c`: the leg carries packets; the virtual circuit's first
+    /// makes it up in the pool.
+    fn on_joined(&mut self, c: CircuitId, payload: &[u8]) {
+        let Some(&h) = self.leg_of.get(&c) else {
+            return;
+        };
+        let Some(vc) = self.vcs.get_mut(&h) else {
+            return;
+        };
+        let was_up = vc.is_up();
+        if vc.on_joined(c, payload) {
+            let live = vc
+                .legs()
+                .iter()
+                .filter(|l| l.state == LegState::Live)
+                .count();
+            tracing::info!("circuit {}: leg {} joined ({live} live)", h.0, c.0);
+            if !was_up {
+                self.pool.on_up(h);
+            }
+        }
+    }
+
+    /// A VDATA on leg `c`: its packet, once whole, through the virtual circuit's
+    /// reorder buffer to the TUN device.
+    async fn on_vdata(
+        &mut self,
+        d: &mut Driver,
+        data: &mut DataPath,
+        now: Instant,
+        c: CircuitId,
+        payload: &mut [u8],
+    ) {
+        let Some(vc) = self.leg_of.get(&c).and_then(|h| self.vcs.get_mut(h)) else {
+            return;
+        };
+        let received = data.receive_seq(now, c, payload).unwrap_or_else(|e| {
+            tracing::debug!("payload dropped: {e}");
+            None
+        });
+        let Some((seq, p)) = received else {
+            return;
+        };
+        let mut owned = d.sockets.pool.get();
+        owned.clear();
+        owned.resize(PAYLOAD_OFFSET, 0);
+        owned.extend_from_slice(p);
+        let mut ready = std::mem::take(&mut self.ready);
+        if let Err((_, buf)) = vc.receive(now, c, seq, owned, &mut ready) {
+            d.sockets.pool.put(buf);
+        }
+        self.deliver(d, &mut ready).await;
+        self.ready = ready;
+    }
+
+    /// Writes packets a reorder buffer let out (laid out as TUN reads) to the TUN
+    /// device.
+    async fn deliver(&mut self, d: &mut Driver, ready: &mut Vec<Vec<u8>>) {
+        for mut p in ready.drain(..) {
+            if let Some(pkt) = p.get_mut(PAYLOAD_OFFSET..) {
+                clamp_mss(pkt, Carrier::VData);
+                self.tun_tx.push(pkt).await;
+            }
+            d.sockets.pool.put(p);
+        }
+    }
+
+    /// Leg `c` of virtual circuit `h` went down: its traffic moves to the other
+    /// legs (a replacement is built in `maintain`); with no leg left the virtual
+    /// circuit is down.
+    async fn leg_down(
+        &mut self,
+        data: &mut DataPath,
+        now: Instant,
+        h: CircuitId,
+        c: CircuitId,
+        why: DownReason,
+    ) {
+        data.forget(c);
+        let avoided = self.blame(now, c, why);
+        let Some(vc) = self.vcs.get_mut(&h) else {
+            return;
+        };
+        vc.on_down(c);
+        if !vc.legs().is_empty() {
+            tracing::info!(
+                "circuit {}: leg {} down ({why:?}){avoided}; its traffic moved to the {} other leg(s)",
+                h.0,
+                c.0,
+                vc.legs().len()
+            );
+            return;
+        }
+        self.vcs.remove(&h);
+        self.leg_retry.remove(&h);
+        self.circuit_down(data, now, h, why).await;
+    }
+
+    /// What the virtual circuits have due: JOINs on legs that came up, probes,
+    /// legs found dead, packets whose gap timed out, and a new leg for each that
+    /// lacks one.
+    async fn maintain_vcs(
+        &mut self,
+        d: &mut Driver,
+        data: &mut DataPath,
+        now: Instant,
+    ) -> Result<()> {
+        let handles: Vec<CircuitId> = self.vcs.keys().copied().collect();
+        let mut ready = std::mem::take(&mut self.ready);
+        let mut sent = Vec::new();
+        for h in handles {
+            let Some(vc) = self.vcs.get_mut(&h) else {
+                continue;
+            };
+            let up: Vec<CircuitId> = vc
+                .legs()
+                .iter()
+                .filter(|l| l.state == LegState::Building && d.node.is_up(l.circuit))
+                .map(|l| l.circuit)
+                .collect();
+            for c in up {
+                match vc.on_up(now, &mut d.node, &mut d.rng, c) {
+                    Ok(Some(t)) => sent.push(t),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!("JOIN on leg {} not sent: {e}", c.0),
+                }
+            }
+            if vc.poll_timeout(&d.node).is_some_and(|t| t <= now) {
+                for (c, why) in
+                    vc.handle_timeout(now, &mut d.node, &mut d.rng, &mut ready, &mut sent)
+                {
+                    tracing::info!(
+                        "circuit {}: leg {} dead ({why:?}); its traffic moved to the {} other leg(s)",
+                        h.0,
+                        c.0,
+                        vc.legs().len()
+                    );
+                    self.leg_of.remove(&c);
+                    data.forget(c);
+                    // Which of its gateways failed is not known: new paths avoid
+                    // them all for a while. Each later hop counts as failing a
+                    // moment later, so that when paths run short the entry (a
+                    // guard, scarce) is used again before the middles.
+                    let path = self.paths_of.remove(&c).unwrap_or_default();
+                    let relays = path.iter().take(path.len().saturating_sub(1));
+                    let times = (0u64..).map(|i| now + Duration::from_millis(i));
+                    for (at, hop) in times.zip(relays) {
+                        self.paths.failed(at, hop.key);
+                    }
+                }
+            }
+            let retry = self.leg_retry.get(&h).is_none_or(|&t| t <= now);
+            if vc.builds_leg() && retry {
+                self.build_leg(d, now, h).await?;
+            }
+        }
+        for t in sent {
+            d.sockets.send_recycle(t).await;
+        }
+        self.deliver(d, &mut ready).await;
+        self.ready = ready;
+        Ok(())
+    }
+
+    /// Builds a new leg for virtual circuit `h`: to its exit, avoiding its other
+    /// legs' gateways.
+    async fn build_leg(&mut self, d: &mut Driver, now: Instant, h: CircuitId) -> Result<()> {
+        let Some(vc) = self.vcs.get(&h) else {
+            return Ok(());
+        };
+        let chosen = self.paths.next_leg(&mut d.rng, vc.exit(), &vc.avoid());
+        let Chosen {
+            specs,
+            padding_share,
+            ..
+        } = match chosen {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("circuit {}: no path for another leg: {e:#}", h.0);
+                self.leg_retry.insert(h, now + LEG_RETRY);
+                return Ok(());
+            }
+        };
+        self.allow_entry(&specs).await?;
+        let c = d
+            .node
+            .build_circuit(now, &mut d.rng, &specs, Service::Exit)
+            .map_err(|e| anyhow::anyhow!("cannot build a leg: {e}"))?;
+        if let Some(share) = padding_share {
+            d.node.limit_padding(c, share);
+        }
+        tracing::info!(
+            "circuit {}: leg {} building through {}",
+            h.0,
+            c.0,
+            hops_text(&specs)
+        );
+        if let Some(vc) = self.vcs.get_mut(&h) {
+            vc.add_leg(c, specs.iter().map(|hop| hop.key).collect());
+        }
+        self.leg_of.insert(c, h);
+        self.paths_of.insert(c, specs);
+        self.leg_retry.remove(&h);
+        Ok(())
+    }
+
+    /// Lets a path's entry out through the kill switch.
+    async fn allow_entry(&mut self, specs: &[HopSpec]) -> Result<()> {
+        if let Some(entry) = specs.first().map(|h| h.addr) {
+            if !self.net.gateways.contains(&entry) {
+                self.net.gateways.push(entry);
+                sys::client_set_gateways(&self.net).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Keeps the pool filled: builds the circuit it wants (letting its entry out
@@ -169,12 +472,7 @@ impl ClientPlane {
                     exit_ports: ports,
                     padding_share,
                 }) => {
-                    if let Some(entry) = specs.first().map(|h| h.addr) {
-                        if !self.net.gateways.contains(&entry) {
-                            self.net.gateways.push(entry);
-                            sys::client_set_gateways(&self.net).await?;
-                        }
-                    }
+                    self.allow_entry(&specs).await?;
                     let exit = specs.last().map(|h| h.key).unwrap_or_default();
                     let id = d
                         .node
@@ -185,6 +483,12 @@ impl ClientPlane {
                     }
                     self.pool.building(now, id, exit, ports);
                     tracing::info!("circuit {} building through {}", id.0, hops_text(&specs));
+                    if self.legs > 1 {
+                        let mut vc = VirtualCircuit::new(&mut d.rng, self.legs, exit);
+                        vc.add_leg(id, specs.iter().map(|h| h.key).collect());
+                        self.vcs.insert(id, vc);
+                        self.leg_of.insert(id, id);
+                    }
                     self.paths_of.insert(id, specs);
                 }
                 Err(e) => match want.port {
@@ -203,15 +507,32 @@ impl ClientPlane {
             }
         }
         for c in self.pool.retire(now, &mut self.router) {
-            data.forget(c);
-            self.paths_of.remove(&c);
             for rst in self.conns.circuit_down(now, c) {
                 self.tun_tx.push(&rst).await;
             }
-            d.node.close_circuit(c);
+            for leg in self.close_circuit(d, c) {
+                data.forget(leg);
+                self.paths_of.remove(&leg);
+            }
         }
+        self.maintain_vcs(d, data, now).await?;
         self.pool.open(now, &mut self.open_ids);
         Ok(())
+    }
+
+    /// Closes a circuit of the pool: a plain circuit, or every leg of a virtual
+    /// circuit. Returns the circuits closed.
+    fn close_circuit(&mut self, d: &mut Driver, c: CircuitId) -> Vec<CircuitId> {
+        let legs = match self.vcs.remove(&c) {
+            Some(vc) => vc.legs().iter().map(|l| l.circuit).collect(),
+            None => vec![c],
+        };
+        self.leg_retry.remove(&c);
+        for &leg in &legs {
+            self.leg_of.remove(&leg);
+            d.node.close_circuit(leg);
+        }
+        legs
     }
 
     /// A packet the host sent: refused (a connection whose circuit died), routed
@@ -239,11 +560,25 @@ impl ClientPlane {
             .route(now, &mut d.rng, pkt, &self.pool, &self.open_ids)
         {
             Route::Via(c) => {
+                let len = pkt.len();
+                let (leg, seq) = match self.vcs.get_mut(&c) {
+                    Some(vc) => match vc.route(now, &d.node, len) {
+                        Some((leg, seq)) => (leg, Some(seq)),
+                        // Not joined yet: dropped (TCP sends it again).
+                        None => {
+                            d.sockets.pool.put(buf);
+                            return;
+                        }
+                    },
+                    None => (c, None),
+                };
                 if let Some(seg) = &seg {
                     self.conns.carried(now, seg, c);
                 }
-                clamp_mss(&mut buf[PAYLOAD_OFFSET..]);
-                d.send_packet(now, data, Toward::Forward(c), buf).await;
+                let carrier = self.carrier();
+                clamp_mss(&mut buf[PAYLOAD_OFFSET..], carrier);
+                d.send_numbered(now, data, Toward::Forward(leg), seq, buf)
+                    .await;
                 return;
             }
             Route::NoExit(port) if !self.pool.demand(now, port) => {
@@ -262,8 +597,9 @@ impl ClientPlane {
 
     /// Closes every circuit of the pool (when the daemon stops).
     pub(crate) fn close(&mut self, d: &mut Driver) {
-        for c in self.pool.ids() {
-            d.node.close_circuit(c);
+        let ids: Vec<CircuitId> = self.pool.ids().collect();
+        for c in ids {
+            self.close_circuit(d, c);
         }
     }
 

@@ -81,7 +81,7 @@ impl Daemon {
             } = self;
             let now = Instant::now();
             let wake = [
-                client.as_ref().and_then(|c| c.poll_timeout(now)),
+                client.as_ref().and_then(|c| c.poll_timeout(now, &d.node)),
                 exit.as_ref().and_then(ExitSide::poll_timeout),
                 discovery
                     .as_ref()

@@ -7,9 +7,11 @@ use anyhow::{bail, Result};
 
 use crate::client::avoid::{Avoid, LEVELS};
 use crate::client::flows::Build;
-use crate::client::path::{select_path, Guards, PathLength, PathRules, Subnets};
+use crate::client::path::{
+    select_leg, select_path, Guards, PathError, PathLength, PathRules, Subnets,
+};
 use crate::config::ClientConfig;
-use crate::discovery::Store;
+use crate::discovery::{Candidate, Store};
 use crate::files::write_atomic;
 use crate::node::HopSpec;
 use crate::proto::ports::PortSummary;
@@ -133,12 +135,50 @@ impl Paths {
         rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
         port: Option<u16>,
     ) -> Result<Chosen> {
-        match self {
-            Self::Fixed(specs) => Ok(Chosen {
+        if let Self::Fixed(specs) = self {
+            return Ok(Chosen {
                 specs: specs.clone(),
                 exit_ports: None,
                 padding_share: None,
-            }),
+            });
+        }
+        self.draw(rng, &[], |rng, pool, rules, guards| {
+            select_path(rng, pool, rules, guards, port)
+        })
+    }
+
+    /// A path for a new leg of a virtual circuit: by the path rules, ending at
+    /// `exit`, through none of the gateways in `others` (the other legs'), from a
+    /// guard that is not one of them. A fixed path has no second route.
+    pub(crate) fn next_leg(
+        &mut self,
+        rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+        exit: [u8; 32],
+        others: &[[u8; 32]],
+    ) -> Result<Chosen> {
+        if let Self::Fixed(_) = self {
+            bail!("a fixed path (client.path) is one route: a virtual circuit of more than one leg needs discovery");
+        }
+        self.draw(rng, others, |rng, pool, rules, guards| {
+            select_leg(rng, pool, rules, guards, exit)
+        })
+    }
+
+    /// A random path from the discovered gateways but `leave_out` by `select`
+    /// (given the candidates, the rules and the usable guards), saving the guards.
+    fn draw<R: rand_core::RngCore + rand_core::CryptoRng>(
+        &mut self,
+        rng: &mut R,
+        leave_out: &[[u8; 32]],
+        mut select: impl FnMut(
+            &mut R,
+            &[Candidate],
+            &PathRules,
+            &[[u8; 32]],
+        ) -> Result<Vec<usize>, PathError>,
+    ) -> Result<Chosen> {
+        match self {
+            Self::Fixed(_) => bail!("a fixed path is not drawn"),
             Self::Discovered {
                 store,
                 guards,
@@ -149,7 +189,14 @@ impl Paths {
             } => {
                 let mut cands = store.candidates();
                 cands.retain(|c| Some(c.key) != *own);
-                let keys = guards.refresh(rng, &cands, unix_now());
+                let mut keys = guards.refresh(rng, &cands, unix_now());
+                cands.retain(|c| !leave_out.contains(&c.key));
+                if !keys.is_empty() {
+                    keys.retain(|k| !leave_out.contains(k));
+                    if keys.is_empty() {
+                        bail!("every entry guard is on another leg: no guard left for this one");
+                    }
+                }
                 let saved = std::fs::create_dir_all(&*state_dir).and_then(|()| {
                     write_atomic(&state_dir.join(GUARDS_FILE), guards.to_toml().as_bytes())
                 });
@@ -175,7 +222,7 @@ impl Paths {
                         .filter(|k| !avoid.excludes(now, level, k))
                         .copied()
                         .collect();
-                    let path = select_path(rng, &pool, rules, &guards, port);
+                    let path = select(rng, &pool, rules, &guards);
                     if path.is_ok() || level + 1 >= LEVELS {
                         break (path, pool);
                     }

@@ -748,3 +748,29 @@ proptest! {
         }
     }
 }
+
+/// A leg's path ends at the VC's exit, whichever other exits there are, starts at a
+/// guard when there are guards, and uses only the candidates it is given (the
+/// caller leaves the other legs' gateways out).
+#[test]
+fn a_legs_path_ends_at_the_given_exit() {
+    let cands = spread(10, 4);
+    let guards = [key(6), key(7)];
+    for seed in 0..50 {
+        let exit = key(seed as usize % 4);
+        let path = select_leg(&mut rng(seed), &cands, &rules(3), &guards, exit).unwrap();
+        assert_eq!(cands[path[2]].key, exit, "seed {seed}");
+        assert!(guards.contains(&cands[path[0]].key), "seed {seed}");
+        assert!(valid(&cands, &path, &guards, None), "seed {seed}");
+    }
+    // The exit is no candidate (left out, or never known), or not an exit.
+    let without: Vec<Candidate> = cands.iter().filter(|c| c.key != key(0)).cloned().collect();
+    assert_eq!(
+        select_leg(&mut rng(1), &without, &rules(3), &[], key(0)),
+        Err(PathError::NoExit { port: None })
+    );
+    assert_eq!(
+        select_leg(&mut rng(1), &cands, &rules(3), &[], key(8)),
+        Err(PathError::NoExit { port: None })
+    );
+}

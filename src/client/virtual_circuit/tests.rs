@@ -56,12 +56,18 @@ fn unexpected_joined_and_vdata_are_counted() {
         v.receive(t, CircuitId(1), 0, vec![1], &mut out).is_err(),
         "not live"
     );
+    assert!(
+        v.wants_leg() && !v.builds_leg(),
+        "not before the first leg joined"
+    );
     assert!(v.on_joined(CircuitId(1), &ok));
     assert!(!v.on_joined(CircuitId(1), &ok), "joined already");
     assert!(v.is_up());
     v.receive(t, CircuitId(1), 0, vec![0], &mut out).unwrap();
     let far = v.receive(t, CircuitId(1), 5000, vec![1], &mut out);
-    assert_eq!(far.map_err(|e| e.0), Err(Some(Rejected::OutOfWindow)));
+    assert!(far.is_ok(), "moves the window");
+    let late = v.receive(t, CircuitId(1), 5, vec![1], &mut out);
+    assert_eq!(late.map_err(|e| e.0), Err(Some(Rejected::Late)));
     assert_eq!(out, [vec![0]]);
     let s = v.stats();
     assert_eq!((s.unexpected, s.joined, s.reorder.out_of_window), (5, 1, 1));
@@ -89,7 +95,9 @@ fn join_timeout_and_no_verdict_when_every_leg_is_silent() {
     // Leg 2 never heard anything (the node has no such circuit) and no other leg
     // did either: it stays.
     assert_eq!(v.legs().len(), 1);
-    assert!(v.wants_leg());
+    assert!(v.wants_leg() && v.builds_leg());
+    v.add_leg(CircuitId(3), vec![[3; 32], [9; 32]]);
+    assert!(!v.builds_leg(), "one at a time");
     assert_eq!(v.stats().legs_dead, 1);
     assert_eq!(
         v.route(later, &node, 100),
