@@ -912,7 +912,7 @@ EOF
 
 # vc_run FAULT LEGS RUN: one run of case_vc_lose_leg.
 vc_run() {
-  local fault=$1 k=$2 run=$3 st=$AN_DIR/vc-state log=$AN_DIR/vc-up.log dl=$AN_DIR/vc-dl.txt
+  local fault=$1 k=$2 run=$3 st=$AN_DIR/vc-state log=$AN_DIR/vc-up-$1-$2-$3.log dl=$AN_DIR/vc-dl-$1-$2-$3.txt
   local n line addr a h pid killed result what bytes sha gap ended rep
   logs "$log" "$dl"
   rm -rf "$st"

@@ -12,6 +12,11 @@
 //! legs slower than [`SLOW_FACTOR`] times the fastest (their packets would wait in
 //! the exit's reorder buffer).
 //!
+//! A leg that has heard nothing since a packet went on it for twice its round trip
+//! (at least [`SUSPECT_AFTER`]) is suspect: new packets avoid it while another leg
+//! is not, so a route that just broke stops taking traffic within tens of
+//! milliseconds, long before it is found dead.
+//!
 //! While the VC carries traffic it probes each leg ([`Node::probe`]) every
 //! [`PROBE_EVERY`]: the answers measure each leg's round trip (queues included, so a
 //! loaded leg looks slower) and show it alive. A leg that heard nothing for
@@ -39,6 +44,9 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(250);
 pub const LEG_DEAD_AFTER: Duration = Duration::from_millis(750);
 /// The VC probes its legs while it sent something within this long.
 pub const BUSY_FOR: Duration = Duration::from_secs(1);
+/// A leg that heard nothing since a packet went on it for twice its round trip plus
+/// this long (and at least this long) is suspect: new packets avoid it.
+pub const SUSPECT_AFTER: Duration = Duration::from_millis(50);
 /// A JOIN not answered within this long: the leg is closed and replaced.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The window over which the VC measures how much it sends.
@@ -69,6 +77,10 @@ pub struct Leg {
     pub state: LegState,
     /// When it was last probed.
     probed: Option<Instant>,
+    /// The first packet sent on it since it last heard anything.
+    unanswered: Option<Instant>,
+    /// Whether it was suspect at the last packet routed.
+    suspect: bool,
     /// Its share of bulk traffic (smooth weighted round robin).
     credit: i64,
 }
@@ -215,6 +227,8 @@ impl VirtualCircuit {
             hops,
             state: LegState::Building,
             probed: None,
+            unanswered: None,
+            suspect: false,
             credit: 0,
         });
     }
@@ -282,8 +296,17 @@ impl VirtualCircuit {
             _ => (Some(now), len, 0),
         };
         let bytes = self.window.1.max(self.window.2);
+        let mut clear = false;
+        for l in &mut self.legs {
+            l.suspect = l.state == LegState::Live && is_suspect(l, node, now);
+            clear |= l.state == LegState::Live && !l.suspect;
+        }
         let rtt = |l: &Leg| node.rtt(l.circuit);
-        let live = || self.legs.iter().filter(|l| l.state == LegState::Live);
+        let live = || {
+            self.legs
+                .iter()
+                .filter(|l| l.state == LegState::Live && !(clear && l.suspect))
+        };
         let best = live().filter_map(rtt).min();
         let fastest = live()
             .min_by_key(|l| rtt(l).unwrap_or(Duration::MAX))?
@@ -291,8 +314,14 @@ impl VirtualCircuit {
         let leg = if bytes <= BULK_BYTES {
             fastest
         } else {
-            self.spread(node, best).unwrap_or(fastest)
+            self.spread(node, best, clear).unwrap_or(fastest)
         };
+        if let Some(l) = self.legs.iter_mut().find(|l| l.circuit == leg) {
+            let heard = node.last_heard(leg);
+            if l.unanswered.is_none_or(|t| heard.is_some_and(|h| h >= t)) {
+                l.unanswered = Some(now);
+            }
+        }
         let seq = self.next_seq;
         self.next_seq = seq.wrapping_add(1);
         self.last_send = Some(now);
@@ -300,14 +329,15 @@ impl VirtualCircuit {
     }
 
     /// The next leg of a bulk transfer: smooth weighted round robin over the live
-    /// legs within [`SLOW_FACTOR`] of the fastest round trip `best`, each weighted by
-    /// its speed (a leg not yet measured counts as the fastest).
-    fn spread(&mut self, node: &Node, best: Option<Duration>) -> Option<CircuitId> {
+    /// legs within [`SLOW_FACTOR`] of the fastest round trip `best` (not the suspect
+    /// ones when `clear`: some leg is not), each weighted by its speed (a leg not yet
+    /// measured counts as the fastest).
+    fn spread(&mut self, node: &Node, best: Option<Duration>, clear: bool) -> Option<CircuitId> {
         let best_us = best.map_or(1, |b| b.as_micros().max(1));
         let mut total = 0i64;
         let mut pick: Option<(usize, i64)> = None;
         for (i, l) in self.legs.iter_mut().enumerate() {
-            if l.state != LegState::Live {
+            if l.state != LegState::Live || (clear && l.suspect) {
                 continue;
             }
             let us = node
@@ -432,6 +462,22 @@ impl VirtualCircuit {
         }
         dead
     }
+}
+
+/// Whether leg `l` heard nothing since a packet went on it for twice its round trip
+/// plus [`SUSPECT_AFTER`] (at least [`SUSPECT_AFTER`]; a leg not yet measured waits
+/// twice that).
+fn is_suspect(l: &Leg, node: &Node, now: Instant) -> bool {
+    let Some(sent) = l.unanswered else {
+        return false;
+    };
+    if node.last_heard(l.circuit).is_some_and(|h| h >= sent) {
+        return false;
+    }
+    let wait = node
+        .rtt(l.circuit)
+        .map_or(SUSPECT_AFTER * 2, |r| r * 2 + SUSPECT_AFTER);
+    now.saturating_duration_since(sent) > wait
 }
 
 #[cfg(test)]
