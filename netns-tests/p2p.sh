@@ -856,9 +856,9 @@ dead_run() {
 # (k) Virtual circuits (issue 14, PROTOCOL §12): a client with 2 legs per circuit
 # downloads 200 MB while one leg loses a gateway: its middle killed (SIGKILL), its
 # entry killed, or every packet at its middle dropped (nftables in the middle's
-# namespace, the process alive). The download must complete with the file's sha256.
-# The longest time without bytes and when a replacement leg joined are reported
-# (the issue's targets, 1 s and 5 s, are not met yet). The same with legs = 1 is
+# namespace, the process alive). The download must complete with the file's sha256
+# and a replacement leg must join within 5 s; the longest time without bytes is
+# reported (the issue's target, 1 s, is not asserted yet). The same with legs = 1 is
 # measured for comparison, and must lose the download (else the fault missed the
 # circuit). P2P_VC_RUNS runs per fault (default 1).
 VC_RUNS=${P2P_VC_RUNS:-1}
@@ -919,6 +919,13 @@ vc_run() {
   n=$(narrow_cache "$AN_DIR/client-state/descriptors.cache" "$st/descriptors.cache" "${GWS[@]}") ||
     fail "could not cut down the cache" || return
   [ "$n" = "${#GWS[@]}" ] || fail "the cut-down cache has $n gateways, not ${#GWS[@]}" || return
+  # Guards among the relays that are not exits: a guard that is also the VC's exit
+  # cannot start a leg, and with one guard on the first leg no second leg would
+  # have one left (guards may be exits: see the closing note of this case's issue).
+  {
+    printf 'count = 3\nlifetime_secs = 5184000\n'
+    for g in gw1 gw2 gw4; do printf '\n[[guard]]\nkey = "%s"\nchosen_at = %s\n' "${PUB[$g]}" "$(date +%s)"; done
+  } >"$st/guards.toml"
   {
     printf '[client]\ncircuits = 1\nlegs = %s\n' "$k"
     printf '\n[discovery]\nbootstrap = ["198.18.1.99:%s %s"]\nsubnet_v4 = 24\nsubnet_v6 = 48\n' "$PORT" "${PUB[gw1]}"
@@ -967,6 +974,8 @@ vc_run() {
   if [ "$k" = 2 ]; then
     [ "$what" = done ] && [ "$sha" = "$VC_SHA" ] ||
       fail "$fault: the download over 2 legs did not complete intact: $result" || return
+    [ -n "$rep" ] && [ "$rep" -le 5000 ] ||
+      fail "$fault: no replacement leg joined within 5 s (after ${rep:-more than the download} ms)" || return
     VC_NOTE[2]="${VC_NOTE[2]:-}$fault $h: complete, sha256 equal, longest gap $gap ms, a replacement leg joined after ${rep:-more than the download} ms; "
   else
     [ "$what" != done ] || [ "$sha" != "$VC_SHA" ] ||

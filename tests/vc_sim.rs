@@ -115,7 +115,9 @@ impl ExitSide {
         for e in new {
             match e {
                 Ev::Vc(c, Cmd::Join, p) => {
-                    let accepted = self.exit.join(now, c, &p).expect("join");
+                    let node = &net.nodes[self.node].node;
+                    let heard = |c| node.last_forward(c);
+                    let accepted = self.exit.join(now, c, &p, &heard).expect("join");
                     if let Some(old) = accepted.replaced {
                         net.nodes[self.node].node.destroy_service(old);
                         self.replaced.push(old);
@@ -170,7 +172,9 @@ impl ExitSide {
             let IpAddr::V4(pool) = src else { panic!("v4") };
             let mut reply = udp(SERVER, pool, n, p.len());
             assert_eq!(self.exit.from_tun(&mut reply), Some(owner));
-            let (leg, seq) = self.exit.route_back(owner).expect("a leg to reply on");
+            let node = &net.nodes[self.node].node;
+            let route = self.exit.route_back(now, owner, &|c| node.last_forward(c));
+            let (leg, seq) = route.expect("a leg to reply on");
             let seq = seq.expect("numbered");
             send_numbered(
                 net,

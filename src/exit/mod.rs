@@ -186,14 +186,17 @@ impl Exit {
     /// A JOIN payload on `circuit`: the number of legs its virtual circuit now has
     /// (for JOINED) and the leg it replaced (to be destroyed), or why it was refused
     /// (the circuit is then to be destroyed).
+    /// `heard` says when a circuit last received anything (the node's
+    /// [`crate::node::Node::last_forward`]).
     pub fn join(
         &mut self,
         now: Instant,
         circuit: CircuitId,
         payload: &[u8],
+        heard: &dyn Fn(CircuitId) -> Option<Instant>,
     ) -> Result<Accepted, JoinError> {
         let carried = self.circuits.contains_key(&Owner::Circuit(circuit));
-        self.vcs.join(now, circuit, payload, carried)
+        self.vcs.join(now, circuit, payload, carried, heard)
     }
 
     /// Forward packet number `seq` of the virtual circuit `circuit` is a leg of, in
@@ -212,12 +215,20 @@ impl Exit {
     }
 
     /// Where a backward packet of `owner` goes: its circuit, or the chosen leg of its
-    /// virtual circuit with the packet's number. `None`: a virtual circuit without
-    /// legs.
-    pub fn route_back(&mut self, owner: Owner) -> Option<(CircuitId, Option<u32>)> {
+    /// virtual circuit with the packet's number (`heard` as for [`Exit::join`]).
+    /// `None`: a virtual circuit without legs.
+    pub fn route_back(
+        &mut self,
+        now: Instant,
+        owner: Owner,
+        heard: &dyn Fn(CircuitId) -> Option<Instant>,
+    ) -> Option<(CircuitId, Option<u32>)> {
         match owner {
             Owner::Circuit(c) => Some((c, None)),
-            Owner::Vc(id) => self.vcs.backward(&id).map(|(c, s)| (c, Some(s))),
+            Owner::Vc(id) => self
+                .vcs
+                .backward(&id, now, heard)
+                .map(|(c, s)| (c, Some(s))),
         }
     }
 

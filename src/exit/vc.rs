@@ -3,12 +3,14 @@
 //! number of each backward one.
 //!
 //! A JOIN makes its circuit a leg of the VC it names, creating the VC if the exit
-//! does not know it. A JOIN to a VC that has all its legs replaces the leg whose
-//! latest forward packet is the oldest: the client joins a new leg when it found one
+//! does not know it. A JOIN to a VC that has all its legs replaces the leg heard
+//! from longest ago: the client joins a new leg when it found one
 //! dead, which the exit may not know yet (a dead middle cannot pass the DESTROY on). Forward VDATA goes through the VC's reorder buffer; the
 //! packets it lets out, in order, belong to the VC (whose pool address [`super::Exit`]
 //! keeps). Each backward packet takes the VC's next number and goes on the leg the
-//! latest forward packet came on (or, when that leg closed, the newest one left). A
+//! latest forward packet came on, unless that leg closed or has been silent for
+//! [`LEG_STALE`] while another was heard (its KEEPALIVEs count, which the caller's
+//! `heard` reports): then on the leg heard last. A
 //! VC outlives its last leg by [`VC_LINGER`], so that its client can rejoin it.
 //!
 //! Memory is bounded by what clients cannot inflate: a VC exists only while it has
@@ -30,6 +32,12 @@ use crate::proto::vc::{Join, VcId};
 /// rejoin with a new one (provisional, PROTOCOL §12): a client that lost every
 /// route rebuilds one within seconds; TCP connections survive a 30 s silence.
 pub const VC_LINGER: Duration = Duration::from_secs(30);
+/// Backward packets leave the leg of the latest forward packet once nothing came
+/// from it for this long while another leg was heard: more than a busy client's
+/// probe interval (250 ms), so a client's choice holds between its probes, and short
+/// enough that replies stop going to a leg the client found broken even when the
+/// client has nothing to send (TCP waiting for a retransmission).
+pub const LEG_STALE: Duration = Duration::from_millis(300);
 /// Bytes the reorder buffers of all of an exit's VCs hold together at most: 128
 /// buffers filled to `REORDER_BYTES`.
 pub const VC_REORDER_BYTES: usize = 32 * 1024 * 1024;
@@ -171,12 +179,14 @@ impl Vcs {
     /// A JOIN payload: makes `circuit` a leg of the VC it names (created if
     /// unknown), in place of its quietest leg if it has all its legs.
     /// `carried_data`: the circuit sent DATA before.
+    /// `heard` says when a circuit last received anything (KEEPALIVEs too).
     pub fn join(
         &mut self,
         now: Instant,
         circuit: CircuitId,
         payload: &[u8],
         carried_data: bool,
+        heard: &dyn Fn(CircuitId) -> Option<Instant>,
     ) -> Result<Accepted, JoinError> {
         let parsed = Join::parse(payload);
         let refused = if self.legs.contains_key(&circuit) {
@@ -205,7 +215,13 @@ impl Vcs {
         });
         let mut replaced = None;
         if vc.legs.len() >= usize::from(vc.max_legs) {
-            let quietest = vc.heard.iter().enumerate().min_by_key(|(_, t)| **t);
+            let quietest = vc
+                .legs
+                .iter()
+                .zip(&vc.heard)
+                .map(|(&l, &t)| heard(l).map_or(t, |h| h.max(t)))
+                .enumerate()
+                .min_by_key(|(_, t)| *t);
             if let Some((i, _)) = quietest {
                 replaced = Some(vc.legs.remove(i));
                 vc.heard.remove(i);
@@ -263,13 +279,30 @@ impl Vcs {
         pushed.map(|()| id).map_err(|(_, b)| b)
     }
 
-    /// The leg and number of the VC's next backward packet.
-    pub fn backward(&mut self, id: &VcId) -> Option<(CircuitId, u32)> {
+    /// The leg and number of the VC's next backward packet. `heard` says when a
+    /// circuit last received anything (KEEPALIVEs too).
+    pub fn backward(
+        &mut self,
+        id: &VcId,
+        now: Instant,
+        heard: &dyn Fn(CircuitId) -> Option<Instant>,
+    ) -> Option<(CircuitId, u32)> {
         let vc = self.vcs.get_mut(id)?;
-        let leg = vc
+        let fresh: Vec<(CircuitId, Instant)> = vc
+            .legs
+            .iter()
+            .zip(&vc.heard)
+            .map(|(&l, &t)| (l, heard(l).map_or(t, |h| h.max(t))))
+            .collect();
+        let latest = vc
             .latest
-            .filter(|l| vc.legs.contains(l))
-            .or_else(|| vc.legs.last().copied())?;
+            .and_then(|l| fresh.iter().find(|(c, _)| *c == l))
+            .filter(|(_, t)| now.saturating_duration_since(*t) < LEG_STALE);
+        let leg = match latest {
+            Some(&(l, _)) => l,
+            None => fresh.iter().max_by_key(|(_, t)| *t)?.0,
+        };
+        vc.latest = Some(leg);
         let seq = vc.next_seq;
         vc.next_seq = seq.wrapping_add(1);
         Some((leg, seq))

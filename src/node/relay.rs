@@ -474,6 +474,13 @@ impl Node {
         sent(self.originate_body(now, id.0, cmd, len, buf))
     }
 
+    /// When a circuit this gateway relays or terminates last received a cell from
+    /// its client's side (KEEPALIVEs included).
+    #[must_use]
+    pub fn last_forward(&self, id: CircuitId) -> Option<Instant> {
+        self.relays.get(&id.0).map(|r| r.last_fwd)
+    }
+
     /// Ends a circuit this gateway terminates for a service, whose client broke the
     /// service's protocol (a refused JOIN): DESTROY backward (reason protocol) and
     /// [`Event::ServiceClosed`]. Counted in `dropped_protocol`.

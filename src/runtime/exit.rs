@@ -183,7 +183,11 @@ impl ExitSide {
 
     /// A JOIN: answered with JOINED, or the circuit is destroyed.
     async fn on_join(&mut self, d: &mut Driver, now: Instant, circuit: CircuitId, payload: &[u8]) {
-        match self.exit.join(now, circuit, payload) {
+        let node = &d.node;
+        let joined = self
+            .exit
+            .join(now, circuit, payload, &|c| node.last_forward(c));
+        match joined {
             Ok(Accepted { legs, replaced }) => {
                 tracing::debug!(
                     "circuit {} joined a virtual circuit ({legs} legs)",
@@ -294,7 +298,9 @@ impl ExitSide {
         owner: Owner,
         buf: Vec<u8>,
     ) {
-        match self.exit.route_back(owner) {
+        let node = &d.node;
+        let route = self.exit.route_back(now, owner, &|c| node.last_forward(c));
+        match route {
             Some((c, seq)) => {
                 d.send_numbered(now, data, Toward::Backward(c), seq, buf)
                     .await

@@ -208,7 +208,9 @@ impl Net {
                 cmd: Cmd::Join,
                 buf,
                 range,
-            } => match self.exit.join(self.now, circuit, &buf[range]) {
+            } => match self.exit.join(self.now, circuit, &buf[range], &|c| {
+                self.peers[node].node.last_forward(c)
+            }) {
                 Ok(Accepted { legs, replaced }) => {
                     if let Some(old) = replaced {
                         self.peers[node].node.destroy_service(old);
@@ -303,7 +305,10 @@ impl Net {
                 let mut out = vec![0u8; PAYLOAD_OFFSET + self.answer.len()];
                 out[PAYLOAD_OFFSET..].copy_from_slice(&self.answer);
                 let len = self.answer.len();
-                let (leg, seq) = self.exit.route_back(owner)?;
+                let peer = &self.peers[node].node;
+                let (leg, seq) = self
+                    .exit
+                    .route_back(self.now, owner, &|c| peer.last_forward(c))?;
                 let node = &mut self.peers[node].node;
                 match seq {
                     None => node.send_backward(self.now, leg, out, len),

@@ -82,32 +82,32 @@ fn reply(x: &mut Exit, to: IpAddr) -> Option<(CircuitId, Option<u32>)> {
         .unwrap();
     let owner = x.from_tun(&mut p)?;
     assert_eq!(ip::summarize(&p).unwrap().dst, IpAddr::V4(CLIENT_V4));
-    x.route_back(owner)
+    x.route_back(Instant::now(), owner, &|_| None)
 }
 
 #[test]
 fn legs_join_one_vc_and_share_its_address() {
     let (mut x, t) = (exit(), Instant::now());
-    assert_eq!(legs(x.join(t, CircuitId(1), &join(7, 2))), Ok(1));
+    assert_eq!(legs(x.join(t, CircuitId(1), &join(7, 2), &|_| None)), Ok(1));
     assert_eq!(
-        legs(x.join(t, CircuitId(2), &join(7, 4))),
+        legs(x.join(t, CircuitId(2), &join(7, 4), &|_| None)),
         Ok(2),
         "max_legs of the first JOIN"
     );
     assert_eq!(
-        x.join(t, CircuitId(1), &join(8, 2)),
+        x.join(t, CircuitId(1), &join(8, 2), &|_| None),
         Err(JoinError::AlreadyJoined)
     );
     assert_eq!(
-        x.join(t, CircuitId(4), &join(9, 5)),
+        x.join(t, CircuitId(4), &join(9, 5), &|_| None),
         Err(JoinError::Malformed)
     );
     assert_eq!(
-        x.join(t, CircuitId(4), &join(9, 0)),
+        x.join(t, CircuitId(4), &join(9, 0), &|_| None),
         Err(JoinError::Malformed)
     );
     assert_eq!(
-        x.join(t, CircuitId(4), &[1, 2, 3]),
+        x.join(t, CircuitId(4), &[1, 2, 3], &|_| None),
         Err(JoinError::Malformed)
     );
     // A circuit that carried DATA cannot become a leg.
@@ -117,7 +117,7 @@ fn legs_join_one_vc_and_share_its_address() {
         Verdict::Forward
     );
     assert_eq!(
-        x.join(t, CircuitId(5), &join(9, 2)),
+        x.join(t, CircuitId(5), &join(9, 2), &|_| None),
         Err(JoinError::CarriedData)
     );
     assert_eq!(x.stats().vc.refused, 5);
@@ -154,7 +154,7 @@ fn legs_join_one_vc_and_share_its_address() {
     // at t + 1 ms, 2's at t + 2 ms): the client found it dead.
     assert_eq!(forward(&mut x, t + STEP, 1, 3).len(), 1);
     assert_eq!(forward(&mut x, t + 2 * STEP, 2, 4).len(), 1);
-    let accepted = x.join(t + 3 * STEP, CircuitId(3), &join(7, 2));
+    let accepted = x.join(t + 3 * STEP, CircuitId(3), &join(7, 2), &|_| None);
     assert_eq!(
         accepted,
         Ok(Accepted {
@@ -172,8 +172,8 @@ fn legs_join_one_vc_and_share_its_address() {
 #[test]
 fn a_vc_outlives_its_legs_for_the_linger_time() {
     let (mut x, t) = (exit(), Instant::now());
-    x.join(t, CircuitId(1), &join(7, 2)).unwrap();
-    x.join(t, CircuitId(2), &join(7, 2)).unwrap();
+    x.join(t, CircuitId(1), &join(7, 2), &|_| None).unwrap();
+    x.join(t, CircuitId(2), &join(7, 2), &|_| None).unwrap();
     let addr = forward(&mut x, t, 1, 0)[0].1;
     // Leg 1 dies: replies move to leg 2 at once, and its address stays.
     assert_eq!(x.close(t, CircuitId(1)), None);
@@ -187,7 +187,7 @@ fn a_vc_outlives_its_legs_for_the_linger_time() {
     assert_eq!(x.poll_timeout(), Some(t + VC_LINGER));
     // The client rejoins in time with a new leg: same address, numbers go on.
     let later = t + VC_LINGER / 2;
-    assert_eq!(legs(x.join(t, CircuitId(3), &join(7, 2))), Ok(1));
+    assert_eq!(legs(x.join(t, CircuitId(3), &join(7, 2), &|_| None)), Ok(1));
     assert_eq!(x.poll_timeout(), None);
     assert_eq!(forward(&mut x, later, 3, 3), [(3, addr)]);
     assert_eq!(reply(&mut x, addr), Some((CircuitId(3), Some(1))));
@@ -203,7 +203,7 @@ fn a_vc_outlives_its_legs_for_the_linger_time() {
         (0, 0, 1)
     );
     assert_eq!(
-        legs(x.join(t, CircuitId(4), &join(7, 2))),
+        legs(x.join(t, CircuitId(4), &join(7, 2), &|_| None)),
         Ok(1),
         "a new VC of that id"
     );
@@ -214,7 +214,7 @@ const STEP: Duration = Duration::from_millis(1);
 #[test]
 fn a_gap_is_given_up_at_the_reorder_timeout() {
     let (mut x, t) = (exit(), Instant::now());
-    x.join(t, CircuitId(1), &join(7, 2)).unwrap();
+    x.join(t, CircuitId(1), &join(7, 2), &|_| None).unwrap();
     assert_eq!(forward(&mut x, t, 1, 1), []);
     assert_eq!(forward(&mut x, t + STEP, 1, 2), []);
     assert_eq!(x.poll_timeout(), Some(t + REORDER_TIMEOUT));
@@ -243,7 +243,8 @@ fn all_reorder_buffers_share_one_budget() {
             vc: VcId(id),
             max_legs: 1,
         };
-        v.join(t, CircuitId(i), &j.emit(), false).unwrap();
+        v.join(t, CircuitId(i), &j.emit(), false, &|_| None)
+            .unwrap();
         for seq in 1..=200 {
             let _ = v.forward(t, CircuitId(i), seq, vec![0; 1300], &mut out);
             assert!(v.held_bytes() <= VC_REORDER_BYTES);
@@ -293,7 +294,7 @@ proptest! {
                         continue;
                     }
                     let j = Join { vc: id(n), max_legs: m }.emit();
-                    if let Ok(a) = v.join(t, CircuitId(c), &j, false) {
+                    if let Ok(a) = v.join(t, CircuitId(c), &j, false, &|_| None) {
                         prop_assert!(usize::from(a.legs) == v.legs(&id(n)).len());
                         if let Some(r) = a.replaced {
                             prop_assert!(v.vc_of(r).is_none());
@@ -310,7 +311,7 @@ proptest! {
                     closed.insert(c);
                 }
                 Op::Back(n) => {
-                    if let Some((leg, _)) = v.backward(&id(n)) {
+                    if let Some((leg, _)) = v.backward(&id(n), t, &|_| None) {
                         prop_assert!(v.legs(&id(n)).contains(&leg));
                     }
                 }
@@ -351,4 +352,33 @@ proptest! {
             prop_assert!(v.len() <= 3);
         }
     }
+}
+
+/// Replies follow the client's latest choice while that leg is heard; once it has
+/// been silent for `LEG_STALE` while another leg's KEEPALIVEs arrive, they go on the
+/// leg heard last (a client whose TCP waits for a retransmission sends nothing that
+/// would move them). A JOIN to the full VC then replaces the leg silent longest.
+#[test]
+fn replies_leave_a_leg_silent_while_another_is_heard() {
+    let (mut x, t) = (exit(), Instant::now());
+    x.join(t, CircuitId(1), &join(7, 2), &|_| None).unwrap();
+    x.join(t, CircuitId(2), &join(7, 2), &|_| None).unwrap();
+    let mut out = Vec::new();
+    let owner = x.from_leg(t, CircuitId(1), 0, udp(0), &mut out).unwrap();
+    x.from_leg(t, CircuitId(2), 1, udp(1), &mut out).unwrap();
+    // Leg 2 carried the latest packet, then went silent; leg 1's KEEPALIVEs arrive.
+    let keepalive = t + LEG_STALE;
+    let heard = move |c: CircuitId| (c == CircuitId(1)).then_some(keepalive);
+    let soon = t + LEG_STALE - STEP;
+    assert_eq!(
+        x.route_back(soon, owner, &heard),
+        Some((CircuitId(2), Some(0)))
+    );
+    let late = t + LEG_STALE;
+    assert_eq!(
+        x.route_back(late, owner, &heard),
+        Some((CircuitId(1), Some(1)))
+    );
+    let accepted = x.join(late, CircuitId(3), &join(7, 2), &heard).unwrap();
+    assert_eq!(accepted.replaced, Some(CircuitId(2)));
 }
