@@ -288,19 +288,19 @@ impl Vcs {
         heard: &dyn Fn(CircuitId) -> Option<Instant>,
     ) -> Option<(CircuitId, u32)> {
         let vc = self.vcs.get_mut(id)?;
-        let fresh: Vec<(CircuitId, Instant)> = vc
-            .legs
-            .iter()
-            .zip(&vc.heard)
-            .map(|(&l, &t)| (l, heard(l).map_or(t, |h| h.max(t))))
-            .collect();
+        let fresh = || {
+            vc.legs
+                .iter()
+                .zip(&vc.heard)
+                .map(|(&l, &t)| (l, heard(l).map_or(t, |h| h.max(t))))
+        };
         let latest = vc
             .latest
-            .and_then(|l| fresh.iter().find(|(c, _)| *c == l))
+            .and_then(|l| fresh().find(|(c, _)| *c == l))
             .filter(|(_, t)| now.saturating_duration_since(*t) < LEG_STALE);
         let leg = match latest {
-            Some(&(l, _)) => l,
-            None => fresh.iter().max_by_key(|(_, t)| *t)?.0,
+            Some((l, _)) => l,
+            None => fresh().max_by_key(|(_, t)| *t)?.0,
         };
         vc.latest = Some(leg);
         let seq = vc.next_seq;

@@ -276,17 +276,9 @@ impl ClientPlane {
         let Some(vc) = self.leg_of.get(&c).and_then(|h| self.vcs.get_mut(h)) else {
             return;
         };
-        let received = data.receive_seq(now, c, payload).unwrap_or_else(|e| {
-            tracing::debug!("payload dropped: {e}");
-            None
-        });
-        let Some((seq, p)) = received else {
+        let Some((seq, owned)) = d.receive_numbered(now, data, c, payload) else {
             return;
         };
-        let mut owned = d.sockets.pool.get();
-        owned.clear();
-        owned.resize(PAYLOAD_OFFSET, 0);
-        owned.extend_from_slice(p);
         let mut ready = std::mem::take(&mut self.ready);
         if let Err((_, buf)) = vc.receive(now, c, seq, owned, &mut ready) {
             d.sockets.pool.put(buf);

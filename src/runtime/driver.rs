@@ -13,7 +13,7 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tokio::sync::mpsc;
 
-use crate::node::{DataPath, Event, Node, Output, Toward};
+use crate::node::{CircuitId, DataPath, Event, Node, Output, Toward};
 use crate::proto::framing::PayloadError;
 use crate::proto::wire::PAYLOAD_OFFSET;
 use crate::runtime::replay::ReplayFile;
@@ -105,6 +105,28 @@ impl Driver {
         while let Some(t) = dp.poll_transmit() {
             self.sockets.send_recycle(t).await;
         }
+    }
+
+    /// The packet a VDATA payload of leg `c` completes, with its number, copied into
+    /// a pool buffer laid out as the TUN reader's (the packet at `PAYLOAD_OFFSET`),
+    /// for a virtual circuit's reorder buffer to hold.
+    pub fn receive_numbered(
+        &mut self,
+        now: Instant,
+        dp: &mut DataPath,
+        c: CircuitId,
+        payload: &mut [u8],
+    ) -> Option<(u32, Vec<u8>)> {
+        let received = dp.receive_seq(now, c, payload).unwrap_or_else(|e| {
+            tracing::debug!("payload dropped: {e}");
+            None
+        });
+        let (seq, p) = received?;
+        let mut owned = self.sockets.pool.get();
+        owned.clear();
+        owned.resize(PAYLOAD_OFFSET, 0);
+        owned.extend_from_slice(p);
+        Some((seq, owned))
     }
 
     /// Waits for datagrams or the node's next timer, processes them, sends the

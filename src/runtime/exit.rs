@@ -231,17 +231,9 @@ impl ExitSide {
             self.exit.misrouted();
             return;
         }
-        let received = data.receive_seq(now, circuit, payload).unwrap_or_else(|e| {
-            tracing::debug!("payload dropped: {e}");
-            None
-        });
-        let Some((seq, p)) = received else {
+        let Some((seq, owned)) = d.receive_numbered(now, data, circuit, payload) else {
             return;
         };
-        let mut owned = d.sockets.pool.get();
-        owned.clear();
-        owned.resize(PAYLOAD_OFFSET, 0);
-        owned.extend_from_slice(p);
         let mut ready = std::mem::take(&mut self.ready);
         match self.exit.from_leg(now, circuit, seq, owned, &mut ready) {
             Ok(owner) => {
