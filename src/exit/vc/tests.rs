@@ -307,7 +307,13 @@ proptest! {
                     from = v.forward(t, CircuitId(c), seq, p, &mut out).ok();
                 }
                 Op::Close(c) => {
-                    v.leg_closed(t, CircuitId(c));
+                    // A VC left without legs drops what it held: its numbers restart
+                    // after the gap, which may be any distance on.
+                    if let Some(vc) = v.leg_closed(t, CircuitId(c)) {
+                        if v.legs(&vc).is_empty() {
+                            last.remove(&vc);
+                        }
+                    }
                     closed.insert(c);
                 }
                 Op::Back(n) => {
