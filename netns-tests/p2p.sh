@@ -857,12 +857,15 @@ dead_run() {
 # downloads 200 MB while one leg loses a gateway: its middle killed (SIGKILL), its
 # entry killed, or every packet at its middle dropped (nftables in the middle's
 # namespace, the process alive). The download must complete with the file's sha256
-# and a replacement leg must join within 5 s; the longest time without bytes is
-# reported (the issue's target, 1 s, is not asserted yet). The same with legs = 1 is
+# without a gap of more than VC_MAX_GAP_MS without bytes, and a replacement leg must
+# join within 5 s. The same with legs = 1 is
 # measured for comparison, and must lose the download (else the fault missed the
 # circuit). P2P_VC_RUNS runs per fault (default 1).
 VC_RUNS=${P2P_VC_RUNS:-1}
+VC_MAX_GAP_MS=1000
 VC_FILE_MB=200
+# The guards of the VC cases' clients.
+VC_GUARDS=(gw1 gw2 gw4)
 declare -gA VC_NOTE=()
 
 case_vc_lose_leg() {
@@ -910,11 +913,11 @@ except Exception as e:
 EOF
 }
 
-# vc_run FAULT LEGS RUN: one run of case_vc_lose_leg.
-vc_run() {
-  local fault=$1 k=$2 run=$3 st=$AN_DIR/vc-state log=$AN_DIR/vc-up-$1-$2-$3.log dl=$AN_DIR/vc-dl-$1-$2-$3.txt
-  local n line addr a h pid killed result what bytes sha gap ended rep
-  logs "$log" "$dl"
+# vc_up LEGS LOG: `anonnet -v up` as process vc-up in the client, on a VC of LEGS
+# legs (one circuit) from a fresh state with gw1's descriptor cache, waits until it
+# is up and, for 2 legs, until the second leg joined.
+vc_up() {
+  local k=$1 log=$2 st=$AN_DIR/vc-state n
   rm -rf "$st"
   n=$(narrow_cache "$AN_DIR/client-state/descriptors.cache" "$st/descriptors.cache" "${GWS[@]}") ||
     fail "could not cut down the cache" || return
@@ -924,7 +927,7 @@ vc_run() {
   # have one left (guards may be exits: see the closing note of this case's issue).
   {
     printf 'count = 3\nlifetime_secs = 5184000\n'
-    for g in gw1 gw2 gw4; do printf '\n[[guard]]\nkey = "%s"\nchosen_at = %s\n' "${PUB[$g]}" "$(date +%s)"; done
+    for g in "${VC_GUARDS[@]}"; do printf '\n[[guard]]\nkey = "%s"\nchosen_at = %s\n' "${PUB[$g]}" "$(date +%s)"; done
   } >"$st/guards.toml"
   {
     printf '[client]\ncircuits = 1\nlegs = %s\n' "$k"
@@ -933,20 +936,36 @@ vc_run() {
   } >"$AN_DIR/vc.toml"
   an_start vc-up p2p-client "$log" "$AN_BIN" -v up --config "$AN_DIR/vc.toml"
   an_wait_log "$log" '^anonnet up:' 30 "${AN_PID[vc-up]}" ||
-    fail "$fault/$k: 'up' did not come up: $(tail -2 "$log" | tr '\n' ' ')" || return
+    fail "$k legs: 'up' did not come up: $(tail -2 "$log" | tr '\n' ' ')" || return
   if [ "$k" = 2 ]; then
     an_wait_log "$log" 'joined \(2 live\)' 15 "${AN_PID[vc-up]}" ||
-      { stop_up vc-up; fail "$fault: the second leg did not join: $(grep -E 'leg|path' "$log" | tail -3 | tr '\n' ' ')"; return 1; }
+      { stop_up vc-up; fail "the second leg did not join: $(grep -E 'leg|path' "$log" | tail -3 | tr '\n' ' ')"; return 1; }
   fi
+}
+
+# vc_hop LOG N: the gateway at hop N (1: the entry) of the first circuit (the first
+# leg) LOG names; or what went wrong, with status 1.
+vc_hop() {
+  local line addr h
+  line=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -m1 'circuit [0-9]* up through ')
+  addr=$(sed -E 's/.* up through //' <<<"$line" | awk -F' -> ' -v n="$2" '{print $n}')
+  addr=${addr%:*}
+  h=$(host_of "${addr#[}")
+  [[ " ${GWS[*]} " == *" $h "* ]] || { echo "'$line' names no gateway at hop $2"; return 1; }
+  echo "$h"
+}
+
+# vc_run FAULT LEGS RUN: one run of case_vc_lose_leg.
+vc_run() {
+  local fault=$1 k=$2 run=$3 log=$AN_DIR/vc-up-$1-$2-$3.log dl=$AN_DIR/vc-dl-$1-$2-$3.txt
+  local h pid killed result what bytes sha gap ended rep
+  logs "$log" "$dl"
+  vc_up "$k" "$log" || { CASE_REASON="$fault: $CASE_REASON"; return 1; }
   # The leg to break: the first circuit's path (the first leg).
-  line=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -m1 'circuit [0-9]* up through ')
   case $fault in
-    entry) addr=$(sed -E 's/.* up through //' <<<"$line" | awk -F' -> ' '{print $1}') ;;
-    *) addr=$(sed -E 's/.* up through //' <<<"$line" | awk -F' -> ' '{print $2}') ;;
-  esac
-  a=${addr%:*}
-  h=$(host_of "${a#[}")
-  [[ " ${GWS[*]} " == *" $h "* ]] || { stop_up vc-up; fail "$fault/$k: '$line' names no gateway at that hop"; return 1; }
+    entry) h=$(vc_hop "$log" 1) ;;
+    *) h=$(vc_hop "$log" 2) ;;
+  esac || { stop_up vc-up; fail "$fault/$k: $h"; return 1; }
   vc_get "http://$SERVER4/vc.bin" "$dl" 40 &
   pid=$!
   sleep 1.5
@@ -974,6 +993,8 @@ vc_run() {
   if [ "$k" = 2 ]; then
     [ "$what" = done ] && [ "$sha" = "$VC_SHA" ] ||
       fail "$fault: the download over 2 legs did not complete intact: $result" || return
+    [ "$gap" -le "$VC_MAX_GAP_MS" ] ||
+      fail "$fault $h: $gap ms without bytes, more than $VC_MAX_GAP_MS" || return
     [ -n "$rep" ] && [ "$rep" -le 5000 ] ||
       fail "$fault: no replacement leg joined within 5 s (after ${rep:-more than the download} ms)" || return
     VC_NOTE[2]="${VC_NOTE[2]:-}$fault $h: complete, sha256 equal, longest gap $gap ms, a replacement leg joined after ${rep:-more than the download} ms; "
@@ -982,6 +1003,126 @@ vc_run() {
       fail "$fault: the download over 1 leg survived the fault: the fault missed the circuit" || return
     VC_NOTE[1]="${VC_NOTE[1]:-}$fault $h: lost (${ended#* } of $((VC_FILE_MB * 1048576)) bytes, last $((${ended% *} - killed)) ms after the fault); "
   fi
+}
+
+# ---------------------------------------------------------------------------------
+# vc-tbf (issue 14): the links of the VC's guards are limited to VC_TBF_MBIT each way
+# (tbf on both ends of their veth), so each leg gets at most that much. One TCP
+# stream (iperf3, up and down) over 2 legs must get at least VC_TBF_GAIN percent of
+# what it gets over 1 leg. (Over 1 leg it gets about 78% of the link: each 1,204
+# bytes of TCP payload cross the link as about 1,510 bytes with the cell's header,
+# so 2 legs cannot reach 1.7 times the link's rate, only 1.7 times 1 leg's.)
+VC_TBF_MBIT=100
+VC_TBF_GAIN=160
+VC_TBF_SECS=5
+
+# vc_tbf SPEC...: `tc qdisc replace ... root SPEC` on both ends of each guard's link
+# ("none": the qdisc removed).
+vc_tbf() {
+  local g
+  for g in "${VC_GUARDS[@]}"; do
+    if [ "$1" = none ]; then
+      tc -n "$(ns "$g")" qdisc del dev eth0 root 2>/dev/null
+      tc -n "$INET" qdisc del dev "v-$g" root 2>/dev/null
+    else
+      tc -n "$(ns "$g")" qdisc replace dev eth0 root "$@" &&
+        tc -n "$INET" qdisc replace dev "v-$g" root "$@" || return 1
+    fi
+  done
+  return 0
+}
+
+# vc_iperf up|down: Mbit/s one iperf3 TCP stream got from the client to the server
+# (up) or back (down), as the receiver counted it; "error ..." on failure.
+vc_iperf() {
+  local -a rev=()
+  [ "$1" = down ] && rev=(-R)
+  an_in p2p-client $((VC_TBF_SECS + 15)) iperf3 -c "$SERVER4" -t "$VC_TBF_SECS" -O 1 -J "${rev[@]}" 2>/dev/null |
+    "$PY" -c '
+import json, sys
+try:
+    r = json.load(sys.stdin)
+    print("%.0f" % (r["end"]["sum_received"]["bits_per_second"] / 1e6))
+except Exception as e:
+    print("error", repr(e))'
+}
+
+# vc_iperf_server: iperf3 -s on the server address (process iperf3).
+vc_iperf_server() {
+  an_start iperf3 "$INET" "$AN_DIR/iperf3.log" iperf3 -s -B "$SERVER4" --forceflush
+  an_wait_log "$AN_DIR/iperf3.log" 'Server listening' 10 "${AN_PID[iperf3]}" ||
+    fail "the iperf3 server did not start"
+}
+
+case_vc_tbf() {
+  local k dir got one
+  local -A mbit=()
+  stop_up client-up
+  vc_tbf tbf rate "${VC_TBF_MBIT}mbit" burst 64kb latency 20ms ||
+    { vc_tbf none; fail "cannot limit the guards' links with tbf"; return 1; }
+  vc_iperf_server || { vc_tbf none; return 1; }
+  for k in 2 1; do
+    logs "$AN_DIR/vc-tbf-$k.log"
+    vc_up "$k" "$AN_DIR/vc-tbf-$k.log" || { an_stop iperf3 TERM 5; vc_tbf none; return 1; }
+    for dir in up down; do
+      mbit[$k-$dir]=$(vc_iperf "$dir")
+    done
+    stop_up vc-up
+  done
+  an_stop iperf3 TERM 5
+  vc_tbf none
+  note "guards' links at $VC_TBF_MBIT Mbit/s, one TCP stream, Mbit/s: 2 legs up ${mbit[2-up]}, down ${mbit[2-down]}; 1 leg up ${mbit[1-up]}, down ${mbit[1-down]}"
+  for dir in up down; do
+    got=${mbit[2-$dir]} one=${mbit[1-$dir]}
+    [[ $got =~ ^[0-9]+$ && $one =~ ^[0-9]+$ ]] || fail "$dir: no figure ($got, $one)" || return
+    [ $((got * 100)) -ge $((one * VC_TBF_GAIN)) ] ||
+      fail "2 legs $dir: $got Mbit/s, not $VC_TBF_GAIN% of 1 leg's $one" || return
+  done
+}
+
+# ---------------------------------------------------------------------------------
+# vc-loss (issue 14): the middle of one leg drops VC_LOSS_PCT% of the datagrams it
+# receives (nft numgen) during a TCP download and an upload over 2 legs; the reorder
+# buffers that put the legs' packets in order (the client's for the download, the
+# exit's for the upload) must stay within REORDER_BYTES, and the loss must have
+# reached them (gaps given up).
+VC_LOSS_PCT=10
+REORDER_BYTES=$((1024 * 1024))
+
+case_vc_loss() {
+  local log=$AN_DIR/vc-loss.log mid ex dir peak lost xpeak xlost stats
+  local -A mbit=()
+  logs "$log"
+  stop_up client-up
+  vc_iperf_server || return 1
+  vc_up 2 "$log" || { an_stop iperf3 TERM 5; return 1; }
+  mid=$(vc_hop "$log" 2) && ex=$(vc_hop "$log" 3) ||
+    { stop_up vc-up; an_stop iperf3 TERM 5; fail "$mid $ex"; return 1; }
+  ip netns exec "$(ns "$mid")" nft -f - <<<"table inet vcloss { chain i { type filter hook input priority -10; udp dport $PORT numgen random mod 100 < $VC_LOSS_PCT drop; }; }" ||
+    { stop_up vc-up; an_stop iperf3 TERM 5; fail "cannot add the loss rule in $mid"; return 1; }
+  for dir in down up; do
+    mbit[$dir]=$(vc_iperf "$dir")
+  done
+  ip netns exec "$(ns "$mid")" nft delete table inet vcloss
+  stop_up vc-up
+  an_stop iperf3 TERM 5
+  # The client's line at its end, and the exit's counters (printed when it stops).
+  stats=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -m1 'legs joined')
+  lost=$(sed -E 's/.* ([0-9]+) lost.*/\1/' <<<"$stats")
+  peak=$(sed -E 's/.*at most ([0-9]+) bytes held.*/\1/' <<<"$stats")
+  an_stop "$ex" TERM 10
+  xlost=$(grep 'gateway stopping' "$AN_DIR/$ex.log" | grep -o 'reorder: ReorderStats {[^}]*}' | grep -o 'lost: [0-9]*' | grep -o '[0-9]*$')
+  xpeak=$(grep 'gateway stopping' "$AN_DIR/$ex.log" | grep -o 'held_peak: [0-9]*' | grep -o '[0-9]*$')
+  start_gateway "$ex" || fail "$ex did not start again" || return
+  note "leg 1's middle $mid drops $VC_LOSS_PCT%: one TCP stream down ${mbit[down]} Mbit/s, up ${mbit[up]} Mbit/s; client: ${lost:-?} numbers given up, at most ${peak:-?} bytes held; exit $ex: ${xlost:-?} given up, at most ${xpeak:-?} bytes held (bound $REORDER_BYTES)"
+  [[ $peak =~ ^[0-9]+$ && $lost =~ ^[0-9]+$ ]] || fail "no counters in the client's last lines: '$stats'" || return
+  [[ $xpeak =~ ^[0-9]+$ && $xlost =~ ^[0-9]+$ ]] || fail "no VC counters in $ex's last lines" || return
+  [ "$lost" -gt 0 ] && [ "$xlost" -gt 0 ] || fail "the loss did not reach the reorder buffers" || return
+  [ "$peak" -le "$REORDER_BYTES" ] && [ "$xpeak" -le "$REORDER_BYTES" ] ||
+    fail "a reorder buffer held more than $REORDER_BYTES bytes" || return
+  for dir in down up; do
+    [[ ${mbit[$dir]} =~ ^[0-9]+$ ]] && [ "${mbit[$dir]}" -gt 0 ] || fail "the $dir transfer failed: ${mbit[$dir]}" || return
+  done
 }
 
 # ---------------------------------------------------------------------------------
@@ -1007,4 +1148,6 @@ run_case discover-via-guard case_discover_via_guard
 # After all others: they kill and restart gateways.
 run_case dead-gateway case_dead_gateway
 run_case vc-lose-leg case_vc_lose_leg
+run_case vc-tbf case_vc_tbf
+run_case vc-loss case_vc_loss
 # cases_on_exit cleans up and prints the summary line.

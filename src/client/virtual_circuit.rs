@@ -7,9 +7,10 @@
 //! packets once JOINED came back. Each packet takes the VC's next number and the
 //! leg [`VirtualCircuit::route`] chooses: the leg with the lowest round trip while
 //! the VC sends little (interactive traffic keeps the fastest path), all live legs
-//! in proportion to their speed once it sends more than [`BULK_BYTES`] per
-//! [`BULK_WINDOW`] (a bulk transfer gets the bandwidth of every route), leaving out
-//! legs slower than [`SLOW_FACTOR`] times the fastest (their packets would wait in
+//! in proportion to their speed once it sends and receives more than [`BULK_BYTES`]
+//! per [`BULK_WINDOW`] (a bulk transfer, either way, gets the bandwidth of every
+//! route: the exit replies on the leg the client used last), leaving out
+//! legs slower than [`SLOW_FACTOR`] times the fastest and by [`SLOW_SLACK`] (their packets would wait in
 //! the exit's reorder buffer).
 //!
 //! A leg that has heard nothing since a packet went on it for twice its round trip
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use rand_core::{CryptoRng, RngCore};
 
 use crate::node::{CircuitId, Node, SendError, Transmit};
-use crate::proto::reorder::{Rejected, Reorder, ReorderStats};
+use crate::proto::reorder::{highest, Rejected, Reorder, ReorderStats};
 use crate::proto::vc::{Join, Joined, VcId, MAX_LEGS, VC_ID_LEN};
 use crate::proto::wire::{Cmd, PAYLOAD_OFFSET};
 
@@ -49,13 +50,18 @@ pub const BUSY_FOR: Duration = Duration::from_secs(1);
 pub const SUSPECT_AFTER: Duration = Duration::from_millis(50);
 /// A JOIN not answered within this long: the leg is closed and replaced.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// The window over which the VC measures how much it sends.
+/// The window over which the VC measures how much it sends and receives.
 pub const BULK_WINDOW: Duration = Duration::from_millis(100);
-/// Sending more than this per [`BULK_WINDOW`] (1.3 Mbit/s) spreads packets over all
-/// live legs; below it they take the fastest.
+/// Sending and receiving more than this per [`BULK_WINDOW`] (1.3 Mbit/s) spreads
+/// packets over all live legs; below it they take the fastest. Received bytes
+/// count: the exit replies on the leg the client used last, so a download's
+/// acknowledgements spread over the legs spread the download with them.
 pub const BULK_BYTES: usize = 16 * 1024;
 /// Legs slower than this many times the fastest carry no bulk traffic.
 pub const SLOW_FACTOR: u32 = 2;
+/// ... and more than this slower: a queue of tens of ms on a path of one would
+/// otherwise leave out a loaded leg, and the legs would take turns.
+pub const SLOW_SLACK: Duration = Duration::from_millis(50);
 
 /// Where a leg is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +89,8 @@ pub struct Leg {
     suspect: bool,
     /// Its share of bulk traffic (smooth weighted round robin).
     credit: i64,
+    /// The highest backward number it brought.
+    high: Option<u32>,
 }
 
 /// Why a leg left the VC.
@@ -121,8 +129,8 @@ pub struct VirtualCircuit {
     next_seq: u32,
     reorder: Reorder,
     last_send: Option<Instant>,
-    /// The current [`BULK_WINDOW`]'s start, the bytes sent in it and in the one
-    /// before.
+    /// The current [`BULK_WINDOW`]'s start, the bytes sent and received in it and
+    /// in the one before.
     window: (Option<Instant>, usize, usize),
     unexpected: u64,
     joined: u64,
@@ -230,6 +238,7 @@ impl VirtualCircuit {
             unanswered: None,
             suspect: false,
             credit: 0,
+            high: None,
         });
     }
 
@@ -288,14 +297,7 @@ impl VirtualCircuit {
     /// The leg and number of the next packet, `len` bytes long; `None` when no leg
     /// is live.
     pub fn route(&mut self, now: Instant, node: &Node, len: usize) -> Option<(CircuitId, u32)> {
-        let (start, bytes, before) = self.window;
-        let age = start.map(|s| now.saturating_duration_since(s));
-        self.window = match age {
-            Some(a) if a < BULK_WINDOW => (start, bytes + len, before),
-            Some(a) if a < BULK_WINDOW * 2 => (Some(now), len, bytes),
-            _ => (Some(now), len, 0),
-        };
-        let bytes = self.window.1.max(self.window.2);
+        let bytes = self.count(now, len);
         let mut clear = false;
         for l in &mut self.legs {
             l.suspect = l.state == LegState::Live && is_suspect(l, node, now);
@@ -328,8 +330,21 @@ impl VirtualCircuit {
         Some((leg, seq))
     }
 
+    /// Adds `len` bytes sent or received at `now` to the [`BULK_WINDOW`] they fall
+    /// in; returns the most of this window and the one before.
+    fn count(&mut self, now: Instant, len: usize) -> usize {
+        let (start, bytes, before) = self.window;
+        let age = start.map(|s| now.saturating_duration_since(s));
+        self.window = match age {
+            Some(a) if a < BULK_WINDOW => (start, bytes.saturating_add(len), before),
+            Some(a) if a < BULK_WINDOW * 2 => (Some(now), len, bytes),
+            _ => (Some(now), len, 0),
+        };
+        self.window.1.max(self.window.2)
+    }
+
     /// The next leg of a bulk transfer: smooth weighted round robin over the live
-    /// legs within [`SLOW_FACTOR`] of the fastest round trip `best` (not the suspect
+    /// legs within [`SLOW_FACTOR`] or [`SLOW_SLACK`] of the fastest round trip `best` (not the suspect
     /// ones when `clear`: some leg is not), each weighted by its speed (a leg not yet
     /// measured counts as the fastest).
     fn spread(&mut self, node: &Node, best: Option<Duration>, clear: bool) -> Option<CircuitId> {
@@ -343,7 +358,7 @@ impl VirtualCircuit {
             let us = node
                 .rtt(l.circuit)
                 .map_or(best_us, |r| r.as_micros().max(1));
-            if us > best_us * u128::from(SLOW_FACTOR) {
+            if us > best_us * u128::from(SLOW_FACTOR) && us > best_us + SLOW_SLACK.as_micros() {
                 continue;
             }
             let weight = i64::try_from(1000 * best_us / us).unwrap_or(1).max(1);
@@ -361,7 +376,8 @@ impl VirtualCircuit {
     /// A backward packet number `seq` (in `buf`, as the caller lays it out) from leg
     /// `circuit`: the packets it lets out of the reorder buffer, in order, are
     /// appended to `out`. A packet not from a live leg, or dropped by the buffer,
-    /// comes back.
+    /// comes back (`out` may have packets all the same). Once every live leg
+    /// brought a number past a gap, the gap is given up ([`Reorder::passed`]).
     pub fn receive(
         &mut self,
         now: Instant,
@@ -370,17 +386,20 @@ impl VirtualCircuit {
         buf: Vec<u8>,
         out: &mut Vec<Vec<u8>>,
     ) -> Result<(), (Option<Rejected>, Vec<u8>)> {
-        if !self
+        let Some(leg) = self
             .legs
-            .iter()
-            .any(|l| l.circuit == circuit && l.state == LegState::Live)
-        {
+            .iter_mut()
+            .find(|l| l.circuit == circuit && l.state == LegState::Live)
+        else {
             self.unexpected += 1;
             return Err((None, buf));
-        }
-        self.reorder
-            .push(now, seq, buf, out)
-            .map_err(|(why, b)| (Some(why), b))
+        };
+        leg.high = Some(highest(leg.high, seq));
+        self.count(now, buf.len());
+        let pushed = self.reorder.push(now, seq, buf, out);
+        let live = self.legs.iter().filter(|l| l.state == LegState::Live);
+        self.reorder.passed(live.map(|l| l.high), out);
+        pushed.map_err(|(why, b)| (Some(why), b))
     }
 
     /// When the VC has something to do: a leg that came up and awaits its JOIN

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::node::CircuitId;
-use crate::proto::reorder::{Reorder, ReorderStats};
+use crate::proto::reorder::{highest, Reorder, ReorderStats};
 use crate::proto::vc::{Join, VcId};
 
 /// How long a VC and its pool address outlive its last leg, for the client to
@@ -38,8 +38,9 @@ pub const VC_LINGER: Duration = Duration::from_secs(30);
 /// enough that replies stop going to a leg the client found broken even when the
 /// client has nothing to send (TCP waiting for a retransmission).
 pub const LEG_STALE: Duration = Duration::from_millis(300);
-/// Bytes the reorder buffers of all of an exit's VCs hold together at most: 128
-/// buffers filled to `REORDER_BYTES`.
+/// Bytes the reorder buffers of all of an exit's VCs hold together at most: 32
+/// buffers filled to `REORDER_BYTES` (buffers fill only while legs differ in delay
+/// or lose packets).
 pub const VC_REORDER_BYTES: usize = 32 * 1024 * 1024;
 
 /// Why a JOIN was refused (the exit then destroys the circuit, PROTOCOL §12).
@@ -91,6 +92,8 @@ struct Vc {
     /// When each leg (by position in `legs`) carried its latest forward packet, or
     /// joined.
     heard: Vec<Instant>,
+    /// The highest forward number each leg (by position in `legs`) brought.
+    highs: Vec<Option<u32>>,
     /// The leg of the latest forward packet: backward packets go on it.
     latest: Option<CircuitId>,
     /// The number of the next backward packet.
@@ -206,6 +209,7 @@ impl Vcs {
                 max_legs: join.max_legs,
                 legs: Vec::new(),
                 heard: Vec::new(),
+                highs: Vec::new(),
                 latest: None,
                 next_seq: 0,
                 reorder: Reorder::default(),
@@ -225,10 +229,12 @@ impl Vcs {
             if let Some((i, _)) = quietest {
                 replaced = Some(vc.legs.remove(i));
                 vc.heard.remove(i);
+                vc.highs.remove(i);
             }
         }
         vc.legs.push(circuit);
         vc.heard.push(now);
+        vc.highs.push(None);
         vc.orphaned = None;
         if replaced.is_some_and(|r| vc.latest == Some(r)) {
             vc.latest = None;
@@ -247,7 +253,8 @@ impl Vcs {
     /// Forward packet number `seq` (its buffer, as the caller lays it out) from
     /// `circuit`: the packets it lets out of the VC's reorder buffer are appended to
     /// `out`, in order, and the VC is returned. Off a leg, or dropped by the reorder
-    /// buffer, the buffer comes back.
+    /// buffer, the buffer comes back (and `out` may have packets of the leg's VC
+    /// all the same).
     pub fn forward(
         &mut self,
         now: Instant,
@@ -269,10 +276,14 @@ impl Vcs {
             if let Some(t) = vc.heard.get_mut(i) {
                 *t = now;
             }
+            if let Some(h) = vc.highs.get_mut(i) {
+                *h = Some(highest(*h, seq));
+            }
         }
         let before = vc.reorder.held_bytes();
         let room = VC_REORDER_BYTES.saturating_sub(self.held) + before;
         let pushed = vc.reorder.push_within(now, seq, buf, room, out);
+        vc.reorder.passed(vc.highs.iter().copied(), out);
         let after = vc.reorder.held_bytes();
         self.held = self.held.saturating_sub(before) + after;
         self.reschedule(id);
@@ -317,6 +328,7 @@ impl Vcs {
             if let Some(i) = vc.legs.iter().position(|&l| l == circuit) {
                 vc.legs.remove(i);
                 vc.heard.remove(i);
+                vc.highs.remove(i);
             }
             if vc.latest == Some(circuit) {
                 vc.latest = None;

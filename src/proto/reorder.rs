@@ -9,19 +9,22 @@
 //! them) and delivers what follows in order; a number beyond the window moves the
 //! window up to it, giving up the numbers it leaves behind (a leg that died leaves
 //! gaps that a fast transfer on the others passes within the window, not after the
-//! timeout). Numbers already delivered or given up and duplicates are dropped and
+//! timeout). A gap that every route in use has passed is given up at once
+//! ([`Reorder::passed`]): each route keeps its packets in order, so the missing
+//! packet was lost, and waiting for it would only stall the ones after it. Numbers
+//! already delivered or given up and duplicates are dropped and
 //! counted. So memory is bounded whatever a peer sends, and no packet is held back
 //! longer than the timeout.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Numbers a reorder buffer spans past the next expected one. 256 packets of at most
-/// 1,248 bytes cover 312 KB: a route's share of the data in flight at 50 Mbit/s and
-/// 50 ms of difference between the routes. Further ahead a sender has gone wrong.
-pub const REORDER_WINDOW: u32 = 256;
+/// Numbers a reorder buffer spans past the next expected one. 1,024 packets of at
+/// most 1,248 bytes cover 1.3 MB: a route's share of the data in flight at 200 Mbit/s
+/// and 40 ms of difference between the routes. Further ahead a sender has gone wrong.
+pub const REORDER_WINDOW: u32 = 1024;
 /// Bytes of packets one reorder buffer holds at most.
-pub const REORDER_BYTES: usize = 256 * 1024;
+pub const REORDER_BYTES: usize = 1024 * 1024;
 /// The longest a packet waits for the ones before it: above the difference in delay
 /// of two routes of one virtual circuit on real paths (tens of ms), and at Linux's
 /// minimum TCP retransmission timeout, so a gap given up costs TCP no more than a
@@ -53,6 +56,8 @@ pub struct ReorderStats {
     pub duplicate: u64,
     /// Packets [`REORDER_WINDOW`] or more ahead, which moved the window.
     pub out_of_window: u64,
+    /// The most bytes held at once.
+    pub held_peak: usize,
 }
 
 impl ReorderStats {
@@ -64,6 +69,7 @@ impl ReorderStats {
         self.late += o.late;
         self.duplicate += o.duplicate;
         self.out_of_window += o.out_of_window;
+        self.held_peak = self.held_peak.max(o.held_peak);
     }
 }
 
@@ -140,6 +146,7 @@ impl Reorder {
         }
         if let Some(slot) = self.held.get_mut(ahead) {
             self.bytes += buf.len();
+            self.stats.held_peak = self.stats.held_peak.max(self.bytes);
             *slot = Some(Held { at: now, buf });
         }
         Ok(())
@@ -173,6 +180,25 @@ impl Reorder {
         self.next = self.next.wrapping_add(span);
         self.held.clear();
         self.bytes = 0;
+    }
+
+    /// Each route of the sender (a leg) keeps its packets in order, so a number
+    /// missing before the highest one every route in use has brought is lost: gives
+    /// those numbers up at once and lets out what follows, in order. `highs` are the
+    /// routes' highest numbers received; a route with none yet, or with nothing
+    /// past the numbers delivered, leaves the gaps to the timeout.
+    pub fn passed(&mut self, highs: impl IntoIterator<Item = Option<u32>>, out: &mut Vec<Vec<u8>>) {
+        let mut upto: Option<u32> = None;
+        for high in highs {
+            match high.map(|h| h.wrapping_sub(self.next)) {
+                Some(a) if a < 1 << 31 => upto = Some(upto.map_or(a, |u| u.min(a))),
+                _ => return,
+            }
+        }
+        let held = u32::try_from(self.held.len()).unwrap_or(REORDER_WINDOW);
+        if let Some(n) = upto.map(|u| u.min(held)).filter(|&n| n > 0) {
+            self.advance(n, out);
+        }
     }
 
     /// Bytes of packets held.
@@ -259,6 +285,16 @@ impl Reorder {
                 out.push(h.buf);
             }
         }
+    }
+}
+
+/// The later of a route's highest number so far and `seq` (serial numbers: `seq` is
+/// later when it is less than 2^31 past).
+#[must_use]
+pub fn highest(high: Option<u32>, seq: u32) -> u32 {
+    match high {
+        Some(h) if seq.wrapping_sub(h) >= 1 << 31 => h,
+        _ => seq,
     }
 }
 

@@ -589,6 +589,25 @@ impl ClientPlane {
 
     /// Closes every circuit of the pool (when the daemon stops).
     pub(crate) fn close(&mut self, d: &mut Driver) {
+        for (h, vc) in &self.vcs {
+            let (s, r) = (vc.stats(), vc.stats().reorder);
+            tracing::info!(
+                "circuit {}: {} legs joined, {} found dead, {} went down; replies: {} delivered, \
+                 {} waited for an earlier one, {} lost, {} late, {} duplicate, {} out of window, \
+                 at most {} bytes held",
+                h.0,
+                s.joined,
+                s.legs_dead,
+                s.legs_down,
+                r.delivered,
+                r.reordered,
+                r.lost,
+                r.late,
+                r.duplicate,
+                r.out_of_window,
+                r.held_peak
+            );
+        }
         let ids: Vec<CircuitId> = self.pool.ids().collect();
         for c in ids {
             self.close_circuit(d, c);

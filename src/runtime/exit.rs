@@ -227,21 +227,20 @@ impl ExitSide {
         circuit: CircuitId,
         payload: &mut [u8],
     ) {
-        if self.exit.vcs().vc_of(circuit).is_none() {
+        let Some(vc) = self.exit.vcs().vc_of(circuit) else {
             self.exit.misrouted();
             return;
-        }
+        };
         let Some((seq, owned)) = d.receive_numbered(now, data, circuit, payload) else {
             return;
         };
         let mut ready = std::mem::take(&mut self.ready);
-        match self.exit.from_leg(now, circuit, seq, owned, &mut ready) {
-            Ok(owner) => {
-                for p in ready.drain(..) {
-                    self.forward(d, data, now, owner, p).await;
-                }
-            }
-            Err(buf) => d.sockets.pool.put(buf),
+        // A packet the reorder buffer drops may still let others out.
+        if let Err(buf) = self.exit.from_leg(now, circuit, seq, owned, &mut ready) {
+            d.sockets.pool.put(buf);
+        }
+        for p in ready.drain(..) {
+            self.forward(d, data, now, Owner::Vc(vc), p).await;
         }
         self.ready = ready;
     }

@@ -66,6 +66,11 @@ pub struct Net {
     pub dup_pct: u32,
     pub latency: Duration,
     pub jitter: Duration,
+    /// Jitter delays but does not reorder: each (source, destination) keeps its
+    /// datagrams in order, as one network path does.
+    pub in_order: bool,
+    /// When the latest datagram of each (source, destination) arrives.
+    pub last_at: HashMap<(SocketAddr, SocketAddr), Instant>,
     pub tap: Option<Tap>,
     /// Extra delay of every datagram to or from an address (a slow gateway).
     pub slow: HashMap<SocketAddr, Duration>,
@@ -120,6 +125,8 @@ impl Net {
             dup_pct: 0,
             latency: Duration::from_millis(10),
             jitter: Duration::ZERO,
+            in_order: false,
+            last_at: HashMap::new(),
             tap: None,
             slow: HashMap::new(),
             log: Vec::new(),
@@ -218,7 +225,12 @@ impl Net {
             let at = self.now + self.delay() + slow;
             self.enqueue(at, d.clone());
         }
-        let at = self.now + self.delay() + slow;
+        let mut at = self.now + self.delay() + slow;
+        if self.in_order {
+            let last = self.last_at.entry((d.src, d.dst)).or_insert(at);
+            at = at.max(*last);
+            *last = at;
+        }
         self.enqueue(at, d);
     }
 

@@ -175,12 +175,13 @@ fn a_vc_outlives_its_legs_for_the_linger_time() {
     x.join(t, CircuitId(1), &join(7, 2), &|_| None).unwrap();
     x.join(t, CircuitId(2), &join(7, 2), &|_| None).unwrap();
     let addr = forward(&mut x, t, 1, 0)[0].1;
+    // Packet 2 waits for 1, which leg 1 may still bring.
+    assert_eq!(forward(&mut x, t, 2, 2), []);
+    assert!(x.vcs().held_bytes() > 0);
     // Leg 1 dies: replies move to leg 2 at once, and its address stays.
     assert_eq!(x.close(t, CircuitId(1)), None);
     assert_eq!(reply(&mut x, addr), Some((CircuitId(2), Some(0))));
     // A packet waiting for a gap when the last leg dies is dropped with it.
-    assert_eq!(forward(&mut x, t, 2, 2), []);
-    assert!(x.vcs().held_bytes() > 0);
     assert_eq!(x.close(t, CircuitId(2)), None);
     assert_eq!(x.vcs().held_bytes(), 0);
     assert_eq!(reply(&mut x, addr), None, "no leg to send on");
@@ -211,10 +212,35 @@ fn a_vc_outlives_its_legs_for_the_linger_time() {
 
 const STEP: Duration = Duration::from_millis(1);
 
+/// Each leg keeps its packets in order: once every leg has brought a number past a
+/// gap, the gap is given up at once instead of at the timeout.
+#[test]
+fn a_gap_every_leg_passed_is_given_up_at_once() {
+    let (mut x, t) = (exit(), Instant::now());
+    x.join(t, CircuitId(1), &join(7, 2), &|_| None).unwrap();
+    x.join(t, CircuitId(2), &join(7, 2), &|_| None).unwrap();
+    let nums = |v: Vec<(u32, IpAddr)>| v.into_iter().map(|o| o.0).collect::<Vec<_>>();
+    assert_eq!(nums(forward(&mut x, t, 1, 0)), [0]);
+    assert!(
+        nums(forward(&mut x, t, 1, 2)).is_empty(),
+        "1 may be on leg 2"
+    );
+    assert_eq!(
+        nums(forward(&mut x, t, 2, 4)),
+        [2],
+        "leg 2 passed 1; 3 may be on leg 1"
+    );
+    assert_eq!(nums(forward(&mut x, t, 1, 5)), [4, 5]);
+    assert_eq!(x.poll_timeout(), None);
+    assert_eq!(x.stats().vc.reorder.lost, 2);
+}
+
 #[test]
 fn a_gap_is_given_up_at_the_reorder_timeout() {
     let (mut x, t) = (exit(), Instant::now());
     x.join(t, CircuitId(1), &join(7, 2), &|_| None).unwrap();
+    x.join(t, CircuitId(2), &join(7, 2), &|_| None).unwrap();
+    // Leg 2 has brought nothing yet: number 0 may be on it.
     assert_eq!(forward(&mut x, t, 1, 1), []);
     assert_eq!(forward(&mut x, t + STEP, 1, 2), []);
     assert_eq!(x.poll_timeout(), Some(t + REORDER_TIMEOUT));
@@ -241,12 +267,16 @@ fn all_reorder_buffers_share_one_budget() {
         id[..8].copy_from_slice(&i.to_be_bytes());
         let j = Join {
             vc: VcId(id),
-            max_legs: 1,
+            max_legs: 2,
         };
-        v.join(t, CircuitId(i), &j.emit(), false, &|_| None)
-            .unwrap();
-        for seq in 1..=200 {
-            let _ = v.forward(t, CircuitId(i), seq, vec![0; 1300], &mut out);
+        // Two legs, and packets on one: the gap may be on the other.
+        for leg in [2 * i, 2 * i + 1] {
+            v.join(t, CircuitId(leg), &j.emit(), false, &|_| None)
+                .unwrap();
+        }
+        // Just under its own bound: 800 packets of 1,300 bytes.
+        for seq in 1..=800 {
+            let _ = v.forward(t, CircuitId(2 * i), seq, vec![0; 1300], &mut out);
             assert!(v.held_bytes() <= VC_REORDER_BYTES);
         }
     }
@@ -304,7 +334,8 @@ proptest! {
                 Op::Forward(c, seq, len) => {
                     let mut p = seq.to_be_bytes().to_vec();
                     p.resize(len.max(4), 0);
-                    from = v.forward(t, CircuitId(c), seq, p, &mut out).ok();
+                    from = v.vc_of(CircuitId(c));
+                    let _ = v.forward(t, CircuitId(c), seq, p, &mut out);
                 }
                 Op::Close(c) => {
                     // A VC left without legs drops what it held: its numbers restart
