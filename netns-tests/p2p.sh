@@ -1054,29 +1054,105 @@ vc_iperf_server() {
     fail "the iperf3 server did not start"
 }
 
+# vc_p99 COUNT: pings the server every 10 ms COUNT times from the client; prints
+# the 99th percentile of the round trips in ms and the replies ("P99 REPLIES").
+vc_p99() {
+  an_in p2p-client $(($1 / 100 + 10)) ping -n -i 0.01 -c "$1" -W 1 "$SERVER4" 2>/dev/null |
+    sed -nE 's/.* time=([0-9.]+) ms.*/\1/p' | sort -n |
+    awk '{ t[NR] = $1 } END { if (!NR) { print "none 0"; exit } i = int(NR * 0.99); if (i < 1) i = 1; printf "%.2f %d\n", t[i], NR }'
+}
+
+# vc_compare TAG RUNS: one TCP stream up and down over a VC of 2 legs and of 1,
+# and pings during each (from its second second on) and before them; RUNS times,
+# 2 legs and 1 in turn. Fills VC_MBIT[K-DIR] (Mbit/s) and VC_P99[K-DIR] (ms, DIR
+# up, down or idle) with the medians of the runs.
+declare -gA VC_MBIT=() VC_P99=()
+vc_compare() {
+  local tag=$1 runs=$2 k dir pf run log key
+  local -A mbit=() p99=()
+  vc_iperf_server || return 1
+  for run in $(seq 1 "$runs"); do
+    for k in 2 1; do
+      log=$AN_DIR/vc-$tag-$k-$run.log
+      logs "$log"
+      vc_up "$k" "$log" || { an_stop iperf3 TERM 5; return 1; }
+      p99[$k-idle]+="$(vc_p99 200 | cut -d' ' -f1) "
+      for dir in up down; do
+        pf=$AN_DIR/vc-$tag-$k-$dir-$run.ping
+        { sleep 1; vc_p99 $(((VC_TBF_SECS - 1) * 100)) >"$pf"; } &
+        mbit[$k-$dir]+="$(vc_iperf "$dir") "
+        wait $!
+        p99[$k-$dir]+="$(cut -d' ' -f1 "$pf") "
+      done
+      stop_up vc-up
+    done
+  done
+  an_stop iperf3 TERM 5
+  # shellcheck disable=SC2086 # each entry is a list of figures
+  for key in "${!mbit[@]}"; do VC_MBIT[$key]=$(vc_median ${mbit[$key]}); done
+  # shellcheck disable=SC2086
+  for key in "${!p99[@]}"; do VC_P99[$key]=$(vc_median ${p99[$key]}); done
+}
+
+# vc_median N...: the median (the lower middle one of an even count).
+vc_median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+# vc_table: the figures of vc_compare for a note.
+vc_table() {
+  local k
+  for k in 2 1; do
+    printf '%s leg(s): up %s, down %s Mbit/s, ping p99 idle %s, loaded up %s, down %s ms; ' "$k" \
+      "${VC_MBIT[$k-up]}" "${VC_MBIT[$k-down]}" "${VC_P99[$k-idle]}" "${VC_P99[$k-up]}" "${VC_P99[$k-down]}"
+  done
+}
+
+# vc_gain PERCENT: fails unless 2 legs got at least PERCENT% of 1 leg's Mbit/s in
+# both directions.
+vc_gain() {
+  local dir got one
+  for dir in up down; do
+    got=${VC_MBIT[2-$dir]} one=${VC_MBIT[1-$dir]}
+    [[ $got =~ ^[0-9]+$ && $one =~ ^[0-9]+$ ]] || fail "$dir: no figure ($got, $one)" || return
+    [ $((got * 100)) -ge $((one * $1)) ] ||
+      fail "2 legs $dir: $got Mbit/s, not $1% of 1 leg's $one" || return
+  done
+}
+
 case_vc_tbf() {
-  local k dir got one
-  local -A mbit=()
   stop_up client-up
   vc_tbf tbf rate "${VC_TBF_MBIT}mbit" burst 64kb latency 20ms ||
     { vc_tbf none; fail "cannot limit the guards' links with tbf"; return 1; }
-  vc_iperf_server || { vc_tbf none; return 1; }
-  for k in 2 1; do
-    logs "$AN_DIR/vc-tbf-$k.log"
-    vc_up "$k" "$AN_DIR/vc-tbf-$k.log" || { an_stop iperf3 TERM 5; vc_tbf none; return 1; }
-    for dir in up down; do
-      mbit[$k-$dir]=$(vc_iperf "$dir")
-    done
-    stop_up vc-up
-  done
-  an_stop iperf3 TERM 5
+  vc_compare tbf 1
+  local rc=$?
   vc_tbf none
-  note "guards' links at $VC_TBF_MBIT Mbit/s, one TCP stream, Mbit/s: 2 legs up ${mbit[2-up]}, down ${mbit[2-down]}; 1 leg up ${mbit[1-up]}, down ${mbit[1-down]}"
+  [ "$rc" = 0 ] || return 1
+  note "guards' links at $VC_TBF_MBIT Mbit/s, one TCP stream: $(vc_table)"
+  vc_gain "$VC_TBF_GAIN"
+}
+
+# vc-speed (issue 14): without limits, 2 legs lose little against 1 (the common
+# case): one TCP stream gets at least VC_SPEED_GAIN% of 1 leg's Mbit/s, and the
+# 99th percentile of pings during it is at most VC_P99_SLACK% of 1 leg's plus 1 ms.
+# (The issue's target is 90%; runs by hand give medians of 90-103%, and the
+# gateways of 2 legs share this machine's cores, so the floor leaves room for a
+# loaded CI machine.)
+VC_SPEED_GAIN=80
+VC_SPEED_RUNS=3
+VC_P99_SLACK=150
+
+case_vc_speed() {
+  local dir got one
+  stop_up client-up
+  vc_compare speed "$VC_SPEED_RUNS" || return 1
+  note "unlimited links, one TCP stream, medians of $VC_SPEED_RUNS runs: $(vc_table)"
+  vc_gain "$VC_SPEED_GAIN" || return 1
   for dir in up down; do
-    got=${mbit[2-$dir]} one=${mbit[1-$dir]}
-    [[ $got =~ ^[0-9]+$ && $one =~ ^[0-9]+$ ]] || fail "$dir: no figure ($got, $one)" || return
-    [ $((got * 100)) -ge $((one * VC_TBF_GAIN)) ] ||
-      fail "2 legs $dir: $got Mbit/s, not $VC_TBF_GAIN% of 1 leg's $one" || return
+    got=${VC_P99[2-$dir]} one=${VC_P99[1-$dir]}
+    [[ $got =~ ^[0-9.]+$ && $one =~ ^[0-9.]+$ ]] || fail "$dir: no ping figure ($got, $one)" || return
+    awk -v a="$got" -v b="$one" -v s="$VC_P99_SLACK" 'BEGIN { exit !(a <= b * s / 100 + 1) }' ||
+      fail "2 legs $dir: ping p99 $got ms under load, above $VC_P99_SLACK% of 1 leg's $one ms + 1" || return
   done
 }
 
@@ -1149,5 +1225,6 @@ run_case discover-via-guard case_discover_via_guard
 run_case dead-gateway case_dead_gateway
 run_case vc-lose-leg case_vc_lose_leg
 run_case vc-tbf case_vc_tbf
+run_case vc-speed case_vc_speed
 run_case vc-loss case_vc_loss
 # cases_on_exit cleans up and prints the summary line.

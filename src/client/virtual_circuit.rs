@@ -7,7 +7,8 @@
 //! packets once JOINED came back. Each packet takes the VC's next number and the
 //! leg [`VirtualCircuit::route`] chooses: the leg with the lowest round trip while
 //! the VC sends little (interactive traffic keeps the fastest path), all live legs
-//! in proportion to their speed once it sends and receives more than [`BULK_BYTES`]
+//! in proportion to their speed (in runs of [`RUN_BYTES`] while it sends bulk itself)
+//! once it sends and receives more than [`BULK_BYTES`]
 //! per [`BULK_WINDOW`] (a bulk transfer, either way, gets the bandwidth of every
 //! route: the exit replies on the leg the client used last), leaving out
 //! legs slower than [`SLOW_FACTOR`] times the fastest and by [`SLOW_SLACK`] (their packets would wait in
@@ -57,6 +58,12 @@ pub const BULK_WINDOW: Duration = Duration::from_millis(100);
 /// count: the exit replies on the leg the client used last, so a download's
 /// acknowledgements spread over the legs spread the download with them.
 pub const BULK_BYTES: usize = 16 * 1024;
+/// A VC that sends bulk sends it in runs of this many bytes on one leg, so each
+/// hop still gets its packets in batches and the exit's reorder buffer sees few
+/// switches. (A VC that mostly receives spreads packet by packet: its
+/// acknowledgements steer the exit's replies, and long runs of them left one leg
+/// without packets while a gap on it waited.)
+pub const RUN_BYTES: usize = 64 * 1024;
 /// Legs slower than this many times the fastest carry no bulk traffic.
 pub const SLOW_FACTOR: u32 = 2;
 /// ... and more than this slower: a queue of tens of ms on a path of one would
@@ -130,8 +137,10 @@ pub struct VirtualCircuit {
     reorder: Reorder,
     last_send: Option<Instant>,
     /// The current [`BULK_WINDOW`]'s start, the bytes sent and received in it and
-    /// in the one before.
-    window: (Option<Instant>, usize, usize),
+    /// in the one before, and of them the bytes sent.
+    window: (Option<Instant>, [usize; 2], [usize; 2]),
+    /// The leg of the current run of bulk packets and the bytes sent since it began.
+    run: Option<(CircuitId, usize)>,
     unexpected: u64,
     joined: u64,
     legs_dead: u64,
@@ -152,7 +161,8 @@ impl VirtualCircuit {
             next_seq: 0,
             reorder: Reorder::default(),
             last_send: None,
-            window: (None, 0, 0),
+            window: (None, [0; 2], [0; 2]),
+            run: None,
             unexpected: 0,
             joined: 0,
             legs_dead: 0,
@@ -297,7 +307,7 @@ impl VirtualCircuit {
     /// The leg and number of the next packet, `len` bytes long; `None` when no leg
     /// is live.
     pub fn route(&mut self, now: Instant, node: &Node, len: usize) -> Option<(CircuitId, u32)> {
-        let bytes = self.count(now, len);
+        let [bytes, sent] = self.count(now, len, true);
         let mut clear = false;
         for l in &mut self.legs {
             l.suspect = l.state == LegState::Live && is_suspect(l, node, now);
@@ -313,10 +323,26 @@ impl VirtualCircuit {
         let fastest = live()
             .min_by_key(|l| rtt(l).unwrap_or(Duration::MAX))?
             .circuit;
+        let run = self.run.filter(|&(l, n)| {
+            n < RUN_BYTES
+                && self
+                    .legs
+                    .iter()
+                    .any(|x| x.circuit == l && x.state == LegState::Live && !(clear && x.suspect))
+        });
         let leg = if bytes <= BULK_BYTES {
+            self.run = None;
             fastest
-        } else {
+        } else if sent <= BULK_BYTES {
+            self.run = None;
             self.spread(node, best, clear).unwrap_or(fastest)
+        } else if let Some((l, n)) = run {
+            self.run = Some((l, n.saturating_add(len)));
+            l
+        } else {
+            let l = self.spread(node, best, clear).unwrap_or(fastest);
+            self.run = Some((l, len));
+            l
         };
         if let Some(l) = self.legs.iter_mut().find(|l| l.circuit == leg) {
             let heard = node.last_heard(leg);
@@ -331,16 +357,26 @@ impl VirtualCircuit {
     }
 
     /// Adds `len` bytes sent or received at `now` to the [`BULK_WINDOW`] they fall
-    /// in; returns the most of this window and the one before.
-    fn count(&mut self, now: Instant, len: usize) -> usize {
+    /// in (`sent`: sent); returns the most of this window and the one before, of
+    /// all bytes and of the bytes sent.
+    fn count(&mut self, now: Instant, len: usize, sent: bool) -> [usize; 2] {
         let (start, bytes, before) = self.window;
         let age = start.map(|s| now.saturating_duration_since(s));
+        let add = [len, if sent { len } else { 0 }];
         self.window = match age {
-            Some(a) if a < BULK_WINDOW => (start, bytes.saturating_add(len), before),
-            Some(a) if a < BULK_WINDOW * 2 => (Some(now), len, bytes),
-            _ => (Some(now), len, 0),
+            Some(a) if a < BULK_WINDOW => (
+                start,
+                [
+                    bytes[0].saturating_add(add[0]),
+                    bytes[1].saturating_add(add[1]),
+                ],
+                before,
+            ),
+            Some(a) if a < BULK_WINDOW * 2 => (Some(now), add, bytes),
+            _ => (Some(now), add, [0; 2]),
         };
-        self.window.1.max(self.window.2)
+        let (_, b, p) = self.window;
+        [b[0].max(p[0]), b[1].max(p[1])]
     }
 
     /// The next leg of a bulk transfer: smooth weighted round robin over the live
@@ -395,7 +431,7 @@ impl VirtualCircuit {
             return Err((None, buf));
         };
         leg.high = Some(highest(leg.high, seq));
-        self.count(now, buf.len());
+        self.count(now, buf.len(), false);
         let pushed = self.reorder.push(now, seq, buf, out);
         let live = self.legs.iter().filter(|l| l.state == LegState::Live);
         self.reorder.passed(live.map(|l| l.high), out);
