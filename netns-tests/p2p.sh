@@ -922,9 +922,7 @@ vc_up() {
   n=$(narrow_cache "$AN_DIR/client-state/descriptors.cache" "$st/descriptors.cache" "${GWS[@]}") ||
     fail "could not cut down the cache" || return
   [ "$n" = "${#GWS[@]}" ] || fail "the cut-down cache has $n gateways, not ${#GWS[@]}" || return
-  # Guards among the relays that are not exits: a guard that is also the VC's exit
-  # cannot start a leg, and with one guard on the first leg no second leg would
-  # have one left (guards may be exits: see the closing note of this case's issue).
+  # Fixed guards (VC_GUARDS), so that vc-tbf knows which links the legs start on.
   {
     printf 'count = 3\nlifetime_secs = 5184000\n'
     for g in "${VC_GUARDS[@]}"; do printf '\n[[guard]]\nkey = "%s"\nchosen_at = %s\n' "${PUB[$g]}" "$(date +%s)"; done

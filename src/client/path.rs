@@ -581,6 +581,10 @@ pub struct Guards {
     /// Networks no two guards may share (not persisted: a client setting).
     #[serde(skip)]
     subnets: Subnets,
+    /// Whether exits become guards only when other gateways do not fit: paths have
+    /// 2 hops or more, so a guard never needs to be the exit (a client setting).
+    #[serde(skip)]
+    exits_last: bool,
 }
 
 /// One guard and when it was chosen (unix seconds).
@@ -636,6 +640,7 @@ impl TryFrom<GuardsFile> for Guards {
             lifetime_secs: file.lifetime_secs,
             guards: file.guards,
             subnets: Subnets::default(),
+            exits_last: true,
         })
     }
 }
@@ -659,13 +664,17 @@ impl Guards {
             lifetime_secs: lifetime_secs.min(MAX_SECS),
             guards: Vec::new(),
             subnets: Subnets::default(),
+            exits_last: true,
         }
     }
 
-    /// The same set with other networks for the "no two guards share a network" rule.
+    /// The same set for paths under `rules`: their networks for the "no two guards
+    /// share a network" rule, and exits as guards only as a last resort unless a
+    /// path may have one hop (whose gateway is both guard and exit).
     #[must_use]
-    pub fn with_subnets(mut self, subnets: Subnets) -> Self {
-        self.subnets = subnets;
+    pub fn with_rules(mut self, rules: &PathRules) -> Self {
+        self.subnets = rules.subnets;
+        self.exits_last = rules.length.bounds().is_some_and(|(lo, _)| lo >= 2);
         self
     }
 
@@ -674,8 +683,12 @@ impl Guards {
     /// candidate with its key), then any guard that shares a /16 or
     /// /32 with an older one (gateways can move), then tops up to `count` with
     /// candidates chosen uniformly among those that are not guards and share no
-    /// network with one. Returns the current guard keys, oldest choice first (fewer
-    /// than `count` if the candidates do not allow more).
+    /// network with one, gateways that are not exits first (see
+    /// [`Guards::with_rules`]): an exit among the guards may be the exit of a
+    /// virtual circuit, which then cannot start a leg there, and exits are kept for
+    /// the exit position. Returns the current guard
+    /// keys, oldest choice first (fewer than `count` if the candidates do not allow
+    /// more).
     pub fn refresh(
         &mut self,
         rng: &mut (impl RngCore + CryptoRng),
@@ -716,8 +729,12 @@ impl Guards {
                             .all(|d| d.key != c.key || !reachable(d))
                 })
             };
-            let Some((i, c)) =
-                pick(rng, candidates.len(), new).and_then(|i| Some((i, candidates.get(i)?)))
+            let relay = |i: usize| {
+                new(i) && (!self.exits_last || candidates.get(i).is_some_and(|c| !c.exit))
+            };
+            let Some((i, c)) = pick(rng, candidates.len(), relay)
+                .or_else(|| pick(rng, candidates.len(), new))
+                .and_then(|i| Some((i, candidates.get(i)?)))
             else {
                 break;
             };

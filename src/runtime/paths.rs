@@ -61,7 +61,7 @@ impl Paths {
                 v6: disc.subnet_v6,
             },
         };
-        let guards = load_guards(cfg).with_subnets(rules.subnets);
+        let guards = load_guards(cfg).with_rules(&rules);
         Ok(Self::Discovered {
             store: Box::new(load_store(&state_dir)),
             guards,

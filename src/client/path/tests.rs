@@ -446,7 +446,7 @@ fn subnet_prefixes_are_configurable() {
     assert_eq!(path.len(), 3);
     let mut guards = Guards::new(3, 100);
     assert_eq!(guards.refresh(&mut rng(5), &cands, 0).len(), 1);
-    let mut guards = Guards::new(3, 100).with_subnets(narrow.subnets);
+    let mut guards = Guards::new(3, 100).with_rules(&narrow);
     assert_eq!(guards.refresh(&mut rng(5), &cands, 0).len(), 3);
 }
 
@@ -685,6 +685,36 @@ fn guards_replaced_when_gone() {
     let third = guards.refresh(&mut r, &unreachable, 20);
     assert_eq!(third[..2], [second[1], second[2]]);
     assert!(!third.contains(&second[0]));
+}
+
+/// Guards are gateways that are not exits while enough of those fit: a guard that
+/// is an exit could be a virtual circuit's exit and start none of its legs.
+#[test]
+fn guards_are_not_exits_while_others_fit() {
+    let cands = spread(12, 6);
+    let mut r = rng(21);
+    for _ in 0..50 {
+        let keys = Guards::new(3, 1_000).refresh(&mut r, &cands, 0);
+        assert_eq!(keys.len(), 3);
+        assert!(keys
+            .iter()
+            .all(|k| cands.iter().any(|c| c.key == *k && !c.exit)));
+    }
+    // One gateway is not an exit: it and two exits.
+    let few = spread(4, 3);
+    let keys = Guards::new(3, 1_000).refresh(&mut r, &few, 0);
+    assert_eq!(keys.len(), 3);
+    assert!(keys.contains(&few[3].key));
+    // Paths of one hop need a guard that is an exit: any gateway may be one.
+    let one_hop = Guards::new(3, 1_000).with_rules(&rules(1));
+    let exits = (0..50)
+        .filter(|_| {
+            let keys = one_hop.clone().refresh(&mut r, &cands, 0);
+            keys.iter()
+                .any(|k| cands.iter().any(|c| c.key == *k && c.exit))
+        })
+        .count();
+    assert!(exits > 40, "{exits} of 50 sets had an exit");
 }
 
 #[test]
