@@ -7,11 +7,11 @@
 //! packets once JOINED came back. Each packet takes the VC's next number and the
 //! leg [`VirtualCircuit::route`] chooses: the leg with the lowest round trip while
 //! the VC sends little (interactive traffic keeps the fastest path), all live legs
-//! in proportion to their speed (in runs of [`RUN_BYTES`] while it sends bulk itself)
-//! once it sends and receives more than [`BULK_BYTES`]
-//! per [`BULK_WINDOW`] (a bulk transfer, either way, gets the bandwidth of every
-//! route: the exit replies on the leg the client used last), leaving out
-//! legs slower than [`SLOW_FACTOR`] times the fastest and by [`SLOW_SLACK`] (their packets would wait in
+//! in proportion to their speed (in runs of [`RUN_BYTES`] while it sends bulk
+//! itself) once it sends and receives more than [`BULK_BYTES`] per [`BULK_WINDOW`]
+//! (a bulk transfer, either way, gets the bandwidth of every route: the exit
+//! replies on the leg the client used last), leaving out legs both [`SLOW_FACTOR`]
+//! times and [`SLOW_SLACK`] slower than the fastest (their packets would wait in
 //! the exit's reorder buffer).
 //!
 //! A leg that has heard nothing since a packet went on it for twice its round trip
@@ -64,10 +64,11 @@ pub const BULK_BYTES: usize = 16 * 1024;
 /// acknowledgements steer the exit's replies, and long runs of them left one leg
 /// without packets while a gap on it waited.)
 pub const RUN_BYTES: usize = 64 * 1024;
-/// Legs slower than this many times the fastest carry no bulk traffic.
+/// Legs slower than this many times the fastest, and by more than [`SLOW_SLACK`],
+/// carry no bulk traffic.
 pub const SLOW_FACTOR: u32 = 2;
-/// ... and more than this slower: a queue of tens of ms on a path of one would
-/// otherwise leave out a loaded leg, and the legs would take turns.
+/// See [`SLOW_FACTOR`]: without this slack, a queue of tens of ms on a path of one
+/// would leave out a loaded leg, and the legs would take turns instead of adding up.
 pub const SLOW_SLACK: Duration = Duration::from_millis(50);
 
 /// Where a leg is in its life.

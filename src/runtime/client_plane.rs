@@ -590,7 +590,8 @@ impl ClientPlane {
     /// Closes every circuit of the pool (when the daemon stops).
     pub(crate) fn close(&mut self, d: &mut Driver) {
         for (h, vc) in &self.vcs {
-            let (s, r) = (vc.stats(), vc.stats().reorder);
+            let s = vc.stats();
+            let r = s.reorder;
             tracing::info!(
                 "circuit {}: {} legs joined, {} found dead, {} went down; replies: {} delivered, \
                  {} waited for an earlier one, {} lost, {} late, {} duplicate, {} out of window, \
