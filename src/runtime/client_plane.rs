@@ -396,6 +396,26 @@ impl ClientPlane {
         Ok(())
     }
 
+    /// Starts building an exit circuit through `specs` (its entry let through the
+    /// kill switch first), padding within `padding_share` when its gateways limit it.
+    async fn start_build(
+        &mut self,
+        d: &mut Driver,
+        now: Instant,
+        specs: &[HopSpec],
+        padding_share: Option<u8>,
+    ) -> Result<CircuitId> {
+        self.allow_entry(specs).await?;
+        let id = d
+            .node
+            .build_circuit(now, &mut d.rng, specs, Service::Exit)
+            .map_err(|e| anyhow::anyhow!("cannot build a circuit: {e}"))?;
+        if let Some(share) = padding_share {
+            d.node.limit_padding(id, share);
+        }
+        Ok(id)
+    }
+
     /// Builds a new leg for virtual circuit `h`: to its exit, avoiding its other
     /// legs' gateways.
     async fn build_leg(&mut self, d: &mut Driver, now: Instant, h: CircuitId) -> Result<()> {
@@ -415,14 +435,7 @@ impl ClientPlane {
                 return Ok(());
             }
         };
-        self.allow_entry(&specs).await?;
-        let c = d
-            .node
-            .build_circuit(now, &mut d.rng, &specs, Service::Exit)
-            .map_err(|e| anyhow::anyhow!("cannot build a leg: {e}"))?;
-        if let Some(share) = padding_share {
-            d.node.limit_padding(c, share);
-        }
+        let c = self.start_build(d, now, &specs, padding_share).await?;
         tracing::info!(
             "circuit {}: leg {} building through {}",
             h.0,
@@ -464,15 +477,8 @@ impl ClientPlane {
                     exit_ports: ports,
                     padding_share,
                 }) => {
-                    self.allow_entry(&specs).await?;
                     let exit = specs.last().map(|h| h.key).unwrap_or_default();
-                    let id = d
-                        .node
-                        .build_circuit(now, &mut d.rng, &specs, Service::Exit)
-                        .map_err(|e| anyhow::anyhow!("cannot build a circuit: {e}"))?;
-                    if let Some(share) = padding_share {
-                        d.node.limit_padding(id, share);
-                    }
+                    let id = self.start_build(d, now, &specs, padding_share).await?;
                     self.pool.building(now, id, exit, ports);
                     tracing::info!("circuit {} building through {}", id.0, hops_text(&specs));
                     if self.legs > 1 {
