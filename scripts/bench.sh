@@ -2,14 +2,16 @@
 # anonnet against its anchors, in network namespaces, on one machine in one run:
 # the plain routed path (the limit), wireguard-go and boringtun-cli (userspace
 # WireGuard over TUN) 1 hop and chained over 3 hops (one tunnel per leg, so every
-# hop decrypts and re-encrypts), and anonnet 1 hop and 3 hops (last gateway --exit).
+# hop decrypts and re-encrypts), anonnet 1 hop and 3 hops (last gateway --exit), and
+# anonnet-vc: 3 hops on a virtual circuit of 2 legs (two guards in r1, two middles in
+# r2, one exit in r3), against anonnet's one route over the same namespaces.
 #
 # Usage (root): scripts/bench.sh [--quick] [--runs N] [--only SYSTEM[,SYSTEM]] [--out DIR]
 #   --quick        one short run (< 3 minutes once built): 1 s iperf3 tests, a
 #                  shorter UDP search, fewer pings, no 10,000-circuit figure
 #   --runs N       runs of every topology (default 3, --quick 1); the tables give the
 #                  median and min–max, ratios are taken pair by pair within a run
-#   --only LIST    a subset of: plain, wireguard-go, boringtun, anonnet
+#   --only LIST    a subset of: plain, wireguard-go, boringtun, anonnet, anonnet-vc
 #   --padding MODE the anonnet client's padding_mode: adaptive (default), off or
 #                  constant (at its default rate); recorded in meta.json
 #   --out DIR      where results and logs go (default /tmp/anonnet-bench/DATE)
@@ -17,7 +19,8 @@
 #   -h, --help     this text
 #
 # Path: bn-c → bn-r1 → bn-r2 → bn-r3 → bn-s (iperf3 server 198.18.14.2), veth links
-# 198.18.1K.0/24 and 2001:db8:1K::/64 for K = 1..4. Every namespace it creates is
+# 198.18.1K.0/24 and 2001:db8:1K::/64 for K = 1..4 (anonnet-vc's second guard and
+# middle: 198.18.21.2 in bn-r1, 198.18.22.2 in bn-r2). Every namespace it creates is
 # called bn-*, and is deleted on exit (also on failure or Ctrl-C); nothing runs in,
 # or changes, the machine's own network namespace. Installs what is missing:
 # iperf3, wireguard-go, wireguard-tools (apt-get), boringtun-cli (cargo install
@@ -38,7 +41,7 @@ usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 RUNS=3
 RUNS_SET=0
 QUICK=0
-ONLY=plain,wireguard-go,boringtun,anonnet
+ONLY=plain,wireguard-go,boringtun,anonnet,anonnet-vc
 OUT=''
 BUILD=1
 PADDING=adaptive
@@ -68,8 +71,8 @@ declare -A WANT=()
 IFS=, read -r -a _only <<<"$ONLY"
 for s in "${_only[@]}"; do
   case $s in
-    plain | wireguard-go | boringtun | anonnet) WANT[$s]=1 ;;
-    *) echo "$ME: --only: unknown system '$s' (plain, wireguard-go, boringtun, anonnet)" >&2; exit 2 ;;
+    plain | wireguard-go | boringtun | anonnet | anonnet-vc) WANT[$s]=1 ;;
+    *) echo "$ME: --only: unknown system '$s' (plain, wireguard-go, boringtun, anonnet, anonnet-vc)" >&2; exit 2 ;;
   esac
 done
 [ ${#WANT[@]} -gt 0 ] || { echo "$ME: --only: no system given" >&2; exit 2; }
@@ -226,7 +229,7 @@ bn_build() {
   local target
   AN_BIN=$AN_DIR/anonnet
   IDLE_BIN=''
-  want anonnet || return 0
+  want anonnet || want anonnet-vc || return 0
   an_ensure_toolchain "$REPO" || die "no Rust toolchain"
   target=${CARGO_TARGET_DIR:-$REPO/target}
   case $target in /*) ;; *) target=$REPO/$target ;; esac
@@ -236,6 +239,7 @@ bn_build() {
       die "cargo build --release failed (see $LOGS/cargo-build.log)"
   fi
   cp "$target/release/anonnet" "$AN_BIN" || die "no $target/release/anonnet"
+  want anonnet || return 0
   if [ -f "$REPO/examples/idle_circuits.rs" ]; then
     if [ "$BUILD" = 1 ]; then
       (cd "$REPO" && timeout 3600 cargo build --release --example idle_circuits) \
@@ -400,66 +404,109 @@ bn_wg_up() {
   done
 }
 
-# bn_an_up HOPS: gateways in r1 (..r3), the last one --exit; `anonnet up` in bn-c
-# with that fixed path. Records circuit_build_ms and up_ready_ms.
-bn_an_up() {
-  local hops=$1 k name cfg last t0 t1 i line
-  local -a extra
-  for ((k = 1; k <= hops; k++)); do
-    name=an-r$k cfg=$AN_DIR/an-$hops-r$k.toml
-    {
-      echo '[gateway]'
-      echo "identity = \"$AN_DIR/keys/r$k.key\""
-      echo "listen = [\"198.18.1$k.2\"]"
-      echo "listen_ports = $AN_GW_PORT"
-      if [ "$k" = "$hops" ]; then
+# bn_an_gw SYS HOPS NAME NS ADDR EXIT: starts the gateway with key NAME in NS on
+# ADDR:AN_GW_PORT, an exit when EXIT is 1.
+bn_an_gw() {
+  local sys=$1 hops=$2 name=$3 ns=$4 addr=$5 exit=$6 cfg=$AN_DIR/an-$1-$2-$3.toml
+  local log=$LOGS/$RUN-$sys$hops-$name.log
+  local -a extra=()
+  {
+    echo '[gateway]'
+    echo "identity = \"$AN_DIR/keys/$name.key\""
+    echo "listen = [\"$addr\"]"
+    echo "listen_ports = $AN_GW_PORT"
+    if [ "$exit" = 1 ]; then
         echo
         echo '[exit]'
         echo "dns_upstream = [\"$SERVER\"]"
         # The per-circuit packet-rate limit (default 50,000/s) is an abuse guard:
         # raised to its maximum so that it does not cap the UDP figure.
-        echo 'max_pps = 10000000'
-      fi
-    } >"$cfg"
-    extra=()
-    [ "$k" = "$hops" ] && extra=(--exit)
-    an_start "$name" "bn-r$k" "$LOGS/$RUN-anonnet$hops-r$k.log" "$AN_BIN" gateway "${extra[@]}" --config "$cfg"
-    if ! an_wait_log "$LOGS/$RUN-anonnet$hops-r$k.log" ' listening on ' 10 "${AN_PID[$name]}"; then
-      an_err "anonnet gateway in bn-r$k did not start"
-      an_tail "$LOGS/$RUN-anonnet$hops-r$k.log" >&2
-      return 1
+      echo 'max_pps = 10000000'
     fi
-    DAEMONS+=("r$k ${AN_PID[$name]}")
+  } >"$cfg"
+  [ "$exit" = 1 ] && extra=(--exit)
+  an_start "an-$name" "$ns" "$log" "$AN_BIN" gateway "${extra[@]}" --config "$cfg"
+  if ! an_wait_log "$log" ' listening on ' 10 "${AN_PID[an-$name]}"; then
+    an_err "anonnet gateway $name in $ns did not start"
+    an_tail "$log" >&2
+    return 1
+  fi
+  DAEMONS+=("$name ${AN_PID[an-$name]}")
+}
+
+# bn_an_up SYS HOPS: anonnet: gateways in r1 (..r3), the last one --exit, and
+# `anonnet up` in bn-c with that fixed path. anonnet-vc (3 hops): a second guard
+# r1b in bn-r1 (198.18.21.2) and a second middle r2b in bn-r2 (198.18.22.2) besides;
+# the client, with r1 and r1b as its guards, discovers the five and builds one
+# virtual circuit of 2 legs (r1 or r1b, then r2 or r2b, then r3). Records
+# circuit_build_ms and up_ready_ms (anonnet-vc: until the second leg joined).
+bn_an_up() {
+  local sys=$1 hops=$2 k cfg last t0 t1 i line st g n
+  local ready='^anonnet up:'
+  for ((k = 1; k <= hops; k++)); do
+    bn_an_gw "$sys" "$hops" "r$k" "bn-r$k" "198.18.1$k.2" "$([ "$k" = "$hops" ] && echo 1 || echo 0)" || return 1
   done
-  cfg=$AN_DIR/an-$hops-client.toml
+  cfg=$AN_DIR/an-$sys-$hops-client.toml
+  st=$AN_DIR/client-state-$RUN-$sys-$hops
   {
     echo '[client]'
     echo "padding_mode = \"$PADDING\""
-    for ((k = 1; k <= hops; k++)); do
-      printf '\n[[client.path]]\naddr = "198.18.1%s.2:%s"\nkey = "%s"\n' "$k" "$AN_GW_PORT" \
-        "$(cat "$AN_DIR/keys/r$k.pub")"
-    done
-    printf '\n[tunnel]\nstate_dir = "%s"\n' "$AN_DIR/client-state-$RUN-$hops"
+    if [ "$sys" = anonnet ]; then
+      for ((k = 1; k <= hops; k++)); do
+        printf '\n[[client.path]]\naddr = "198.18.1%s.2:%s"\nkey = "%s"\n' "$k" "$AN_GW_PORT" \
+          "$(cat "$AN_DIR/keys/r$k.pub")"
+      done
+    else
+      printf 'circuits = 1\nlegs = 2\n\n[discovery]\nguards = 2\nsubnet_v4 = 24\nbootstrap = [\n'
+      for g in r1:11 r1b:21 r2:12 r2b:22 r3:13; do
+        printf '  "198.18.%s.2:%s %s",\n' "${g#*:}" "$AN_GW_PORT" "$(cat "$AN_DIR/keys/${g%:*}.pub")"
+      done
+      printf ']\n'
+    fi
+    printf '\n[tunnel]\nstate_dir = "%s"\n' "$st"
   } >"$cfg"
-  last=$LOGS/$RUN-anonnet$hops-client.log
+  if [ "$sys" = anonnet-vc ]; then
+    ip -n bn-r1 addr add 198.18.21.2/32 dev bn-left || return 1
+    ip -n bn-r2 addr add 198.18.22.2/32 dev bn-left || return 1
+    ip -n bn-r2 route add 198.18.21.0/24 via 198.18.12.1 || return 1
+    ip -n bn-r3 route add 198.18.22.0/24 via 198.18.13.1 || return 1
+    bn_an_gw "$sys" "$hops" r1b bn-r1 198.18.21.2 0 || return 1
+    bn_an_gw "$sys" "$hops" r2b bn-r2 198.18.22.2 0 || return 1
+    mkdir -p "$st" || return 1
+    {
+      printf 'count = 2\nlifetime_secs = 5184000\n'
+      for g in r1 r1b; do
+        printf '\n[[guard]]\nkey = "%s"\nchosen_at = %s\n' "$(cat "$AN_DIR/keys/$g.pub")" "$(date +%s)"
+      done
+    } >"$st/guards.toml"
+    n=$(an_in bn-c 60 "$AN_BIN" discover --json --config "$cfg" 2>"$LOGS/$RUN-$sys$hops-discover.log" |
+      python3 -c 'import json, sys; print(len(json.load(sys.stdin)))')
+    [ "$n" = 5 ] || { an_err "anonnet discover found ${n:-no} gateways, not 5"; an_tail "$LOGS/$RUN-$sys$hops-discover.log" >&2; return 1; }
+    ready='joined \(2 live\)'
+  fi
+  last=$LOGS/$RUN-$sys$hops-client.log
   t0=$(an_now_ms)
-  an_start an-client bn-c "$last" "$AN_BIN" up --config "$cfg"
+  if [ "$sys" = anonnet-vc ]; then
+    an_start an-client bn-c "$last" "$AN_BIN" -v up --config "$cfg"
+  else
+    an_start an-client bn-c "$last" "$AN_BIN" up --config "$cfg"
+  fi
   # Polled every 10 ms, so up_ready_ms is good to ~10 ms.
   for ((i = 0; i < 3000; i++)); do
-    grep -q '^anonnet up:' "$last" 2>/dev/null && break
+    grep -qE "$ready" "$last" 2>/dev/null && break
     an_alive "${AN_PID[an-client]}" || break
     sleep 0.01
   done
   t1=$(an_now_ms)
   line=$(grep -m1 '^anonnet up:' "$last" 2>/dev/null)
-  if [ -z "$line" ]; then
-    an_err "anonnet up did not come up"
+  if [ -z "$line" ] || ! grep -qE "$ready" "$last"; then
+    an_err "anonnet up did not come up (waited for: $ready)"
     an_tail "$last" >&2
     return 1
   fi
   DAEMONS+=("client ${AN_PID[an-client]}")
-  rec anonnet "$hops" up_ready_ms $((t1 - t0))
-  [[ $line =~ built\ in\ ([0-9]+)\ ms ]] && rec anonnet "$hops" circuit_build_ms "${BASH_REMATCH[1]}"
+  rec "$sys" "$hops" up_ready_ms $((t1 - t0))
+  [[ $line =~ built\ in\ ([0-9]+)\ ms ]] && rec "$sys" "$hops" circuit_build_ms "${BASH_REMATCH[1]}"
   return 0
 }
 
@@ -648,7 +695,7 @@ bn_topology() {
     local ok=1
     case $sys in
       wireguard-go | boringtun) bn_wg_up "$sys" "$hops" >"$LOGS/$RUN-$sys$hops-up.log" 2>&1 || ok=0 ;;
-      anonnet) bn_an_up "$hops" >"$LOGS/$RUN-$sys$hops-up.log" 2>&1 || ok=0 ;;
+      anonnet | anonnet-vc) bn_an_up "$sys" "$hops" >"$LOGS/$RUN-$sys$hops-up.log" 2>&1 || ok=0 ;;
     esac
     if [ "$ok" = 0 ] || ! bn_path_ok; then
       note "$sys $hops hop(s) run $RUN: the tunnel did not come up: $(tail -n 4 "$LOGS/$RUN-$sys$hops-up.log" | tr '\n' ' ' | cut -c1-300)"
@@ -716,10 +763,10 @@ bn_install
 bn_build
 # The time limit and the reported duration count from here, not from the build.
 START_S=$(date +%s)
-if want anonnet; then
-  for k in 1 2 3; do
-    "$AN_BIN" keygen --out "$AN_DIR/keys/r$k.key" >/dev/null || die "anonnet keygen failed"
-    "$AN_BIN" pubkey "$AN_DIR/keys/r$k.key" >"$AN_DIR/keys/r$k.pub" || die "anonnet pubkey failed"
+if want anonnet || want anonnet-vc; then
+  for k in r1 r2 r3 r1b r2b; do
+    "$AN_BIN" keygen --out "$AN_DIR/keys/$k.key" >/dev/null || die "anonnet keygen failed"
+    "$AN_BIN" pubkey "$AN_DIR/keys/$k.key" >"$AN_DIR/keys/$k.pub" || die "anonnet pubkey failed"
   done
 fi
 
@@ -728,6 +775,7 @@ want plain && TOPOS+=("plain 0")
 want wireguard-go && TOPOS+=("wireguard-go 1" "wireguard-go 3")
 want boringtun && TOPOS+=("boringtun 1" "boringtun 3")
 want anonnet && TOPOS+=("anonnet 1" "anonnet 3")
+want anonnet-vc && TOPOS+=("anonnet-vc 3")
 
 for ((RUN = 1; RUN <= RUNS; RUN++)); do
   for t in "${TOPOS[@]}"; do

@@ -107,7 +107,7 @@ def cmd_ping(path):
 # The report
 
 SYSTEMS = [("plain", "0"), ("wireguard-go", "1"), ("wireguard-go", "3"), ("boringtun", "1"),
-           ("boringtun", "3"), ("anonnet", "1"), ("anonnet", "3")]
+           ("boringtun", "3"), ("anonnet", "1"), ("anonnet", "3"), ("anonnet-vc", "3")]
 
 UNITS = {
     "tcp1_up_mbps": "Mbit/s", "tcp1_down_mbps": "Mbit/s", "tcp4_up_mbps": "Mbit/s",
@@ -164,7 +164,14 @@ def ratio_defs():
              ("anonnet", "3", f), [("wireguard-go", "3", f), ("boringtun", "3", f)], ">=", 3.0),
             (f"anonnet3_over_plain_tcp1_{d}", f"anonnet 3 hops / plain path, TCP 1 stream {d}",
              ("anonnet", "3", f), [("plain", "0", f)], ">=", 0.25),
+            (f"anonnetvc3_over_anonnet3_tcp1_{d}",
+             f"anonnet 3 hops, 2 legs / 1 route, TCP 1 stream {d}",
+             ("anonnet-vc", "3", f), [("anonnet", "3", f)], ">=", 0.9),
         ]
+    defs.append(("anonnetvc3_over_anonnet3_rtt_load_p99",
+                 "anonnet 3 hops, 2 legs / 1 route, ping p99 under load",
+                 ("anonnet-vc", "3", "rtt_load_p99_ms"), [("anonnet", "3", "rtt_load_p99_ms")],
+                 "<=", 1.0))
     for h in ("1", "3"):
         defs.append((f"anonnet{h}_rtt_per_hop_over_wggo{h}",
                      f"anonnet {h} hop(s) / wireguard-go {h} hop(s), idle RTT added per hop",
@@ -325,17 +332,21 @@ def cmd_report(raw_path, meta_path, out_path):
       "hop: (idle avg − plain-path idle avg measured in the same namespaces just before "
       "the tunnel came up) / hops. Peak RSS: VmHWM of the tunnel processes.")
     p()
-    an = [(h, get("anonnet", h, "circuit_build_ms"), get("anonnet", h, "up_ready_ms"))
-          for h in ("1", "3") if get("anonnet", h, "circuit_build_ms")]
+    an = [(s, h, get(s, h, "circuit_build_ms"), get(s, h, "up_ready_ms"))
+          for s, h in (("anonnet", "1"), ("anonnet", "3"), ("anonnet-vc", "3"))
+          if get(s, h, "circuit_build_ms")]
     idle = [n for n in ("1000", "10000") if get("anonnet", "1", f"idle_bytes_per_circuit_{n}")]
     if an or idle:
         p("### anonnet: circuits")
         p()
         p("| figure | value |")
         p("|---|---|")
-        for h, b, u in an:
-            p(f"| circuit build, {h} hop(s) (ms, from the `anonnet up:` line) | {cell(b)} |")
-            p(f"| `anonnet up` start to ready, {h} hop(s) (ms) | {cell(u)} |")
+        for s, h, b, u in an:
+            vc = s == "anonnet-vc"
+            p(f"| circuit build, {h} hop(s){', first leg' if vc else ''} "
+              f"(ms, from the `anonnet up:` line) | {cell(b)} |")
+            p(f"| `anonnet up` start to {'second leg joined' if vc else 'ready'}, {h} hop(s) "
+              f"(ms) | {cell(u)} |")
         for n in idle:
             p(f"| gateway bytes per idle circuit at {n} | "
               f"{cell(get('anonnet', '1', f'idle_bytes_per_circuit_{n}'))} |")

@@ -10,6 +10,10 @@
 //! - the last hop is an exit whose [`PortSummary`](crate::proto::ports::PortSummary) accepts the destination port;
 //! - the first hop is one of the client's guards ([`Guards`]) when it has any.
 //!
+//! Middle hops are not the client's other guards when a path of the same length
+//! exists without them: each leg of a virtual circuit starts at a guard of its own
+//! (PROTOCOL §12), and a leg whose middle took a guard would leave the next leg none.
+//!
 //! Within these rules every position is filled uniformly at random: the exit first,
 //! then the entry, then the middle hops in order. A gateway is eligible for a
 //! position only if the path can still be completed with it, so selection never runs
@@ -231,8 +235,9 @@ fn scan<R: RngCore + ?Sized>(
 /// `dst_port` (`None`: any exit); the first hop is one of `guards` when `guards` is
 /// non-empty (a guard is the first reachable candidate with its key), else a non-exit
 /// gateway when one fits (any gateway otherwise), which keeps exit capacity for the
-/// exit position; middle hops are any gateways. Candidates without addresses or with
-/// port 0 are never used.
+/// exit position; middle hops are any gateways but the client's guards, or when no
+/// path of that length spares them, any gateways. Candidates without addresses or
+/// with port 0 are never used.
 ///
 /// The length is drawn uniformly from the rules' range; if no valid path of that
 /// length exists, the nearest shorter lengths are tried, then the longer ones. The exit
@@ -282,15 +287,24 @@ fn select(
     }
     let first = lo + below(rng, hi - lo + 1);
     let lengths = (lo..=first).rev().chain(first + 1..=hi);
+    let spares: &[bool] = if guards.len() > 1 {
+        &[true, false]
+    } else {
+        &[false]
+    };
     for len in lengths {
-        let path = search.try_length(rng, len);
-        if search.exhausted() {
-            return Err(PathError::SearchLimit);
-        }
-        if let Some(path) = path {
-            return Ok(path);
+        for &spare in spares {
+            search.spare = spare;
+            let path = search.try_length(rng, len);
+            if search.exhausted() {
+                return Err(PathError::SearchLimit);
+            }
+            if let Some(path) = path {
+                return Ok(path);
+            }
         }
     }
+    search.spare = false;
     if !(0..candidates.len()).any(|i| search.exit_ok(i)) {
         return Err(PathError::NoExit { port: dst_port });
     }
@@ -314,6 +328,9 @@ struct Search<'a> {
     guarded: bool,
     /// Indices of reachable candidates whose key is a guard.
     guards: Vec<usize>,
+    /// The guards' keys, and whether middle hops must not have one.
+    guard_keys: Vec<[u8; 32]>,
+    spare: bool,
     /// Candidate examinations so far.
     work: u64,
     subnets: Subnets,
@@ -335,6 +352,8 @@ impl<'a> Search<'a> {
             exit: None,
             guarded: !guards.is_empty(),
             guards: guard_idx,
+            guard_keys: guards.to_vec(),
+            spare: false,
             work: 0,
             subnets,
         }
@@ -358,6 +377,15 @@ impl<'a> Search<'a> {
         })
     }
 
+    /// Whether candidate `i` may be a middle hop: not a guard while sparing them.
+    fn middle_ok(&self, i: usize) -> bool {
+        !self.spare
+            || self
+                .cands
+                .get(i)
+                .is_some_and(|c| !self.guard_keys.contains(&c.key))
+    }
+
     /// Whether candidate `i` is reachable and fits with every hop in `chosen`.
     fn fits(&mut self, i: usize, chosen: &[usize]) -> bool {
         self.work += 1;
@@ -372,8 +400,9 @@ impl<'a> Search<'a> {
             })
     }
 
-    /// Whether `m` more candidates (any role) can join `chosen`, trying indices from
-    /// `from` on in order (depth-first, pruned by [`Search::bound`]).
+    /// Whether `m` more candidates can join `chosen`: middle hops, or with no
+    /// guards the entry and middle hops. Tries indices from `from` on in order
+    /// (depth-first, pruned by [`Search::bound`]).
     fn extend(&mut self, chosen: &mut Vec<usize>, m: usize, from: usize) -> bool {
         if m == 0 {
             return true;
@@ -383,7 +412,7 @@ impl<'a> Search<'a> {
             if self.exhausted() {
                 return false;
             }
-            if !self.fits(i, chosen) {
+            if !self.middle_ok(i) || !self.fits(i, chosen) {
                 continue;
             }
             if failed && self.bound(chosen, i) < m {
@@ -487,14 +516,13 @@ impl<'a> Search<'a> {
         }
         let mut chosen = vec![exit];
         let entry = if self.guarded {
-            let guards = std::mem::take(&mut self.guards);
+            let guards = self.guards.clone();
             let k = pick(rng, guards.len(), |k| {
                 guards
                     .get(k)
                     .is_some_and(|&g| self.completes(&mut chosen, g, len - 2))
             });
-            self.guards = guards;
-            *self.guards.get(k?)?
+            *guards.get(k?)?
         } else {
             let cands = self.cands;
             pick(rng, n, |i| {
@@ -504,7 +532,9 @@ impl<'a> Search<'a> {
         };
         chosen.push(entry);
         for left in (0..len - 2).rev() {
-            let middle = pick(rng, n, |i| self.completes(&mut chosen, i, left))?;
+            let middle = pick(rng, n, |i| {
+                self.middle_ok(i) && self.completes(&mut chosen, i, left)
+            })?;
             chosen.push(middle);
         }
         // chosen = [exit, entry, middles...] becomes [entry, middles..., exit].

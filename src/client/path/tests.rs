@@ -223,6 +223,14 @@ proptest! {
                         .iter()
                         .any(|p| *p.last().unwrap() == exit && !cands[p[0]].exit));
                 }
+                // A middle hop is a guard only when no path of this length spares them.
+                let guard_middle = |p: &[usize]| {
+                    p.len() > 2 && p[1..p.len() - 1].iter().any(|&i| guards.contains(&cands[i].key))
+                };
+                if guards.len() > 1 && guard_middle(&path) {
+                    let others = brute_valid(&cands, path.len(), &guards, port);
+                    prop_assert!(!others.iter().any(|p| !guard_middle(p)), "{:?}", path);
+                }
             }
             Err(err) => {
                 prop_assert!(feasible.is_empty(), "{} but {:?} feasible", err, feasible);
@@ -479,6 +487,27 @@ fn entry_is_a_guard() {
     // One hop: the guard must itself be an exit.
     let path = select_path(&mut r, &cands, &rules(1), &guards, None).unwrap();
     assert_eq!(path, vec![3]);
+}
+
+/// Middle hops are not the other guards while other gateways fit, so that each leg
+/// of a virtual circuit can start at a guard of its own; they are when none fit.
+#[test]
+fn middles_spare_the_other_guards() {
+    let cands = spread(5, 1);
+    let guards = [key(1), key(2)];
+    let mut r = rng(8);
+    let mut entries = BTreeMap::new();
+    for _ in 0..200 {
+        let path = select_path(&mut r, &cands, &rules(3), &guards, None).unwrap();
+        *entries.entry(path[0]).or_insert(0) += 1;
+        assert!([3, 4].contains(&path[1]), "{path:?}");
+        let leg = select_leg(&mut r, &cands, &rules(3), &guards, key(0)).unwrap();
+        assert!([3, 4].contains(&leg[1]), "{leg:?}");
+    }
+    assert_eq!(entries.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    let cands = spread(3, 1);
+    let path = select_path(&mut r, &cands, &rules(3), &guards, None).unwrap();
+    assert!(path == [1, 2, 0] || path == [2, 1, 0], "{path:?}");
 }
 
 /// Pearson's statistic of `counts` against equal expectations.
