@@ -798,7 +798,7 @@ case_dead_gateway() {
   # within 0.25 s of arriving instead of after megabytes already received.
   rmem=$(ip netns exec p2p-client sysctl -n net.ipv4.tcp_rmem | tr -s '\t ' ' ')
   ip netns exec p2p-client sysctl -q -w net.ipv4.tcp_rmem="4096 131072 262144" || fail "cannot set tcp_rmem" || return
-  an_start dead-up p2p-client "$log" "$AN_BIN" -v up --config "$AN_DIR/dead.toml"
+  an_start dead-up p2p-client "$log" "$AN_BIN" up --config "$AN_DIR/dead.toml"
   an_wait_log "$log" '^anonnet up:' 30 "${AN_PID[dead-up]}" ||
     fail "'up' did not come up: $(tail -2 "$log" | tr '\n' ' ')" || return
   for pos in 0 1 2; do
@@ -913,7 +913,7 @@ except Exception as e:
 EOF
 }
 
-# vc_up LEGS LOG: `anonnet -v up` as process vc-up in the client, on a VC of LEGS
+# vc_up LEGS LOG: `anonnet up` as process vc-up in the client, on a VC of LEGS
 # legs (one circuit) from a fresh state with gw1's descriptor cache, waits until it
 # is up and, for 2 legs, until the second leg joined.
 vc_up() {
@@ -932,7 +932,7 @@ vc_up() {
     printf '\n[discovery]\nbootstrap = ["198.18.1.99:%s %s"]\nsubnet_v4 = 24\nsubnet_v6 = 48\n' "$PORT" "${PUB[gw1]}"
     printf '\n[tunnel]\nstate_dir = "%s"\n' "$st"
   } >"$AN_DIR/vc.toml"
-  an_start vc-up p2p-client "$log" "$AN_BIN" -v up --config "$AN_DIR/vc.toml"
+  an_start vc-up p2p-client "$log" "$AN_BIN" up --config "$AN_DIR/vc.toml"
   an_wait_log "$log" '^anonnet up:' 30 "${AN_PID[vc-up]}" ||
     fail "$k legs: 'up' did not come up: $(tail -2 "$log" | tr '\n' ' ')" || return
   if [ "$k" = 2 ]; then

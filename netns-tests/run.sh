@@ -1124,6 +1124,46 @@ case_reboot_dns() {
   note "resolv.conf, routes, rules, nft as before up; plain DNS works"
 }
 
+# An upgrade after a crash: a release before the state directory moved kept its undo
+# record and the saved resolv.conf in /run/anonnet (its default). This release's
+# `anonnet down`, with the default /var/lib/anonnet, must move them over and undo
+# everything. /run and /var/lib are the test's $AN_DIR/oldrun and $AN_DIR/oldlib,
+# bound in a mount namespace of their own, so the machine's are never touched.
+OLDBOOT=(unshare -m --propagation private sh -c
+  'mount --bind "$1" /run && mount --bind "$2" /var/lib && shift 2 && exec "$@"'
+  sh "$AN_DIR/oldrun" "$AN_DIR/oldlib")
+old_cleanup() {
+  if an_running client-up; then an_stop client-up KILL 5; fi
+  timeout -k 2 30 ip netns exec client "${OLDBOOT[@]}" "$AN_BIN" down >>"$AN_DIR/old-down.log" 2>&1
+  an_resolv client "$AN_SERVER4"
+}
+case_old_state_dir() {
+  local out rc
+  [ "$HAS_DOWN" = 1 ] || fail "the binary has no 'down' subcommand" || return
+  ensure_gateways || fail "gateways: $GW_REASON" || return
+  ensure_down
+  rm -rf "$AN_DIR/oldrun" "$AN_DIR/oldlib"
+  mkdir -p "$AN_DIR/oldrun" "$AN_DIR/oldlib"
+  { sed '/^\[tunnel\]/,$d' "$AN_DIR/client.toml"; printf '\n[tunnel]\nstate_dir = "/run/anonnet"\n'; } >"$AN_DIR/old-state.toml"
+  logs "$AN_DIR/old-up.log" "$AN_DIR/old-down.log"
+  an_start client-up client "$AN_DIR/old-up.log" "${OLDBOOT[@]}" "$AN_BIN" up --config "$AN_DIR/old-state.toml"
+  an_wait_log "$AN_DIR/old-up.log" '^anonnet up:' 20 "${AN_PID[client-up]}" ||
+    { old_cleanup; fail "'up' with state_dir /run/anonnet did not come up"; return 1; }
+  [ -f "$AN_DIR/oldrun/anonnet/client-state.toml" ] && [ -f "$AN_DIR/oldrun/anonnet/resolv.conf.orig" ] ||
+    { old_cleanup; fail "no undo record and saved resolv.conf in the old state directory"; return 1; }
+  an_stop client-up KILL 5
+  out=$(timeout -k 2 30 ip netns exec client "${OLDBOOT[@]}" "$AN_BIN" down 2>&1)
+  rc=$?
+  printf '%s\n' "$out" >"$AN_DIR/old-down.log"
+  [ "$rc" = 0 ] || { old_cleanup; fail "anonnet down exited with $rc: $(tail -1 <<<"$out")"; return 1; }
+  grep -q 'moved /run/anonnet/client-state.toml to /var/lib/anonnet/client-state.toml' <<<"$out" ||
+    { old_cleanup; fail "down did not say it moved the undo record: $(head -2 <<<"$out" | tr '\n' ' ')"; return 1; }
+  [ -e "$AN_DIR/oldrun/anonnet/client-state.toml" ] && { old_cleanup; fail "the undo record stayed in /run/anonnet"; return 1; }
+  same_as_before client "$SNAP_CLIENT" || { old_cleanup; return 1; }
+  an_in client 15 getent hosts "$AN_DNS_NAME" >/dev/null || fail "plain DNS fails after down" || return
+  note "down with the default state_dir moved /run/anonnet's undo record and resolv.conf over, and undid everything"
+}
+
 case_error_anon0_exists() {
   local out rc t0 t1
   need_up || return
@@ -1477,6 +1517,7 @@ run_case kill-switch case_kill_switch
 run_case restart-new-entry case_restart_new_entry
 run_case down case_down
 run_case reboot-dns case_reboot_dns
+run_case old-state-dir case_old_state_dir
 run_case error-anon0-exists case_error_anon0_exists
 run_case sigterm-cleanup case_sigterm_cleanup
 run_case error-bad-gateway case_error_bad_gateway

@@ -486,11 +486,7 @@ bn_an_up() {
   fi
   last=$LOGS/$RUN-$sys$hops-client.log
   t0=$(an_now_ms)
-  if [ "$sys" = anonnet-vc ]; then
-    an_start an-client bn-c "$last" "$AN_BIN" -v up --config "$cfg"
-  else
-    an_start an-client bn-c "$last" "$AN_BIN" up --config "$cfg"
-  fi
+  an_start an-client bn-c "$last" "$AN_BIN" up --config "$cfg"
   # Polled every 10 ms, so up_ready_ms is good to ~10 ms.
   for ((i = 0; i < 3000; i++)); do
     grep -qE "$ready" "$last" 2>/dev/null && break

@@ -16,7 +16,8 @@ use anonnet::runtime::{self, circuit_test_cmd as circuit_test};
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Log verbosity: -v info, -vv debug (RUST_LOG overrides).
+    /// Log verbosity: info by default, -v debug, -vv trace (RUST_LOG overrides). Logs
+    /// go to stderr: colours only on a terminal, no timestamps under the journal.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]
@@ -111,21 +112,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    runtime::logging::init(cli.verbose);
     match run(cli.cmd) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("anonnet: error: {e:#}");
+            tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }

@@ -145,6 +145,56 @@ fn cli_keygen_pubkey_and_config_errors() {
     assert!(e.contains(missing.to_str().expect("utf-8 path")), "{e}");
 }
 
+/// Logs are one format on stderr: a timestamp and the level, no colour off a
+/// terminal; no timestamp when stderr is the journal (`JOURNAL_STREAM` names it).
+#[test]
+fn log_lines_have_no_colour_and_no_timestamp_under_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new().expect("tempdir");
+    let missing = dir.path().join("no-such-config.toml");
+    let missing = missing.to_str().expect("utf-8 path");
+    let log = |name: &str, journal: bool| -> String {
+        let path = dir.path().join(name);
+        let file = std::fs::File::create(&path).expect("create log");
+        let meta = file.metadata().expect("stat log");
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args(["gateway", "--config", missing])
+            .stdin(std::process::Stdio::null())
+            .stderr(file)
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM");
+        if journal {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
+        let status = cmd.status().expect("run anonnet");
+        assert!(!status.success());
+        std::fs::read_to_string(&path).expect("read log")
+    };
+    let plain = log("plain.log", false);
+    let line = plain
+        .lines()
+        .find(|l| l.contains(missing))
+        .expect("error line");
+    assert!(!plain.contains('\x1b'), "colour codes in a file: {plain:?}");
+    assert!(
+        line.starts_with("20") && line.contains(" ERROR "),
+        "{line:?}"
+    );
+    let journal = log("journal.log", true);
+    let line = journal
+        .lines()
+        .find(|l| l.contains(missing))
+        .expect("error line");
+    assert!(
+        !journal.contains('\x1b'),
+        "colour codes in the journal: {journal:?}"
+    );
+    assert!(
+        line.starts_with("ERROR "),
+        "a timestamp under the journal: {line:?}"
+    );
+}
+
 #[test]
 fn teardown_and_stats_after_a_clean_run() {
     let dir = TempDir::new().expect("tempdir");

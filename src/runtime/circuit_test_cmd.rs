@@ -155,14 +155,14 @@ pub async fn run(path: &Path, t: Transfer) -> Result<ExitCode> {
                 } if circuit == id => {
                     let got = &buf[range];
                     if got.len() < 8 {
-                        eprintln!("circuit-test: short payload of {} bytes", got.len());
+                        tracing::warn!("short payload of {} bytes", got.len());
                         return Ok(ExitCode::from(2));
                     }
                     let mut s = [0u8; 8];
                     s.copy_from_slice(&got[..8]);
                     let seq = u64::from_be_bytes(s);
                     if seq >= next_seq || got != payload(seq, &t).as_slice() {
-                        eprintln!("circuit-test: payload {seq} corrupted");
+                        tracing::warn!("payload {seq} corrupted");
                         return Ok(ExitCode::from(2));
                     }
                     if outstanding.remove(&seq).is_some() {

@@ -199,18 +199,20 @@ pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
 /// `anonnet up --config FILE`.
 pub async fn up(path: &Path) -> Result<ExitCode> {
     let cfg = config::load_client(path)?;
+    crate::runtime::state::adopt_old_default(&cfg.tunnel.state_dir);
     let mut daemon = start(&cfg).await?;
     let result = daemon.run().await;
     let cleaned = daemon.stop().await;
     result?;
     for line in cleaned? {
-        eprintln!("anonnet down: {line}");
+        tracing::info!("on exit: {line}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `anonnet down`: removes what `up` set up, as recorded in `state_dir`.
 pub async fn down(state_dir: &Path) -> Result<ExitCode> {
+    crate::runtime::state::adopt_old_default(state_dir);
     let removed = sys::client_down(state_dir).await?;
     if removed.is_empty() {
         println!("anonnet down: nothing to remove");

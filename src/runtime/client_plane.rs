@@ -216,7 +216,7 @@ impl ClientPlane {
             self.tun_tx.push(&rst).await;
         }
         if self.pool.all_down() {
-            eprintln!("anonnet: circuit down ({why:?}); traffic is blocked until one is rebuilt");
+            tracing::warn!("circuit down ({why:?}); traffic is blocked until one is rebuilt");
         }
     }
 
@@ -491,8 +491,8 @@ impl ClientPlane {
                 }
                 Err(e) => match want.port {
                     Some(port) => {
-                        eprintln!(
-                            "anonnet: no known exit accepts port {port}; refusing it for {} s ({e:#})",
+                        tracing::warn!(
+                            "no known exit accepts port {port}; refusing it for {} s ({e:#})",
                             NO_EXIT_HOLD.as_secs()
                         );
                         self.pool.no_exit(now, port);

@@ -129,12 +129,12 @@ impl Daemon {
         self.d.flush().await;
         if self.client.is_none() {
             match &self.exit {
-                Some(x) => eprintln!(
+                Some(x) => tracing::info!(
                     "anonnet gateway stopping: {:?} {:?}",
                     self.d.node.stats(),
                     x.stats()
                 ),
-                None => eprintln!("anonnet gateway stopping: {:?}", self.d.node.stats()),
+                None => tracing::info!("anonnet gateway stopping: {:?}", self.d.node.stats()),
             }
         }
         result

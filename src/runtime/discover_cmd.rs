@@ -1,4 +1,5 @@
 //! `anonnet discover`: learn the network and print it.
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use crate::runtime::{client_node_config, hop_specs, CLIENT_BINDS};
 /// the bootstrap gateways and prints what it knows.
 pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
     let cfg = config::load_client(path)?;
+    crate::runtime::state::adopt_old_default(&cfg.tunnel.state_dir);
     let disc = &cfg.discovery;
     if disc.bootstrap.is_empty() {
         bail!("{}: discovery.bootstrap is empty: list at least one gateway (\"ADDR:PORT PUBLIC-KEY\")", path.display());
@@ -26,6 +28,9 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
     let cached = store.len();
     let before = *store.stats();
     let mut last = Instant::now();
+    // A progress line, redrawn in place, only on a terminal.
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = false;
     // Through the saved guard, as `up` crawls (PROTOCOL §11).
     let guard = guard_hop(&load_guards(&cfg), &store);
     let (st, via) = discovery::crawl(
@@ -36,8 +41,9 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
         hop_specs(&disc.bootstrap),
         CRAWL_LIMIT,
         |s, st| {
-            if last.elapsed() >= Duration::from_millis(250) {
+            if terminal && last.elapsed() >= Duration::from_millis(250) {
                 last = Instant::now();
+                progress = true;
                 eprint!(
                     "\rdiscovering: {} gateways known, {} queries ({} answered, {} refused)   ",
                     s.len(),
@@ -49,8 +55,11 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
         },
     )
     .await;
-    eprintln!(
-        "\rdiscovery done: {} gateways known ({cached} from the cache); {} queries, {} answered, {} refused, {} unreachable; {}",
+    if progress {
+        eprintln!();
+    }
+    tracing::info!(
+        "discovery done: {} gateways known ({cached} from the cache); {} queries, {} answered, {} refused, {} unreachable; {}",
         store.len(),
         st.queries,
         st.answered,
@@ -73,7 +82,7 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
         .zip(now.iter().zip(then))
         .map(|(name, (n, t))| format!("{} {name}", n - t))
         .collect();
-    eprintln!(
+    tracing::info!(
         "discovery rejected {} of {} descriptors received: {}; {} kept as contenders",
         st.descriptors - st.accepted,
         st.descriptors,
@@ -81,7 +90,7 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
         store.stats().contenders - before.contenders,
     );
     if let Err(e) = save_cache(&cfg.tunnel.state_dir, &store) {
-        eprintln!("anonnet: warning: {e:#}");
+        tracing::warn!("{e:#}");
     }
     let now = unix_now();
     let mut rows: Vec<_> = store.iter().map(|e| e.descriptor().clone()).collect();

@@ -57,8 +57,8 @@ pub fn load_store(dir: &Path) -> Store {
     let (store, report) = load_cache(dir);
     if let Some(r) = report {
         if r.corrupt {
-            eprintln!(
-                "anonnet: the descriptor cache in {} is damaged: kept {} gateways, it will be rebuilt",
+            tracing::warn!(
+                "the descriptor cache in {} is damaged: kept {} gateways, it will be rebuilt",
                 dir.display(),
                 r.loaded
             );

@@ -50,7 +50,7 @@ pub(crate) async fn start(cfg: &config::GatewayConfig, exit: bool) -> Result<Dae
         Err(e) => {
             if let Some(x) = exit_side {
                 if let Err(e) = x.stop().await {
-                    eprintln!("anonnet: error: {e:#}");
+                    tracing::error!("{e:#}");
                 }
             }
             Err(e)
@@ -118,7 +118,7 @@ pub async fn gateway(path: &Path, exit: bool) -> Result<ExitCode> {
     let mut daemon = start(&cfg, exit).await?;
     let result = daemon.run().await;
     if let Err(e) = daemon.stop().await {
-        eprintln!("anonnet: error: {e:#}");
+        tracing::error!("{e:#}");
     }
     result.map(|()| ExitCode::SUCCESS)
 }

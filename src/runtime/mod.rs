@@ -12,7 +12,8 @@
 //!   [`sockets`] (UDP through quinn-udp) and [`pool`] (the shared buffers); [`tun`]
 //!   (TUN device I/O), [`paths`] (where paths come from),
 //!   [`discovery`] (the discovery driver: crawls, the directory service, gossip),
-//!   [`replay`] (a gateway's handshake replay cache on disk).
+//!   [`replay`] (a gateway's handshake replay cache on disk), [`logging`] (where
+//!   and how every command logs), [`state`] (the client's state directory).
 
 pub mod circuit_test_cmd;
 pub mod client;
@@ -23,10 +24,12 @@ pub mod discovery;
 pub mod driver;
 pub mod exit;
 pub mod gateway;
+pub mod logging;
 pub mod paths;
 pub mod pool;
 pub mod replay;
 pub mod sockets;
+pub mod state;
 pub mod tun;
 
 use std::io::Write;

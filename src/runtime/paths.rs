@@ -102,8 +102,8 @@ impl Paths {
         } = self
         {
             let disc = &cfg.discovery;
-            eprintln!(
-                "anonnet: discovering gateways from {} bootstrap gateway(s){}",
+            tracing::info!(
+                "discovering gateways from {} bootstrap gateway(s){}",
                 disc.bootstrap.len(),
                 guard.map_or(String::new(), |g| format!(
                     " through the guard at {}",

@@ -119,8 +119,8 @@ impl ReplayFile {
             }
             Err(e) if !self.warned => {
                 self.warned = true;
-                eprintln!(
-                    "anonnet: warning: cannot write the handshake replay file {}: {e:#}",
+                tracing::warn!(
+                    "cannot write the handshake replay file {}: {e:#}",
                     self.path.display()
                 );
             }

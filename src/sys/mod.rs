@@ -19,6 +19,8 @@ mod state;
 
 pub use self::client::*;
 pub use self::exit::*;
+pub use self::resolv::BACKUP as RESOLV_BACKUP;
+pub use self::state::FILE as STATE_FILE;
 
 use std::net::IpAddr;
 

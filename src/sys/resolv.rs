@@ -15,7 +15,7 @@ pub(super) const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// names only its local stub, 127.0.0.53).
 const RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
 /// Name of the saved original inside the state directory.
-const BACKUP: &str = "resolv.conf.orig";
+pub const BACKUP: &str = "resolv.conf.orig";
 /// First line of a file written by anonnet; how `client_down` recognises it.
 const MARKER: &str = "# Written by anonnet";
 

@@ -12,7 +12,7 @@ use crate::files::write_atomic;
 use serde::{Deserialize, Serialize};
 
 /// Name of the state file inside the state directory.
-const FILE: &str = "client-state.toml";
+pub const FILE: &str = "client-state.toml";
 
 /// First line of the state file.
 const HEADER: &str =
