@@ -14,10 +14,13 @@ use anonnet::runtime::{self, circuit_test_cmd as circuit_test};
 /// anonnet: a multi-hop anonymizing VPN. Packets are wrapped in one layer of Noise
 /// encryption per gateway and sent over UDP through a chain of 1 to 8 gateways.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about = "A multi-hop anonymizing IP VPN: onion layers of Noise over UDP",
+    long_about = None
+)]
 struct Cli {
-    /// Log verbosity: info by default, -v debug, -vv trace (RUST_LOG overrides). Logs
-    /// go to stderr: colours only on a terminal, no timestamps under the journal.
+    /// Logs (stderr): info, -v debug, -vv trace; RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]
@@ -26,7 +29,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a gateway identity (an X25519 key pair) in a new file, mode 0600.
+    /// Create a gateway identity (key pair) in a new file
+    ///
+    /// Writes a new X25519 key pair to the file (mode 0600) and prints its public
+    /// key, the form client configs and bootstrap lines use.
     Keygen {
         /// Where to write the identity.
         #[arg(long)]
@@ -35,12 +41,18 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
-    /// Print an identity's public key, in the form client configs use.
+    /// Print an identity's public key
+    ///
+    /// Prints the public key of an identity file, in the form client configs use.
     Pubkey {
         /// The identity file written by `anonnet keygen`.
         file: PathBuf,
     },
-    /// Run a gateway that relays circuits (see examples/gateway.toml).
+    /// Run a gateway: relay circuits, or with --exit be an exit
+    ///
+    /// Relays circuits for clients and other gateways, answers discovery and
+    /// gossips descriptors (see examples/gateway.toml). With --exit it also sends
+    /// the circuits' packets out to the internet. Runs until SIGINT/SIGTERM.
     Gateway {
         /// The gateway's TOML config.
         #[arg(long)]
@@ -51,20 +63,23 @@ enum Cmd {
         #[arg(long)]
         exit: bool,
     },
-    /// Bring up the tunnel: create the TUN device (anon0), build circuits to exits
-    /// (through the configured path, or random paths among discovered gateways), and
-    /// route all of this host's traffic through them, each destination on its own
-    /// circuit, with a kill switch that blocks everything else. Runs in the
-    /// foreground until SIGINT/SIGTERM, then removes all it set up. Needs root
-    /// (CAP_NET_ADMIN).
+    /// Route all of this host's traffic through the tunnel (root)
+    ///
+    /// Creates the TUN device (anon0), builds circuits to exits (through the
+    /// configured path, or random paths among discovered gateways), and routes all
+    /// of this host's traffic through them, each destination on its own circuit,
+    /// with a kill switch that blocks everything else. Runs in the foreground until
+    /// SIGINT/SIGTERM, then removes all it set up. Needs root (CAP_NET_ADMIN).
     Up {
         /// The client's TOML config (see examples/client.toml).
         #[arg(long)]
         config: PathBuf,
     },
-    /// Learn the network: ask the bootstrap gateways of a client config, then the
-    /// gateways they name, and print every gateway known (also kept in the state
-    /// directory's cache, which `up` uses). No root needed.
+    /// Learn the network and list the gateways known
+    ///
+    /// Asks the bootstrap gateways of a client config, then the gateways they name,
+    /// and prints every gateway known (also kept in the state directory's cache,
+    /// which `up` uses). No root needed.
     Discover {
         /// The client's TOML config with a [discovery] section.
         #[arg(long)]
@@ -73,7 +88,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove everything `anonnet up` set up (routes, rules, kill switch, DNS,
+    /// Undo what a killed `anonnet up` left (root)
+    ///
+    /// Removes everything `anonnet up` set up (routes, rules, kill switch, DNS,
     /// device), e.g. after the daemon was killed. The kill switch stays until then.
     Down {
         /// Take the state directory from this client config.
@@ -83,8 +100,10 @@ enum Cmd {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
-    /// Build a circuit through the configured path to an echo endpoint, send
-    /// payloads of many sizes and check every echoed byte (a test without TUN).
+    /// Check a circuit end to end against an echo gateway
+    ///
+    /// Builds a circuit through the configured path to an echo endpoint, sends
+    /// payloads of many sizes and checks every echoed byte (a test without TUN).
     /// Exit status: 0 all verified, 2 corrupted data, 3 circuit down.
     CircuitTest {
         /// The client's TOML config (see examples/client.toml); its last hop must

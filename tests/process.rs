@@ -145,6 +145,49 @@ fn cli_keygen_pubkey_and_config_errors() {
     assert!(e.contains(missing.to_str().expect("utf-8 path")), "{e}");
 }
 
+/// `anonnet --help` lists each command in one short line; `anonnet CMD --help` has
+/// the long text.
+#[test]
+fn help_lists_each_command_in_one_short_line() {
+    let out = common::run(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let commands: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    for cmd in [
+        "keygen",
+        "pubkey",
+        "gateway",
+        "up",
+        "discover",
+        "down",
+        "circuit-test",
+    ] {
+        let line = commands
+            .iter()
+            .find(|l| l.trim_start().starts_with(&format!("{cmd} ")))
+            .unwrap_or_else(|| panic!("{cmd} is not listed: {text}"));
+        assert!(
+            line.len() <= 80,
+            "{cmd}'s line is {} long: {line:?}",
+            line.len()
+        );
+    }
+    for l in text.lines() {
+        assert!(l.len() <= 80, "a line of {} characters: {l:?}", l.len());
+    }
+    let up = common::run(&["up", "--help"]);
+    let long = String::from_utf8(up.stdout).expect("utf-8");
+    assert!(
+        long.contains("kill switch") && long.contains("CAP_NET_ADMIN"),
+        "{long}"
+    );
+}
+
 /// Logs are one format on stderr: a timestamp and the level, no colour off a
 /// terminal; no timestamp when stderr is the journal (`JOURNAL_STREAM` names it).
 #[test]
