@@ -1055,6 +1055,72 @@ case_restart_new_entry() {
   note "HTTP 200 through it; 0 packets on the client's wire but UDP with gw1 and gw2"
 }
 
+# status and down with a live daemon (issue 16): `anonnet status --json` shows the
+# circuit through gw1, gw2 and the exit, the kill switch armed; a user other than root
+# is refused; `anonnet down` asks the running `up` to stop, which exits 0 by itself
+# and leaves everything as before it; then `status` says nothing runs.
+case_status_down_live() {
+  local out rc js
+  need_up || return
+  js=$AN_DIR/status.json
+  an_in client 10 "$AN_BIN" status --json >"$js" 2>"$AN_DIR/status.err" ||
+    fail "status --json failed: $(tail -1 "$AN_DIR/status.err")" || return
+  out=$(python3 - "$js" "$AN_DIR/client.toml" <<'EOF'
+import json, sys, tomllib
+v = json.load(open(sys.argv[1]))
+c = v["client"]
+path = tomllib.load(open(sys.argv[2], "rb"))["client"]["path"]
+want = [h["addr"].rsplit(":", 1)[0].strip("[]") for h in path]
+bad = []
+if v.get("role") != "client": bad.append(f"role {v.get('role')}")
+if c.get("state") != "up": bad.append(f"state {c.get('state')}")
+if v.get("kill_switch") is not True: bad.append("kill switch not armed")
+if c.get("tun") != "anon0": bad.append(f"tun {c.get('tun')}")
+hops = [[h["addr"].rsplit(":", 1)[0].strip("[]") for h in l["hops"]] for x in c["circuits"] for l in x["legs"] if x["up"]]
+if want not in hops: bad.append(f"no circuit through {want}: {hops}")
+keys = [h["key"] for x in c["circuits"] for l in x["legs"] for h in l["hops"]]
+if not keys or any(len(k) != 8 for k in keys): bad.append(f"keys {keys}")
+print("; ".join(bad) if bad else f"ok {len(c['circuits'])} circuit(s), hops {hops[0]}")
+EOF
+)
+  [ "${out%% *}" = ok ] || fail "status --json: $out" || return
+  note "status --json: $out"
+  an_in client 10 "$AN_BIN" status >"$AN_DIR/status.txt" 2>&1 || fail "status failed: $(tail -1 "$AN_DIR/status.txt")" || return
+  grep -q 'kill switch armed' "$AN_DIR/status.txt" || fail "status does not say the kill switch is armed: $(head -1 "$AN_DIR/status.txt")" || return
+  out=$(ip netns exec client setpriv --reuid=65534 --regid=65534 --clear-groups "$AN_BIN" status 2>&1)
+  rc=$?
+  [ "$rc" != 0 ] && grep -q 'only root' <<<"$out" || fail "status as nobody: status $rc: $(tail -1 <<<"$out")" || return
+  out=$(timeout -k 2 30 ip netns exec client "$AN_BIN" down 2>&1)
+  rc=$?
+  printf '%s\n' "$out" >"$AN_DIR/down-live.log"
+  logs "$AN_DIR/down-live.log" "$AN_DIR/client-up.log"
+  [ "$rc" = 0 ] || fail "down with a live daemon exited with $rc: $(tail -1 <<<"$out")" || return
+  grep -q 'stopped and removed what it set up' <<<"$out" || fail "down did not ask the daemon: $(tail -1 <<<"$out")" || return
+  if an_running client-up; then an_stop client-up KILL 5; fail "the daemon still runs after down"; return 1; fi
+  an_stop client-up TERM 1
+  [ "$AN_RC" = 0 ] || fail "the daemon exited with $AN_RC after down asked it to stop" || return
+  same_as_before client "$SNAP_CLIENT" || return
+  out=$(an_in client 10 "$AN_BIN" status 2>&1)
+  rc=$?
+  [ "$rc" != 0 ] && grep -q 'no `anonnet up` runs' <<<"$out" || fail "status without a daemon: status $rc: $(tail -1 <<<"$out")" || return
+  note "status as nobody refused; down stopped the live daemon (status 0) and everything is as before up; status then exits $rc"
+  # Another user's process holding the abstract name: status does not trust it, and
+  # up runs without a control socket, saying so.
+  logs "$AN_DIR/squat.log"
+  an_start squat client "$AN_DIR/squat.log" setpriv --reuid=65534 --regid=65534 --clear-groups \
+    "$(an_python)" -c 'import socket, time; s = socket.socket(socket.AF_UNIX); s.bind("\0anonnet/client"); s.listen(); print("bound", flush=True); time.sleep(60)'
+  an_wait_log "$AN_DIR/squat.log" '^bound' 10 "${AN_PID[squat]}" || fail "the squatter did not bind" || return
+  out=$(an_in client 10 "$AN_BIN" status 2>&1)
+  rc=$?
+  [ "$rc" != 0 ] && grep -q 'held by uid 65534' <<<"$out" ||
+    { an_stop squat KILL 2; fail "status with a squatter: status $rc: $(tail -1 <<<"$out")"; return 1; }
+  need_up || { an_stop squat KILL 2; return 1; }
+  grep -q 'held by uid 65534' "$AN_DIR/client-up.log" ||
+    { an_stop squat KILL 2; fail "up did not say that another user holds its control socket"; return 1; }
+  an_stop squat KILL 2
+  note "with the name held by uid 65534: status refuses to ask it, up runs without a control socket and says so"
+}
+
 case_down() {
   local out
   [ "$HAS_DOWN" = 1 ] || fail "the binary has no 'down' subcommand" || return
@@ -1175,8 +1241,9 @@ case_error_anon0_exists() {
   logs "$AN_DIR/second-up.log" "$AN_DIR/client-up.log"
   [ "$rc" != 124 ] || fail "a second 'up' did not give up within 30 s" || return
   [ "$rc" != 0 ] || fail "a second 'up' exited with status 0" || return
-  grep -q anon0 <<<"$out" || fail "a second 'up' failed (status $rc) without naming anon0: $(tail -1 <<<"$out")" || return
-  note "second up: status $rc in $((t1 - t0)) ms: $(grep -m1 anon0 <<<"$out" | cut -c1-150)"
+  grep -q 'another `anonnet up` runs in this network namespace' <<<"$out" ||
+    fail "a second 'up' failed (status $rc) without saying that another runs: $(tail -1 <<<"$out")" || return
+  note "second up: status $rc in $((t1 - t0)) ms: $(grep -m1 -o 'another .*' <<<"$out" | cut -c1-150)"
   an_running client-up || fail "the first 'up' died" || return
   an_in client 10 ping -n -q -c 2 -W 2 "$AN_SERVER4" >/dev/null || fail "the first tunnel no longer works" || return
   note "the first tunnel still works"
@@ -1515,6 +1582,7 @@ run_case middle-restart case_middle_restart
 run_case exit-restart case_exit_restart
 run_case kill-switch case_kill_switch
 run_case restart-new-entry case_restart_new_entry
+run_case status-down-live case_status_down_live
 run_case down case_down
 run_case reboot-dns case_reboot_dns
 run_case old-state-dir case_old_state_dir

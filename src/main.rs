@@ -88,10 +88,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Undo what a killed `anonnet up` left (root)
+    /// Show what the running `anonnet up` is doing (root)
     ///
-    /// Removes everything `anonnet up` set up (routes, rules, kill switch, DNS,
-    /// device), e.g. after the daemon was killed. The kill switch stays until then.
+    /// Asks the `anonnet up` of this network namespace over its control socket:
+    /// its state (up, or blocked while no circuit is up), whether the kill switch is
+    /// in the kernel, the device and DNS, each circuit with its legs (hops with
+    /// addresses and the first characters of their keys, round trip), the guards
+    /// and how many gateways it knows. Exits 1 when no `up` runs.
+    Status {
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop `anonnet up`, or undo what a killed one left (root)
+    ///
+    /// With an `anonnet up` running in this network namespace, asks it to stop
+    /// (it removes what it set up, as on SIGTERM) and waits until it has. Else
+    /// removes everything a killed `up` left (routes, rules, kill switch, DNS,
+    /// device), as recorded in its state directory; the kill switch stays until
+    /// then.
     Down {
         /// Take the state directory from this client config.
         #[arg(long, conflicts_with = "state_dir")]
@@ -160,6 +175,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Discover { config, json } => {
             tokio_runtime()?.block_on(runtime::discover_cmd::discover_cmd(&config, json))
         }
+        Cmd::Status { json } => tokio_runtime()?.block_on(runtime::client::status(json)),
         Cmd::Down { config, state_dir } => {
             let dir = match (config, state_dir) {
                 (Some(c), _) => config::load_client(&c)?.tunnel.state_dir,

@@ -163,6 +163,7 @@ fn help_lists_each_command_in_one_short_line() {
         "pubkey",
         "gateway",
         "up",
+        "status",
         "discover",
         "down",
         "circuit-test",

@@ -15,6 +15,7 @@ use crate::node::{CircuitId, Event, HopSpec, Node};
 use crate::proto::addr::{CLIENT_V4, CLIENT_V6, DNS_V4, DNS_V6};
 use crate::proto::wire::Service;
 use crate::runtime::client_plane::ClientPlane;
+use crate::runtime::control::{self, Control, Request, CLIENT_SOCKET};
 use crate::runtime::daemon::Daemon;
 use crate::runtime::driver::Driver;
 use crate::runtime::gateway::{gateway_discovery, gateway_node_config};
@@ -199,8 +200,13 @@ pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
 /// `anonnet up --config FILE`.
 pub async fn up(path: &Path) -> Result<ExitCode> {
     let cfg = config::load_client(path)?;
+    // First: a second `up` in this network namespace stops here, having changed nothing.
+    let control = Control::bind(CLIENT_SOCKET)?;
     crate::runtime::state::adopt_old_default(&cfg.tunnel.state_dir);
     let mut daemon = start(&cfg).await?;
+    if let Some(control) = control {
+        daemon = daemon.with_control(control);
+    }
     let result = daemon.run().await;
     let cleaned = daemon.stop().await;
     result?;
@@ -212,13 +218,181 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
 
 /// `anonnet down`: removes what `up` set up, as recorded in `state_dir`.
 pub async fn down(state_dir: &Path) -> Result<ExitCode> {
+    let asked = control::ask(CLIENT_SOCKET, Request::Stop).await?;
+    if let Some((answer, pid)) = &asked {
+        let pid = *pid;
+        let pid = pid.context("the running daemon's process id is unknown")?;
+        tracing::debug!("control socket: {}", answer.trim_end());
+        wait_gone(pid, STOP_WAIT).await.with_context(|| {
+            format!(
+                "the running `anonnet up` (pid {pid}) did not stop within {} s",
+                STOP_WAIT.as_secs()
+            )
+        })?;
+        println!(
+            "anonnet down: the running `anonnet up` (pid {pid}) stopped and removed what it set up"
+        );
+    }
     crate::runtime::state::adopt_old_default(state_dir);
     let removed = sys::client_down(state_dir).await?;
-    if removed.is_empty() {
+    if removed.is_empty() && asked.is_none() {
         println!("anonnet down: nothing to remove");
     }
     for line in removed {
         println!("anonnet down: {line}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `down` waits for a running daemon it asked to stop: its stop removes
+/// the kernel state and restores DNS, well within the systemd unit's 15 s.
+const STOP_WAIT: Duration = Duration::from_secs(15);
+
+/// Waits until process `pid` has exited (a zombie its parent has not reaped yet
+/// counts: its cleanup is done), at most `limit`.
+async fn wait_gone(pid: i32, limit: Duration) -> Result<()> {
+    let stat = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
+    let running = || {
+        std::fs::read_to_string(&stat).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+        })
+    };
+    let end = Instant::now() + limit;
+    while running() {
+        if Instant::now() >= end {
+            bail!("still running");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// `anonnet status [--json]`: asks the running `up` of this network namespace.
+pub async fn status(json: bool) -> Result<ExitCode> {
+    let Some((answer, _)) = control::ask(CLIENT_SOCKET, Request::Status).await? else {
+        bail!(
+            "no `anonnet up` runs in this network namespace (nothing listens on @{CLIENT_SOCKET})"
+        );
+    };
+    let mut v: serde_json::Value =
+        serde_json::from_str(&answer).context("the daemon's status is not JSON")?;
+    // The kill switch is the kernel's: looked up here, not taken from the daemon.
+    v["kill_switch"] = serde_json::Value::Bool(sys::kill_switch_installed()?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", status_text(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `anonnet status` as lines for a person.
+fn status_text(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+    let list = |v: &serde_json::Value| {
+        v.as_array()
+            .map(|a| a.iter().map(&s).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let c = &v["client"];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "anonnet up (pid {}): {}; kill switch {}",
+        v["pid"],
+        s(&c["state"]),
+        if v["kill_switch"].as_bool() == Some(true) {
+            "armed"
+        } else {
+            "NOT INSTALLED"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  {} {} mtu {}; DNS {}",
+        s(&c["tun"]),
+        list(&c["addresses"]),
+        c["mtu"],
+        list(&c["dns"])
+    );
+    for circ in c["circuits"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  circuit {} ({}, {} flows)",
+            circ["id"],
+            if circ["up"].as_bool() == Some(true) {
+                "up"
+            } else {
+                "building"
+            },
+            circ["flows"]
+        );
+        for leg in circ["legs"].as_array().into_iter().flatten() {
+            let hops: Vec<String> = leg["hops"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|h| format!("{} [{}]", s(&h["addr"]), s(&h["key"])))
+                .collect();
+            let rtt = leg["rtt_ms"]
+                .as_f64()
+                .map_or_else(|| "rtt ?".to_owned(), |r| format!("rtt {r:.1} ms"));
+            let _ = writeln!(
+                out,
+                "    leg {} {}: {}; {rtt}",
+                leg["circuit"],
+                s(&leg["state"]),
+                hops.join(" -> ")
+            );
+        }
+    }
+    match c["known_gateways"].as_u64() {
+        Some(n) => {
+            let _ = writeln!(out, "  guards {}; {n} gateways known", list(&c["guards"]));
+        }
+        None => {
+            let _ = writeln!(out, "  a fixed path (client.path)");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_text;
+
+    /// `anonnet status` for a person: one line per circuit and leg, hops with their
+    /// short keys; the kill switch as found in the kernel.
+    #[test]
+    fn status_lines() {
+        let v = serde_json::json!({
+            "pid": 42,
+            "kill_switch": true,
+            "client": {
+                "state": "up", "tun": "anon0", "mtu": 1280,
+                "addresses": ["100.64.0.2/32", "fd00:64::2/128"], "dns": ["100.64.0.53"],
+                "circuits": [{"id": 2, "up": true, "flows": 3, "legs": [
+                    {"circuit": 2, "state": "live", "rtt_ms": 1.25, "hops": [
+                        {"addr": "198.18.2.2:9000", "key": "AbCdEfGh"},
+                        {"addr": "198.18.4.2:9000", "key": "IjKlMnOp"}]},
+                    {"circuit": 4, "state": "building", "rtt_ms": null, "hops": []}]}],
+                "guards": ["AbCdEfGh", "QrStUvWx"], "known_gateways": 8,
+            },
+        });
+        assert_eq!(
+            status_text(&v),
+            "anonnet up (pid 42): up; kill switch armed\n\
+             \x20 anon0 100.64.0.2/32 fd00:64::2/128 mtu 1280; DNS 100.64.0.53\n\
+             \x20 circuit 2 (up, 3 flows)\n\
+             \x20   leg 2 live: 198.18.2.2:9000 [AbCdEfGh] -> 198.18.4.2:9000 [IjKlMnOp]; rtt 1.2 ms\n\
+             \x20   leg 4 building: ; rtt ?\n\
+             \x20 guards AbCdEfGh QrStUvWx; 8 gateways known\n"
+        );
+        let mut off = v;
+        off["kill_switch"] = serde_json::Value::Bool(false);
+        assert!(status_text(&off).contains("kill switch NOT INSTALLED"));
+    }
 }

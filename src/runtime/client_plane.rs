@@ -118,6 +118,66 @@ impl ClientPlane {
         tun::spawn_reader(Arc::clone(&self.tun), pool, self.net.mtu as usize)
     }
 
+    /// What `anonnet status` shows of the client: its state, device, DNS, each
+    /// circuit of the pool with its legs (hops, round trip, last heard), the guards
+    /// and how many gateways it knows.
+    pub(crate) fn status(&self, now: Instant, node: &Node) -> serde_json::Value {
+        use serde_json::json;
+        let leg = |c: CircuitId, state: &str| {
+            let hops: Vec<_> = self.paths_of.get(&c).map_or_else(Vec::new, |p| {
+                p.iter()
+                    .map(|h| json!({"addr": h.addr.to_string(), "key": short_key(&h.key)}))
+                    .collect()
+            });
+            json!({
+                "circuit": c.0,
+                "state": state,
+                "hops": hops,
+                "rtt_ms": node.rtt(c).map(|d| d.as_secs_f64() * 1e3),
+                "last_heard_ms_ago": node
+                    .last_heard(c)
+                    .map(|t| u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)),
+            })
+        };
+        let circuits: Vec<_> = self
+            .pool
+            .ids()
+            .map(|id| {
+                let up = self.pool.is_up(id);
+                let legs: Vec<_> = match self.vcs.get(&id) {
+                    Some(vc) => vc
+                        .legs()
+                        .iter()
+                        .map(|l| {
+                            let state = match l.state {
+                                LegState::Building => "building",
+                                LegState::Joining(_) => "joining",
+                                LegState::Live => "live",
+                            };
+                            leg(l.circuit, state)
+                        })
+                        .collect(),
+                    None => vec![leg(id, if up { "up" } else { "building" })],
+                };
+                json!({"id": id.0, "up": up, "flows": self.router.flows_on(id), "legs": legs})
+            })
+            .collect();
+        let (known, guards) = match self.paths.known() {
+            Some((n, g)) => (Some(n), g.iter().map(short_key).collect()),
+            None => (None, Vec::new()),
+        };
+        json!({
+            "state": if self.pool.all_down() { "blocked" } else { "up" },
+            "tun": self.net.tun,
+            "addresses": self.net.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "mtu": self.net.mtu,
+            "dns": self.net.dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "circuits": circuits,
+            "guards": guards,
+            "known_gateways": known,
+        })
+    }
+
     pub(crate) fn tun_name(&self) -> &str {
         &self.net.tun
     }
@@ -633,6 +693,12 @@ impl ClientPlane {
 }
 
 /// A path as the logs show it: each hop's address, entry first.
+/// The first 8 characters of a key's base64 form: enough to tell gateways apart in
+/// `anonnet status`.
+fn short_key(key: &[u8; 32]) -> String {
+    PublicKey(*key).to_string().chars().take(8).collect()
+}
+
 fn hops_text(path: &[HopSpec]) -> String {
     let hops: Vec<String> = path.iter().map(|h| h.addr.to_string()).collect();
     hops.join(" -> ")

@@ -9,8 +9,8 @@
 //!   for `gateway` and a client that relays (mixed mode).
 //!
 //! The loop waits in one place for datagrams, TUN packets, the node's and the
-//! parts' deadlines, the exit's released addresses and signals; a control socket
-//! becomes one more arm there. Each event goes to discovery first, then to the
+//! parts' deadlines, the exit's released addresses, signals and the control
+//! socket's requests (`up`'s: [`Control`]). Each event goes to discovery first, then to the
 //! data plane that owns the circuit.
 
 use std::time::Instant;
@@ -21,6 +21,7 @@ use crate::discovery::GatewayDiscovery;
 use crate::exit::Closed;
 use crate::node::{DataPath, Event};
 use crate::runtime::client_plane::ClientPlane;
+use crate::runtime::control::{Control, Reply, Request};
 use crate::runtime::discovery::{discovery_event, discovery_poll, unix_now};
 use crate::runtime::driver::Driver;
 use crate::runtime::exit::ExitSide;
@@ -36,6 +37,7 @@ pub(crate) struct Daemon {
     client: Option<ClientPlane>,
     exit: Option<ExitSide>,
     discovery: Option<GatewayDiscovery>,
+    control: Option<Control>,
 }
 
 impl Daemon {
@@ -60,7 +62,33 @@ impl Daemon {
             client,
             exit,
             discovery,
+            control: None,
         }
+    }
+
+    /// Serves `control`'s requests from now on.
+    pub(crate) fn with_control(mut self, control: Control) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// The daemon's state for `anonnet status`, as JSON.
+    fn status(&self) -> String {
+        let now = Instant::now();
+        let role = match (&self.client, &self.exit) {
+            (Some(_), _) => "client",
+            (None, Some(_)) => "exit",
+            (None, None) => "gateway",
+        };
+        let mut v = serde_json::json!({
+            "pid": std::process::id(),
+            "role": role,
+            "node": self.d.node.stats(),
+        });
+        if let Some(c) = &self.client {
+            v["client"] = c.status(now, &self.d.node);
+        }
+        format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
     }
 
     /// Runs until SIGINT or SIGTERM (or until the TUN device fails); then closes
@@ -70,6 +98,7 @@ impl Daemon {
         let mut signals = Signals::new()?;
         let mut events = Vec::new();
         let mut packets = Vec::new();
+        let mut request: Option<(Request, Reply)> = None;
         let result = loop {
             let Self {
                 d,
@@ -77,6 +106,7 @@ impl Daemon {
                 exit,
                 client,
                 discovery,
+                control,
                 ..
             } = self;
             let now = Instant::now();
@@ -100,7 +130,23 @@ impl Daemon {
                     true
                 }
                 () = signals.recv() => break Ok(()),
+                Some(r) = next_request(control.as_mut()) => {
+                    request = Some(r);
+                    true
+                }
             };
+            if let Some((req, reply)) = request.take() {
+                match req {
+                    Request::Status => {
+                        let _ = reply.send(self.status());
+                    }
+                    Request::Stop => {
+                        tracing::info!("stopping: asked on the control socket");
+                        let _ = reply.send(format!("stopping {}\n", std::process::id()));
+                        break Ok(());
+                    }
+                }
+            }
             if !open {
                 break Err(self.tun_failed());
             }
@@ -212,6 +258,14 @@ impl Daemon {
 
 /// The exit's next batch of released pool addresses; never resolves without an
 /// exit.
+/// The control socket's next request; never, without one.
+async fn next_request(control: Option<&mut Control>) -> Option<(Request, Reply)> {
+    match control {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn released(exit: Option<&mut ExitSide>) -> Option<Vec<Closed>> {
     match exit {
         Some(x) => x.forgotten().await,

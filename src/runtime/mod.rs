@@ -4,8 +4,9 @@
 //! `discovery`, `proto`); the kernel set-up is [`crate::sys`]'s.
 //!
 //! - [`daemon`]: the one event loop of `up` and `gateway`, over optional parts;
-//! - [`client`]: `anonnet up` / `down`, with [`client_plane`] (the client's data
-//!   plane);
+//! - [`client`]: `anonnet up` / `down` / `status`, with [`client_plane`] (the
+//!   client's data plane) and [`control`] (the control socket `status` and `down`
+//!   ask);
 //! - [`gateway`]: `anonnet gateway [--exit]`, with [`exit`] (the exit's TUN side);
 //! - [`discover_cmd`]: `anonnet discover`; [`circuit_test_cmd`]: `anonnet circuit-test`;
 //! - [`driver`] (the node between the sockets; the data path's datagrams), with
@@ -18,6 +19,7 @@
 pub mod circuit_test_cmd;
 pub mod client;
 pub mod client_plane;
+pub mod control;
 pub mod daemon;
 pub mod discover_cmd;
 pub mod discovery;

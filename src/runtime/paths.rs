@@ -39,6 +39,15 @@ pub(crate) enum Paths {
 }
 
 impl Paths {
+    /// For `anonnet status`: how many gateways the client knows and its guards'
+    /// keys (`None`: a fixed path).
+    pub(crate) fn known(&self) -> Option<(usize, Vec<[u8; 32]>)> {
+        match self {
+            Self::Fixed(_) => None,
+            Self::Discovered { store, guards, .. } => Some((store.len(), guards.keys().collect())),
+        }
+    }
+
     /// The configured path, or discovery from the cache and the guards saved in the
     /// state directory (no network yet: [`Paths::discover`] crawls when needed).
     pub(crate) fn load(cfg: &ClientConfig, own: Option<[u8; 32]>) -> Result<Self> {

@@ -321,6 +321,12 @@ pub async fn client_set_gateways(net: &ClientNet) -> Result<()> {
 /// routes, the TUN link if it still exists, `/etc/resolv.conf`, the sysctl, the kill
 /// switch and the state file. Idempotent; works after the daemon was killed and when
 /// there is nothing to remove. Returns one line per thing removed.
+/// Whether the client's kill switch (nftables table `inet anonnet`) is in the
+/// kernel, for `anonnet status`.
+pub fn kill_switch_installed() -> Result<bool> {
+    nft::table_exists(nft::CLIENT_TABLE)
+}
+
 pub async fn client_down(state_dir: &Path) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let Some(st) = state::load(state_dir)? else {
