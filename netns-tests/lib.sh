@@ -8,7 +8,8 @@
 #   gw1    198.18.2.2 ──┤   inet: router (forwarding on) + "internet" server host
 #   gw2    198.18.3.2 ──┼── 198.18.N.1 / 2001:db8:N::1 on veth v-<ns>
 #   exit   198.18.4.2 ──┘   servers on 198.18.0.1 and 2001:db8:ff::1 (on lo):
-#                            http :80 :443 :25, dnsmasq :53, iperf3 :5201
+#                            http :80 :443 :25, dnsmasq :53, iperf3 :5201,
+#                            whoami :8080 (anonnet check's test server)
 #
 # Each of client/gw1/gw2/exit has eth0 with 198.18.N.2/24 and 2001:db8:N::2/64 and
 # default routes via inet. Nothing here touches the machine's own namespace: links are
@@ -25,6 +26,7 @@ AN_SERVER4=198.18.0.1
 AN_SERVER6=2001:db8:ff::1
 AN_DNS_NAME=www.anonnet.test
 AN_PORT=9000
+AN_WHOAMI_PORT=8080
 AN_BIG_BYTES=$((50 * 1024 * 1024))
 declare -gA AN_IDX=([client]=1 [gw1]=2 [gw2]=3 [exit]=4)
 declare -gA AN_PID=()   # name -> PID of the latest process started under that name
@@ -397,7 +399,8 @@ an_python() {
 }
 
 # Serves $AN_DIR/www over HTTP on 80, 443 and 25 (logs $AN_DIR/httpPORT.log), DNS
-# ($AN_DIR/dnsmasq.log) and iperf3 ($AN_DIR/iperf3.log), all in inet.
+# ($AN_DIR/dnsmasq.log), iperf3 ($AN_DIR/iperf3.log) and the caller's address on
+# $AN_WHOAMI_PORT ($AN_DIR/whoami.log), all in inet.
 an_services_start() {
   local www=$AN_DIR/www port py
   py=$(an_python)
@@ -421,6 +424,7 @@ an_services_start() {
   # Bound to the server address: a wildcard UDP server would answer from the address
   # facing the client (198.18.N.1), which the client's connected socket refuses.
   an_start iperf3 inet "$AN_DIR/iperf3.log" iperf3 -s -B "$AN_SERVER4" --forceflush
+  an_start whoami inet "$AN_DIR/whoami.log" "$py" -u "$(dirname "${BASH_SOURCE[0]}")/whoami.py" "$AN_WHOAMI_PORT"
   for port in 80 443 25; do
     an_wait_log "$AN_DIR/http$port.log" 'Serving HTTP on' 10 "${AN_PID[http$port]}" ||
       { an_err "http server on port $port did not start"; an_tail "$AN_DIR/http$port.log"; return 1; }
@@ -429,6 +433,8 @@ an_services_start() {
     { an_err "dnsmasq did not start"; an_tail "$AN_DIR/dnsmasq.out"; an_tail "$AN_DIR/dnsmasq.log"; return 1; }
   an_wait_log "$AN_DIR/iperf3.log" 'Server listening' 10 "${AN_PID[iperf3]}" ||
     { an_err "iperf3 did not start"; an_tail "$AN_DIR/iperf3.log"; return 1; }
+  an_wait_log "$AN_DIR/whoami.log" '^whoami serving' 10 "${AN_PID[whoami]}" ||
+    { an_err "the whoami server did not start"; an_tail "$AN_DIR/whoami.log"; return 1; }
 }
 
 # ---------------------------------------------------------------------------------

@@ -573,6 +573,46 @@ case_leak() {
   note "0 packets besides UDP with 198.18.2.2:$AN_PORT ($allowed of those sampled; ${drops:-no drop count})"
 }
 
+# `anonnet check` against the whoami server on inet: every check passes, and the
+# server saw the exit's address. Then, with the kill switch deleted by hand, the
+# kill-switch check fails (status 1), and tcpdump sees its datagram on the wire.
+# Runs after `leak`: that datagram is a leak on purpose.
+case_check() {
+  local out rc js url="http://$AN_DNS_NAME:$AN_WHOAMI_PORT/"
+  need_up || return
+  logs "$AN_DIR/check.txt" "$AN_DIR/whoami.log"
+  an_in client 40 "$AN_BIN" check --server "$url" >"$AN_DIR/check.txt" 2>&1
+  rc=$?
+  [ "$rc" = 0 ] || fail "check exited with $rc: $(grep -m1 '^FAIL\|ERROR' "$AN_DIR/check.txt")" || return
+  for c in tunnel kill-switch dns exit-address ipv6 mtu; do
+    grep -q "^PASS $c: " "$AN_DIR/check.txt" || fail "no 'PASS $c' line" || return
+  done
+  grep -q '^anonnet check: 6 passed, 0 failed$' "$AN_DIR/check.txt" || fail "summary: $(tail -1 "$AN_DIR/check.txt")" || return
+  grep -q "^PASS exit-address: the server saw $(an_v4 exit) (the exit" "$AN_DIR/check.txt" ||
+    fail "$(grep '^PASS exit-address' "$AN_DIR/check.txt")" || return
+  grep -q "^$(an_v4 exit) " "$AN_DIR/whoami.log" || fail "the whoami server did not log a request from the exit $(an_v4 exit)" || return
+  grep -q "^PASS mtu: a 1280-byte ping" "$AN_DIR/check.txt" || fail "$(grep '^PASS mtu' "$AN_DIR/check.txt")" || return
+  js=$(an_in client 40 "$AN_BIN" check --json --server "$url" 2>>"$AN_DIR/check.txt")
+  out=$("$(an_python)" -c 'import json, sys; v = json.load(sys.stdin); print(v["passed"], v["failed"], len(v["checks"]))' <<<"$js" 2>&1)
+  [ "$out" = "6 0 6" ] || fail "check --json: passed failed checks = $out" || return
+  note "$(grep -c '^PASS' "$AN_DIR/check.txt") PASS lines; $(grep '^PASS exit-address' "$AN_DIR/check.txt" | cut -c1-100)"
+  # A broken kill switch: the check says so, and its datagram is on the wire.
+  start_capture check-leak "udp and dst host 192.0.2.1" || fail "tcpdump did not start" || return
+  ip netns exec client nft delete table inet anonnet || fail "cannot delete the kill switch" || return
+  an_in client 40 "$AN_BIN" check --server "$url" >"$AN_DIR/check-broken.txt" 2>&1
+  rc=$?
+  logs "$AN_DIR/check-broken.txt"
+  sleep 0.3
+  stop_capture check-leak
+  an_stop client-up TERM 10
+  [ "$rc" = 1 ] || fail "check with no kill switch exited with $rc" || return
+  grep -q '^FAIL kill-switch: .*not in the kernel.*left directly' "$AN_DIR/check-broken.txt" ||
+    fail "no kill-switch FAIL: $(grep 'kill-switch' "$AN_DIR/check-broken.txt")" || return
+  [ "$CAP_COUNT" -ge 1 ] || fail "tcpdump saw no datagram to 192.0.2.1 although the check says it left" || return
+  grep -q '^anonnet check: 5 passed, 1 failed$' "$AN_DIR/check-broken.txt" || fail "summary: $(tail -1 "$AN_DIR/check-broken.txt")" || return
+  note "kill switch deleted: FAIL kill-switch, status 1, tcpdump saw $CAP_COUNT probe datagram(s) on eth0; up stopped (status $AN_RC)"
+}
+
 # pcap_capture NAME NS IFACE FILTER: tcpdump in NS on IFACE into $AN_DIR/NAME.pcap.
 pcap_capture() {
   an_start2 "pcap-$1" "$2" /dev/null "$AN_DIR/$1.pcap.err" \
@@ -1575,6 +1615,7 @@ run_case exit-host-services case_exit_host_services
 run_case traceroute case_traceroute
 run_case server-addresses case_server_addresses
 run_case leak case_leak
+run_case check case_check
 run_case constant-rate case_constant_rate
 run_case flow-correlation case_flow_correlation
 run_case exit-conntrack case_exit_conntrack

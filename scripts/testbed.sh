@@ -127,7 +127,7 @@ testbed_up() {
 
   an_say "network: namespaces ${AN_NS[*]} (198.18.0.0/15, 2001:db8::/32)"
   an_topology_up || up_failed "could not build the network"
-  an_say "servers in inet: http on $AN_SERVER4 and [$AN_SERVER6] ports 80/443/25, DNS, iperf3"
+  an_say "servers in inet: http on $AN_SERVER4 and [$AN_SERVER6] ports 80/443/25, DNS, iperf3, whoami :$AN_WHOAMI_PORT"
   an_services_start || up_failed "could not start the servers"
   an_configs || up_failed "could not create the keys and configs"
   local gw
@@ -164,10 +164,13 @@ testbed_up() {
   echo "  DNS server:      $(grep "query\[A\] $AN_DNS_NAME" "$AN_DIR/dnsmasq.log" | tail -1 | sed 's/.*: //')"
   echo "  packets the router (inet) saw during the fetch:"
   show_flows "$cap"
+  echo "  anonnet check (the leak self-test; its test server is the whoami server on inet):"
+  an_in client 40 "$AN_BIN" check --server "http://$AN_DNS_NAME:$AN_WHOAMI_PORT/" 2>&1 | sed 's/^/    /'
   echo
   echo "Next:"
   echo "  $ME shell    a shell in the client namespace (all its traffic goes through anon0);"
-  echo "  ${ME//?/ }          try curl http://$AN_DNS_NAME/, ping $AN_SERVER4, traceroute $AN_SERVER4"
+  echo "  ${ME//?/ }          try curl http://$AN_DNS_NAME/, ping $AN_SERVER4, traceroute $AN_SERVER4,"
+  echo "  ${ME//?/ }          anonnet status, anonnet check --server http://$AN_DNS_NAME:$AN_WHOAMI_PORT/"
   echo "  $ME status   what runs; logs and configs are in $AN_DIR"
   echo "  $ME down     stop everything and delete the namespaces"
 }

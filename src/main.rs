@@ -100,6 +100,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Test the running tunnel for leaks (root)
+    ///
+    /// While `anonnet up` runs in this network namespace, checks that: it has a
+    /// circuit up; the kill switch is in the kernel and refuses a datagram sent
+    /// straight out of every other interface; every nameserver is reached through
+    /// the tunnel; a test server sees the exit's address, not this host's; IPv6
+    /// goes through the tunnel or nowhere; a packet as large as the tunnel's MTU
+    /// gets through. One PASS/FAIL line per check, then a summary. Exit status: 0
+    /// all passed, 1 a check failed or no `up` runs.
+    Check {
+        /// The test server: an http:// URL answering with the address it sees, as
+        /// plain text.
+        #[arg(long, default_value = runtime::check_cmd::DEFAULT_SERVER)]
+        server: String,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop `anonnet up`, or undo what a killed one left (root)
     ///
     /// With an `anonnet up` running in this network namespace, asks it to stop
@@ -176,6 +194,9 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             tokio_runtime()?.block_on(runtime::discover_cmd::discover_cmd(&config, json))
         }
         Cmd::Status { json } => tokio_runtime()?.block_on(runtime::client::status(json)),
+        Cmd::Check { server, json } => {
+            tokio_runtime()?.block_on(runtime::check_cmd::check_cmd(&server, json))
+        }
         Cmd::Down { config, state_dir } => {
             let dir = match (config, state_dir) {
                 (Some(c), _) => config::load_client(&c)?.tunnel.state_dir,

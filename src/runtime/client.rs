@@ -279,7 +279,7 @@ pub async fn status(json: bool) -> Result<ExitCode> {
     let mut v: serde_json::Value =
         serde_json::from_str(&answer).context("the daemon's status is not JSON")?;
     // The kill switch is the kernel's: looked up here, not taken from the daemon.
-    v["kill_switch"] = serde_json::Value::Bool(sys::kill_switch_installed()?);
+    v["kill_switch"] = serde_json::Value::Bool(sys::kill_switch_armed()?);
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

@@ -8,7 +8,8 @@
 //!   client's data plane) and [`control`] (the control socket `status` and `down`
 //!   ask);
 //! - [`gateway`]: `anonnet gateway [--exit]`, with [`exit`] (the exit's TUN side);
-//! - [`discover_cmd`]: `anonnet discover`; [`circuit_test_cmd`]: `anonnet circuit-test`;
+//! - [`discover_cmd`]: `anonnet discover`; [`check_cmd`]: `anonnet check` (the leak
+//!   self-test); [`circuit_test_cmd`]: `anonnet circuit-test`;
 //! - [`driver`] (the node between the sockets; the data path's datagrams), with
 //!   [`sockets`] (UDP through quinn-udp) and [`pool`] (the shared buffers); [`tun`]
 //!   (TUN device I/O), [`paths`] (where paths come from),
@@ -16,6 +17,7 @@
 //!   [`replay`] (a gateway's handshake replay cache on disk), [`logging`] (where
 //!   and how every command logs), [`state`] (the client's state directory).
 
+pub mod check_cmd;
 pub mod circuit_test_cmd;
 pub mod client;
 pub mod client_plane;

@@ -300,14 +300,14 @@ pub async fn client_up(net: &ClientNet) -> Result<()> {
     Ok(())
 }
 
-/// Replaces the set of allowed gateways with [`ClientNet::gateways`], atomically.
-/// Whether the kill switch (`inet anonnet`) is in place, e.g. left by a run that died:
-/// then it lets out only the gateways of that run until [`client_set_gateways`] or
-/// [`client_up`] replaces them.
+/// Whether the kill switch (`inet anonnet`) is in place: while `up` runs, or left by
+/// a run that died (then it lets out only the gateways of that run until
+/// [`client_set_gateways`] or [`client_up`] replaces them).
 pub fn kill_switch_armed() -> Result<bool> {
     nft::table_exists(nft::CLIENT_TABLE)
 }
 
+/// Replaces the set of allowed gateways with [`ClientNet::gateways`], atomically.
 pub async fn client_set_gateways(net: &ClientNet) -> Result<()> {
     if let Some(g) = net.gateways.iter().find(|g| g.port() == 0) {
         bail!("gateway {g} has port 0: give the gateway's UDP port");
@@ -321,12 +321,6 @@ pub async fn client_set_gateways(net: &ClientNet) -> Result<()> {
 /// routes, the TUN link if it still exists, `/etc/resolv.conf`, the sysctl, the kill
 /// switch and the state file. Idempotent; works after the daemon was killed and when
 /// there is nothing to remove. Returns one line per thing removed.
-/// Whether the client's kill switch (nftables table `inet anonnet`) is in the
-/// kernel, for `anonnet status`.
-pub fn kill_switch_installed() -> Result<bool> {
-    nft::table_exists(nft::CLIENT_TABLE)
-}
-
 pub async fn client_down(state_dir: &Path) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let Some(st) = state::load(state_dir)? else {

@@ -56,6 +56,17 @@ pub fn system_resolvers() -> Vec<IpAddr> {
     resolv::system_resolvers()
 }
 
+/// Every `nameserver` of `/etc/resolv.conf`, in order (none if it is missing).
+pub fn resolv_conf_nameservers() -> Result<Vec<IpAddr>> {
+    match std::fs::read_to_string(resolv::RESOLV_CONF) {
+        Ok(text) => Ok(resolv::nameservers(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("cannot read {}", resolv::RESOLV_CONF)))
+        }
+    }
+}
+
 /// The addresses of this host's interfaces (an exit rejects traffic to them).
 pub fn own_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
