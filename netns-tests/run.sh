@@ -1313,15 +1313,74 @@ case_error_bad_gateway() {
   printf '%s\n' "$out" >"$AN_DIR/bad-up.log"
   logs "$AN_DIR/bad-up.log"
   [ "$rc" != 124 ] || fail "'up' with an unreachable gateway still ran after 40 s" || return
-  [ "$rc" != 0 ] || fail "'up' with an unreachable gateway exited with status 0" || return
+  [ "$rc" = 69 ] || fail "'up' with an unreachable gateway exited with $rc, not 69 (the network failed)" || return
   [ $((t1 - t0)) -le 16000 ] || fail "'up' took $((t1 - t0)) ms to give up (more than ~15 s)" || return
-  grep -Eiq 'gateway|198\.18\.2\.99' <<<"$out" || fail "the error does not mention the gateway: $(tail -1 <<<"$out")" || return
-  note "status $rc after $((t1 - t0)) ms: $(grep -Eim1 'gateway|198\.18\.2\.99' <<<"$out" | cut -c1-160)"
+  grep -q "hop 1 of 3 (198.18.2.99:$AN_PORT, key .*) did not answer" <<<"$out" || fail "the error does not name the entry: $(tail -1 <<<"$out")" || return
+  note "status $rc after $((t1 - t0)) ms: $(grep -om1 'hop 1 of 3.*' <<<"$out" | cut -c1-160)"
   if ! same_as_before client "$SNAP_CLIENT"; then
     CASE_REASON="the failed 'up' left things behind: $CASE_REASON"
     ip netns exec client "$AN_BIN" down --config "$AN_DIR/bad.toml" >/dev/null 2>&1
     return 1
   fi
+}
+
+# try_up NAME CONFIG: `anonnet up` that should fail; its output in $AN_DIR/NAME.log,
+# TRY_RC its status, TRY_MS how long it took.
+try_up() {
+  local t0
+  t0=$(an_now_ms)
+  timeout -k 2 40 ip netns exec client "$AN_BIN" up --config "$2" >"$AN_DIR/$1.log" 2>&1
+  TRY_RC=$?
+  TRY_MS=$(($(an_now_ms) - t0))
+  logs "$AN_DIR/$1.log"
+}
+
+# Errors that name the hop at fault and the cause, with exit status 69 (the network)
+# or 78 (the config): a path whose last hop is no exit, a wrong key for the middle,
+# a config with an unknown key; `discover` whose only bootstrap gateway is silent.
+case_error_names_hop() {
+  local cfg=$AN_DIR/blame.toml hop
+  [ "$HAS_UP" = 1 ] || fail "the binary has no 'up' subcommand" || return
+  ensure_gateways || fail "$GW_REASON" || return
+  ensure_down
+  # gw1 -> exit -> gw2: the last hop, gw2, is not an exit.
+  {
+    echo '[client]'
+    for hop in "2.2 gw1" "4.2 exit" "3.2 gw2"; do
+      printf '\n[[client.path]]\naddr = "198.18.%s:%s"\nkey = "%s"\n' "${hop% *}" "$AN_PORT" "$(cat "$AN_DIR/${hop#* }.pub")"
+    done
+    printf '\n[tunnel]\nstate_dir = "%s"\n' "$AN_DIR/blame-state"
+  } >"$cfg"
+  try_up blame-no-exit "$cfg"
+  [ "$TRY_RC" = 69 ] || fail "no exit at the end: status $TRY_RC, not 69: $(tail -1 "$AN_DIR/blame-no-exit.log")" || return
+  grep -q "hop 3 of 3 (198.18.3.2:$AN_PORT, key .*) is not an exit" "$AN_DIR/blame-no-exit.log" ||
+    fail "no exit at the end: $(tail -1 "$AN_DIR/blame-no-exit.log")" || return
+  [ "$TRY_MS" -le 3000 ] || fail "no exit at the end: named only after $TRY_MS ms" || return
+  note "last hop no exit: status 69 in $TRY_MS ms: $(grep -o 'hop 3 of 3.*' "$AN_DIR/blame-no-exit.log" | cut -c1-110)"
+  # The middle's key is another gateway's: gw2 ignores the handshake, which looks
+  # like silence.
+  an_client_config "$cfg" "$AN_DIR/blame-state" "198.18.2.2:$AN_PORT"
+  hop=$("$AN_BIN" keygen --force --out "$AN_DIR/stray.key") || fail "keygen failed" || return
+  sed -i "s|$(cat "$AN_DIR/gw2.pub")|$hop|" "$cfg"
+  try_up blame-key "$cfg"
+  [ "$TRY_RC" = 69 ] || fail "wrong middle key: status $TRY_RC, not 69: $(tail -1 "$AN_DIR/blame-key.log")" || return
+  grep -q "hop 2 of 3 (198.18.3.2:$AN_PORT, key .*) did not answer: .*key given for it is wrong" "$AN_DIR/blame-key.log" ||
+    fail "wrong middle key: $(tail -1 "$AN_DIR/blame-key.log")" || return
+  [ "$TRY_MS" -le 16000 ] || fail "wrong middle key: named only after $TRY_MS ms" || return
+  note "wrong middle key: status 69 in $TRY_MS ms, hop 2 named"
+  printf '[client]\nhops = 3\n' >"$cfg"
+  try_up blame-config "$cfg"
+  [ "$TRY_RC" = 78 ] || fail "a config with an unknown key: status $TRY_RC, not 78: $(tail -1 "$AN_DIR/blame-config.log")" || return
+  grep -q 'hops' "$AN_DIR/blame-config.log" || fail "the config error does not name the key: $(tail -1 "$AN_DIR/blame-config.log")" || return
+  an_discovery_config "$cfg" "$AN_DIR/blame-state" "198.18.2.99:$AN_PORT"
+  timeout -k 2 60 ip netns exec client "$AN_BIN" discover --config "$cfg" >"$AN_DIR/blame-discover.log" 2>&1
+  TRY_RC=$?
+  logs "$AN_DIR/blame-discover.log"
+  [ "$TRY_RC" = 69 ] || fail "discover with a silent bootstrap: status $TRY_RC, not 69" || return
+  grep -q "no gateway answered discovery; asked the bootstrap gateway(s) 198.18.2.99:$AN_PORT (key " "$AN_DIR/blame-discover.log" ||
+    fail "discover with a silent bootstrap: $(tail -1 "$AN_DIR/blame-discover.log")" || return
+  note "unknown config key: status 78; discover with a silent bootstrap: status 69, naming it"
+  same_as_before client "$SNAP_CLIENT" || return
 }
 
 case_discovery() {
@@ -1630,6 +1689,7 @@ run_case old-state-dir case_old_state_dir
 run_case error-anon0-exists case_error_anon0_exists
 run_case sigterm-cleanup case_sigterm_cleanup
 run_case error-bad-gateway case_error_bad_gateway
+run_case error-names-hop case_error_names_hop
 run_case discovery case_discovery
 run_case discovery-warm-cache case_discovery_warm_cache
 run_case hostile-client case_hostile_client

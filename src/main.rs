@@ -17,7 +17,9 @@ use anonnet::runtime::{self, circuit_test_cmd as circuit_test};
 #[command(
     version,
     about = "A multi-hop anonymizing IP VPN: onion layers of Noise over UDP",
-    long_about = None
+    long_about = None,
+    after_help = "Exit status: 0 done; 78 a bad config file; 69 the network failed (no gateway\n\
+                  answered, a circuit did not come up); 1 any other error; 2 bad arguments."
 )]
 struct Cli {
     /// Logs (stderr): info, -v debug, -vv trace; RUST_LOG overrides
@@ -169,7 +171,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(runtime::exit_status(&e))
         }
     }
 }

@@ -158,6 +158,13 @@ fn decode_key(s: &str) -> Result<[u8; KEY_LEN], PublicKeyError> {
 pub struct PublicKey(pub [u8; KEY_LEN]);
 
 impl PublicKey {
+    /// The first 8 characters of the key's text: enough to tell the gateways of a
+    /// status or an error apart.
+    #[must_use]
+    pub fn short(&self) -> String {
+        self.to_string().chars().take(8).collect()
+    }
+
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
     }

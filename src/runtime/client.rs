@@ -17,12 +17,13 @@ use crate::proto::wire::Service;
 use crate::runtime::client_plane::ClientPlane;
 use crate::runtime::control::{self, Control, Request, CLIENT_SOCKET};
 use crate::runtime::daemon::Daemon;
+use crate::runtime::diagnose::{diagnose, BuildError};
 use crate::runtime::driver::Driver;
 use crate::runtime::gateway::{gateway_discovery, gateway_node_config};
 use crate::runtime::paths::{Chosen, Paths};
 use crate::runtime::replay;
 use crate::runtime::tun;
-use crate::runtime::{client_node_config, flush_stdout, CLIENT_BINDS};
+use crate::runtime::{client_node_config, flush_stdout, Unavailable, CLIENT_BINDS};
 use crate::sys;
 
 pub(crate) fn client_net(cfg: &ClientConfig) -> sys::ClientNet {
@@ -50,24 +51,25 @@ pub(crate) fn client_net(cfg: &ClientConfig) -> sys::ClientNet {
     }
 }
 
-/// Builds a circuit and waits until it is up or has failed.
+/// Builds a circuit for `service` and waits until it is up or has failed.
 pub(crate) async fn build(
     d: &mut Driver,
     specs: &[HopSpec],
+    service: Service,
     events: &mut Vec<Event>,
-) -> Result<CircuitId, String> {
+) -> Result<CircuitId, BuildError> {
     let start = Instant::now();
     let id = d
         .node
-        .build_circuit(start, &mut d.rng, specs, Service::Exit)
-        .map_err(|e| e.to_string())?;
+        .build_circuit(start, &mut d.rng, specs, service)
+        .map_err(|e| BuildError::NotStarted(e.to_string()))?;
     d.flush().await;
     loop {
         d.step(events).await;
         for e in events.drain(..) {
             match e {
                 Event::CircuitUp(c) if c == id => return Ok(id),
-                Event::CircuitDown(c, why) if c == id => return Err(format!("{why:?}")),
+                Event::CircuitDown(c, why) if c == id => return Err(BuildError::Down(why)),
                 Event::Data { buf, .. } => d.sockets.pool.put(buf),
                 _ => {}
             }
@@ -135,18 +137,22 @@ pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
     net.gateways = vec![entry];
     let mut events = Vec::new();
     let started = Instant::now();
-    let circuit = match build(&mut d, &specs, &mut events).await {
+    let circuit = match build(&mut d, &specs, Service::Exit, &mut events).await {
         Ok(c) => {
             if let Some(share) = padding_share {
                 d.node.limit_padding(c, share);
             }
             c
         }
-        Err(why) => bail!(
-            "no reachable gateway: the circuit through {} hops (entry {entry}) did not come up within {:.0} s ({why}); check the gateways' addresses, keys and that they run",
-            specs.len(),
-            cfg.build_timeout().as_secs_f64(),
-        ),
+        Err(why) => {
+            tracing::info!("the first circuit did not come up ({why}): finding the hop at fault");
+            let blame = diagnose(&mut d, &specs, &why, &mut events).await;
+            return Err(Unavailable(format!(
+                "the circuit through {} hops did not come up: {blame}",
+                specs.len()
+            ))
+            .into());
+        }
     };
     let build_ms = started.elapsed().as_millis();
     if let Err(e) = sys::client_up(&net).await {

@@ -696,7 +696,7 @@ impl ClientPlane {
 /// The first 8 characters of a key's base64 form: enough to tell gateways apart in
 /// `anonnet status`.
 fn short_key(key: &[u8; 32]) -> String {
-    PublicKey(*key).to_string().chars().take(8).collect()
+    PublicKey(*key).short()
 }
 
 fn hops_text(path: &[HopSpec]) -> String {

@@ -137,5 +137,8 @@ pub async fn discover_cmd(path: &Path, json: bool) -> Result<ExitCode> {
             );
         }
     }
+    if st.answered == 0 {
+        return Err(discovery::nobody_answered(&hop_specs(&disc.bootstrap)).into());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,7 +13,9 @@ use crate::discovery::{
 };
 use crate::files::write_atomic;
 use crate::node::{Event, HopSpec};
+use crate::proto::identity::PublicKey;
 use crate::runtime::driver::Driver;
+use crate::runtime::Unavailable;
 
 /// Name of the descriptor cache in a state directory.
 pub const CACHE_FILE: &str = "descriptors.cache";
@@ -141,6 +143,21 @@ pub(crate) async fn discovery_poll(
     g.poll(now, unix_now(), &mut d.rng, &mut d.node)?;
     d.flush().await;
     Ok(())
+}
+
+/// The error when no gateway answered a crawl: it names the bootstrap gateways.
+#[must_use]
+pub fn nobody_answered(bootstrap: &[HopSpec]) -> Unavailable {
+    let names: Vec<String> = bootstrap
+        .iter()
+        .map(|h| format!("{} (key {})", h.addr, PublicKey(h.key).short()))
+        .collect();
+    Unavailable(format!(
+        "no gateway answered discovery; asked the bootstrap gateway(s) {}: each is down or \
+         unreachable, or the key given for it is wrong (a gateway ignores a handshake made \
+         for another key)",
+        names.join(", ")
+    ))
 }
 
 /// Runs a client's crawl (through `guard` if it has one, PROTOCOL §11) to

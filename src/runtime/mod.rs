@@ -4,6 +4,7 @@
 //! `discovery`, `proto`); the kernel set-up is [`crate::sys`]'s.
 //!
 //! - [`daemon`]: the one event loop of `up` and `gateway`, over optional parts;
+//! - [`diagnose`]: which hop a circuit that did not come up failed at, and why;
 //! - [`client`]: `anonnet up` / `down` / `status`, with [`client_plane`] (the
 //!   client's data plane) and [`control`] (the control socket `status` and `down`
 //!   ask);
@@ -23,6 +24,7 @@ pub mod client;
 pub mod client_plane;
 pub mod control;
 pub mod daemon;
+pub mod diagnose;
 pub mod discover_cmd;
 pub mod discovery;
 pub mod driver;
@@ -45,6 +47,35 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{self, ClientConfig};
 use crate::node::{Event, HopSpec, NodeConfig};
 use crate::runtime::driver::Driver;
+
+/// A failure of the network rather than of the config or the host: no gateway
+/// answered, a circuit did not come up. `anonnet` then exits with
+/// [`EXIT_UNAVAILABLE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// The exit status for a bad config (`EX_CONFIG` of sysexits.h): the systemd units
+/// do not restart on it (`RestartPreventExitStatus`).
+pub const EXIT_CONFIG: u8 = 78;
+/// The exit status for a network that did not answer ([`Unavailable`];
+/// `EX_UNAVAILABLE`): worth restarting later.
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+/// The exit status for error `e`: [`EXIT_CONFIG`] when a config file is at fault,
+/// [`EXIT_UNAVAILABLE`] when the network is, else 1.
+#[must_use]
+pub fn exit_status(e: &anyhow::Error) -> u8 {
+    if e.chain()
+        .any(<dyn std::error::Error>::is::<config::ConfigError>)
+    {
+        EXIT_CONFIG
+    } else if e.chain().any(<dyn std::error::Error>::is::<Unavailable>) {
+        EXIT_UNAVAILABLE
+    } else {
+        1
+    }
+}
 
 pub(crate) fn flush_stdout() -> Result<()> {
     std::io::stdout().flush().context("cannot write to stdout")
@@ -107,4 +138,22 @@ pub fn hop_specs(hops: &[config::HopConfig]) -> Vec<HopSpec> {
             key: h.key.0,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config error anywhere in the chain is 78, a network failure 69, the rest 1.
+    #[test]
+    fn exit_statuses() {
+        let bad = anyhow::Error::new(config::ConfigError::Parse {
+            message: "unknown field".into(),
+        })
+        .context("cannot start");
+        assert_eq!(exit_status(&bad), EXIT_CONFIG);
+        let silent = anyhow::Error::new(Unavailable("no gateway answered".into()));
+        assert_eq!(exit_status(&silent.context("up")), EXIT_UNAVAILABLE);
+        assert_eq!(exit_status(&anyhow::anyhow!("no CAP_NET_ADMIN")), 1);
+    }
 }

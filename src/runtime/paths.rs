@@ -119,7 +119,7 @@ impl Paths {
                     g.addr
                 ))
             );
-            discovery::crawl(
+            let (st, _) = discovery::crawl(
                 d,
                 store,
                 disc.target,
@@ -131,6 +131,9 @@ impl Paths {
             .await;
             if let Err(e) = save_cache(state_dir, store) {
                 tracing::warn!("{e:#}");
+            }
+            if st.answered == 0 && store.is_empty() {
+                return Err(discovery::nobody_answered(&hop_specs(&disc.bootstrap)).into());
             }
         }
         Ok(())
