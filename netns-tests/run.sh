@@ -77,6 +77,9 @@ an_snapshot exit "$SNAP_EXIT"
 # an_snapshot without resolv.conf (the exit's is its own business).
 snap_net() { an_snapshot "$1" "$2"; sed -i '/^## \/etc\/resolv.conf/,$d' "$2"; }
 
+# by_section FILE: a snapshot's lines, each after its section's "## " header, sorted
+# (the kernel may list routes in another order once addresses were put back).
+by_section() { awk '/^## /{h = $0} {print h " | " $0}' "$1" | sort; }
 # same_as_before NS PRE: the current state of NS equals PRE, else fail with the diff.
 same_as_before() {
   local ns=$1 pre=$2 now=$AN_DIR/snap-$1-now d
@@ -87,7 +90,7 @@ same_as_before() {
   else
     an_snapshot "$ns" "$now"
   fi
-  d=$(diff -u "$pre" "$now" | tail -n +3)
+  d=$(diff -u <(by_section "$pre") <(by_section "$now") | tail -n +3)
   [ -z "$d" ] && return 0
   note "state of $ns differs from before (- before, + now):"
   while IFS= read -r line; do note "  $line"; done < <(grep '^[-+@]' <<<"$d" | head -30)
@@ -1324,6 +1327,71 @@ case_error_bad_gateway() {
   fi
 }
 
+# v6_off NS 1|0: IPv6 switched off (1) in NS, as a VPS does, or on again (0) with
+# the addresses and default route put back as lib.sh made them (eth0; the client's
+# v-cont too).
+v6_off() {
+  local ns=$1 i=${AN_IDX[$1]}
+  ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6="$2" net.ipv6.conf.default.disable_ipv6="$2" || return 1
+  [ "$2" = 1 ] && return 0
+  ip -n "$ns" -6 addr replace "2001:db8:$i::2/64" dev eth0 nodad || return 1
+  ip -n "$ns" -6 route replace default via "2001:db8:$i::1" || return 1
+  [ "$ns" = client ] || return 0
+  ip -n client -6 addr replace 2001:db8:c1::1/64 dev v-cont nodad
+}
+v6_restore() {
+  an_running client-up && an_stop client-up TERM 10
+  an_stop exit TERM 5
+  v6_off client 0
+  v6_off exit 0
+  an_start_gateway exit
+}
+
+# A client and an exit on hosts with IPv6 switched off (net.ipv6.conf.all and
+# default.disable_ipv6 = 1, common on VPSes): both run IPv4 only, traffic flows, the
+# kill switch is armed and `anonnet check` passes; then IPv6 is back as before.
+case_ipv6_disabled() {
+  local out rc
+  [ "$HAS_UP" = 1 ] || fail "the binary has no 'up' subcommand" || return
+  ensure_gateways || fail "$GW_REASON" || return
+  ensure_down
+  an_stop exit TERM 5
+  v6_off exit 1 && v6_off client 1 || { v6_restore; fail "cannot switch IPv6 off"; return 1; }
+  # The exit listens on IPv4 only: it has no IPv6 address left to bind.
+  grep -v '^listen = ' "$AN_DIR/exit.toml" | sed "s|^listen_ports = |listen = [\"$(an_v4 exit)\"]\nlisten_ports = |" >"$AN_DIR/exit-v4.toml"
+  logs "$AN_DIR/exit.log"
+  an_start exit exit "$AN_DIR/exit.log" "$AN_BIN" gateway --exit --config "$AN_DIR/exit-v4.toml"
+  if ! an_wait_log "$AN_DIR/exit.log" ' listening on ' 10 "${AN_PID[exit]}"; then
+    out=$(tail -1 "$AN_DIR/exit.log")
+    v6_restore
+    fail "gateway --exit did not start with IPv6 off: $out"
+    return 1
+  fi
+  if ! an_start_client "$AN_DIR/client.toml" 20; then
+    out=$(tail -1 "$AN_DIR/client-up.log")
+    v6_restore
+    fail "up did not come up with IPv6 off: $out"
+    return 1
+  fi
+  logs "$AN_DIR/client-up.log" "$AN_DIR/check-v6off.txt"
+  out=$(ip -n client addr show dev anon0)
+  if ! grep -q 'inet 100\.64\.0\.2/32' <<<"$out" || grep -q 'inet6 fd00' <<<"$out"; then
+    v6_restore; fail "anon0 should have 100.64.0.2 only: $(tr '\n' ' ' <<<"$out")"; return 1
+  fi
+  grep -m1 -q '^anonnet up: anon0 100.64.0.2 mtu' "$AN_DIR/client-up.log" ||
+    { v6_restore; fail "readiness line: $(grep -m1 '^anonnet up:' "$AN_DIR/client-up.log")"; return 1; }
+  out=$(an_in client 20 curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "http://$AN_DNS_NAME/" 2>&1)
+  [ "$out" = 200 ] || { v6_restore; fail "HTTP by name through the tunnel: $out"; return 1; }
+  an_in client 40 "$AN_BIN" check --server "http://$AN_SERVER4:$AN_WHOAMI_PORT/" >"$AN_DIR/check-v6off.txt" 2>&1
+  rc=$?
+  [ "$rc" = 0 ] && grep -q '^PASS kill-switch: armed' "$AN_DIR/check-v6off.txt" && grep -q '^PASS ipv6: no IPv6 route' "$AN_DIR/check-v6off.txt" ||
+    { v6_restore; fail "check with IPv6 off: status $rc: $(grep -m1 '^FAIL' "$AN_DIR/check-v6off.txt")"; return 1; }
+  note "IPv6 off on client and exit: exit listening, up on 100.64.0.2 only, HTTP 200 by name, check: $(tail -1 "$AN_DIR/check-v6off.txt")"
+  note "$(grep '^PASS ipv6' "$AN_DIR/check-v6off.txt")"
+  v6_restore || { fail "the exit did not start again with IPv6 on"; return 1; }
+  same_as_before client "$SNAP_CLIENT" || return
+}
+
 # try_up NAME CONFIG: `anonnet up` that should fail; its output in $AN_DIR/NAME.log,
 # TRY_RC its status, TRY_MS how long it took.
 try_up() {
@@ -1690,6 +1758,7 @@ run_case error-anon0-exists case_error_anon0_exists
 run_case sigterm-cleanup case_sigterm_cleanup
 run_case error-bad-gateway case_error_bad_gateway
 run_case error-names-hop case_error_names_hop
+run_case ipv6-disabled case_ipv6_disabled
 run_case discovery case_discovery
 run_case discovery-warm-cache case_discovery_warm_cache
 run_case hostile-client case_hostile_client

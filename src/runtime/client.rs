@@ -26,14 +26,20 @@ use crate::runtime::tun;
 use crate::runtime::{client_node_config, flush_stdout, Unavailable, CLIENT_BINDS};
 use crate::sys;
 
-pub(crate) fn client_net(cfg: &ClientConfig) -> sys::ClientNet {
+/// The client's kernel set-up from its config; IPv4 only when `ipv6` is false (the
+/// host has IPv6 switched off: the kill switch then blocks it).
+pub(crate) fn client_net(cfg: &ClientConfig, ipv6: bool) -> sys::ClientNet {
     let t = &cfg.tunnel;
+    let v6 = |a: IpAddr| ipv6 || a.is_ipv4();
     sys::ClientNet {
         tun: t.name.clone(),
-        addrs: vec![
+        addrs: [
             IpNet::V4(Ipv4Net::from(CLIENT_V4)),
             IpNet::V6(Ipv6Net::from(CLIENT_V6)),
-        ],
+        ]
+        .into_iter()
+        .filter(|a| v6(a.addr()))
+        .collect(),
         mtu: t.mtu,
         fwmark: t.fwmark,
         table: t.table,
@@ -43,7 +49,10 @@ pub(crate) fn client_net(cfg: &ClientConfig) -> sys::ClientNet {
             .as_ref()
             .map(|g| (g.listen_ports.first, g.listen_ports.last)),
         dns: if t.dns {
-            vec![IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6)]
+            [IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6)]
+                .into_iter()
+                .filter(|a| v6(*a))
+                .collect()
         } else {
             Vec::new()
         },
@@ -83,7 +92,14 @@ pub(crate) async fn build(
 /// wait for. The daemon then moves packets until SIGINT or SIGTERM; its `stop`
 /// removes everything set up here.
 pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
-    let net = client_net(cfg);
+    let ipv6 = sys::ipv6_usable();
+    if !ipv6 {
+        tracing::info!(
+            "IPv6 is switched off on this host (net.ipv6.conf.all/default.disable_ipv6): \
+             the tunnel carries IPv4 only, and the kill switch blocks IPv6"
+        );
+    }
+    let net = client_net(cfg, ipv6);
     sys::client_preflight(&net).await?;
     let relay = match &cfg.relay {
         Some(g) => {
@@ -171,8 +187,13 @@ pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
         None => String::new(),
     };
     println!(
-        "anonnet up: {} {CLIENT_V4} {CLIENT_V6} mtu {} through {} hops (entry {entry}), circuit built in {build_ms} ms{relaying}",
+        "anonnet up: {} {} mtu {} through {} hops (entry {entry}), circuit built in {build_ms} ms{relaying}",
         net.tun,
+        net.addrs
+            .iter()
+            .map(|a| a.addr().to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
         net.mtu,
         specs.len()
     );

@@ -54,12 +54,22 @@ impl ExitSide {
         if dns_upstream.is_empty() {
             tracing::warn!("no DNS upstream (exit.dns_upstream unset and no nameserver in /etc/resolv.conf): clients' DNS will fail");
         }
+        if !sys::ipv6_usable() {
+            tracing::info!(
+                "IPv6 is switched off on this host (net.ipv6.conf.all/default.disable_ipv6): \
+                 the exit carries IPv4 only"
+            );
+        }
         let net = sys::ExitNet {
             tun: cfg.tun.clone(),
-            addrs: vec![
+            // Without IPv6 on this host, the exit's device has none either.
+            addrs: [
                 IpNet::V4(Ipv4Net::from(EXIT_V4)),
                 IpNet::V6(Ipv6Net::from(EXIT_V6)),
-            ],
+            ]
+            .into_iter()
+            .filter(|a| a.addr().is_ipv4() || sys::ipv6_usable())
+            .collect(),
             mtu: cfg.mtu,
             pool4: cfg.pool4,
             pool6: cfg.pool6,

@@ -48,9 +48,21 @@ pub(super) fn require_tun_device() -> Result<()> {
     Ok(())
 }
 
-/// Whether the kernel has IPv6 (it may be built without it or disabled at boot).
+/// IPv6 switched off on every interface, and on interfaces created from now on.
+const IPV6_DISABLE: [&str; 2] = [
+    "net.ipv6.conf.all.disable_ipv6",
+    "net.ipv6.conf.default.disable_ipv6",
+];
+
+/// Whether a new interface can have IPv6: the kernel has it (it may be built
+/// without it or disabled at boot, `ipv6.disable=1`), and it is not switched off by
+/// `net.ipv6.conf.{all,default}.disable_ipv6 = 1` (common on VPSes; a new TUN device
+/// would refuse IPv6 addresses with EACCES).
 pub(super) fn ipv6_available() -> bool {
     Path::new("/proc/sys/net/ipv6").exists()
+        && IPV6_DISABLE
+            .iter()
+            .all(|s| read_sysctl(s).ok().flatten().as_deref() != Some("1"))
 }
 
 fn sysctl_path(name: &str) -> String {

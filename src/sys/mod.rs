@@ -49,6 +49,14 @@ fn families() -> &'static [Family] {
     }
 }
 
+/// Whether this host gives new interfaces IPv6 (see `host::ipv6_available`): without
+/// it, the client and the exit run IPv4 only, and the client's kill switch blocks
+/// IPv6.
+#[must_use]
+pub fn ipv6_usable() -> bool {
+    host::ipv6_available()
+}
+
 /// The first nameserver of each address family in `/etc/resolv.conf` (IPv4 first),
 /// skipping loopback stubs, which cannot be DNAT targets; if that leaves none, those of
 /// systemd-resolved's upstream list. Empty if there is none.
