@@ -1164,6 +1164,44 @@ EOF
   note "with the name held by uid 65534: status refuses to ask it, up runs without a control socket and says so"
 }
 
+# `anonnet status --gateway PORT` in the gateways' namespaces while the client's
+# traffic flows through them: the circuits relayed and the cells, an exit's counters;
+# refused to another user; status 1 for a port no gateway listens from.
+case_gateway_status() {
+  local out rc ns js
+  need_up || return
+  an_in client 10 ping -n -q -c 2 -W 2 "$AN_SERVER4" >/dev/null || fail "no traffic through the tunnel" || return
+  for ns in gw1 gw2 exit; do
+    js=$AN_DIR/status-$ns.json
+    an_in "$ns" 10 "$AN_BIN" status --gateway "$AN_PORT" --json >"$js" 2>"$js.err" ||
+      fail "$ns: status --gateway failed: $(tail -1 "$js.err")" || return
+    out=$("$(an_python)" - "$js" "$ns" <<'EOF'
+import json, sys
+v = json.load(open(sys.argv[1]))
+role = "exit" if sys.argv[2] == "exit" else "gateway"
+bad = []
+if v.get("role") != role: bad.append(f"role {v.get('role')}")
+if v.get("relayed_circuits", 0) < 1: bad.append(f"relayed_circuits {v.get('relayed_circuits')}")
+if role == "gateway" and v["node"].get("relayed_forward", 0) < 1: bad.append("no cell relayed forward")
+if role == "exit" and v.get("exit", {}).get("forwarded", 0) < 1: bad.append(f"exit {v.get('exit')}")
+print("; ".join(bad) if bad else f"ok {v['relayed_circuits']} circuit(s), {v['node']['relayed_forward']} cells relayed forward, exit {v.get('exit', {}).get('forwarded', '-')} packets out")
+EOF
+)
+    [ "${out%% *}" = ok ] || fail "$ns: status --gateway --json: $out" || return
+    note "$ns: $out"
+  done
+  an_in exit 10 "$AN_BIN" status --gateway "$AN_PORT" >"$AN_DIR/status-exit.txt" 2>&1 || fail "exit: status --gateway failed" || return
+  grep -q '^anonnet gateway (pid [0-9]*, exit): [0-9]* circuits relayed now' "$AN_DIR/status-exit.txt" &&
+    grep -q '^  exit: .*forwarded [0-9]' "$AN_DIR/status-exit.txt" || fail "exit: status --gateway: $(head -1 "$AN_DIR/status-exit.txt")" || return
+  out=$(ip netns exec gw1 setpriv --reuid=65534 --regid=65534 --clear-groups "$AN_BIN" status --gateway "$AN_PORT" 2>&1)
+  rc=$?
+  [ "$rc" != 0 ] && grep -q 'only root' <<<"$out" || fail "status --gateway as nobody: status $rc: $(tail -1 <<<"$out")" || return
+  out=$(an_in gw1 10 "$AN_BIN" status --gateway $((AN_PORT + 1)) 2>&1)
+  rc=$?
+  [ "$rc" = 1 ] && grep -q "no gateway on port $((AN_PORT + 1)) runs" <<<"$out" || fail "status --gateway for a free port: status $rc: $(tail -1 <<<"$out")" || return
+  note "$(head -1 "$AN_DIR/status-exit.txt"); nobody refused; a free port: status 1"
+}
+
 case_down() {
   local out
   [ "$HAS_DOWN" = 1 ] || fail "the binary has no 'down' subcommand" || return
@@ -1750,6 +1788,7 @@ run_case middle-restart case_middle_restart
 run_case exit-restart case_exit_restart
 run_case kill-switch case_kill_switch
 run_case restart-new-entry case_restart_new_entry
+run_case gateway-status case_gateway_status
 run_case status-down-live case_status_down_live
 run_case down case_down
 run_case reboot-dns case_reboot_dns

@@ -90,14 +90,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show what the running `anonnet up` is doing (root)
+    /// Show what `anonnet up` or a gateway is doing (root)
     ///
     /// Asks the `anonnet up` of this network namespace over its control socket:
     /// its state (up, or blocked while no circuit is up), whether the kill switch is
     /// in the kernel, the device and DNS, each circuit with its legs (hops with
     /// addresses and the first characters of their keys, round trip), the guards
-    /// and how many gateways it knows. Exits 1 when no `up` runs.
+    /// and how many gateways it knows. With --gateway PORT, asks the gateway
+    /// listening from that port instead: the circuits it relays, its counters (and
+    /// an exit's). Exits 1 when none runs.
     Status {
+        /// Ask the gateway whose listen_ports start at PORT (root or its user).
+        #[arg(long, value_name = "PORT")]
+        gateway: Option<u16>,
         /// Print JSON instead of lines.
         #[arg(long)]
         json: bool,
@@ -195,7 +200,14 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Discover { config, json } => {
             tokio_runtime()?.block_on(runtime::discover_cmd::discover_cmd(&config, json))
         }
-        Cmd::Status { json } => tokio_runtime()?.block_on(runtime::client::status(json)),
+        Cmd::Status {
+            gateway: Some(port),
+            json,
+        } => tokio_runtime()?.block_on(runtime::gateway::status(port, json)),
+        Cmd::Status {
+            gateway: None,
+            json,
+        } => tokio_runtime()?.block_on(runtime::client::status(json)),
         Cmd::Check { server, json } => {
             tokio_runtime()?.block_on(runtime::check_cmd::check_cmd(&server, json))
         }

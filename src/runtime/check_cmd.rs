@@ -29,7 +29,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::runtime::control::{self, Request, CLIENT_SOCKET};
+use crate::runtime::client::NO_UP;
+use crate::runtime::control::{self, CLIENT_SOCKET};
 use crate::sys;
 
 /// The test server when none is given.
@@ -715,13 +716,7 @@ fn render(outcomes: &[Outcome]) -> String {
 /// 1 when one failed.
 pub async fn check_cmd(server: &str, json: bool) -> Result<ExitCode> {
     let server = Server::parse(server)?;
-    let Some((answer, _)) = control::ask(CLIENT_SOCKET, Request::Status).await? else {
-        bail!(
-            "no `anonnet up` runs in this network namespace (nothing listens on @{CLIENT_SOCKET}): nothing to check"
-        );
-    };
-    let status: serde_json::Value =
-        serde_json::from_str(&answer).context("the daemon's status is not JSON")?;
+    let status = control::status_of(CLIENT_SOCKET, NO_UP).await?;
     let outcomes = tokio::task::spawn_blocking(move || run_checks(&status, &server))
         .await
         .context("the checks did not finish")??;

@@ -228,7 +228,11 @@ pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
 pub async fn up(path: &Path) -> Result<ExitCode> {
     let cfg = config::load_client(path)?;
     // First: a second `up` in this network namespace stops here, having changed nothing.
-    let control = Control::bind(CLIENT_SOCKET)?;
+    let control = Control::bind(
+        CLIENT_SOCKET,
+        "`anonnet up`",
+        "`anonnet status` shows it, `anonnet down` stops it",
+    )?;
     crate::runtime::state::adopt_old_default(&cfg.tunnel.state_dir);
     let mut daemon = start(&cfg).await?;
     if let Some(control) = control {
@@ -296,22 +300,15 @@ async fn wait_gone(pid: i32, limit: Duration) -> Result<()> {
     Ok(())
 }
 
+/// What `status` and `check` say when no `up` runs.
+pub(crate) const NO_UP: &str = "no `anonnet up` runs in this network namespace";
+
 /// `anonnet status [--json]`: asks the running `up` of this network namespace.
 pub async fn status(json: bool) -> Result<ExitCode> {
-    let Some((answer, _)) = control::ask(CLIENT_SOCKET, Request::Status).await? else {
-        bail!(
-            "no `anonnet up` runs in this network namespace (nothing listens on @{CLIENT_SOCKET})"
-        );
-    };
-    let mut v: serde_json::Value =
-        serde_json::from_str(&answer).context("the daemon's status is not JSON")?;
+    let mut v = control::status_of(CLIENT_SOCKET, NO_UP).await?;
     // The kill switch is the kernel's: looked up here, not taken from the daemon.
     v["kill_switch"] = serde_json::Value::Bool(sys::kill_switch_armed()?);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        print!("{}", status_text(&v));
-    }
+    control::print_status(&v, json, status_text)?;
     Ok(ExitCode::SUCCESS)
 }
 

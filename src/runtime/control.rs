@@ -30,6 +30,14 @@ use tokio::time::timeout;
 
 /// The abstract name of the client daemon's control socket.
 pub const CLIENT_SOCKET: &str = "anonnet/client";
+
+/// The abstract name of the control socket of the gateway whose listening ports
+/// start at `port` (several gateways may share a network namespace, each on its own
+/// ports).
+#[must_use]
+pub fn gateway_socket(port: u16) -> String {
+    format!("anonnet/gateway/{port}")
+}
 /// A request is one short line.
 const MAX_REQUEST: usize = 64;
 /// A peer has this long to send its request, and to take the answer.
@@ -74,10 +82,11 @@ pub struct Control {
 }
 
 impl Control {
-    /// Listens on the abstract socket `name`. Fails when a daemon of this network
-    /// namespace (a root or same-user process) holds it; `None`, with a warning,
-    /// when another process does.
-    pub fn bind(name: &str) -> Result<Option<Self>> {
+    /// Listens on the abstract socket `name` for `daemon` (how errors name it, e.g.
+    /// "`anonnet up`", with `hint` saying what to do about another one). Fails when
+    /// a daemon of this network namespace (a root or same-user process) holds it;
+    /// `None`, with a warning, when another process does.
+    pub fn bind(name: &str, daemon: &str, hint: &str) -> Result<Option<Self>> {
         let addr = SocketAddr::from_abstract_name(name)?;
         let std = match StdListener::bind_addr(&addr) {
             Ok(l) => l,
@@ -93,9 +102,8 @@ impl Control {
                         Ok(None)
                     }
                     _ => bail!(
-                        "another `anonnet up` runs in this network namespace (its control \
-                         socket @{name} is taken): `anonnet status` shows it, `anonnet down` \
-                         stops it"
+                        "another {daemon} runs in this network namespace (its control \
+                         socket @{name} is taken): {hint}"
                     ),
                 };
             }
@@ -243,6 +251,29 @@ pub async fn ask(name: &str, req: Request) -> Result<Option<(String, Option<i32>
     Ok(Some((out, pid)))
 }
 
+/// The status of the daemon behind `name`, as JSON; `none` says what is missing
+/// when no daemon listens.
+pub async fn status_of(name: &str, none: &str) -> Result<serde_json::Value> {
+    let Some((answer, _)) = ask(name, Request::Status).await? else {
+        bail!("{none} (nothing listens on @{name})");
+    };
+    serde_json::from_str(&answer).context("the daemon's status is not JSON")
+}
+
+/// Prints a status as JSON, or as `text` makes it into lines.
+pub fn print_status(
+    v: &serde_json::Value,
+    json: bool,
+    text: fn(&serde_json::Value) -> String,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        print!("{}", text(v));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,9 +291,11 @@ mod tests {
     #[tokio::test]
     async fn ask_and_answer() {
         let name = format!("anonnet-test/{}", std::process::id());
-        let mut control = Control::bind(&name).expect("bind").expect("not held");
+        let mut control = Control::bind(&name, "test", "")
+            .expect("bind")
+            .expect("not held");
         assert!(
-            Control::bind(&name).is_err(),
+            Control::bind(&name, "test", "").is_err(),
             "a second listener was allowed"
         );
         let daemon = tokio::spawn(async move {

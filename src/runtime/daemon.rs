@@ -83,8 +83,12 @@ impl Daemon {
         let mut v = serde_json::json!({
             "pid": std::process::id(),
             "role": role,
+            "relayed_circuits": self.d.node.relayed_circuits(),
             "node": self.d.node.stats(),
         });
+        if let Some(x) = &self.exit {
+            v["exit"] = serde_json::to_value(x.stats()).unwrap_or_default();
+        }
         if let Some(c) = &self.client {
             v["client"] = c.status(now, &self.d.node);
         }

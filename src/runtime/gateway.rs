@@ -12,6 +12,7 @@ use crate::discovery::{published_addrs, DirectorySettings, GatewayDiscovery};
 use crate::node::{Node, NodeConfig};
 use crate::proto::descriptor::PaddingBudget;
 use crate::proto::identity::Identity;
+use crate::runtime::control::{self, gateway_socket, Control};
 use crate::runtime::daemon::Daemon;
 use crate::runtime::discovery::unix_now;
 use crate::runtime::driver::Driver;
@@ -115,7 +116,22 @@ pub(crate) fn gateway_discovery(
 /// `anonnet gateway [--exit] --config FILE`.
 pub async fn gateway(path: &Path, exit: bool) -> Result<ExitCode> {
     let cfg = config::load_gateway(path)?;
+    let port = cfg.listen_ports.first;
+    // A gateway runs without a control socket rather than not at all (another on
+    // these ports fails to bind them anyway).
+    let control = Control::bind(
+        &gateway_socket(port),
+        &format!("gateway on port {port}"),
+        &format!("`anonnet status --gateway {port}` shows it"),
+    )
+    .unwrap_or_else(|e| {
+        tracing::warn!("running without a control socket: {e:#}");
+        None
+    });
     let mut daemon = start(&cfg, exit).await?;
+    if let Some(control) = control {
+        daemon = daemon.with_control(control);
+    }
     let result = daemon.run().await;
     if let Err(e) = daemon.stop().await {
         tracing::error!("{e:#}");
@@ -143,5 +159,92 @@ pub(crate) fn gateway_node_config(
         padding_share: cfg.padding_share,
         own_addrs: crate::sys::own_addresses(),
         ..base
+    }
+}
+
+/// `anonnet status --gateway PORT [--json]`: asks the gateway of this network
+/// namespace that listens from `port`.
+pub async fn status(port: u16, json: bool) -> Result<ExitCode> {
+    let v = control::status_of(
+        &gateway_socket(port),
+        &format!("no gateway on port {port} runs in this network namespace"),
+    )
+    .await?;
+    control::print_status(&v, json, status_text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The counters of `v` (an object of numbers) that are not zero, as "name N".
+fn nonzero(v: &serde_json::Value) -> String {
+    let parts: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, n)| n.as_u64().filter(|n| *n > 0).map(|n| format!("{k} {n}")))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `anonnet status --gateway` as lines for a person.
+fn status_text(v: &serde_json::Value) -> String {
+    let n = &v["node"];
+    let count = |k: &str| n[k].as_u64().unwrap_or(0);
+    let drops: serde_json::Map<String, serde_json::Value> = n
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("dropped_"))
+        .map(|(k, x)| (k.clone(), x.clone()))
+        .collect();
+    let mut out = format!(
+        "anonnet gateway (pid {}, {}): {} circuits relayed now\n\
+         \x20 circuits {} accepted, {} refused, {} evicted; cells relayed {} forward, {} backward\n\
+         \x20 dropped: {}\n",
+        v["pid"],
+        v["role"].as_str().unwrap_or("?"),
+        v["relayed_circuits"],
+        count("circuits_accepted"),
+        count("circuits_refused"),
+        count("circuits_evicted"),
+        count("relayed_forward"),
+        count("relayed_backward"),
+        nonzero(&serde_json::Value::Object(drops)),
+    );
+    if v["exit"].is_object() {
+        out.push_str(&format!("  exit: {}\n", nonzero(&v["exit"])));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_text;
+
+    /// A gateway's status: the circuits it relays, its cells, its nonzero drops,
+    /// an exit's counters.
+    #[test]
+    fn status_lines() {
+        let v = serde_json::json!({
+            "pid": 7, "role": "exit", "relayed_circuits": 2,
+            "node": {"circuits_accepted": 5, "circuits_refused": 1, "circuits_evicted": 0,
+                     "relayed_forward": 100, "relayed_backward": 90,
+                     "dropped_auth": 3, "dropped_replay": 0, "rx_datagrams": 200},
+            "exit": {"forwarded": 40, "returned": 38, "rejected_policy": 0, "vc": {"joins": 1}},
+        });
+        assert_eq!(
+            status_text(&v),
+            "anonnet gateway (pid 7, exit): 2 circuits relayed now\n\
+             \x20 circuits 5 accepted, 1 refused, 0 evicted; cells relayed 100 forward, 90 backward\n\
+             \x20 dropped: dropped_auth 3\n\
+             \x20 exit: forwarded 40, returned 38\n"
+        );
+        let mut relay = v;
+        relay["exit"] = serde_json::Value::Null;
+        relay["node"]["dropped_auth"] = 0.into();
+        assert!(status_text(&relay).ends_with("  dropped: none\n"));
     }
 }
