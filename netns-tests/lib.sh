@@ -27,6 +27,9 @@ AN_SERVER6=2001:db8:ff::1
 AN_DNS_NAME=www.anonnet.test
 AN_PORT=9000
 AN_WHOAMI_PORT=8080
+# When set (an address:port), every gateway and `up` started by an_start_gateway and
+# an_start_client serves its Prometheus metrics there, in its own namespace.
+AN_METRICS=${AN_METRICS:-}
 AN_BIG_BYTES=$((50 * 1024 * 1024))
 declare -gA AN_IDX=([client]=1 [gw1]=2 [gw2]=3 [exit]=4)
 declare -gA AN_PID=()   # name -> PID of the latest process started under that name
@@ -509,6 +512,7 @@ an_start_gateway() {
   local gw=$1
   local -a extra=()
   [ "$gw" = exit ] && extra=(--exit)
+  [ -n "$AN_METRICS" ] && extra+=(--metrics "$AN_METRICS")
   an_start "$gw" "$gw" "$AN_DIR/$gw.log" "$AN_BIN" gateway "${extra[@]}" --config "$AN_DIR/$gw.toml"
   if ! an_wait_log "$AN_DIR/$gw.log" ' listening on ' 10 "${AN_PID[$gw]}"; then
     an_err "$gw did not start (no ' listening on ' line within 10 s)"
@@ -523,7 +527,9 @@ an_start_gateway() {
 # if they wish), waits for its "anonnet up:" line.
 an_start_client() {
   local config=$1 secs=${2:-20}
-  an_start client-up client "$AN_DIR/client-up.log" "$AN_BIN" up --config "$config"
+  local -a extra=()
+  [ -n "$AN_METRICS" ] && extra+=(--metrics "$AN_METRICS")
+  an_start client-up client "$AN_DIR/client-up.log" "$AN_BIN" up --config "$config" "${extra[@]}"
   an_wait_log "$AN_DIR/client-up.log" '^anonnet up:' "$secs" "${AN_PID[client-up]}"
 }
 

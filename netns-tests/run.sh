@@ -22,6 +22,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 # shellcheck source=netns-tests/lib.sh
 . "$HERE/lib.sh"
+AN_METRICS=127.0.0.1:9477
 # shellcheck source=netns-tests/cases.sh
 . "$HERE/cases.sh"
 
@@ -1202,6 +1203,64 @@ EOF
   note "$(head -1 "$AN_DIR/status-exit.txt"); nobody refused; a free port: status 1"
 }
 
+# `--metrics`: every daemon of the testbed serves its metrics on $AN_METRICS in its
+# namespace. Scraped with curl while traffic flows (and after one packet the exit
+# policy refuses): the client's circuits and TUN packets, the relays' circuits,
+# cells and handshakes, the exit's forwarded and refused packets; a counter grows
+# between two scrapes; another path gives 404.
+case_metrics() {
+  local ns out url="http://$AN_METRICS/metrics"
+  need_up || return
+  an_in client 10 ping -n -q -c 2 -W 2 "$AN_SERVER4" >/dev/null || fail "no traffic through the tunnel" || return
+  tcp_connect "$AN_SERVER4" 25 >/dev/null
+  for ns in client gw1 gw2 exit; do
+    an_in "$ns" 10 curl -sS -f -m 5 -o "$AN_DIR/metrics-$ns.txt" "$url" 2>"$AN_DIR/metrics-$ns.err" ||
+      fail "$ns: curl $url: $(tail -1 "$AN_DIR/metrics-$ns.err")" || return
+  done
+  an_in client 10 ping -n -q -c 3 -W 2 "$AN_SERVER4" >/dev/null
+  an_in client 10 curl -sS -f -m 5 -o "$AN_DIR/metrics-client2.txt" "$url" 2>/dev/null || fail "client: second scrape failed" || return
+  out=$("$(an_python)" - "$AN_DIR" <<'EOF'
+import re, sys
+d = sys.argv[1]
+def load(name):
+    text = open(f"{d}/metrics-{name}.txt").read()
+    v = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r'([a-z_]+(?:\{[^}]*\})?) (\S+)', line)
+        if m: v[m.group(1)] = float(m.group(2))
+    return text, v
+bad, said = [], []
+want = {
+    "client": ['anonnet_pool_circuits{state="up"}', "anonnet_circuits_up_total",
+               'anonnet_tun_packets_total{direction="in"}', 'anonnet_tun_packets_total{direction="out"}'],
+    "gw1": ["anonnet_relayed_circuits", "anonnet_node_relayed_forward_total", 'anonnet_handshakes_total{budget="build"}'],
+    "gw2": ["anonnet_relayed_circuits", "anonnet_node_relayed_backward_total", 'anonnet_handshakes_total{budget="link"}'],
+    "exit": ["anonnet_relayed_circuits", "anonnet_exit_forwarded_total", "anonnet_exit_rejected_policy_total",
+             'anonnet_tun_packets_total{direction="out"}'],
+}
+role = {"client": "client", "gw1": "gateway", "gw2": "gateway", "exit": "exit"}
+for ns, series in want.items():
+    text, v = load(ns)
+    if not text.endswith("# EOF\n"): bad.append(f"{ns}: no # EOF")
+    if f'anonnet_build_info{{role="{role[ns]}"' not in text: bad.append(f"{ns}: no build_info of role {role[ns]}")
+    for s in series + ['anonnet_datagrams_total{direction="in"}', 'anonnet_datagrams_total{direction="out"}']:
+        if v.get(s, 0) < 1: bad.append(f"{ns}: {s} = {v.get(s)}")
+    said.append(f"{ns} {len(v)} series")
+_, a = load("client"); _, b = load("client2")
+k = 'anonnet_datagrams_total{direction="out"}'
+if not b.get(k, 0) > a.get(k, 0): bad.append(f"client: {k} did not grow ({a.get(k)} -> {b.get(k)})")
+_, x = load("exit")
+said.append(f"exit forwarded {x.get('anonnet_exit_forwarded_total', 0):.0f}, refused by policy {x.get('anonnet_exit_rejected_policy_total', 0):.0f}")
+print("; ".join(bad) if bad else "ok " + ", ".join(said))
+EOF
+)
+  [ "${out%% *}" = ok ] || fail "metrics: $out" || return
+  note "${out#ok }"
+  out=$(an_in gw1 10 curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$AN_METRICS/" 2>&1)
+  [ "$out" = 404 ] || fail "GET / answered $out, not 404" || return
+  note "client's datagrams out grew between two scrapes; GET / is 404"
+}
+
 case_down() {
   local out
   [ "$HAS_DOWN" = 1 ] || fail "the binary has no 'down' subcommand" || return
@@ -1789,6 +1848,7 @@ run_case exit-restart case_exit_restart
 run_case kill-switch case_kill_switch
 run_case restart-new-entry case_restart_new_entry
 run_case gateway-status case_gateway_status
+run_case metrics case_metrics
 run_case status-down-live case_status_down_live
 run_case down case_down
 run_case reboot-dns case_reboot_dns

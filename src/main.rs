@@ -1,5 +1,6 @@
 //! The `anonnet` command line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,6 +28,17 @@ struct Cli {
     verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// The `--metrics` option of the daemons.
+#[derive(clap::Args)]
+struct MetricsArg {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477):
+    /// counters of circuits, traffic, drops by reason, handshakes, padding and
+    /// the exit policy. Off by default; whoever reaches ADDR can read them, so
+    /// keep it on loopback or a private network.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -64,6 +76,8 @@ enum Cmd {
         /// (CAP_NET_ADMIN).
         #[arg(long)]
         exit: bool,
+        #[command(flatten)]
+        metrics: MetricsArg,
     },
     /// Route all of this host's traffic through the tunnel (root)
     ///
@@ -76,6 +90,8 @@ enum Cmd {
         /// The client's TOML config (see examples/client.toml).
         #[arg(long)]
         config: PathBuf,
+        #[command(flatten)]
+        metrics: MetricsArg,
     },
     /// Learn the network and list the gateways known
     ///
@@ -193,10 +209,14 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             println!("{}", identity_file::read(&file)?.public());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Gateway { config, exit } => {
-            tokio_runtime()?.block_on(runtime::gateway::gateway(&config, exit))
+        Cmd::Gateway {
+            config,
+            exit,
+            metrics,
+        } => tokio_runtime()?.block_on(runtime::gateway::gateway(&config, exit, metrics.metrics)),
+        Cmd::Up { config, metrics } => {
+            tokio_runtime()?.block_on(runtime::client::up(&config, metrics.metrics))
         }
-        Cmd::Up { config } => tokio_runtime()?.block_on(runtime::client::up(&config)),
         Cmd::Discover { config, json } => {
             tokio_runtime()?.block_on(runtime::discover_cmd::discover_cmd(&config, json))
         }

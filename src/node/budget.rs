@@ -41,9 +41,16 @@ impl Node {
         let taken = b
             .get_or_insert_with(|| TokenBucket::new(rate, rate, now))
             .take(now);
-        if !taken {
-            self.stats.dropped_rate_limited += 1;
-        }
+        let counter = if taken {
+            match budget {
+                Budget::Link => &mut self.stats.handshakes_link,
+                Budget::Build => &mut self.stats.handshakes_build,
+                Budget::Rekey => &mut self.stats.handshakes_rekey,
+            }
+        } else {
+            &mut self.stats.dropped_rate_limited
+        };
+        *counter += 1;
         taken
     }
 }

@@ -217,6 +217,23 @@ pub enum DownReason {
 }
 
 impl DownReason {
+    /// The reason in one snake_case word (a metrics label).
+    #[must_use]
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::BuildTimeout => "build_timeout",
+            Self::BuildRejected => "build_rejected",
+            Self::Silent => "silent",
+            Self::LinkDead => "link_dead",
+            Self::EntryUnanswered => "entry_unanswered",
+            Self::EntryLeft => "entry_left",
+            Self::Destroyed(_) => "destroyed",
+            Self::Truncated { .. } => "truncated",
+            Self::KeysExpired => "keys_expired",
+            Self::Closed => "closed",
+        }
+    }
+
     /// The hop of the path (0 = the entry) that the node blames: the entry when the
     /// link to it died, the hop after one that reported losing its link to it.
     #[must_use]
@@ -421,6 +438,12 @@ impl Node {
     #[must_use]
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Handshakes of each kind processed per second at most (`handshake_rate`).
+    #[must_use]
+    pub fn handshake_rate(&self) -> u32 {
+        self.cfg.handshake_rate
     }
 
     /// Number of circuits this node relays (as a gateway).

@@ -69,6 +69,12 @@ pub struct Stats {
     /// Paddings this client's machines scheduled but did not send: they would have
     /// gone over the share its circuit's gateways allow.
     pub padding_capped: u64,
+    /// Handshake tokens taken, by budget (`handshake_rate` per second each): new
+    /// links and link rekeys, BUILDs, circuit rekeys. Those refused are in
+    /// `dropped_rate_limited`.
+    pub handshakes_link: u64,
+    pub handshakes_build: u64,
+    pub handshakes_rekey: u64,
 }
 
 impl Stats {
@@ -116,6 +122,9 @@ impl Stats {
             padding_echoed: _,
             padding_refused,
             padding_capped: _,
+            handshakes_link: _,
+            handshakes_build: _,
+            handshakes_rekey: _,
         } = self;
         [
             dropped_malformed,

@@ -452,6 +452,28 @@ fn a_rekey_does_not_wait_for_builds_or_links() {
     assert_eq!(net.nodes[1].1.stats().rekeys, 1, "the hop answered REKEY");
 }
 
+/// Every handshake token taken is counted under its budget, every one refused as
+/// rate limited (the metrics' `anonnet_handshakes_total{budget}`).
+#[test]
+fn handshake_tokens_are_counted_by_budget() {
+    let (mut net, specs) = Mini::new(1);
+    net.set_handshake_rate(1, 5);
+    net.circuit(&specs);
+    let s = net.nodes[1].1.stats().clone();
+    assert_eq!(
+        (s.handshakes_link, s.handshakes_build, s.handshakes_rekey),
+        (1, 1, 0)
+    );
+    let gateway = &mut net.nodes[1].1;
+    let mut taken = 0;
+    while gateway.take_token(net.now, Budget::Rekey) {
+        taken += 1;
+    }
+    let s = gateway.stats();
+    assert_eq!((s.handshakes_rekey, s.dropped_rate_limited), (taken, 1));
+    assert_eq!(taken, 5);
+}
+
 /// Handshakes with a valid mac1 (anyone who knows the gateway's public key can make
 /// one) from spoofed sources drain the LINK_INIT budget; the gateway, now under load,
 /// answers each with a cookie instead of a handshake. A client at a real address gets

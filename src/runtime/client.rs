@@ -1,6 +1,6 @@
 //! `anonnet up` and `anonnet down`: setting the client up (its data plane is
 //! `client_plane.rs`) and tearing it down.
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use crate::runtime::gateway::{gateway_discovery, gateway_node_config};
 use crate::runtime::paths::{Chosen, Paths};
 use crate::runtime::replay;
 use crate::runtime::tun;
-use crate::runtime::{client_node_config, flush_stdout, Unavailable, CLIENT_BINDS};
+use crate::runtime::{client_node_config, flush_stdout, serve_metrics, Unavailable, CLIENT_BINDS};
 use crate::sys;
 
 /// The client's kernel set-up from its config; IPv4 only when `ipv6` is false (the
@@ -224,8 +224,8 @@ pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
     ))
 }
 
-/// `anonnet up --config FILE`.
-pub async fn up(path: &Path) -> Result<ExitCode> {
+/// `anonnet up --config FILE [--metrics ADDR]`.
+pub async fn up(path: &Path, metrics: Option<SocketAddr>) -> Result<ExitCode> {
     let cfg = config::load_client(path)?;
     // First: a second `up` in this network namespace stops here, having changed nothing.
     let control = Control::bind(
@@ -233,8 +233,9 @@ pub async fn up(path: &Path) -> Result<ExitCode> {
         "`anonnet up`",
         "`anonnet status` shows it, `anonnet down` stops it",
     )?;
+    let metrics = serve_metrics(metrics).await?;
     crate::runtime::state::adopt_old_default(&cfg.tunnel.state_dir);
-    let mut daemon = start(&cfg).await?;
+    let mut daemon = start(&cfg).await?.with_metrics(metrics);
     if let Some(control) = control {
         daemon = daemon.with_control(control);
     }

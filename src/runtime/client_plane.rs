@@ -26,7 +26,7 @@ use crate::proto::wire::{Cmd, Service, PAYLOAD_OFFSET};
 use crate::runtime::driver::{logged, Driver};
 use crate::runtime::paths::{path_for, Chosen, Paths};
 use crate::runtime::pool::Pool;
-use crate::runtime::tun::{self, TunReader, TunWriter};
+use crate::runtime::tun::{self, Counted, TunReader, TunWriter};
 use crate::sys;
 
 /// The client's data plane: the TUN device, the kernel state that routes the
@@ -176,6 +176,17 @@ impl ClientPlane {
             "guards": guards,
             "known_gateways": known,
         })
+    }
+
+    /// The pool's circuits up, and those still building.
+    pub(crate) fn circuit_counts(&self) -> (usize, usize) {
+        let up = self.pool.ids().filter(|&c| self.pool.is_up(c)).count();
+        (up, self.pool.ids().count() - up)
+    }
+
+    /// The packets written to the TUN device.
+    pub(crate) fn tun_written(&self) -> Counted {
+        self.tun_tx.written
     }
 
     pub(crate) fn tun_name(&self) -> &str {

@@ -20,11 +20,14 @@ use anyhow::Result;
 use crate::discovery::GatewayDiscovery;
 use crate::exit::Closed;
 use crate::node::{DataPath, Event};
+use crate::proto::wire::PAYLOAD_OFFSET;
 use crate::runtime::client_plane::ClientPlane;
 use crate::runtime::control::{Control, Reply, Request};
 use crate::runtime::discovery::{discovery_event, discovery_poll, unix_now};
 use crate::runtime::driver::Driver;
 use crate::runtime::exit::ExitSide;
+use crate::runtime::metrics::{encode_snapshot, MetricsServer, OwnCircuits, Snapshot};
+use crate::runtime::tun::Counted;
 use crate::runtime::tun::TunReader;
 use crate::runtime::{recycle, Signals};
 
@@ -38,6 +41,10 @@ pub(crate) struct Daemon {
     exit: Option<ExitSide>,
     discovery: Option<GatewayDiscovery>,
     control: Option<Control>,
+    metrics: Option<MetricsServer>,
+    /// What the metrics count outside the parts: own circuits' events, TUN reads.
+    own: OwnCircuits,
+    tun_read: Counted,
 }
 
 impl Daemon {
@@ -63,7 +70,48 @@ impl Daemon {
             exit,
             discovery,
             control: None,
+            metrics: None,
+            own: OwnCircuits::default(),
+            tun_read: Counted::default(),
         }
+    }
+
+    /// Answers `metrics`' scrapes from now on.
+    pub(crate) fn with_metrics(mut self, metrics: Option<MetricsServer>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn role(&self) -> &'static str {
+        match (&self.client, &self.exit) {
+            (Some(_), _) => "client",
+            (None, Some(_)) => "exit",
+            (None, None) => "gateway",
+        }
+    }
+
+    /// The daemon's counters for a scrape, in the OpenMetrics text format.
+    fn metrics(&self) -> String {
+        let d = &self.d;
+        let tun_written = match (&self.client, &self.exit) {
+            (Some(c), _) => c.tun_written(),
+            (None, Some(x)) => x.tun_written(),
+            (None, None) => Counted::default(),
+        };
+        encode_snapshot(&Snapshot {
+            role: self.role(),
+            node: d.node.stats().clone(),
+            handshake_rate: d.node.handshake_rate(),
+            relayed_circuits: d.node.relayed_circuits(),
+            received: d.received,
+            sent: d.sockets.sent,
+            send_errors: d.sockets.send_errors,
+            tun_read: self.tun_read,
+            tun_written,
+            own: self.own.clone(),
+            pool: self.client.as_ref().map(ClientPlane::circuit_counts),
+            exit: self.exit.as_ref().map(ExitSide::stats),
+        })
     }
 
     /// Serves `control`'s requests from now on.
@@ -75,14 +123,9 @@ impl Daemon {
     /// The daemon's state for `anonnet status`, as JSON.
     fn status(&self) -> String {
         let now = Instant::now();
-        let role = match (&self.client, &self.exit) {
-            (Some(_), _) => "client",
-            (None, Some(_)) => "exit",
-            (None, None) => "gateway",
-        };
         let mut v = serde_json::json!({
             "pid": std::process::id(),
-            "role": role,
+            "role": self.role(),
             "relayed_circuits": self.d.node.relayed_circuits(),
             "node": self.d.node.stats(),
         });
@@ -103,6 +146,7 @@ impl Daemon {
         let mut events = Vec::new();
         let mut packets = Vec::new();
         let mut request: Option<(Request, Reply)> = None;
+        let mut scrape: Option<Reply> = None;
         let result = loop {
             let Self {
                 d,
@@ -111,6 +155,7 @@ impl Daemon {
                 client,
                 discovery,
                 control,
+                metrics,
                 ..
             } = self;
             let now = Instant::now();
@@ -138,7 +183,14 @@ impl Daemon {
                     request = Some(r);
                     true
                 }
+                Some(r) = next_scrape(metrics.as_mut()) => {
+                    scrape = Some(r);
+                    true
+                }
             };
+            if let Some(reply) = scrape.take() {
+                let _ = reply.send(self.metrics());
+            }
             if let Some((req, reply)) = request.take() {
                 match req {
                     Request::Status => {
@@ -202,6 +254,11 @@ impl Daemon {
     /// Hands an event to discovery, then to the data plane of its circuit; an event
     /// nobody claims has its buffer returned.
     async fn on_event(&mut self, now: Instant, e: Event) {
+        match &e {
+            Event::CircuitUp(_) => self.own.up += 1,
+            Event::CircuitDown(_, why) => *self.own.down.entry(why.label()).or_default() += 1,
+            _ => {}
+        }
         let d = &mut self.d;
         let e = match self.discovery.as_mut() {
             Some(g) => match discovery_event(d, g, now, e).await {
@@ -237,6 +294,7 @@ impl Daemon {
 
     /// A packet read from the TUN device, to the data plane that owns the device.
     async fn on_tun_packet(&mut self, now: Instant, buf: Vec<u8>) {
+        self.tun_read.add(buf.len().saturating_sub(PAYLOAD_OFFSET));
         if let Some(c) = self.client.as_mut() {
             c.on_tun_packet(&mut self.d, &mut self.data, now, buf).await;
         } else if let Some(x) = self.exit.as_mut() {
@@ -263,6 +321,13 @@ impl Daemon {
 /// The exit's next batch of released pool addresses; never resolves without an
 /// exit.
 /// The control socket's next request; never, without one.
+async fn next_scrape(metrics: Option<&mut MetricsServer>) -> Option<Reply> {
+    match metrics {
+        Some(m) => m.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_request(control: Option<&mut Control>) -> Option<(Request, Reply)> {
     match control {
         Some(c) => c.recv().await,

@@ -18,6 +18,7 @@ use crate::proto::framing::PayloadError;
 use crate::proto::wire::PAYLOAD_OFFSET;
 use crate::runtime::replay::ReplayFile;
 use crate::runtime::sockets::{IoConfig, Received, Sockets};
+use crate::runtime::tun::Counted;
 
 /// Datagrams handled per wake-up before timers and transmits are serviced.
 const BATCH: usize = 64;
@@ -39,6 +40,8 @@ pub struct Driver {
     rx: mpsc::Receiver<Received>,
     /// Where a gateway writes the handshakes it accepted ([`Driver::keep_handshakes`]).
     replay: Option<ReplayFile>,
+    /// The datagrams received.
+    pub received: Counted,
 }
 
 impl Driver {
@@ -59,6 +62,7 @@ impl Driver {
             rng: ChaCha20Rng::from_entropy(),
             rx,
             replay: None,
+            received: Counted::default(),
         })
     }
 
@@ -215,6 +219,7 @@ impl Driver {
     }
 
     async fn handle(&mut self, now: Instant, (i, from, buf): Received) {
+        self.received.add(buf.len());
         let local = self.sockets.local(i);
         match self
             .node

@@ -20,7 +20,7 @@ use crate::proto::vc::{Joined, JOINED_LEN};
 use crate::proto::wire::{Cmd, Service, PAYLOAD_OFFSET};
 use crate::runtime::driver::{logged, Driver};
 use crate::runtime::pool::Pool;
-use crate::runtime::tun::{self, TunReader, TunWriter};
+use crate::runtime::tun::{self, Counted, TunReader, TunWriter};
 use crate::sys;
 
 /// The exit's side of a gateway daemon: its TUN device, kernel set-up and packet
@@ -347,6 +347,11 @@ impl ExitSide {
             Some(owner) => self.send_back(d, data, now, owner, buf).await,
             None => d.sockets.pool.put(buf),
         }
+    }
+
+    /// The packets written to the TUN device.
+    pub(crate) fn tun_written(&self) -> Counted {
+        self.tun_tx.written
     }
 
     pub(crate) async fn flush_tun(&mut self) {

@@ -1,5 +1,6 @@
 //! `anonnet gateway [--exit]`: a relay, optionally an exit, with its directory
 //! service and gossip; set up here, run by the daemon loop ([`crate::runtime::daemon`]).
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -17,7 +18,7 @@ use crate::runtime::daemon::Daemon;
 use crate::runtime::discovery::unix_now;
 use crate::runtime::driver::Driver;
 use crate::runtime::exit::ExitSide;
-use crate::runtime::{flush_stdout, hop_specs, replay};
+use crate::runtime::{flush_stdout, hop_specs, replay, serve_metrics};
 
 /// Sets a gateway up: reads the identity, sets up the exit side (with `exit`),
 /// discovery and the sockets, and prints the readiness line. What was set up is
@@ -113,9 +114,10 @@ pub(crate) fn gateway_discovery(
     )?)
 }
 
-/// `anonnet gateway [--exit] --config FILE`.
-pub async fn gateway(path: &Path, exit: bool) -> Result<ExitCode> {
+/// `anonnet gateway [--exit] --config FILE [--metrics ADDR]`.
+pub async fn gateway(path: &Path, exit: bool, metrics: Option<SocketAddr>) -> Result<ExitCode> {
     let cfg = config::load_gateway(path)?;
+    let metrics = serve_metrics(metrics).await?;
     let port = cfg.listen_ports.first;
     // A gateway runs without a control socket rather than not at all (another on
     // these ports fails to bind them anyway).
@@ -128,7 +130,7 @@ pub async fn gateway(path: &Path, exit: bool) -> Result<ExitCode> {
         tracing::warn!("running without a control socket: {e:#}");
         None
     });
-    let mut daemon = start(&cfg, exit).await?;
+    let mut daemon = start(&cfg, exit).await?.with_metrics(metrics);
     if let Some(control) = control {
         daemon = daemon.with_control(control);
     }

@@ -16,7 +16,8 @@
 //!   (TUN device I/O), [`paths`] (where paths come from),
 //!   [`discovery`] (the discovery driver: crawls, the directory service, gossip),
 //!   [`replay`] (a gateway's handshake replay cache on disk), [`logging`] (where
-//!   and how every command logs), [`state`] (the client's state directory).
+//!   and how every command logs), [`state`] (the client's state directory),
+//!   [`metrics`] (the daemons' Prometheus endpoint).
 
 pub mod check_cmd;
 pub mod circuit_test_cmd;
@@ -31,6 +32,7 @@ pub mod driver;
 pub mod exit;
 pub mod gateway;
 pub mod logging;
+pub mod metrics;
 pub mod paths;
 pub mod pool;
 pub mod replay;
@@ -75,6 +77,19 @@ pub fn exit_status(e: &anyhow::Error) -> u8 {
     } else {
         1
     }
+}
+
+/// The Prometheus endpoint at `addr` (`--metrics`), if asked for; its readiness
+/// line on stdout.
+pub(crate) async fn serve_metrics(
+    addr: Option<SocketAddr>,
+) -> Result<Option<metrics::MetricsServer>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let m = metrics::MetricsServer::bind(addr).await?;
+    tracing::info!("metrics at http://{}{}", m.addr, metrics::PATH);
+    Ok(Some(m))
 }
 
 pub(crate) fn flush_stdout() -> Result<()> {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::node::Transmit;
 use crate::proto::wire::MAX_DATAGRAM;
 use crate::runtime::pool::{Pool, POOL_CAP};
+use crate::runtime::tun::Counted;
 
 /// Socket buffer size asked of the kernel (it may grant less).
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -107,6 +108,9 @@ pub struct Sockets {
     io: IoConfig,
     queue: Vec<Transmit>,
     gso: Vec<u8>,
+    /// What the sockets sent, and the datagrams whose send failed.
+    pub sent: Counted,
+    pub send_errors: u64,
 }
 
 fn bind_one(addr: SocketAddr, mark: Option<u32>) -> Result<UdpSocket> {
@@ -170,6 +174,8 @@ impl Sockets {
             io,
             queue: Vec::with_capacity(SEND_QUEUE),
             gso: Vec::with_capacity(GSO_BYTES),
+            sent: Counted::default(),
+            send_errors: 0,
         })
     }
 
@@ -310,10 +316,14 @@ impl Sockets {
                     sock.state.try_send((&*sock.io).into(), &transmit)
                 })
                 .await;
-            if let Err(e) = sent {
-                // A kernel without GSO on this path refuses the batch once; the
-                // socket state then sends one datagram per call.
-                tracing::debug!("send error: {e}");
+            match sent {
+                Ok(()) => self.sent.add_run(j - i, size),
+                Err(e) => {
+                    // A kernel without GSO on this path refuses the batch once; the
+                    // socket state then sends one datagram per call.
+                    tracing::debug!("send error: {e}");
+                    self.send_errors += (j - i) as u64;
+                }
             }
             i = j;
         }

@@ -119,8 +119,30 @@ pub fn spawn_reader(tun: Arc<AsyncDevice>, pool: Pool, mtu: usize) -> TunReader 
 
 /// Packets for the TUN device, written in batches by [`TunWriter::flush`]: with
 /// offloads, consecutive segments of a TCP or UDP flow leave in one write.
+/// Packets (or datagrams) and their bytes, counted for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counted {
+    /// Counts one of `len` bytes.
+    pub fn add(&mut self, len: usize) {
+        self.add_run(1, len);
+    }
+
+    /// Counts `n` of `len` bytes each.
+    pub fn add_run(&mut self, n: usize, len: usize) {
+        self.packets += n as u64;
+        self.bytes += (n * len) as u64;
+    }
+}
+
 pub struct TunWriter {
     tun: Arc<AsyncDevice>,
+    /// The packets queued for the device.
+    pub written: Counted,
     /// Each holds `VIRTIO_NET_HDR_LEN` bytes of room, then a packet; capacity for a
     /// coalesced 64 KiB packet, so that coalescing never reallocates.
     bufs: Vec<Vec<u8>>,
@@ -138,6 +160,7 @@ impl TunWriter {
                 .collect(),
             used: 0,
             gro: GROTable::default(),
+            written: Counted::default(),
         }
     }
 
@@ -151,6 +174,7 @@ impl TunWriter {
         buf.resize(VIRTIO_NET_HDR_LEN, 0);
         buf.extend_from_slice(pkt);
         self.used += 1;
+        self.written.add(pkt.len());
     }
 
     /// Writes the queued packets. A failed write loses only its packets.
