@@ -1640,6 +1640,105 @@ fresh_up() {
 # crafted cells through its own circuits gw1 -> gw2 -> exit, among them cells that
 # make the entry's and the middle's output header sample all 0xFF (which used to
 # panic them), while the honest client downloads 50 MiB through the same gateways.
+# The README's "Run it for real" section, as written: its `cargo install` line, then
+# its VPS block in exit and its laptop block in client, line by line. Changed (the
+# README says so): the VPS's address and key, /usr/local and /etc/anonnet (the
+# test's directories), /var/lib (the test's, bound in a mount namespace), the server
+# `check` asks; the two daemons run in the background. `check` must pass 6 of 6 and
+# the web server must see the VPS's address.
+QS_ADDR=203.0.113.10
+QS_KEY=the-key-keygen-printed-on-the-VPS
+# qs_block NAME: the lines of the README's fenced block after <!-- quick-start: NAME -->.
+qs_block() {
+  awk -v m="<!-- quick-start: $1 -->" '$0 == m {f = 1; next} f && /^```sh/ {on = 1; next} on && /^```/ {exit} on' "$ROOT/README.md"
+}
+# qs_run MACHINE NS LINE...: the lines, edited, as one script in NS with /var/lib
+# bound to the machine's directory; output in $QS/MACHINE.out.
+qs_run() {
+  local m=$1 ns=$2 script
+  shift 2
+  script=$(printf '%s\n' "$@")
+  an_in "$ns" 120 env "PATH=$QS/usr/bin:$PATH" \
+    unshare -m --propagation private sh -c 'mount --bind "$1" /var/lib && shift && exec "$@"' sh "$QS/$m-varlib" \
+    bash -euxc "$script" >>"$QS/$m.out" 2>&1
+}
+# qs_edit MACHINE LINE: the line with the changes the case makes.
+qs_edit() {
+  local l=$2
+  l=${l//\/usr\/local/$QS/usr}
+  l=${l//\/etc\/anonnet/$QS/$1-etc}
+  l=${l//$QS_ADDR/$(an_v4 exit)}
+  l=${l//$QS_KEY/$QS_PUB}
+  l=${l/anonnet check/anonnet check --server http://$AN_SERVER4:$AN_WHOAMI_PORT/}
+  printf '%s' "$l"
+}
+# qs_machine MACHINE NS: its block; lines before a daemon run as one script, the
+# daemon (`anonnet gateway`, `anonnet up`) starts in the background as qs-MACHINE.
+qs_machine() {
+  local m=$1 ns=$2 line ready
+  local -a chunk=()
+  while IFS= read -r line; do
+    [ -n "$line" ] || continue
+    line=$(qs_edit "$m" "$line")
+    case $line in
+      'anonnet gateway '* | 'anonnet up '*)
+        if [ ${#chunk[@]} -gt 0 ]; then qs_run "$m" "$ns" "${chunk[@]}" || return; fi
+        chunk=()
+        ready='^anonnet up:'
+        [ "${line#anonnet gateway}" != "$line" ] && ready=' listening on '
+        an_start "qs-$m" "$ns" "$QS/$m-daemon.log" env "PATH=$QS/usr/bin:$PATH" \
+          unshare -m --propagation private sh -c 'mount --bind "$1" /var/lib && shift && exec "$@"' sh "$QS/$m-varlib" \
+          bash -c "exec ${line%%#*}"
+        an_wait_log "$QS/$m-daemon.log" "$ready" 30 "${AN_PID[qs-$m]}" || return
+        ;;
+      *) chunk+=("$line") ;;
+    esac
+  done < <(qs_block "$m")
+  [ ${#chunk[@]} -eq 0 ] || qs_run "$m" "$ns" "${chunk[@]}"
+}
+qs_cleanup() {
+  an_stop qs-laptop TERM 15
+  an_stop qs-vps TERM 10
+}
+case_quick_start() {
+  local line out
+  QS=$AN_DIR/quick-start QS_PUB=
+  rm -rf "$QS"
+  mkdir -p "$QS/usr" "$QS/vps-varlib" "$QS/laptop-varlib" "$QS/vps-etc" "$QS/laptop-etc"
+  logs "$QS/vps.out" "$QS/vps-daemon.log" "$QS/laptop.out" "$QS/laptop-daemon.log"
+  for line in vps laptop install; do
+    [ -n "$(qs_block "$line")" ] || fail "README.md has no quick-start block '$line'" || return
+  done
+  line=$(qs_block install | grep '^cargo install ')
+  [ -n "$line" ] || fail "the README's install block has no cargo install line" || return
+  # On the host: a build, no network change (cargo may want the registry).
+  (cd "$ROOT" && CARGO_TARGET_DIR="$ROOT/target" bash -euc "$(qs_edit vps "$line")") >"$QS/install.out" 2>&1 ||
+    fail "$line: $(tail -3 "$QS/install.out")" || return
+  [ -x "$QS/usr/bin/anonnet" ] || fail "cargo install put no anonnet in $QS/usr/bin" || return
+  ensure_down
+  an_stop exit TERM 10
+  SNAP_QS=$AN_DIR/snap-qs-client
+  an_snapshot client "$SNAP_QS"
+  qs_machine vps exit || { qs_cleanup; fail "the VPS block: $(tail -q -n 3 "$QS/vps.out" "$QS/vps-daemon.log")"; return 1; }
+  QS_PUB=$(grep -Eo '^[A-Za-z0-9+/]{43}=$' "$QS/vps.out" | tail -1)
+  [ -n "$QS_PUB" ] || { qs_cleanup; fail "keygen printed no key on the VPS"; return 1; }
+  note "VPS: $(grep -m1 '^anonnet gateway' "$QS/vps-daemon.log")"
+  qs_machine laptop client || { qs_cleanup; fail "the laptop block: $(tail -q -n 4 "$QS/laptop.out" "$QS/laptop-daemon.log")"; return 1; }
+  note "laptop: $(grep -m1 '^anonnet up:' "$QS/laptop-daemon.log"); $(grep -c ' WARN \| ERROR ' "$QS/laptop-daemon.log") warnings or errors logged"
+  out=$(grep -c '^PASS ' "$QS/laptop.out")
+  grep -q '^anonnet check: 6 passed, 0 failed' "$QS/laptop.out" ||
+    { qs_cleanup; fail "check did not pass 6 of 6: $(grep -E '^(FAIL|anonnet check)' "$QS/laptop.out" | tr '\n' ' ')"; return 1; }
+  note "check: $out PASS lines, $(grep -m1 '^PASS exit-address' "$QS/laptop.out")"
+  out=$(an_in client 20 curl -sS -m 10 "http://$AN_SERVER4:$AN_WHOAMI_PORT/" 2>&1)
+  [ "$out" = "$(an_v4 exit)" ] || { qs_cleanup; fail "the web server saw $out, not the VPS's $(an_v4 exit)"; return 1; }
+  note "the web server in inet sees $out"
+  an_stop qs-laptop TERM 15
+  [ "$AN_RC" = 0 ] || { qs_cleanup; fail "the laptop's up exited with status $AN_RC"; return 1; }
+  an_stop qs-vps TERM 10
+  [ "$AN_RC" = 0 ] || fail "the VPS's gateway exited with status $AN_RC" || return
+  same_as_before client "$SNAP_QS" || return
+}
+
 case_hostile_client() {
   local gw out sha forged drops pid m0 m1 hops=() total=0 per=()
   [ -n "$HOSTILE" ] || fail "no hostile_client binary (cargo build --release --example hostile_client)" || return
@@ -1860,6 +1959,7 @@ run_case error-names-hop case_error_names_hop
 run_case ipv6-disabled case_ipv6_disabled
 run_case discovery case_discovery
 run_case discovery-warm-cache case_discovery_warm_cache
+run_case quick-start case_quick_start
 run_case hostile-client case_hostile_client
 run_case handshake-flood case_handshake_flood
 run_case exit-cleanup case_exit_cleanup

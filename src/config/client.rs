@@ -333,6 +333,8 @@ fn padding_range_error(key: String, value: i64) -> ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientFile {
+    /// Optional: a file of only `[discovery] bootstrap = [...]` is a whole config.
+    #[serde(default)]
     client: RawClient,
     #[serde(default)]
     tunnel: RawTunnel,
@@ -342,20 +344,15 @@ struct ClientFile {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct RawClient {
-    #[serde(default = "default_keepalive")]
     keepalive_secs: f64,
-    #[serde(default = "default_circuit_timeout")]
     circuit_timeout_secs: f64,
-    #[serde(default = "default_build_timeout")]
     build_timeout_secs: f64,
-    #[serde(default = "default_padding")]
     padding: Vec<i64>,
     padding_mode: Option<String>,
     constant_rate: Option<i64>,
     padding_machines: Option<Vec<String>>,
-    #[serde(default)]
     path: Vec<RawHop>,
     circuits: Option<i64>,
     legs: Option<i64>,
@@ -371,17 +368,24 @@ struct RawHop {
     key: String,
 }
 
-fn default_keepalive() -> f64 {
-    DEFAULT_KEEPALIVE
-}
-fn default_circuit_timeout() -> f64 {
-    DEFAULT_CIRCUIT_TIMEOUT
-}
-fn default_build_timeout() -> f64 {
-    DEFAULT_BUILD_TIMEOUT
-}
-fn default_padding() -> Vec<i64> {
-    vec![128, 256, 512, 1024]
+impl Default for RawClient {
+    fn default() -> Self {
+        Self {
+            keepalive_secs: DEFAULT_KEEPALIVE,
+            circuit_timeout_secs: DEFAULT_CIRCUIT_TIMEOUT,
+            build_timeout_secs: DEFAULT_BUILD_TIMEOUT,
+            padding: vec![128, 256, 512, 1024],
+            padding_mode: None,
+            constant_rate: None,
+            padding_machines: None,
+            path: Vec::new(),
+            circuits: None,
+            legs: None,
+            isolation: None,
+            circuit_lifetime_secs: None,
+            mode: None,
+        }
+    }
 }
 
 /// Parse the text of a client config file.

@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -22,6 +22,14 @@ const MAX_FILE_LEN: u64 = 64 * 1024;
 /// the new identity, never a torn one.
 pub fn write(id: &Identity, path: &Path, force: bool) -> Result<(), IdentityError> {
     let text = id.to_file_text();
+    // A fresh host has no /var/lib/anonnet yet: make it, private (0700).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| write_error(path, source))?;
+    }
     if !force {
         return match create_private(path) {
             Ok(file) => write_and_sync(file, &text).map_err(|source| {
@@ -48,14 +56,14 @@ pub fn read(path: &Path) -> Result<Identity, IdentityError> {
         io::ErrorKind::NotFound => IdentityError::NotFound { path: owned() },
         _ => IdentityError::Read {
             path: owned(),
-            source,
+            error: source,
         },
     })?;
     // fstat the opened file, not the path, so the check and the read see the same
     // file.
-    let meta = file.metadata().map_err(|source| IdentityError::Read {
+    let meta = file.metadata().map_err(|error| IdentityError::Read {
         path: owned(),
-        source,
+        error,
     })?;
     if !meta.is_file() {
         return Err(IdentityError::Invalid {
@@ -73,9 +81,9 @@ pub fn read(path: &Path) -> Result<Identity, IdentityError> {
     let mut bytes = Vec::new();
     file.take(MAX_FILE_LEN + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| IdentityError::Read {
+        .map_err(|error| IdentityError::Read {
             path: owned(),
-            source,
+            error,
         })?;
     if bytes.len() as u64 > MAX_FILE_LEN {
         return Err(IdentityError::Invalid {
@@ -109,10 +117,10 @@ fn write_and_sync(mut file: File, text: &str) -> io::Result<()> {
     file.sync_all()
 }
 
-fn write_error(path: &Path, source: io::Error) -> IdentityError {
+fn write_error(path: &Path, error: io::Error) -> IdentityError {
     IdentityError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -124,10 +132,12 @@ pub enum IdentityError {
     Exists { path: PathBuf },
     #[error("identity file {} not found (create one with `anonnet keygen`)", .path.display())]
     NotFound { path: PathBuf },
-    #[error("cannot read identity file {}: {source}", .path.display())]
-    Read { path: PathBuf, source: io::Error },
-    #[error("cannot write identity file {}: {source}", .path.display())]
-    Write { path: PathBuf, source: io::Error },
+    // The I/O error is in the message, so it is not also a `source` (which would
+    // print it twice in an error chain).
+    #[error("cannot read identity file {}: {error}", .path.display())]
+    Read { path: PathBuf, error: io::Error },
+    #[error("cannot write identity file {}: {error}", .path.display())]
+    Write { path: PathBuf, error: io::Error },
     #[error(
         "identity file {}: permissions {mode:04o} are too open; run chmod 600 {}",
         .path.display(), .path.display()

@@ -47,13 +47,12 @@ fn cl(extra: &str, hop_count: usize) -> String {
 fn gateway_example_parses() {
     let c = parse_gateway(GATEWAY_EXAMPLE).unwrap();
     assert_eq!(c.identity, PathBuf::from("/var/lib/anonnet/identity.key"));
-    assert_eq!(
-        c.listen_ports,
-        PortRange {
-            first: 9001,
-            last: 9003
-        }
-    );
+    // As it is, the example runs on a VPS (README "Run it for real"): every address,
+    // port 9000, the defaults.
+    let defaults = parse_gateway(&gw("")).unwrap();
+    assert_eq!(c.listen, defaults.listen);
+    assert_eq!(c.listen_ports, PortRange::single(9000));
+    assert_eq!(c.exit, defaults.exit);
     assert!(!c.echo);
     assert_eq!(c.idle_timeout(), Duration::from_secs(30));
 }
@@ -61,9 +60,24 @@ fn gateway_example_parses() {
 #[test]
 fn client_example_parses() {
     let c = parse_client(CLIENT_EXAMPLE).unwrap();
-    assert_eq!(c.path.len(), 3);
-    assert_eq!(c.path[0].addr, "127.0.0.1:9001".parse().unwrap());
-    assert_eq!(c.path[2].key, K3.parse().unwrap());
+    // Discovery from the one bootstrap line a user fills in; the rest are defaults.
+    assert!(c.path.is_empty());
+    assert_eq!(c.discovery.bootstrap.len(), 1);
+    assert_eq!(
+        c.discovery.bootstrap[0].addr,
+        "203.0.113.10:9000".parse().unwrap()
+    );
+    assert_eq!(c.discovery.bootstrap[0].key, K1.parse().unwrap());
+    let only_bootstrap = format!("[discovery]\nbootstrap = [\"203.0.113.10:9000 {K1}\"]\n");
+    let defaults = parse_client(&only_bootstrap).unwrap();
+    assert_eq!(c.discovery, defaults.discovery);
+    assert_eq!((c.legs, c.circuits), (defaults.legs, defaults.circuits));
+    assert_eq!(c.tunnel, defaults.tunnel);
+    assert!(
+        client_err("").contains("discovery.bootstrap"),
+        "{}",
+        client_err("")
+    );
     assert_eq!(c.keepalive(), Duration::from_secs(2));
     assert_eq!(c.circuit_timeout(), Duration::from_secs(10));
     assert_eq!(c.build_timeout(), Duration::from_secs(5));

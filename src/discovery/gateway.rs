@@ -13,14 +13,16 @@ use super::crawl_plan::GOSSIP_INTERVAL;
 use super::directory::{Directory, DirectoryError, DirectorySettings};
 use super::outbox::Outbox;
 use crate::node::{Event, HopSpec, Node};
+use crate::proto::addr::is_tunnel_fixed;
 use crate::proto::descriptor::{publishable, MAX_ADDRS};
 use crate::proto::identity::Identity;
 use crate::proto::wire::{Cmd, Service};
 
 /// The addresses a gateway's descriptor publishes: `publish` when the operator
 /// named some, else the specific addresses it listens on, else the host's own
-/// (`own`); only publishable ones (no loopback, link-local, multicast), at most
-/// [`MAX_ADDRS`]. None: the gateway is not announced.
+/// (`own`); only publishable ones (no loopback, link-local, multicast, nor the
+/// tunnel's fixed addresses, which an exit's TUN device has), at most [`MAX_ADDRS`].
+/// None: the gateway is not announced.
 #[must_use]
 pub fn published_addrs(publish: &[IpAddr], listen: &[IpAddr], own: &[IpAddr]) -> Vec<IpAddr> {
     let specific: Vec<IpAddr> = listen
@@ -38,7 +40,7 @@ pub fn published_addrs(publish: &[IpAddr], listen: &[IpAddr], own: &[IpAddr]) ->
     chosen
         .iter()
         .copied()
-        .filter(publishable)
+        .filter(|a| publishable(a) && !is_tunnel_fixed(*a))
         .take(MAX_ADDRS)
         .collect()
 }

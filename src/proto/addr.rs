@@ -26,3 +26,13 @@ pub fn exit_addr(addr: IpAddr) -> IpAddr {
 /// own resolvers, so a client's queries leave from the exit like its traffic.
 pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 53);
 pub const DNS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 0x53);
+
+/// Whether `a` is one of the tunnel's fixed addresses above: an address of a TUN
+/// device (an exit's, a mixed-mode client's), which no other host can reach.
+#[must_use]
+pub fn is_tunnel_fixed(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => [CLIENT_V4, EXIT_V4, DNS_V4].contains(&v4),
+        IpAddr::V6(v6) => [CLIENT_V6, EXIT_V6, DNS_V6].contains(&v6),
+    }
+}

@@ -29,6 +29,25 @@ fn file_round_trip() {
     assert_eq!(back.public(), id.public());
 }
 
+/// `anonnet keygen --out /var/lib/anonnet/identity.key` on a fresh host: the
+/// directories are made, private; an error names the path once, with its cause.
+#[test]
+fn missing_directories_are_made_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("var/lib/anonnet/identity.key");
+    write(&fixed(), &path, false).unwrap();
+    assert_eq!(read(&path).unwrap().public(), fixed().public());
+    assert_eq!(mode_of(path.parent().unwrap()), 0o700);
+    let blocked = path.join("identity.key");
+    let e = anyhow::Error::from(write(&fixed(), &blocked, false).unwrap_err());
+    let text = format!("{e:#}");
+    assert!(text.starts_with(&format!(
+        "cannot write identity file {}: ",
+        blocked.display()
+    )));
+    assert_eq!(text.matches("os error").count(), 1, "{text}");
+}
+
 #[test]
 fn refuses_overwrite() {
     let dir = tempfile::tempdir().unwrap();

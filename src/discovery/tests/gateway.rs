@@ -67,6 +67,14 @@ fn published_addresses_are_the_operators_then_the_listened_then_the_hosts() {
         "then the host's own, without loopback and link-local"
     );
     assert!(published_addrs(&[], &ips(&["127.0.0.1"]), &own).is_empty());
+    // An exit's TUN device has the tunnel's fixed addresses: a client that took one
+    // for the gateway's would send its handshakes into its own tunnel.
+    let exit_host = ips(&["100.64.0.1", "198.18.4.2", "fd00:64::1", "2001:db8:4::2"]);
+    assert_eq!(
+        published_addrs(&[], &ips(&["0.0.0.0", "::"]), &exit_host),
+        ips(&["198.18.4.2", "2001:db8:4::2"]),
+        "never the tunnel's addresses"
+    );
     let many: Vec<IpAddr> = (1..=20).map(|i| ip(&format!("198.18.9.{i}"))).collect();
     assert_eq!(
         published_addrs(&many, &[], &own).len(),
