@@ -54,6 +54,10 @@ failed=$((failed + f))
 if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); failures+=("cargo test (build)"); fi
 [ "$f" -gt 0 ] && failures+=("cargo test: $f")
 
+# The units in systemd/ load without a warning and keep their hardening (exposure);
+# the command they run is the binary cargo test built.
+step "systemd units: verify and security" bash scripts/check-units.sh target/debug/anonnet
+
 # netns SCRIPT: runs a netns-tests script (root only) and adds its "N passed, M failed"
 # line to the totals. Each script builds what it needs (release), so a failed build is
 # a failed setup case in its summary.
