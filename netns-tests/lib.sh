@@ -80,7 +80,8 @@ an_install_missing() {
   local -a pkgs=()
   for pair in ip:iproute2 nft:nftables tcpdump:tcpdump iperf3:iperf3 dnsmasq:dnsmasq-base \
     curl:curl python3:python3 ping:iputils-ping traceroute:traceroute ps:procps \
-    sysctl:procps findmnt:util-linux setsid:util-linux sha256sum:coreutils ethtool:ethtool; do
+    sysctl:procps findmnt:util-linux setsid:util-linux sha256sum:coreutils ethtool:ethtool \
+    systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || pkgs+=("${pair#*:}")
   done
   [ ${#pkgs[@]} -eq 0 ] && return 0

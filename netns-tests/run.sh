@@ -1739,6 +1739,64 @@ case_quick_start() {
   same_as_before client "$SNAP_QS" || return
 }
 
+# The Debian package as a user gets it (README, "Install"): scripts/deb.sh builds it;
+# dpkg installs it and then removes it in a mount namespace whose /usr, /var/lib/dpkg
+# and /var/log are overlays over the host's, so the host's own are left as they were.
+# Installed: /usr/bin/anonnet of Cargo.toml's version, the units of systemd/ byte for
+# byte, which `systemd-analyze verify` loads as they are (`anonnet` found in systemd's
+# PATH at /usr/bin), and nothing enabled or started (no maintainer scripts).
+deb_install_check() { # in the mount namespace: $1 the package, $2 a work directory
+  set -eu
+  local deb=$1 w=$2 d n u
+  for d in /usr /var/lib/dpkg /var/log; do
+    n=${d//\//_}
+    mkdir -p "$w/$n-upper" "$w/$n-work"
+    mount -t overlay overlay -o "lowerdir=$d,upperdir=$w/$n-upper,workdir=$w/$n-work" "$d"
+  done
+  # Only the package's binary may answer to `anonnet` in systemd's PATH.
+  rm -f /usr/local/bin/anonnet /usr/local/sbin/anonnet /usr/sbin/anonnet
+  dpkg -i "$deb"
+  dpkg-query -W -f '${Status}\n' anonnet
+  /usr/bin/anonnet --version
+  for u in client gateway exit; do
+    cmp "$ROOT/systemd/anonnet-$u.service" "/usr/lib/systemd/system/anonnet-$u.service"
+    out=$(systemd-analyze verify "/usr/lib/systemd/system/anonnet-$u.service" 2>&1)
+    [ -z "$out" ] || { echo "verify anonnet-$u.service: $out"; return 1; }
+  done
+  ls /usr/share/doc/anonnet/examples
+  dpkg -r anonnet
+  for f in /usr/bin/anonnet /usr/lib/systemd/system/anonnet-exit.service /usr/share/doc/anonnet/README.md; do
+    [ ! -e "$f" ] || { echo "still there after dpkg -r: $f"; return 1; }
+  done
+  echo "removed: $(dpkg-query -W -f '${Status}' anonnet 2>&1)"
+}
+case_deb() {
+  local dir=$AN_DIR/deb deb version depends before
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  logs "$dir/build.out" "$dir/install.out"
+  (cd "$ROOT" && bash scripts/deb.sh) >"$dir/build.out" 2>&1 || fail "scripts/deb.sh: $(tail -3 "$dir/build.out")" || return
+  deb=$(tail -1 "$dir/build.out")
+  [ -f "$deb" ] || fail "scripts/deb.sh did not end with a package's path: $deb" || return
+  version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
+  [ "$(dpkg-deb -f "$deb" Package)" = anonnet ] && [ "$(dpkg-deb -f "$deb" Version)" = "$version-1" ] ||
+    fail "package $(dpkg-deb -f "$deb" Package) $(dpkg-deb -f "$deb" Version), not anonnet $version-1" || return
+  depends=$(dpkg-deb -f "$deb" Depends)
+  [[ $depends == *libc6* && $depends == *nftables* ]] || fail "Depends: $depends (no libc6 or nftables)" || return
+  dpkg-deb -e "$deb" "$dir/control"
+  [ -z "$(ls "$dir/control" | grep -v -x -e control -e md5sums)" ] ||
+    fail "the package has maintainer scripts: $(ls "$dir/control" | tr '\n' ' ')" || return
+  before=$(dpkg-query -W -f '${Status}' anonnet 2>&1; ls -l /usr/bin/anonnet 2>&1)
+  unshare -m --propagation private bash -c "ROOT='$ROOT'; $(declare -f deb_install_check); deb_install_check \"\$@\"" \
+    sh "$deb" "$dir" >"$dir/install.out" 2>&1 || fail "install and removal: $(tail -3 "$dir/install.out")" || return
+  grep -qx 'install ok installed' "$dir/install.out" || fail "dpkg did not report anonnet installed" || return
+  grep -qx "anonnet $version" "$dir/install.out" || fail "/usr/bin/anonnet --version is not 'anonnet $version'" || return
+  [ "$(dpkg-query -W -f '${Status}' anonnet 2>&1; ls -l /usr/bin/anonnet 2>&1)" = "$before" ] ||
+    fail "the host's own dpkg state or /usr/bin changed" || return
+  note "$(basename "$deb"): $(($(stat -c %s "$deb") / 1024)) KiB, Depends: $depends"
+  note "dpkg -i then -r in overlays: anonnet $version in /usr/bin, 3 units verified as shipped; $(grep '^removed:' "$dir/install.out")"
+}
+
 case_hostile_client() {
   local gw out sha forged drops pid m0 m1 hops=() total=0 per=()
   [ -n "$HOSTILE" ] || fail "no hostile_client binary (cargo build --release --example hostile_client)" || return
@@ -1960,6 +2018,7 @@ run_case ipv6-disabled case_ipv6_disabled
 run_case discovery case_discovery
 run_case discovery-warm-cache case_discovery_warm_cache
 run_case quick-start case_quick_start
+run_case deb case_deb
 run_case hostile-client case_hostile_client
 run_case handshake-flood case_handshake_flood
 run_case exit-cleanup case_exit_cleanup
