@@ -1261,6 +1261,65 @@ EOF
   note "client's datagrams out grew between two scrapes; GET / is 404"
 }
 
+# SIGHUP to the exit gateway: it re-reads its config file without a restart (same
+# process). A rule added to exit.policy refuses port 443 from the next packet on and
+# shows in the reload's log line; a file that does not load changes nothing and is
+# named; the original file, reloaded, opens 443 again (so later cases find it as
+# before, also when this one fails).
+# hup_exit PATTERN: SIGHUP to the exit, then waits (10 s) for one more line matching
+# PATTERN in its log than before.
+hup_exit() {
+  local pid=${AN_PID[exit]} n0 i
+  n0=$(grep -Ec -- "$1" "$AN_DIR/exit.log")
+  an_alive "$pid" "$(an_pid_starttime "$pid")" || fail "the exit gateway (pid $pid) is not running" || return
+  kill -HUP "$pid"
+  for ((i = 0; i < 100; i++)); do
+    [ "$(grep -Ec -- "$1" "$AN_DIR/exit.log")" -gt "$n0" ] && return 0
+    sleep 0.1
+  done
+  fail "no new line matching '$1' in the exit's log within 10 s of SIGHUP"
+}
+http_code() { # PORT: the HTTP status of GET / on the server through the tunnel
+  an_in client 20 curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "http://$AN_SERVER4:$1/" 2>/dev/null
+}
+reload_policy() {
+  local cfg=$1 r code errno ms
+  [ "$(http_code 443)" = 200 ] || fail "before: $AN_SERVER4:443 does not work" || return
+  sed '/^\[exit\]$/a policy = ["reject *:443"]' "$cfg.orig" >"$cfg"
+  hup_exit '(reloaded|SIGHUP)' || return
+  r=$(grep -E 'reloaded|SIGHUP' "$AN_DIR/exit.log" | tail -1)
+  [[ $r == *"reloaded $cfg: "*'exit policy now "'*443* ]] || fail "the reload's log line: $r" || return
+  note "exit: ${r#* INFO }"
+  r=$(tcp_connect "$AN_SERVER4" 443)
+  read -r code errno ms _ <<<"$r"
+  [ "$code" = ERR ] && [ "$ms" -lt 2000 ] || fail "TCP to :443 after the reload: $r (should be refused at once)" || return
+  note "TCP $AN_SERVER4:443 refused in $ms ms: ${r#ERR * * }"
+  [ "$(http_code 80)" = 200 ] || fail "after the reload, :80 does not work either" || return
+  sed '/^\[exit\]$/a policy = ["reject *:99999"]' "$cfg.orig" >"$cfg"
+  hup_exit '(reloaded|SIGHUP)' || return
+  r=$(grep -E 'reloaded|SIGHUP' "$AN_DIR/exit.log" | tail -1)
+  [[ $r == *" ERROR SIGHUP: $cfg: "*"nothing changed" ]] || fail "a file that does not load: $r" || return
+  note "exit: ${r#* ERROR }"
+  r=$(tcp_connect "$AN_SERVER4" 443)
+  [ "${r%% *}" = ERR ] || fail "the bad file changed the policy: TCP to :443: $r" || return
+  cp "$cfg.orig" "$cfg"
+  hup_exit 'reloaded ' || return
+  [ "$(http_code 443)" = 200 ] || fail "the original file reloaded: :443 still does not work" || return
+}
+case_reload() {
+  local cfg=$AN_DIR/exit.toml pid
+  need_up || return
+  pid=${AN_PID[exit]}
+  cp "$cfg" "$cfg.orig"
+  if ! reload_policy "$cfg"; then
+    cp "$cfg.orig" "$cfg"
+    kill -HUP "$pid" 2>/dev/null
+    return 1
+  fi
+  [ "${AN_PID[exit]}" = "$pid" ] && an_alive "$pid" || fail "the exit gateway did not keep running" || return
+  note "the original policy back: :443 works; the exit ran throughout (pid $pid)"
+}
+
 case_down() {
   local out
   [ "$HAS_DOWN" = 1 ] || fail "the binary has no 'down' subcommand" || return
@@ -2006,6 +2065,7 @@ run_case kill-switch case_kill_switch
 run_case restart-new-entry case_restart_new_entry
 run_case gateway-status case_gateway_status
 run_case metrics case_metrics
+run_case reload case_reload
 run_case status-down-live case_status_down_live
 run_case down case_down
 run_case reboot-dns case_reboot_dns

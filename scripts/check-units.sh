@@ -15,12 +15,16 @@ declare -A MAX=([anonnet-client.service]=2.4 [anonnet-exit.service]=2.4 [anonnet
 bin=$(realpath "${1:-target/debug/anonnet}" 2>/dev/null)
 units=${2:-systemd}
 [ -x "$bin" ] || { echo "error: no anonnet binary at ${1:-target/debug/anonnet} (build it first)" >&2; exit 1; }
-if ! command -v systemd-analyze >/dev/null; then
+# systemd-analyze, and /bin/kill, which the units' ExecReload runs (verify checks it).
+pkgs=()
+command -v systemd-analyze >/dev/null || pkgs+=(systemd)
+[ -x /bin/kill ] || pkgs+=(procps)
+if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "error: systemd-analyze is missing and only root can install it (apt-get install systemd)" >&2
+    echo "error: ${pkgs[*]} missing and only root can install it (apt-get install ${pkgs[*]})" >&2
     exit 1
   fi
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; } || exit 1
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null; } || exit 1
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

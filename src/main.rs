@@ -66,7 +66,8 @@ enum Cmd {
     ///
     /// Relays circuits for clients and other gateways, answers discovery and
     /// gossips descriptors (see examples/gateway.toml). With --exit it also sends
-    /// the circuits' packets out to the internet. Runs until SIGINT/SIGTERM.
+    /// the circuits' packets out to the internet. Runs until SIGINT/SIGTERM;
+    /// SIGHUP re-reads the config: its log filter and exit.policy change at once.
     Gateway {
         /// The gateway's TOML config.
         #[arg(long)]
@@ -85,7 +86,8 @@ enum Cmd {
     /// configured path, or random paths among discovered gateways), and routes all
     /// of this host's traffic through them, each destination on its own circuit,
     /// with a kill switch that blocks everything else. Runs in the foreground until
-    /// SIGINT/SIGTERM, then removes all it set up. Needs root (CAP_NET_ADMIN).
+    /// SIGINT/SIGTERM, then removes all it set up; SIGHUP re-reads the config's
+    /// log filter. Needs root (CAP_NET_ADMIN).
     Up {
         /// The client's TOML config (see examples/client.toml).
         #[arg(long)]

@@ -239,6 +239,50 @@ fn log_lines_have_no_colour_and_no_timestamp_under_the_journal() {
     );
 }
 
+/// SIGHUP re-reads the config: the log filter changes at once, a file that does not
+/// load changes nothing and is named, and changes that need a restart are named.
+#[test]
+fn sighup_reloads_the_log_filter_and_names_what_waits() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut gw = start_gateway(dir.path(), "gw", V4, false);
+    let text = std::fs::read_to_string(&gw.config).expect("read config");
+    let path = gw.config.display().to_string();
+    let reload = |gw: &mut Gateway, text: &str, want: &str| -> String {
+        std::fs::write(&gw.config, text).expect("write config");
+        gw.proc.signal("HUP");
+        gw.proc
+            .wait_log(Duration::from_secs(10), |l| l.contains(want))
+    };
+    let line = reload(&mut gw, &format!("log = \"debug\"\n{text}"), "reloaded");
+    assert!(
+        line.contains(&format!(
+            "reloaded {path}: log filter \"debug\" (from the config's log)"
+        )),
+        "{line}"
+    );
+    let line = reload(&mut gw, &format!("{text}handshake_rate = 0\n"), "SIGHUP");
+    assert!(
+        line.contains(&format!(" ERROR SIGHUP: {path}: gateway.handshake_rate: "))
+            && line.ends_with("; nothing changed"),
+        "{line}"
+    );
+    let line = reload(
+        &mut gw,
+        &format!("log = \"warn\"\n{text}handshake_rate = 5\n"),
+        "next restart",
+    );
+    assert!(
+        line.contains(&format!("{path}: the changes in [gateway] take effect")),
+        "{line}"
+    );
+    gw.proc.terminate();
+    let (st, err) = gw.proc.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "{err}");
+    // Under "warn", the info lines stop: the third reload's own and the stop's.
+    assert_eq!(err.matches("reloaded").count(), 1, "{err}");
+    assert!(!err.contains("anonnet gateway stopping"), "{err}");
+}
+
 #[test]
 fn teardown_and_stats_after_a_clean_run() {
     let dir = TempDir::new().expect("tempdir");

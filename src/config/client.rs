@@ -17,8 +17,8 @@ use super::gateway::{
     check_ifname, check_mtu, gateway_section, ExitConfig, GatewayConfig, RawGateway, DEFAULT_MTU,
 };
 use super::{
-    bounded_or, check_int, check_secs, in_file, read, relative_to, ConfigError, MAX_CONSTANT_RATE,
-    MAX_PADDING_CLASS, MIN_PADDING_CLASS,
+    bounded_or, check_int, check_secs, in_file, parse_log, read, relative_to, ConfigError,
+    MAX_CONSTANT_RATE, MAX_PADDING_CLASS, MIN_PADDING_CLASS,
 };
 
 /// The `[client]` section.
@@ -55,6 +55,9 @@ pub struct ClientConfig {
     /// the directory with, from the same sockets its own circuits use. `None` for
     /// `mode = "client"` (the default).
     pub relay: Option<GatewayConfig>,
+    /// The top-level `log`: the log filter (`None`: info), applied at start and on
+    /// SIGHUP unless `RUST_LOG` or `-v` is given.
+    pub log: Option<String>,
 }
 
 /// How a client hides when and how much it sends (`client.padding_mode`).
@@ -333,6 +336,7 @@ fn padding_range_error(key: String, value: i64) -> ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientFile {
+    log: Option<String>,
     /// Optional: a file of only `[discovery] bootstrap = [...]` is a whole config.
     #[serde(default)]
     client: RawClient,
@@ -392,6 +396,7 @@ impl Default for RawClient {
 pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
     let file = toml::from_str::<ClientFile>(text).map_err(|e| ConfigError::parse(&e))?;
     let raw = file.client;
+    let log = parse_log(file.log)?;
     let tunnel = parse_tunnel(file.tunnel)?;
     let discovery = parse_discovery(file.discovery)?;
     let relay = match (raw.mode.as_deref(), file.gateway) {
@@ -494,6 +499,7 @@ pub fn parse_client(text: &str) -> Result<ClientConfig, ConfigError> {
             600,
         )?,
         relay,
+        log,
     };
     config.validate()?;
     Ok(config)

@@ -14,7 +14,8 @@ use crate::proto::iface;
 use super::discovery::{parse_discovery, DiscoveryConfig, RawDiscovery};
 use super::ports::{PortRange, RawPorts};
 use super::{
-    bounded, bounded_or, check_int, in_file, read, relative_to, ConfigError, MAX_CONSTANT_RATE,
+    bounded, bounded_or, check_int, in_file, parse_log, read, relative_to, ConfigError,
+    MAX_CONSTANT_RATE,
 };
 
 /// The `[gateway]` section.
@@ -48,6 +49,10 @@ pub struct GatewayConfig {
     pub exit: ExitConfig,
     /// The `[discovery]` section.
     pub discovery: DiscoveryConfig,
+    /// The top-level `log`: the log filter (`None`: info), applied at start and on
+    /// SIGHUP unless `RUST_LOG` or `-v` is given. `None` in a mixed client's
+    /// `[gateway]`, whose file's `log` is the client's.
+    pub log: Option<String>,
 }
 
 /// The `[exit]` section of a gateway config.
@@ -234,6 +239,7 @@ impl GatewayConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GatewayFile {
+    log: Option<String>,
     gateway: RawGateway,
     #[serde(default)]
     exit: RawExit,
@@ -358,9 +364,13 @@ fn default_max_circuits() -> i64 {
 /// Parse the text of a gateway config file.
 pub fn parse_gateway(text: &str) -> Result<GatewayConfig, ConfigError> {
     let file = toml::from_str::<GatewayFile>(text).map_err(|e| ConfigError::parse(&e))?;
+    let log = parse_log(file.log)?;
     let exit = parse_exit(file.exit)?;
     let discovery = parse_discovery(file.discovery)?;
-    gateway_section(file.gateway, exit, discovery)
+    Ok(GatewayConfig {
+        log,
+        ..gateway_section(file.gateway, exit, discovery)?
+    })
 }
 
 /// Checks and converts a `[gateway]` section.
@@ -440,6 +450,7 @@ pub(super) fn gateway_section(
         )?,
         exit,
         discovery,
+        log: None,
     };
     config.validate()?;
     Ok(config)

@@ -123,6 +123,37 @@ fn bounds_error(
     ConfigError::invalid(key, format!("must be between {min} and {max}, got {value}"))
 }
 
+/// The levels a `log` value may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks the top-level `log`: a level, or comma-separated `tracing` directives as in
+/// `RUST_LOG` (`info,anonnet::discovery=debug`), each a level or `TARGET=LEVEL`. A
+/// bare word that is not a level is refused, where `tracing` would take it for a
+/// target and silence everything else (`log = "debg"`).
+fn parse_log(value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let v = value.trim();
+    let level = |s: &str| LOG_LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
+    let bad = v.is_empty()
+        || v.split(',').any(|d| match d.rsplit_once('=') {
+            Some((target, l)) => target.trim().is_empty() || !level(l),
+            None => !level(d),
+        })
+        || tracing_subscriber::EnvFilter::try_new(v).is_err();
+    if bad {
+        return Err(ConfigError::invalid(
+            "log",
+            format!(
+                "{value:?} is not a log filter: a level ({}) or directives like \"info,anonnet::discovery=debug\"",
+                LOG_LEVELS.join(", ")
+            ),
+        ));
+    }
+    Ok(Some(v.to_owned()))
+}
+
 /// A relative `file` named in config file `config` is taken relative to its directory.
 fn relative_to(config: &Path, file: &mut PathBuf) {
     if file.is_relative() {

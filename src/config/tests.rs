@@ -110,6 +110,7 @@ fn gateway_defaults() {
             padding_share: 50,
             exit: ExitConfig::default(),
             discovery: DiscoveryConfig::default(),
+            log: None,
         }
     );
     assert_eq!(c.listen_addrs().count(), 2);
@@ -739,4 +740,29 @@ fn padding_modes() {
         gateway_err(&gw("padding_rate = 1000000001")),
         "gateway.padding_rate: must be between 0 and 1000000000, got 1000000001"
     );
+}
+
+#[test]
+fn log_filter() {
+    let g = |log: &str| parse_gateway(&format!("log = {log:?}\n{}", gw("")));
+    assert_eq!(g("debug").unwrap().log.as_deref(), Some("debug"));
+    assert_eq!(
+        g(" info,anonnet::discovery=trace ").unwrap().log.as_deref(),
+        Some("info,anonnet::discovery=trace")
+    );
+    assert_eq!(parse_gateway(&gw("")).unwrap().log, None);
+    for bad in ["", "debg", "info,anonnet", "anonnet=loud", "=debug"] {
+        let e = g(bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "log: {bad:?} is not a log filter: a level (off, error"
+            )),
+            "{bad:?}: {e}"
+        );
+    }
+    let c = |log: &str| parse_client(&format!("log = {log:?}\n{}", cl("", 1)));
+    assert_eq!(c("warn").unwrap().log.as_deref(), Some("warn"));
+    assert!(c("verbose").unwrap_err().to_string().starts_with("log: "));
+    // Below a table, `log` belongs to it: an unknown key there, named by toml.
+    assert!(parse_gateway(&gw("log = \"debug\"")).is_err());
 }

@@ -59,6 +59,8 @@ pub struct Directory {
     template: Option<Descriptor>,
     lifetime: u64,
     resign_at: u64,
+    /// When the descriptor in the store was published (unix seconds; 0: none yet).
+    published: u64,
 }
 
 impl Directory {
@@ -99,6 +101,7 @@ impl Directory {
             template,
             lifetime,
             resign_at: 0,
+            published: 0,
         };
         dir.resign(now_unix)?;
         Ok(dir)
@@ -119,11 +122,23 @@ impl Directory {
         (self.resign_at != u64::MAX).then_some(self.resign_at)
     }
 
+    /// Publishes a new exit policy summary (an exit's policy reloaded): re-signs the
+    /// descriptor at once if the summary changed.
+    pub fn set_exit_summary(&mut self, summary: String, now: u64) -> Result<(), DirectoryError> {
+        match self.template.as_mut() {
+            Some(t) if t.exit && t.policy_summary != summary => t.policy_summary = summary,
+            _ => return Ok(()),
+        }
+        self.resign(now)
+    }
+
     fn resign(&mut self, now: u64) -> Result<(), DirectoryError> {
         let Some(mut desc) = self.template.clone() else {
             self.resign_at = u64::MAX;
             return Ok(());
         };
+        // A store keeps only a strictly newer descriptor of the same identity.
+        let now = now.max(self.published.saturating_add(1));
         desc.published = now;
         desc.expires = now + self.lifetime;
         let bytes = desc
@@ -133,6 +148,7 @@ impl Directory {
             .insert(&bytes, now, Source::Own)
             .map_err(DirectoryError::OwnRefused)?;
         self.resign_at = now + self.lifetime / 2;
+        self.published = now;
         Ok(())
     }
 

@@ -81,6 +81,15 @@ impl GatewayDiscovery {
         &self.dir
     }
 
+    /// Publishes the exit's new policy summary (see [`Directory::set_exit_summary`]).
+    pub fn set_exit_summary(
+        &mut self,
+        summary: String,
+        now_unix: u64,
+    ) -> Result<(), DirectoryError> {
+        self.dir.set_exit_summary(summary, now_unix)
+    }
+
     /// Whether a gossip round is under way.
     #[must_use]
     pub fn gossiping(&self) -> bool {

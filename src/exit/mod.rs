@@ -155,6 +155,12 @@ impl Exit {
         }
     }
 
+    /// Replaces the exit policy (SIGHUP): it decides from the next packet on, for
+    /// flows already open too.
+    pub fn set_policy(&mut self, policy: ExitPolicy) {
+        self.cfg.policy = policy;
+    }
+
     #[must_use]
     pub fn stats(&self) -> ExitStats {
         ExitStats {

@@ -218,3 +218,35 @@ fn clients_cannot_reach_each_other_through_a_public_pool() {
     );
     assert_eq!(x.stats().rejected_policy, 2);
 }
+
+#[test]
+fn a_new_policy_decides_from_the_next_packet_on() {
+    let mut x = exit("100.96.0.0/12", 8, 100);
+    let t = Instant::now();
+    let mut a = Vec::new();
+    let mut p = udp([198, 18, 0, 1], 1000, 8080);
+    assert_eq!(
+        x.from_circuit(t, CircuitId(1), &mut p, &mut a),
+        Verdict::Forward
+    );
+    let own = ["198.18.4.2".parse().unwrap()];
+    x.set_policy(ExitPolicy::new(&["reject *:8080".into()], &own).unwrap());
+    // The same flow, already open: refused now, with the ICMP answer.
+    let mut p = udp([198, 18, 0, 1], 1000, 8080);
+    assert_eq!(
+        x.from_circuit(t, CircuitId(1), &mut p, &mut a),
+        Verdict::Answer
+    );
+    let mut p = udp([198, 18, 0, 1], 1000, 8081);
+    assert_eq!(
+        x.from_circuit(t, CircuitId(1), &mut p, &mut a),
+        Verdict::Forward
+    );
+    assert_eq!(x.stats().rejected_policy, 1);
+    x.set_policy(ExitPolicy::new(&[], &own).unwrap());
+    let mut p = udp([198, 18, 0, 1], 1000, 8080);
+    assert_eq!(
+        x.from_circuit(t, CircuitId(1), &mut p, &mut a),
+        Verdict::Forward
+    );
+}

@@ -21,9 +21,12 @@ use crate::runtime::diagnose::{diagnose, BuildError};
 use crate::runtime::driver::Driver;
 use crate::runtime::gateway::{gateway_discovery, gateway_node_config};
 use crate::runtime::paths::{Chosen, Paths};
+use crate::runtime::reload::Reload;
 use crate::runtime::replay;
 use crate::runtime::tun;
-use crate::runtime::{client_node_config, flush_stdout, serve_metrics, Unavailable, CLIENT_BINDS};
+use crate::runtime::{
+    client_node_config, flush_stdout, logging, serve_metrics, Unavailable, CLIENT_BINDS,
+};
 use crate::sys;
 
 /// The client's kernel set-up from its config; IPv4 only when `ipv6` is false (the
@@ -227,6 +230,7 @@ pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
 /// `anonnet up --config FILE [--metrics ADDR]`.
 pub async fn up(path: &Path, metrics: Option<SocketAddr>) -> Result<ExitCode> {
     let cfg = config::load_client(path)?;
+    logging::apply_config(cfg.log.as_deref());
     // First: a second `up` in this network namespace stops here, having changed nothing.
     let control = Control::bind(
         CLIENT_SOCKET,
@@ -235,7 +239,10 @@ pub async fn up(path: &Path, metrics: Option<SocketAddr>) -> Result<ExitCode> {
     )?;
     let metrics = serve_metrics(metrics).await?;
     crate::runtime::state::adopt_old_default(&cfg.tunnel.state_dir);
-    let mut daemon = start(&cfg).await?.with_metrics(metrics);
+    let mut daemon = start(&cfg)
+        .await?
+        .with_metrics(metrics)
+        .with_reload(Reload::client(path.to_path_buf(), cfg));
     if let Some(control) = control {
         daemon = daemon.with_control(control);
     }

@@ -9,8 +9,9 @@
 //!   for `gateway` and a client that relays (mixed mode).
 //!
 //! The loop waits in one place for datagrams, TUN packets, the node's and the
-//! parts' deadlines, the exit's released addresses, signals and the control
-//! socket's requests (`up`'s: [`Control`]). Each event goes to discovery first, then to the
+//! parts' deadlines, the exit's released addresses, signals (SIGHUP re-reads the
+//! config: [`crate::runtime::reload`]) and the control socket's requests
+//! (`up`'s: [`Control`]). Each event goes to discovery first, then to the
 //! data plane that owns the circuit.
 
 use std::time::Instant;
@@ -18,6 +19,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::discovery::GatewayDiscovery;
+use crate::exit::policy::ExitPolicy;
 use crate::exit::Closed;
 use crate::node::{DataPath, Event};
 use crate::proto::wire::PAYLOAD_OFFSET;
@@ -26,10 +28,12 @@ use crate::runtime::control::{Control, Reply, Request};
 use crate::runtime::discovery::{discovery_event, discovery_poll, unix_now};
 use crate::runtime::driver::Driver;
 use crate::runtime::exit::ExitSide;
+use crate::runtime::logging;
 use crate::runtime::metrics::{encode_snapshot, MetricsServer, OwnCircuits, Snapshot};
+use crate::runtime::reload::Reload;
 use crate::runtime::tun::Counted;
 use crate::runtime::tun::TunReader;
-use crate::runtime::{recycle, Signals};
+use crate::runtime::{recycle, Asked, Signals};
 
 /// A running daemon: the driver and its optional parts (see the module's doc).
 pub(crate) struct Daemon {
@@ -42,6 +46,8 @@ pub(crate) struct Daemon {
     discovery: Option<GatewayDiscovery>,
     control: Option<Control>,
     metrics: Option<MetricsServer>,
+    /// The config file SIGHUP re-reads.
+    reload: Option<Reload>,
     /// What the metrics count outside the parts: own circuits' events, TUN reads.
     own: OwnCircuits,
     tun_read: Counted,
@@ -71,6 +77,7 @@ impl Daemon {
             discovery,
             control: None,
             metrics: None,
+            reload: None,
             own: OwnCircuits::default(),
             tun_read: Counted::default(),
         }
@@ -80,6 +87,60 @@ impl Daemon {
     pub(crate) fn with_metrics(mut self, metrics: Option<MetricsServer>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// Re-reads `reload`'s file on SIGHUP from now on.
+    pub(crate) fn with_reload(mut self, reload: Reload) -> Self {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// SIGHUP: re-reads the config file; applies its log filter and an exit's
+    /// policy (republished in the descriptor), and names the changes that wait for a
+    /// restart. A file that does not load, or a policy that cannot be built,
+    /// changes nothing.
+    fn reload(&mut self) {
+        let Some(r) = self.reload.as_mut() else {
+            tracing::info!("SIGHUP: no config file to re-read");
+            return;
+        };
+        let path = r.path.display().to_string();
+        let (changes, applied) = match r.reread(self.exit.is_some()) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::error!("SIGHUP: {e}; nothing changed");
+                return;
+            }
+        };
+        let policy = match &changes.policy {
+            Some(rules) => match ExitPolicy::new(rules, &crate::sys::own_addresses()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!("SIGHUP: {path}: exit.policy: {e}; nothing changed");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let (filter, source) = logging::apply_config(changes.log.as_deref());
+        let mut done = vec![format!("log filter {filter:?} ({source})")];
+        if let (Some(p), Some(x)) = (policy, self.exit.as_mut()) {
+            let summary = x.set_policy(p);
+            if let Some(g) = self.discovery.as_mut() {
+                if let Err(e) = g.set_exit_summary(summary.clone(), unix_now()) {
+                    tracing::warn!("the new exit policy is not published: {e}");
+                }
+            }
+            done.push(format!("exit policy now \"{summary}\""));
+        }
+        r.commit(applied);
+        tracing::info!("reloaded {path}: {}", done.join("; "));
+        if !changes.restart.is_empty() {
+            tracing::warn!(
+                "{path}: the changes in {} take effect at the next restart",
+                changes.restart.join(", ")
+            );
+        }
     }
 
     fn role(&self) -> &'static str {
@@ -147,6 +208,7 @@ impl Daemon {
         let mut packets = Vec::new();
         let mut request: Option<(Request, Reply)> = None;
         let mut scrape: Option<Reply> = None;
+        let mut reload = false;
         let result = loop {
             let Self {
                 d,
@@ -178,7 +240,13 @@ impl Daemon {
                     }
                     true
                 }
-                () = signals.recv() => break Ok(()),
+                asked = signals.recv() => match asked {
+                    Asked::Stop => break Ok(()),
+                    Asked::Reload => {
+                        reload = true;
+                        true
+                    }
+                },
                 Some(r) = next_request(control.as_mut()) => {
                     request = Some(r);
                     true
@@ -188,6 +256,9 @@ impl Daemon {
                     true
                 }
             };
+            if std::mem::take(&mut reload) {
+                self.reload();
+            }
             if let Some(reply) = scrape.take() {
                 let _ = reply.send(self.metrics());
             }

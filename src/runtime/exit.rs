@@ -107,6 +107,14 @@ impl ExitSide {
         })
     }
 
+    /// Replaces the exit policy (SIGHUP); returns its summary, which the
+    /// descriptor publishes.
+    pub(crate) fn set_policy(&mut self, policy: ExitPolicy) -> String {
+        self.policy_summary = policy.summary();
+        self.exit.set_policy(policy);
+        self.policy_summary.clone()
+    }
+
     /// Removes the exit's routes, NAT and TUN device.
     pub(crate) async fn stop(self) -> Result<()> {
         drop(self.tun_tx);

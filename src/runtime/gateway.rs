@@ -18,7 +18,8 @@ use crate::runtime::daemon::Daemon;
 use crate::runtime::discovery::unix_now;
 use crate::runtime::driver::Driver;
 use crate::runtime::exit::ExitSide;
-use crate::runtime::{flush_stdout, hop_specs, replay, serve_metrics};
+use crate::runtime::reload::Reload;
+use crate::runtime::{flush_stdout, hop_specs, logging, replay, serve_metrics};
 
 /// Sets a gateway up: reads the identity, sets up the exit side (with `exit`),
 /// discovery and the sockets, and prints the readiness line. What was set up is
@@ -130,7 +131,11 @@ pub async fn gateway(path: &Path, exit: bool, metrics: Option<SocketAddr>) -> Re
         tracing::warn!("running without a control socket: {e:#}");
         None
     });
-    let mut daemon = start(&cfg, exit).await?.with_metrics(metrics);
+    logging::apply_config(cfg.log.as_deref());
+    let mut daemon = start(&cfg, exit)
+        .await?
+        .with_metrics(metrics)
+        .with_reload(Reload::gateway(path.to_path_buf(), cfg));
     if let Some(control) = control {
         daemon = daemon.with_control(control);
     }

@@ -17,7 +17,8 @@
 //!   [`discovery`] (the discovery driver: crawls, the directory service, gossip),
 //!   [`replay`] (a gateway's handshake replay cache on disk), [`logging`] (where
 //!   and how every command logs), [`state`] (the client's state directory),
-//!   [`metrics`] (the daemons' Prometheus endpoint).
+//!   [`metrics`] (the daemons' Prometheus endpoint), [`reload`] (what SIGHUP
+//!   changes).
 
 pub mod check_cmd;
 pub mod circuit_test_cmd;
@@ -35,6 +36,7 @@ pub mod logging;
 pub mod metrics;
 pub mod paths;
 pub mod pool;
+pub mod reload;
 pub mod replay;
 pub mod sockets;
 pub mod state;
@@ -96,9 +98,19 @@ pub(crate) fn flush_stdout() -> Result<()> {
     std::io::stdout().flush().context("cannot write to stdout")
 }
 
+/// The signals a daemon acts on.
 pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks of a daemon.
+pub(crate) enum Asked {
+    /// SIGTERM or SIGINT: stop, removing what it set up.
+    Stop,
+    /// SIGHUP: re-read the config file ([`reload`]).
+    Reload,
 }
 
 impl Signals {
@@ -106,13 +118,15 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
         })
     }
 
-    pub(crate) async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) -> Asked {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Asked::Stop,
+            _ = self.int.recv() => Asked::Stop,
+            _ = self.hup.recv() => Asked::Reload,
         }
     }
 }

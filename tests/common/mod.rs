@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -28,11 +28,12 @@ pub fn run(args: &[&str]) -> Output {
 }
 
 /// A running child whose stdout lines arrive on a channel and whose stderr is
-/// collected by a thread (so neither pipe can fill up and block it). Dropping it
-/// kills and reaps the child.
+/// collected by a thread (so neither pipe can fill up and block it), each line also
+/// sent on a channel as it comes. Dropping it kills and reaps the child.
 pub struct Proc {
     child: Child,
     lines: Receiver<String>,
+    err_lines: Receiver<String>,
     stderr: Option<JoinHandle<String>>,
     /// Every stdout line read so far.
     pub out: Vec<String>,
@@ -44,13 +45,14 @@ impl Proc {
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
         let mut child = Command::new(bin())
             .args(args)
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("cannot spawn the anonnet binary");
         let stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -60,14 +62,21 @@ impl Proc {
                 }
             }
         });
+        let (etx, err_lines) = mpsc::channel();
         let stderr = std::thread::spawn(move || {
             let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                s.push_str(&line);
+                s.push('\n');
+                let _ = etx.send(line);
+            }
             s
         });
         Proc {
             child,
             lines,
+            err_lines,
             stderr: Some(stderr),
             out: Vec::new(),
             status: None,
@@ -115,14 +124,39 @@ impl Proc {
         }
     }
 
+    /// Waits until a stderr line (a log line) satisfies `pred` and returns it.
+    /// Panics with everything the child printed if the deadline passes first.
+    pub fn wait_log(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.err_lines.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(_) => {
+                    let why = self.describe();
+                    panic!(
+                        "{}: expected log line not seen within {timeout:?}\n{why}",
+                        self.name
+                    )
+                }
+            }
+        }
+    }
+
     /// Sends SIGTERM (by PID).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal named `name` (`HUP`, `TERM`; by PID).
+    pub fn signal(&self, name: &str) {
         let st = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.pid().to_string())
             .status()
             .expect("cannot run kill");
-        assert!(st.success(), "{}: kill -TERM failed", self.name);
+        assert!(st.success(), "{}: kill -{name} failed", self.name);
     }
 
     /// SIGKILL (by PID, through `Child::kill`).

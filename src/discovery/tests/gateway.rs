@@ -25,10 +25,20 @@ fn gateway_node() -> Node {
 }
 
 fn discovery(lifetime: u64, bootstrap: Vec<HopSpec>, t0: Instant) -> GatewayDiscovery {
+    discovery_of(None, lifetime, bootstrap, t0)
+}
+
+/// An exit's discovery when `exit_summary` is its policy summary.
+fn discovery_of(
+    exit_summary: Option<&str>,
+    lifetime: u64,
+    bootstrap: Vec<HopSpec>,
+    t0: Instant,
+) -> GatewayDiscovery {
     let settings = DirectorySettings {
         addrs: ips(&["198.18.0.1"]),
         ports: (9000, 9000),
-        exit_summary: None,
+        exit_summary: exit_summary.map(str::to_owned),
         share: true,
         rate: 10,
         lifetime,
@@ -188,4 +198,36 @@ fn the_descriptor_is_resigned_at_half_its_lifetime() {
         "it states its padding budget"
     );
     assert_eq!(g.directory().resign_at(), Some(NOW + 3600));
+}
+
+/// An exit whose policy is reloaded publishes the new summary at once, as a newer
+/// descriptor (stores keep only a strictly newer one), even within the same second.
+#[test]
+fn a_reloaded_policy_is_published_at_once() {
+    let t0 = Instant::now();
+    let mut g = discovery_of(Some("accept 1-65535"), 3600, Vec::new(), t0);
+    let own =
+        |g: &GatewayDiscovery| Descriptor::verify(g.directory().own().unwrap(), NOW + 5).unwrap();
+    assert_eq!(own(&g).published, NOW);
+    g.set_exit_summary("reject 25".into(), NOW).unwrap();
+    let d = own(&g);
+    assert_eq!(
+        (d.policy_summary.as_str(), d.published),
+        ("reject 25", NOW + 1)
+    );
+    assert_eq!(g.directory().resign_at(), Some(NOW + 1 + 1800));
+    let bytes = g.directory().own().unwrap().to_vec();
+    g.set_exit_summary("reject 25".into(), NOW + 2).unwrap();
+    assert_eq!(
+        g.directory().own().unwrap(),
+        &bytes[..],
+        "the same summary: not re-signed"
+    );
+
+    // A relay has no policy to publish.
+    let mut relay = discovery(3600, Vec::new(), t0);
+    let bytes = relay.directory().own().unwrap().to_vec();
+    relay.set_exit_summary("reject 25".into(), NOW + 3).unwrap();
+    assert_eq!(relay.directory().own().unwrap(), &bytes[..]);
+    assert!(own(&relay).policy_summary.is_empty());
 }
