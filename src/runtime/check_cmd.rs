@@ -606,12 +606,16 @@ fn resolve(server: &Server) -> Result<Vec<IpAddr>, String> {
     Ok(addrs)
 }
 
-/// Runs every check against the tunnel described by the daemon's `status`.
-fn run_checks(status: &serde_json::Value, server: &Server) -> Result<Vec<Outcome>> {
+/// Runs every check against the tunnel described by the daemon's `status`, whose
+/// kill switch is `installed` in the kernel or not.
+fn run_checks(
+    status: &serde_json::Value,
+    installed: bool,
+    server: &Server,
+) -> Result<Vec<Outcome>> {
     let t = Tunnel::from_status(status)?;
     let mut out = vec![judge_tunnel(&t)];
 
-    let installed = sys::kill_switch_armed()?;
     let mut probes = Vec::new();
     for iface in other_interfaces(&t.tun)? {
         for to in [DIRECT_PROBE4, DIRECT_PROBE6] {
@@ -717,7 +721,8 @@ fn render(outcomes: &[Outcome]) -> String {
 pub async fn check_cmd(server: &str, json: bool) -> Result<ExitCode> {
     let server = Server::parse(server)?;
     let status = control::status_of(CLIENT_SOCKET, NO_UP).await?;
-    let outcomes = tokio::task::spawn_blocking(move || run_checks(&status, &server))
+    let installed = sys::kill_switch_armed().await?;
+    let outcomes = tokio::task::spawn_blocking(move || run_checks(&status, installed, &server))
         .await
         .context("the checks did not finish")??;
     let failed = outcomes.iter().filter(|o| !o.pass).count();

@@ -130,7 +130,7 @@ pub(crate) async fn start(cfg: &ClientConfig) -> Result<Daemon> {
     // A crawl goes only to the guard it goes through and the bootstrap gateways.
     let own = relay.as_ref().map(|(_, _, id)| id.public().0);
     let mut paths = Paths::load(cfg, own)?;
-    let armed = sys::kill_switch_armed()?;
+    let armed = sys::kill_switch_armed().await?;
     if armed {
         net.gateways = cfg
             .path
@@ -315,7 +315,7 @@ pub(crate) const NO_UP: &str = "no `anonnet up` runs in this network namespace";
 pub async fn status(json: bool) -> Result<ExitCode> {
     let mut v = control::status_of(CLIENT_SOCKET, NO_UP).await?;
     // The kill switch is the kernel's: looked up here, not taken from the daemon.
-    v["kill_switch"] = serde_json::Value::Bool(sys::kill_switch_armed()?);
+    v["kill_switch"] = serde_json::Value::Bool(sys::kill_switch_armed().await?);
     control::print_status(&v, json, status_text)?;
     Ok(ExitCode::SUCCESS)
 }

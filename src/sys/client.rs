@@ -173,7 +173,7 @@ pub async fn client_preflight(net: &ClientNet) -> Result<()> {
             )
         })?;
     }
-    if !nft::installed() {
+    if !nft::installed().await {
         bail!("the `nft` command was not found: install the nftables package (the kill switch needs it)");
     }
     let nl = Netlink::connect()?;
@@ -271,7 +271,8 @@ pub async fn client_up(net: &ClientNet) -> Result<()> {
             net.relay_ports,
         ),
         "kill switch (nftables table inet anonnet)",
-    )?;
+    )
+    .await?;
     if src_valid_mark.is_some() {
         host::write_sysctl(host::SRC_VALID_MARK, "1")?;
     }
@@ -303,8 +304,8 @@ pub async fn client_up(net: &ClientNet) -> Result<()> {
 /// Whether the kill switch (`inet anonnet`) is in place: while `up` runs, or left by
 /// a run that died (then it lets out only the gateways of that run until
 /// [`client_set_gateways`] or [`client_up`] replaces them).
-pub fn kill_switch_armed() -> Result<bool> {
-    nft::table_exists(nft::CLIENT_TABLE)
+pub async fn kill_switch_armed() -> Result<bool> {
+    nft::table_exists(nft::CLIENT_TABLE).await
 }
 
 /// Replaces the set of allowed gateways with [`ClientNet::gateways`], atomically.
@@ -312,9 +313,11 @@ pub async fn client_set_gateways(net: &ClientNet) -> Result<()> {
     if let Some(g) = net.gateways.iter().find(|g| g.port() == 0) {
         bail!("gateway {g} has port 0: give the gateway's UDP port");
     }
-    nft::apply(&nft::gateway_update(&net.gateways), "gateway set update").context(
-        "cannot update the allowed gateways: is the client up? (client_up creates nftables table inet anonnet)",
-    )
+    nft::apply(&nft::gateway_update(&net.gateways), "gateway set update")
+        .await
+        .context(
+            "cannot update the allowed gateways: is the client up? (client_up creates nftables table inet anonnet)",
+        )
 }
 
 /// Removes everything [`client_up`] made, as recorded in `state_dir`: policy rules,
@@ -324,11 +327,12 @@ pub async fn client_set_gateways(net: &ClientNet) -> Result<()> {
 pub async fn client_down(state_dir: &Path) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let Some(st) = state::load(state_dir)? else {
-        if nft::table_exists(nft::CLIENT_TABLE)? {
+        if nft::table_exists(nft::CLIENT_TABLE).await? {
             nft::apply(
                 &nft::delete_table(nft::CLIENT_TABLE),
                 "removal of nftables table inet anonnet",
-            )?;
+            )
+            .await?;
             done.push(format!(
                 "removed nftables table inet {} (the kill switch)",
                 nft::CLIENT_TABLE
@@ -388,11 +392,12 @@ pub async fn client_down(state_dir: &Path) -> Result<Vec<String>> {
             ));
         }
     }
-    if nft::table_exists(&st.nft_table)? {
+    if nft::table_exists(&st.nft_table).await? {
         nft::apply(
             &nft::delete_table(&st.nft_table),
             "removal of the kill switch",
-        )?;
+        )
+        .await?;
         done.push(format!(
             "removed nftables table inet {} (the kill switch)",
             st.nft_table

@@ -137,7 +137,8 @@ pub async fn exit_up(net: &ExitNet) -> Result<ExitGuardState> {
     nft::apply(
         &nft::exit_ruleset(&rules),
         "exit ruleset (nftables table inet anonnet-exit)",
-    )?;
+    )
+    .await?;
     // An earlier run's circuits held these addresses: their flows must not reach the
     // clients that get the addresses now.
     forget_connections(&[IpNet::V4(net.pool4.trunc()), IpNet::V6(net.pool6.trunc())]).await;
@@ -177,11 +178,12 @@ pub async fn exit_down(net: &ExitNet, saved: &ExitGuardState) -> Result<()> {
     if let Some(value) = &saved.ipv6_forwarding {
         host::write_sysctl(host::IPV6_FORWARDING, value)?;
     }
-    if nft::table_exists(nft::EXIT_TABLE)? {
+    if nft::table_exists(nft::EXIT_TABLE).await? {
         nft::apply(
             &nft::delete_table(nft::EXIT_TABLE),
             "removal of nftables table inet anonnet-exit",
-        )?;
+        )
+        .await?;
     }
     let nl = Netlink::connect()?;
     if let Some(index) = nl.link_index(&net.tun).await? {

@@ -1,12 +1,17 @@
-//! nftables rulesets as text, each applied as one atomic `nft -f -` transaction.
+//! nftables rulesets as text, each applied as one atomic `nft -f -` transaction. The
+//! `nft` child is awaited on the async runtime (tokio's process support), so its
+//! thread runs the other tasks (TUN readers, the metrics server, the exit's
+//! conntrack cleaner) meanwhile.
 
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, Write as _};
+use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::{Command, Stdio};
+use std::process::{Output, Stdio};
 
 use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use tokio::io::AsyncWriteExt as _;
+use tokio::process::Command;
 
 /// The client's table (family `inet`): the kill switch.
 pub(super) const CLIENT_TABLE: &str = "anonnet";
@@ -275,31 +280,40 @@ pub(super) fn exit_ruleset(r: &ExitRules<'_>) -> String {
     t.0
 }
 
-/// Runs `nft` with `args`, feeding it `stdin`. `Ok(None)` if nft is not installed.
-fn run_nft(args: &[&str], stdin: &str) -> Result<Option<std::process::Output>> {
-    let mut child = match Command::new("nft")
+/// The nftables command.
+const NFT: &str = "nft";
+
+/// Runs `program` with `args`, feeding it `stdin`, and awaits its output. `Ok(None)`
+/// if the program is not installed.
+async fn run(program: &str, args: &[&str], stdin: &str) -> Result<Option<Output>> {
+    let mut child = match Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
     {
         Ok(child) => child,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).context("cannot run nft"),
+        Err(e) => return Err(e).with_context(|| format!("cannot run {program}")),
     };
     if let Some(mut input) = child.stdin.take() {
         input
             .write_all(stdin.as_bytes())
-            .context("cannot pass the ruleset to nft")?;
+            .await
+            .with_context(|| format!("cannot pass the ruleset to {program}"))?;
     }
-    let output = child.wait_with_output().context("cannot run nft")?;
+    let output = child
+        .wait_with_output()
+        .await
+        .with_context(|| format!("cannot run {program}"))?;
     Ok(Some(output))
 }
 
 /// Applies `ruleset` as one transaction: all of it or, on error, none of it.
-pub(super) fn apply(ruleset: &str, what: &str) -> Result<()> {
-    let Some(output) = run_nft(&["-f", "-"], ruleset)? else {
+pub(super) async fn apply(ruleset: &str, what: &str) -> Result<()> {
+    let Some(output) = run(NFT, &["-f", "-"], ruleset).await? else {
         bail!("cannot install the {what}: the `nft` command was not found; install the nftables package");
     };
     if !output.status.success() {
@@ -313,19 +327,50 @@ pub(super) fn apply(ruleset: &str, what: &str) -> Result<()> {
 }
 
 /// Whether the `nft` command can be run.
-pub(super) fn installed() -> bool {
-    matches!(run_nft(&["--version"], ""), Ok(Some(o)) if o.status.success())
+pub(super) async fn installed() -> bool {
+    matches!(run(NFT, &["--version"], "").await, Ok(Some(o)) if o.status.success())
 }
 
 /// Whether table `inet <table>` exists; `false` when nft is not installed.
-pub(super) fn table_exists(table: &str) -> Result<bool> {
-    let output = run_nft(&["list", "table", "inet", table], "")?;
+pub(super) async fn table_exists(table: &str) -> Result<bool> {
+    let output = run(NFT, &["list", "table", "inet", table], "").await?;
     Ok(output.is_some_and(|o| o.status.success()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While a ruleset is being applied, the runtime's one thread runs other tasks:
+    /// a timer ticks every 20 ms through a 400 ms child.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_running_nft_leaves_the_runtime_free() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Arc;
+        let ticks = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&ticks);
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let out = run("sh", &["-c", "cat; sleep 0.4"], "table inet x {\n}\n")
+            .await
+            .expect("sh runs")
+            .expect("sh is installed");
+        let n = ticks.load(Ordering::Relaxed);
+        ticker.abort();
+        assert_eq!(
+            out.stdout, b"table inet x {\n}\n",
+            "the ruleset reached stdin"
+        );
+        assert!(n >= 10, "only {n} ticks of 20 ms during a 400 ms child");
+        assert!(run("/nonexistent/nft", &[], "")
+            .await
+            .expect("not found")
+            .is_none());
+    }
 
     #[test]
     fn client_ruleset_snapshot() {
