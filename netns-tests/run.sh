@@ -1107,6 +1107,7 @@ case_status_down_live() {
   local out rc js
   need_up || return
   js=$AN_DIR/status.json
+  an_in client 20 curl -sS --max-time 10 -o /dev/null "http://$AN_SERVER4/" || fail "a fetch through the tunnel failed" || return
   an_in client 10 "$AN_BIN" status --json >"$js" 2>"$AN_DIR/status.err" ||
     fail "status --json failed: $(tail -1 "$AN_DIR/status.err")" || return
   out=$(python3 - "$js" "$AN_DIR/client.toml" <<'EOF'
@@ -1124,13 +1125,25 @@ hops = [[h["addr"].rsplit(":", 1)[0].strip("[]") for h in l["hops"]] for x in c[
 if want not in hops: bad.append(f"no circuit through {want}: {hops}")
 keys = [h["key"] for x in c["circuits"] for l in x["legs"] for h in l["hops"]]
 if not keys or any(len(k) != 8 for k in keys): bad.append(f"keys {keys}")
-print("; ".join(bad) if bad else f"ok {len(c['circuits'])} circuit(s), hops {hops[0]}")
+up = [l for x in c["circuits"] for l in x["legs"] if x["up"] and l["hops"]]
+for l in up:
+    age, hs = l.get("age_s"), l.get("last_handshake_s_ago")
+    if not (isinstance(age, int) and isinstance(hs, int) and 0 <= hs <= age): bad.append(f"leg {l['circuit']}: age {age}, handshake {hs} s ago")
+    if not (isinstance(l.get("bytes_sent"), int) and isinstance(l.get("bytes_received"), int)): bad.append(f"leg {l['circuit']}: bytes {l.get('bytes_sent')} out {l.get('bytes_received')} in")
+    p = l.get("padding_percent")
+    if not (p is None and l.get("bytes_sent") == 0 or isinstance(p, (int, float)) and 0 <= p <= 100): bad.append(f"leg {l['circuit']}: padding {p}%")
+busiest = max(up, key=lambda l: l["bytes_received"] or 0) if up else {}
+# The page fetched just before went through one of them, both ways.
+if not (busiest.get("bytes_sent", 0) > 1000 and busiest.get("bytes_received", 0) > 1000): bad.append(f"no leg carried the fetch: {busiest}")
+print("; ".join(bad) if bad else f"ok {len(c['circuits'])} circuit(s), hops {hops[0]}; busiest leg: age {busiest['age_s']} s, handshake {busiest['last_handshake_s_ago']} s ago, {busiest['bytes_sent']} B out, {busiest['bytes_received']} B in, {busiest['padding_percent']:.1f}% padding")
 EOF
 )
   [ "${out%% *}" = ok ] || fail "status --json: $out" || return
   note "status --json: $out"
   an_in client 10 "$AN_BIN" status >"$AN_DIR/status.txt" 2>&1 || fail "status failed: $(tail -1 "$AN_DIR/status.txt")" || return
   grep -q 'kill switch armed' "$AN_DIR/status.txt" || fail "status does not say the kill switch is armed: $(head -1 "$AN_DIR/status.txt")" || return
+  grep -Eq '^      age [0-9]+ s, handshake [0-9]+ s ago; [0-9.]+ [KMG]?i?B out, [0-9.]+ [KMG]?i?B in' "$AN_DIR/status.txt" ||
+    fail "status shows no leg's age, handshake and bytes: $(grep -m1 '^    leg' "$AN_DIR/status.txt")" || return
   out=$(ip netns exec client setpriv --reuid=65534 --regid=65534 --clear-groups "$AN_BIN" status 2>&1)
   rc=$?
   [ "$rc" != 0 ] && grep -q 'only root' <<<"$out" || fail "status as nobody: status $rc: $(tail -1 <<<"$out")" || return

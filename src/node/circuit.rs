@@ -50,6 +50,38 @@ pub(super) struct Own {
     pub(super) srtt: Option<Duration>,
     /// The circuit's adaptive padding, if it pads.
     pub(super) padder: Option<Box<Padder>>,
+    /// What went through it.
+    pub(super) traffic: Traffic,
+}
+
+/// The bytes of an own circuit's cells each way, and of its PADDING cells among them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub sent: u64,
+    pub received: u64,
+    pub padding_sent: u64,
+    pub padding_received: u64,
+}
+
+impl Traffic {
+    /// PADDING's share of all the bytes, in percent; `None` before any byte.
+    #[must_use]
+    pub fn padding_share(&self) -> Option<f64> {
+        let all = self.sent.saturating_add(self.received);
+        let padding = self.padding_sent.saturating_add(self.padding_received);
+        (all > 0).then(|| padding as f64 * 100.0 / all as f64)
+    }
+}
+
+/// An own circuit as `status` shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnInfo {
+    /// When its build started.
+    pub created: Instant,
+    /// The newest handshake with any of its hops (its build or a rekey); `None`
+    /// while it is being built.
+    pub last_handshake: Option<Instant>,
+    pub traffic: Traffic,
 }
 
 impl Own {
@@ -194,6 +226,7 @@ impl Node {
             self.stats.dropped_protocol += 1;
             return Output::Recycle(buf);
         }
+        let size = buf.len() as u64;
         let Some(mut cell) = Cell::new_checked(&mut buf) else {
             self.stats.dropped_malformed += 1;
             return Output::Recycle(buf);
@@ -211,6 +244,10 @@ impl Node {
             self.stats.dropped_protocol += 1;
             return Output::Recycle(buf);
         };
+        own.traffic.received = own.traffic.received.saturating_add(size);
+        if b.cmd == Cmd::Padding {
+            own.traffic.padding_received = own.traffic.padding_received.saturating_add(size);
+        }
         let hops = own.hops.len();
         if b.cmd == Cmd::Keepalive && origin + 1 == hops {
             let stamp = cell
@@ -343,6 +380,7 @@ impl Node {
                     .as_ref()
                     .and_then(|a| Padder::new(a, now, rng))
                     .map(Box::new),
+                traffic: Traffic::default(),
             },
         );
         self.schedule_own(id);
@@ -505,6 +543,11 @@ impl Node {
             return Output::Recycle(buf);
         }
         own.last_tx = now;
+        let size = buf.len() as u64;
+        own.traffic.sent = own.traffic.sent.saturating_add(size);
+        if cmd == Cmd::Padding {
+            own.traffic.padding_sent = own.traffic.padding_sent.saturating_add(size);
+        }
         if let Some(p) = own.padder.as_mut() {
             // A padding's own events come from the padding timer, which knows
             // the machine that sent it.
@@ -614,6 +657,17 @@ impl Node {
     #[must_use]
     pub fn last_heard(&self, id: CircuitId) -> Option<Instant> {
         self.own.get(&id).map(|o| o.last_rx)
+    }
+
+    /// Own circuit `id`'s age, newest handshake and traffic.
+    #[must_use]
+    pub fn own_info(&self, id: CircuitId) -> Option<OwnInfo> {
+        let o = self.own.get(&id)?;
+        Some(OwnInfo {
+            created: o.created,
+            last_handshake: o.keys.iter().map(|k| k.current.born).max(),
+            traffic: o.traffic,
+        })
     }
 }
 

@@ -38,6 +38,7 @@ pub use self::stats::Stats;
 
 use self::budget::{Budget, Budgets};
 use self::circuit::{rekey_after, Own};
+pub use self::circuit::{OwnInfo, Traffic};
 use self::link::Link;
 pub use self::padding::{Adaptive, MachineError, MachineSpec, FRONT_DEFAULT};
 use self::relay::Relay;

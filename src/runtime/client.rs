@@ -321,6 +321,24 @@ pub async fn status(json: bool) -> Result<ExitCode> {
 }
 
 /// `anonnet status` as lines for a person.
+/// A byte count for people: B, KiB, MiB or GiB.
+fn size(n: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
 fn status_text(v: &serde_json::Value) -> String {
     use std::fmt::Write;
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
@@ -379,6 +397,21 @@ fn status_text(v: &serde_json::Value) -> String {
                 s(&leg["state"]),
                 hops.join(" -> ")
             );
+            if let Some(age) = leg["age_s"].as_u64() {
+                let handshake = leg["last_handshake_s_ago"].as_u64().map_or_else(
+                    || "no handshake yet".to_owned(),
+                    |h| format!("handshake {h} s ago"),
+                );
+                let padding = leg["padding_percent"]
+                    .as_f64()
+                    .map_or_else(String::new, |p| format!(" ({p:.1}% padding)"));
+                let _ = writeln!(
+                    out,
+                    "      age {age} s, {handshake}; {} out, {} in{padding}",
+                    size(leg["bytes_sent"].as_u64().unwrap_or(0)),
+                    size(leg["bytes_received"].as_u64().unwrap_or(0)),
+                );
+            }
         }
     }
     match c["known_gateways"].as_u64() {
@@ -394,7 +427,7 @@ fn status_text(v: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::status_text;
+    use super::{size, status_text};
 
     /// `anonnet status` for a person: one line per circuit and leg, hops with their
     /// short keys; the kill switch as found in the kernel.
@@ -409,8 +442,12 @@ mod tests {
                 "circuits": [{"id": 2, "up": true, "flows": 3, "legs": [
                     {"circuit": 2, "state": "live", "rtt_ms": 1.25, "hops": [
                         {"addr": "198.18.2.2:9000", "key": "AbCdEfGh"},
-                        {"addr": "198.18.4.2:9000", "key": "IjKlMnOp"}]},
-                    {"circuit": 4, "state": "building", "rtt_ms": null, "hops": []}]}],
+                        {"addr": "198.18.4.2:9000", "key": "IjKlMnOp"}],
+                     "age_s": 95, "last_handshake_s_ago": 35, "bytes_sent": 1_572_864,
+                     "bytes_received": 52_428_800, "padding_percent": 3.26},
+                    {"circuit": 4, "state": "building", "rtt_ms": null, "hops": [],
+                     "age_s": 1, "last_handshake_s_ago": null, "bytes_sent": 900,
+                     "bytes_received": 0, "padding_percent": 0.0}]}],
                 "guards": ["AbCdEfGh", "QrStUvWx"], "known_gateways": 8,
             },
         });
@@ -420,9 +457,14 @@ mod tests {
              \x20 anon0 100.64.0.2/32 fd00:64::2/128 mtu 1280; DNS 100.64.0.53\n\
              \x20 circuit 2 (up, 3 flows)\n\
              \x20   leg 2 live: 198.18.2.2:9000 [AbCdEfGh] -> 198.18.4.2:9000 [IjKlMnOp]; rtt 1.2 ms\n\
+             \x20     age 95 s, handshake 35 s ago; 1.5 MiB out, 50.0 MiB in (3.3% padding)\n\
              \x20   leg 4 building: ; rtt ?\n\
+             \x20     age 1 s, no handshake yet; 900 B out, 0 B in (0.0% padding)\n\
              \x20 guards AbCdEfGh QrStUvWx; 8 gateways known\n"
         );
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1024), "1.0 KiB");
+        assert_eq!(size(3 << 30), "3.0 GiB");
         let mut off = v;
         off["kill_switch"] = serde_json::Value::Bool(false);
         assert!(status_text(&off).contains("kill switch NOT INSTALLED"));

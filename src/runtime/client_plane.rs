@@ -129,6 +129,8 @@ impl ClientPlane {
                     .map(|h| json!({"addr": h.addr.to_string(), "key": short_key(&h.key)}))
                     .collect()
             });
+            let info = node.own_info(c);
+            let secs_ago = |t: Instant| now.saturating_duration_since(t).as_secs();
             json!({
                 "circuit": c.0,
                 "state": state,
@@ -137,6 +139,11 @@ impl ClientPlane {
                 "last_heard_ms_ago": node
                     .last_heard(c)
                     .map(|t| u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)),
+                "age_s": info.map(|i| secs_ago(i.created)),
+                "last_handshake_s_ago": info.and_then(|i| i.last_handshake).map(secs_ago),
+                "bytes_sent": info.map(|i| i.traffic.sent),
+                "bytes_received": info.map(|i| i.traffic.received),
+                "padding_percent": info.and_then(|i| i.traffic.padding_share()),
             })
         };
         let circuits: Vec<_> = self

@@ -352,3 +352,54 @@ fn a_client_pads_within_the_share_its_gateways_allow() {
     assert!(s.padding_capped >= 1, "FRONT wanted more");
     assert_eq!(net.nodes[3].1.stats().padding_received, s.padding_sent);
 }
+
+/// `status` reads each own circuit's age, newest handshake and traffic: every cell's
+/// bytes each way, PADDING's apart.
+#[test]
+fn an_own_circuit_counts_its_bytes_and_its_padding() {
+    let (mut net, specs) = Mini::new(3);
+    let start = net.now;
+    let id = net.circuit(&specs);
+    let info = net.nodes[0].1.own_info(id).unwrap();
+    assert_eq!(info.created, start);
+    assert!(info.last_handshake.is_some_and(|t| t >= start));
+    let built = info.traffic;
+    let now = net.now;
+    let (data, pad) = {
+        let (_, client, rng) = &mut net.nodes[0];
+        let data = client
+            .send_payload(now, rng, id, &[7; 300])
+            .unwrap()
+            .unwrap();
+        let pad = client
+            .send_padding(now, rng, id, 1, 40, true, Vec::new())
+            .unwrap()
+            .unwrap();
+        (data, pad)
+    };
+    let sent = (data.buf.len() + pad.buf.len()) as u64;
+    let pad_len = pad.buf.len() as u64;
+    net.deliver(0, data);
+    net.deliver(0, pad);
+    assert!(net.client_got(&[7; 300]));
+    let client = net.nodes[0].1.stats().clone();
+    let t = net.nodes[0].1.own_info(id).unwrap().traffic;
+    assert_eq!(t.sent - built.sent, sent);
+    assert_eq!(t.padding_sent, pad_len);
+    assert_eq!(
+        t.padding_received, client.padding_bytes_received,
+        "the echo"
+    );
+    assert!(
+        t.received - built.received > t.padding_received,
+        "and the DATA echo"
+    );
+    let share = t.padding_share().unwrap();
+    let want = (t.padding_sent + t.padding_received) as f64 * 100.0 / (t.sent + t.received) as f64;
+    assert!(
+        (share - want).abs() < 1e-9 && share > 0.0 && share < 100.0,
+        "{share}"
+    );
+    assert_eq!(Traffic::default().padding_share(), None);
+    assert!(net.nodes[0].1.own_info(CircuitId(999)).is_none());
+}
