@@ -1185,8 +1185,8 @@ case_vc_loss() {
   lost=$(sed -E 's/.* ([0-9]+) lost.*/\1/' <<<"$stats")
   peak=$(sed -E 's/.*at most ([0-9]+) bytes held.*/\1/' <<<"$stats")
   an_stop "$ex" TERM 10
-  xlost=$(grep 'gateway stopping' "$AN_DIR/$ex.log" | grep -o 'reorder: ReorderStats {[^}]*}' | grep -o 'lost: [0-9]*' | grep -o '[0-9]*$')
-  xpeak=$(grep 'gateway stopping' "$AN_DIR/$ex.log" | grep -o 'held_peak: [0-9]*' | grep -o '[0-9]*$')
+  read -r xlost xpeak < <(grep -o 'anonnet gateway stopping: {.*' "$AN_DIR/$ex.log" | tail -1 | cut -d' ' -f4- |
+    python3 -c 'import json, sys; r = json.load(sys.stdin)["exit"]["vc"]["reorder"]; print(r["lost"], r["held_peak"])')
   start_gateway "$ex" || fail "$ex did not start again" || return
   note "leg 1's middle $mid drops $VC_LOSS_PCT%: one TCP stream down ${mbit[down]} Mbit/s, up ${mbit[up]} Mbit/s; client: ${lost:-?} numbers given up, at most ${peak:-?} bytes held; exit $ex: ${xlost:-?} given up, at most ${xpeak:-?} bytes held (bound $REORDER_BYTES)"
   [[ $peak =~ ^[0-9]+$ && $lost =~ ^[0-9]+$ ]] || fail "no counters in the client's last lines: '$stats'" || return

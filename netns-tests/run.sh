@@ -1689,10 +1689,11 @@ case_discovery_warm_cache() {
 }
 
 # The node counters a gateway printed when it stopped ("anonnet gateway stopping:
-# Stats { name: N, ... }"): "name N" lines.
+# {"node": {"name": N, ...}, ...}"): "name N" lines.
 gateway_stats() {
-  grep -o 'anonnet gateway stopping: Stats {[^}]*}' "$AN_DIR/$1.log" | tail -1 |
-    grep -oE '[a-z_]+: [0-9]+' | tr -d ':'
+  grep -o 'anonnet gateway stopping: {.*' "$AN_DIR/$1.log" | tail -1 | cut -d' ' -f4- |
+    python3 -c 'import json, sys
+for k, v in json.load(sys.stdin)["node"].items(): print(k, v)'
 }
 # The sum of a gateway's dropped_* counters.
 gateway_drops() { gateway_stats "$1" | awk '/^dropped_/ { n += $2 } END { print n + 0 }'; }

@@ -301,14 +301,12 @@ impl Daemon {
         self.d.node.shutdown();
         self.d.flush().await;
         if self.client.is_none() {
-            match &self.exit {
-                Some(x) => tracing::info!(
-                    "anonnet gateway stopping: {:?} {:?}",
-                    self.d.node.stats(),
-                    x.stats()
-                ),
-                None => tracing::info!("anonnet gateway stopping: {:?}", self.d.node.stats()),
+            // Its counters, one JSON object as `status --gateway --json` has them.
+            let mut v = serde_json::json!({"node": self.d.node.stats()});
+            if let Some(x) = &self.exit {
+                v["exit"] = serde_json::to_value(x.stats()).unwrap_or_default();
             }
+            tracing::info!("anonnet gateway stopping: {v}");
         }
         result
     }

@@ -334,7 +334,8 @@ impl Gateway {
     }
 }
 
-/// The counters of a gateway's `Stats { .. }` line.
+/// The node counters of a gateway's last log line (`anonnet gateway stopping:
+/// {"node": {..}, ..}`).
 #[derive(Debug)]
 pub struct Stats {
     pub line: String,
@@ -343,13 +344,14 @@ pub struct Stats {
 
 impl Stats {
     pub fn parse(stderr: &str) -> Option<Stats> {
-        let line = stderr.lines().find(|l| l.contains("Stats {"))?;
-        let inner = line.split_once("Stats {")?.1.trim().trim_end_matches('}');
-        let mut fields = BTreeMap::new();
-        for part in inner.split(',') {
-            let (k, v) = part.split_once(':')?;
-            fields.insert(k.trim().to_string(), v.trim().parse().ok()?);
-        }
+        const PREFIX: &str = "anonnet gateway stopping: ";
+        let line = stderr.lines().find(|l| l.contains(PREFIX))?;
+        let v: serde_json::Value = serde_json::from_str(line.split_once(PREFIX)?.1).ok()?;
+        let fields = v["node"]
+            .as_object()?
+            .iter()
+            .map(|(k, n)| Some((k.clone(), n.as_u64()?)))
+            .collect::<Option<_>>()?;
         Some(Stats {
             line: line.to_string(),
             fields,
